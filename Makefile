@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint models bench venv clean
+
+venv: $(STAMP)
+
+# Rebuilt only when pyproject.toml changes; torch==2.13.0 comes from this machine's wheel cache.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,test]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/distill-gateway-demo
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: venv lint
+	$(BIN)/pytest
+
+models: venv
+	$(BIN)/python -m models.build
+
+bench: venv
+	$(BIN)/python tests/benchmarks/bench_gateway.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache models/.cache

@@ -1,0 +1,181 @@
+"""HTTP: the Open Inference Protocol (KServe V2) endpoints, feedback, admin and metrics.
+
+Every route translates HTTP into one call on ``GatewayService``; errors become ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, SecretStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import __version__
+from gateway.codec import HEADER_LENGTH
+from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthorized, Unprocessable
+from gateway.http_body import read_body
+from gateway.protocol import Feedback, TrafficUpdate
+from gateway.service import GatewayService
+
+JSON = "application/json"
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status_code, headers, media_type=JSON)
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    if isinstance(exc, Unauthorized):
+        headers["www-authenticate"] = "Bearer"
+    return json_response({"error": exc.message}, exc.status_code, headers)
+
+
+def create_app(
+    service: GatewayService, registry: CollectorRegistry, admin_token: SecretStr | None
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start_background()
+        yield
+        await service.close()
+
+    app = FastAPI(title="distill-gateway", version=__version__, lifespan=lifespan)
+    _install_error_handlers(app)
+    limit = service.settings.max_request_bytes
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        is_ready = service.is_ready()
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return json_response(
+            {
+                "name": "distill-gateway",
+                "version": __version__,
+                "extensions": ["binary_tensor_data"],
+            }
+        )
+
+    @app.get("/v2/models/{model}")
+    async def model_metadata(model: str) -> Response:
+        service.check_model(model)
+        return json_response(service.model_metadata())
+
+    @app.get("/v2/models/{model}/ready")
+    async def model_ready(model: str) -> Response:
+        service.check_model(model)
+        is_ready = service.is_ready()
+        return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
+
+    @app.post("/v2/models/{model}/infer")
+    async def infer(model: str, request: Request) -> Response:
+        fallback_id = uuid.uuid4().hex
+        headers = request.headers
+        try:
+            body = await read_body(request, limit)
+        except GatewayError as exc:
+            service.count_rejected(exc.status_code)
+            return error_response(exc, {"x-request-id": fallback_id})
+        try:
+            result = await service.infer(
+                model,
+                body,
+                headers.get(HEADER_LENGTH),
+                headers.get("x-routing-key"),
+                headers.get("x-canary"),
+                fallback_id,
+            )
+        except GatewayError as exc:
+            return error_response(exc, {"x-request-id": fallback_id})
+        response_headers = {"x-served-by": result.served_by, "x-request-id": result.request_id}
+        if result.header_length is None:
+            return Response(result.body, headers=response_headers, media_type=JSON)
+        response_headers[HEADER_LENGTH] = str(result.header_length)
+        return Response(
+            result.body, headers=response_headers, media_type="application/octet-stream"
+        )
+
+    @app.post("/v2/models/{model}/feedback")
+    async def feedback(model: str, request: Request) -> Response:
+        service.check_model(model)
+        body = _parse(Feedback, await read_body(request, limit))
+        return json_response(service.record_feedback(model, body))
+
+    @app.get("/admin/traffic")
+    async def get_traffic() -> Response:
+        return json_response(_traffic(service))
+
+    @app.put("/admin/traffic")
+    async def put_traffic(request: Request) -> Response:
+        _authorize(request, admin_token)
+        update = _parse(TrafficUpdate, await read_body(request, limit))
+        service.set_student_share(update.student_share)
+        return json_response(_traffic(service))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _traffic(service: GatewayService) -> dict[str, object]:
+    return {"student_share": service.split.student_share, "generation": service.split.generation}
+
+
+def _authorize(request: Request, admin_token: SecretStr | None) -> None:
+    if admin_token is None:
+        raise Forbidden(
+            "admin API disabled: start the gateway with DISTILL_GATEWAY_ADMIN_TOKEN set"
+        )
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.strip().encode(), admin_token.get_secret_value().encode()):
+        raise Unauthorized("invalid bearer token")
+
+
+def _parse(model: type[_Body], body: bytes) -> _Body:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise BadRequest(f"request body is not valid JSON: {first['msg']}") from exc
+        problems = [
+            f"{'.'.join(str(p) for p in error['loc']) or '(body)'}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise Unprocessable("; ".join(problems)) from exc
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return json_response({"error": str(exc.detail)}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        return json_response({"error": str(exc)}, 422)

@@ -1,0 +1,14 @@
+"""Picks the backend implementation for a config entry by its ``kind``."""
+
+from __future__ import annotations
+
+from gateway.backends.base import Backend
+from gateway.config import BackendConfig, OnnxBackendConfig
+
+
+def create_backend(role: str, config: BackendConfig) -> Backend:
+    if isinstance(config, OnnxBackendConfig):
+        from gateway.backends.onnx import OnnxBackend
+
+        return OnnxBackend(role, config)
+    raise ValueError(f"{role}: unknown backend kind {config.kind!r}")  # pragma: no cover

@@ -1,0 +1,174 @@
+"""ONNX Runtime in process: the embedded default backend.
+
+Calls run on a small thread pool of the backend's own (ONNX Runtime releases the GIL), so a slow
+teacher can never take the student's threads, and the event loop never waits on a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.backends.base import Backend
+from gateway.config import OnnxBackendConfig
+from gateway.errors import BackendUnavailable, InferenceFailed
+from gateway.signature import Signature, TensorSpec
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+_ORT_QUIET = 4  # fatal only: hides the error line ORT prints when CUDA fails to load
+_ORT_DEFAULT_SEVERITY = 2  # warning; ORT has no getter for the current value
+
+
+class OnnxBackend(Backend):
+    def __init__(self, role: str, config: OnnxBackendConfig) -> None:
+        super().__init__(role)
+        self._config = config
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.max_concurrency, thread_name_prefix=f"onnx-{role}"
+        )
+        self._session: ort.InferenceSession | None = None
+        self._signature: Signature | None = None
+        self.device = "unloaded"
+
+    @property
+    def signature(self) -> Signature:
+        if self._signature is None:
+            raise BackendUnavailable(f"{self.role} backend is not loaded")
+        return self._signature
+
+    @property
+    def description(self) -> str:
+        return f"{self.role}: ONNX Runtime in process, {self._config.path.name} on {self.device}"
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._session = await loop.run_in_executor(self._executor, self._open_session)
+        self._signature = _signature_of(self._session)
+        await self._warm_up()
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise BackendUnavailable(f"{self.role} backend is not loaded")
+        loop = asyncio.get_running_loop()
+        names = list(output_names)
+        try:
+            results = await loop.run_in_executor(self._executor, session.run, names, inputs)
+        except Exception as exc:  # ORT raises its own pybind types; convert at the boundary
+            raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
+        return dict(zip(names, results, strict=True))
+
+    def is_ready(self) -> bool:
+        return self._session is not None
+
+    async def close(self) -> None:
+        self._session = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _open_session(self) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = self._config.intra_op_threads
+        options.inter_op_num_threads = 1
+        # Idle ORT threads otherwise spin and steal CPU from the server's own threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = str(self._config.path)
+        try:
+            session = self._session_on_best_device(path, options)
+        except Exception as exc:
+            raise BackendUnavailable(f"{self.role}: cannot load {path}: {exc}") from exc
+        return session
+
+    def _session_on_best_device(
+        self, path: str, options: ort.SessionOptions
+    ) -> ort.InferenceSession:
+        wanted = self._config.device
+        if wanted == "cpu":
+            self.device = "cpu"
+            return ort.InferenceSession(path, options, providers=[CPU])
+        session = _try_cuda_session(path, options)
+        if session is not None:
+            self.device = "cuda"
+            log.info("%s: device %s -> CUDA", self.role, wanted)
+            return session
+        reason = "ONNX Runtime could not use CUDA (no GPU, or CUDA 13 / cuDNN 9 missing)"
+        if wanted == "cuda":
+            raise BackendUnavailable(f"{self.role}: device is 'cuda' but {reason}")
+        self.device = "cpu"
+        log.info("%s: device auto -> CPU, because %s", self.role, reason)
+        return ort.InferenceSession(path, options, providers=[CPU])
+
+    async def _warm_up(self) -> None:
+        """One small and one larger batch, so the first real requests do not pay for allocation."""
+        spec = self.signature.inputs[0]
+        for batch in (1, 64):
+            shape = [batch if size == -1 else size for size in spec.shape]
+            dummy = {spec.name: np.zeros(shape, dtype=spec.dtype)}
+            await self.infer(dummy, [output.name for output in self.signature.outputs])
+
+
+_cuda_lock = threading.Lock()
+_cuda_failed = False
+
+
+def _try_cuda_session(path: str, options: ort.SessionOptions) -> ort.InferenceSession | None:
+    """A CUDA session, or None when CUDA is not really usable (checked once per process).
+
+    ``get_available_providers()`` lists CUDA whenever the build has it, GPU or not, so only the
+    session's own providers tell. ORT's error lines about the failed load are silenced: the caller
+    says what happened in one line of its own.
+    """
+    global _cuda_failed
+    if CUDA not in ort.get_available_providers():
+        return None
+    with _cuda_lock:  # the logger severity is process-wide
+        if _cuda_failed:
+            return None
+        ort.set_default_logger_severity(_ORT_QUIET)
+        try:
+            session = ort.InferenceSession(path, options, providers=[CUDA, CPU])
+        finally:
+            ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+        if session.get_providers()[0] == CUDA:
+            return session
+        _cuda_failed = True
+        return None
+
+
+def _signature_of(session: ort.InferenceSession) -> Signature:
+    def spec(node: ort.NodeArg) -> TensorSpec:
+        if node.type not in _ORT_TYPES:
+            raise BackendUnavailable(f"tensor '{node.name}' has unsupported type {node.type}")
+        shape = tuple(size if isinstance(size, int) else -1 for size in node.shape)
+        return TensorSpec(node.name, _ORT_TYPES[node.type], shape)
+
+    return Signature(
+        inputs=tuple(spec(node) for node in session.get_inputs()),
+        outputs=tuple(spec(node) for node in session.get_outputs()),
+    )

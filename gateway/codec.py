@@ -1,0 +1,227 @@
+"""Turns V2 request bodies (JSON or with the binary tensor data extension) into numpy arrays, and
+arrays back into V2 response bodies, checking everything against the model's signature.
+
+Binary tensors are never copied on the way in (``np.frombuffer`` over the body) and are copied
+once on the way out (into the response body).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from gateway.errors import BadRequest
+from gateway.protocol import InferenceRequest, RequestInput
+from gateway.signature import NUMPY_TO_V2, Signature, TensorSpec
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput]
+    batch_size: int
+
+
+def decode_request(
+    body: bytes, header_length: str | None, signature: Signature, max_batch_size: int
+) -> DecodedRequest:
+    header, binary = _split_body(body, header_length)
+    try:
+        request = InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        raise BadRequest(_describe_validation(exc)) from exc
+
+    inputs = _decode_inputs(request.inputs, binary, signature, max_batch_size)
+    batch_sizes = {array.shape[0] for array in inputs.values() if array.ndim > 0}
+    if len(batch_sizes) > 1:
+        raise BadRequest(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+    binary_default = bool(request.parameters and request.parameters.binary_data_output)
+    return DecodedRequest(
+        id=request.id,
+        inputs=inputs,
+        outputs=_requested_outputs(request, signature, binary_default),
+        batch_size=batch_sizes.pop() if batch_sizes else 1,
+    )
+
+
+def encode_response(
+    model_name: str,
+    request_id: str,
+    outputs: dict[str, np.ndarray],
+    requested: list[RequestedOutput],
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    descriptions: list[dict[str, object]] = []
+    binary_parts: list[memoryview] = []
+    for wanted in requested:
+        array = np.ascontiguousarray(outputs[wanted.name])
+        description: dict[str, object] = {
+            "name": wanted.name,
+            "datatype": _v2_datatype(array),
+            "shape": list(array.shape),
+        }
+        if wanted.binary:
+            description["parameters"] = {"binary_data_size": array.nbytes}
+            binary_parts.append(array.data.cast("B"))
+        else:
+            description["data"] = array.reshape(-1)
+        descriptions.append(description)
+    header = orjson.dumps(
+        {"model_name": model_name, "id": request_id, "outputs": descriptions},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    if not binary_parts:
+        return header, None
+    return b"".join([header, *binary_parts]), len(header)
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise BadRequest(
+            f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+        ) from None
+    if not 0 <= length <= len(body):
+        raise BadRequest(
+            f"Inference-Header-Content-Length is {length} but the body has {len(body)} bytes"
+        )
+    view = memoryview(body)
+    return body[:length], view[length:]
+
+
+def _decode_inputs(
+    inputs: list[RequestInput], binary: memoryview, signature: Signature, max_batch_size: int
+) -> dict[str, np.ndarray]:
+    decoded: dict[str, np.ndarray] = {}
+    offset = 0
+    for given in inputs:
+        spec = signature.input(given.name)
+        if spec is None:
+            expected = ", ".join(s.name for s in signature.inputs)
+            raise BadRequest(f"unknown input '{given.name}'; the model's inputs are: {expected}")
+        if given.name in decoded:
+            raise BadRequest(f"input '{given.name}' is given twice")
+        _check_datatype_and_shape(given, spec, max_batch_size)
+        binary_size = given.parameters.binary_data_size if given.parameters else None
+        if binary_size is not None:
+            if given.data is not None:
+                raise BadRequest(
+                    f"input '{given.name}' has both 'data' and parameters.binary_data_size"
+                )
+            chunk = binary[offset : offset + binary_size]
+            if len(chunk) < binary_size:
+                raise BadRequest(
+                    f"input '{given.name}' declares binary_data_size {binary_size} but only "
+                    f"{len(chunk)} bytes of binary data remain in the body"
+                )
+            offset += binary_size
+            decoded[given.name] = _from_binary(given, spec, chunk)
+        elif given.data is not None:
+            decoded[given.name] = _from_json(given, spec)
+        else:
+            raise BadRequest(
+                f"input '{given.name}' has no data: give 'data' or parameters.binary_data_size"
+            )
+    if offset != len(binary):
+        raise BadRequest(
+            f"binary sizes do not add up: the inputs declare {offset} bytes of binary data "
+            f"but the body carries {len(binary)}"
+        )
+    missing = [spec.name for spec in signature.inputs if spec.name not in decoded]
+    if missing:
+        raise BadRequest(f"missing input(s): {', '.join(missing)}")
+    return decoded
+
+
+def _check_datatype_and_shape(given: RequestInput, spec: TensorSpec, max_batch_size: int) -> None:
+    if given.datatype != spec.datatype:
+        raise BadRequest(
+            f"input '{given.name}' has datatype {given.datatype}; the model expects {spec.datatype}"
+        )
+    expected = list(spec.shape)
+    shape_ok = len(given.shape) == len(expected) and all(
+        size >= 0 and (want == -1 or size == want)
+        for size, want in zip(given.shape, expected, strict=True)
+    )
+    if not shape_ok:
+        raise BadRequest(
+            f"input '{given.name}' has shape {given.shape}; the model expects {expected} "
+            "(-1: any size)"
+        )
+    if given.shape and expected[0] == -1 and not 1 <= given.shape[0] <= max_batch_size:
+        raise BadRequest(
+            f"input '{given.name}' has batch size {given.shape[0]}; "
+            f"the gateway accepts 1 to {max_batch_size}"
+        )
+
+
+def _from_binary(given: RequestInput, spec: TensorSpec, chunk: memoryview) -> np.ndarray:
+    expected_bytes = math.prod(given.shape) * spec.dtype.itemsize
+    if len(chunk) != expected_bytes:
+        raise BadRequest(
+            f"input '{given.name}' has binary_data_size {len(chunk)}, but shape {given.shape} "
+            f"of {spec.datatype} needs {expected_bytes} bytes"
+        )
+    return np.frombuffer(chunk, dtype=spec.dtype).reshape(given.shape)
+
+
+def _from_json(given: RequestInput, spec: TensorSpec) -> np.ndarray:
+    try:
+        array = np.asarray(given.data, dtype=spec.dtype)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(
+            f"input '{given.name}': data must be a flat or nested list of numbers ({exc})"
+        ) from exc
+    expected = math.prod(given.shape)
+    if array.size != expected:
+        raise BadRequest(
+            f"input '{given.name}' has {array.size} values in 'data', "
+            f"but shape {given.shape} needs {expected}"
+        )
+    return array.reshape(given.shape)
+
+
+def _requested_outputs(
+    request: InferenceRequest, signature: Signature, binary_default: bool
+) -> list[RequestedOutput]:
+    if not request.outputs:
+        return [RequestedOutput(spec.name, binary_default) for spec in signature.outputs]
+    requested = []
+    for output in request.outputs:
+        if signature.output(output.name) is None:
+            expected = ", ".join(s.name for s in signature.outputs)
+            raise BadRequest(f"unknown output '{output.name}'; the model's outputs are: {expected}")
+        flag = output.parameters.binary_data if output.parameters else None
+        requested.append(RequestedOutput(output.name, binary_default if flag is None else flag))
+    return requested
+
+
+def _v2_datatype(array: np.ndarray) -> str:
+    return NUMPY_TO_V2[array.dtype]
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return f"request body is not valid JSON: {first['msg']}"
+    problems = []
+    for error in exc.errors()[:5]:
+        key = ".".join(str(part) for part in error["loc"]) or "(body)"
+        problems.append(f"{key}: {error['msg']}")
+    return "invalid inference request: " + "; ".join(problems)

@@ -1,0 +1,160 @@
+"""Gateway configuration: a YAML file validated by pydantic, plus ``DISTILL_GATEWAY_*`` variables.
+
+The admin token only ever comes from the environment (``DISTILL_GATEWAY_ADMIN_TOKEN``), so it is
+never written into a config file or a log.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from models import STUDENT_PATH, TEACHER_PATH
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OnnxBackendConfig(_Strict):
+    """A model served in process by ONNX Runtime."""
+
+    kind: Literal["onnx"] = "onnx"
+    path: Path
+    """The ONNX file."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` uses CUDA only when a session really gets it; ``cuda`` fails start-up without it."""
+    cost_per_hour: float = Field(default=0.0, ge=0)
+    """Dollars per hour of the hardware that serves this backend (for the cost metrics)."""
+    intra_op_threads: int = Field(default=1, ge=0)
+    """ONNX Runtime threads inside one call; 0 lets ONNX Runtime pick. 1 suits small models,
+    where concurrency comes from parallel requests rather than from splitting one call."""
+    max_concurrency: int = Field(default=2, ge=1)
+    """Calls run at once (worker threads); ONNX Runtime releases the GIL while it runs."""
+
+
+# One member today; the ``triton`` kind joins this union (discriminated by ``kind``).
+BackendConfig = Annotated[OnnxBackendConfig, Field(discriminator="kind")]
+
+
+class TrafficConfig(_Strict):
+    student_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of requests served by the student at start-up (changed at run time by the admin
+    API)."""
+
+
+class ShadowConfig(_Strict):
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Fraction of live requests also run on the other backend to compare the two."""
+    queue_size: int = Field(default=256, ge=1)
+    """Comparisons waiting at most; when full, new ones are dropped (and counted), never waited
+    for."""
+    workers: int = Field(default=1, ge=1)
+    """Background tasks draining the queue."""
+
+
+class FeedbackConfig(_Strict):
+    ttl_seconds: float = Field(default=600.0, gt=0)
+    """How long a prediction waits for its ground-truth label."""
+    max_entries: int = Field(default=100_000, ge=1)
+    """Predictions remembered at most; the oldest are forgotten first."""
+
+
+def _default_teacher() -> OnnxBackendConfig:
+    return OnnxBackendConfig(path=TEACHER_PATH, cost_per_hour=3.0)
+
+
+def _default_student() -> OnnxBackendConfig:
+    return OnnxBackendConfig(path=STUDENT_PATH, cost_per_hour=0.5)
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISTILL_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    model: str = Field(default="digits", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    """The logical model name clients use in ``/v2/models/{model}``."""
+    teacher: BackendConfig = Field(default_factory=_default_teacher)
+    student: BackendConfig = Field(default_factory=_default_student)
+    traffic: TrafficConfig = Field(default_factory=TrafficConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Larger request bodies are refused with 413."""
+    max_batch_size: int = Field(default=1024, ge=1)
+    """Larger batches are refused with 400."""
+    admin_token: SecretStr | None = None
+    """Bearer token for ``PUT /admin/traffic``; from ``DISTILL_GATEWAY_ADMIN_TOKEN`` only."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return env_settings, init_settings
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def load_settings(path: Path | None) -> GatewaySettings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(path)
+        if "admin_token" in data:
+            raise ConfigError(
+                f"{path}: admin_token: not allowed in a file; "
+                "set DISTILL_GATEWAY_ADMIN_TOKEN instead"
+            )
+    try:
+        settings = GatewaySettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+    return _resolve_paths(settings, path.parent if path else Path.cwd())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return loaded
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f"{path}: " if path else ""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        problems.append(f"{key}: {error['msg']}")
+    return where + "invalid config: " + "; ".join(problems)
+
+
+def _resolve_paths(settings: GatewaySettings, base: Path) -> GatewaySettings:
+    """Relative model paths are relative to the config file; missing files fail here."""
+    for role in ("teacher", "student"):
+        backend = getattr(settings, role)
+        if not backend.path.is_absolute():
+            backend.path = (base / backend.path).resolve()
+        if not backend.path.is_file():
+            raise ConfigError(f"{role}.path: no such file: {backend.path}")
+    return settings

@@ -1,0 +1,64 @@
+"""The gateway's errors. Each carries the HTTP status it is answered with.
+
+GatewayError
+ +-- BadRequest (400)            malformed inference request, named precisely
+ +-- Unauthorized (401)          admin call without the right bearer token
+ +-- Forbidden (403)             admin API disabled: no token configured
+ +-- NotFound (404)              unknown model, unknown or expired feedback id
+ +-- Conflict (409)              a second label for the same request
+ +-- PayloadTooLarge (413)       body over ``max_request_bytes``
+ +-- UnsupportedMediaType (415)  a Content-Encoding we cannot decode
+ +-- Unprocessable (422)         a well-formed admin or feedback body with a bad value
+ +-- InferenceFailed (500)       the backend raised while running a valid request
+ +-- BackendUnavailable (503)    the backend cannot serve at all
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(GatewayError):
+    status_code = 400
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+
+
+class Forbidden(GatewayError):
+    status_code = 403
+
+
+class NotFound(GatewayError):
+    status_code = 404
+
+
+class Conflict(GatewayError):
+    status_code = 409
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+
+
+class Unprocessable(GatewayError):
+    status_code = 422
+
+
+class InferenceFailed(GatewayError):
+    status_code = 500
+
+
+class BackendUnavailable(GatewayError):
+    status_code = 503

@@ -1,0 +1,170 @@
+"""The gateway's core: routes, runs, shadows, remembers predictions and measures.
+
+HTTP (``gateway.app``) only translates requests into calls on ``GatewayService``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.backends import Backend, create_backend
+from gateway.codec import decode_request, encode_response
+from gateway.config import GatewaySettings
+from gateway.errors import BackendUnavailable, GatewayError, NotFound
+from gateway.feedback import FeedbackStore
+from gateway.metrics import NO_BACKEND, GatewayMetrics
+from gateway.protocol import Feedback
+from gateway.routing import Role, TrafficSplit
+from gateway.shadow import ShadowComparer
+from gateway.signature import Signature, signature_mismatches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    body: bytes
+    header_length: int | None
+    served_by: Role
+    request_id: str
+
+
+class GatewayService:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        backends: Mapping[str, Backend],
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.model = settings.model
+        self._backends = backends
+        self._metrics = metrics
+        self.signature: Signature = backends["teacher"].signature
+        self._logits = self.signature.outputs[0]
+        self._all_outputs = [spec.name for spec in self.signature.outputs]
+        self.split = TrafficSplit(settings.traffic.student_share)
+        metrics.set_share(self.split.student_share, self.split.generation)
+        self.shadow = ShadowComparer(
+            backends,
+            metrics,
+            self._logits.name,
+            settings.shadow.sample_rate,
+            settings.shadow.queue_size,
+            settings.shadow.workers,
+        )
+        self.feedback = FeedbackStore(
+            settings.feedback.ttl_seconds,
+            settings.feedback.max_entries,
+            num_classes=self._logits.shape[-1],
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayService:
+        """Loads and warms both backends and checks that their signatures agree."""
+        backends = {
+            "teacher": create_backend("teacher", settings.teacher),
+            "student": create_backend("student", settings.student),
+        }
+        try:
+            await asyncio.gather(*(backend.load() for backend in backends.values()))
+            problems = signature_mismatches(
+                backends["teacher"].signature, backends["student"].signature
+            )
+            if problems:
+                raise BackendUnavailable(
+                    "teacher and student signatures differ: " + "; ".join(problems)
+                )
+        except BaseException:
+            await asyncio.gather(*(backend.close() for backend in backends.values()))
+            raise
+        for backend in backends.values():
+            log.info("loaded %s", backend.description)
+        return cls(settings, backends, metrics)
+
+    def start_background(self) -> None:
+        self.shadow.start()
+
+    async def close(self) -> None:
+        await self.shadow.stop()
+        await asyncio.gather(*(backend.close() for backend in self._backends.values()))
+
+    def is_ready(self) -> bool:
+        return all(backend.is_ready() for backend in self._backends.values())
+
+    def check_model(self, model: str) -> None:
+        if model != self.model:
+            raise NotFound(f"unknown model '{model}'; this gateway serves '{self.model}'")
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        body: bytes,
+        header_length: str | None,
+        routing_key: str | None,
+        forced: str | None,
+        fallback_id: str,
+    ) -> InferenceResult:
+        start = time.perf_counter()
+        served_by: str = NO_BACKEND
+        try:
+            self.check_model(model)
+            request = decode_request(
+                body, header_length, self.signature, self.settings.max_batch_size
+            )
+            served_by = role = self.split.choose(routing_key, forced)
+            with self._metrics.backend_call(role, "live"):
+                outputs = await self._backends[role].infer(request.inputs, self._all_outputs)
+            self.shadow.maybe_submit(role, request.inputs, outputs)
+            request_id = request.id or fallback_id
+            self.feedback.remember(request_id, role, outputs[self._logits.name].argmax(axis=-1))
+            response, response_header_length = encode_response(
+                self.model, request_id, outputs, request.outputs
+            )
+        except GatewayError as exc:
+            self._metrics.count_request(served_by, exc.status_code, time.perf_counter() - start)
+            raise
+        self._metrics.count_request(role, 200, time.perf_counter() - start)
+        return InferenceResult(response, response_header_length, role, request_id)
+
+    def count_rejected(self, status_code: int) -> None:
+        """A request refused before it reached ``infer`` (body too large, bad encoding)."""
+        self._metrics.count_request(NO_BACKEND, status_code, 0.0)
+
+    # -- admin and feedback --------------------------------------------------------------------
+
+    def set_student_share(self, share: float) -> int:
+        previous = self.split.student_share
+        generation = self.split.set_share(share)
+        self._metrics.set_share(share, generation)
+        log.info("student share %.4g -> %.4g (generation %d)", previous, share, generation)
+        return generation
+
+    def record_feedback(self, model: str, feedback: Feedback) -> dict[str, object]:
+        self.check_model(model)
+        scored = self.feedback.score(feedback.id, feedback.label)
+        self._metrics.feedback.labels(self.model, scored.backend).inc(scored.total)
+        self._metrics.feedback_correct.labels(self.model, scored.backend).inc(scored.correct)
+        return {
+            "id": feedback.id,
+            "backend": scored.backend,
+            "correct": scored.correct,
+            "total": scored.total,
+        }
+
+    def model_metadata(self) -> dict[str, object]:
+        return {
+            "name": self.model,
+            "versions": ["1"],
+            "platform": "distill-gateway",
+            "inputs": [spec.as_metadata() for spec in self.signature.inputs],
+            "outputs": [spec.as_metadata() for spec in self.signature.outputs],
+        }

@@ -1,0 +1,82 @@
+"""Tensor signatures and the V2 datatype names, shared by the protocol codec and the backends."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# V2 datatype name -> little-endian numpy dtype (BYTES is not a fixed-size type; not served here).
+V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: name, V2 datatype, shape with -1 for a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        return V2_TO_NUMPY[self.datatype]
+
+    def as_metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.inputs if spec.name == name), None)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((spec for spec in self.outputs if spec.name == name), None)
+
+
+def signature_mismatches(teacher: Signature, student: Signature) -> list[str]:
+    """What differs between two signatures, as sentences; empty when they agree."""
+    problems = _compare("input", teacher.inputs, student.inputs)
+    problems += _compare("output", teacher.outputs, student.outputs)
+    return problems
+
+
+def _compare(kind: str, teacher: Sequence[TensorSpec], student: Sequence[TensorSpec]) -> list[str]:
+    teacher_by_name = {spec.name: spec for spec in teacher}
+    student_by_name = {spec.name: spec for spec in student}
+    problems = [
+        f"{kind} '{name}' exists only on the {side}"
+        for side, names in (
+            ("teacher", teacher_by_name.keys() - student_by_name.keys()),
+            ("student", student_by_name.keys() - teacher_by_name.keys()),
+        )
+        for name in sorted(names)
+    ]
+    for name in sorted(teacher_by_name.keys() & student_by_name.keys()):
+        t, s = teacher_by_name[name], student_by_name[name]
+        if t.datatype != s.datatype:
+            problems.append(f"{kind} '{name}': teacher {t.datatype}, student {s.datatype}")
+        if t.shape != s.shape:
+            problems.append(
+                f"{kind} '{name}': teacher shape {list(t.shape)}, student shape {list(s.shape)}"
+            )
+    return problems
