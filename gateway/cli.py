@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import prometheus_client
 import typer
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -55,6 +56,7 @@ def serve(
 async def _serve(
     settings: GatewaySettings, host: str, port: int, log_level: str, access_log: bool
 ) -> None:
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
     metrics = GatewayMetrics(registry, settings.model, costs)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from models import STUDENT_PATH, TEACHER_PATH
@@ -37,8 +37,19 @@ class OnnxBackendConfig(_Strict):
     """Calls run at once (worker threads); ONNX Runtime releases the GIL while it runs."""
 
 
-# One member today; the ``triton`` kind joins this union (discriminated by ``kind``).
-BackendConfig = Annotated[OnnxBackendConfig, Field(discriminator="kind")]
+def _backend_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "onnx"))
+    return str(getattr(value, "kind", "onnx"))
+
+
+BACKEND_KINDS = ("onnx",)
+
+# Picked by ``kind`` (``onnx`` when absent); the ``triton`` kind joins this union.
+BackendConfig = Annotated[
+    Annotated[OnnxBackendConfig, Tag("onnx")],
+    Discriminator(_backend_kind),
+]
 
 
 class TrafficConfig(_Strict):
@@ -144,7 +155,10 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     where = f"{path}: " if path else ""
     problems = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = list(error["loc"])
+        if len(loc) > 1 and loc[0] in ("teacher", "student") and loc[1] in BACKEND_KINDS:
+            del loc[1]  # pydantic puts the union's tag in the path; users never wrote it
+        key = ".".join(str(part) for part in loc) or "(top level)"
         problems.append(f"{key}: {error['msg']}")
     return where + "invalid config: " + "; ".join(problems)
 

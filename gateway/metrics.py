@@ -116,7 +116,17 @@ class GatewayMetrics:
             mb,
             registry=registry,
         )
+        # Create every series up front: a counter that appears only on its first event would
+        # make rate() and absent() blind to its start.
+        for per_model in (
+            self.shadow_comparisons,
+            self.shadow_agreements,
+            self.shadow_dropped,
+            self.shadow_kl,
+        ):
+            per_model.labels(model)
         for role in BACKENDS:
+            self.requests.labels(model, role, "200")
             for path in ("live", "shadow"):
                 self.backend_duration.labels(model, role, path)
             self.request_duration.labels(model, role)

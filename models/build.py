@@ -49,6 +49,9 @@ def build(
     alpha: Annotated[float, typer.Option(help="Weight of the soft (KL) term.")] = 0.8,
     max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs per model.")] = 400,
     patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 40,
+    enforce_targets: Annotated[
+        bool, typer.Option(help="Exit 1 when a target is missed (off for quick trial builds).")
+    ] = True,
 ) -> None:
     """Train, distil, export and register the teacher/student pair; fail if a target is missed."""
     torch.set_num_threads(1)  # bitwise-reproducible training on CPU
@@ -109,7 +112,8 @@ def build(
         "models": {"teacher": teacher_entry, "student": student_entry, "student_bad": bad_entry},
     }
     (out_dir / "registry.json").write_text(json.dumps(registry, indent=2) + "\n")
-    if not _report_targets(teacher_entry, student_entry, baseline_accuracy):
+    met = _report_targets(teacher_entry, student_entry, baseline_accuracy)
+    if enforce_targets and not met:
         raise typer.Exit(code=1)
 
 

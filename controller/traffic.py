@@ -1,0 +1,139 @@
+"""A traffic generator: replays the saved digits test split through a gateway with tritonclient, and
+posts each true label back as feedback (which also tells which backend served the request).
+
+Used by the demo, the tests and the benchmarks. Each worker thread has its own clients.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+from models import TEST_SPLIT_PATH
+from models.data import load_test_split
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request as the client saw it."""
+
+    row: int  # index into the test split
+    request_id: str
+    ok: bool
+    latency_seconds: float
+    backend: str | None = None  # from the feedback answer; None without feedback
+    correct: bool | None = None
+    error: str | None = None
+
+
+@dataclass
+class TrafficReport:
+    samples: list[Sample] = field(default_factory=list)
+
+    def by_backend(self, backend: str) -> list[Sample]:
+        return [s for s in self.samples if s.backend == backend]
+
+    @property
+    def errors(self) -> list[Sample]:
+        return [s for s in self.samples if not s.ok]
+
+
+def host_port(url: str) -> str:
+    """tritonclient wants ``host:port``; accept a full URL too."""
+    return urlsplit(url).netloc if "://" in url else url
+
+
+class TrafficGenerator:
+    def __init__(
+        self,
+        gateway_url: str,
+        model: str = "digits",
+        split_path: Path = TEST_SPLIT_PATH,
+        send_feedback: bool = True,
+        headers: Callable[[int], dict[str, str]] | None = None,
+    ) -> None:
+        self._address = host_port(gateway_url)
+        self._base_url = f"http://{self._address}"
+        self._model = model
+        split = load_test_split(split_path)
+        self._x, self._y = split.x, split.y
+        self._send_feedback = send_feedback
+        self._headers = headers or (lambda _: {})
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def run(
+        self, requests: int | None = None, stop: threading.Event | None = None, workers: int = 1
+    ) -> TrafficReport:
+        """Sends ``requests`` requests (or until ``stop`` is set) from ``workers`` threads."""
+        if requests is None and stop is None:
+            raise ValueError("give a request count or a stop event")
+        report = TrafficReport()
+        threads = [
+            threading.Thread(target=self._worker, args=(requests, stop, report), daemon=True)
+            for _ in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return report
+
+    def _next_index(self, limit: int | None) -> int | None:
+        with self._lock:
+            if limit is not None and self._counter >= limit:
+                return None
+            self._counter += 1
+            return self._counter - 1
+
+    def _worker(
+        self, limit: int | None, stop: threading.Event | None, report: TrafficReport
+    ) -> None:
+        client = triton_http.InferenceServerClient(self._address, network_timeout=30.0)
+        with httpx.Client(base_url=self._base_url, timeout=30.0) as http:
+            while stop is None or not stop.is_set():
+                number = self._next_index(limit)
+                if number is None:
+                    break
+                sample = self._one(client, http, number)
+                with self._lock:
+                    report.samples.append(sample)
+        client.close()
+
+    def _one(
+        self, client: triton_http.InferenceServerClient, http: httpx.Client, number: int
+    ) -> Sample:
+        row = number % len(self._x)
+        pixels = triton_http.InferInput("pixels", [1, self._x.shape[1]], "FP32")
+        pixels.set_data_from_numpy(self._x[row : row + 1])
+        start = time.perf_counter()
+        try:
+            result = client.infer(self._model, [pixels], headers=self._headers(number))
+        except InferenceServerException as exc:
+            return Sample(row, "", False, time.perf_counter() - start, error=str(exc))
+        latency = time.perf_counter() - start
+        request_id = str(result.get_response()["id"])
+        if not self._send_feedback:
+            return Sample(row, request_id, True, latency)
+        answer = http.post(
+            f"/v2/models/{self._model}/feedback",
+            json={"id": request_id, "label": int(self._y[row])},
+        )
+        answer.raise_for_status()
+        scored = answer.json()
+        return Sample(row, request_id, True, latency, scored["backend"], scored["correct"] == 1)
+
+
+def percentile_ms(samples: list[Sample], quantile: float) -> float:
+    if not samples:
+        return float("nan")
+    return float(np.quantile([s.latency_seconds for s in samples], quantile) * 1000.0)

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models import STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
+from models.data import Split, load_test_split
+from tests.servers import GatewayProcess
+
+StartGateway = Callable[..., GatewayProcess]
+
+
+@pytest.fixture(scope="session")
+def test_split() -> Split:
+    return load_test_split(TEST_SPLIT_PATH)
+
+
+def _direct(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {"pixels": x})[0]
+
+
+@pytest.fixture(scope="session")
+def teacher_direct() -> Callable[[np.ndarray], np.ndarray]:
+    """The teacher run by ONNX Runtime directly, bypassing the gateway: the reference."""
+    return _direct(TEACHER_PATH)
+
+
+@pytest.fixture(scope="session")
+def student_direct() -> Callable[[np.ndarray], np.ndarray]:
+    return _direct(STUDENT_PATH)
+
+
+@pytest.fixture(scope="session")
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
+    """Starts gateways that live until the end of the session."""
+    started: list[GatewayProcess] = []
+    tmp = tmp_path_factory.mktemp("gateways")
+
+    def start(config: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
+        gateway = GatewayProcess(tmp, config, **kwargs).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway: StartGateway) -> GatewayProcess:
+    """The default gateway (shipped pair, share 0); tests that change it restore it."""
+    return start_gateway({"shadow": {"sample_rate": 0.0}})
+
+
+@pytest.fixture
+def fresh_gateway(start_gateway: StartGateway) -> Callable[..., GatewayProcess]:
+    """For tests that read absolute metric values: a gateway of their own."""
+    return start_gateway

@@ -1,0 +1,81 @@
+"""The admin API: reading and setting the split, and its authentication."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import ADMIN_TOKEN, GatewayProcess
+
+BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+
+
+@pytest.fixture
+def admin_gateway(gateway: GatewayProcess) -> Iterator[GatewayProcess]:
+    yield gateway
+    gateway.set_share(0.0)
+
+
+def _put(gateway: GatewayProcess, body: Any, token: str | None = ADMIN_TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.put(f"{gateway.url}/admin/traffic", json=body, headers=headers)
+
+
+def test_set_share_takes_effect_on_the_next_request(admin_gateway: GatewayProcess) -> None:
+    before = httpx.get(f"{admin_gateway.url}/admin/traffic").json()
+    response = _put(admin_gateway, {"student_share": 1.0})
+    assert response.status_code == 200
+    assert response.json() == {"student_share": 1.0, "generation": before["generation"] + 1}
+    served = httpx.post(f"{admin_gateway.url}/v2/models/digits/infer", json=BODY)
+    assert served.headers["x-served-by"] == "student"
+    assert httpx.get(f"{admin_gateway.url}/admin/traffic").json()["student_share"] == 1.0
+
+
+def test_missing_token_is_401(admin_gateway: GatewayProcess) -> None:
+    response = _put(admin_gateway, {"student_share": 0.5}, token=None)
+    assert response.status_code == 401
+    assert "missing bearer token" in response.json()["error"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_wrong_token_is_401_and_changes_nothing(admin_gateway: GatewayProcess) -> None:
+    before = httpx.get(f"{admin_gateway.url}/admin/traffic").json()
+    response = _put(admin_gateway, {"student_share": 0.5}, token="not-the-token")
+    assert response.status_code == 401
+    assert "invalid bearer token" in response.json()["error"]
+    assert httpx.get(f"{admin_gateway.url}/admin/traffic").json() == before
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_share_outside_0_1_is_422(admin_gateway: GatewayProcess, share: float) -> None:
+    response = _put(admin_gateway, {"student_share": share})
+    assert response.status_code == 422
+    assert "student_share" in response.json()["error"]
+
+
+def test_body_without_share_is_422_and_bad_json_400(admin_gateway: GatewayProcess) -> None:
+    assert _put(admin_gateway, {"share": 0.5}).status_code == 422
+    response = httpx.put(
+        f"{admin_gateway.url}/admin/traffic",
+        content=b"{",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert response.status_code == 400
+
+
+def test_no_token_configured_is_403(start_gateway: Any) -> None:
+    locked = start_gateway({"shadow": {"sample_rate": 0}}, admin_token=None)
+    response = _put(locked, {"student_share": 0.5}, token="anything")
+    assert response.status_code == 403
+    assert "DISTILL_GATEWAY_ADMIN_TOKEN" in response.json()["error"]
+
+
+def test_the_token_is_never_logged(admin_gateway: GatewayProcess) -> None:
+    _put(admin_gateway, {"student_share": 0.3})
+    _put(admin_gateway, {"student_share": 0.3}, token="wrong-token-xyz")
+    log = admin_gateway.log()
+    assert "student share" in log  # the change itself is logged
+    assert ADMIN_TOKEN not in log and "wrong-token-xyz" not in log

@@ -1,0 +1,30 @@
+"""Device selection says one clear line; serving never imports torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.servers import GatewayProcess
+
+
+def test_auto_device_reports_its_choice_in_one_line_per_backend(gateway: GatewayProcess) -> None:
+    log = gateway.log()
+    for role in ("teacher", "student"):
+        choices = [line for line in log.splitlines() if f"{role}: device auto ->" in line]
+        assert len(choices) == 1, log
+    assert "[E:onnxruntime" not in log
+    assert "Failed to create CUDAExecutionProvider" not in log
+
+
+def test_serving_does_not_need_torch() -> None:
+    probe = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        "import gateway.cli, gateway.app, gateway.backends.onnx, controller.traffic\n"
+        "from gateway.config import load_settings\n"
+        "load_settings(None)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

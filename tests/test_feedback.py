@@ -1,0 +1,117 @@
+"""Ground-truth feedback: accuracy per backend, joined on request ids."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+
+from controller.traffic import TrafficGenerator
+from gateway.errors import Conflict, NotFound, Unprocessable
+from gateway.feedback import FeedbackStore
+from models.data import Split
+from tests.servers import GatewayProcess
+
+Model = Callable[[np.ndarray], np.ndarray]
+BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+
+
+def test_feedback_accuracy_equals_offline_accuracy_on_the_same_requests(
+    fresh_gateway: Callable[..., GatewayProcess],
+    test_split: Split,
+    teacher_direct: Model,
+    student_direct: Model,
+) -> None:
+    gateway = fresh_gateway({"shadow": {"sample_rate": 0}, "traffic": {"student_share": 0.5}})
+    report = TrafficGenerator(gateway.url).run(requests=len(test_split.y), workers=2)
+    assert not report.errors
+    models = {"teacher": teacher_direct, "student": student_direct}
+    for backend, model in models.items():
+        rows = np.array([s.row for s in report.by_backend(backend)])
+        assert len(rows) > 100  # both backends got a fair part of the traffic
+        offline_correct = int((model(test_split.x[rows]).argmax(1) == test_split.y[rows]).sum())
+        assert gateway.metric("gateway_feedback_total", backend=backend) == len(rows)
+        assert gateway.metric("gateway_feedback_correct_total", backend=backend) == offline_correct
+
+
+def test_feedback_errors(gateway: GatewayProcess) -> None:
+    with httpx.Client(base_url=gateway.url) as client:
+        served = client.post("/v2/models/digits/infer", json={**BODY, "id": "fb-errors-1"})
+        assert served.status_code == 200
+
+        def post(body: object) -> httpx.Response:
+            return client.post("/v2/models/digits/feedback", json=body)
+
+        assert post({"id": "never-seen", "label": 3}).status_code == 404
+        bad_label = post({"id": "fb-errors-1", "label": 12})
+        assert bad_label.status_code == 422 and "classes 0..9" in bad_label.json()["error"]
+        assert post({"id": "fb-errors-1", "label": "three"}).status_code == 422
+        assert post({"label": 3}).status_code == 422
+        first = post({"id": "fb-errors-1", "label": 3})
+        assert first.status_code == 200 and first.json()["backend"] == "teacher"
+        second = post({"id": "fb-errors-1", "label": 3})
+        assert second.status_code == 409 and "already has a label" in second.json()["error"]
+
+
+def test_feedback_for_a_batch_takes_one_label_per_row(gateway: GatewayProcess) -> None:
+    body = {
+        "id": "fb-batch-1",
+        "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": [0.0] * 128}],
+    }
+    with httpx.Client(base_url=gateway.url) as client:
+        assert client.post("/v2/models/digits/infer", json=body).status_code == 200
+        wrong_count = client.post(
+            "/v2/models/digits/feedback", json={"id": "fb-batch-1", "label": 1}
+        )
+        assert wrong_count.status_code == 422 and "2 example(s)" in wrong_count.json()["error"]
+        answer = client.post(
+            "/v2/models/digits/feedback", json={"id": "fb-batch-1", "label": [1, 2]}
+        )
+        assert answer.status_code == 200 and answer.json()["total"] == 2
+
+
+# -- the store itself, with a controllable clock -------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_predictions_expire_after_the_ttl() -> None:
+    clock = Clock()
+    store = FeedbackStore(ttl_seconds=10, max_entries=100, num_classes=10, clock=clock)
+    store.remember("a", "teacher", np.array([3]))
+    clock.now = 9.9
+    assert store.score("a", 3).correct == 1
+    store.remember("b", "student", np.array([4]))
+    clock.now = 20.0
+    with pytest.raises(NotFound):
+        store.score("b", 4)
+    assert len(store) == 0
+
+
+def test_the_oldest_predictions_are_forgotten_first() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=2, num_classes=10, clock=Clock())
+    for request_id in ("a", "b", "c"):
+        store.remember(request_id, "teacher", np.array([1]))
+    with pytest.raises(NotFound):
+        store.score("a", 1)
+    assert store.score("c", 2).correct == 0
+
+
+def test_label_checks() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, num_classes=10, clock=Clock())
+    store.remember("a", "teacher", np.array([1, 2]))
+    with pytest.raises(Unprocessable):
+        store.score("a", [1, 2, 3])
+    with pytest.raises(Unprocessable):
+        store.score("a", [-1, 2])
+    assert store.score("a", [1, 0]).correct == 1
+    with pytest.raises(Conflict):
+        store.score("a", [1, 2])

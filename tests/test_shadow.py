@@ -1,0 +1,115 @@
+"""Shadow traffic against real backends: every sampled request compared, none delaying a client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import numpy as np
+
+from gateway.shadow import compare_logits
+from models.data import Split
+from tests.servers import GatewayProcess, wait_until
+
+Model = Callable[[np.ndarray], np.ndarray]
+
+
+def _body(x: np.ndarray) -> dict[str, Any]:
+    return {"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.reshape(-1).tolist()}]}  # fmt: skip
+
+
+def _offline_kl(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    p = np.exp(teacher - teacher.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    q = np.exp(student - student.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
+    return np.asarray((p * np.log(p / q)).sum(1))
+
+
+def test_every_sampled_request_is_compared_exactly(
+    fresh_gateway: Callable[..., GatewayProcess],
+    test_split: Split,
+    teacher_direct: Model,
+    student_direct: Model,
+) -> None:
+    gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}})
+    x = test_split.x[:150]
+    with httpx.Client(base_url=gateway.url) as client:
+        for row in x:
+            assert client.post("/v2/models/digits/infer", json=_body(row[None])).is_success
+
+    wait_until(
+        lambda: gateway.metric("gateway_shadow_comparisons_total") == len(x), 20, "comparisons"
+    )
+    teacher, student = teacher_direct(x), student_direct(x)
+    expected_agreements = int((teacher.argmax(1) == student.argmax(1)).sum())
+    assert gateway.metric("gateway_shadow_agreements_total") == expected_agreements
+    assert 0.85 <= expected_agreements / len(x) <= 1.0  # a good student agrees almost always
+    assert gateway.metric("gateway_shadow_kl_divergence_count") == len(x)
+    np.testing.assert_allclose(
+        gateway.metric("gateway_shadow_kl_divergence_sum"),
+        _offline_kl(teacher, student).sum(),
+        rtol=1e-3,
+    )
+    # Teacher served live, so the student ran in the shadow.
+    shadow_calls = gateway.metric(
+        "gateway_backend_duration_seconds_count", backend="student", path="shadow"
+    )
+    assert shadow_calls == len(x)
+
+
+def test_student_served_requests_are_shadowed_on_the_teacher(
+    fresh_gateway: Callable[..., GatewayProcess], test_split: Split
+) -> None:
+    gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}, "traffic": {"student_share": 1.0}})
+    with httpx.Client(base_url=gateway.url) as client:
+        response = client.post("/v2/models/digits/infer", json=_body(test_split.x[:10]))
+    assert response.headers["x-served-by"] == "student"
+    wait_until(lambda: gateway.metric("gateway_shadow_comparisons_total") == 10, 20, "comparison")
+    teacher_shadow = gateway.metric(
+        "gateway_backend_duration_seconds_count", backend="teacher", path="shadow"
+    )
+    assert teacher_shadow == 1
+
+
+def test_a_full_queue_drops_comparisons_and_never_delays_clients(
+    fresh_gateway: Callable[..., GatewayProcess], test_split: Split
+) -> None:
+    gateway = fresh_gateway(
+        {
+            "shadow": {"sample_rate": 1.0, "queue_size": 1, "workers": 1},
+            "traffic": {"student_share": 1.0},  # live on the fast student, shadow on the teacher
+        }
+    )
+    batch = np.resize(test_split.x, (256, 64)).astype(np.float32)
+    requests = 60
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            calls = [
+                client.post("/v2/models/digits/infer", json=_body(batch)) for _ in range(requests)
+            ]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+
+    def settled() -> bool:
+        compared = gateway.metric("gateway_shadow_comparisons_total") / len(batch)
+        return compared + gateway.metric("gateway_shadow_dropped_total") == requests
+
+    wait_until(settled, 30, "every sampled request compared or dropped")
+    assert gateway.metric("gateway_shadow_dropped_total") > 0
+
+
+def test_compare_logits_agreement_and_kl() -> None:
+    teacher = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    student = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    result = compare_logits(teacher, student)
+    assert result.examples == 2 and result.agreements == 1
+    np.testing.assert_allclose(result.kl_per_example, _offline_kl(teacher, student))
+    same = compare_logits(teacher, teacher)
+    np.testing.assert_allclose(same.kl_per_example, 0.0, atol=1e-12)
