@@ -10,9 +10,9 @@ import pytest
 
 from models import STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
 from models.data import Split, load_test_split
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
-StartGateway = Callable[..., GatewayProcess]
+StartGateway = Callable[..., TestGateway]
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +39,11 @@ def student_direct() -> Callable[[np.ndarray], np.ndarray]:
 @pytest.fixture(scope="session")
 def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
     """Starts gateways that live until the end of the session."""
-    started: list[GatewayProcess] = []
+    started: list[TestGateway] = []
     tmp = tmp_path_factory.mktemp("gateways")
 
-    def start(config: dict[str, Any] | None = None, **kwargs: Any) -> GatewayProcess:
-        gateway = GatewayProcess(tmp, config, **kwargs).start()
+    def start(config: dict[str, Any] | None = None, **kwargs: Any) -> TestGateway:
+        gateway = TestGateway(tmp, config, **kwargs).start()
         started.append(gateway)
         return gateway
 
@@ -53,12 +53,12 @@ def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGat
 
 
 @pytest.fixture(scope="session")
-def gateway(start_gateway: StartGateway) -> GatewayProcess:
+def gateway(start_gateway: StartGateway) -> TestGateway:
     """The default gateway (shipped pair, share 0); tests that change it restore it."""
     return start_gateway({"shadow": {"sample_rate": 0.0}})
 
 
 @pytest.fixture
-def fresh_gateway(start_gateway: StartGateway) -> Callable[..., GatewayProcess]:
+def fresh_gateway(start_gateway: StartGateway) -> Callable[..., TestGateway]:
     """For tests that read absolute metric values: a gateway of their own."""
     return start_gateway

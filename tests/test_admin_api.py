@@ -8,23 +8,23 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ADMIN_TOKEN, GatewayProcess
+from tests.servers import ADMIN_TOKEN, TestGateway
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 
 
 @pytest.fixture
-def admin_gateway(gateway: GatewayProcess) -> Iterator[GatewayProcess]:
+def admin_gateway(gateway: TestGateway) -> Iterator[TestGateway]:
     yield gateway
     gateway.set_share(0.0)
 
 
-def _put(gateway: GatewayProcess, body: Any, token: str | None = ADMIN_TOKEN) -> httpx.Response:
+def _put(gateway: TestGateway, body: Any, token: str | None = ADMIN_TOKEN) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return httpx.put(f"{gateway.url}/admin/traffic", json=body, headers=headers)
 
 
-def test_set_share_takes_effect_on_the_next_request(admin_gateway: GatewayProcess) -> None:
+def test_set_share_takes_effect_on_the_next_request(admin_gateway: TestGateway) -> None:
     before = httpx.get(f"{admin_gateway.url}/admin/traffic").json()
     response = _put(admin_gateway, {"student_share": 1.0})
     assert response.status_code == 200
@@ -34,14 +34,14 @@ def test_set_share_takes_effect_on_the_next_request(admin_gateway: GatewayProces
     assert httpx.get(f"{admin_gateway.url}/admin/traffic").json()["student_share"] == 1.0
 
 
-def test_missing_token_is_401(admin_gateway: GatewayProcess) -> None:
+def test_missing_token_is_401(admin_gateway: TestGateway) -> None:
     response = _put(admin_gateway, {"student_share": 0.5}, token=None)
     assert response.status_code == 401
     assert "missing bearer token" in response.json()["error"]
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_wrong_token_is_401_and_changes_nothing(admin_gateway: GatewayProcess) -> None:
+def test_wrong_token_is_401_and_changes_nothing(admin_gateway: TestGateway) -> None:
     before = httpx.get(f"{admin_gateway.url}/admin/traffic").json()
     response = _put(admin_gateway, {"student_share": 0.5}, token="not-the-token")
     assert response.status_code == 401
@@ -50,13 +50,13 @@ def test_wrong_token_is_401_and_changes_nothing(admin_gateway: GatewayProcess) -
 
 
 @pytest.mark.parametrize("share", [-0.1, 1.5])
-def test_share_outside_0_1_is_422(admin_gateway: GatewayProcess, share: float) -> None:
+def test_share_outside_0_1_is_422(admin_gateway: TestGateway, share: float) -> None:
     response = _put(admin_gateway, {"student_share": share})
     assert response.status_code == 422
     assert "student_share" in response.json()["error"]
 
 
-def test_body_without_share_is_422_and_bad_json_400(admin_gateway: GatewayProcess) -> None:
+def test_body_without_share_is_422_and_bad_json_400(admin_gateway: TestGateway) -> None:
     assert _put(admin_gateway, {"share": 0.5}).status_code == 422
     response = httpx.put(
         f"{admin_gateway.url}/admin/traffic",
@@ -73,7 +73,7 @@ def test_no_token_configured_is_403(start_gateway: Any) -> None:
     assert "DISTILL_GATEWAY_ADMIN_TOKEN" in response.json()["error"]
 
 
-def test_the_token_is_never_logged(admin_gateway: GatewayProcess) -> None:
+def test_the_token_is_never_logged(admin_gateway: TestGateway) -> None:
     _put(admin_gateway, {"student_share": 0.3})
     _put(admin_gateway, {"student_share": 0.3}, token="wrong-token-xyz")
     log = admin_gateway.log()

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
 GOOD_INPUT = {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
 
@@ -125,7 +125,7 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ids=[case[0] for case in CASES],
 )
 def test_bad_request_is_answered_clearly(
-    gateway: GatewayProcess, request_kwargs: dict[str, Any], status: int, message: str
+    gateway: TestGateway, request_kwargs: dict[str, Any], status: int, message: str
 ) -> None:
     response = httpx.post(f"{gateway.url}/v2/models/digits/infer", **request_kwargs)
     assert response.status_code == status, response.text

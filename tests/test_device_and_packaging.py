@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
 
-def test_auto_device_reports_its_choice_in_one_line_per_backend(gateway: GatewayProcess) -> None:
+def test_auto_device_reports_its_choice_in_one_line_per_backend(gateway: TestGateway) -> None:
     log = gateway.log()
     for role in ("teacher", "student"):
         choices = [line for line in log.splitlines() if f"{role}: device auto ->" in line]

@@ -12,14 +12,14 @@ from controller.traffic import TrafficGenerator
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.feedback import FeedbackStore
 from models.data import Split
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
 Model = Callable[[np.ndarray], np.ndarray]
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 
 
 def test_feedback_accuracy_equals_offline_accuracy_on_the_same_requests(
-    fresh_gateway: Callable[..., GatewayProcess],
+    fresh_gateway: Callable[..., TestGateway],
     test_split: Split,
     teacher_direct: Model,
     student_direct: Model,
@@ -36,7 +36,7 @@ def test_feedback_accuracy_equals_offline_accuracy_on_the_same_requests(
         assert gateway.metric("gateway_feedback_correct_total", backend=backend) == offline_correct
 
 
-def test_feedback_errors(gateway: GatewayProcess) -> None:
+def test_feedback_errors(gateway: TestGateway) -> None:
     with httpx.Client(base_url=gateway.url) as client:
         served = client.post("/v2/models/digits/infer", json={**BODY, "id": "fb-errors-1"})
         assert served.status_code == 200
@@ -55,7 +55,7 @@ def test_feedback_errors(gateway: GatewayProcess) -> None:
         assert second.status_code == 409 and "already has a label" in second.json()["error"]
 
 
-def test_feedback_for_a_batch_takes_one_label_per_row(gateway: GatewayProcess) -> None:
+def test_feedback_for_a_batch_takes_one_label_per_row(gateway: TestGateway) -> None:
     body = {
         "id": "fb-batch-1",
         "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": [0.0] * 128}],

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.metrics import LATENCY_BUCKETS
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import GatewayProcess, read_metric
+from tests.servers import TestGateway, read_metric
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
 COST = {"teacher": 3.6, "student": 0.36}  # dollars per hour, so 0.001 and 0.0001 $ per second
@@ -31,7 +31,7 @@ PROMISED = [
 
 
 @pytest.fixture(scope="module")
-def measured(start_gateway: Callable[..., GatewayProcess]) -> tuple[GatewayProcess, str]:
+def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, str]:
     """A gateway that served exactly: 40 teacher, 25 student, 3 refused, 10 labelled."""
     gateway = start_gateway(
         {
@@ -54,14 +54,14 @@ def measured(start_gateway: Callable[..., GatewayProcess]) -> tuple[GatewayProce
     return gateway, gateway.metrics_text()
 
 
-def test_every_promised_metric_is_exported(measured: tuple[GatewayProcess, str]) -> None:
+def test_every_promised_metric_is_exported(measured: tuple[TestGateway, str]) -> None:
     _, text = measured
     for name in PROMISED:
         assert f"\n{name}{{" in text, f"{name} missing"
 
 
 def test_request_counts_and_histograms_match_the_traffic(
-    measured: tuple[GatewayProcess, str],
+    measured: tuple[TestGateway, str],
 ) -> None:
     _, text = measured
     for backend, count in (("teacher", 40), ("student", 25)):
@@ -82,7 +82,7 @@ def test_request_counts_and_histograms_match_the_traffic(
     assert read_metric(text, "gateway_requests_total", backend="none", code="400") == 3
 
 
-def test_time_in_gateway_covers_time_in_backend(measured: tuple[GatewayProcess, str]) -> None:
+def test_time_in_gateway_covers_time_in_backend(measured: tuple[TestGateway, str]) -> None:
     _, text = measured
     for backend in ("teacher", "student"):
         in_gateway = read_metric(text, "gateway_request_duration_seconds_sum", backend=backend)
@@ -93,7 +93,7 @@ def test_time_in_gateway_covers_time_in_backend(measured: tuple[GatewayProcess, 
 
 
 def test_latency_buckets_span_a_quarter_millisecond_to_ten_seconds(
-    measured: tuple[GatewayProcess, str],
+    measured: tuple[TestGateway, str],
 ) -> None:
     _, text = measured
     assert LATENCY_BUCKETS[0] == 0.00025 and LATENCY_BUCKETS[-1] == 10.0
@@ -101,7 +101,7 @@ def test_latency_buckets_span_a_quarter_millisecond_to_ten_seconds(
         assert f'le="{bound}"' in text
 
 
-def test_share_gauges_and_generation(measured: tuple[GatewayProcess, str]) -> None:
+def test_share_gauges_and_generation(measured: tuple[TestGateway, str]) -> None:
     _, text = measured
     assert read_metric(text, "gateway_traffic_share", backend="student") == 0.25
     assert read_metric(text, "gateway_traffic_share", backend="teacher") == 0.75
@@ -109,7 +109,7 @@ def test_share_gauges_and_generation(measured: tuple[GatewayProcess, str]) -> No
 
 
 def test_cost_is_backend_seconds_times_the_hourly_price(
-    measured: tuple[GatewayProcess, str],
+    measured: tuple[TestGateway, str],
 ) -> None:
     _, text = measured
     for backend, per_hour in COST.items():
@@ -121,7 +121,7 @@ def test_cost_is_backend_seconds_times_the_hourly_price(
         assert cost > 0
 
 
-def test_feedback_counters(measured: tuple[GatewayProcess, str]) -> None:
+def test_feedback_counters(measured: tuple[TestGateway, str]) -> None:
     _, text = measured
     assert read_metric(text, "gateway_feedback_total", backend="teacher") == 10
     assert read_metric(text, "gateway_feedback_total", backend="student") == 0
@@ -129,7 +129,7 @@ def test_feedback_counters(measured: tuple[GatewayProcess, str]) -> None:
     assert correct in (0, 10)  # the same input ten times: all right or all wrong
 
 
-def test_no_shadow_metrics_without_sampling(measured: tuple[GatewayProcess, str]) -> None:
+def test_no_shadow_metrics_without_sampling(measured: tuple[TestGateway, str]) -> None:
     _, text = measured
     assert read_metric(text, "gateway_shadow_comparisons_total") == 0
     assert read_metric(text, "gateway_shadow_dropped_total") == 0

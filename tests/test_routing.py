@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.routing import BUCKETS, TrafficSplit, bucket_of
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 Z_999 = 3.2905  # two-sided 99.9 % normal quantile
@@ -22,7 +22,7 @@ def binomial_bounds(n: int, p: float) -> tuple[float, float]:
 
 
 @pytest.fixture
-def split_gateway(gateway: GatewayProcess) -> Iterator[GatewayProcess]:
+def split_gateway(gateway: TestGateway) -> Iterator[TestGateway]:
     yield gateway
     gateway.set_share(0.0)
 
@@ -34,7 +34,7 @@ def _served_by(client: httpx.Client, headers: dict[str, str] | None = None) -> s
 
 
 @pytest.mark.parametrize("share", [0.05, 0.25, 0.5])
-def test_random_split_matches_the_share(split_gateway: GatewayProcess, share: float) -> None:
+def test_random_split_matches_the_share(split_gateway: TestGateway, share: float) -> None:
     split_gateway.set_share(share)
     n = 2000
     with httpx.Client(base_url=split_gateway.url) as client:
@@ -44,7 +44,7 @@ def test_random_split_matches_the_share(split_gateway: GatewayProcess, share: fl
 
 
 def test_sticky_keys_stay_on_the_student_as_the_share_grows(
-    split_gateway: GatewayProcess,
+    split_gateway: TestGateway,
 ) -> None:
     keys = [f"user-{n}" for n in range(600)]
     on_student: dict[float, set[str]] = {}
@@ -63,9 +63,7 @@ def test_sticky_keys_stay_on_the_student_as_the_share_grows(
 
 
 @pytest.mark.parametrize(("share", "forced"), [(0.0, "student"), (1.0, "teacher")])
-def test_x_canary_forces_a_backend(
-    split_gateway: GatewayProcess, share: float, forced: str
-) -> None:
+def test_x_canary_forces_a_backend(split_gateway: TestGateway, share: float, forced: str) -> None:
     split_gateway.set_share(share)
     with httpx.Client(base_url=split_gateway.url) as client:
         assert all(_served_by(client, {"x-canary": forced}) == forced for _ in range(20))

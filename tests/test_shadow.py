@@ -11,7 +11,7 @@ import numpy as np
 
 from gateway.shadow import compare_logits
 from models.data import Split
-from tests.servers import GatewayProcess, wait_until
+from tests.servers import TestGateway, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -30,7 +30,7 @@ def _offline_kl(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
 
 
 def test_every_sampled_request_is_compared_exactly(
-    fresh_gateway: Callable[..., GatewayProcess],
+    fresh_gateway: Callable[..., TestGateway],
     test_split: Split,
     teacher_direct: Model,
     student_direct: Model,
@@ -62,7 +62,7 @@ def test_every_sampled_request_is_compared_exactly(
 
 
 def test_student_served_requests_are_shadowed_on_the_teacher(
-    fresh_gateway: Callable[..., GatewayProcess], test_split: Split
+    fresh_gateway: Callable[..., TestGateway], test_split: Split
 ) -> None:
     gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}, "traffic": {"student_share": 1.0}})
     with httpx.Client(base_url=gateway.url) as client:
@@ -76,7 +76,7 @@ def test_student_served_requests_are_shadowed_on_the_teacher(
 
 
 def test_a_full_queue_drops_comparisons_and_never_delays_clients(
-    fresh_gateway: Callable[..., GatewayProcess], test_split: Split
+    fresh_gateway: Callable[..., TestGateway], test_split: Split
 ) -> None:
     gateway = fresh_gateway(
         {

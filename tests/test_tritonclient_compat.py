@@ -9,11 +9,11 @@ import pytest
 import tritonclient.http as triton_http
 
 from models.data import Split
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
 
 @pytest.fixture(scope="module")
-def client(gateway: GatewayProcess) -> triton_http.InferenceServerClient:
+def client(gateway: TestGateway) -> triton_http.InferenceServerClient:
     return triton_http.InferenceServerClient(gateway.address)
 
 

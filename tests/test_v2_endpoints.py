@@ -9,23 +9,23 @@ import numpy as np
 import pytest
 
 from models.data import Split
-from tests.servers import GatewayProcess
+from tests.servers import TestGateway
 
 
-def test_health_endpoints(gateway: GatewayProcess) -> None:
+def test_health_endpoints(gateway: TestGateway) -> None:
     assert httpx.get(f"{gateway.url}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{gateway.url}/v2/health/ready").json() == {"ready": True}
     ready = httpx.get(f"{gateway.url}/v2/models/digits/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
 
-def test_server_metadata_names_the_binary_extension(gateway: GatewayProcess) -> None:
+def test_server_metadata_names_the_binary_extension(gateway: TestGateway) -> None:
     metadata = httpx.get(f"{gateway.url}/v2").json()
     assert metadata["name"] == "distill-gateway"
     assert "binary_tensor_data" in metadata["extensions"]
 
 
-def test_model_metadata_is_the_shared_signature(gateway: GatewayProcess) -> None:
+def test_model_metadata_is_the_shared_signature(gateway: TestGateway) -> None:
     metadata = httpx.get(f"{gateway.url}/v2/models/digits").json()
     assert metadata["name"] == "digits"
     assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
@@ -41,16 +41,14 @@ def test_model_metadata_is_the_shared_signature(gateway: GatewayProcess) -> None
         ("POST", "/v2/models/nope/feedback"),
     ],
 )
-def test_unknown_model_is_404_with_a_v2_error(
-    gateway: GatewayProcess, method: str, path: str
-) -> None:
+def test_unknown_model_is_404_with_a_v2_error(gateway: TestGateway, method: str, path: str) -> None:
     body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
     response = httpx.request(method, f"{gateway.url}{path}", json=body)
     assert response.status_code == 404
     assert "unknown model 'nope'" in response.json()["error"]
 
 
-def test_unknown_route_is_404_with_a_v2_error(gateway: GatewayProcess) -> None:
+def test_unknown_route_is_404_with_a_v2_error(gateway: TestGateway) -> None:
     response = httpx.get(f"{gateway.url}/v3/whatever")
     assert response.status_code == 404
     assert "error" in response.json()
@@ -58,7 +56,7 @@ def test_unknown_route_is_404_with_a_v2_error(gateway: GatewayProcess) -> None:
 
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
 def test_json_inference_equals_direct_onnx_runtime(
-    gateway: GatewayProcess,
+    gateway: TestGateway,
     test_split: Split,
     teacher_direct: Callable[[np.ndarray], np.ndarray],
     nested: bool,
@@ -82,7 +80,7 @@ def test_json_inference_equals_direct_onnx_runtime(
     np.testing.assert_allclose(logits, teacher_direct(x), rtol=1e-5, atol=1e-5)
 
 
-def test_a_request_without_id_gets_a_generated_one(gateway: GatewayProcess) -> None:
+def test_a_request_without_id_gets_a_generated_one(gateway: TestGateway) -> None:
     body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1] * 64}]}
     first = httpx.post(f"{gateway.url}/v2/models/digits/infer", json=body)
     second = httpx.post(f"{gateway.url}/v2/models/digits/infer", json=body)
@@ -92,7 +90,7 @@ def test_a_request_without_id_gets_a_generated_one(gateway: GatewayProcess) -> N
 
 
 def test_gzip_compressed_request_from_tritonclient(
-    gateway: GatewayProcess, test_split: Split, teacher_direct: Callable[[np.ndarray], np.ndarray]
+    gateway: TestGateway, test_split: Split, teacher_direct: Callable[[np.ndarray], np.ndarray]
 ) -> None:
     import tritonclient.http as triton_http
 

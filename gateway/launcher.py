@@ -1,0 +1,111 @@
+"""Starts ``distill-gateway`` in a subprocess on a free loopback port and waits until it is ready.
+
+For the demo, the benchmarks and the tests; production runs the console script directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Polls ``condition`` until it holds; raises TimeoutError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class GatewayProcess:
+    """``distill-gateway`` in a subprocess, its output in ``log_path``."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        config: dict[str, Any] | None = None,
+        admin_token: str | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
+        self.admin_token = admin_token
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = work_dir / f"gateway-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config or {}))
+        self.log_path = work_dir / f"gateway-{self.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Self:
+        command = [
+            str(BIN / "distill-gateway"),
+            "--config", str(self.config_path),
+            "--port", str(self.port),
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_GATEWAY_")}
+        if self.admin_token is not None:
+            env["DISTILL_GATEWAY_ADMIN_TOKEN"] = self.admin_token
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(self._ready, timeout, f"gateway on {self.url} to be ready\n{self.log()}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def set_share(self, share: float) -> dict[str, Any]:
+        response = httpx.put(
+            f"{self.url}/admin/traffic",
+            json={"student_share": share},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def metrics_text(self) -> str:
+        return httpx.get(f"{self.url}/metrics").text
