@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/distill-gateway-demo
+	$(BIN)/distill-demo
 
 lint: venv
 	$(BIN)/ruff format --check .

@@ -78,6 +78,8 @@ class TrafficGenerator:
         if requests is None and stop is None:
             raise ValueError("give a request count or a stop event")
         report = TrafficReport()
+        with self._lock:
+            self._counter = 0
         threads = [
             threading.Thread(target=self._worker, args=(requests, stop, report), daemon=True)
             for _ in range(workers)
