@@ -1,14 +1,20 @@
 """`make demo`: the whole story on the embedded default, on one machine.
 
 Part 1 replays the saved test split through a real gateway with tritonclient at fixed student
-shares and shows, per backend, what the gateway measured.
+shares and shows, per backend, what the gateway measured. Part 2 runs two canary rollouts with the
+real `distill-canary` CLI while a traffic generator replays the split and posts labels: the shipped
+student is promoted 5 -> 25 -> 100 %; a deliberately bad one is rolled back at the first step.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import promtext
+from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
 from controller.traffic import TrafficGenerator
-from gateway.launcher import GatewayProcess
+from gateway.launcher import BIN, GatewayProcess
+from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH
+
+BAD_STUDENT_PATH = MODELS_DIR / "student_bad.onnx"
+DEMO_POLICY = Path(__file__).parent / "policies" / "demo.yaml"
 
 # Wide enough for the tables when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -84,10 +95,76 @@ def replay_at_fixed_shares(gateway: GatewayProcess) -> None:
     console.print(table)
 
 
+@dataclass(frozen=True)
+class RolloutOutcome:
+    scenario: str
+    student: str
+    exit_code: int
+    seconds: float
+    final_share: float
+    last_line: str
+
+
+def gateway_config(student: Path) -> dict[str, object]:
+    return {
+        "shadow": {"sample_rate": 0.25},
+        "teacher": {"path": str(TEACHER_PATH), "cost_per_hour": 3.0},
+        "student": {"path": str(student), "cost_per_hour": 0.5},
+    }
+
+
+def canary_scenario(name: str, student: Path, work_dir: Path, token: str) -> RolloutOutcome:
+    console.rule(f"[bold]Part 2: {name}")
+    gateway = GatewayProcess(work_dir, gateway_config(student), admin_token=token).start()
+    stop = threading.Event()
+    traffic = threading.Thread(
+        target=lambda: TrafficGenerator(gateway.url).run(stop=stop, workers=3), daemon=True
+    )
+    traffic.start()
+    command = [
+        str(BIN / "distill-canary"), "run", "--gateway", gateway.url,
+        "--policy", str(DEMO_POLICY), "--state", str(work_dir / f"{student.stem}.db"),
+    ]  # fmt: skip
+    console.print("$ distill-canary " + " ".join(command[1:]), highlight=False)
+    started = time.monotonic()
+    last_line = ""
+    try:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "DISTILL_GATEWAY_ADMIN_TOKEN": token},
+        ) as controller:  # fmt: skip
+            assert controller.stdout is not None
+            for line in controller.stdout:
+                console.print(line.rstrip(), highlight=False, soft_wrap=True)
+                last_line = line.strip() or last_line
+        final_share = float(httpx.get(f"{gateway.url}/admin/traffic").json()["student_share"])
+    finally:
+        stop.set()
+        traffic.join()
+        gateway.stop()
+    return RolloutOutcome(
+        name, student.name, controller.returncode, time.monotonic() - started, final_share,
+        last_line,
+    )  # fmt: skip
+
+
+def summary(outcomes: list[RolloutOutcome]) -> None:
+    table = Table(title="the two rollouts")
+    for column in ("scenario", "student", "exit", "seconds", "share now", "outcome"):
+        table.add_column(column)
+    for outcome in outcomes:
+        table.add_row(
+            outcome.scenario, outcome.student, str(outcome.exit_code), f"{outcome.seconds:.0f}",
+            f"{outcome.final_share:.0%}", outcome.last_line,
+        )  # fmt: skip
+    console.print(table)
+
+
 def main() -> None:
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
-        gateway = GatewayProcess(Path(tmp), {"shadow": {"sample_rate": 0.25}}, admin_token=token)
+        work_dir = Path(tmp)
+        gateway = GatewayProcess(work_dir, {"shadow": {"sample_rate": 0.25}}, admin_token=token)
         console.print("starting the gateway on the shipped teacher/student pair ...")
         gateway.start()
         try:
@@ -95,6 +172,15 @@ def main() -> None:
             replay_at_fixed_shares(gateway)
         finally:
             gateway.stop()
+        outcomes = [
+            canary_scenario("a good student is promoted", STUDENT_PATH, work_dir, token),
+            canary_scenario("a bad student is rolled back", BAD_STUDENT_PATH, work_dir, token),
+        ]
+    summary(outcomes)
+    expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]
+    if [outcome.exit_code for outcome in outcomes] != expected:
+        console.print("[red]the demo did not end as expected")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""Traffic actuation: set the student's share on every gateway, then verify that every gateway
+reports it, before a step's clock starts. Any gateway that does not answer holds the rollout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+
+
+class GatewaysUnreachable(Exception):
+    """Some gateways did not take or confirm the share; the message names them and why."""
+
+
+@dataclass(frozen=True)
+class Traffic:
+    student_share: float
+    generation: int
+
+
+class GatewayFleet:
+    def __init__(self, urls: Sequence[str], admin_token: str | None, client: httpx.Client) -> None:
+        self.urls = list(urls)
+        self._token = admin_token
+        self._client = client
+
+    def set_share(self, share: float) -> dict[str, Traffic]:
+        """PUT the share on every gateway at once; raises if any gateway did not take it."""
+        return self._on_all(lambda url: self._put(url, share))
+
+    def read(self) -> dict[str, Traffic]:
+        return self._on_all(self._get)
+
+    def verify(self, share: float, after: dict[str, Traffic] | None = None) -> None:
+        """Every gateway reports ``share`` (and, when ``after`` is given, a generation at least
+        as new as the one our PUT produced); raises naming each gateway that does not."""
+        problems = []
+        for url, traffic in self.read().items():
+            if abs(traffic.student_share - share) > 1e-9:
+                problems.append(f"{url} reports share {traffic.student_share}, expected {share}")
+            elif after is not None and traffic.generation < after[url].generation:
+                problems.append(f"{url} reports an older generation {traffic.generation}")
+        if problems:
+            raise GatewaysUnreachable("; ".join(problems))
+
+    def _on_all(self, call: Callable[[str], Traffic]) -> dict[str, Traffic]:
+        with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:
+            outcomes = list(pool.map(lambda url: self._attempt(call, url), self.urls))
+        failures = [f"{url}: {error}" for url, (_, error) in zip(self.urls, outcomes, strict=True)
+                    if error]  # fmt: skip
+        if failures:
+            raise GatewaysUnreachable("; ".join(failures))
+        return {url: traffic for url, (traffic, _) in zip(self.urls, outcomes, strict=True)
+                if traffic is not None}  # fmt: skip
+
+    @staticmethod
+    def _attempt(call: Callable[[str], Traffic], url: str) -> tuple[Traffic | None, str | None]:
+        try:
+            return call(url), None
+        except httpx.HTTPStatusError as exc:
+            return None, f"HTTP {exc.response.status_code} {exc.response.text.strip()[:200]}"
+        except httpx.HTTPError as exc:
+            return None, f"unreachable ({exc.__class__.__name__}: {exc})"
+
+    def _put(self, url: str, share: float) -> Traffic:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        response = self._client.put(
+            f"{url}/admin/traffic", json={"student_share": share}, headers=headers
+        )
+        response.raise_for_status()
+        return Traffic(**response.json())
+
+    def _get(self, url: str) -> Traffic:
+        response = self._client.get(f"{url}/admin/traffic")
+        response.raise_for_status()
+        return Traffic(**response.json())

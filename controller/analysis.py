@@ -1,0 +1,202 @@
+"""Analysis: turns the metrics of one step into a verdict per gate, with the numbers behind it.
+
+Every gate returns pass only when the data show, at the policy's confidence, that it holds; fail
+only when they show it is broken; inconclusive otherwise. No data is never a pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from controller import stats
+from controller.policy import Policy
+from controller.promtext import histogram_quantile
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    SKIPPED = "skipped"  # not applicable at this step (a dark launch has no live student traffic)
+
+
+@dataclass(frozen=True)
+class BackendWindow:
+    """What one backend did in a window, summed over every gateway."""
+
+    requests: float = 0.0  # live requests answered
+    errors: float = 0.0  # live answers that were not 2xx (fallbacks included)
+    latency: stats.Buckets = field(default_factory=list)  # backend time, live and shadow calls
+    feedback_total: float = 0.0
+    feedback_correct: float = 0.0
+    cost_dollars: float = 0.0
+
+
+@dataclass(frozen=True)
+class WindowMetrics:
+    teacher: BackendWindow = field(default_factory=BackendWindow)
+    student: BackendWindow = field(default_factory=BackendWindow)
+    comparisons: float = 0.0
+    agreements: float = 0.0
+    kl_sum: float = 0.0
+    kl_count: float = 0.0
+    kl_buckets: stats.Buckets = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    verdict: Verdict
+    value: float  # the point estimate; NaN when there is none
+    low: float  # the interval around it
+    high: float
+    threshold: float
+    samples: float
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        record = asdict(self)
+        record["verdict"] = self.verdict.value
+        return record
+
+
+# Gates that need live student traffic; a dark-launch step cannot judge them.
+LIVE_ONLY_GATES = frozenset({"max_error_rate", "max_accuracy_drop", "max_cost_per_1k"})
+
+
+def assess(
+    step: WindowMetrics, rollout: WindowMetrics, policy: Policy, dark_launch: bool
+) -> list[GateResult]:
+    """Judges every configured gate on this step's window.
+
+    The teacher's accuracy is the reference for ``max_accuracy_drop``; it is pooled over the whole
+    rollout (``rollout``), since at 100 % the teacher serves no one in the step itself.
+    """
+    z = stats.z_value(policy.confidence)
+    student_volume = step.comparisons if dark_launch else step.student.requests
+    results = []
+    for gate, threshold in policy.gates.configured().items():
+        if dark_launch and gate in LIVE_ONLY_GATES:
+            results.append(_result(gate, Verdict.SKIPPED, threshold, 0, "dark launch"))
+        elif student_volume < policy.min_requests:
+            reason = f"{student_volume:.0f} of {policy.min_requests} student requests"
+            results.append(_result(gate, Verdict.INCONCLUSIVE, threshold, student_volume, reason))
+        else:
+            results.append(_GATES[gate](step, rollout, policy, threshold, z))
+    return results
+
+
+def _result(
+    gate: str, verdict: Verdict, threshold: float, samples: float, reason: str
+) -> GateResult:
+    return GateResult(gate, verdict, math.nan, math.nan, math.nan, threshold, samples, reason)
+
+
+def _at_most(gate: str, value: float, low: float, high: float, threshold: float,
+             samples: float) -> GateResult:  # fmt: skip
+    """For gates whose value must stay at or below the threshold."""
+    if high <= threshold:
+        verdict, reason = Verdict.PASS, "interval below threshold"
+    elif low > threshold:
+        verdict, reason = Verdict.FAIL, "interval above threshold"
+    else:
+        verdict, reason = Verdict.INCONCLUSIVE, "interval straddles threshold"
+    return GateResult(gate, verdict, value, low, high, threshold, samples, reason)
+
+
+def _at_least(gate: str, value: float, low: float, high: float, threshold: float,
+              samples: float) -> GateResult:  # fmt: skip
+    if low >= threshold:
+        verdict, reason = Verdict.PASS, "interval above threshold"
+    elif high < threshold:
+        verdict, reason = Verdict.FAIL, "interval below threshold"
+    else:
+        verdict, reason = Verdict.INCONCLUSIVE, "interval straddles threshold"
+    return GateResult(gate, verdict, value, low, high, threshold, samples, reason)
+
+
+def _error_rate(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
+                z: float) -> GateResult:  # fmt: skip
+    n, errors = step.student.requests, step.student.errors
+    low, high = stats.wilson(errors, n, z)
+    return _at_most("max_error_rate", errors / n, low, high, threshold, n)
+
+
+def _agreement(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
+               z: float) -> GateResult:  # fmt: skip
+    n = step.comparisons
+    if n <= 0:
+        return _result("min_agreement", Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
+    low, high = stats.wilson(step.agreements, n, z)
+    return _at_least("min_agreement", step.agreements / n, low, high, threshold, n)
+
+
+def _accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
+                   z: float) -> GateResult:  # fmt: skip
+    teacher, student = rollout.teacher, step.student
+    if teacher.feedback_total <= 0 or student.feedback_total <= 0:
+        return _result("max_accuracy_drop", Verdict.INCONCLUSIVE, threshold,
+                       student.feedback_total, "no feedback yet")  # fmt: skip
+    drop = (teacher.feedback_correct / teacher.feedback_total
+            - student.feedback_correct / student.feedback_total)  # fmt: skip
+    low, high = stats.newcombe_difference(
+        teacher.feedback_correct, teacher.feedback_total,
+        student.feedback_correct, student.feedback_total, z,
+    )  # fmt: skip
+    return _at_most("max_accuracy_drop", drop, low, high, threshold, student.feedback_total)
+
+
+def _kl(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
+        z: float) -> GateResult:  # fmt: skip
+    if step.kl_count <= 0:
+        return _result("max_kl", Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
+    mean, (low, high) = stats.mean_interval(step.kl_sum, step.kl_count, step.kl_buckets, z)
+    return _at_most("max_kl", mean, low, high, threshold, step.kl_count)
+
+
+def _p99(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
+         z: float) -> GateResult:  # fmt: skip
+    latency = step.student.latency
+    low, high = stats.quantile_interval(latency, policy.latency_quantile, z)
+    value = histogram_quantile(policy.latency_quantile, latency) * 1000.0
+    return _at_most("max_p99_ms", value, low * 1000.0, high * 1000.0, threshold,
+                    stats.sample_count(latency))  # fmt: skip
+
+
+def _p99_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
+               z: float) -> GateResult:  # fmt: skip
+    q = policy.latency_quantile
+    student, teacher = step.student.latency, step.teacher.latency
+    s_low, s_high = stats.quantile_interval(student, q, z)
+    t_low, t_high = stats.quantile_interval(teacher, q, z)
+    samples = min(stats.sample_count(student), stats.sample_count(teacher))
+    teacher_value = histogram_quantile(q, teacher)
+    if not teacher_value or math.isnan(teacher_value):
+        return _result("max_p99_ratio", Verdict.INCONCLUSIVE, threshold, samples,
+                       "no teacher latency")  # fmt: skip
+    value = histogram_quantile(q, student) / teacher_value
+    low = s_low / t_high if t_high > 0 and not math.isinf(t_high) else 0.0
+    high = s_high / t_low if t_low > 0 else math.inf
+    return _at_most("max_p99_ratio", value, low, high, threshold, samples)
+
+
+def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
+          ___: float) -> GateResult:  # fmt: skip
+    # Cost is measured, not sampled: the value itself is compared once there is enough traffic.
+    n = step.student.requests
+    value = step.student.cost_dollars / n * 1000.0
+    verdict = Verdict.PASS if value <= threshold else Verdict.FAIL
+    return GateResult("max_cost_per_1k", verdict, value, value, value, threshold, n, "measured")
+
+
+_GATES = {
+    "max_p99_ms": _p99,
+    "max_p99_ratio": _p99_ratio,
+    "max_error_rate": _error_rate,
+    "min_agreement": _agreement,
+    "max_accuracy_drop": _accuracy_drop,
+    "max_kl": _kl,
+    "max_cost_per_1k": _cost,
+}

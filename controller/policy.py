@@ -1,0 +1,110 @@
+"""The rollout policy: a YAML file validated by pydantic. Errors name the key."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class PolicyError(Exception):
+    """The policy file is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Gates(_Strict):
+    """Each gate is optional; a missing gate is not checked. At least one must be set."""
+
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    """Student p99 backend latency, in milliseconds."""
+    max_p99_ratio: float | None = Field(default=None, gt=0)
+    """Student p99 over teacher p99 (backend latency, live and shadow calls)."""
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    """Student non-2xx answers over student requests."""
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    """Top-1 agreement with the teacher on shadow traffic."""
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    """Teacher accuracy minus student accuracy from feedback, as a fraction (0.02 = 2 points)."""
+    max_kl: float | None = Field(default=None, ge=0)
+    """Mean KL(teacher || student) on shadow traffic, in nats."""
+    max_cost_per_1k: float | None = Field(default=None, ge=0)
+    """Student dollars per 1,000 requests."""
+
+    def configured(self) -> dict[str, float]:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
+class Policy(_Strict):
+    model: str = "digits"
+    """The logical model on the gateways."""
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0])
+    """Student shares in percent; rising, ending at 100. A leading 0 is a dark-launch step."""
+    bake_seconds: float = Field(default=60.0, ge=0)
+    """The least time at each step before it can pass."""
+    interval_seconds: float = Field(default=10.0, gt=0)
+    """How often to analyse."""
+    min_requests: int = Field(default=100, ge=1)
+    """The least student requests at a step (shadow comparisons at a dark-launch step) before a
+    verdict."""
+    failure_limit: int = Field(default=2, ge=1)
+    """Consecutive failed analyses that roll back."""
+    max_step_seconds: float = Field(default=600.0, gt=0)
+    """How long a step may stay inconclusive before the rollout rolls back."""
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    """Two-sided confidence of every interval behind a verdict."""
+    latency_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
+    """The quantile the latency gates read (p99 by default)."""
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[float]) -> list[float]:
+        if not steps:
+            raise ValueError("needs at least one step")
+        if any(not 0 <= step <= 100 for step in steps):
+            raise ValueError("each step is a percentage, 0..100")
+        if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
+            raise ValueError("steps must rise strictly")
+        if steps[-1] != 100:
+            raise ValueError("the last step must be 100")
+        return steps
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.max_step_seconds < self.bake_seconds:
+            raise ValueError("max_step_seconds must be at least bake_seconds")
+        if not self.gates.configured():
+            raise ValueError("gates: set at least one gate")
+        return self
+
+    def share(self, step_index: int) -> float:
+        return self.steps[step_index] / 100.0
+
+    def is_dark_launch(self, step_index: int) -> bool:
+        return self.steps[step_index] == 0
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        data: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: the top level must be a mapping of keys")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{key}: {message}")
+        raise PolicyError(f"{path}: invalid policy: " + "; ".join(problems)) from exc

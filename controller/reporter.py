@@ -1,0 +1,87 @@
+"""How a running rollout talks to the person who started it: one line per decision, and on a
+terminal a live progress bar for the current step."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from controller.policy import Policy
+from controller.state import DecisionRecord, RolloutState
+
+
+def decision_line(record: DecisionRecord, step_count: int) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(record.at))
+    step = f"step {record.step_index + 1}/{step_count}"
+    line = f"{when} {step} share {record.share:.0%} {record.action}: {record.reason}"
+    measured = [gate for gate in record.gates if _has_estimate(gate)]
+    return " | ".join([line, *(_gate_text(gate) for gate in measured)])
+
+
+def _has_estimate(gate: dict[str, object]) -> bool:
+    value = gate["value"]
+    return isinstance(value, float) and not math.isnan(value)
+
+
+def _gate_text(gate: dict[str, object]) -> str:
+    value, low, high = gate["value"], gate["low"], gate["high"]
+    return (f"{gate['gate']}={value:.4g} [{low:.4g}, {high:.4g}] vs {gate['threshold']:.4g} "
+            f"{gate['verdict']}")  # fmt: skip
+
+
+class Reporter(Protocol):
+    def decision(self, record: DecisionRecord, state: RolloutState) -> None: ...
+    def progress(self, state: RolloutState, now: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class PlainReporter:
+    """Plain lines, for logs and pipes."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def decision(self, record: DecisionRecord, state: RolloutState) -> None:
+        print(decision_line(record, len(self._policy.steps)), flush=True)
+
+    def progress(self, state: RolloutState, now: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter:
+    """The same lines, plus a progress bar of the step's bake time, on a terminal."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._console = Console()
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+            console=self._console, transient=True,
+        )  # fmt: skip
+        self._task = self._progress.add_task("starting", total=policy.bake_seconds or 1)
+        self._progress.start()
+
+    def decision(self, record: DecisionRecord, state: RolloutState) -> None:
+        self._console.print(decision_line(record, len(self._policy.steps)), highlight=False)
+
+    def progress(self, state: RolloutState, now: float) -> None:
+        elapsed = now - state.step_started_at if state.step_started_at else 0.0
+        description = (f"{state.phase.value}: step {state.step_index + 1}/"
+                       f"{len(self._policy.steps)} at {state.share:.0%}")  # fmt: skip
+        self._progress.update(self._task, description=description,
+                              completed=min(elapsed, self._policy.bake_seconds or 1))  # fmt: skip
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def make_reporter(policy: Policy) -> Reporter:
+    return RichReporter(policy) if sys.stdout.isatty() else PlainReporter(policy)

@@ -1,0 +1,21 @@
+"""Picks the metrics source: Prometheus when its URL is given, else scraping the gateways."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+
+from controller.sources.base import MetricsSource
+
+
+def create_source(
+    gateway_urls: Sequence[str], prometheus_url: str | None, model: str, client: httpx.Client
+) -> MetricsSource:
+    if prometheus_url:
+        from controller.sources.prometheus import PrometheusSource
+
+        return PrometheusSource(prometheus_url, model, client)
+    from controller.sources.scrape import ScrapeSource
+
+    return ScrapeSource(gateway_urls, client)

@@ -1,0 +1,105 @@
+"""Confidence intervals behind every gate. All intervals are two-sided at the policy's confidence.
+
+- ``wilson``: the Wilson score interval for a proportion (error rate, agreement, accuracy); sound
+  at small counts and at 0 or n successes, unlike the normal ("Wald") interval.
+- ``newcombe_difference``: Newcombe's hybrid score interval for p1 - p2 of two independent
+  proportions, built from their Wilson intervals (method 10 in Newcombe, 1998).
+- ``quantile_interval``: a distribution-free interval for a quantile from a histogram: the ranks
+  ``n*q -/+ z*sqrt(n*q*(1-q))`` (the binomial order-statistic bounds) read off at the outer edges of
+  the buckets that hold them, so the histogram's resolution widens the interval, never narrows it.
+  Too few samples put the upper rank past the last one: the upper bound is then infinite.
+- ``mean_interval``: a mean from a histogram's sum and count; its variance is bounded above by the
+  buckets' upper edges, which makes the interval conservative.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+Interval = tuple[float, float]
+Buckets = list[tuple[float, float]]  # cumulative (upper bound, count), ascending, ending at +Inf
+
+
+def z_value(confidence: float) -> float:
+    """Two-sided normal quantile: 1.96 for 0.95."""
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
+def wilson(successes: float, trials: float, z: float) -> Interval:
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2.0 * trials)) / denominator
+    spread = z * math.sqrt(p * (1.0 - p) / trials + z * z / (4.0 * trials * trials)) / denominator
+    low = 0.0 if successes <= 0 else max(0.0, centre - spread)  # exact ends, no rounding dust
+    high = 1.0 if successes >= trials else min(1.0, centre + spread)
+    return (low, high)
+
+
+def newcombe_difference(
+    successes_1: float, trials_1: float, successes_2: float, trials_2: float, z: float
+) -> Interval:
+    """Interval for p1 - p2."""
+    if trials_1 <= 0 or trials_2 <= 0:
+        return (-1.0, 1.0)
+    p1, p2 = successes_1 / trials_1, successes_2 / trials_2
+    l1, u1 = wilson(successes_1, trials_1, z)
+    l2, u2 = wilson(successes_2, trials_2, z)
+    difference = p1 - p2
+    low = difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return (max(-1.0, low), min(1.0, high))
+
+
+def sample_count(buckets: Buckets) -> float:
+    return buckets[-1][1] if buckets else 0.0
+
+
+def quantile_interval(buckets: Buckets, quantile: float, z: float) -> Interval:
+    n = sample_count(buckets)
+    if n <= 0:
+        return (0.0, math.inf)
+    spread = z * math.sqrt(n * quantile * (1.0 - quantile))
+    low_rank = math.floor(n * quantile - spread)
+    high_rank = math.ceil(n * quantile + spread) + 1
+    low = 0.0 if low_rank < 1 else _lower_edge_at_rank(buckets, low_rank)
+    high = math.inf if high_rank > n else _upper_edge_at_rank(buckets, high_rank)
+    return (low, high)
+
+
+def _upper_edge_at_rank(buckets: Buckets, rank: float) -> float:
+    for bound, count in buckets:
+        if count >= rank:
+            return bound
+    return math.inf
+
+
+def _lower_edge_at_rank(buckets: Buckets, rank: float) -> float:
+    previous = 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            return previous
+        previous = bound
+    return previous
+
+
+def mean_interval(total: float, count: float, buckets: Buckets, z: float) -> tuple[float, Interval]:
+    """Mean, and an interval from the CLT with a variance bounded by the bucket upper edges."""
+    if count <= 0:
+        return (math.nan, (0.0, math.inf))
+    mean = total / count
+    second_moment = 0.0
+    previous_count = 0.0
+    for bound, cumulative in buckets:
+        in_bucket = cumulative - previous_count
+        previous_count = cumulative
+        if in_bucket <= 0:
+            continue
+        if math.isinf(bound):
+            return (mean, (0.0, math.inf))  # unbounded values: no honest variance bound
+        second_moment += in_bucket * bound * bound
+    variance = max(second_moment / count - mean * mean, 0.0)
+    spread = z * math.sqrt(variance / count)
+    return (mean, (max(0.0, mean - spread), mean + spread))
