@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from controller import stats
-from controller.policy import Policy
+from controller.policy import LIVE_ONLY_GATES, Policy
 from controller.promtext import histogram_quantile
 
 
@@ -60,10 +60,6 @@ class GateResult:
         record = asdict(self)
         record["verdict"] = self.verdict.value
         return record
-
-
-# Gates that need live student traffic; a dark-launch step cannot judge them.
-LIVE_ONLY_GATES = frozenset({"max_error_rate", "max_accuracy_drop", "max_cost_per_1k"})
 
 
 def assess(

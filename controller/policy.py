@@ -9,6 +9,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# Gates that need live student traffic, so a dark-launch step (share 0) cannot judge them.
+LIVE_ONLY_GATES = frozenset({"max_error_rate", "max_accuracy_drop", "max_cost_per_1k"})
+
 
 class PolicyError(Exception):
     """The policy file is invalid; the message names the offending key."""
@@ -79,8 +82,14 @@ class Policy(_Strict):
     def _consistent(self) -> Policy:
         if self.max_step_seconds < self.bake_seconds:
             raise ValueError("max_step_seconds must be at least bake_seconds")
-        if not self.gates.configured():
+        configured = self.gates.configured()
+        if not configured:
             raise ValueError("gates: set at least one gate")
+        if self.steps[0] == 0 and not configured.keys() - LIVE_ONLY_GATES:
+            raise ValueError(
+                "gates: a dark-launch step (0) needs a gate it can judge from shadow traffic: "
+                "min_agreement, max_kl, max_p99_ms or max_p99_ratio"
+            )
         return self
 
     def share(self, step_index: int) -> float:

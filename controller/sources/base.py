@@ -29,7 +29,10 @@ class Mark:
         return {
             "at": self.at,
             "counters": {
-                url: [[name, list(labels), value] for (name, labels), value in snapshot.items()]
+                url: [
+                    [name, [list(pair) for pair in labels], value]
+                    for (name, labels), value in snapshot.items()
+                ]
                 for url, snapshot in self.counters.items()
             },
         }

@@ -1,0 +1,110 @@
+"""Gates judged on windows of metrics: pass, fail, inconclusive, never a pass without data."""
+
+from __future__ import annotations
+
+import math
+
+from controller.analysis import BackendWindow, Verdict, WindowMetrics, assess
+from controller.policy import Gates, Policy
+
+ALL_GATES = Gates(
+    max_p99_ms=10, max_p99_ratio=2, max_error_rate=0.01, min_agreement=0.9,
+    max_accuracy_drop=0.02, max_kl=0.2, max_cost_per_1k=0.001,
+)  # fmt: skip
+POLICY = Policy(min_requests=100, gates=ALL_GATES)
+
+
+def latency(n: int, seconds: float) -> list[tuple[float, float]]:
+    """n samples all in the bucket that ends at ``seconds``."""
+    bounds = [0.001, 0.002, 0.004, 0.008, 0.016, 0.032]
+    return [(b, float(n if b >= seconds else 0)) for b in bounds] + [(math.inf, float(n))]
+
+
+def window(
+    *,
+    requests: float = 5000,
+    errors: float = 0,
+    correct: float = 4850,
+    agreements: float = 4900,
+    student_latency: float = 0.002,
+    kl: float = 0.05,
+    cost: float = 0.5,
+) -> WindowMetrics:
+    student = BackendWindow(
+        requests=requests, errors=errors, latency=latency(int(requests), student_latency),
+        feedback_total=requests, feedback_correct=correct, cost_dollars=cost * requests / 1000,
+    )  # fmt: skip
+    teacher = BackendWindow(
+        requests=5000, latency=latency(5000, 0.004), feedback_total=5000, feedback_correct=4875
+    )
+    return WindowMetrics(
+        teacher=teacher, student=student, comparisons=5000, agreements=agreements,
+        kl_sum=kl * 5000, kl_count=5000, kl_buckets=[(0.1, 5000.0), (math.inf, 5000.0)],
+    )  # fmt: skip
+
+
+def verdicts(step: WindowMetrics, dark: bool = False) -> dict[str, Verdict]:
+    return {r.gate: r.verdict for r in assess(step, step, POLICY, dark)}
+
+
+def test_a_good_student_passes_every_gate() -> None:
+    good = window(cost=0.0005)
+    assert set(verdicts(good).values()) == {Verdict.PASS}
+
+
+def test_no_data_is_inconclusive_never_a_pass() -> None:
+    empty = WindowMetrics()
+    assert set(verdicts(empty).values()) == {Verdict.INCONCLUSIVE}
+
+
+def test_too_few_requests_is_inconclusive_even_when_bad() -> None:
+    few = window(requests=50, errors=25, correct=5, cost=0.0005)
+    assert set(verdicts(few).values()) == {Verdict.INCONCLUSIVE}
+
+
+def test_each_broken_gate_fails() -> None:
+    assert verdicts(window(errors=200))["max_error_rate"] is Verdict.FAIL
+    assert verdicts(window(agreements=3000))["min_agreement"] is Verdict.FAIL
+    assert verdicts(window(correct=4000))["max_accuracy_drop"] is Verdict.FAIL
+    assert verdicts(window(kl=0.5))["max_kl"] is Verdict.FAIL
+    assert verdicts(window(student_latency=0.032))["max_p99_ms"] is Verdict.FAIL
+    assert verdicts(window(student_latency=0.032))["max_p99_ratio"] is Verdict.FAIL
+    assert verdicts(window(cost=0.002))["max_cost_per_1k"] is Verdict.FAIL
+
+
+def test_close_to_a_threshold_is_inconclusive() -> None:
+    # 1 % errors against a 1 % limit: the data cannot tell either way.
+    assert verdicts(window(errors=50))["max_error_rate"] is Verdict.INCONCLUSIVE
+    assert verdicts(window(agreements=4500))["min_agreement"] is Verdict.INCONCLUSIVE
+
+
+def test_the_accuracy_reference_is_the_teachers_over_the_whole_rollout() -> None:
+    step = window(correct=4850)
+    step_without_teacher = WindowMetrics(
+        teacher=BackendWindow(), student=step.student, comparisons=step.comparisons,
+        agreements=step.agreements, kl_sum=step.kl_sum, kl_count=step.kl_count,
+        kl_buckets=step.kl_buckets,
+    )  # fmt: skip
+    results = {r.gate: r for r in assess(step_without_teacher, step, POLICY, False)}
+    assert results["max_accuracy_drop"].verdict is Verdict.PASS
+
+
+def test_a_dark_launch_judges_shadow_gates_and_skips_live_ones() -> None:
+    dark = window(requests=0, correct=0)
+    dark = WindowMetrics(
+        teacher=dark.teacher,
+        student=BackendWindow(latency=latency(5000, 0.002)),
+        comparisons=5000, agreements=4900, kl_sum=250, kl_count=5000,
+        kl_buckets=[(0.1, 5000.0), (math.inf, 5000.0)],
+    )  # fmt: skip
+    result = verdicts(dark, dark=True)
+    for gate in ("max_error_rate", "max_accuracy_drop", "max_cost_per_1k"):
+        assert result[gate] is Verdict.SKIPPED
+    for gate in ("min_agreement", "max_kl", "max_p99_ms", "max_p99_ratio"):
+        assert result[gate] is Verdict.PASS
+
+
+def test_results_carry_their_numbers() -> None:
+    result = next(r for r in assess(window(), window(), POLICY, False) if r.gate == "min_agreement")
+    assert result.value == 0.98 and result.low < 0.98 < result.high
+    assert result.threshold == 0.9 and result.samples == 5000
