@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench venv clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint models bench venv system-tools clean
 
 venv: $(STAMP)
 
@@ -14,6 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,test]'
 	touch $(STAMP)
 
+# Real servers the tests talk to: Debian's Prometheus (and promtool).
+system-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+
 demo: venv
 	$(BIN)/distill-demo
 
@@ -22,7 +30,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv lint
+test: venv system-tools lint
 	$(BIN)/pytest
 
 models: venv

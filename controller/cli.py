@@ -47,7 +47,8 @@ def run(
         int, typer.Option(help="Serve the controller's metrics on this port (0: off).")
     ] = 0,
 ) -> None:
-    """Run one rollout to its end: exit 0 when promoted, 3 when rolled back."""
+    """Run one rollout to its end: exit 0 when promoted, 3 when rolled back (4 when some gateway
+    never confirmed the rollback)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     try:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 EXIT_PROMOTED = 0
 EXIT_ROLLED_BACK = 3
+EXIT_ROLLBACK_UNCONFIRMED = 4  # rolled back, but some gateway never confirmed share 0
 COMMAND_POLL_SECONDS = 0.2
 
 
@@ -57,9 +58,11 @@ class CanaryController:
         while not self.state.phase.terminal:
             self.tick()
             self._wait_for_next_tick()
-        self._confirm_final_share()
+        confirmed = self._confirm_final_share()
         self.reporter.close()
-        return EXIT_PROMOTED if self.state.phase is Phase.PROMOTED else EXIT_ROLLED_BACK
+        if self.state.phase is Phase.PROMOTED:
+            return EXIT_PROMOTED
+        return EXIT_ROLLED_BACK if confirmed else EXIT_ROLLBACK_UNCONFIRMED
 
     def tick(self) -> None:
         self._take_commands()
@@ -173,21 +176,22 @@ class CanaryController:
             outcome = f"share 0 not yet confirmed everywhere ({exc}); retrying"
         self._record("rolled back", f"{reason}; {outcome}")
 
-    def _confirm_final_share(self) -> None:
+    def _confirm_final_share(self) -> bool:
         """A rollback must reach every gateway: retry those that missed it, for a while."""
         if self.state.phase is not Phase.ROLLED_BACK:
-            return
-        deadline = self.clock() + max(60.0, 6 * self.policy.interval_seconds)
+            return True
+        deadline = self.clock() + max(10.0, 3 * self.policy.interval_seconds)
         while True:
             try:
                 self.fleet.set_share(0.0)
                 self.fleet.verify(0.0)
-                return
+                return True
             except GatewaysUnreachable as exc:
                 if self.clock() > deadline:
-                    log.error("rollback not confirmed on every gateway: %s", exc)
-                    return
-                self.sleep(self.policy.interval_seconds)
+                    self._record("rollback unconfirmed", f"gave up confirming share 0: {exc}")
+                    self.store.save(self.state)
+                    return False
+                self.sleep(min(1.0, self.policy.interval_seconds))
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -1,0 +1,297 @@
+"""Rollouts end to end: real gateways, a real traffic generator, the real CLI in subprocesses.
+
+Given gateways serving a student under traffic, when `distill-canary run` runs a policy, then the
+share on every gateway and the controller's exit code tell the story.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from controller.state import Phase, StateStore
+from controller.traffic import TrafficGenerator
+from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH
+from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_metric, wait_until
+
+StartGateway = Callable[..., TestGateway]
+
+FAST_POLICY: dict[str, Any] = {
+    "steps": [5, 25, 100],
+    "bake_seconds": 2,
+    "interval_seconds": 0.5,
+    "min_requests": 60,
+    "failure_limit": 2,
+    "max_step_seconds": 90,
+    "gates": {
+        "min_agreement": 0.9,
+        "max_error_rate": 0.05,
+        "max_accuracy_drop": 0.1,
+        "max_kl": 1.0,
+        "max_p99_ms": 250,
+    },
+}
+
+
+def gateway_config(student: Path = STUDENT_PATH) -> dict[str, Any]:
+    return {
+        "shadow": {"sample_rate": 0.25},
+        "teacher": {"path": str(TEACHER_PATH), "cost_per_hour": 3.0},
+        "student": {"path": str(student), "cost_per_hour": 0.5},
+    }
+
+
+@contextmanager
+def traffic(*gateways: TestGateway) -> Iterator[None]:
+    """Replays the test split with feedback against each gateway until the block ends."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=TrafficGenerator(g.url).run, kwargs={"stop": stop, "workers": 2})
+        for g in gateways
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def write_policy(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({**FAST_POLICY, **overrides}))
+    return path
+
+
+def canary_command(
+    gateways: list[TestGateway], policy: Path, state: Path, *extra: str
+) -> list[str]:
+    command = [str(BIN / "distill-canary"), "run", "--policy", str(policy), "--state", str(state)]
+    for gateway in gateways:
+        command += ["--gateway", gateway.url]
+    return command + list(extra)
+
+
+def canary_env() -> dict[str, str]:
+    return {**os.environ, "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+
+
+def run_canary(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=canary_env()
+    )
+
+
+def operator(verb: str, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "distill-canary"), verb, "--state", str(state), *extra],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def share_of(gateway: TestGateway) -> float:
+    return float(httpx.get(f"{gateway.url}/admin/traffic").json()["student_share"])
+
+
+def saved(state: Path) -> Any:
+    return StateStore(state).load()
+
+
+def test_a_good_student_is_promoted(start_gateway: StartGateway, tmp_path: Path) -> None:
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    with traffic(gateway):
+        result = run_canary(canary_command([gateway], write_policy(tmp_path), state))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rollout Promoted" in result.stdout
+    assert share_of(gateway) == 1.0
+    rollout = saved(state)
+    assert rollout.phase is Phase.PROMOTED
+    entered = [r.share for r in rollout.history if r.action == "set"]
+    assert entered == [0.05, 0.25, 1.0]
+    status = operator("status", state)
+    assert status.returncode == 0 and "phase: Promoted" in status.stdout
+
+
+def test_a_bad_student_is_rolled_back_at_the_first_step(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_config(MODELS_DIR / "student_bad.onnx"))
+    state = tmp_path / "rollout.db"
+    with traffic(gateway):
+        result = run_canary(canary_command([gateway], write_policy(tmp_path), state))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert share_of(gateway) == 0.0
+    rollout = saved(state)
+    assert rollout.phase is Phase.ROLLED_BACK
+    assert {r.step_index for r in rollout.history} == {0}  # never left the first step
+    assert "min_agreement" in rollout.rollback_reason
+    # The output names the gate, the value with its interval, and the threshold.
+    assert any(
+        "min_agreement=0." in line and "] vs 0.9 fail" in line
+        for line in result.stdout.splitlines()
+    ), result.stdout
+
+
+def test_two_gateways_are_moved_and_verified_together(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateways = [start_gateway(gateway_config()), start_gateway(gateway_config())]
+    state = tmp_path / "rollout.db"
+    with traffic(*gateways):
+        result = run_canary(canary_command(gateways, write_policy(tmp_path), state))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [share_of(g) for g in gateways] == [1.0, 1.0]
+    assert "every gateway (2) confirmed share 25%" in result.stdout
+    # Both gateways' traffic was analysed: each served student requests.
+    for gateway in gateways:
+        served = gateway.metric("gateway_requests_total", backend="student", code="200")
+        assert served > 0
+
+
+def test_an_unreachable_gateway_holds_the_rollout(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_config())
+    dead = TestGateway(tmp_path)  # never started: nothing listens on its port
+    state = tmp_path / "rollout.db"
+    with subprocess.Popen(
+        canary_command([gateway, dead], write_policy(tmp_path), state),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=canary_env(),
+    ) as controller:  # fmt: skip
+
+        def held() -> bool:
+            rollout = saved(state) if state.exists() else None
+            return rollout is not None and len(rollout.history) >= 3
+
+        wait_until(held, 60, "the controller to hold")
+        rollout = saved(state)
+        assert rollout.step_started_at is None  # the step's clock never started
+        assert all(r.action == "hold" for r in rollout.history)
+        assert dead.url in rollout.history[-1].reason
+        assert operator("abort", state).returncode == 0
+        output, _ = controller.communicate(timeout=60)
+    assert controller.returncode == 4, output  # rolled back, but the dead one never confirmed
+    assert share_of(gateway) == 0.0
+    assert "gave up confirming share 0" in saved(state).history[-1].reason
+
+
+def test_a_killed_controller_resumes_at_the_same_step(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    command = canary_command([gateway], write_policy(tmp_path, bake_seconds=4), state)
+    with traffic(gateway):
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
+
+        def at_second_step() -> bool:
+            rollout = saved(state) if state.exists() else None
+            return rollout is not None and rollout.step_index == 1 and bool(rollout.step_started_at)
+
+        wait_until(at_second_step, 120, "the rollout to reach its second step")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        before = saved(state)
+        generation = httpx.get(f"{gateway.url}/admin/traffic").json()["generation"]
+        assert share_of(gateway) == 0.25
+
+        result = run_canary(command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = saved(state)
+    assert after.started_at == before.started_at  # the same rollout, resumed
+    sets_at_25 = [r for r in after.history if r.action == "set" and r.share == 0.25]
+    assert len(sets_at_25) == 1  # the share was not set again on resume
+    assert after.history[len(before.history)].step_index == 1  # first decision after: same step
+    # Exactly one more change of the split after the restart: 25 % -> 100 %.
+    assert httpx.get(f"{gateway.url}/admin/traffic").json()["generation"] == generation + 1
+
+
+def test_operators_drive_a_running_rollout(start_gateway: StartGateway, tmp_path: Path) -> None:
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    metrics_port = free_port()
+    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600, interval_seconds=1)
+    command = canary_command([gateway], policy, state, "--metrics-port", str(metrics_port))
+
+    def controller_metric(name: str, **labels: str) -> float:
+        return read_metric(
+            httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text, name, **labels
+        )
+
+    def phase_is(phase: Phase) -> Callable[[], bool]:
+        return lambda: state.exists() and saved(state).phase is phase
+
+    with (
+        traffic(gateway),
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=canary_env()
+        ) as controller,
+    ):
+        wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+
+        assert operator("pause", state).returncode == 0
+        wait_until(phase_is(Phase.PAUSED), 5, "the pause")
+        wait_until(lambda: controller_metric("canary_phase", phase="Paused") == 1, 5, "metric")
+
+        assert operator("resume", state).returncode == 0
+        wait_until(phase_is(Phase.PROGRESSING), 5, "the resume")
+
+        assert operator("promote", state).returncode == 0  # skip the 300 s bake
+        wait_until(lambda: share_of(gateway) == 0.25, 5, "the promotion to the next step")
+        assert controller_metric("canary_step_index") == 1
+        assert controller_metric("canary_student_share") == 0.25
+        wait_until(lambda: controller_metric("canary_gate_threshold", gate="min_agreement") == 0.9,
+                   10, "an analysis at the new step")  # fmt: skip
+
+        assert operator("abort", state).returncode == 0
+        output, _ = controller.communicate(timeout=30)
+    assert controller.returncode == 3, output
+    assert share_of(gateway) == 0.0
+    assert "aborted by an operator" in saved(state).rollback_reason
+    late = operator("pause", state)
+    assert late.returncode == 1 and "RolledBack" in late.stderr
+
+
+def test_promote_full_goes_straight_to_100(start_gateway: StartGateway, tmp_path: Path) -> None:
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
+    with subprocess.Popen(
+        canary_command([gateway], policy, state), stdout=subprocess.DEVNULL, env=canary_env()
+    ) as controller:
+        wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+        assert operator("promote", state, "--full").returncode == 0
+        assert controller.wait(timeout=30) == 0
+    assert share_of(gateway) == 1.0
+    assert saved(state).phase is Phase.PROMOTED
+
+
+@pytest.mark.parametrize(
+    ("policy_text", "named"),
+    [("steps: [5, 50]\ngates: {max_kl: 1}\n", "steps: the last step must be 100"),
+     ("gates: {max_kll: 1}\n", "gates.max_kll")],
+)  # fmt: skip
+def test_a_bad_policy_file_stops_the_cli_with_the_key_named(
+    tmp_path: Path, policy_text: str, named: str
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text)
+    result = run_canary(
+        [str(BIN / "distill-canary"), "run", "--gateway", "http://127.0.0.1:9",
+         "--policy", str(policy), "--state", str(tmp_path / "s.db")]
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert named in result.stderr and "Traceback" not in result.stderr
