@@ -62,6 +62,31 @@ class GateResult:
         return record
 
 
+def observe(step: WindowMetrics, quantile: float) -> dict[str, object]:
+    """Point estimates of the step so far, for the rollout's history and its report."""
+
+    def backend(window: BackendWindow) -> dict[str, float | None]:
+        def ratio(numerator: float, denominator: float, scale: float = 1.0) -> float | None:
+            return numerator / denominator * scale if denominator else None
+
+        p50 = histogram_quantile(0.5, window.latency)
+        tail = histogram_quantile(quantile, window.latency)
+        return {
+            "requests": window.requests,
+            "p50_ms": None if math.isnan(p50) else p50 * 1000.0,
+            "p99_ms": None if math.isnan(tail) else tail * 1000.0,
+            "accuracy": ratio(window.feedback_correct, window.feedback_total),
+            "cost_per_1k": ratio(window.cost_dollars, window.requests, 1000.0),
+        }
+
+    return {
+        "teacher": backend(step.teacher),
+        "student": backend(step.student),
+        "agreement": step.agreements / step.comparisons if step.comparisons else None,
+        "mean_kl": step.kl_sum / step.kl_count if step.kl_count else None,
+    }
+
+
 def assess(
     step: WindowMetrics, rollout: WindowMetrics, policy: Policy, dark_launch: bool
 ) -> list[GateResult]:

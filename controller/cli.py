@@ -46,6 +46,13 @@ def run(
     metrics_port: Annotated[
         int, typer.Option(help="Serve the controller's metrics on this port (0: off).")
     ] = 0,
+    metrics_linger: Annotated[
+        float,
+        typer.Option(
+            help="Keep serving metrics this long after the end, so Prometheus scrapes "
+            "the final phase, promotion or rollback."
+        ),
+    ] = 15.0,
 ) -> None:
     """Run one rollout to its end: exit 0 when promoted, 3 when rolled back (4 when some gateway
     never confirmed the rollback)."""
@@ -57,7 +64,7 @@ def run(
         typer.echo(f"distill-canary: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     registry = CollectorRegistry()
-    metrics = ControllerMetrics(registry)
+    metrics = ControllerMetrics(registry, gates=list(rollout_policy.gates.configured()))
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     urls = [url.rstrip("/") for url in gateway]
@@ -72,6 +79,8 @@ def run(
             metrics=metrics,
         )
         code = controller.run()
+    if metrics_port and metrics_linger > 0:
+        time.sleep(metrics_linger)
     final = controller.state
     typer.echo(f"rollout {final.phase.value}" + (
         f": {final.rollback_reason}" if final.rollback_reason else ""))  # fmt: skip
@@ -111,6 +120,22 @@ def status(
     for record in rollout.history[-history:]:
         line = decision_line(record, len(rollout.steps))
         console.print("  " + line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    state: StateOption = DEFAULT_STATE,
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("rollout.html"),
+) -> None:
+    """Write a self-contained HTML report of the rollout (PNG charts inlined)."""
+    rollout = _existing_store(state).load()
+    if rollout is None:
+        typer.echo(f"no rollout recorded in {state}", err=True)
+        raise typer.Exit(1)
+    from controller.report import write_report
+
+    write_report(rollout, out)
+    typer.echo(f"wrote {out}")
 
 
 def _operator_command(state: Path, command: Command) -> None:

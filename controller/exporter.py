@@ -7,9 +7,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from controller.analysis import GateResult
 from controller.state import Phase
 
+ROLLBACK_CAUSES = ("abort", "inconclusive_timeout")
+
 
 class ControllerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, gates: list[str] | None = None) -> None:
         self.student_share = Gauge(
             "canary_student_share",
             "Student share the controller has set (0..1).",
@@ -41,7 +43,10 @@ class ControllerMetrics:
         self.promotions = Counter(
             "canary_promotions_total", "Rollouts that ended promoted.", registry=registry
         )
-        self.promotions.inc(0)
+        # Every series exists from the start, so the first rollback is an increase (0 -> 1) and
+        # not a new series that increase() cannot see.
+        for cause in (*ROLLBACK_CAUSES, *(gates or [])):
+            self.rollbacks.labels(cause)
 
     def show_position(self, phase: Phase, step_index: int, share: float) -> None:
         for each in Phase:

@@ -143,7 +143,9 @@ class CanaryController:
             paused=self.state.phase is Phase.PAUSED,
         )
         self.state.consecutive_failures = judgement.consecutive_failures
-        self._record(judgement.action.value, judgement.reason, self.state.last_analysis)
+        observations = analysis.observe(step, self.policy.latency_quantile)
+        self._record(judgement.action.value, judgement.reason, self.state.last_analysis,
+                     observations)  # fmt: skip
         if judgement.action is not Action.HOLD:
             self._act(judgement.action, judgement.reason, judgement.rollback_cause)
 
@@ -199,7 +201,11 @@ class CanaryController:
         return self.state.step_index == len(self.policy.steps) - 1
 
     def _record(
-        self, action: str, reason: str, gates: list[dict[str, object]] | None = None
+        self,
+        action: str,
+        reason: str,
+        gates: list[dict[str, object]] | None = None,
+        observations: dict[str, object] | None = None,
     ) -> None:
         record = DecisionRecord(
             at=self.clock(),
@@ -208,6 +214,7 @@ class CanaryController:
             action=action,
             reason=reason,
             gates=list(gates or []),
+            observations=dict(observations or {}),
         )
         self.state.history.append(record)
         self.reporter.decision(record, self.state)

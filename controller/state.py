@@ -48,6 +48,7 @@ class DecisionRecord:
     action: str
     reason: str
     gates: list[dict[str, Any]] = field(default_factory=list)
+    observations: dict[str, Any] = field(default_factory=dict)  # see analysis.observe
 
 
 @dataclass

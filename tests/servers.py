@@ -49,7 +49,13 @@ def read_metric(text: str, name: str, **labels: str) -> float:
 class PrometheusProcess:
     """A real Prometheus server (Debian's package) scraping the given targets on loopback."""
 
-    def __init__(self, tmp_dir: Path, jobs: dict[str, list[str]], scrape_interval: str = "1s"):
+    def __init__(
+        self,
+        tmp_dir: Path,
+        jobs: dict[str, list[str]],
+        scrape_interval: str = "1s",
+        rule_files: list[Path] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = tmp_dir / f"prometheus-{self.port}"
@@ -57,6 +63,7 @@ class PrometheusProcess:
         self.targets = sum(len(targets) for targets in jobs.values())
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "rule_files": [str(path) for path in rule_files or []],
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": targets}]}
                 for job, targets in jobs.items()
@@ -77,7 +84,7 @@ class PrometheusProcess:
         ]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._targets_up, timeout, f"Prometheus to scrape its targets\n{self.log()}")
+        wait_until(self._targets_up, timeout, "Prometheus to scrape its targets")
         return self
 
     def _targets_up(self) -> bool:
@@ -90,8 +97,12 @@ class PrometheusProcess:
             return False
         return bool(result) and float(result[0]["value"][1]) == self.targets
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5)
+    def query(self, promql: str, **params: str | float) -> list[dict[str, Any]]:
+        """An instant query (or a range query when ``start``, ``end`` and ``step`` are given)."""
+        endpoint = "query_range" if "start" in params else "query"
+        response = httpx.get(
+            f"{self.url}/api/v1/{endpoint}", params={"query": promql, **params}, timeout=10
+        )
         response.raise_for_status()
         body = response.json()
         assert body["status"] == "success", body

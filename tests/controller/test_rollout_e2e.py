@@ -224,7 +224,9 @@ def test_operators_drive_a_running_rollout(start_gateway: StartGateway, tmp_path
     state = tmp_path / "rollout.db"
     metrics_port = free_port()
     policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600, interval_seconds=1)
-    command = canary_command([gateway], policy, state, "--metrics-port", str(metrics_port))
+    command = canary_command(
+        [gateway], policy, state, "--metrics-port", str(metrics_port), "--metrics-linger", "0"
+    )
 
     def controller_metric(name: str, **labels: str) -> float:
         return read_metric(

@@ -1,0 +1,204 @@
+"""Builds grafana/dashboards/distill-gateway.json from code: `python grafana/build_dashboard.py`.
+
+Plain dicts in Grafana's dashboard JSON model (schemaVersion 39), so there is no generator library
+to keep in step with Grafana. A test checks that the committed JSON is this script's output, and
+runs every panel's query against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).parent / "dashboards" / "distill-gateway.json"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+M = 'model="$model"'
+W = "$__rate_interval"
+SECONDS_PER_MONTH = 30 * 24 * 3600
+
+
+def rate(metric: str, selector: str = "", by: str = "", window: str = W) -> str:
+    labels = f"{M},{selector}" if selector else M
+    grouping = f" by ({by})" if by else ""
+    return f"sum{grouping} (rate({metric}{{{labels}}}[{window}]))"
+
+
+def quantile(q: float, histogram: str, by: str = "backend") -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({histogram}_bucket{{{M}}}[{W}])))"
+
+
+def cost_per_request(backend: str, window: str = W) -> str:
+    cost = rate("gateway_inference_cost_dollars_total", f'backend="{backend}"', window=window)
+    served = rate("gateway_requests_total", f'backend="{backend}",code="200"', window=window)
+    return f"({cost} / {served})"
+
+
+ROUTED = 'backend!="none"'
+FAILED = 'backend!="none",code!="200"'
+SERVED = 'code="200"'
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    unit: str
+    queries: list[tuple[str, str]]  # (PromQL, legend)
+    kind: str = "timeseries"
+    width: int = 12
+
+
+def ratio(numerator: str, denominator: str) -> str:
+    return f"{numerator} / {denominator}"
+
+
+PANELS = [
+    Panel("Student share", "percentunit", [
+        (f'max by (instance) (gateway_traffic_share{{{M},backend="student"}})',
+         "gateway {{instance}}"),
+        ("max(canary_student_share)", "controller"),
+    ]),
+    Panel("Canary phase", "none", [("max by (phase) (canary_phase) == 1", "{{phase}}")],
+          "stat", 6),
+    Panel("Canary step", "none", [("max(canary_step_index) + 1", "step")], "stat", 6),
+    Panel("Requests per second by backend", "reqps", [
+        (rate("gateway_requests_total", ROUTED, "backend"), "{{backend}}"),
+    ]),
+    Panel("Backend latency p50 and p99 (as the controller judges it)", "s", [
+        (quantile(0.5, "gateway_backend_duration_seconds"), "p50 {{backend}}"),
+        (quantile(0.99, "gateway_backend_duration_seconds"), "p99 {{backend}}"),
+    ]),
+    Panel("Time in gateway p50 and p99", "s", [
+        (quantile(0.5, "gateway_request_duration_seconds"), "p50 {{backend}}"),
+        (quantile(0.99, "gateway_request_duration_seconds"), "p99 {{backend}}"),
+    ]),
+    Panel("Error rate by backend", "percentunit", [
+        # `or ... * 0`: no failed series at all means a rate of 0, not "no data".
+        (ratio(f'({rate("gateway_requests_total", FAILED, "backend")}'
+               f' or {rate("gateway_requests_total", ROUTED, "backend")} * 0)',
+               rate("gateway_requests_total", ROUTED, "backend")), "{{backend}}"),
+    ]),
+    Panel("Shadow agreement (top-1, student vs teacher)", "percentunit", [
+        (ratio(rate("gateway_shadow_agreements_total"), rate("gateway_shadow_comparisons_total")),
+         "agreement"),
+    ], width=8),
+    Panel("Mean KL divergence (teacher || student)", "none", [
+        (ratio(rate("gateway_shadow_kl_divergence_sum"),
+               rate("gateway_shadow_kl_divergence_count")), "mean KL"),
+    ], width=8),
+    Panel("Shadow comparisons dropped per second", "ops", [
+        (rate("gateway_shadow_dropped_total"), "dropped"),
+    ], width=8),
+    Panel("Accuracy by backend (ground-truth feedback)", "percentunit", [
+        (ratio(rate("gateway_feedback_correct_total", by="backend"),
+               rate("gateway_feedback_total", by="backend")), "{{backend}}"),
+    ]),
+    Panel("Cost per 1,000 requests by backend", "currencyUSD", [
+        ("1000 * " + ratio(rate("gateway_inference_cost_dollars_total", by="backend"),
+                           rate("gateway_requests_total", SERVED, "backend")), "{{backend}}"),
+    ]),
+    Panel("Projected monthly saving with all current traffic on the student", "currencyUSD", [
+        (f'({cost_per_request("teacher", "1d")} - {cost_per_request("student", "1d")})'
+         f" * {rate('gateway_requests_total', SERVED)} * {SECONDS_PER_MONTH}", "saving"),
+    ], "stat"),
+    Panel("Canary gates: measured value and threshold", "none", [
+        ("max by (gate) (canary_gate_value)", "{{gate}} value"),
+        ("max by (gate) (canary_gate_threshold)", "{{gate}} threshold"),
+    ], width=24),
+]  # fmt: skip
+
+ANNOTATIONS = [
+    ("Rollbacks", "red", "sum by (reason) (increase(canary_rollbacks_total[1m])) > 0",
+     "rolled back: {{reason}}"),
+    ("Promotions", "green", "sum(increase(canary_promotions_total[1m])) > 0", "promoted"),
+]  # fmt: skip
+
+
+def panel(index: int, x: int, y: int, spec: Panel) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "id": index + 1,
+        "type": spec.kind,
+        "title": spec.title,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": spec.width, "h": 8 if spec.kind == "timeseries" else 4},
+        "fieldConfig": {"defaults": {"unit": spec.unit}, "overrides": []},
+        "targets": [
+            {"refId": chr(ord("A") + n), "datasource": DS, "expr": expr, "legendFormat": legend}
+            for n, (expr, legend) in enumerate(spec.queries)
+        ],
+    }
+    if spec.kind == "stat":
+        # The phase panel shows the series name (the phase), the others the value.
+        text_mode = "name" if spec.title == "Canary phase" else "value"
+        result["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": text_mode}
+    return result
+
+
+def dashboard() -> dict[str, Any]:
+    panels, x, y, row_height = [], 0, 0, 0
+    for index, spec in enumerate(PANELS):
+        width = spec.width
+        if x + width > 24:
+            x, y = 0, y + row_height
+            row_height = 0
+        built = panel(index, x, y, spec)
+        panels.append(built)
+        row_height = max(row_height, built["gridPos"]["h"])
+        x += width
+    return {
+        "uid": "distill-gateway",
+        "title": "distill-gateway: teacher to student rollout",
+        "tags": ["distill-gateway", "canary"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Prometheus",
+                },
+                {
+                    "name": "model",
+                    "type": "query",
+                    "datasource": DS,
+                    "label": "model",
+                    "query": {
+                        "query": "label_values(gateway_requests_total, model)",
+                        "refId": "model",
+                    },
+                    "definition": "label_values(gateway_requests_total, model)",
+                    "refresh": 2,
+                },
+            ]
+        },
+        "annotations": {
+            "list": [
+                {
+                    "name": name,
+                    "datasource": DS,
+                    "enable": True,
+                    "iconColor": color,
+                    "expr": expr,
+                    "titleFormat": title,
+                    "step": "15s",
+                }
+                for name, color, expr, title in ANNOTATIONS
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
