@@ -1,0 +1,160 @@
+"""deploy/ and grafana/ as a platform team would use them: valid, consistent, and tested."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+DASHBOARD = ROOT / "grafana" / "dashboards" / "distill-gateway.json"
+KUBERNETES_VERSION = "1.30.0"
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRDs
+
+
+def _manifests() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return documents
+
+
+def _by_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in _manifests() if doc["kind"] == kind]
+
+
+def _named(kind: str, name: str) -> dict[str, Any]:
+    (document,) = [d for d in _by_kind(kind) if d["metadata"]["name"] == name]
+    return document
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make test` (Debian's prometheus package)"
+    return subprocess.run([promtool, *args], capture_output=True, text=True, cwd=PROMETHEUS)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [d for d in _manifests() if d["kind"] not in CUSTOM_KINDS],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
+def test_kubernetes_manifests_are_valid(document: dict[str, Any]) -> None:
+    kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_gateway_deployment_is_production_shaped() -> None:
+    deployment = _named("Deployment", "distill-gateway")
+    assert deployment["spec"]["replicas"] >= 2
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    requests = container["resources"]["requests"]
+    assert requests["cpu"] and requests["memory"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop > 0
+    token = next(e for e in container["env"] if e["name"] == "DISTILL_GATEWAY_ADMIN_TOKEN")
+    assert "secretKeyRef" in token["valueFrom"]
+    (hpa,) = _by_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "distill-gateway"
+
+
+def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
+    from gateway.config import GatewaySettings
+
+    config_map = _named("ConfigMap", "distill-gateway-config")
+    settings = GatewaySettings(**yaml.safe_load(config_map["data"]["gateway.yaml"]))
+    assert Path(settings.teacher.path).name == "teacher.onnx"
+
+
+def test_the_controller_policy_config_map_is_a_valid_policy() -> None:
+    from controller.policy import Policy
+
+    config_map = _named("ConfigMap", "distill-canary-policy")
+    policy = Policy.model_validate(yaml.safe_load(config_map["data"]["policy.yaml"]))
+    assert policy.steps[0] == 0  # production starts with a dark launch
+
+
+def test_triton_model_configs_match_the_onnx_signature() -> None:
+    config_map = _named("ConfigMap", "distill-triton-model-configs")
+    for role in ("teacher", "student"):
+        text = config_map["data"][f"{role}.pbtxt"]
+        assert f'name: "{role}"' in text and 'platform: "onnxruntime_onnx"' in text
+        assert 'name: "pixels", data_type: TYPE_FP32, dims: [ 64 ]' in text
+        assert 'name: "logits", data_type: TYPE_FP32, dims: [ 10 ]' in text
+
+
+def test_each_service_monitor_selects_exactly_one_service_and_its_port() -> None:
+    services = _by_kind("Service")
+    for monitor in _by_kind("ServiceMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        matching = [s for s in services if wanted <= s["metadata"].get("labels", {}).items()]
+        assert len(matching) == 1, f"{monitor['metadata']['name']} would scrape pods twice"
+        ports = {port["name"] for port in matching[0]["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+
+
+def test_the_prometheus_rule_holds_exactly_the_rule_files() -> None:
+    rendered = runpy.run_path(str(KUBERNETES / "render_monitoring.py"))["render"]()
+    assert (KUBERNETES / "monitoring.yaml").read_text() == rendered, "run render_monitoring.py"
+    (rule,) = _by_kind("PrometheusRule")
+    groups = []
+    for path in sorted((PROMETHEUS / "rules").glob("*.yml")):
+        groups += yaml.safe_load(path.read_text())["groups"]
+    assert rule["spec"]["groups"] == groups
+
+
+def test_promtool_checks_the_config_and_the_rules() -> None:
+    config = _promtool("check", "config", "prometheus.yml")
+    assert config.returncode == 0, config.stdout + config.stderr
+    rule_files = sorted(str(p) for p in (PROMETHEUS / "rules").glob("*.yml"))
+    rules = _promtool("check", "rules", *rule_files)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_promtool_unit_tests_cover_every_alert() -> None:
+    result = _promtool("test", "rules", "tests/alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    alert_groups = yaml.safe_load((PROMETHEUS / "rules" / "alerts.yml").read_text())["groups"]
+    alerts = {rule["alert"] for group in alert_groups for rule in group["rules"]}
+    tests = yaml.safe_load((PROMETHEUS / "tests" / "alerts_test.yml").read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert firing == alerts  # every alert has a case where it fires
+
+
+def test_the_dashboard_is_the_generators_output() -> None:
+    rendered = runpy.run_path(str(ROOT / "grafana" / "build_dashboard.py"))["render"]()
+    assert DASHBOARD.read_text() == rendered, "run python grafana/build_dashboard.py"
+
+
+def test_the_dashboard_is_importable_anywhere() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["model"]["query"]["query"] == "label_values(gateway_requests_total, model)"
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert "gateway_" not in expr or '$model"' in expr, f"{panel['title']}: {expr}"
+    provider = yaml.safe_load(
+        (ROOT / "grafana" / "provisioning" / "dashboards" / "distill-gateway.yaml").read_text()
+    )
+    assert provider["providers"][0]["type"] == "file"
