@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint models bench venv system-tools clean
+.PHONY: demo test lint models bench stack venv system-tools clean
 
 venv: $(STAMP)
 
@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,test]'
 	touch $(STAMP)
 
-# Real servers the tests talk to: Debian's Prometheus (and promtool).
+# Real programs the tests use: Debian's Prometheus (and promtool), and Chromium for the report.
 system-tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
+		&& command -v chromium >/dev/null || { \
 		$(SUDO) apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
+			prometheus chromium; }
 
 demo: venv
 	$(BIN)/distill-demo
@@ -32,6 +34,10 @@ lint: venv
 
 test: venv system-tools lint
 	$(BIN)/pytest
+
+# Gateway, Prometheus, traffic and a rollout as local processes; stays up for Grafana.
+stack: venv system-tools
+	$(BIN)/distill-stack
 
 models: venv
 	$(BIN)/python -m models.build

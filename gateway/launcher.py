@@ -1,11 +1,13 @@
-"""Starts ``distill-gateway`` in a subprocess on a free loopback port and waits until it is ready.
+"""Starts local processes on free loopback ports and waits until they are ready: a gateway, and a
+Prometheus server scraping it.
 
-For the demo, the benchmarks and the tests; production runs the console script directly.
+For the demo, the local stack, the benchmarks and the tests; production runs them its own way.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,8 +48,9 @@ class GatewayProcess:
         work_dir: Path,
         config: dict[str, Any] | None = None,
         admin_token: str | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"
         self.admin_token = admin_token
@@ -109,3 +112,80 @@ class GatewayProcess:
 
     def metrics_text(self) -> str:
         return httpx.get(f"{self.url}/metrics").text
+
+
+class PrometheusProcess:
+    """A real Prometheus server (Debian's package) scraping the given targets on loopback."""
+
+    def __init__(
+        self,
+        tmp_dir: Path,
+        jobs: dict[str, list[str]],
+        scrape_interval: str = "1s",
+        rule_files: list[Path] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = tmp_dir / f"prometheus-{self.port}"
+        self.dir.mkdir(parents=True)
+        self.targets = sum(len(targets) for targets in jobs.values())
+        config = {
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "rule_files": [str(path) for path in rule_files or []],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": targets}]}
+                for job, targets in jobs.items()
+            ],
+        }
+        self.config_path = self.dir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = self.dir / "prometheus.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> PrometheusProcess:
+        command = [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._targets_up, timeout, "Prometheus to scrape its targets")
+        return self
+
+    def _targets_up(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            result = self.query("sum(up)")
+        except httpx.HTTPError:
+            return False
+        return bool(result) and float(result[0]["value"][1]) == self.targets
+
+    def query(self, promql: str, **params: str | float) -> list[dict[str, Any]]:
+        """An instant query (or a range query when ``start``, ``end`` and ``step`` are given)."""
+        endpoint = "query_range" if "start" in params else "query"
+        response = httpx.get(
+            f"{self.url}/api/v1/{endpoint}", params={"query": promql, **params}, timeout=10
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()

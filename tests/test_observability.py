@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -220,6 +221,7 @@ def _bucket_ceiling(seconds: float) -> float:
     return min([math.inf, *(bound for bound in LATENCY_BUCKETS if bound >= seconds)])
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
 def test_the_rollout_report_renders_its_charts_in_chromium(
     observed: Observed, tmp_path: Path
 ) -> None:

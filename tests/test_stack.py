@@ -1,0 +1,23 @@
+"""`distill-stack`: the local full stack runs a rollout through its own Prometheus."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.controller.test_rollout_e2e import write_policy
+from tests.servers import BIN, free_port
+
+
+def test_the_local_stack_promotes_the_student_through_prometheus(tmp_path: Path) -> None:
+    ports = [str(free_port()) for _ in range(3)]
+    result = subprocess.run(
+        [str(BIN / "distill-stack"), "--exit-after-rollout", "--gateway-port", ports[0],
+         "--prometheus-port", ports[1], "--controller-port", ports[2],
+         "--policy", str(write_policy(tmp_path, interval_seconds=1))],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"prometheus  http://127.0.0.1:{ports[1]}" in result.stdout
+    assert "rollout Promoted" in result.stdout
+    assert "distill-gateway.json" in result.stdout
