@@ -40,7 +40,31 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class GatewayProcess:
+class _Subprocess:
+    """A child process whose output goes to ``log_path``; stopped gently, then firmly."""
+
+    log_path: Path
+    _process: subprocess.Popen[bytes] | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+class GatewayProcess(_Subprocess):
     """``distill-gateway`` in a subprocess, its output in ``log_path``."""
 
     def __init__(
@@ -83,23 +107,6 @@ class GatewayProcess:
         except httpx.HTTPError:
             return False
 
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-
-    def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def set_share(self, share: float) -> dict[str, Any]:
         response = httpx.put(
             f"{self.url}/admin/traffic",
@@ -114,7 +121,7 @@ class GatewayProcess:
         return httpx.get(f"{self.url}/metrics").text
 
 
-class PrometheusProcess:
+class PrometheusProcess(_Subprocess):
     """A real Prometheus server (Debian's package) scraping the given targets on loopback."""
 
     def __init__(
@@ -143,7 +150,7 @@ class PrometheusProcess:
         self.log_path = self.dir / "prometheus.log"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> PrometheusProcess:
+    def start(self, timeout: float = 60.0) -> Self:
         command = [
             shutil.which("prometheus") or "prometheus",
             f"--config.file={self.config_path}",
@@ -177,15 +184,3 @@ class PrometheusProcess:
         assert body["status"] == "success", body
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()

@@ -41,6 +41,16 @@ def summarize(latencies: list[float], wall: float) -> dict[str, float]:
     }
 
 
+def run_threads(threads: list[threading.Thread]) -> float:
+    """Starts the threads together and returns the wall time until the last one ends."""
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def bench_direct(path: Path, x: np.ndarray, requests: int, concurrency: int) -> dict[str, float]:
     """The baseline: session.run from ``concurrency`` threads, same session options as served."""
     options = ort.SessionOptions()
@@ -63,13 +73,10 @@ def bench_direct(path: Path, x: np.ndarray, requests: int, concurrency: int) -> 
         with lock:
             latencies.extend(mine)
 
-    threads = [threading.Thread(target=worker, args=(t * 97,)) for t in range(concurrency)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return summarize(latencies, time.perf_counter() - start)
+    wall = run_threads(
+        [threading.Thread(target=worker, args=(t * 97,)) for t in range(concurrency)]
+    )
+    return summarize(latencies, wall)
 
 
 def binary_bodies(x: np.ndarray) -> list[tuple[bytes, str]]:
@@ -116,15 +123,13 @@ def bench_gateway(
                 latencies.extend(mine)
 
     worker(0, 100, record=False)  # warm-up
-    threads = [
-        threading.Thread(target=worker, args=(t * 97, per_thread, True)) for t in range(concurrency)
-    ]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return summarize(latencies, time.perf_counter() - start)
+    wall = run_threads(
+        [
+            threading.Thread(target=worker, args=(t * 97, per_thread, True))
+            for t in range(concurrency)
+        ]
+    )
+    return summarize(latencies, wall)
 
 
 def main() -> None:
