@@ -117,6 +117,7 @@ class CanaryController:
             self.state.rollout_mark = mark.to_json()
         self.state.consecutive_failures = 0
         self._record("set", f"every gateway ({len(self.fleet.urls)}) confirmed share {share:.0%}")
+        self._show()  # the exported step and share follow the gateways at once
 
     def _analyse_and_act(self) -> None:
         assert self.state.step_mark is not None and self.state.rollout_mark is not None

@@ -253,7 +253,7 @@ def test_operators_drive_a_running_rollout(start_gateway: StartGateway, tmp_path
 
         assert operator("promote", state).returncode == 0  # skip the 300 s bake
         wait_until(lambda: share_of(gateway) == 0.25, 5, "the promotion to the next step")
-        assert controller_metric("canary_step_index") == 1
+        wait_until(lambda: controller_metric("canary_step_index") == 1, 5, "the exported step")
         assert controller_metric("canary_student_share") == 0.25
         wait_until(lambda: controller_metric("canary_gate_threshold", gate="min_agreement") == 0.9,
                    10, "an analysis at the new step")  # fmt: skip
