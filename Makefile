@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The tests' Triton server: nvidia-pytriton bundles tritonserver, whose Python-backend stub links
+# Debian's libpython3.11, and it needs numpy<2: so an environment of its own, on Debian's python.
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench stack venv system-tools clean
+.PHONY: demo test lint models bench stack venv triton-env system-tools clean
 
 venv: $(STAMP)
 
@@ -15,6 +19,14 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,test]'
 	touch $(STAMP)
+
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || /usr/bin/python3.11 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
+	touch $(TRITON_STAMP)
 
 # Real programs the tests use: Debian's Prometheus (and promtool), and Chromium for the report.
 system-tools:
@@ -32,7 +44,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv system-tools lint
+test: venv system-tools triton-env lint
 	$(BIN)/pytest
 
 # Gateway, Prometheus, traffic and a rollout as local processes; stays up for Grafana.
@@ -46,4 +58,4 @@ bench: venv
 	$(BIN)/python tests/benchmarks/bench_gateway.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache models/.cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache models/.cache

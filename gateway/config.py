@@ -37,17 +37,48 @@ class OnnxBackendConfig(_Strict):
     """Calls run at once (worker threads); ONNX Runtime releases the GIL while it runs."""
 
 
+class TlsConfig(_Strict):
+    """TLS for the channel to Triton; paths to PEM files."""
+
+    enabled: bool = False
+    root_certificates: Path | None = None
+    """CA bundle to verify Triton's certificate (default: the system's)."""
+    private_key: Path | None = None
+    """Client key, for mutual TLS."""
+    certificate_chain: Path | None = None
+    """Client certificate chain, for mutual TLS."""
+
+
+class TritonBackendConfig(_Strict):
+    """A model served by a remote Triton Inference Server, reached with tritonclient."""
+
+    kind: Literal["triton"]
+    url: str = Field(min_length=1)
+    """host:port of Triton's gRPC (default 8001) or HTTP (8000) endpoint."""
+    model_name: str = Field(min_length=1)
+    model_version: str = ""
+    """Empty: Triton's version policy decides."""
+    protocol: Literal["grpc", "http"] = "grpc"
+    timeout_ms: float = Field(default=1000.0, gt=0)
+    """A call slower than this is abandoned and counts as a failure of this backend."""
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    cost_per_hour: float = Field(default=0.0, ge=0)
+    """Dollars per hour of the hardware that serves this backend (for the cost metrics)."""
+    ready_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often Triton's model readiness is polled in the background."""
+
+
 def _backend_kind(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("kind", "onnx"))
     return str(getattr(value, "kind", "onnx"))
 
 
-BACKEND_KINDS = ("onnx",)
+BACKEND_KINDS = ("onnx", "triton")
 
-# Picked by ``kind`` (``onnx`` when absent); the ``triton`` kind joins this union.
+# Picked by ``kind`` (``onnx`` when absent).
 BackendConfig = Annotated[
-    Annotated[OnnxBackendConfig, Tag("onnx")],
+    Annotated[OnnxBackendConfig, Tag("onnx")] | Annotated[TritonBackendConfig, Tag("triton")],
     Discriminator(_backend_kind),
 ]
 
@@ -167,6 +198,8 @@ def _resolve_paths(settings: GatewaySettings, base: Path) -> GatewaySettings:
     """Relative model paths are relative to the config file; missing files fail here."""
     for role in ("teacher", "student"):
         backend = getattr(settings, role)
+        if not isinstance(backend, OnnxBackendConfig):
+            continue
         if not backend.path.is_absolute():
             backend.path = (base / backend.path).resolve()
         if not backend.path.is_file():

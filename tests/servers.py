@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from gateway.launcher import BIN, GatewayProcess, PrometheusProcess, free_port, wait_until
 
 __all__ = [
-    "ADMIN_TOKEN", "BIN", "PrometheusProcess", "TestGateway", "free_port", "read_metric",
-    "wait_until",
+    "ADMIN_TOKEN", "BIN", "PrometheusProcess", "TestGateway", "TritonProcess", "free_port",
+    "read_metric", "wait_until",
 ]  # fmt: skip
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -39,3 +44,64 @@ def read_metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+TRITON_PYTHON = Path(__file__).resolve().parents[1] / ".venv-triton" / "bin" / "python"
+TRITON_MODELS = ("teacher", "student", "student_slow", "student_five")
+
+
+class TritonProcess:
+    """A real Triton Inference Server (nvidia-pytriton's tritonserver) on loopback ports."""
+
+    def __init__(self, tmp_dir: Path, slow_ms: float = 300.0) -> None:
+        from models import MODELS_DIR
+
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.http_url = f"127.0.0.1:{self.http_port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.log_path = tmp_dir / f"triton-{self.http_port}.log"
+        self._command = [
+            str(TRITON_PYTHON), str(Path(__file__).parent / "triton" / "serve.py"),
+            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+            "--metrics-port", str(self.metrics_port), "--models-dir", str(MODELS_DIR),
+            "--slow-ms", str(slow_ms),
+        ]  # fmt: skip
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90.0) -> TritonProcess:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self._command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_until(self._models_ready, timeout, f"Triton's models on {self.http_url}")
+        return self
+
+    def _models_ready(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"Triton exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            return all(
+                httpx.get(f"http://{self.http_url}/v2/models/{m}/ready", timeout=1).status_code
+                == 200
+                for m in TRITON_MODELS
+            )
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: the server dies without a goodbye."""
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

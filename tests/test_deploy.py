@@ -70,11 +70,12 @@ def test_the_gateway_deployment_is_production_shaped() -> None:
 
 
 def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
-    from gateway.config import GatewaySettings
+    from gateway.config import GatewaySettings, OnnxBackendConfig
 
     config_map = _named("ConfigMap", "distill-gateway-config")
     settings = GatewaySettings(**yaml.safe_load(config_map["data"]["gateway.yaml"]))
-    assert Path(settings.teacher.path).name == "teacher.onnx"
+    assert isinstance(settings.teacher, OnnxBackendConfig)
+    assert settings.teacher.path.name == "teacher.onnx"
 
 
 def test_the_controller_policy_config_map_is_a_valid_policy() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.backends.base import Backend
-from gateway.config import BackendConfig, OnnxBackendConfig
+from gateway.config import BackendConfig, OnnxBackendConfig, TritonBackendConfig
 
 
 def create_backend(role: str, config: BackendConfig) -> Backend:
@@ -11,4 +11,8 @@ def create_backend(role: str, config: BackendConfig) -> Backend:
         from gateway.backends.onnx import OnnxBackend
 
         return OnnxBackend(role, config)
+    if isinstance(config, TritonBackendConfig):
+        from gateway.backends.triton import TritonBackend
+
+        return TritonBackend(role, config)
     raise ValueError(f"{role}: unknown backend kind {config.kind!r}")  # pragma: no cover
