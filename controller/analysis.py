@@ -26,8 +26,8 @@ class Verdict(StrEnum):
 class BackendWindow:
     """What one backend did in a window, summed over every gateway."""
 
-    requests: float = 0.0  # live requests answered
-    errors: float = 0.0  # live answers that were not 2xx (fallbacks included)
+    requests: float = 0.0  # live requests routed here (those that fell back included)
+    errors: float = 0.0  # answers that were not 2xx, plus fallbacks to the other backend
     latency: stats.Buckets = field(default_factory=list)  # backend time, live and shadow calls
     feedback_total: float = 0.0
     feedback_correct: float = 0.0

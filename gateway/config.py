@@ -35,6 +35,8 @@ class OnnxBackendConfig(_Strict):
     where concurrency comes from parallel requests rather than from splitting one call."""
     max_concurrency: int = Field(default=2, ge=1)
     """Calls run at once (worker threads); ONNX Runtime releases the GIL while it runs."""
+    timeout_ms: float = Field(default=1000.0, gt=0)
+    """A call slower than this is abandoned and counts as a failure of this backend."""
 
 
 class TlsConfig(_Strict):
@@ -106,6 +108,18 @@ class FeedbackConfig(_Strict):
     """Predictions remembered at most; the oldest are forgotten first."""
 
 
+class ResilienceConfig(_Strict):
+    """How the gateway rides out a failing backend (a circuit breaker per backend)."""
+
+    failure_threshold: int = Field(default=5, ge=1)
+    """Failures (errors or timeouts) within ``window_seconds`` that open a backend's circuit."""
+    window_seconds: float = Field(default=10.0, gt=0)
+    cool_down_seconds: float = Field(default=5.0, gt=0)
+    """How long an open circuit turns requests away before one probe is let through."""
+    request_timeout_ms: float = Field(default=2000.0, gt=0)
+    """The whole request's deadline: a student call and its retry on the teacher fit inside."""
+
+
 def _default_teacher() -> OnnxBackendConfig:
     return OnnxBackendConfig(path=TEACHER_PATH, cost_per_hour=3.0)
 
@@ -128,6 +142,7 @@ class GatewaySettings(BaseSettings):
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
     max_batch_size: int = Field(default=1024, ge=1)

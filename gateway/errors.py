@@ -11,6 +11,7 @@ GatewayError
  +-- Unprocessable (422)         a well-formed admin or feedback body with a bad value
  +-- InferenceFailed (500)       the backend raised while running a valid request
  +-- BackendUnavailable (503)    the backend cannot serve at all
+      +-- BackendTimeout (503)    the backend did not answer in time
 """
 
 from __future__ import annotations
@@ -62,3 +63,7 @@ class InferenceFailed(GatewayError):
 
 class BackendUnavailable(GatewayError):
     status_code = 503
+
+
+class BackendTimeout(BackendUnavailable):
+    pass

@@ -7,10 +7,16 @@ Metrics live on a registry passed in, so every gateway (and every test) has its 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.resilience import CircuitBreaker, CircuitState
+
+if TYPE_CHECKING:
+    from gateway.backends import Backend
 
 # Fine enough for a useful p50 and p99 from 0.25 ms to 10 s (under ~25 % apart below 1 s).
 LATENCY_BUCKETS = (
@@ -25,6 +31,7 @@ KL_BUCKETS = (
 
 BACKENDS = ("teacher", "student")
 NO_BACKEND = "none"  # requests rejected before a backend was chosen
+FALLBACK_REASONS = ("error", "timeout", "circuit_open")
 
 
 class GatewayMetrics:
@@ -110,6 +117,24 @@ class GatewayMetrics:
             mb,
             registry=registry,
         )
+        self.fallbacks = Counter(
+            "gateway_fallbacks_total",
+            "Requests meant for one backend and served by another.",
+            ["model", "from_backend", "to_backend", "reason"],
+            registry=registry,
+        )
+        self.backend_up = Gauge(
+            "gateway_backend_up",
+            "1 when the backend is ready and its circuit is not open.",
+            mb,
+            registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_circuit_state",
+            "1 for each backend's current circuit-breaker state.",
+            [*mb, "state"],
+            registry=registry,
+        )
         self.cost = Counter(
             "gateway_inference_cost_dollars_total",
             "Live backend compute seconds times the backend's cost_per_hour / 3600.",
@@ -125,6 +150,8 @@ class GatewayMetrics:
             self.shadow_kl,
         ):
             per_model.labels(model)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(model, "student", "teacher", reason)
         for role in BACKENDS:
             self.requests.labels(model, role, "200")
             for path in ("live", "shadow"):
@@ -134,6 +161,21 @@ class GatewayMetrics:
             self.feedback_correct.labels(model, role)
             self.cost.labels(model, role)
             self.shadow_errors.labels(model, role)
+
+    def watch_backends(
+        self, backends: Mapping[str, Backend], breakers: Mapping[str, CircuitBreaker]
+    ) -> None:
+        """Backend health and circuit states, read at scrape time (never on the request path)."""
+        for role, backend in backends.items():
+            breaker = breakers[role]
+            self.backend_up.labels(self.model, role).set_function(_is_up(backend, breaker))
+            for state in CircuitState:
+                self.circuit_state.labels(self.model, role, state.value).set_function(
+                    _is_in(breaker, state)
+                )
+
+    def count_fallback(self, from_backend: str, to_backend: str, reason: str) -> None:
+        self.fallbacks.labels(self.model, from_backend, to_backend, reason).inc()
 
     def count_request(self, backend: str, code: int, seconds: float) -> None:
         self.requests.labels(self.model, backend, str(code)).inc()
@@ -156,3 +198,11 @@ class GatewayMetrics:
         self.traffic_share.labels(self.model, "student").set(student_share)
         self.traffic_share.labels(self.model, "teacher").set(1.0 - student_share)
         self.traffic_generation.labels(self.model).set(generation)
+
+
+def _is_up(backend: Backend, breaker: CircuitBreaker) -> Callable[[], float]:
+    return lambda: float(backend.is_ready() and breaker.state is not CircuitState.OPEN)
+
+
+def _is_in(breaker: CircuitBreaker, state: CircuitState) -> Callable[[], float]:
+    return lambda: float(breaker.state is state)

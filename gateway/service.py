@@ -11,13 +11,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from gateway.backends import Backend, create_backend
 from gateway.codec import decode_request, encode_response
 from gateway.config import GatewaySettings
-from gateway.errors import BackendUnavailable, GatewayError, NotFound
+from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, GatewayError, NotFound
 from gateway.feedback import FeedbackStore
 from gateway.metrics import NO_BACKEND, GatewayMetrics
 from gateway.protocol import Feedback
+from gateway.resilience import CircuitBreaker
 from gateway.routing import Role, TrafficSplit
 from gateway.shadow import ShadowComparer
 from gateway.signature import Signature, signature_mismatches
@@ -57,6 +60,20 @@ class GatewayService:
             settings.shadow.queue_size,
             settings.shadow.workers,
         )
+        resilience = settings.resilience
+        self._deadline = resilience.request_timeout_ms / 1000.0
+        self._breakers = {
+            role: CircuitBreaker(
+                resilience.failure_threshold, resilience.window_seconds,
+                resilience.cool_down_seconds,
+            )
+            for role in ("teacher", "student")
+        }  # fmt: skip
+        self._timeouts = {
+            "teacher": settings.teacher.timeout_ms / 1000.0,
+            "student": settings.student.timeout_ms / 1000.0,
+        }
+        metrics.watch_backends(backends, self._breakers)
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
@@ -96,7 +113,9 @@ class GatewayService:
         await asyncio.gather(*(backend.close() for backend in self._backends.values()))
 
     def is_ready(self) -> bool:
-        return all(backend.is_ready() for backend in self._backends.values())
+        """Both backends must load to start; after that a failing student is ridden out with
+        fallbacks, so readiness follows the teacher, which has nowhere to fall back to."""
+        return self._backends["teacher"].is_ready()
 
     def check_model(self, model: str) -> None:
         if model != self.model:
@@ -120,9 +139,9 @@ class GatewayService:
             request = decode_request(
                 body, header_length, self.signature, self.settings.max_batch_size
             )
-            served_by = role = self.split.choose(routing_key, forced)
-            with self._metrics.backend_call(role, "live"):
-                outputs = await self._backends[role].infer(request.inputs, self._all_outputs)
+            served_by = self.split.choose(routing_key, forced)
+            served_by, outputs = await self._run(served_by, request.inputs, start + self._deadline)
+            role = served_by
             self.shadow.maybe_submit(role, request.inputs, outputs)
             request_id = request.id or fallback_id
             self.feedback.remember(request_id, role, outputs[self._logits.name].argmax(axis=-1))
@@ -134,6 +153,56 @@ class GatewayService:
             raise
         self._metrics.count_request(role, 200, time.perf_counter() - start)
         return InferenceResult(response, response_header_length, role, request_id)
+
+    async def _run(
+        self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float
+    ) -> tuple[Role, dict[str, np.ndarray]]:
+        """Runs the request on ``role``; a failing student falls back to the teacher, within the
+        request's deadline, so the client still gets an answer."""
+        if role == "student" and not self._breakers["student"].allow():
+            self._metrics.count_fallback("student", "teacher", "circuit_open")
+            role = "teacher"
+        try:
+            if role == "teacher" and not self._breakers["teacher"].allow():
+                raise BackendUnavailable("circuit open after repeated failures")
+            return role, await self._call(role, inputs, deadline)
+        except BadRequest:
+            raise
+        except GatewayError as exc:
+            if role == "teacher":
+                raise BackendUnavailable(f"teacher backend unavailable: {exc.message}") from exc
+            reason = "timeout" if isinstance(exc, BackendTimeout) else "error"
+            self._metrics.count_fallback("student", "teacher", reason)
+            return await self._run("teacher", inputs, deadline)
+
+    async def _call(
+        self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float
+    ) -> dict[str, np.ndarray]:
+        """One backend call, bounded by its timeout and the request's deadline; the outcome
+        feeds the backend's circuit breaker."""
+        breaker = self._breakers[role]
+        timeout = min(self._timeouts[role], deadline - time.perf_counter())
+        if timeout <= 0:
+            breaker.record_failure()
+            raise BackendTimeout(f"no time left in the request's deadline for the {role}")
+        try:
+            with self._metrics.backend_call(role, "live"):
+                outputs = await asyncio.wait_for(
+                    self._backends[role].infer(inputs, self._all_outputs), timeout
+                )
+        except TimeoutError as exc:
+            breaker.record_failure()
+            raise BackendTimeout(
+                f"{role} backend did not answer within {timeout * 1000:.0f} ms"
+            ) from exc
+        except BadRequest:
+            breaker.record_success()  # it answered: the request was wrong, not the backend
+            raise
+        except GatewayError:
+            breaker.record_failure()
+            raise
+        breaker.record_success()
+        return outputs
 
     def count_rejected(self, status_code: int) -> None:
         """A request refused before it reached ``infer`` (body too large, bad encoding)."""

@@ -69,6 +69,7 @@ class TritonProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> TritonProcess:
+        """Starts (or starts again, on the same ports) and waits for every model."""
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -63,11 +63,13 @@ class MetricsSource(ABC):
 def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
     def backend(name: str) -> BackendWindow:
         labels = {"model": model, "backend": name}
+        # A request that fell back from this backend failed here, though a client never saw it.
+        fell_back = select(increase, "gateway_fallbacks_total", model=model, from_backend=name)
         requests = select(increase, "gateway_requests_total", **labels)
         succeeded = select(increase, "gateway_requests_total", code="200", **labels)
         return BackendWindow(
-            requests=requests,
-            errors=requests - succeeded,
+            requests=requests + fell_back,
+            errors=requests - succeeded + fell_back,
             latency=buckets(increase, "gateway_backend_duration_seconds", **labels),
             feedback_total=select(increase, "gateway_feedback_total", **labels),
             feedback_correct=select(increase, "gateway_feedback_correct_total", **labels),

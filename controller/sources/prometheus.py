@@ -26,8 +26,9 @@ COUNTERS = (
     "gateway_shadow_kl_divergence_bucket",
     "gateway_shadow_kl_divergence_sum",
     "gateway_shadow_kl_divergence_count",
+    "gateway_fallbacks_total",
 )
-GROUP_BY = "model, backend, code, le"
+GROUP_BY = "model, backend, code, le, from_backend"
 
 
 def window_query(counter: str, model: str, seconds: int) -> str:
