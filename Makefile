@@ -54,8 +54,9 @@ stack: venv system-tools
 models: venv
 	$(BIN)/python -m models.build
 
-bench: venv
-	$(BIN)/python tests/benchmarks/bench_gateway.py
+bench: venv triton-env
+	$(BIN)/python -m tests.benchmarks.bench_gateway
+	$(BIN)/python -m tests.benchmarks.bench_triton
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache models/.cache

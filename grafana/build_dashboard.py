@@ -79,6 +79,13 @@ PANELS = [
                f' or {rate("gateway_requests_total", ROUTED, "backend")} * 0)',
                rate("gateway_requests_total", ROUTED, "backend")), "{{backend}}"),
     ]),
+    Panel("Fallbacks per second (student failed, teacher answered)", "ops", [
+        (rate("gateway_fallbacks_total", by="from_backend, reason"),
+         "from {{from_backend}}: {{reason}}"),
+    ]),
+    Panel("Backend up (ready, circuit not open)", "none", [
+        (f"max by (backend) (gateway_backend_up{{{M}}})", "{{backend}}"),
+    ]),
     Panel("Shadow agreement (top-1, student vs teacher)", "percentunit", [
         (ratio(rate("gateway_shadow_agreements_total"), rate("gateway_shadow_comparisons_total")),
          "agreement"),
