@@ -70,12 +70,16 @@ def test_the_gateway_deployment_is_production_shaped() -> None:
 
 
 def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
-    from gateway.config import GatewaySettings, OnnxBackendConfig
+    from gateway.config import GatewaySettings, OnnxBackendConfig, TritonBackendConfig
 
     config_map = _named("ConfigMap", "distill-gateway-config")
     settings = GatewaySettings(**yaml.safe_load(config_map["data"]["gateway.yaml"]))
     assert isinstance(settings.teacher, OnnxBackendConfig)
     assert settings.teacher.path.name == "teacher.onnx"
+    assert isinstance(settings.student, TritonBackendConfig)
+    triton = _named("Service", "distill-triton")
+    grpc_port = next(p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc")
+    assert settings.student.url == f"distill-triton:{grpc_port}"
 
 
 def test_the_controller_policy_config_map_is_a_valid_policy() -> None:
