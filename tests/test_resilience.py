@@ -119,9 +119,9 @@ def test_a_killed_student_triton_costs_clients_nothing_and_comes_back(
         "shadow": {"sample_rate": 0.0}, "traffic": {"student_share": 1.0},
         "student": student_on(own_triton, timeout_ms=500), "resilience": RESILIENCE,
     })  # fmt: skip
-    responses = asyncio.run(_load(gateway.url, clients=4, per_client=600, kill_after=600,
+    responses = asyncio.run(_load(gateway.url, clients=4, per_client=750, kill_after=750,
                                   kill=own_triton.kill))  # fmt: skip
-    assert len(responses) == 2400
+    assert len(responses) == 3000
     assert [r.status_code for r in responses if r.status_code != 200] == []
     served = [r.headers["x-served-by"] for r in responses]
     assert served.count("student") >= 500 and served.count("teacher") >= 500

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
@@ -112,3 +113,24 @@ def test_an_unreachable_triton_stops_the_gateway_with_its_address(tmp_path: Path
     result = _start_fails(config, tmp_path)
     assert result.returncode == 2
     assert dead in result.stderr and "cannot read model 'student'" in result.stderr
+
+
+def test_tritons_400_stays_a_400_and_is_not_a_fallback(
+    triton: TritonProcess, start_gateway: Callable[..., TestGateway]
+) -> None:
+    # The gateway accepts larger batches than Triton's max_batch_size (1024), so Triton itself
+    # refuses this one: a bad request, not a failing student.
+    gateway = start_gateway({
+        "shadow": {"sample_rate": 0.0}, "max_batch_size": 4096,
+        "student": triton_backend(triton, "student", "grpc"),
+    })  # fmt: skip
+    body = {"inputs": [{"name": "pixels", "shape": [1500, 64], "datatype": "FP32",
+                        "data": [0.0] * (1500 * 64)}]}  # fmt: skip
+    response = httpx.post(
+        f"{gateway.url}/v2/models/digits/infer", json=body, headers={"x-canary": "student"},
+        timeout=30,
+    )  # fmt: skip
+    assert response.status_code == 400
+    assert "rejected the request" in response.json()["error"]
+    assert gateway.metric("gateway_fallbacks_total", reason="error") == 0
+    assert gateway.metric("gateway_circuit_state", backend="student", state="closed") == 1
