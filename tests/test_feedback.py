@@ -12,6 +12,7 @@ from controller.traffic import TrafficGenerator
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.feedback import FeedbackStore
 from models.data import Split
+from tests.clock import ManualClock
 from tests.servers import TestGateway
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -75,16 +76,8 @@ def test_feedback_for_a_batch_takes_one_label_per_row(gateway: TestGateway) -> N
 # -- the store itself, with a controllable clock -------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_predictions_expire_after_the_ttl() -> None:
-    clock = Clock()
+    clock = ManualClock()
     store = FeedbackStore(ttl_seconds=10, max_entries=100, num_classes=10, clock=clock)
     store.remember("a", "teacher", np.array([3]))
     clock.now = 9.9
@@ -97,7 +90,7 @@ def test_predictions_expire_after_the_ttl() -> None:
 
 
 def test_the_oldest_predictions_are_forgotten_first() -> None:
-    store = FeedbackStore(ttl_seconds=60, max_entries=2, num_classes=10, clock=Clock())
+    store = FeedbackStore(ttl_seconds=60, max_entries=2, num_classes=10, clock=ManualClock())
     for request_id in ("a", "b", "c"):
         store.remember(request_id, "teacher", np.array([1]))
     with pytest.raises(NotFound):
@@ -106,7 +99,7 @@ def test_the_oldest_predictions_are_forgotten_first() -> None:
 
 
 def test_label_checks() -> None:
-    store = FeedbackStore(ttl_seconds=60, max_entries=10, num_classes=10, clock=Clock())
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, num_classes=10, clock=ManualClock())
     store.remember("a", "teacher", np.array([1, 2]))
     with pytest.raises(Unprocessable):
         store.score("a", [1, 2, 3])

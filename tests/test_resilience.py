@@ -14,6 +14,7 @@ import pytest
 
 from controller.sources import window_metrics
 from gateway.resilience import CircuitBreaker, CircuitState
+from tests.clock import ManualClock
 from tests.servers import TestGateway, TritonProcess, wait_until
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [3.0] * 64}]}
@@ -26,16 +27,8 @@ def state_of(breaker: CircuitBreaker) -> CircuitState:
     return breaker.state  # a call, so type checkers do not carry narrowing across calls
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_breaker_opens_after_enough_failures_in_the_window() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=3, window_seconds=10, cool_down_seconds=5,
                              clock=clock)  # fmt: skip
     breaker.record_failure()
@@ -49,7 +42,7 @@ def test_the_breaker_opens_after_enough_failures_in_the_window() -> None:
 
 
 def test_half_open_lets_one_probe_through_and_its_outcome_decides() -> None:
-    clock = Clock()
+    clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=1, window_seconds=10, cool_down_seconds=5,
                              clock=clock)  # fmt: skip
     breaker.record_failure()

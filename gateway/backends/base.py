@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from gateway.errors import BackendUnavailable
 from gateway.signature import Signature
 
 
@@ -19,11 +20,14 @@ class Backend(ABC):
 
     def __init__(self, role: str) -> None:
         self.role = role
+        self._signature: Signature | None = None  # set by load()
 
     @property
-    @abstractmethod
     def signature(self) -> Signature:
         """Inputs and outputs; available once ``load`` has returned."""
+        if self._signature is None:
+            raise BackendUnavailable(f"{self.role} backend is not loaded")
+        return self._signature
 
     @property
     @abstractmethod

@@ -50,14 +50,7 @@ class OnnxBackend(Backend):
             max_workers=config.max_concurrency, thread_name_prefix=f"onnx-{role}"
         )
         self._session: ort.InferenceSession | None = None
-        self._signature: Signature | None = None
         self.device = "unloaded"
-
-    @property
-    def signature(self) -> Signature:
-        if self._signature is None:
-            raise BackendUnavailable(f"{self.role} backend is not loaded")
-        return self._signature
 
     @property
     def description(self) -> str:

@@ -33,7 +33,6 @@ class TritonBackend(Backend):
         super().__init__(role)
         self._config = config
         self._client: Any = None
-        self._signature: Signature | None = None
         self._ready = False
         self._poller: asyncio.Task[None] | None = None
         if config.protocol == "grpc":
@@ -41,12 +40,6 @@ class TritonBackend(Backend):
         else:
             import tritonclient.http.aio as module
         self._module: Any = module
-
-    @property
-    def signature(self) -> Signature:
-        if self._signature is None:
-            raise BackendUnavailable(f"{self.role} backend is not loaded")
-        return self._signature
 
     @property
     def description(self) -> str:

@@ -132,6 +132,46 @@ def bench_gateway(
     return summarize(latencies, wall)
 
 
+def compared(
+    key: str, name: str, concurrency: int, direct: dict[str, float], through: dict[str, float]
+) -> dict[str, Any]:
+    """One row: the direct baseline, the same calls through the gateway, and their ratios."""
+    return {
+        key: name,
+        "concurrency": concurrency,
+        "direct": direct,
+        "gateway": through,
+        "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
+        "rps_ratio": through["rps"] / direct["rps"],
+    }
+
+
+def report(rows: list[dict[str, Any]], first: str, title: str, out: Path) -> None:
+    """Prints the comparison table and writes the rows, with when and where, to ``out``."""
+    table = Table(title=title)
+    for column in (first, "conc", "direct p50", "direct p99", "direct rps", "gateway p50",
+                   "gateway p99", "gateway rps", "added p50", "rps ratio"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for row in rows:
+        d, g = row["direct"], row["gateway"]
+        table.add_row(
+            row[first], str(row["concurrency"]), f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}",
+            f"{d['rps']:.0f}", f"{g['p50_ms']:.3f}", f"{g['p99_ms']:.3f}", f"{g['rps']:.0f}",
+            f"{row['added_p50_ms']:.3f}", f"{row['rps_ratio']:.3f}",
+        )  # fmt: skip
+    Console(width=160).print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": platform.machine(), "python": platform.python_version()},
+        "note": "same run, same machine: compare ratios, not absolute numbers",
+        "median_added_p50_ms": statistics.median(r["added_p50_ms"] for r in rows),
+        "rows": rows,
+    }
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
@@ -150,46 +190,11 @@ def main() -> None:
                     through = bench_gateway(
                         gateway.address, backend, bodies, args.requests, concurrency
                     )
-                    rows.append(
-                        {
-                            "backend": backend,
-                            "concurrency": concurrency,
-                            "direct": direct,
-                            "gateway": through,
-                            "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
-                            "rps_ratio": through["rps"] / direct["rps"],
-                        }
-                    )
+                    rows.append(compared("backend", backend, concurrency, direct, through))
         finally:
             gateway.stop()
 
-    table = Table(title=f"batch 1, {args.requests} requests each (ms)")
-    for column in ("backend", "conc", "direct p50", "direct p99", "direct rps", "gateway p50",
-                   "gateway p99", "gateway rps", "added p50", "rps ratio"):  # fmt: skip
-        table.add_column(column, justify="right")
-    for row in rows:
-        d, g = row["direct"], row["gateway"]
-        table.add_row(
-            row["backend"], str(row["concurrency"]), f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}",
-            f"{d['rps']:.0f}", f"{g['p50_ms']:.3f}", f"{g['p99_ms']:.3f}", f"{g['rps']:.0f}",
-            f"{row['added_p50_ms']:.3f}", f"{row['rps_ratio']:.3f}",
-        )  # fmt: skip
-    Console(width=160).print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "machine": {"cpus": platform.machine(), "python": platform.python_version()},
-                "note": "same run, same machine: compare ratios, not absolute numbers",
-                "median_added_p50_ms": statistics.median(r["added_p50_ms"] for r in rows),
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"wrote {args.out}")
+    report(rows, "backend", f"batch 1, {args.requests} requests each (ms)", args.out)
 
 
 if __name__ == "__main__":

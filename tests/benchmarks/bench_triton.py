@@ -8,7 +8,6 @@ Run with ``make bench``; results go to ``tests/benchmarks/results/bench_triton.j
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -18,12 +17,17 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from rich.console import Console
-from rich.table import Table
 
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
-from tests.benchmarks.bench_gateway import bench_gateway, binary_bodies, run_threads, summarize
+from tests.benchmarks.bench_gateway import (
+    bench_gateway,
+    binary_bodies,
+    compared,
+    report,
+    run_threads,
+    summarize,
+)
 from tests.servers import TestGateway, TritonProcess
 
 RESULTS = Path(__file__).parent / "results" / "bench_triton.json"
@@ -86,37 +90,14 @@ def main() -> None:
                         through = bench_gateway(
                             gateway.address, "student", bodies, args.requests, concurrency
                         )
-                        row: dict[str, Any] = {
-                            "protocol": protocol, "concurrency": concurrency,
-                            "direct": direct, "gateway": through,
-                            "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
-                            "rps_ratio": through["rps"] / direct["rps"],
-                        }  # fmt: skip
-                        rows.append(row)
+                        rows.append(compared("protocol", protocol, concurrency, direct, through))
                 finally:
                     gateway.stop()
         finally:
             triton.stop()
 
-    table = Table(title=f"student on Triton, batch 1, {args.requests} requests each (ms)")
-    for column in ("protocol", "conc", "direct p50", "direct p99", "direct rps", "gateway p50",
-                   "gateway p99", "gateway rps", "added p50", "rps ratio"):  # fmt: skip
-        table.add_column(column, justify="right")
-    for row in rows:
-        d, g = row["direct"], row["gateway"]
-        table.add_row(
-            row["protocol"], str(row["concurrency"]), f"{d['p50_ms']:.3f}", f"{d['p99_ms']:.3f}",
-            f"{d['rps']:.0f}", f"{g['p50_ms']:.3f}", f"{g['p99_ms']:.3f}", f"{g['rps']:.0f}",
-            f"{row['added_p50_ms']:.3f}", f"{row['rps_ratio']:.3f}",
-        )  # fmt: skip
-    Console(width=160).print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(
-        {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-         "note": "same run, same machine: compare ratios, not absolute numbers", "rows": rows},
-        indent=2,
-    ) + "\n")  # fmt: skip
-    print(f"wrote {args.out}")
+    title = f"student on Triton, batch 1, {args.requests} requests each (ms)"
+    report(rows, "protocol", title, args.out)
 
 
 if __name__ == "__main__":
