@@ -29,6 +29,9 @@ def z_value(confidence: float) -> float:
 def wilson(successes: float, trials: float, z: float) -> Interval:
     if trials <= 0:
         return (0.0, 1.0)
+    # PromQL's increase() extrapolates each series on its own, so a window can report a few more
+    # successes than trials (or fewer than none): a proportion still lies in 0..1.
+    successes = min(max(successes, 0.0), trials)
     p = successes / trials
     denominator = 1.0 + z * z / trials
     centre = (p + z * z / (2.0 * trials)) / denominator
@@ -44,6 +47,8 @@ def newcombe_difference(
     """Interval for p1 - p2."""
     if trials_1 <= 0 or trials_2 <= 0:
         return (-1.0, 1.0)
+    successes_1 = min(max(successes_1, 0.0), trials_1)
+    successes_2 = min(max(successes_2, 0.0), trials_2)
     p1, p2 = successes_1 / trials_1, successes_2 / trials_2
     l1, u1 = wilson(successes_1, trials_1, z)
     l2, u2 = wilson(successes_2, trials_2, z)

@@ -40,6 +40,15 @@ def test_wilson_without_trials_is_the_whole_range() -> None:
     assert stats.wilson(0, 0, Z95) == (0.0, 1.0)
 
 
+def test_extrapolated_counts_beyond_their_trials_are_clamped() -> None:
+    # Prometheus's increase() extrapolates series one by one: 101.3 "agreements" in 100.8
+    # comparisons happens, and must not crash the analysis.
+    assert stats.wilson(101.3, 100.8, Z95) == stats.wilson(100.8, 100.8, Z95)
+    assert stats.wilson(-0.2, 50, Z95) == stats.wilson(0, 50, Z95)
+    low, high = stats.newcombe_difference(50.4, 50, 49.7, 50, Z95)
+    assert -1 <= low <= high <= 1
+
+
 @pytest.mark.parametrize(
     ("a", "b", "expected"),
     [
