@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -40,31 +41,76 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-class _Subprocess:
-    """A child process whose output goes to ``log_path``; stopped gently, then firmly."""
+class ManagedProcess:
+    """A server in a child process: started, polled until ready (failing fast if it exits), and
+    stopped gently, then firmly. Output goes to ``log_path``. Subclasses say how to start it and
+    when it is ready."""
 
+    name = "process"
     log_path: Path
+    new_session = False  # True: signals go to its whole process group (servers with children)
     _process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str] | None:
+        return None  # inherit ours
+
+    def is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Starts (or starts again, with the same ports) and waits until ready."""
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
+                start_new_session=self.new_session,
+            )  # fmt: skip
+        wait_until(self._ready, timeout, f"{self.name} to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            return self.is_ready()
+        except httpx.HTTPError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+        if self._signal(signal.SIGTERM):
             try:
-                self._process.wait(timeout=20)
+                self._wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+                self.kill()
 
     def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        """SIGKILL: the server dies without a goodbye."""
+        if self._signal(signal.SIGKILL):
+            self._wait(timeout=None)
+
+    def _signal(self, number: int) -> bool:
+        """Sends ``number`` if the process still runs; says whether it did."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return False
+        if self.new_session:
+            os.killpg(process.pid, number)
+        else:
+            process.send_signal(number)
+        return True
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._process is not None:
+            self._process.wait(timeout=timeout)
 
 
-class GatewayProcess(_Subprocess):
+class GatewayProcess(ManagedProcess):
     """``distill-gateway`` in a subprocess, its output in ``log_path``."""
 
     def __init__(
@@ -84,28 +130,23 @@ class GatewayProcess(_Subprocess):
         self.log_path = work_dir / f"gateway-{self.port}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> Self:
-        command = [
+    name = "gateway"
+
+    def command(self) -> list[str]:
+        return [
             str(BIN / "distill-gateway"),
             "--config", str(self.config_path),
             "--port", str(self.port),
         ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_GATEWAY_")}
         if self.admin_token is not None:
             env["DISTILL_GATEWAY_ADMIN_TOKEN"] = self.admin_token
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_until(self._ready, timeout, f"gateway on {self.url} to be ready\n{self.log()}")
-        return self
+        return env
 
-    def _ready(self) -> bool:
-        assert self._process is not None
-        if self._process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {self._process.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def is_ready(self) -> bool:
+        return httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200
 
     def set_share(self, share: float) -> dict[str, Any]:
         response = httpx.put(
@@ -121,7 +162,7 @@ class GatewayProcess(_Subprocess):
         return httpx.get(f"{self.url}/metrics").text
 
 
-class PrometheusProcess(_Subprocess):
+class PrometheusProcess(ManagedProcess):
     """A real Prometheus server (Debian's package) scraping the given targets on loopback."""
 
     def __init__(
@@ -150,27 +191,20 @@ class PrometheusProcess(_Subprocess):
         self.log_path = self.dir / "prometheus.log"
         self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> Self:
-        command = [
+    name = "Prometheus"
+
+    def command(self) -> list[str]:
+        return [
             shutil.which("prometheus") or "prometheus",
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.dir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log.level=warn",
         ]
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._targets_up, timeout, "Prometheus to scrape its targets")
-        return self
 
-    def _targets_up(self) -> bool:
-        assert self._process is not None
-        if self._process.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {self._process.returncode}:\n{self.log()}")
-        try:
-            result = self.query("sum(up)")
-        except httpx.HTTPError:
-            return False
+    def is_ready(self) -> bool:
+        """Ready once every target has been scraped."""
+        result = self.query("sum(up)")
         return bool(result) and float(result[0]["value"][1]) == self.targets
 
     def query(self, promql: str, **params: str | float) -> list[dict[str, Any]]:

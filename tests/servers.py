@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
-from gateway.launcher import BIN, GatewayProcess, PrometheusProcess, free_port, wait_until
+from gateway.launcher import (
+    BIN,
+    GatewayProcess,
+    ManagedProcess,
+    PrometheusProcess,
+    free_port,
+    wait_until,
+)
 
 __all__ = [
     "ADMIN_TOKEN", "BIN", "PrometheusProcess", "TestGateway", "TritonProcess", "free_port",
@@ -50,8 +54,11 @@ TRITON_PYTHON = Path(__file__).resolve().parents[1] / ".venv-triton" / "bin" / "
 TRITON_MODELS = ("teacher", "student", "student_slow", "student_five")
 
 
-class TritonProcess:
+class TritonProcess(ManagedProcess):
     """A real Triton Inference Server (nvidia-pytriton's tritonserver) on loopback ports."""
+
+    name = "Triton"
+    new_session = True  # tritonserver runs as a child of the pytriton script
 
     def __init__(self, tmp_dir: Path, slow_ms: float = 300.0) -> None:
         from models import MODELS_DIR
@@ -66,43 +73,16 @@ class TritonProcess:
             "--metrics-port", str(self.metrics_port), "--models-dir", str(MODELS_DIR),
             "--slow-ms", str(slow_ms),
         ]  # fmt: skip
-        self._process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 90.0) -> TritonProcess:
-        """Starts (or starts again, on the same ports) and waits for every model."""
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                self._command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_until(self._models_ready, timeout, f"Triton's models on {self.http_url}")
-        return self
+    def start(self, timeout: float = 90.0) -> Self:
+        return super().start(timeout)
 
-    def _models_ready(self) -> bool:
-        assert self._process is not None
-        if self._process.poll() is not None:
-            raise RuntimeError(f"Triton exited with {self._process.returncode}:\n{self.log()}")
-        try:
-            return all(
-                httpx.get(f"http://{self.http_url}/v2/models/{m}/ready", timeout=1).status_code
-                == 200
-                for m in TRITON_MODELS
-            )
-        except httpx.HTTPError:
-            return False
+    def command(self) -> list[str]:
+        return self._command
 
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: the server dies without a goodbye."""
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def is_ready(self) -> bool:
+        """Ready when every model is: Triton's server readiness comes before its models'."""
+        return all(
+            httpx.get(f"http://{self.http_url}/v2/models/{m}/ready", timeout=1).status_code == 200
+            for m in TRITON_MODELS
+        )
