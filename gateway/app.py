@@ -26,6 +26,39 @@ from gateway.protocol import Feedback, TrafficUpdate
 from gateway.service import GatewayService
 
 JSON = "application/json"
+
+EXTENSIONS = ("binary_tensor_data",)
+"""The protocol extensions this gateway implements, as named in the server metadata."""
+
+_VERSIONED = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+UNSUPPORTED_EXTENSIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "statistics": (
+        ("/v2/models/stats", *(prefix + "/stats" for prefix in _VERSIONED)),
+        "per-backend statistics are Prometheus metrics at /metrics",
+    ),
+    "model configuration": (
+        tuple(prefix + "/config" for prefix in _VERSIONED),
+        "the signature is in the model metadata, GET /v2/models/<model>",
+    ),
+    "model repository": (
+        ("/v2/repository/{rest:path}",),
+        "the gateway serves one logical model, fixed by its config",
+    ),
+    "system shared memory": (
+        ("/v2/systemsharedmemory/{rest:path}",),
+        "send tensors in the request body (binary tensor data extension)",
+    ),
+    "CUDA shared memory": (
+        ("/v2/cudasharedmemory/{rest:path}",),
+        "send tensors in the request body (binary tensor data extension)",
+    ),
+    "trace": (
+        ("/v2/trace/{rest:path}", "/v2/models/{model}/trace/{rest:path}"),
+        "follow a request by its x-request-id header",
+    ),
+    "logging": (("/v2/logging",), "set the log level with distill-gateway --log-level"),
+}
+"""Triton's HTTP extensions this gateway does not implement: their paths, and what to use."""
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
@@ -65,28 +98,32 @@ def create_app(
         return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     @app.get("/v2")
+    @app.get("/v2/")  # the spec's spelling; answered, not redirected
     async def server_metadata() -> Response:
         return json_response(
             {
                 "name": "distill-gateway",
                 "version": __version__,
-                "extensions": ["binary_tensor_data"],
+                "extensions": list(EXTENSIONS),
             }
         )
 
-    @app.get("/v2/models/{model}")
-    async def model_metadata(model: str) -> Response:
-        service.check_model(model)
+    # Triton's extensions that this gateway does not implement are answered, not left to 404,
+    # so a client that probes for one learns why. Registered before /v2/models/{model}.
+    for extension, (paths, hint) in UNSUPPORTED_EXTENSIONS.items():
+        for path in paths:
+            _answer_unsupported(app, path, extension, hint)
+
+    async def model_metadata(request: Request, model: str) -> Response:
+        service.check_model(model, request.path_params.get("version"))
         return json_response(service.model_metadata())
 
-    @app.get("/v2/models/{model}/ready")
-    async def model_ready(model: str) -> Response:
-        service.check_model(model)
+    async def model_ready(request: Request, model: str) -> Response:
+        service.check_model(model, request.path_params.get("version"))
         is_ready = service.is_ready()
         return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
-    @app.post("/v2/models/{model}/infer")
-    async def infer(model: str, request: Request) -> Response:
+    async def infer(request: Request, model: str) -> Response:
         fallback_id = uuid.uuid4().hex
         headers = request.headers
         try:
@@ -97,6 +134,7 @@ def create_app(
         try:
             result = await service.infer(
                 model,
+                request.path_params.get("version"),
                 body,
                 headers.get(HEADER_LENGTH),
                 headers.get("x-routing-key"),
@@ -113,11 +151,20 @@ def create_app(
             result.body, headers=response_headers, media_type="application/octet-stream"
         )
 
-    @app.post("/v2/models/{model}/feedback")
-    async def feedback(model: str, request: Request) -> Response:
-        service.check_model(model)
+    async def feedback(request: Request, model: str) -> Response:
+        service.check_model(model, request.path_params.get("version"))
         body = _parse(Feedback, await read_body(request, limit))
-        return json_response(service.record_feedback(model, body))
+        return json_response(service.record_feedback(body))
+
+    # Every model route twice: unversioned, and with the logical model's version.
+    for suffix, endpoint, method in (
+        ("", model_metadata, "GET"),
+        ("/ready", model_ready, "GET"),
+        ("/infer", infer, "POST"),
+        ("/feedback", feedback, "POST"),
+    ):
+        for prefix in _VERSIONED:
+            app.add_api_route(prefix + suffix, endpoint, methods=[method])
 
     @app.get("/admin/traffic")
     async def get_traffic() -> Response:
@@ -135,6 +182,19 @@ def create_app(
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> None:
+    async def unsupported(request: Request) -> Response:
+        return json_response(
+            {
+                "error": f"distill-gateway does not implement the {extension} extension "
+                f"({request.method} {request.url.path}): {hint}"
+            },
+            501,
+        )
+
+    app.add_api_route(path, unsupported, methods=["GET", "POST"])
 
 
 def _traffic(service: GatewayService) -> dict[str, object]:
@@ -173,8 +233,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return json_response({"error": str(exc.detail)}, exc.status_code)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return json_response(
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"},
+            exc.status_code,
+            dict(exc.headers or {}),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:

@@ -59,6 +59,7 @@ def decode_request(
 
 def encode_response(
     model_name: str,
+    model_version: str,
     request_id: str,
     outputs: dict[str, np.ndarray],
     requested: list[RequestedOutput],
@@ -80,7 +81,12 @@ def encode_response(
             description["data"] = array.reshape(-1)
         descriptions.append(description)
     header = orjson.dumps(
-        {"model_name": model_name, "id": request_id, "outputs": descriptions},
+        {
+            "model_name": model_name,
+            "model_version": model_version,
+            "id": request_id,
+            "outputs": descriptions,
+        },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     if not binary_parts:

@@ -137,6 +137,10 @@ class GatewaySettings(BaseSettings):
 
     model: str = Field(default="digits", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     """The logical model name clients use in ``/v2/models/{model}``."""
+    model_version: str = Field(default="1", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    """The logical model's one version (``/v2/models/{model}/versions/{version}``). It names the
+    model clients see, not the backend that serves them, so it stays the same while a rollout
+    moves traffic and a client that pins it keeps working."""
     teacher: BackendConfig = Field(default_factory=_default_teacher)
     student: BackendConfig = Field(default_factory=_default_student)
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)

@@ -45,6 +45,7 @@ class GatewayService:
     ) -> None:
         self.settings = settings
         self.model = settings.model
+        self.version = settings.model_version
         self._backends = backends
         self._metrics = metrics
         self.signature: Signature = backends["teacher"].signature
@@ -117,15 +118,21 @@ class GatewayService:
         fallbacks, so readiness follows the teacher, which has nowhere to fall back to."""
         return self._backends["teacher"].is_ready()
 
-    def check_model(self, model: str) -> None:
+    def check_model(self, model: str, version: str | None = None) -> None:
+        """``version`` is None when the request names none: the spec lets the server choose."""
         if model != self.model:
             raise NotFound(f"unknown model '{model}'; this gateway serves '{self.model}'")
+        if version is not None and version != self.version:
+            raise NotFound(
+                f"unknown version '{version}' of model '{model}'; its versions are: {self.version}"
+            )
 
     # -- inference ---------------------------------------------------------------------------
 
     async def infer(
         self,
         model: str,
+        version: str | None,
         body: bytes,
         header_length: str | None,
         routing_key: str | None,
@@ -135,7 +142,7 @@ class GatewayService:
         start = time.perf_counter()
         served_by: str = NO_BACKEND
         try:
-            self.check_model(model)
+            self.check_model(model, version)
             request = decode_request(
                 body, header_length, self.signature, self.settings.max_batch_size
             )
@@ -146,7 +153,7 @@ class GatewayService:
             request_id = request.id or fallback_id
             self.feedback.remember(request_id, role, outputs[self._logits.name].argmax(axis=-1))
             response, response_header_length = encode_response(
-                self.model, request_id, outputs, request.outputs
+                self.model, self.version, request_id, outputs, request.outputs
             )
         except GatewayError as exc:
             self._metrics.count_request(served_by, exc.status_code, time.perf_counter() - start)
@@ -217,8 +224,7 @@ class GatewayService:
         log.info("student share %.4g -> %.4g (generation %d)", previous, share, generation)
         return generation
 
-    def record_feedback(self, model: str, feedback: Feedback) -> dict[str, object]:
-        self.check_model(model)
+    def record_feedback(self, feedback: Feedback) -> dict[str, object]:
         scored = self.feedback.score(feedback.id, feedback.label)
         self._metrics.feedback.labels(self.model, scored.backend).inc(scored.total)
         self._metrics.feedback_correct.labels(self.model, scored.backend).inc(scored.correct)
@@ -232,7 +238,7 @@ class GatewayService:
     def model_metadata(self) -> dict[str, object]:
         return {
             "name": self.model,
-            "versions": ["1"],
+            "versions": [self.version],
             "platform": "distill-gateway",
             "inputs": [spec.as_metadata() for spec in self.signature.inputs],
             "outputs": [spec.as_metadata() for spec in self.signature.outputs],
