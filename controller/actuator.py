@@ -33,6 +33,13 @@ class GatewayFleet:
     def read(self) -> dict[str, Traffic]:
         return self._on_all(self._get)
 
+    def read_reachable(self) -> dict[str, Traffic]:
+        """What every gateway that answers reports; the others are left out."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:
+            outcomes = list(pool.map(lambda url: self._attempt(self._get, url), self.urls))
+        return {url: traffic for url, (traffic, _) in zip(self.urls, outcomes, strict=True)
+                if traffic is not None}  # fmt: skip
+
     def verify(self, share: float, after: dict[str, Traffic] | None = None) -> None:
         """Every gateway reports ``share`` (and, when ``after`` is given, a generation at least
         as new as the one our PUT produced); raises naming each gateway that does not."""

@@ -1,7 +1,8 @@
-"""`distill-canary`: run a rollout, and drive it (status, pause, resume, promote, abort).
+"""`distill-canary`: run a rollout, and drive it (status, pause, resume, promote, abort, retry).
 
-Commands reach a running controller through its state file (SQLite): access to that file is
-what authorises them, so it is created readable by its owner only.
+Commands reach the running controller through its state file (SQLite): access to that file is
+what authorises them, so it is created readable by its owner only. A command waits for the
+controller's acknowledgement and prints what it did; with no live controller it says so and fails.
 """
 
 from __future__ import annotations
@@ -17,20 +18,31 @@ import httpx
 import typer
 from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
-from rich.table import Table
 
 from controller.actuator import GatewayFleet
 from controller.exporter import ControllerMetrics
-from controller.policy import PolicyError, load_policy
-from controller.reporter import decision_line, make_reporter
-from controller.rollout import CanaryController
+from controller.operator import NoLiveController, abort_now, send_and_wait
+from controller.policy import Policy, PolicyError, load_policy
+from controller.reporter import make_reporter
+from controller.rollout import EXIT_REFUSED, CanaryController, Launch, Start
 from controller.sources import create_source
-from controller.state import Command, Phase, StateStore
+from controller.state import Command, Phase, RolloutState, StateError, StateStore
+from controller.status import render_status
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DEFAULT_STATE = Path("distill-canary.db")
 StateOption = Annotated[Path, typer.Option("--state", help="The rollout's state file.")]
+RolloutOption = Annotated[
+    int | None, typer.Option("--rollout", help="A rollout's id (default: the latest).")
+]
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_UNCONFIRMED = 4
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
+    typer.echo(f"distill-canary: {message}", err=True)
+    return typer.Exit(code)
 
 
 @app.command()
@@ -43,6 +55,22 @@ def run(
         str | None, typer.Option(help="Prometheus base URL; default: scrape the gateways.")
     ] = None,
     state: StateOption = DEFAULT_STATE,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new rollout when the latest one has ended.")
+    ] = False,
+    from_current: Annotated[
+        bool,
+        typer.Option(
+            "--from-current",
+            help="Gateways already serve the student: start at the step matching their share.",
+        ),
+    ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset", help="Gateways already serve the student: start from the first step."
+        ),
+    ] = False,
     metrics_port: Annotated[
         int, typer.Option(help="Serve the controller's metrics on this port (0: off).")
     ] = 0,
@@ -54,99 +82,131 @@ def run(
         ),
     ] = 15.0,
 ) -> None:
-    """Run one rollout to its end: exit 0 when promoted, 3 when rolled back (4 when some gateway
-    never confirmed the rollback)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    """Run one rollout to its end, or resume the unfinished one: exit 0 when promoted, 3 when
+    rolled back, 4 when some gateway never confirmed the rollback, 5 when refused (another
+    controller holds the rollout, the latest rollout has ended, or gateways already serve the
+    student)."""
+    if from_current and reset:
+        raise _fail("--from-current and --reset exclude each other", EXIT_USAGE)
     try:
         rollout_policy = load_policy(policy)
     except PolicyError as exc:
-        typer.echo(f"distill-canary: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
+        raise _fail(str(exc), EXIT_USAGE) from None
+    start = Start.FROM_CURRENT if from_current else Start.RESET if reset else Start.FRESH
+    launch = Launch([url.rstrip("/") for url in gateway], prometheus, new, start)
+    _run_controller(rollout_policy, launch, state, metrics_port, metrics_linger)
+
+
+@app.command()
+def retry(
+    state: StateOption = DEFAULT_STATE,
+    metrics_port: Annotated[int, typer.Option(help="As for run.")] = 0,
+    metrics_linger: Annotated[float, typer.Option(help="As for run.")] = 15.0,
+) -> None:
+    """Start a rolled-back rollout again from its first step, with the same policy, gateways and
+    metrics source (a new rollout; the rolled-back one stays in the history)."""
+    rollout = _load(_open(state), None)
+    if rollout.phase is not Phase.ROLLED_BACK:
+        raise _fail(f"rollout {rollout.rollout_id} is {rollout.phase.value}; retry restarts a "
+                    "rolled-back rollout")  # fmt: skip
+    try:
+        rollout_policy = Policy.model_validate(rollout.policy)
+    except ValueError:
+        raise _fail(f"rollout {rollout.rollout_id} has no stored policy; use run --new") from None
+    launch = Launch(rollout.gateways, rollout.prometheus, new=True)
+    _run_controller(rollout_policy, launch, state, metrics_port, metrics_linger)
+
+
+def _run_controller(
+    rollout_policy: Policy, launch: Launch, state: Path, metrics_port: int, metrics_linger: float
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    store = _create(state)
     registry = CollectorRegistry()
-    metrics = ControllerMetrics(registry, gates=list(rollout_policy.gates.configured()))
+    metrics = ControllerMetrics(
+        registry, rollout_policy.model, gates=list(rollout_policy.gates.configured())
+    )
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
-    urls = [url.rstrip("/") for url in gateway]
     token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
     with httpx.Client(timeout=5.0) as client:
         controller = CanaryController(
             policy=rollout_policy,
-            fleet=GatewayFleet(urls, token, client),
-            source=create_source(urls, prometheus, rollout_policy.model, client),
-            store=_open_store(state),
+            fleet=GatewayFleet(launch.gateways, token, client),
+            source=create_source(launch.gateways, launch.prometheus, rollout_policy.model, client),
+            store=store,
             reporter=make_reporter(rollout_policy),
             metrics=metrics,
         )
-        code = controller.run()
+        try:
+            code = controller.run(launch)
+        except StateError as exc:
+            raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
     if metrics_port and metrics_linger > 0:
         time.sleep(metrics_linger)
     final = controller.state
-    typer.echo(f"rollout {final.phase.value}" + (
-        f": {final.rollback_reason}" if final.rollback_reason else ""))  # fmt: skip
+    reason = f": {final.rollback_reason}" if final.rollback_reason else ""
+    typer.echo(f"rollout {final.phase.value}{reason} (rollout {final.rollout_id} in {state})")
     raise typer.Exit(code)
 
 
 @app.command()
 def status(
     state: StateOption = DEFAULT_STATE,
-    history: Annotated[int, typer.Option(help="How many past decisions to show.")] = 20,
+    rollout: RolloutOption = None,
+    history: Annotated[
+        int, typer.Option(min=0, help="How many past decisions to show (0: none).")
+    ] = 20,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh until the rollout ends (Ctrl-C stops).")
+    ] = False,
+    every: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
 ) -> None:
-    """The rollout's phase, step, share, last analysis and decisions."""
-    rollout = _existing_store(state).load()
-    if rollout is None:
-        typer.echo(f"no rollout recorded in {state}", err=True)
-        raise typer.Exit(1)
+    """Phase, step, intended and actual share per gateway, the controller's heartbeat, what
+    happens next and when, the last analysis, and the latest decisions."""
+    store = _open(state)
     console = Console(width=None if sys.stdout.isatty() else 160)
-    at_step = (f"{time.time() - rollout.step_started_at:.0f} s" if rollout.step_started_at
-               else "not started (share not yet confirmed)")  # fmt: skip
-    console.print(f"phase: {rollout.phase.value}")
-    steps = ", ".join(f"{step:g}%" for step in rollout.steps)
-    console.print(f"step: {rollout.step_index + 1} of [{steps}], student share {rollout.share:.0%}")
-    console.print(f"time at this step: {at_step}")
-    if rollout.rollback_reason:
-        console.print(f"rolled back because: {rollout.rollback_reason}")
-    table = Table(title="last analysis")
-    for column in ("gate", "verdict", "value", "interval", "threshold", "samples", "why"):
-        table.add_column(column)
-    for gate in rollout.last_analysis:
-        table.add_row(
-            str(gate["gate"]), str(gate["verdict"]), f"{gate['value']:.4g}",
-            f"[{gate['low']:.4g}, {gate['high']:.4g}]", f"{gate['threshold']:.4g}",
-            f"{gate['samples']:.0f}", str(gate["reason"]),
-        )  # fmt: skip
-    console.print(table)
-    console.print("decisions:")
-    for record in rollout.history[-history:]:
-        line = decision_line(record, len(rollout.steps))
-        console.print("  " + line, highlight=False, soft_wrap=True)
+    while True:
+        shown = _load(store, rollout)
+        with httpx.Client(timeout=2.0) as client:
+            text = render_status(shown, store, client, time.time(), history)
+        if watch and sys.stdout.isatty():
+            console.clear()
+        console.print(text, highlight=False, soft_wrap=False)
+        if not watch or shown.phase.terminal:
+            return
+        time.sleep(every)
 
 
 @app.command()
 def report(
     state: StateOption = DEFAULT_STATE,
+    rollout: RolloutOption = None,
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("rollout.html"),
 ) -> None:
-    """Write a self-contained HTML report of the rollout (PNG charts inlined)."""
-    rollout = _existing_store(state).load()
-    if rollout is None:
-        typer.echo(f"no rollout recorded in {state}", err=True)
-        raise typer.Exit(1)
+    """Write a self-contained HTML report of a rollout (PNG charts inlined)."""
+    shown = _load(_open(state), rollout)
     from controller.report import write_report
 
-    write_report(rollout, out)
+    write_report(shown, out)
     typer.echo(f"wrote {out}")
 
 
 def _operator_command(state: Path, command: Command) -> None:
-    store = _existing_store(state)
-    rollout = store.load()
-    if rollout is None or rollout.phase.terminal:
-        what = "no rollout" if rollout is None else f"the rollout is {rollout.phase.value}"
-        typer.echo(f"distill-canary: nothing to {command.value}: {what}", err=True)
-        raise typer.Exit(1)
-    store.send(command)
-    typer.echo(f"sent {command.value}; the controller acts on it within one interval")
+    store = _open(state, read_only=False)
+    rollout = _load(store, None)
+    if rollout.phase.terminal:
+        raise _fail(f"nothing to {command.value}: rollout {rollout.rollout_id} is "
+                    f"{rollout.phase.value}")  # fmt: skip
+    try:
+        outcome = send_and_wait(store, rollout, command)
+    except NoLiveController as exc:
+        hint = " (abort --now acts on the gateways directly)" if command is Command.ABORT else ""
+        raise _fail(f"{command.value} not sent: {exc}{hint}") from None
+    if not outcome.acted:
+        raise _fail(f"{command.value}: {outcome.note}")
+    typer.echo(f"{command.value}: {outcome.note}")
 
 
 @app.command()
@@ -171,28 +231,64 @@ def promote(
 
 
 @app.command()
-def abort(state: StateOption = DEFAULT_STATE) -> None:
+def abort(
+    state: StateOption = DEFAULT_STATE,
+    now: Annotated[
+        bool,
+        typer.Option(
+            "--now", help="With no live controller: set share 0 on the gateways directly."
+        ),
+    ] = False,
+) -> None:
     """Roll back now: share 0 on every gateway."""
-    _operator_command(state, Command.ABORT)
+    if not now:
+        _operator_command(state, Command.ABORT)
+        return
+    store = _open(state, read_only=False)
+    rollout = _load(store, None)
+    if rollout.phase.terminal:
+        raise _fail(f"nothing to abort: rollout {rollout.rollout_id} is {rollout.phase.value}")
+    try:
+        outcome = send_and_wait(store, rollout, Command.ABORT)
+    except NoLiveController:
+        token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
+        with httpx.Client(timeout=5.0) as client:
+            fleet = GatewayFleet(rollout.gateways, token, client)
+            try:
+                done = abort_now(store, rollout, fleet, time.time)
+            except StateError as exc:
+                raise _fail(f"abort --now refused: {exc}") from None
+        typer.echo(f"abort: {done.note}")
+        raise typer.Exit(0 if done.confirmed else EXIT_UNCONFIRMED) from None
+    if not outcome.acted:
+        raise _fail(f"abort: {outcome.note}")
+    typer.echo(f"abort: {outcome.note}")
 
 
-def _open_store(path: Path) -> StateStore:
-    created = not path.exists()
-    store = StateStore(path)
-    if created:
-        path.chmod(0o600)
-    return store
+def _create(path: Path) -> StateStore:
+    try:
+        return StateStore.create(path)
+    except StateError as exc:
+        raise _fail(str(exc)) from None
 
 
-def _existing_store(path: Path) -> StateStore:
-    if not path.exists():
-        typer.echo(f"distill-canary: no state file at {path}", err=True)
-        raise typer.Exit(1)
-    return StateStore(path)
+def _open(path: Path, read_only: bool = True) -> StateStore:
+    try:
+        return StateStore.open_existing(path, read_only)
+    except StateError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _load(store: StateStore, rollout_id: int | None) -> RolloutState:
+    rollout = store.load(rollout_id)
+    if rollout is None:
+        known = store.rollout_ids()
+        if rollout_id is None or not known:
+            raise _fail(f"no rollout recorded in {store.path}")
+        raise _fail(f"no rollout {rollout_id} in {store.path}; its rollouts are: "
+                    + ", ".join(map(str, known)))  # fmt: skip
+    return rollout
 
 
 def main() -> None:
     app()
-
-
-__all__ = ["Phase", "main"]

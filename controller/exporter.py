@@ -1,61 +1,95 @@
-"""The controller's own Prometheus metrics, so a dashboard shows what it decided and why."""
+"""The controller's own Prometheus metrics, so a dashboard shows what it decided and why.
+
+Every series carries the policy's ``model``, so one Prometheus can watch rollouts of several
+models; ``canary_rollout_info`` names the rollout (its id in the state file).
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from controller.analysis import GateResult
-from controller.state import Phase
+from controller.analysis import GateResult, Verdict
+from controller.state import Phase, RolloutState
 
 ROLLBACK_CAUSES = ("abort", "inconclusive_timeout")
+VERDICT_VALUES = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}
+"""``canary_gate_verdict``: 1 pass, 0 inconclusive, -1 fail (skipped gates are not exported)."""
 
 
 class ControllerMetrics:
-    def __init__(self, registry: CollectorRegistry, gates: list[str] | None = None) -> None:
-        self.student_share = Gauge(
-            "canary_student_share",
-            "Student share the controller has set (0..1).",
-            registry=registry,
+    def __init__(
+        self, registry: CollectorRegistry, model: str = "", gates: list[str] | None = None
+    ) -> None:
+        self.model = model
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, ["model", *labels], registry=registry)
+
+        self.student_share = gauge("canary_student_share", "Student share the controller set.")
+        self.step_index = gauge("canary_step_index", "Index of the current step in the policy.")
+        self.phase = gauge("canary_phase", "1 for the rollout's current phase.", ("phase",))
+        self.rollout_info = gauge("canary_rollout_info", "1 for the rollout in hand.", ("rollout",))
+        self.last_tick = gauge(
+            "canary_last_tick_timestamp_seconds", "When the controller last renewed its lease."
         )
-        self.step_index = Gauge(
-            "canary_step_index",
-            "Index of the current step in the policy's steps.",
-            registry=registry,
+        self.bake_elapsed = gauge(
+            "canary_step_bake_elapsed_seconds", "Time since this step's share was confirmed."
         )
-        self.phase = Gauge(
-            "canary_phase",
-            "1 for the rollout's current phase, 0 for the others.",
-            ["phase"],
-            registry=registry,
+        self.consecutive_failures = gauge(
+            "canary_consecutive_failures", "Failed analyses in a row at this step."
+        )
+        self.gate_value = gauge("canary_gate_value", "Last measured value.", ("gate",))
+        self.gate_lower = gauge("canary_gate_lower", "Lower bound of its interval.", ("gate",))
+        self.gate_upper = gauge("canary_gate_upper", "Upper bound of its interval.", ("gate",))
+        self.gate_threshold = gauge("canary_gate_threshold", "Each gate's threshold.", ("gate",))
+        self.gate_verdict = gauge(
+            "canary_gate_verdict", "Last verdict: 1 pass, 0 inconclusive, -1 fail.", ("gate",)
         )
         self.analysis = Counter(
-            "canary_analysis_total", "Gate verdicts.", ["gate", "result"], registry=registry
-        )
-        self.gate_value = Gauge(
-            "canary_gate_value", "Last measured value of each gate.", ["gate"], registry=registry
-        )
-        self.gate_threshold = Gauge(
-            "canary_gate_threshold", "Each gate's threshold.", ["gate"], registry=registry
-        )
+            "canary_analysis_total", "Gate verdicts.", ["model", "gate", "result"],
+            registry=registry,
+        )  # fmt: skip
         self.rollbacks = Counter(
-            "canary_rollbacks_total", "Rollbacks, by cause.", ["reason"], registry=registry
+            "canary_rollbacks_total", "Rollbacks, by cause.", ["model", "reason"], registry=registry
         )
         self.promotions = Counter(
-            "canary_promotions_total", "Rollouts that ended promoted.", registry=registry
-        )
+            "canary_promotions_total", "Rollouts that ended promoted.", ["model"], registry=registry
+        ).labels(model)
+        self.share_drift = Counter(
+            "canary_share_drift_total",
+            "Times a gateway reported a share or generation the controller had not set.",
+            ["model"],
+            registry=registry,
+        ).labels(model)
         # Every series exists from the start, so the first rollback is an increase (0 -> 1) and
         # not a new series that increase() cannot see.
         for cause in (*ROLLBACK_CAUSES, *(gates or [])):
-            self.rollbacks.labels(cause)
+            self.rollbacks.labels(model, cause)
 
-    def show_position(self, phase: Phase, step_index: int, share: float) -> None:
+    def rolled_back(self, cause: str) -> None:
+        self.rollbacks.labels(self.model, cause).inc()
+
+    def heartbeat(self, now: float) -> None:
+        self.last_tick.labels(self.model).set(now)
+
+    def show_position(self, state: RolloutState, bake_elapsed: float) -> None:
+        model = self.model
         for each in Phase:
-            self.phase.labels(each.value).set(1 if each is phase else 0)
-        self.step_index.set(step_index)
-        self.student_share.set(share)
+            self.phase.labels(model, each.value).set(1 if each is state.phase else 0)
+        self.rollout_info.labels(model, str(state.rollout_id)).set(1)
+        self.step_index.labels(model).set(state.step_index)
+        self.student_share.labels(model).set(state.share)
+        self.bake_elapsed.labels(model).set(bake_elapsed)
+        self.consecutive_failures.labels(model).set(state.consecutive_failures)
 
     def record_analysis(self, results: list[GateResult]) -> None:
         for result in results:
-            self.analysis.labels(result.gate, result.verdict.value).inc()
-            self.gate_threshold.labels(result.gate).set(result.threshold)
-            self.gate_value.labels(result.gate).set(result.value)
+            self.analysis.labels(self.model, result.gate, result.verdict.value).inc()
+            if result.verdict not in VERDICT_VALUES:
+                continue
+            gate = (self.model, result.gate)
+            self.gate_threshold.labels(*gate).set(result.threshold)
+            self.gate_value.labels(*gate).set(result.value)
+            self.gate_lower.labels(*gate).set(result.low)
+            self.gate_upper.labels(*gate).set(result.high)
+            self.gate_verdict.labels(*gate).set(VERDICT_VALUES[result.verdict])

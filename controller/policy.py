@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -63,6 +63,11 @@ class Policy(_Strict):
     """Two-sided confidence of every interval behind a verdict."""
     latency_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
     """The quantile the latency gates read (p99 by default)."""
+    on_drift: Literal["reassert", "pause"] = "reassert"
+    """What to do when a gateway reports a share (or generation) the controller did not set:
+    ``reassert`` sets the intended share again and restarts the step's analysis; ``pause`` pauses
+    the rollout without touching the share. Either way, traffic at another share is never
+    analysed as if it were the intended one."""
     gates: Gates = Field(default_factory=Gates)
 
     @field_validator("steps")
@@ -91,6 +96,12 @@ class Policy(_Strict):
                 "min_agreement, max_kl, max_p99_ms or max_p99_ratio"
             )
         return self
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a controller's lease lasts without a heartbeat: long enough for a slow tick
+        (gateways and Prometheus each get seconds to answer), short enough to hand over soon."""
+        return max(15.0, 3 * self.interval_seconds)
 
     def share(self, step_index: int) -> float:
         return self.steps[step_index] / 100.0

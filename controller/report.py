@@ -6,13 +6,17 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from controller.state import DecisionRecord, RolloutState
 
+ENDS_A_PAUSE = ("resume", "advance", "promote", "promote-full", "promoted", "rolled back")
 MARKED_ACTIONS = {"set": "#888888", "promoted": "green", "rolled back": "red"}
 BACKEND_COLOURS = {"teacher": "#1f77b4", "student": "#ff7f0e"}
 
@@ -24,6 +28,7 @@ def write_report(state: RolloutState, out: Path) -> None:
 def render(state: RolloutState) -> str:
     analyses = [r for r in state.history if r.observations]
     t0 = state.started_at
+    gates = state.policy.get("gates", {})
 
     def share(axes: Any) -> None:
         times = [r.at - t0 for r in state.history]
@@ -34,14 +39,18 @@ def render(state: RolloutState) -> str:
         for backend, colour in BACKEND_COLOURS.items():
             _plot(axes, t0, analyses, [backend, "p50_ms"], f"p50 {backend}", colour, ":")
             _plot(axes, t0, analyses, [backend, "p99_ms"], f"p99 {backend}", colour, "-")
+        _threshold(axes, gates.get("max_p99_ms"), "max_p99_ms")
 
     def agreement(axes: Any) -> None:
         _plot(axes, t0, analyses, ["agreement"], "agreement", "green", "-")
+        _threshold(axes, gates.get("min_agreement"), "min_agreement")
 
-    def per_backend(key: str) -> Callable[[Any], None]:
+    def per_backend(key: str, gate: str | None = None) -> Callable[[Any], None]:
         def draw(axes: Any) -> None:
             for backend, colour in BACKEND_COLOURS.items():
                 _plot(axes, t0, analyses, [backend, key], backend, colour, "-")
+            if gate:
+                _threshold(axes, gates.get(gate), gate)
 
         return draw
 
@@ -50,9 +59,51 @@ def render(state: RolloutState) -> str:
         ("Backend latency p50 and p99", _chart(state, latency, "ms")),
         ("Shadow agreement with the teacher", _chart(state, agreement, "fraction")),
         ("Accuracy from feedback", _chart(state, per_backend("accuracy"), "fraction")),
-        ("Cost per 1,000 requests", _chart(state, per_backend("cost_per_1k"), "dollars")),
-    ]
+        ("Cost per 1,000 requests",
+         _chart(state, per_backend("cost_per_1k", "max_cost_per_1k"), "dollars")),
+    ]  # fmt: skip
     return _page(state, charts)
+
+
+def _threshold(axes: Any, value: float | None, gate: str) -> None:
+    if value is not None:
+        axes.axhline(value, color="red", linestyle="-.", linewidth=1, label=f"{gate} {value:g}")
+
+
+def pause_spans(state: RolloutState) -> list[tuple[float, float]]:
+    """(start, end) of each pause, by an operator or a drift, in seconds since the start."""
+    spans, opened = [], None
+    for record in state.history:
+        pausing = record.action == "pause" or (
+            record.action == "drift" and "paused" in record.reason
+        )
+        if pausing and opened is None:
+            opened = record.at
+        elif record.action in ENDS_A_PAUSE and opened is not None:
+            spans.append((opened - state.started_at, record.at - state.started_at))
+            opened = None
+    if opened is not None:
+        spans.append((opened - state.started_at, _end(state) - state.started_at))
+    return spans
+
+
+def downtime_spans(state: RolloutState) -> list[tuple[float, float]]:
+    """When no controller ran: from the last decision before each ``resumed`` to that resume."""
+    spans = []
+    for before, record in itertools.pairwise(state.history):
+        if record.action == "resumed":
+            spans.append((before.at - state.started_at, record.at - state.started_at))
+    return spans
+
+
+def _too_few_requests(record: DecisionRecord) -> bool:
+    """An analysis made before the step had ``min_requests``: its points are not estimates."""
+    return any(g["verdict"] == "inconclusive" and "student requests" in str(g["reason"])
+               for g in record.gates)  # fmt: skip
+
+
+def _end(state: RolloutState) -> float:
+    return state.ended_at or (state.history[-1].at if state.history else state.started_at)
 
 
 def _chart(state: RolloutState, draw: Callable[[Any], None], unit: str) -> str:
@@ -63,6 +114,11 @@ def _chart(state: RolloutState, draw: Callable[[Any], None], unit: str) -> str:
 
     figure, axes = plt.subplots(figsize=(9, 3), dpi=100)
     draw(axes)
+    for start, end in pause_spans(state):
+        axes.axvspan(start, end, color="#999999", alpha=0.25, linewidth=0)
+    for start, end in downtime_spans(state):
+        axes.axvspan(start, end, facecolor="none", edgecolor="red", hatch="//", linewidth=0)
+    axes.set_xlim(0, max(1.0, _end(state) - state.started_at))  # every chart on one time axis
     for record in state.history:
         colour = MARKED_ACTIONS.get(record.action)
         if colour:
@@ -88,22 +144,29 @@ def _plot(
     colour: str,
     style: str,
 ) -> None:
-    """One line from the observations at ``path`` (e.g. ["student", "p99_ms"]), gaps skipped."""
-    points = []
+    """One line from the observations at ``path`` (e.g. ["student", "p99_ms"]), gaps skipped;
+    analyses made on fewer than ``min_requests`` are hollow circles off the line."""
+    points: list[tuple[float, float]] = []
+    early: list[tuple[float, float]] = []
     for record in analyses:
         value: Any = record.observations
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if value is not None:
-            points.append((record.at - t0, float(value)))
+            (early if _too_few_requests(record) else points).append((record.at - t0, float(value)))
     if points:
         axes.plot([p[0] for p in points], [p[1] for p in points], style, color=colour,
                   label=label, marker=".")  # fmt: skip
+    if early:
+        axes.scatter([p[0] for p in early], [p[1] for p in early], facecolors="none",
+                     edgecolors=colour, label=f"{label} (< min_requests)")  # fmt: skip
 
 
 def _page(state: RolloutState, charts: list[tuple[str, str]]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.started_at))
-    ended = state.history[-1].at if state.history else state.started_at
+    ended = _end(state)
+    policy = html.escape(yaml.safe_dump(state.policy, sort_keys=False) if state.policy
+                         else "(not recorded: a rollout from an earlier version)")  # fmt: skip
     steps = ", ".join(f"{step:g} %" for step in state.steps)
     outcome = html.escape(state.phase.value)
     if state.rollback_reason:
@@ -127,12 +190,17 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; fon
 figure {{ margin: 1.5em 0; }} img.chart {{ max-width: 100%; }}
 </style></head>
 <body>
-<h1>Rollout report</h1>
+<h1>Rollout report: rollout {state.rollout_id}</h1>
 <p><b>Outcome:</b> {outcome}</p>
 <p><b>Started:</b> {started}; <b>lasted</b> {ended - state.started_at:.0f} s;
 <b>steps:</b> {steps}; <b>reached step</b> {state.step_index + 1}.</p>
-<p>Dashed lines mark decisions: grey a new step, green the promotion, red the rollback.</p>
+<p>Dashed lines mark decisions: grey a new step, green the promotion, red the rollback. Grey
+bands are pauses; red hatching is time when no controller ran. Dash-dotted red lines are the
+gates' thresholds; hollow circles are analyses made before the step had <code>min_requests</code>,
+so they are not estimates to read.</p>
 {figures}
+<h2>Policy</h2>
+<pre id="policy">{policy}</pre>
 <h2>Decisions</h2>
 <table><tr><th>s</th><th>step</th><th>share</th><th>action</th><th>why</th></tr>
 {rows}

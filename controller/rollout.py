@@ -1,7 +1,11 @@
 """The canary controller: one ``tick()`` made of small steps, run every analysis interval.
 
-tick: take operators' commands -> enter the step (set and verify the share) -> analyse -> judge
--> act -> persist. Decisions live in ``decisions``; I/O lives at the edges (fleet, source, store).
+start: take the lease -> resume the latest rollout, or start a new one (refused while gateways
+already serve the student, unless the operator says how to start).
+tick: heartbeat -> take operators' commands -> enter the step (set and verify the share) or
+check the share for drift -> analyse -> judge -> act -> persist. Decisions live in ``decisions``;
+I/O lives at the edges (fleet, source, store). Only the lease holder acts: a controller that
+loses its lease stops at once, before touching the fleet again.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 from controller import analysis
 from controller.actuator import GatewayFleet, GatewaysUnreachable
@@ -17,14 +23,49 @@ from controller.exporter import ControllerMetrics
 from controller.policy import Policy
 from controller.reporter import Reporter
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
-from controller.state import DecisionRecord, Phase, RolloutState, StateStore
+from controller.state import (
+    DecisionRecord,
+    LeaseLost,
+    Phase,
+    RolloutState,
+    StateError,
+    StateStore,
+    new_holder_id,
+)
 
 log = logging.getLogger(__name__)
 
 EXIT_PROMOTED = 0
 EXIT_ROLLED_BACK = 3
 EXIT_ROLLBACK_UNCONFIRMED = 4  # rolled back, but some gateway never confirmed share 0
+EXIT_REFUSED = 5  # another controller holds the rollout, or starting would be unsafe
 COMMAND_POLL_SECONDS = 0.2
+HEARTBEAT_SECONDS = 1.0
+
+
+class StartRefused(StateError):
+    """Starting (or resuming) would be unsafe; the message says why and what to pass instead."""
+
+
+class Start(StrEnum):
+    """How ``run`` begins when the state file has no rollout in progress."""
+
+    FRESH = "fresh"
+    """Only from a fleet that serves the student nothing (the default)."""
+    FROM_CURRENT = "from-current"
+    """At the first step whose share is at least what every gateway serves now."""
+    RESET = "reset"
+    """From the first step, whatever the gateways serve now."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What ``run`` was asked to do, recorded with the rollout so that ``retry`` can repeat it."""
+
+    gateways: list[str]
+    prometheus: str | None = None
+    new: bool = False  # start a new rollout when the latest one has ended
+    start: Start = Start.FRESH
 
 
 class CanaryController:
@@ -38,6 +79,7 @@ class CanaryController:
         metrics: ControllerMetrics,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        holder: str | None = None,
     ) -> None:
         self.policy = policy
         self.fleet = fleet
@@ -47,61 +89,151 @@ class CanaryController:
         self.metrics = metrics
         self.clock = clock
         self.sleep = sleep
+        self.holder = holder or new_holder_id()
         self.state = RolloutState()
+        self._last_heartbeat = 0.0
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Runs the rollout to its end: 0 when promoted, 3 when rolled back."""
-        self.state = self._resume_or_start()
-        self._show()
-        while not self.state.phase.terminal:
-            self.tick()
-            self._wait_for_next_tick()
-        confirmed = self._confirm_final_share()
+    def run(self, launch: Launch) -> int:
+        """Runs the rollout to its end: 0 promoted, 3 rolled back, 4 rollback unconfirmed, 5 when
+        refused or when another controller took the lease (raises ``StartRefused``/``LeaseHeld``
+        before acting when starting is refused)."""
+        self.state = self.start(launch)
+        try:
+            self._show()
+            while not self.state.phase.terminal:
+                self.tick()
+                self._wait_for_next_tick()
+            confirmed = self._confirm_final_share()
+        except LeaseLost as exc:
+            log.error("stopped acting on rollout %d: %s", self.state.rollout_id, exc)
+            self.reporter.close()
+            return EXIT_REFUSED
+        self.store.release(self.holder)
         self.reporter.close()
         if self.state.phase is Phase.PROMOTED:
             return EXIT_PROMOTED
         return EXIT_ROLLED_BACK if confirmed else EXIT_ROLLBACK_UNCONFIRMED
 
     def tick(self) -> None:
+        self._heartbeat(force=True)
         self._take_commands()
         if not self.state.phase.terminal:
             if self.state.step_started_at is None:
-                self._enter_step()
-            else:
+                if self.state.phase is not Phase.PAUSED:  # a pause leaves the share alone
+                    self._enter_step()
+            elif not self._drifted():
                 self._analyse_and_act()
-        self.store.save(self.state)
+        self.store.save(self.state, self.holder)
         self._show()
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def start(self, launch: Launch) -> RolloutState:
+        """Takes the lease, then resumes the latest rollout or starts a new one."""
+        now = self.clock()
+        previous = self.store.acquire(self.holder, self.policy.lease_seconds, now)
+        try:
+            saved = self.store.load()
+            if saved is not None and not saved.phase.terminal:
+                return self._resume(saved, previous.holder if previous else None)
+            if saved is not None and not launch.new:
+                raise StartRefused(
+                    f"rollout {saved.rollout_id} ended {saved.phase.value}; pass --new to start "
+                    "another (its history is kept: status --rollout N)"
+                )
+            return self._start_new(launch)
+        except BaseException:
+            self.store.release(self.holder)
+            raise
+
+    def _resume(self, saved: RolloutState, previous_holder: str | None) -> RolloutState:
+        self.state = saved
+        before = f"after {previous_holder}" if previous_holder else "with no controller before it"
+        log.info("resuming rollout %d at step %d", saved.rollout_id, saved.step_index + 1)
+        # The share is only read back at the first tick (drift check), never set again blindly.
+        self._record("resumed", f"controller {self.holder} resumed the rollout ({before})")
+        self.store.save(self.state, self.holder)
+        return self.state
+
+    def _start_new(self, launch: Launch) -> RolloutState:
+        start_index, note = self._first_step(launch.start)
+        state = RolloutState(
+            steps=list(self.policy.steps),
+            step_index=start_index,
+            started_at=self.clock(),
+            policy=self.policy.model_dump(mode="json"),
+            gateways=list(launch.gateways),
+            prometheus=launch.prometheus,
+        )
+        self.state = self.store.add(state, self.holder)
+        self._record("started", f"controller {self.holder} started rollout "
+                     f"{self.state.rollout_id}{note}")  # fmt: skip
+        self.store.save(self.state, self.holder)
+        return self.state
+
+    def _first_step(self, start: Start) -> tuple[int, str]:
+        """The step a new rollout begins at; refuses to drop a fleet that serves the student."""
+        serving = {url: t.student_share for url, t in self.fleet.read_reachable().items()
+                   if t.student_share > 0}  # fmt: skip
+        if not serving:
+            return 0, ""
+        shares = ", ".join(f"{url} at {share:.0%}" for url, share in serving.items())
+        if start is Start.RESET:
+            return 0, f" from the first step (--reset; gateways served: {shares})"
+        if start is Start.FROM_CURRENT:
+            current = set(serving.values())
+            reachable = self.fleet.read_reachable()
+            if len(current) > 1 or len(serving) < len(reachable):
+                raise StartRefused(f"gateways disagree on the share ({shares}); use --reset")
+            share = current.pop()
+            index = next(i for i, step in enumerate(self.policy.steps) if step / 100 >= share)
+            return index, f" at step {index + 1} (--from-current: gateways served {share:.0%})"
+        raise StartRefused(
+            f"gateways already serve the student ({shares}); a new rollout would drop them to "
+            f"{self.policy.share(0):.0%}: pass --from-current to start at the step that matches, "
+            "or --reset to start from the first step"
+        )
 
     # -- the steps of a tick -------------------------------------------------------------------
 
-    def _resume_or_start(self) -> RolloutState:
-        saved = self.store.load()
-        if saved is None or saved.phase.terminal:
-            self.store.reset()
-            state = RolloutState(steps=list(self.policy.steps), started_at=self.clock())
-            self.store.save(state)
-            return state
-        log.info("resuming the rollout at step %d (%s)", saved.step_index + 1, saved.phase.value)
-        if saved.step_started_at is not None:
-            try:
-                self.fleet.verify(saved.share)  # read only: the share is not touched
-            except GatewaysUnreachable as exc:
-                log.warning("gateways disagree with the saved share, setting it again: %s", exc)
-                saved.step_started_at = None
-        return saved
+    def _heartbeat(self, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self.store.renew(self.holder, self.policy.lease_seconds, now)
+            self._last_heartbeat = now
+            self.metrics.heartbeat(now)
 
     def _take_commands(self) -> None:
-        for command in self.store.take_commands():
-            effect = apply_command(self.state.phase, command, self._is_last_step())
+        for sent in self.store.take_commands(self.state.rollout_id, self.clock()):
+            phase = self.state.phase
+            effect = apply_command(phase, sent.command, self._is_last_step())
+            if effect.action in (Action.ADVANCE, Action.PROMOTE) and self._step_unconfirmed():
+                note = (f"{sent.command.value} refused: step {self.state.step_index + 1}'s share "
+                        "is not yet confirmed on every gateway (promote --full or abort still "
+                        "work)")  # fmt: skip
+                self._acknowledge(sent.id, False, note)
+                continue
             self.state.phase = effect.phase
-            self._record(effect.action.value if effect.action else command.value, effect.note)
+            acted = effect.phase is not phase or effect.action is not None
+            note = f"{effect.note} ({sent.sender})" if acted else effect.note
+            if effect.phase is Phase.PAUSED and phase is not Phase.PAUSED:
+                self.state.paused_by = sent.sender
+            elif effect.phase is not Phase.PAUSED:
+                self.state.paused_by = None
+            self._record(effect.action.value if effect.action else sent.command.value, note)
             if effect.action is not None:
-                self._act(effect.action, effect.note, rollback_cause="abort")
+                self._act(effect.action, note, rollback_cause="abort")
+                note = self.state.history[-1].reason
+            self._acknowledge(sent.id, acted, note)
+
+    def _acknowledge(self, command_id: int, acted: bool, note: str) -> None:
+        self.store.acknowledge(command_id, acted, note, self.clock())
 
     def _enter_step(self) -> None:
         share = self.policy.share(self.state.step_index)
+        self._heartbeat(force=True)  # never touch the fleet without the lease
         try:
             generations = self.fleet.set_share(share)
             self.fleet.verify(share, after=generations)
@@ -111,6 +243,7 @@ class CanaryController:
             return
         now = self.clock()
         self.state.share = share
+        self.state.generations = {url: t.generation for url, t in generations.items()}
         self.state.step_started_at = now
         self.state.step_mark = mark.to_json()
         if self.state.rollout_mark is None:
@@ -118,6 +251,39 @@ class CanaryController:
         self.state.consecutive_failures = 0
         self._record("set", f"every gateway ({len(self.fleet.urls)}) confirmed share {share:.0%}")
         self._show()  # the exported step and share follow the gateways at once
+
+    def _drifted(self) -> bool:
+        """Whether a gateway serves a share (or generation) we did not set; if so, acts on it by
+        the policy's ``on_drift`` and the step's analysis starts again from a fresh window."""
+        try:
+            reported = self.fleet.read()
+        except GatewaysUnreachable as exc:
+            self._record("hold", f"cannot read the share back from every gateway: {exc}")
+            return True
+        intended = self.state.share
+        drifts = []
+        for url, traffic in reported.items():
+            expected = self.state.generations.setdefault(url, traffic.generation)
+            if abs(traffic.student_share - intended) > 1e-9 or traffic.generation != expected:
+                drifts.append(f"{url} reports share {traffic.student_share:.4g} (generation "
+                              f"{traffic.generation}), intended {intended:.4g} (generation "
+                              f"{expected})")  # fmt: skip
+        if not drifts:
+            return False
+        what = "; ".join(drifts)
+        log.warning("share drift: %s", what)
+        self.metrics.share_drift.inc(len(drifts))
+        self.state.step_started_at = None
+        if self.policy.on_drift == "pause":
+            self.state.phase = Phase.PAUSED
+            self.state.paused_by = "share drift"
+            self._record("drift", f"{what}; paused (on_drift: pause): resume sets "
+                         f"{intended:.0%} again and restarts the step's analysis")  # fmt: skip
+        else:
+            self._record("drift", f"{what}; setting {intended:.0%} again and restarting the "
+                         "step's analysis")  # fmt: skip
+            self._enter_step()
+        return True
 
     def _analyse_and_act(self) -> None:
         assert self.state.step_mark is not None and self.state.rollout_mark is not None
@@ -162,16 +328,19 @@ class CanaryController:
                 self._enter_step()
             if self.state.step_started_at is not None:  # 100 % confirmed everywhere
                 self.state.phase = Phase.PROMOTED
+                self.state.ended_at = self.clock()
                 self.metrics.promotions.inc()
                 self._record("promoted", "the student serves 100 %")
         elif action is Action.ROLLBACK:
             self._roll_back(reason, rollback_cause or "unknown")
 
     def _roll_back(self, reason: str, cause: str) -> None:
+        self._heartbeat(force=True)
         self.state.phase = Phase.ROLLED_BACK
         self.state.rollback_reason = reason
         self.state.share = 0.0
-        self.metrics.rollbacks.labels(cause).inc()
+        self.state.ended_at = self.clock()
+        self.metrics.rolled_back(cause)
         try:
             self.fleet.set_share(0.0)
             outcome = "share 0 on every gateway"
@@ -181,18 +350,20 @@ class CanaryController:
 
     def _confirm_final_share(self) -> bool:
         """A rollback must reach every gateway: retry those that missed it, for a while."""
+        self.store.save(self.state, self.holder)
         if self.state.phase is not Phase.ROLLED_BACK:
             return True
         deadline = self.clock() + max(10.0, 3 * self.policy.interval_seconds)
         while True:
             try:
+                self._heartbeat()
                 self.fleet.set_share(0.0)
                 self.fleet.verify(0.0)
                 return True
             except GatewaysUnreachable as exc:
                 if self.clock() > deadline:
                     self._record("rollback unconfirmed", f"gave up confirming share 0: {exc}")
-                    self.store.save(self.state)
+                    self.store.save(self.state, self.holder)
                     return False
                 self.sleep(min(1.0, self.policy.interval_seconds))
 
@@ -200,6 +371,9 @@ class CanaryController:
 
     def _is_last_step(self) -> bool:
         return self.state.step_index == len(self.policy.steps) - 1
+
+    def _step_unconfirmed(self) -> bool:
+        return self.state.step_started_at is None
 
     def _record(
         self,
@@ -221,14 +395,17 @@ class CanaryController:
         self.reporter.decision(record, self.state)
 
     def _show(self) -> None:
-        self.metrics.show_position(self.state.phase, self.state.step_index, self.state.share)
-        self.reporter.progress(self.state, self.clock())
+        state, now = self.state, self.clock()
+        baked = now - state.step_started_at if state.step_started_at is not None else 0.0
+        self.metrics.show_position(state, baked)
+        self.reporter.progress(state, now)
 
     def _wait_for_next_tick(self) -> None:
-        """Sleeps one interval, but wakes early for an operator's command."""
+        """Sleeps one interval, heartbeating, but wakes early for an operator's command."""
         deadline = self.clock() + self.policy.interval_seconds
         while self.clock() < deadline and not self.state.phase.terminal:
-            if self.store.has_commands():
+            self._heartbeat()
+            if self.store.has_commands(self.state.rollout_id):
                 return
             self.reporter.progress(self.state, self.clock())
             self.sleep(min(COMMAND_POLL_SECONDS, max(0.0, deadline - self.clock())))

@@ -1,14 +1,20 @@
-"""The rollout's persisted state and the operators' command inbox, in one SQLite file.
+"""Every rollout's persisted state, the controller's lease and the operators' commands, in one
+SQLite file.
 
-SQLite gives atomic writes and lets ``pause``/``resume``/``promote``/``abort`` from another
-process reach a running controller safely (a row in ``commands``, taken at the next tick).
+SQLite gives atomic writes, so two processes can share the file safely: the controller that holds
+the lease is the only one that acts on the rollout, and ``pause``/``resume``/``promote``/``abort``
+from another process reach it as rows in ``commands``, which it acknowledges with what it did.
+Every rollout is kept (``rollouts``, one row each), so a new rollout never erases an old one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -16,12 +22,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+STATE_FILE_MODE = 0o600  # access to the state file is what authorises operators' commands
+
 
 class Phase(StrEnum):
     PROGRESSING = "Progressing"
     """Moving through the steps: analysing, and advancing when every gate passes."""
     PAUSED = "Paused"
-    """Held at its step by an operator; still analysing, and still rolls back on failure."""
+    """Held at its step by an operator (or a drift): still analysing and still rolled back by a
+    failing gate, but never advanced. A pause before the step's share was confirmed leaves the
+    share alone until ``resume``."""
     PROMOTED = "Promoted"
     """Done: the student serves 100 %."""
     ROLLED_BACK = "RolledBack"
@@ -38,6 +48,18 @@ class Command(StrEnum):
     PROMOTE = "promote"
     PROMOTE_FULL = "promote-full"
     ABORT = "abort"
+
+
+class StateError(Exception):
+    """The state file cannot be used; the message says which file and why, in one line."""
+
+
+class LeaseHeld(StateError):
+    """Another live controller holds the rollout."""
+
+
+class LeaseLost(StateError):
+    """This controller's lease was taken over: it must stop acting at once."""
 
 
 @dataclass
@@ -65,6 +87,13 @@ class RolloutState:
     rollout_mark: dict[str, Any] | None = None
     last_analysis: list[dict[str, Any]] = field(default_factory=list)
     history: list[DecisionRecord] = field(default_factory=list)
+    rollout_id: int = 0  # the row in ``rollouts``; assigned by the store
+    policy: dict[str, Any] = field(default_factory=dict)  # as run, for `status`, report, retry
+    gateways: list[str] = field(default_factory=list)
+    prometheus: str | None = None
+    generations: dict[str, int] = field(default_factory=dict)  # per gateway, as we last set it
+    paused_by: str | None = None
+    ended_at: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -77,61 +106,290 @@ class RolloutState:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class Lease:
+    holder: str
+    expires_at: float
+    heartbeat_at: float
+
+    def alive(self, now: float) -> bool:
+        """Unexpired, and (when its holder ran on this host) its process still exists."""
+        return self.expires_at > now and not _gone_from_this_host(self.holder)
+
+
+@dataclass(frozen=True)
+class SentCommand:
+    id: int
+    command: Command
+    sender: str
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    taken: bool  # False while waiting, and when it expired unacknowledged
+    acted: bool
+    note: str
+
+
+def new_holder_id() -> str:
+    """``host:pid:nonce``: the host and pid let a successor on the same host see that the holder's
+    process is gone; the nonce tells a restarted process (same pid in a new container) apart."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _gone_from_this_host(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another host: only the expiry tells
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # our own pid but another holder id: an earlier life of this container
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+_SCHEMA = (
+    "create table if not exists rollouts (id integer primary key autoincrement,"
+    " state text not null, updated_at real not null)",
+    "create table if not exists lease (id integer primary key check (id = 1),"
+    " holder text not null, expires_at real not null, heartbeat_at real not null)",
+    "create table if not exists commands (id integer primary key autoincrement,"
+    " rollout_id integer not null, command text not null, sender text not null,"
+    " created_at real not null, expires_at real not null,"
+    " taken_at real, acted integer, outcome text)",
+)
+
+
+def _migrate_single_rollout_table(db: sqlite3.Connection) -> None:
+    """State files of earlier versions kept one rollout in ``rollout``: keep it as the first."""
+    tables = {row[0] for row in db.execute("select name from sqlite_master")}
+    if "rollout" in tables:
+        db.execute("insert into rollouts (state, updated_at) select state, updated_at from rollout")
+        db.execute("drop table rollout")
+
+
 class StateStore:
-    def __init__(self, path: Path) -> None:
+    """Open with ``create`` (the controller) or ``open_existing`` (every other command)."""
+
+    def __init__(self, path: Path, read_only: bool) -> None:
         self.path = path
+        self._read_only = read_only
+
+    @classmethod
+    def create(cls, path: Path) -> StateStore:
+        """Opens the state file for a controller, creating it (mode 0600) when missing."""
+        if path.is_dir():
+            raise StateError(f"state file {path} is a directory")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("create table if not exists rollout (id integer primary key check (id = 1),"
-                       " state text not null, updated_at real not null)")  # fmt: skip
-            db.execute("create table if not exists commands (id integer primary key autoincrement,"
-                       " command text not null, created_at real not null)")  # fmt: skip
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, STATE_FILE_MODE))
+        store = cls(path, read_only=False)
+        store._check_sqlite()
+        with store._connect(immediate=True) as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            _migrate_single_rollout_table(db)
+        return store
+
+    @classmethod
+    def open_existing(cls, path: Path, read_only: bool = True) -> StateStore:
+        """Opens a state file a controller made; never creates or changes its tables."""
+        if not path.exists():
+            raise StateError(f"no state file at {path}")
+        if path.is_dir():
+            raise StateError(f"state file {path} is a directory")
+        store = cls(path, read_only)
+        store._check_sqlite()
+        with store._connect() as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master")}
+        if "rollouts" not in tables:
+            raise StateError(f"{path} holds no rollout state (no controller has run with it)")
+        return store
+
+    def _check_sqlite(self) -> None:
+        try:
+            with self._connect() as db:
+                db.execute("select name from sqlite_master").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path} is not a distill-canary state file ({exc})") from None
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed on success, rolled back on error, always closed."""
-        connection = sqlite3.connect(self.path, timeout=10.0)
+    def _connect(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed on success, rolled back on error, always closed.
+        ``immediate`` takes the write lock at once, so a read-then-write cannot race."""
+        mode = "ro" if self._read_only else "rw"
         try:
-            with connection:
+            connection = sqlite3.connect(
+                f"file:{self.path}?mode={mode}", uri=True, timeout=10.0, isolation_level=None
+            )
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"cannot open state file {self.path}: {exc}") from None
+        try:
+            connection.execute("begin immediate" if immediate else "begin")
+            try:
                 yield connection
+            except BaseException:
+                connection.execute("rollback")
+                raise
+            connection.execute("commit")
         finally:
             connection.close()
 
-    def load(self) -> RolloutState | None:
-        with self._connect() as db:
-            row = db.execute("select state from rollout where id = 1").fetchone()
-        return RolloutState.from_json(row[0]) if row else None
+    # -- rollouts ------------------------------------------------------------------------------
 
-    def save(self, state: RolloutState) -> None:
+    def load(self, rollout_id: int | None = None) -> RolloutState | None:
+        """A rollout by id; the latest when ``rollout_id`` is None."""
         with self._connect() as db:
-            db.execute(
-                "insert into rollout (id, state, updated_at) values (1, ?, ?) "
-                "on conflict (id) do update set state = excluded.state, "
-                "updated_at = excluded.updated_at",
+            if rollout_id is None:
+                row = db.execute("select id, state from rollouts order by id desc").fetchone()
+            else:
+                row = db.execute(
+                    "select id, state from rollouts where id = ?", (rollout_id,)
+                ).fetchone()
+        if row is None:
+            return None
+        state = RolloutState.from_json(row[1])
+        state.rollout_id = row[0]
+        return state
+
+    def rollout_ids(self) -> list[int]:
+        with self._connect() as db:
+            return [row[0] for row in db.execute("select id from rollouts order by id")]
+
+    def add(self, state: RolloutState, holder: str) -> RolloutState:
+        """Records a new rollout (the lease holder only); its id is set on ``state``."""
+        with self._connect(immediate=True) as db:
+            self._check_holder(db, holder)
+            cursor = db.execute(
+                "insert into rollouts (state, updated_at) values (?, ?)",
                 (state.to_json(), time.time()),
             )
-
-    def reset(self) -> None:
-        """Forget the finished rollout (and any stale commands) before a new one starts."""
-        with self._connect() as db:
-            db.execute("delete from rollout")
-            db.execute("delete from commands")
-
-    def send(self, command: Command) -> None:
-        with self._connect() as db:
+            assert cursor.lastrowid is not None
+            state.rollout_id = cursor.lastrowid
             db.execute(
-                "insert into commands (command, created_at) values (?, ?)",
-                (command.value, time.time()),
+                "update rollouts set state = ? where id = ?", (state.to_json(), state.rollout_id)
+            )
+        return state
+
+    def save(self, state: RolloutState, holder: str) -> None:
+        """Saves the rollout, only while ``holder`` holds the lease (else ``LeaseLost``)."""
+        with self._connect(immediate=True) as db:
+            self._check_holder(db, holder)
+            db.execute(
+                "update rollouts set state = ?, updated_at = ? where id = ?",
+                (state.to_json(), time.time(), state.rollout_id),
             )
 
-    def has_commands(self) -> bool:
-        with self._connect() as db:
-            return db.execute("select 1 from commands limit 1").fetchone() is not None
+    # -- the lease -----------------------------------------------------------------------------
 
-    def take_commands(self) -> list[Command]:
-        """The commands sent since the last call, oldest first, each taken once."""
+    def lease(self) -> Lease | None:
         with self._connect() as db:
-            rows = db.execute("select id, command from commands order by id").fetchall()
-            if rows:
-                db.execute("delete from commands where id <= ?", (rows[-1][0],))
-        return [Command(command) for _, command in rows]
+            row = db.execute("select holder, expires_at, heartbeat_at from lease").fetchone()
+        return Lease(*row) if row else None
+
+    def acquire(self, holder: str, ttl: float, now: float) -> Lease | None:
+        """Takes the lease; returns the previous holder's lease when it had lapsed (a takeover),
+        None when there was none; raises ``LeaseHeld`` while another live holder has it."""
+        with self._connect(immediate=True) as db:
+            row = db.execute("select holder, expires_at, heartbeat_at from lease").fetchone()
+            previous = Lease(*row) if row else None
+            if previous is not None and previous.holder != holder and previous.alive(now):
+                raise LeaseHeld(
+                    f"controller {previous.holder} holds this rollout (last heartbeat "
+                    f"{now - previous.heartbeat_at:.0f} s ago; its lease expires in "
+                    f"{previous.expires_at - now:.0f} s)"
+                )
+            db.execute(
+                "insert into lease (id, holder, expires_at, heartbeat_at) values (1, ?, ?, ?) "
+                "on conflict (id) do update set holder = excluded.holder, "
+                "expires_at = excluded.expires_at, heartbeat_at = excluded.heartbeat_at",
+                (holder, now + ttl, now),
+            )
+        return previous
+
+    def renew(self, holder: str, ttl: float, now: float) -> None:
+        """The heartbeat; raises ``LeaseLost`` when another controller took the lease."""
+        with self._connect(immediate=True) as db:
+            self._check_holder(db, holder)
+            db.execute(
+                "update lease set expires_at = ?, heartbeat_at = ? where holder = ?",
+                (now + ttl, now, holder),
+            )
+
+    def release(self, holder: str) -> None:
+        with self._connect(immediate=True) as db:
+            db.execute("delete from lease where holder = ?", (holder,))
+
+    @staticmethod
+    def _check_holder(db: sqlite3.Connection, holder: str) -> None:
+        row = db.execute("select holder from lease").fetchone()
+        if row is None or row[0] != holder:
+            taker = row[0] if row else "nobody"
+            raise LeaseLost(f"the lease is held by {taker}, not by this controller ({holder})")
+
+    # -- operators' commands -------------------------------------------------------------------
+
+    def send(self, rollout_id: int, command: Command, sender: str, ttl: float, now: float) -> int:
+        with self._connect() as db:
+            cursor = db.execute(
+                "insert into commands (rollout_id, command, sender, created_at, expires_at) "
+                "values (?, ?, ?, ?, ?)",
+                (rollout_id, command.value, sender, now, now + ttl),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def has_commands(self, rollout_id: int) -> bool:
+        with self._connect() as db:
+            row = db.execute(
+                "select 1 from commands where rollout_id = ? and taken_at is null limit 1",
+                (rollout_id,),
+            ).fetchone()
+        return row is not None
+
+    def take_commands(self, rollout_id: int, now: float) -> list[SentCommand]:
+        """Commands waiting for this rollout, oldest first. Those past their expiry are closed
+        as expired instead: a command nobody acted on in time must not fire later."""
+        with self._connect(immediate=True) as db:
+            db.execute(
+                "update commands set taken_at = ?, acted = 0, outcome = 'expired: no controller "
+                "acknowledged it in time' where taken_at is null and expires_at <= ?",
+                (now, now),
+            )
+            rows = db.execute(
+                "select id, command, sender from commands "
+                "where rollout_id = ? and taken_at is null order by id",
+                (rollout_id,),
+            ).fetchall()
+        return [SentCommand(row[0], Command(row[1]), row[2]) for row in rows]
+
+    def acknowledge(self, command_id: int, acted: bool, outcome: str, now: float) -> None:
+        with self._connect() as db:
+            db.execute(
+                "update commands set taken_at = ?, acted = ?, outcome = ? where id = ?",
+                (now, int(acted), outcome, command_id),
+            )
+
+    def expire(self, command_id: int, now: float) -> None:
+        """Closes a command still waiting (its sender gave up), so that it can never fire late."""
+        with self._connect() as db:
+            db.execute(
+                "update commands set taken_at = ?, acted = 0, outcome = 'expired: no controller "
+                "acknowledged it in time' where id = ? and taken_at is null",
+                (now, command_id),
+            )
+
+    def outcome(self, command_id: int) -> CommandOutcome:
+        with self._connect() as db:
+            row = db.execute(
+                "select taken_at, acted, outcome from commands where id = ?", (command_id,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return CommandOutcome(False, False, "waiting for the controller")
+        return CommandOutcome(True, bool(row[1]), row[2])

@@ -57,11 +57,11 @@ PANELS = [
     Panel("Student share", "percentunit", [
         (f'max by (instance) (gateway_traffic_share{{{M},backend="student"}})',
          "gateway {{instance}}"),
-        ("max(canary_student_share)", "controller"),
+        (f"max(canary_student_share{{{M}}})", "controller"),
     ]),
-    Panel("Canary phase", "none", [("max by (phase) (canary_phase) == 1", "{{phase}}")],
+    Panel("Canary phase", "none", [(f"max by (phase) (canary_phase{{{M}}}) == 1", "{{phase}}")],
           "stat", 6),
-    Panel("Canary step", "none", [("max(canary_step_index) + 1", "step")], "stat", 6),
+    Panel("Canary step", "none", [(f"max(canary_step_index{{{M}}}) + 1", "step")], "stat", 6),
     Panel("Requests per second by backend", "reqps", [
         (rate("gateway_requests_total", ROUTED, "backend"), "{{backend}}"),
     ]),
@@ -109,16 +109,30 @@ PANELS = [
         (f'({cost_per_request("teacher", "1d")} - {cost_per_request("student", "1d")})'
          f" * {rate('gateway_requests_total', SERVED)} * {SECONDS_PER_MONTH}", "saving"),
     ], "stat"),
-    Panel("Canary gates: measured value and threshold", "none", [
-        ("max by (gate) (canary_gate_value)", "{{gate}} value"),
-        ("max by (gate) (canary_gate_threshold)", "{{gate}} threshold"),
+    # A value is never shown without its interval and verdict: it may be far from passing.
+    Panel("Canary gates: value, interval and threshold", "none", [
+        (f"max by (gate) (canary_gate_value{{{M}}})", "{{gate}} value"),
+        (f"max by (gate) (canary_gate_lower{{{M}}})", "{{gate}} lower bound"),
+        (f"max by (gate) (canary_gate_upper{{{M}}})", "{{gate}} upper bound"),
+        (f"max by (gate) (canary_gate_threshold{{{M}}})", "{{gate}} threshold"),
     ], width=24),
+    Panel("Canary gate verdicts: 1 pass, 0 inconclusive, -1 fail", "none", [
+        (f"max by (gate) (canary_gate_verdict{{{M}}})", "{{gate}}"),
+    ]),
+    Panel("Canary step: bake elapsed, failures in a row, share drifts", "none", [
+        (f"max(canary_step_bake_elapsed_seconds{{{M}}})", "bake elapsed (s)"),
+        (f"max(canary_consecutive_failures{{{M}}})", "failed analyses in a row"),
+        (f"sum(increase(canary_share_drift_total{{{M}}}[5m]))", "share drifts (5m)"),
+    ]),
+    Panel("Seconds since the controller's last heartbeat", "s", [
+        (f"time() - max(canary_last_tick_timestamp_seconds{{{M}}})", "heartbeat age"),
+    ], "stat", 6),
 ]  # fmt: skip
 
 ANNOTATIONS = [
-    ("Rollbacks", "red", "sum by (reason) (increase(canary_rollbacks_total[1m])) > 0",
+    ("Rollbacks", "red", f"sum by (reason) (increase(canary_rollbacks_total{{{M}}}[1m])) > 0",
      "rolled back: {{reason}}"),
-    ("Promotions", "green", "sum(increase(canary_promotions_total[1m])) > 0", "promoted"),
+    ("Promotions", "green", f"sum(increase(canary_promotions_total{{{M}}}[1m])) > 0", "promoted"),
 ]  # fmt: skip
 
 

@@ -97,7 +97,7 @@ def run_canary(command: list[str], timeout: float = 240) -> subprocess.Completed
 def operator(verb: str, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "distill-canary"), verb, "--state", str(state), *extra],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, env=canary_env(),
     )  # fmt: skip
 
 
@@ -106,7 +106,7 @@ def share_of(gateway: TestGateway) -> float:
 
 
 def saved(state: Path) -> Any:
-    return StateStore(state).load()
+    return StateStore.open_existing(state).load()
 
 
 def test_a_good_student_is_promoted(start_gateway: StartGateway, tmp_path: Path) -> None:
@@ -174,12 +174,13 @@ def test_an_unreachable_gateway_holds_the_rollout(
 
         def held() -> bool:
             rollout = saved(state) if state.exists() else None
-            return rollout is not None and len(rollout.history) >= 3
+            return rollout is not None and len(rollout.history) >= 4
 
         wait_until(held, 60, "the controller to hold")
         rollout = saved(state)
         assert rollout.step_started_at is None  # the step's clock never started
-        assert all(r.action == "hold" for r in rollout.history)
+        assert [r.action for r in rollout.history][:1] == ["started"]
+        assert all(r.action == "hold" for r in rollout.history[1:])
         assert dead.url in rollout.history[-1].reason
         assert operator("abort", state).returncode == 0
         output, _ = controller.communicate(timeout=60)
@@ -265,6 +266,98 @@ def test_operators_drive_a_running_rollout(start_gateway: StartGateway, tmp_path
     assert "aborted by an operator" in saved(state).rollback_reason
     late = operator("pause", state)
     assert late.returncode == 1 and "RolledBack" in late.stderr
+
+
+def test_an_operator_drill(start_gateway: StartGateway, tmp_path: Path) -> None:
+    """Pause, kill -9, restart, resume, a share changed by hand, abort: each checked against the
+    share the gateway really serves."""
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600, interval_seconds=0.5)
+    command = canary_command([gateway], policy, state)
+
+    def recorded(action: str) -> Callable[[], bool]:
+        return lambda: any(r.action == action for r in saved(state).history)
+
+    with traffic(gateway):
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
+        wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+        second = run_canary(command, timeout=60)
+        assert second.returncode == 5 and "holds this rollout" in second.stderr, second.stderr
+
+        paused = operator("pause", state)
+        assert paused.returncode == 0 and "paused by an operator" in paused.stdout
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        dead = operator("resume", state)
+        assert dead.returncode == 1 and "no controller is running" in dead.stderr
+        status = operator("status", state)
+        assert "phase: Paused (paused by " in status.stdout
+        assert "controller: none alive" in status.stdout
+        generation = saved(state).generations[gateway.url]
+        assert (f"{gateway.url}: intended 5% (generation {generation}), actual 5% "
+                f"(generation {generation}) ok") in status.stdout  # fmt: skip
+
+        restarted = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=canary_env()
+        )
+        wait_until(recorded("resumed"), 30, "the restarted controller")
+        assert share_of(gateway) == 0.05 and saved(state).phase is Phase.PAUSED
+        resumed = operator("resume", state)
+        assert resumed.returncode == 0 and "resumed by an operator" in resumed.stdout
+
+        httpx.put(f"{gateway.url}/admin/traffic", json={"student_share": 0.6},
+                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        wait_until(recorded("drift"), 10, "the drift to be caught")
+        wait_until(lambda: share_of(gateway) == 0.05, 10, "the intended share again")
+
+        aborted = operator("abort", state)
+        assert aborted.returncode == 0 and "share 0 on every gateway" in aborted.stdout
+        output, _ = restarted.communicate(timeout=60)
+    assert restarted.returncode == 3, output
+    assert share_of(gateway) == 0.0
+    actions = [r.action for r in saved(state).history if r.action != "hold"]
+    assert actions == ["started", "set", "pause", "resumed", "resume", "drift", "set",
+                       "rollback", "rolled back"], actions  # fmt: skip
+    again = run_canary(command, timeout=60)
+    assert again.returncode == 5 and "pass --new" in again.stderr
+    quiet = operator("status", state, "--history", "0")
+    assert quiet.returncode == 0 and "decisions" not in quiet.stdout
+
+
+def test_abort_now_rolls_back_with_no_controller(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
+    controller = subprocess.Popen(
+        canary_command([gateway], policy, state), stdout=subprocess.DEVNULL, env=canary_env()
+    )
+    wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+    controller.send_signal(signal.SIGKILL)
+    controller.wait()
+    plain = operator("abort", state)
+    assert plain.returncode == 1 and "abort --now" in plain.stderr
+    assert share_of(gateway) == 0.05  # nothing happened, and nothing says it did
+    now = operator("abort", state, "--now")
+    assert now.returncode == 0, now.stderr
+    assert share_of(gateway) == 0.0
+    rollout = saved(state)
+    assert rollout.phase is Phase.ROLLED_BACK and "--now" in (rollout.rollback_reason or "")
+
+    # retry: the same policy and gateways, from the first step, as a new rollout
+    with subprocess.Popen(
+        [str(BIN / "distill-canary"), "retry", "--state", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=canary_env(),
+    ) as retried:  # fmt: skip
+        wait_until(lambda: saved(state).rollout_id == 2 and share_of(gateway) == 0.05, 60,
+                   "the retried rollout's first step")  # fmt: skip
+        assert operator("abort", state).returncode == 0
+        output, _ = retried.communicate(timeout=60)
+    assert retried.returncode == 3, output
+    first = StateStore.open_existing(state).load(1)
+    assert first is not None and "--now" in (first.rollback_reason or "")  # kept
 
 
 def test_promote_full_goes_straight_to_100(start_gateway: StartGateway, tmp_path: Path) -> None:

@@ -1,0 +1,115 @@
+"""What an operator's command does from its own process: reach the live controller through the
+state file and wait for its answer, or, with no controller alive, abort directly on the gateways.
+
+A command is only ever reported as done once the controller acknowledged it with what it did; a
+command that nobody takes in time is closed as expired, so it can never fire later.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controller.actuator import GatewayFleet, GatewaysUnreachable
+from controller.state import (
+    Command,
+    CommandOutcome,
+    DecisionRecord,
+    Lease,
+    Phase,
+    RolloutState,
+    StateError,
+    StateStore,
+)
+
+ACK_POLL_SECONDS = 0.1
+DEFAULT_COMMAND_SECONDS = 5.0
+
+
+class NoLiveController(StateError):
+    """No controller holds the rollout's lease: nobody would act on a command."""
+
+
+def operator_name() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def live_lease(store: StateStore, now: float) -> Lease | None:
+    lease = store.lease()
+    return lease if lease is not None and lease.alive(now) else None
+
+
+def describe_no_controller(store: StateStore, now: float) -> str:
+    lease = store.lease()
+    if lease is None:
+        return "no controller is running this rollout"
+    return (f"no controller is running this rollout (the last one, {lease.holder}, "
+            f"sent its last heartbeat {now - lease.heartbeat_at:.0f} s ago)")  # fmt: skip
+
+
+def command_seconds(rollout: RolloutState) -> float:
+    """Two analysis intervals of the rollout's policy, at least 5 s."""
+    interval = float(rollout.policy.get("interval_seconds", DEFAULT_COMMAND_SECONDS / 2))
+    return max(DEFAULT_COMMAND_SECONDS, 2 * interval)
+
+
+def send_and_wait(
+    store: StateStore,
+    rollout: RolloutState,
+    command: Command,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CommandOutcome:
+    """Sends ``command`` to the live controller and waits for its acknowledgement."""
+    now = clock()
+    if live_lease(store, now) is None:
+        raise NoLiveController(describe_no_controller(store, now))
+    ttl = command_seconds(rollout)
+    command_id = store.send(rollout.rollout_id, command, operator_name(), ttl, now)
+    deadline = now + ttl
+    while clock() < deadline:
+        outcome = store.outcome(command_id)
+        if outcome.taken:
+            return outcome
+        sleep(ACK_POLL_SECONDS)
+    store.expire(command_id, clock())
+    return store.outcome(command_id)
+
+
+@dataclass(frozen=True)
+class AbortOutcome:
+    confirmed: bool
+    note: str
+
+
+def abort_now(
+    store: StateStore, rollout: RolloutState, fleet: GatewayFleet, clock: Callable[[], float]
+) -> AbortOutcome:
+    """With no live controller: take the lease, set share 0 on every gateway and verify it, and
+    record the rollback in the rollout's history, as the controller would have."""
+    holder = f"operator:{operator_name()}:{uuid.uuid4().hex[:8]}"
+    store.acquire(holder, ttl=30.0, now=clock())
+    try:
+        reason = f"aborted by {operator_name()} with --now (no live controller)"
+        try:
+            fleet.set_share(0.0)
+            fleet.verify(0.0)
+            outcome, confirmed = "share 0 on every gateway", True
+        except GatewaysUnreachable as exc:
+            outcome, confirmed = f"share 0 not confirmed everywhere: {exc}", False
+        now = clock()
+        rollout.phase = Phase.ROLLED_BACK
+        rollout.rollback_reason = reason
+        rollout.share = 0.0
+        rollout.ended_at = now
+        rollout.paused_by = None
+        rollout.history.append(DecisionRecord(now, rollout.step_index, 0.0, "rolled back",
+                                              f"{reason}; {outcome}"))  # fmt: skip
+        store.save(rollout, holder)
+    finally:
+        store.release(holder)
+    return AbortOutcome(confirmed, f"{reason}; {outcome}")

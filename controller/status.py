@@ -1,0 +1,122 @@
+"""`distill-canary status`: what an operator needs to see at a glance, as plain text lines.
+
+Read only: it reads the state file and asks each gateway for its share, and never writes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from typing import Any
+
+import httpx
+
+from controller.state import DecisionRecord, Phase, RolloutState, StateStore
+
+
+def render_status(
+    rollout: RolloutState, store: StateStore, client: httpx.Client, now: float, history: int
+) -> str:
+    steps = ", ".join(f"{step:g}%" for step in rollout.steps)
+    model = rollout.policy.get("model", "?")
+    lines = [
+        f"rollout {rollout.rollout_id} of {len(store.rollout_ids())} in {store.path}, "
+        f"model {model}",
+        f"phase: {rollout.phase.value}"
+        + (f" (paused by {rollout.paused_by})" if rollout.phase is Phase.PAUSED else ""),
+        f"step: {rollout.step_index + 1} of [{steps}], intended student share {rollout.share:.0%}",
+        f"time at this step: {_time_at_step(rollout, now)}",
+        f"next: {_next_event(rollout, now)}",
+        f"controller: {_controller(rollout, store, now)}",
+    ]
+    if rollout.rollback_reason:
+        lines.append(f"rolled back because: {rollout.rollback_reason}")
+    lines.append("gateways (intended vs actual):")
+    lines += [f"  {line}" for line in _gateways(rollout, client)]
+    if rollout.last_analysis:
+        lines.append("last analysis:")
+        lines += [f"  {line}" for line in _gate_table(rollout.last_analysis)]
+    if history:
+        lines.append(f"decisions (latest {min(history, len(rollout.history))}):")
+        width = shutil.get_terminal_size((160, 24)).columns - 2
+        lines += [f"  {short_decision_line(r, len(rollout.steps), width)}"
+                  for r in rollout.history[-history:]]  # fmt: skip
+    return "\n".join(lines)
+
+
+def short_decision_line(record: DecisionRecord, step_count: int, width: int) -> str:
+    """One decision in one terminal line: time, step, share, action, why (cut to ``width``)."""
+    when = time.strftime("%H:%M:%S", time.localtime(record.at))
+    line = (f"{when} step {record.step_index + 1}/{step_count} {record.share:.0%} "
+            f"{record.action}: {record.reason}")  # fmt: skip
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
+
+
+def _time_at_step(rollout: RolloutState, now: float) -> str:
+    if rollout.step_started_at is None:
+        return "not started (share not yet confirmed on every gateway)"
+    end = rollout.ended_at if rollout.phase.terminal and rollout.ended_at else now
+    return f"{end - rollout.step_started_at:.0f} s"
+
+
+def _next_event(rollout: RolloutState, now: float) -> str:
+    if rollout.phase.terminal:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rollout.ended_at or now))
+        return f"none: ended {rollout.phase.value} at {when}"
+    if rollout.step_started_at is None:
+        if rollout.phase is Phase.PAUSED:
+            return "paused before the step's share was set: resume sets it"
+        return "the step starts once every gateway confirms its share"
+    bake = float(rollout.policy.get("bake_seconds", 0.0))
+    limit = float(rollout.policy.get("max_step_seconds", math.inf))
+    elapsed = now - rollout.step_started_at
+    if rollout.phase is Phase.PAUSED:
+        return "paused: never advances, still rolls back on a failing gate; resume to go on"
+    if elapsed < bake:
+        return (f"bake ends in {bake - elapsed:.0f} s; an inconclusive step rolls back in "
+                f"{limit - elapsed:.0f} s")  # fmt: skip
+    return (f"advances at the next analysis where every gate passes; an inconclusive step rolls "
+            f"back in {max(0.0, limit - elapsed):.0f} s")  # fmt: skip
+
+
+def _controller(rollout: RolloutState, store: StateStore, now: float) -> str:
+    lease = store.lease()
+    if lease is None:
+        return "none running"
+    beat = f"last heartbeat {now - lease.heartbeat_at:.1f} s ago"
+    if lease.alive(now):
+        return f"{lease.holder}, {beat} (lease expires in {lease.expires_at - now:.0f} s)"
+    return f"none alive ({lease.holder} was the last: {beat})"
+
+
+def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
+    lines = []
+    for url in rollout.gateways:
+        intended = f"{rollout.share:.0%} (generation {rollout.generations.get(url, '?')})"
+        try:
+            response = client.get(f"{url}/admin/traffic")
+            response.raise_for_status()
+            actual: dict[str, Any] = response.json()
+        except httpx.HTTPError as exc:
+            lines.append(f"{url}: intended {intended}, actual unknown ({exc.__class__.__name__})")
+            continue
+        share, generation = float(actual["student_share"]), actual["generation"]
+        agrees = abs(share - rollout.share) < 1e-9 and generation == rollout.generations.get(url)
+        mark = "ok" if agrees else "DIFFERS"
+        lines.append(f"{url}: intended {intended}, actual {share:.0%} "
+                     f"(generation {generation}) {mark}")  # fmt: skip
+    return lines or ["(none recorded)"]
+
+
+def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
+    rows = [("gate", "verdict", "value", "interval", "threshold", "samples", "why")]
+    for gate in gates:
+        rows.append((
+            str(gate["gate"]), str(gate["verdict"]), f"{gate['value']:.4g}",
+            f"[{gate['low']:.4g}, {gate['high']:.4g}]", f"{gate['threshold']:.4g}",
+            f"{gate['samples']:.0f}", str(gate["reason"]),
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+            for row in rows]  # fmt: skip

@@ -1,0 +1,119 @@
+"""Small fakes at the controller's seams: a fleet of gateways and a metrics source, in memory.
+
+The fleet fakes only the HTTP calls (``_put``/``_get``), so the real verification logic runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from controller.actuator import GatewayFleet, Traffic
+from controller.analysis import BackendWindow, WindowMetrics
+from controller.exporter import ControllerMetrics
+from controller.policy import Policy
+from controller.promtext import Snapshot
+from controller.rollout import CanaryController
+from controller.sources import Mark, MetricsSource
+from controller.state import DecisionRecord, RolloutState, StateStore
+
+
+class FakeFleet(GatewayFleet):
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(urls, "token", httpx.Client())
+        self.traffic = {url: Traffic(0.0, 0) for url in urls}
+        self.down: set[str] = set()
+        self.puts: list[tuple[str, float]] = []  # by the controller, in order
+
+    def _put(self, url: str, share: float) -> Traffic:
+        self.puts.append((url, share))
+        return self.operator_put(url, share)
+
+    def operator_put(self, url: str, share: float) -> Traffic:
+        """A PUT /admin/traffic, as anyone with the token could send behind the controller."""
+        if url in self.down:
+            raise httpx.ConnectError("connection refused")
+        self.traffic[url] = Traffic(share, self.traffic[url].generation + 1)
+        return self.traffic[url]
+
+    def _get(self, url: str) -> Traffic:
+        if url in self.down:
+            raise httpx.ConnectError("connection refused")
+        return self.traffic[url]
+
+
+def passing_window(requests: float = 1000.0) -> WindowMetrics:
+    """A step where the student plainly agrees with the teacher."""
+    return WindowMetrics(
+        teacher=BackendWindow(requests=requests),
+        student=BackendWindow(requests=requests),
+        comparisons=requests,
+        agreements=requests,
+    )
+
+
+class FakeSource(MetricsSource):
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.window = passing_window()
+
+    def mark(self) -> Mark:
+        return Mark(at=self.clock())
+
+    def increase_since(self, mark: Mark) -> Snapshot:
+        raise NotImplementedError  # window_since is answered directly
+
+    def window_since(self, mark: Mark, model: str) -> WindowMetrics:
+        return self.window
+
+
+class QuietReporter:
+    def __init__(self) -> None:
+        self.lines: list[DecisionRecord] = []
+
+    def decision(self, record: DecisionRecord, state: RolloutState) -> None:
+        self.lines.append(record)
+
+    def progress(self, state: RolloutState, now: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Clock:
+    """Time that moves only when the controller sleeps (or a test says so)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_controller(
+    store: StateStore,
+    fleet: FakeFleet,
+    clock: Clock,
+    holder: str,
+    **policy: object,
+) -> tuple[CanaryController, FakeSource, CollectorRegistry]:
+    settings: dict[str, object] = {
+        "steps": [5, 25, 100], "bake_seconds": 10, "interval_seconds": 1, "min_requests": 10,
+        "max_step_seconds": 60, "gates": {"min_agreement": 0.9},
+    }  # fmt: skip
+    settings.update(policy)
+    rollout_policy = Policy.model_validate(settings)
+    source = FakeSource(clock)
+    registry = CollectorRegistry()
+    controller = CanaryController(
+        rollout_policy, fleet, source, store, QuietReporter(),
+        ControllerMetrics(registry, rollout_policy.model, ["min_agreement"]),
+        clock=clock, sleep=clock.sleep, holder=holder,
+    )  # fmt: skip
+    return controller, source, registry

@@ -1,0 +1,59 @@
+"""The rollout report tells a rolled-back rollout's story: pauses, controller downtime, early
+analyses, thresholds and the policy, on one time axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.report import downtime_spans, pause_spans, render, write_report
+from controller.state import DecisionRecord, Phase, RolloutState
+
+POLICY = {"steps": [5, 25, 100], "min_requests": 100, "gates": {"min_agreement": 0.9}}
+
+
+def _analysis(at: float, agreement: float, requests: float) -> DecisionRecord:
+    early = requests < POLICY["min_requests"]  # type: ignore[operator]
+    gate = {"gate": "min_agreement", "verdict": "inconclusive" if early else "fail",
+            "reason": f"{requests:.0f} of 100 student requests" if early else "below"}  # fmt: skip
+    return DecisionRecord(at, 0, 0.05, "hold", "analysis", [gate],
+                          {"agreement": agreement, "student": {"requests": requests}})  # fmt: skip
+
+
+def rolled_back_rollout() -> RolloutState:
+    history = [
+        DecisionRecord(100.0, 0, 0.0, "started", "controller a started rollout 3"),
+        DecisionRecord(101.0, 0, 0.05, "set", "every gateway (1) confirmed share 5%"),
+        _analysis(105.0, 0.5, 40),
+        DecisionRecord(110.0, 0, 0.05, "pause", "paused by an operator (sre@host)"),
+        _analysis(115.0, 0.6, 150),
+        DecisionRecord(130.0, 0, 0.05, "resumed", "controller b resumed the rollout (after a)"),
+        DecisionRecord(140.0, 0, 0.05, "resume", "resumed by an operator (sre@host)"),
+        _analysis(150.0, 0.55, 300),
+        DecisionRecord(151.0, 0, 0.0, "rolled back", "min_agreement failed 2 analyses in a row"),
+    ]
+    return RolloutState(
+        phase=Phase.ROLLED_BACK, steps=[5, 25, 100], started_at=100.0, history=history,
+        rollback_reason="min_agreement failed 2 analyses in a row", rollout_id=3,
+        policy=POLICY, ended_at=151.0,
+    )  # fmt: skip
+
+
+def test_pauses_and_controller_downtime_are_found_in_the_history() -> None:
+    state = rolled_back_rollout()
+    assert pause_spans(state) == [(10.0, 40.0)]
+    assert downtime_spans(state) == [(15.0, 30.0)]  # last decision before the restart -> resume
+
+
+def test_a_rolled_back_rollout_renders_with_its_policy_and_decisions(tmp_path: Path) -> None:
+    state = rolled_back_rollout()
+    page = render(state)
+    assert "Rollout report: rollout 3" in page
+    assert "Outcome:</b> RolledBack: min_agreement failed 2 analyses in a row" in page
+    assert "min_requests: 100" in page and "min_agreement: 0.9" in page  # the policy, printed
+    assert "lasted</b> 51 s" in page
+    for action in ("pause", "resumed", "resume", "rolled back"):
+        assert f"<td>{action}</td>" in page
+    assert page.count("data:image/png;base64,") == 5
+    out = tmp_path / "report.html"
+    write_report(state, out)
+    assert out.read_text() == page
