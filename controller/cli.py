@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from controller.exporter import ControllerMetrics
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
 from controller.reporter import make_reporter
-from controller.rollout import EXIT_REFUSED, CanaryController, Launch, Start
+from controller.rollout import EXIT_REFUSED, CanaryController, Launch, OnSigterm, Start
 from controller.sources import create_source
 from controller.state import Command, Phase, RolloutState, StateError, StateStore
 from controller.status import render_status
@@ -54,6 +55,13 @@ def run(
     prometheus: Annotated[
         str | None, typer.Option(help="Prometheus base URL; default: scrape the gateways.")
     ] = None,
+    prometheus_selector: Annotated[
+        str,
+        typer.Option(
+            help="Extra label matchers for every PromQL query, e.g. "
+            'namespace="ml",job="distill-gateway".'
+        ),
+    ] = "",
     state: StateOption = DEFAULT_STATE,
     new: Annotated[
         bool, typer.Option("--new", help="Start a new rollout when the latest one has ended.")
@@ -71,9 +79,29 @@ def run(
             "--reset", help="Gateways already serve the student: start from the first step."
         ),
     ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name the rollout (a Job's student, say): resumed while unfinished, refused once "
+            "it has ended, started when the latest rollout is another one that has ended."
+        ),
+    ] = None,
+    on_sigterm: Annotated[
+        OnSigterm, typer.Option(help="On SIGTERM: persist (save, exit 143) or rollback.")
+    ] = OnSigterm.PERSIST,
+    wait_for_lease: Annotated[
+        float,
+        typer.Option(
+            help="Wait this long for another controller's lease to lapse (a pod that "
+            "replaced a killed one) instead of refusing at once."
+        ),
+    ] = 0.0,
     metrics_port: Annotated[
         int, typer.Option(help="Serve the controller's metrics on this port (0: off).")
     ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics port binds (0.0.0.0 in a pod).")
+    ] = "127.0.0.1",
     metrics_linger: Annotated[
         float,
         typer.Option(
@@ -93,14 +121,16 @@ def run(
     except PolicyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     start = Start.FROM_CURRENT if from_current else Start.RESET if reset else Start.FRESH
-    launch = Launch([url.rstrip("/") for url in gateway], prometheus, new, start)
-    _run_controller(rollout_policy, launch, state, metrics_port, metrics_linger)
+    launch = Launch([url.rstrip("/") for url in gateway], prometheus, new, start, name,
+                    on_sigterm, wait_for_lease, prometheus_selector)  # fmt: skip
+    _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
 
 
 @app.command()
 def retry(
     state: StateOption = DEFAULT_STATE,
     metrics_port: Annotated[int, typer.Option(help="As for run.")] = 0,
+    metrics_host: Annotated[str, typer.Option(help="As for run.")] = "127.0.0.1",
     metrics_linger: Annotated[float, typer.Option(help="As for run.")] = 15.0,
 ) -> None:
     """Start a rolled-back rollout again from its first step, with the same policy, gateways and
@@ -113,12 +143,17 @@ def retry(
         rollout_policy = Policy.model_validate(rollout.policy)
     except ValueError:
         raise _fail(f"rollout {rollout.rollout_id} has no stored policy; use run --new") from None
-    launch = Launch(rollout.gateways, rollout.prometheus, new=True)
-    _run_controller(rollout_policy, launch, state, metrics_port, metrics_linger)
+    launch = Launch(rollout.gateways, rollout.prometheus, new=True,
+                    prometheus_selector=rollout.prometheus_selector)  # fmt: skip
+    _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
 
 
 def _run_controller(
-    rollout_policy: Policy, launch: Launch, state: Path, metrics_port: int, metrics_linger: float
+    rollout_policy: Policy,
+    launch: Launch,
+    state: Path,
+    metrics_address: tuple[str, int],
+    metrics_linger: float,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
@@ -127,18 +162,26 @@ def _run_controller(
     metrics = ControllerMetrics(
         registry, rollout_policy.model, gates=list(rollout_policy.gates.configured())
     )
+    metrics_host, metrics_port = metrics_address
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
     token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
     with httpx.Client(timeout=5.0) as client:
+        try:
+            source = create_source(launch.gateways, launch.prometheus, rollout_policy.model,
+                                   client, launch.prometheus_selector)  # fmt: skip
+        except ValueError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from None
         controller = CanaryController(
             policy=rollout_policy,
             fleet=GatewayFleet(launch.gateways, token, client),
-            source=create_source(launch.gateways, launch.prometheus, rollout_policy.model, client),
+            source=source,
             store=store,
             reporter=make_reporter(rollout_policy),
             metrics=metrics,
         )
+        # PID 1 in a pod gets SIGTERM and nothing else before SIGKILL: stop as launch says.
+        signal.signal(signal.SIGTERM, lambda *_: controller.request_stop())
         try:
             code = controller.run(launch)
         except StateError as exc:

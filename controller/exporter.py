@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from controller.analysis import GateResult, Verdict
 from controller.state import Phase, RolloutState
 
-ROLLBACK_CAUSES = ("abort", "inconclusive_timeout")
+ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm")
 VERDICT_VALUES = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}
 """``canary_gate_verdict``: 1 pass, 0 inconclusive, -1 fail (skipped gates are not exported)."""
 

@@ -29,7 +29,8 @@ class Gates(_Strict):
     max_p99_ratio: float | None = Field(default=None, gt=0)
     """Student p99 over teacher p99 (backend latency, live and shadow calls)."""
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
-    """Student non-2xx answers over student requests."""
+    """Student 5xx answers (and fallbacks to the teacher) over student requests; a client's 4xx
+    is not the student's failure."""
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     """Top-1 agreement with the teacher on shadow traffic."""
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)

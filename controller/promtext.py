@@ -54,6 +54,18 @@ def select(snapshot: Snapshot, name: str, **labels: str) -> float:
     )
 
 
+def select_codes(snapshot: Snapshot, name: str, code_class: str, **labels: str) -> float:
+    """Like ``select``, for the series whose ``code`` starts with ``code_class`` ("5": 5xx)."""
+    wanted = labels.items()
+    return sum(
+        value
+        for (sample, pairs), value in snapshot.items()
+        if sample == name
+        and wanted <= dict(pairs).items()
+        and dict(pairs).get("code", "").startswith(code_class)
+    )
+
+
 def buckets(snapshot: Snapshot, histogram: str, **labels: str) -> list[tuple[float, float]]:
     """Cumulative (upper bound, count) pairs of a histogram, summed over other labels."""
     by_bound: dict[float, float] = defaultdict(float)

@@ -25,6 +25,7 @@ from controller.reporter import Reporter
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
 from controller.state import (
     DecisionRecord,
+    LeaseHeld,
     LeaseLost,
     Phase,
     RolloutState,
@@ -39,6 +40,7 @@ EXIT_PROMOTED = 0
 EXIT_ROLLED_BACK = 3
 EXIT_ROLLBACK_UNCONFIRMED = 4  # rolled back, but some gateway never confirmed share 0
 EXIT_REFUSED = 5  # another controller holds the rollout, or starting would be unsafe
+EXIT_STOPPED = 143  # SIGTERM with on_sigterm "persist": saved, lease released; run resumes it
 COMMAND_POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
 
@@ -58,6 +60,16 @@ class Start(StrEnum):
     """From the first step, whatever the gateways serve now."""
 
 
+class OnSigterm(StrEnum):
+    """What a controller does when asked to stop (a pod deleted, a node drained)."""
+
+    PERSIST = "persist"
+    """Finish the tick in hand, save, release the lease and exit 143: the next ``run`` (the
+    replacement pod) resumes the rollout at the same step, traffic unchanged meanwhile."""
+    ROLLBACK = "rollback"
+    """Roll back (share 0 on every gateway), then exit 3: nobody is left watching the student."""
+
+
 @dataclass(frozen=True)
 class Launch:
     """What ``run`` was asked to do, recorded with the rollout so that ``retry`` can repeat it."""
@@ -66,6 +78,10 @@ class Launch:
     prometheus: str | None = None
     new: bool = False  # start a new rollout when the latest one has ended
     start: Start = Start.FRESH
+    name: str | None = None  # names the rollout: resumed while unfinished, never started twice
+    on_sigterm: OnSigterm = OnSigterm.PERSIST
+    wait_for_lease: float = 0.0  # seconds to wait for another controller's lease to lapse
+    prometheus_selector: str = ""  # extra PromQL label matchers: namespace="ml",job="..."
 
 
 class CanaryController:
@@ -92,6 +108,11 @@ class CanaryController:
         self.holder = holder or new_holder_id()
         self.state = RolloutState()
         self._last_heartbeat = 0.0
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """From a signal handler: stop after the tick in hand, as ``Launch.on_sigterm`` says."""
+        self._stop_requested = True
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -102,9 +123,13 @@ class CanaryController:
         self.state = self.start(launch)
         try:
             self._show()
-            while not self.state.phase.terminal:
+            while not self.state.phase.terminal and not self._stop_requested:
                 self.tick()
                 self._wait_for_next_tick()
+            if self._stop_requested and not self.state.phase.terminal:
+                if launch.on_sigterm is OnSigterm.PERSIST:
+                    return self._stop()
+                self._roll_back("stopped by SIGTERM (on_sigterm: rollback)", "sigterm")
             confirmed = self._confirm_final_share()
         except LeaseLost as exc:
             log.error("stopped acting on rollout %d: %s", self.state.rollout_id, exc)
@@ -128,25 +153,55 @@ class CanaryController:
         self.store.save(self.state, self.holder)
         self._show()
 
+    def _stop(self) -> int:
+        self._record("stopped", "SIGTERM: state saved and lease released; run again to resume "
+                     "at this step (the gateways keep their share meanwhile)")  # fmt: skip
+        self.store.save(self.state, self.holder)
+        self.store.release(self.holder)
+        self.reporter.close()
+        return EXIT_STOPPED
+
     # -- starting ------------------------------------------------------------------------------
 
     def start(self, launch: Launch) -> RolloutState:
         """Takes the lease, then resumes the latest rollout or starts a new one."""
-        now = self.clock()
-        previous = self.store.acquire(self.holder, self.policy.lease_seconds, now)
+        give_up = self.clock() + launch.wait_for_lease
+        while True:
+            try:
+                previous = self.store.acquire(self.holder, self.policy.lease_seconds, self.clock())
+                break
+            except LeaseHeld as exc:
+                if self.clock() >= give_up or self._stop_requested:
+                    raise
+                log.info("waiting for the lease: %s", exc)
+                self.sleep(min(1.0, max(0.0, give_up - self.clock())))
         try:
             saved = self.store.load()
+            self._refuse_if_unsafe(saved, launch)
             if saved is not None and not saved.phase.terminal:
                 return self._resume(saved, previous.holder if previous else None)
-            if saved is not None and not launch.new:
-                raise StartRefused(
-                    f"rollout {saved.rollout_id} ended {saved.phase.value}; pass --new to start "
-                    "another (its history is kept: status --rollout N)"
-                )
             return self._start_new(launch)
         except BaseException:
             self.store.release(self.holder)
             raise
+
+    @staticmethod
+    def _refuse_if_unsafe(saved: RolloutState | None, launch: Launch) -> None:
+        """A named rollout is started once and resumed while unfinished; an unnamed one needs
+        ``--new`` once the latest has ended."""
+        if saved is None:
+            return
+        what = f"rollout {saved.rollout_id}" + (f" ({saved.name})" if saved.name else "")
+        if not saved.phase.terminal:
+            if launch.name and saved.name != launch.name:
+                raise StartRefused(f"{what} is still {saved.phase.value}: finish or abort it "
+                                   f"before starting {launch.name}")  # fmt: skip
+            return
+        if launch.name == saved.name and launch.name is not None:
+            raise StartRefused(f"{what} already ended {saved.phase.value}")
+        if launch.name is None and not launch.new:
+            raise StartRefused(f"{what} ended {saved.phase.value}; pass --new to start "
+                               "another (its history is kept: status --rollout N)")  # fmt: skip
 
     def _resume(self, saved: RolloutState, previous_holder: str | None) -> RolloutState:
         self.state = saved
@@ -166,6 +221,8 @@ class CanaryController:
             policy=self.policy.model_dump(mode="json"),
             gateways=list(launch.gateways),
             prometheus=launch.prometheus,
+            prometheus_selector=launch.prometheus_selector,
+            name=launch.name,
         )
         self.state = self.store.add(state, self.holder)
         self._record("started", f"controller {self.holder} started rollout "
@@ -401,9 +458,11 @@ class CanaryController:
         self.reporter.progress(state, now)
 
     def _wait_for_next_tick(self) -> None:
-        """Sleeps one interval, heartbeating, but wakes early for an operator's command."""
+        """Sleeps one interval, heartbeating, but wakes early for a command or a stop."""
         deadline = self.clock() + self.policy.interval_seconds
         while self.clock() < deadline and not self.state.phase.terminal:
+            if self._stop_requested:
+                return
             self._heartbeat()
             if self.store.has_commands(self.state.rollout_id):
                 return

@@ -91,9 +91,11 @@ class RolloutState:
     policy: dict[str, Any] = field(default_factory=dict)  # as run, for `status`, report, retry
     gateways: list[str] = field(default_factory=list)
     prometheus: str | None = None
+    prometheus_selector: str = ""
     generations: dict[str, int] = field(default_factory=dict)  # per gateway, as we last set it
     paused_by: str | None = None
     ended_at: float | None = None
+    name: str | None = None  # run --name: one rollout per name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

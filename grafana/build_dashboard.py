@@ -36,7 +36,7 @@ def cost_per_request(backend: str, window: str = W) -> str:
 
 
 ROUTED = 'backend!="none"'
-FAILED = 'backend!="none",code!="200"'
+FAILED = 'backend!="none",code=~"5.."'  # a client's 4xx is not the backend's failure
 SERVED = 'code="200"'
 
 

@@ -75,45 +75,48 @@ def observed(
     linger = ("--metrics-port", str(metrics_port), "--metrics-linger", "3")
     started = time.time()
     prometheus: PrometheusProcess | None = None
-    with traffic(gateway):
-        promoted = subprocess.Popen(
-            canary_command([gateway], policy, promoted_state, *linger),
-            stdout=subprocess.DEVNULL, env=canary_env(),
-        )  # fmt: skip
-        prometheus = PrometheusProcess(
-            tmp,
-            {"distill-gateway": [gateway.address], "distill-canary": [controller_target]},
-            rule_files=_fast_rules(tmp),
-        ).start()
-        assert promoted.wait(timeout=180) == 0
-        aborted = subprocess.Popen(
-            canary_command([gateway], write_policy(tmp, bake_seconds=300, max_step_seconds=600),
-                           aborted_state, *linger, "--reset"),  # the fleet is at 100 %
-            stdout=subprocess.DEVNULL, env=canary_env(),
-        )  # fmt: skip
-        wait_until(lambda: gateway.metric("gateway_traffic_share", backend="student") == 0.05,
-                   60, "the second rollout's first step")  # fmt: skip
-        time.sleep(2)  # let Prometheus see the step before it ends (a scrape is 1 s)
-        assert operator("abort", aborted_state).returncode == 0
-        assert aborted.wait(timeout=60) == 3
-
-    gateway.set_share(0.5)
-    # The measured window runs from a scrape taken after all earlier traffic to one taken after
-    # the measured traffic, so it holds exactly the measured requests.
-    quiet = time.time()
-    wait_until(lambda: _last_scrape(prometheus) > quiet, 30, "a scrape of the quiet gateway")
-    window_start = _last_scrape(prometheus)
-    gc.disable()  # no collector pauses in the client's own numbers
     try:
-        measured = TrafficGenerator(gateway.url).run(requests=1500, workers=1)
-    finally:
-        gc.enable()
-    done = time.time()
-    wait_until(lambda: _last_scrape(prometheus) > done, 30, "a scrape after the traffic")
-    window_end = _last_scrape(prometheus)
-    yield Observed(gateway, prometheus, started, time.time(), promoted_state, measured,
-                   (window_start, window_end))  # fmt: skip
-    prometheus.stop()
+        with traffic(gateway):
+            promoted = subprocess.Popen(
+                canary_command([gateway], policy, promoted_state, *linger),
+                stdout=subprocess.DEVNULL, env=canary_env(),
+            )  # fmt: skip
+            prometheus = PrometheusProcess(
+                tmp,
+                {"distill-gateway": [gateway.address], "distill-canary": [controller_target]},
+                rule_files=_fast_rules(tmp),
+            ).start()
+            assert promoted.wait(timeout=180) == 0
+            aborted = subprocess.Popen(
+                canary_command([gateway], write_policy(tmp, bake_seconds=300, max_step_seconds=600),
+                               aborted_state, *linger, "--reset"),  # the fleet is at 100 %
+                stdout=subprocess.DEVNULL, env=canary_env(),
+            )  # fmt: skip
+            wait_until(lambda: gateway.metric("gateway_traffic_share", backend="student") == 0.05,
+                       60, "the second rollout's first step")  # fmt: skip
+            time.sleep(2)  # let Prometheus see the step before it ends (a scrape is 1 s)
+            assert operator("abort", aborted_state).returncode == 0
+            assert aborted.wait(timeout=60) == 3
+
+        gateway.set_share(0.5)
+        # The measured window runs from a scrape taken after all earlier traffic to one taken after
+        # the measured traffic, so it holds exactly the measured requests.
+        quiet = time.time()
+        wait_until(lambda: _last_scrape(prometheus) > quiet, 30, "a scrape of the quiet gateway")
+        window_start = _last_scrape(prometheus)
+        gc.disable()  # no collector pauses in the client's own numbers
+        try:
+            measured = TrafficGenerator(gateway.url).run(requests=1500, workers=1)
+        finally:
+            gc.enable()
+        done = time.time()
+        wait_until(lambda: _last_scrape(prometheus) > done, 30, "a scrape after the traffic")
+        window_end = _last_scrape(prometheus)
+        yield Observed(gateway, prometheus, started, time.time(), promoted_state, measured,
+                       (window_start, window_end))  # fmt: skip
+    finally:  # stopped also when the fixture fails half-way
+        if prometheus is not None:
+            prometheus.stop()
 
 
 def _last_scrape(prometheus: PrometheusProcess) -> float:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.analysis import BackendWindow, WindowMetrics
-from controller.promtext import Snapshot, buckets, select
+from controller.promtext import Snapshot, buckets, select, select_codes
 
 
 class MetricsUnavailable(Exception):
@@ -66,10 +66,11 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
         # A request that fell back from this backend failed here, though a client never saw it.
         fell_back = select(increase, "gateway_fallbacks_total", model=model, from_backend=name)
         requests = select(increase, "gateway_requests_total", **labels)
-        succeeded = select(increase, "gateway_requests_total", code="200", **labels)
+        # A client's bad request (4xx) is not the backend's failure: only 5xx count.
+        failed = select_codes(increase, "gateway_requests_total", "5", **labels)
         return BackendWindow(
             requests=requests + fell_back,
-            errors=requests - succeeded + fell_back,
+            errors=failed + fell_back,
             latency=buckets(increase, "gateway_backend_duration_seconds", **labels),
             feedback_total=select(increase, "gateway_feedback_total", **labels),
             feedback_correct=select(increase, "gateway_feedback_correct_total", **labels),

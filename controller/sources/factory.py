@@ -10,12 +10,16 @@ from controller.sources.base import MetricsSource
 
 
 def create_source(
-    gateway_urls: Sequence[str], prometheus_url: str | None, model: str, client: httpx.Client
+    gateway_urls: Sequence[str],
+    prometheus_url: str | None,
+    model: str,
+    client: httpx.Client,
+    prometheus_selector: str = "",
 ) -> MetricsSource:
     if prometheus_url:
         from controller.sources.prometheus import PrometheusSource
 
-        return PrometheusSource(prometheus_url, model, client)
+        return PrometheusSource(prometheus_url, model, client, prometheus_selector)
     from controller.sources.scrape import ScrapeSource
 
     return ScrapeSource(gateway_urls, client)

@@ -6,6 +6,7 @@ The queries are the ones the README lists and the Grafana panels use (with a fix
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
@@ -29,17 +30,39 @@ COUNTERS = (
     "gateway_fallbacks_total",
 )
 GROUP_BY = "model, backend, code, le, from_backend"
+# Extra label matchers, e.g. namespace="ml",job="distill-gateway": one Prometheus often scrapes
+# several namespaces and copies of the gateway, and a rollout must read its own fleet only.
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
+SELECTOR = re.compile(rf"^(?:{_MATCHER}(?:,{_MATCHER})*)?$")
 
 
-def window_query(counter: str, model: str, seconds: int) -> str:
-    return f'sum by ({GROUP_BY}) (increase({counter}{{model="{model}"}}[{seconds}s]))'
+class BadSelector(ValueError):
+    """The extra label matchers are not PromQL matchers."""
+
+
+def label_value(value: str) -> str:
+    """A PromQL string literal: a model name with a quote or backslash cannot break the query."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def window_query(counter: str, model: str, seconds: int, selector: str = "") -> str:
+    matchers = f"model={label_value(model)}" + (f",{selector.strip()}" if selector.strip() else "")
+    return f"sum by ({GROUP_BY}) (increase({counter}{{{matchers}}}[{seconds}s]))"
 
 
 class PrometheusSource(MetricsSource):
-    def __init__(self, prometheus_url: str, model: str, client: httpx.Client) -> None:
+    def __init__(
+        self, prometheus_url: str, model: str, client: httpx.Client, selector: str = ""
+    ) -> None:
+        if not SELECTOR.match(selector):
+            raise BadSelector(
+                f"--prometheus-selector {selector!r} is not a list of label matchers like "
+                'namespace="ml",job="distill-gateway"'
+            )
         self._url = prometheus_url.rstrip("/")
         self._model = model
         self._client = client
+        self._selector = selector
 
     def mark(self) -> Mark:
         return Mark(at=time.time())
@@ -48,7 +71,8 @@ class PrometheusSource(MetricsSource):
         seconds = max(1, math.ceil(time.time() - mark.at))
         snapshot: Snapshot = {}
         for counter in COUNTERS:
-            for series in self._query(window_query(counter, self._model, seconds)):
+            query = window_query(counter, self._model, seconds, self._selector)
+            for series in self._query(query):
                 labels = tuple(sorted(series["metric"].items()))
                 snapshot[(counter, labels)] = float(series["value"][1])
         return snapshot

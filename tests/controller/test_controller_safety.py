@@ -10,7 +10,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.operator import NoLiveController, abort_now, send_and_wait
-from controller.rollout import EXIT_REFUSED, CanaryController, Launch, Start, StartRefused
+from controller.rollout import (
+    EXIT_REFUSED,
+    EXIT_STOPPED,
+    CanaryController,
+    Launch,
+    OnSigterm,
+    Start,
+    StartRefused,
+)
 from controller.state import Command, LeaseHeld, LeaseLost, Phase, StateStore
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 
@@ -272,3 +280,65 @@ def test_metrics_say_who_is_alive_and_what_each_gate_decided(
     assert (
         registry.get_sample_value("canary_rollout_info", {"model": "digits", "rollout": "1"}) == 1
     )
+
+
+# -- in a cluster: named rollouts, SIGTERM, a replacement pod ----------------------------------
+
+
+def test_a_named_rollout_is_resumed_while_unfinished_and_never_started_twice(
+    store: StateStore, fleet: FakeFleet, clock: Clock
+) -> None:
+    job = Launch(GATEWAYS, name="student-v7")
+    first, _, _ = make_controller(store, fleet, clock, FIRST)
+    assert first.start(job).name == "student-v7"
+    first._roll_back("a test", "abort")
+    first.store.save(first.state, FIRST)
+    store.release(FIRST)
+    restarted, _, _ = make_controller(store, fleet, clock, SECOND)
+    with pytest.raises(StartRefused, match=r"rollout 1 \(student-v7\) already ended RolledBack"):
+        restarted.start(job)  # a pod restarted after the end never starts it again
+    next_job = restarted.start(Launch(GATEWAYS, name="student-v8"))  # no --new needed
+    assert next_job.rollout_id == 2 and next_job.name == "student-v8"
+    store.release(SECOND)
+    other, _, _ = make_controller(store, fleet, clock, FIRST)
+    with pytest.raises(StartRefused, match=r"\(student-v8\) is still Progressing"):
+        other.start(Launch(GATEWAYS, name="student-v9"))
+
+
+@pytest.mark.parametrize("on_sigterm", list(OnSigterm))
+def test_sigterm_persists_or_rolls_back_as_asked(
+    store: StateStore, fleet: FakeFleet, clock: Clock, on_sigterm: OnSigterm
+) -> None:
+    controller, _, _ = make_controller(store, fleet, clock, FIRST, bake_seconds=1000,
+                                       max_step_seconds=1000)  # fmt: skip
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.now > 1005:
+            controller.request_stop()  # what the SIGTERM handler calls
+
+    controller.sleep = sleep
+    code = controller.run(Launch(GATEWAYS, on_sigterm=on_sigterm))
+    saved = store.load()
+    assert saved is not None and store.lease() is None  # the lease is released either way
+    if on_sigterm is OnSigterm.PERSIST:
+        assert code == EXIT_STOPPED and saved.phase is Phase.PROGRESSING
+        assert saved.history[-1].action == "stopped"
+        assert [t.student_share for t in fleet.traffic.values()] == [0.05, 0.05]
+        successor, _, _ = make_controller(store, fleet, clock, SECOND)
+        assert successor.start(Launch(GATEWAYS)).step_index == 0  # resumes at once
+    else:
+        assert code == 3 and saved.phase is Phase.ROLLED_BACK
+        assert "SIGTERM" in (saved.rollback_reason or "")
+        assert [t.student_share for t in fleet.traffic.values()] == [0.0, 0.0]
+
+
+def test_a_replacement_controller_waits_for_the_lease_when_asked(
+    store: StateStore, fleet: FakeFleet, clock: Clock
+) -> None:
+    started(store, fleet, clock)  # FIRST holds the lease until 1015, then goes silent
+    waiting, _, _ = make_controller(store, fleet, clock, SECOND)
+    with pytest.raises(LeaseHeld):
+        waiting.start(Launch(GATEWAYS, wait_for_lease=5))  # gives up before the expiry
+    resumed = waiting.start(Launch(GATEWAYS, wait_for_lease=60))
+    assert resumed.rollout_id == 1 and clock.now >= 1015

@@ -12,7 +12,7 @@ import pytest
 
 from controller.analysis import assess
 from controller.policy import Policy
-from controller.sources.prometheus import PrometheusSource
+from controller.sources.prometheus import BadSelector, PrometheusSource, window_query
 from controller.sources.scrape import ScrapeSource
 from models import MODELS_DIR
 from tests.controller.test_rollout_e2e import (
@@ -52,6 +52,8 @@ def test_same_numbers_and_verdicts_as_the_direct_source(
     with httpx.Client(timeout=10) as client:
         direct = ScrapeSource([gateway.url], client)
         through_prometheus = PrometheusSource(prometheus.url, "digits", client)
+        this_job = PrometheusSource(prometheus.url, "digits", client, 'job="gateway"')
+        another_fleet = PrometheusSource(prometheus.url, "digits", client, 'job=~"other.*"')
         direct_mark, prometheus_mark = direct.mark(), through_prometheus.mark()
         with traffic(gateway):
             wait_until(
@@ -63,6 +65,12 @@ def test_same_numbers_and_verdicts_as_the_direct_source(
         wait_until(lambda: _last_scrape(prometheus) > stopped + 1, 30, "a scrape after traffic")
         exact = direct.window_since(direct_mark, "digits")
         promql = through_prometheus.window_since(prometheus_mark, "digits")
+        scoped = this_job.window_since(prometheus_mark, "digits")
+        elsewhere = another_fleet.window_since(prometheus_mark, "digits")
+
+    # A selector keeps the rollout to its own fleet: the same numbers for its job, none elsewhere.
+    assert scoped.student.requests == pytest.approx(promql.student.requests, rel=0.05)
+    assert elsewhere.student.requests == 0 and elsewhere.comparisons == 0
 
     for name in ("requests", "feedback_total"):
         ours, theirs = getattr(exact.student, name), getattr(promql.student, name)
@@ -90,10 +98,18 @@ def test_a_rollout_through_prometheus_rolls_a_bad_student_back(
     state = tmp_path / "rollout.db"
     command = canary_command(
         [gateway], write_policy(tmp_path, interval_seconds=1), state,
-        "--prometheus", prometheus.url,
+        "--prometheus", prometheus.url, "--prometheus-selector", 'job="gateway"',
     )  # fmt: skip
     with traffic(gateway):
         result = run_canary(command)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "min_agreement" in result.stdout
     assert share_of(gateway) == 0.0
+
+
+def test_queries_escape_the_model_and_take_only_label_matchers() -> None:
+    query = window_query("gateway_requests_total", 'di"g\\its', 60, 'namespace="ml", job!~"x.*"')
+    assert '{model="di\\"g\\\\its",namespace="ml", job!~"x.*"}' in query
+    for bad in ('job="a"} or vector(1) #', "job=a", 'job="a",', "} or up{"):
+        with pytest.raises(BadSelector, match="not a list of label matchers"):
+            PrometheusSource("http://127.0.0.1:9", "digits", httpx.Client(), bad)

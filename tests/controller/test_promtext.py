@@ -56,3 +56,17 @@ def test_histogram_quantile_interpolates_like_promql(quantile: float, expected: 
 def test_histogram_quantile_of_nothing_is_nan() -> None:
     assert math.isnan(promtext.histogram_quantile(0.5, []))
     assert math.isnan(promtext.histogram_quantile(0.5, [(1.0, 0.0), (math.inf, 0.0)]))
+
+
+def test_a_clients_4xx_is_not_the_students_error() -> None:
+    from controller.sources.base import window_metrics
+
+    def series(code: str, value: float) -> tuple[promtext.SeriesKey, float]:
+        labels = (("backend", "student"), ("code", code), ("model", "digits"))
+        return ("gateway_requests_total", labels), value
+
+    fallback = ("gateway_fallbacks_total", (("from_backend", "student"), ("model", "digits")))
+    increase = dict([series("200", 80), series("400", 12), series("503", 5), (fallback, 3)])
+    student = window_metrics(increase, "digits").student
+    assert student.requests == 80 + 12 + 5 + 3
+    assert student.errors == 5 + 3  # the 503s and the fallbacks; not the 400s

@@ -360,6 +360,59 @@ def test_abort_now_rolls_back_with_no_controller(
     assert first is not None and "--now" in (first.rollback_reason or "")  # kept
 
 
+def test_sigterm_saves_releases_and_a_restart_resumes(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """As in a pod: PID 1 gets SIGTERM, saves and exits; its metrics were reachable through an
+    address other than 127.0.0.1 (the pod network, here 127.0.0.2)."""
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    port = free_port()
+    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
+    command = canary_command([gateway], policy, state, "--metrics-port", str(port),
+                             "--metrics-host", "0.0.0.0", "--metrics-linger", "0")  # fmt: skip
+    controller = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
+    wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+    scraped = httpx.get(f"http://127.0.0.2:{port}/metrics").text
+    assert read_metric(scraped, "canary_step_index", model="digits") == 0
+    controller.send_signal(signal.SIGTERM)
+    assert controller.wait(timeout=20) == 143
+    assert StateStore.open_existing(state).lease() is None
+    assert saved(state).history[-1].action == "stopped" and share_of(gateway) == 0.05
+    resumed = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
+    try:
+        wait_until(lambda: saved(state).history[-1].action == "resumed", 20, "the restart")
+        assert share_of(gateway) == 0.05
+    finally:
+        resumed.send_signal(signal.SIGTERM)
+        assert resumed.wait(timeout=20) == 143
+
+
+def test_metrics_bound_to_loopback_are_not_reachable_from_another_address(
+    tmp_path: Path,
+) -> None:
+    """The default stays 127.0.0.1 (a laptop); the manifests pass --metrics-host 0.0.0.0."""
+    port = free_port()
+    policy = write_policy(tmp_path)
+    command = [str(BIN / "distill-canary"), "run", "--gateway", "http://127.0.0.1:9",
+               "--policy", str(policy), "--state", str(tmp_path / "s.db"),
+               "--metrics-port", str(port)]  # fmt: skip
+    controller = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/metrics"), 30, "the metrics port")
+        assert not _answers(f"http://127.0.0.2:{port}/metrics")
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        controller.wait(timeout=20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_promote_full_goes_straight_to_100(start_gateway: StartGateway, tmp_path: Path) -> None:
     gateway = start_gateway(gateway_config())
     state = tmp_path / "rollout.db"
