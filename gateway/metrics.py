@@ -31,7 +31,7 @@ KL_BUCKETS = (
 
 BACKENDS = ("teacher", "student")
 NO_BACKEND = "none"  # requests rejected before a backend was chosen
-FALLBACK_REASONS = ("error", "timeout", "circuit_open")
+FALLBACK_REASONS = ("error", "timeout", "circuit_open", "not_loaded")
 
 
 class GatewayMetrics:
@@ -129,6 +129,13 @@ class GatewayMetrics:
             mb,
             registry=registry,
         )
+        self.signature_mismatch = Gauge(
+            "gateway_backend_signature_mismatch",
+            "1 while a backend that appeared later (a Triton student) is refused because its "
+            "signature differs from the teacher's.",
+            mb,
+            registry=registry,
+        )
         self.circuit_state = Gauge(
             "gateway_circuit_state",
             "1 for each backend's current circuit-breaker state.",
@@ -161,6 +168,7 @@ class GatewayMetrics:
             self.feedback_correct.labels(model, role)
             self.cost.labels(model, role)
             self.shadow_errors.labels(model, role)
+            self.signature_mismatch.labels(model, role)
 
     def watch_backends(
         self, backends: Mapping[str, Backend], breakers: Mapping[str, CircuitBreaker]

@@ -6,6 +6,7 @@ HTTP (``gateway.app``) only translates requests into calls on ``GatewayService``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -75,6 +76,9 @@ class GatewayService:
             "student": settings.student.timeout_ms / 1000.0,
         }
         metrics.watch_backends(backends, self._breakers)
+        self._student_loaded = True  # False until a lazily loaded student is read and checked
+        self._student_loader: asyncio.Task[None] | None = None
+        self._student_refused = False
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
@@ -85,33 +89,80 @@ class GatewayService:
 
     @classmethod
     async def start(cls, settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayService:
-        """Loads and warms both backends and checks that their signatures agree."""
+        """Loads and warms both backends and checks that their signatures agree. A student on
+        Triton that cannot be read yet (Triton still starting, or down) does not stop the
+        gateway: it serves the teacher and loads the student in the background."""
         backends = {
             "teacher": create_backend("teacher", settings.teacher),
             "student": create_backend("student", settings.student),
         }
+        lazy_student = settings.student.kind == "triton"
         try:
-            await asyncio.gather(*(backend.load() for backend in backends.values()))
-            problems = signature_mismatches(
-                backends["teacher"].signature, backends["student"].signature
-            )
-            if problems:
-                raise BackendUnavailable(
-                    "teacher and student signatures differ: " + "; ".join(problems)
+            await backends["teacher"].load()
+            if not lazy_student:
+                await backends["student"].load()
+                problems = signature_mismatches(
+                    backends["teacher"].signature, backends["student"].signature
                 )
+                if problems:
+                    raise BackendUnavailable(
+                        "teacher and student signatures differ: " + "; ".join(problems)
+                    )
         except BaseException:
             await asyncio.gather(*(backend.close() for backend in backends.values()))
             raise
-        for backend in backends.values():
-            log.info("loaded %s", backend.description)
-        return cls(settings, backends, metrics)
+        log.info("loaded %s", backends["teacher"].description)
+        service = cls(settings, backends, metrics)
+        if lazy_student:
+            await service._try_loading_student()
+        else:
+            log.info("loaded %s", backends["student"].description)
+        return service
 
     def start_background(self) -> None:
         self.shadow.start()
+        if not self._student_loaded:
+            self._student_loader = asyncio.create_task(
+                self._load_student_when_it_appears(), name="load-student"
+            )
 
     async def close(self) -> None:
+        if self._student_loader is not None:
+            self._student_loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._student_loader
         await self.shadow.stop()
         await asyncio.gather(*(backend.close() for backend in self._backends.values()))
+
+    async def _try_loading_student(self) -> bool:
+        """One attempt to read the student and check it against the teacher's signature."""
+        student = self._backends["student"]
+        try:
+            await student.load()
+        except BackendUnavailable as exc:
+            if self._student_loaded or self._student_loader is None:  # say it once, not per poll
+                log.warning("%s; serving the teacher only until it appears", exc.message)
+            self._student_loaded = False
+            return False
+        problems = signature_mismatches(self.signature, student.signature)
+        refused = bool(problems)
+        if refused:
+            await student.close()
+            if not self._student_refused:  # loudly, once per refusal rather than per poll
+                log.error("student REFUSED: its signature differs from the teacher's: %s; "
+                          "serving the teacher only", "; ".join(problems))  # fmt: skip
+        self._student_refused = refused
+        self._metrics.signature_mismatch.labels(self.model, "student").set(int(refused))
+        self._student_loaded = not refused
+        if refused:
+            return False
+        log.info("loaded %s", student.description)
+        return True
+
+    async def _load_student_when_it_appears(self) -> None:
+        poll = getattr(self.settings.student, "ready_poll_seconds", 1.0)
+        while not await self._try_loading_student():
+            await asyncio.sleep(poll)
 
     def is_ready(self) -> bool:
         """Both backends must load to start; after that a failing student is ridden out with
@@ -166,7 +217,10 @@ class GatewayService:
     ) -> tuple[Role, dict[str, np.ndarray]]:
         """Runs the request on ``role``; a failing student falls back to the teacher, within the
         request's deadline, so the client still gets an answer."""
-        if role == "student" and not self._breakers["student"].allow():
+        if role == "student" and not self._student_loaded:
+            self._metrics.count_fallback("student", "teacher", "not_loaded")
+            role = "teacher"
+        elif role == "student" and not self._breakers["student"].allow():
             self._metrics.count_fallback("student", "teacher", "circuit_open")
             role = "teacher"
         try:
