@@ -75,17 +75,43 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     return json_response({"error": exc.message}, exc.status_code, headers)
 
 
+ALL_PARTS = frozenset({"v2", "admin", "metrics"})
+"""What one listener serves: the V2 API (and feedback), the admin API, ``/metrics``."""
+
+
 def create_app(
-    service: GatewayService, registry: CollectorRegistry, admin_token: SecretStr | None
+    service: GatewayService,
+    registry: CollectorRegistry,
+    admin_token: SecretStr | None,
+    parts: frozenset[str] = ALL_PARTS,
 ) -> FastAPI:
+    """The app for one listener. The one that serves the V2 API owns the service's lifecycle;
+    the admin and metrics listeners, when they have ports of their own, only serve."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start_background()
         yield
         await service.close()
 
-    app = FastAPI(title="distill-gateway", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="distill-gateway", version=__version__, lifespan=lifespan if "v2" in parts else None
+    )
     _install_error_handlers(app)
+    if "v2" in parts:
+        _add_v2_routes(app, service)
+    if "admin" in parts:
+        _add_admin_routes(app, service, admin_token)
+    if "metrics" in parts:
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
     limit = service.settings.max_request_bytes
 
     @app.get("/v2/health/live")
@@ -166,6 +192,10 @@ def create_app(
         for prefix in _VERSIONED:
             app.add_api_route(prefix + suffix, endpoint, methods=[method])
 
+
+def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: SecretStr | None) -> None:
+    limit = service.settings.max_request_bytes
+
     @app.get("/admin/traffic")
     async def get_traffic() -> Response:
         return json_response(_traffic(service))
@@ -176,12 +206,6 @@ def create_app(
         update = _parse(TrafficUpdate, await read_body(request, limit))
         service.set_student_share(update.student_share)
         return json_response(_traffic(service))
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> None:

@@ -91,6 +91,15 @@ class TrafficConfig(_Strict):
     API)."""
 
 
+class ListenerConfig(_Strict):
+    """A port of its own for the admin API or ``/metrics``, kept off the public Service."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """None: served on the main port, with the V2 API."""
+    host: str | None = None
+    """The address to bind; default: the main ``--host``."""
+
+
 class ShadowConfig(_Strict):
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     """Fraction of live requests also run on the other backend to compare the two."""
@@ -147,6 +156,10 @@ class GatewaySettings(BaseSettings):
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    admin: ListenerConfig = Field(default_factory=ListenerConfig)
+    """``PUT``/``GET /admin/traffic`` on a port of its own (for the controller only)."""
+    metrics: ListenerConfig = Field(default_factory=ListenerConfig)
+    """``/metrics`` on a port of its own (for Prometheus only); may be the admin port."""
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
     max_batch_size: int = Field(default=1024, ge=1)

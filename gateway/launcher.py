@@ -79,6 +79,11 @@ class ManagedProcess:
         except httpx.HTTPError:
             return False
 
+    @property
+    def returncode(self) -> int | None:
+        """None while running (or never started)."""
+        return None if self._process is None else self._process.poll()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,3 +80,36 @@ def test_the_token_is_never_logged(admin_gateway: TestGateway) -> None:
     log = admin_gateway.log()
     assert "student share" in log  # the change itself is logged
     assert ADMIN_TOKEN not in log and "wrong-token-xyz" not in log
+
+
+def test_admin_and_metrics_can_leave_the_public_port(start_gateway: Any, tmp_path: Any) -> None:
+    """admin.port and metrics.port: the public port then answers neither, so a Service that
+    exposes only it exposes no admin API and no metrics (a NetworkPolicy guards the others)."""
+    from tests.servers import free_port
+
+    admin_port, metrics_port = free_port(), free_port()
+    gateway = start_gateway({"shadow": {"sample_rate": 0.0}, "admin": {"port": admin_port},
+                             "metrics": {"port": metrics_port}})  # fmt: skip
+    admin, metrics = f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{metrics_port}"
+    assert httpx.get(f"{gateway.url}/admin/traffic").status_code == 404
+    assert _put(gateway, {"student_share": 1.0}).status_code == 404
+    assert httpx.get(f"{gateway.url}/metrics").status_code == 404
+    assert httpx.post(f"{gateway.url}/v2/models/digits/infer", json=BODY).status_code == 200
+
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    moved = httpx.put(f"{admin}/admin/traffic", json={"student_share": 1.0}, headers=headers)
+    assert moved.status_code == 200 and moved.json()["student_share"] == 1.0
+    served = httpx.post(f"{gateway.url}/v2/models/digits/infer", json=BODY)
+    assert served.headers["x-served-by"] == "student"  # one service behind every listener
+    assert httpx.get(f"{admin}/v2/health/ready").status_code == 404
+    assert httpx.get(f"{admin}/metrics").status_code == 404
+    scraped = httpx.get(f"{metrics}/metrics")
+    assert scraped.status_code == 200 and "gateway_traffic_share" in scraped.text
+    assert httpx.get(f"{metrics}/admin/traffic").status_code == 404
+
+    gateway.stop()  # SIGTERM stops every listener, not only the public one
+    assert gateway.returncode is not None and gateway.returncode != -signal.SIGKILL
+    assert gateway.log().count("Finished server process") == 3  # each one shut down in order
+    for url in (gateway.url, admin, metrics):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/", timeout=2)
