@@ -10,14 +10,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench stack venv triton-env system-tools clean
+.PHONY: demo test lint models bench stack venv triton-env system-tools clean locks images
 
 venv: $(STAMP)
 
 # Rebuilt only when pyproject.toml changes; torch==2.13.0 comes from this machine's wheel cache.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[train,test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[controller,report,train,test]'
 	touch $(STAMP)
 
 triton-env: $(TRITON_STAMP)
@@ -57,6 +57,19 @@ models: venv
 bench: venv triton-env
 	$(BIN)/python -m tests.benchmarks.bench_gateway
 	$(BIN)/python -m tests.benchmarks.bench_triton
+
+# The images' pinned dependencies (with hashes), from deploy/docker/requirements-*.in.
+locks: venv
+	$(BIN)/uv pip compile deploy/docker/requirements-cpu.in --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes -o deploy/docker/requirements-cpu.lock
+	$(BIN)/uv pip compile deploy/docker/requirements-cuda.in --python-version 3.12 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes -o deploy/docker/requirements-cuda.lock
+
+# The CPU and CUDA images (needs podman or docker, and a registry for the base images).
+CONTAINER ?= $(shell command -v podman || command -v docker)
+images:
+	$(CONTAINER) build -f deploy/docker/Dockerfile.cpu -t distill-gateway:cpu .
+	$(CONTAINER) build -f deploy/docker/Dockerfile.cuda -t distill-gateway:cuda .
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .mypy_cache .ruff_cache models/.cache

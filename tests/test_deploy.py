@@ -6,35 +6,18 @@ import json
 import runpy
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-KUBERNETES = ROOT / "deploy" / "kubernetes"
+from tests.manifests import KUBERNETES, ROOT, by_kind, manifests, named
+
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "distill-gateway.json"
 KUBERNETES_VERSION = "1.30.0"
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}  # Prometheus Operator CRDs
-
-
-def _manifests() -> list[dict[str, Any]]:
-    documents = []
-    for path in sorted(KUBERNETES.glob("*.yaml")):
-        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return documents
-
-
-def _by_kind(kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in _manifests() if doc["kind"] == kind]
-
-
-def _named(kind: str, name: str) -> dict[str, Any]:
-    (document,) = [d for d in _by_kind(kind) if d["metadata"]["name"] == name]
-    return document
 
 
 def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +28,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     "document",
-    [d for d in _manifests() if d["kind"] not in CUSTOM_KINDS],
+    [d for d in manifests() if d["kind"] not in CUSTOM_KINDS],
     ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
 )
 def test_kubernetes_manifests_are_valid(document: dict[str, Any]) -> None:
@@ -53,8 +36,7 @@ def test_kubernetes_manifests_are_valid(document: dict[str, Any]) -> None:
 
 
 def test_the_gateway_deployment_is_production_shaped() -> None:
-    deployment = _named("Deployment", "distill-gateway")
-    assert deployment["spec"]["replicas"] >= 2
+    deployment = named("Deployment", "distill-gateway")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -65,19 +47,22 @@ def test_the_gateway_deployment_is_production_shaped() -> None:
     assert pod["terminationGracePeriodSeconds"] > pre_stop > 0
     token = next(e for e in container["env"] if e["name"] == "DISTILL_GATEWAY_ADMIN_TOKEN")
     assert "secretKeyRef" in token["valueFrom"]
-    (hpa,) = _by_kind("HorizontalPodAutoscaler")
+    (hpa,) = by_kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "distill-gateway"
+    assert hpa["spec"]["minReplicas"] >= 2
+    # The HPA owns the count: a replicas field would reset it on every `kubectl apply`.
+    assert "replicas" not in deployment["spec"]
 
 
 def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
     from gateway.config import GatewaySettings, OnnxBackendConfig, TritonBackendConfig
 
-    config_map = _named("ConfigMap", "distill-gateway-config")
+    config_map = named("ConfigMap", "distill-gateway-config")
     settings = GatewaySettings(**yaml.safe_load(config_map["data"]["gateway.yaml"]))
     assert isinstance(settings.teacher, OnnxBackendConfig)
     assert settings.teacher.path.name == "teacher.onnx"
     assert isinstance(settings.student, TritonBackendConfig)
-    triton = _named("Service", "distill-triton")
+    triton = named("Service", "distill-triton")
     grpc_port = next(p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc")
     assert settings.student.url == f"distill-triton:{grpc_port}"
 
@@ -85,14 +70,14 @@ def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
 def test_the_controller_policy_config_map_is_a_valid_policy() -> None:
     from controller.policy import Policy
 
-    config_map = _named("ConfigMap", "distill-canary-policy")
+    config_map = named("ConfigMap", "distill-canary-policy")
     policy = Policy.model_validate(yaml.safe_load(config_map["data"]["policy.yaml"]))
     assert policy.steps[0] == 0  # production starts with a dark launch
 
 
 def test_triton_model_configs_match_the_onnx_signature() -> None:
-    config_map = _named("ConfigMap", "distill-triton-model-configs")
-    for role in ("teacher", "student"):
+    config_map = named("ConfigMap", "distill-triton-model-configs")
+    for role in ("student",):  # the teacher runs in the gateways
         text = config_map["data"][f"{role}.pbtxt"]
         assert f'name: "{role}"' in text and 'platform: "onnxruntime_onnx"' in text
         assert 'name: "pixels", data_type: TYPE_FP32, dims: [ 64 ]' in text
@@ -100,8 +85,8 @@ def test_triton_model_configs_match_the_onnx_signature() -> None:
 
 
 def test_each_service_monitor_selects_exactly_one_service_and_its_port() -> None:
-    services = _by_kind("Service")
-    for monitor in _by_kind("ServiceMonitor"):
+    services = by_kind("Service")
+    for monitor in by_kind("ServiceMonitor"):
         wanted = monitor["spec"]["selector"]["matchLabels"].items()
         matching = [s for s in services if wanted <= s["metadata"].get("labels", {}).items()]
         assert len(matching) == 1, f"{monitor['metadata']['name']} would scrape pods twice"
@@ -112,7 +97,7 @@ def test_each_service_monitor_selects_exactly_one_service_and_its_port() -> None
 def test_the_prometheus_rule_holds_exactly_the_rule_files() -> None:
     rendered = runpy.run_path(str(KUBERNETES / "render_monitoring.py"))["render"]()
     assert (KUBERNETES / "monitoring.yaml").read_text() == rendered, "run render_monitoring.py"
-    (rule,) = _by_kind("PrometheusRule")
+    (rule,) = by_kind("PrometheusRule")
     groups = []
     for path in sorted((PROMETHEUS / "rules").glob("*.yml")):
         groups += yaml.safe_load(path.read_text())["groups"]
