@@ -28,13 +28,15 @@ $(TRITON_STAMP):
 		nvidia-pytriton==0.7.0 "numpy<2" onnxruntime
 	touch $(TRITON_STAMP)
 
-# Real programs the tests use: Debian's Prometheus (and promtool), and Chromium for the report.
+# Real programs the tests use: Debian's Prometheus (and promtool), Chromium for the report,
+# podman and debootstrap to build the CPU image.
 system-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
-		&& command -v chromium >/dev/null || { \
+		&& command -v chromium >/dev/null && command -v podman >/dev/null \
+		&& command -v debootstrap >/dev/null || { \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-			prometheus chromium; }
+			prometheus chromium podman debootstrap; }
 
 demo: venv
 	$(BIN)/distill-demo
