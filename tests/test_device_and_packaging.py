@@ -1,4 +1,4 @@
-"""Device selection says one clear line; serving never imports torch."""
+"""Device selection says one clear line; serving never imports torch or matplotlib."""
 
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ def test_auto_device_reports_its_choice_in_one_line_per_backend(gateway: TestGat
     assert "Failed to create CUDAExecutionProvider" not in log
 
 
-def test_serving_does_not_need_torch() -> None:
+def test_serving_needs_neither_the_training_nor_the_plotting_stack() -> None:
     probe = (
-        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
-        "import gateway.cli, gateway.app, gateway.backends.onnx, controller.traffic\n"
+        "import sys\n"
+        "for name in ('torch', 'matplotlib', 'sklearn', 'onnx'):\n"
+        "    sys.modules[name] = None  # any import of them now fails\n"
+        "import gateway.cli, gateway.app, gateway.backends.onnx, gateway.backends.triton\n"
+        "import controller.cli, controller.rollout, controller.traffic\n"
         "from gateway.config import load_settings\n"
         "load_settings(None)\n"
         "print('ok')\n"

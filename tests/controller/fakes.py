@@ -1,4 +1,5 @@
-"""Small fakes at the controller's seams: a fleet of gateways and a metrics source, in memory.
+"""Small fakes at the controller's seams: a fleet of gateways and a metrics source, in memory;
+and the bad state files an operator may point the CLI at.
 
 The fleet fakes only the HTTP calls (``_put``/``_get``), so the real verification logic runs.
 """
@@ -6,6 +7,7 @@ The fleet fakes only the HTTP calls (``_put``/``_get``), so the real verificatio
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from prometheus_client import CollectorRegistry
@@ -117,3 +119,16 @@ def make_controller(
         clock=clock, sleep=clock.sleep, holder=holder,
     )  # fmt: skip
     return controller, source, registry
+
+
+def bad_state_files(directory: Path) -> dict[str, Path]:
+    """A file that is not SQLite, a directory, an empty file (mode 0644) and a missing path."""
+    not_sqlite = directory / "notes.txt"
+    not_sqlite.write_text("not a database\n" * 20)
+    folder = directory / "dir.db"
+    folder.mkdir()
+    empty = directory / "empty.db"
+    empty.touch()
+    empty.chmod(0o644)
+    return {"not sqlite": not_sqlite, "a directory": folder, "empty": empty,
+            "missing": directory / "missing.db"}  # fmt: skip

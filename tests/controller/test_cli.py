@@ -11,20 +11,9 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.state import DecisionRecord, Phase, RolloutState, StateStore
+from tests.controller.fakes import bad_state_files
 
 runner = CliRunner()
-
-
-def bad_files(tmp_path: Path) -> dict[str, Path]:
-    not_sqlite = tmp_path / "notes.txt"
-    not_sqlite.write_text("not a database\n" * 20)
-    directory = tmp_path / "dir.db"
-    directory.mkdir()
-    empty = tmp_path / "empty.db"
-    empty.touch()
-    empty.chmod(0o644)
-    return {"not sqlite": not_sqlite, "a directory": directory, "empty": empty,
-            "missing": tmp_path / "missing.db"}  # fmt: skip
 
 
 @pytest.mark.parametrize("verb", [["status"], ["report"], ["pause"], ["abort", "--now"],
@@ -32,7 +21,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
 def test_bad_state_files_get_one_line_and_stay_as_they_were(
     tmp_path: Path, verb: list[str]
 ) -> None:
-    for name, path in bad_files(tmp_path).items():
+    for name, path in bad_state_files(tmp_path).items():
         before = (path.exists(), path.is_file() and path.read_bytes(),
                   path.exists() and os.stat(path).st_mode)  # fmt: skip
         result = runner.invoke(app, [*verb, "--state", str(path)])
@@ -48,7 +37,7 @@ def test_bad_state_files_get_one_line_and_stay_as_they_were(
 def test_run_refuses_a_state_file_that_is_not_one(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("gates: {max_kl: 1}\n")
-    path = bad_files(tmp_path)["not sqlite"]
+    path = bad_state_files(tmp_path)["not sqlite"]
     result = runner.invoke(app, ["run", "--gateway", "http://127.0.0.1:9", "--policy",
                                  str(policy), "--state", str(path)])  # fmt: skip
     assert result.exit_code == 1

@@ -22,6 +22,7 @@ from controller.state import (
     StateError,
     StateStore,
 )
+from tests.controller.fakes import bad_state_files
 
 ME = "me-host:1:aaaa"  # another host's holder ids: only the lease's expiry tells if they live
 OTHER = "other-host:2:bbbb"
@@ -154,13 +155,8 @@ def test_state_from_an_earlier_version_is_kept_as_the_first_rollout(tmp_path: Pa
 
 
 def test_bad_state_files_are_refused_in_one_line_and_left_unchanged(tmp_path: Path) -> None:
-    not_sqlite = tmp_path / "notes.txt"
-    not_sqlite.write_text("hello, this is not a database\n" * 10)
-    directory = tmp_path / "a-directory"
-    directory.mkdir()
-    empty = tmp_path / "empty.db"
-    empty.touch()
-    empty.chmod(0o644)
+    files = bad_state_files(tmp_path)
+    not_sqlite, directory, empty = files["not sqlite"], files["a directory"], files["empty"]
     with pytest.raises(StateError, match="is not a distill-canary state file"):
         StateStore.open_existing(not_sqlite)
     with pytest.raises(StateError, match="is not a distill-canary state file"):
