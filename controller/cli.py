@@ -190,7 +190,7 @@ def _run_controller(
         time.sleep(metrics_linger)
     final = controller.state
     reason = f": {final.rollback_reason}" if final.rollback_reason else ""
-    typer.echo(f"rollout {final.phase.value}{reason} (rollout {final.rollout_id} in {state})")
+    typer.echo(f"rollout {final.phase.value}{reason} (rollout {final.rollout_id})")
     raise typer.Exit(code)
 
 
