@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controller.actuator import Traffic
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.rollout import (
     EXIT_REFUSED,
@@ -144,7 +145,7 @@ def test_a_restarted_gateway_is_set_again_on_resume(
 ) -> None:
     started(store, fleet, clock)
     clock.now += 60
-    fleet.traffic["http://gw-1"] = type(fleet.traffic["http://gw-1"])(0.0, 0)  # restarted
+    fleet.traffic["http://gw-1"] = Traffic(0.0, 0)  # restarted: back at its config's share
     second, _, _ = make_controller(store, fleet, clock, SECOND)
     second.start(Launch(GATEWAYS))
     second.tick()
