@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from gateway.metrics import LATENCY_BUCKETS
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import TestGateway, read_metric
+from tests.servers import TestGateway, free_port, read_metric, wait_until
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
 COST = {"teacher": 3.6, "student": 0.36}  # dollars per hour, so 0.001 and 0.0001 $ per second
+LABEL = 0
 
-PROMISED = [
-    "gateway_requests_total",
-    "gateway_request_duration_seconds_bucket",
-    "gateway_backend_duration_seconds_bucket",
-    "gateway_traffic_share",
-    "gateway_traffic_generation",
-    "gateway_shadow_comparisons_total",
-    "gateway_shadow_agreements_total",
-    "gateway_shadow_dropped_total",
-    "gateway_shadow_kl_divergence_bucket",
-    "gateway_feedback_total",
-    "gateway_feedback_correct_total",
-    "gateway_inference_cost_dollars_total",
-]
+
+def promised_metrics() -> list[str]:
+    """Every metric in README.md's table of gateway metrics (histograms by their _bucket)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `(gateway_[a-z_]+)` \| (counter|gauge|histogram) \|", readme, re.M)
+    assert len(rows) >= 17, "the README's metrics table moved or shrank"
+    return [f"{name}_bucket" if kind == "histogram" else name for name, kind in rows]
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +47,16 @@ def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, st
         for _ in range(3):
             client.post("/v2/models/digits/infer", content=b"{")
         for request_id in ids[:10]:
-            client.post("/v2/models/digits/feedback", json={"id": request_id, "label": 0})
+            client.post("/v2/models/digits/feedback", json={"id": request_id, "label": LABEL})
     return gateway, gateway.metrics_text()
 
 
-def test_every_promised_metric_is_exported(measured: tuple[TestGateway, str]) -> None:
+@pytest.mark.parametrize("name", promised_metrics())
+def test_every_metric_the_readme_promises_is_exported(
+    measured: tuple[TestGateway, str], name: str
+) -> None:
     _, text = measured
-    for name in PROMISED:
-        assert f"\n{name}{{" in text, f"{name} missing"
+    assert f"\n{name}{{" in text, f"{name} missing"
 
 
 def test_request_counts_and_histograms_match_the_traffic(
@@ -121,15 +120,60 @@ def test_cost_is_backend_seconds_times_the_hourly_price(
         assert cost > 0
 
 
-def test_feedback_counters(measured: tuple[TestGateway, str]) -> None:
+def test_feedback_counters(
+    measured: tuple[TestGateway, str], teacher_direct: Callable[[np.ndarray], np.ndarray]
+) -> None:
     _, text = measured
     assert read_metric(text, "gateway_feedback_total", backend="teacher") == 10
     assert read_metric(text, "gateway_feedback_total", backend="student") == 0
-    correct = read_metric(text, "gateway_feedback_correct_total", backend="teacher")
-    assert correct in (0, 10)  # the same input ten times: all right or all wrong
+    pixels = np.array(BODY["inputs"][0]["data"], dtype=np.float32)[None]
+    right = int(teacher_direct(pixels).argmax()) == LABEL  # the same input, labelled 10 times
+    assert read_metric(text, "gateway_feedback_correct_total", backend="teacher") == 10 * right
 
 
 def test_no_shadow_metrics_without_sampling(measured: tuple[TestGateway, str]) -> None:
     _, text = measured
     assert read_metric(text, "gateway_shadow_comparisons_total") == 0
     assert read_metric(text, "gateway_shadow_dropped_total") == 0
+
+
+def test_cost_counts_live_calls_only_when_shadow_is_on(
+    fresh_gateway: Callable[..., TestGateway],
+) -> None:
+    """The student runs in the shadow of every teacher request, yet costs nothing: shadow calls
+    would inflate a backend's cost per request."""
+    gateway = fresh_gateway({
+        "shadow": {"sample_rate": 1.0},
+        "teacher": {"path": str(TEACHER_PATH), "cost_per_hour": COST["teacher"]},
+        "student": {"path": str(STUDENT_PATH), "cost_per_hour": COST["student"]},
+    })  # fmt: skip
+    with httpx.Client(base_url=gateway.url) as client:
+        for _ in range(20):
+            assert client.post("/v2/models/digits/infer", json=BODY).is_success
+    shadow = ("gateway_backend_duration_seconds_count", {"backend": "student", "path": "shadow"})
+    wait_until(lambda: gateway.metric(shadow[0], **shadow[1]) == 20, 20, "20 shadow calls")
+    assert gateway.metric("gateway_inference_cost_dollars_total", backend="student") == 0
+    live = gateway.metric("gateway_backend_duration_seconds_sum", backend="teacher", path="live")
+    assert gateway.metric("gateway_inference_cost_dollars_total", backend="teacher") == (
+        pytest.approx(live * COST["teacher"] / 3600, rel=1e-9)
+    )
+
+
+def test_failed_shadow_calls_are_counted(
+    fresh_gateway: Callable[..., TestGateway],
+) -> None:
+    """A student on a Triton that is not there: every shadow call to it fails and is counted,
+    and the clients, served by the teacher, notice nothing."""
+    gateway = fresh_gateway({
+        "shadow": {"sample_rate": 1.0},
+        "student": {"kind": "triton", "url": f"127.0.0.1:{free_port()}", "model_name": "student",
+                    "protocol": "http", "timeout_ms": 200, "ready_poll_seconds": 60},
+    })  # fmt: skip
+    with httpx.Client(base_url=gateway.url) as client:
+        for _ in range(5):
+            answer = client.post("/v2/models/digits/infer", json=BODY)
+            assert answer.status_code == 200 and answer.headers["x-served-by"] == "teacher"
+    errors = ("gateway_shadow_errors_total", {"backend": "student"})
+    wait_until(lambda: gateway.metric(errors[0], **errors[1]) == 5, 20, "5 shadow errors")
+    assert gateway.metric("gateway_shadow_errors_total", backend="teacher") == 0
+    assert gateway.metric("gateway_shadow_comparisons_total") == 0

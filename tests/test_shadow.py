@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from gateway.shadow import compare_logits
 from models.data import Split
-from tests.servers import TestGateway, wait_until
+from tests.servers import TestGateway, TritonProcess, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -62,17 +64,29 @@ def test_every_sampled_request_is_compared_exactly(
 
 
 def test_student_served_requests_are_shadowed_on_the_teacher(
-    fresh_gateway: Callable[..., TestGateway], test_split: Split
+    fresh_gateway: Callable[..., TestGateway],
+    test_split: Split,
+    teacher_direct: Model,
+    student_direct: Model,
 ) -> None:
+    """At the 100 % step this is the only path: the teacher runs in the shadow, and KL is still
+    KL(teacher || student), not the other way round (it is not symmetric)."""
     gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}, "traffic": {"student_share": 1.0}})
+    x = test_split.x[:60]
     with httpx.Client(base_url=gateway.url) as client:
-        response = client.post("/v2/models/digits/infer", json=_body(test_split.x[:10]))
+        response = client.post("/v2/models/digits/infer", json=_body(x))
     assert response.headers["x-served-by"] == "student"
-    wait_until(lambda: gateway.metric("gateway_shadow_comparisons_total") == 10, 20, "comparison")
+    wait_until(lambda: gateway.metric("gateway_shadow_comparisons_total") == 60, 20, "comparison")
     teacher_shadow = gateway.metric(
         "gateway_backend_duration_seconds_count", backend="teacher", path="shadow"
     )
     assert teacher_shadow == 1
+    teacher, student = teacher_direct(x), student_direct(x)
+    agreements = int((teacher.argmax(1) == student.argmax(1)).sum())
+    assert gateway.metric("gateway_shadow_agreements_total") == agreements
+    kl_sum = gateway.metric("gateway_shadow_kl_divergence_sum")
+    np.testing.assert_allclose(kl_sum, _offline_kl(teacher, student).sum(), rtol=1e-3)
+    assert abs(kl_sum - _offline_kl(student, teacher).sum()) > 1e-2  # the swap would show
 
 
 def test_a_full_queue_drops_comparisons_and_never_delays_clients(
@@ -105,6 +119,14 @@ def test_a_full_queue_drops_comparisons_and_never_delays_clients(
     assert gateway.metric("gateway_shadow_dropped_total") > 0
 
 
+def test_kl_matches_a_value_worked_by_hand() -> None:
+    # teacher p = (1/2, 1/2); student q = (1/4, 3/4):
+    # KL(p || q) = 1/2 ln(2) + 1/2 ln(2/3) = 1/2 ln(4/3) = 0.1438410362...
+    result = compare_logits(np.array([[0.0, 0.0]]), np.array([[0.0, np.log(3.0)]]))
+    assert result.kl_per_example[0] == pytest.approx(0.1438410362258904, abs=1e-12)
+    assert result.agreements == 0  # argmax of a tie is the first class; the student's is 1
+
+
 def test_compare_logits_agreement_and_kl() -> None:
     teacher = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
     student = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
@@ -113,3 +135,38 @@ def test_compare_logits_agreement_and_kl() -> None:
     np.testing.assert_allclose(result.kl_per_example, _offline_kl(teacher, student))
     same = compare_logits(teacher, teacher)
     np.testing.assert_allclose(same.kl_per_example, 0.0, atol=1e-12)
+
+
+def test_a_slow_shadow_backend_never_delays_clients(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """The teacher (in the shadow) takes 300 ms a call on a real Triton; every live answer from
+    the student still leaves the gateway well under 100 ms, by the gateway's own histogram."""
+    triton = TritonProcess(tmp_path, slow_ms=300).start()
+    try:
+        gateway = start_gateway({
+            "shadow": {"sample_rate": 1.0, "queue_size": 4},
+            "traffic": {"student_share": 1.0},
+            "teacher": {"kind": "triton", "url": triton.grpc_url, "model_name": "student_slow",
+                        "protocol": "grpc", "timeout_ms": 1500},
+        })  # fmt: skip
+        with httpx.Client(base_url=gateway.url) as client:
+            for _ in range(20):
+                answer = client.post("/v2/models/digits/infer", json=_body(np.ones((1, 64))))
+                assert answer.headers["x-served-by"] == "student"
+
+        def settled() -> bool:
+            compared = gateway.metric("gateway_shadow_comparisons_total")
+            return compared + gateway.metric("gateway_shadow_dropped_total") == 20
+
+        wait_until(settled, 30, "every shadow comparison done or dropped")
+        fast = gateway.metric("gateway_request_duration_seconds_bucket", backend="student",
+                              le="0.1")  # fmt: skip
+        assert fast == 20  # no live request waited for its shadow
+        calls = gateway.metric("gateway_backend_duration_seconds_count", backend="teacher",
+                               path="shadow")  # fmt: skip
+        seconds = gateway.metric("gateway_backend_duration_seconds_sum", backend="teacher",
+                                 path="shadow")  # fmt: skip
+        assert calls >= 1 and seconds / calls >= 0.3  # the shadow really was slow
+    finally:
+        triton.stop()
