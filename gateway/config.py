@@ -89,6 +89,9 @@ class TrafficConfig(_Strict):
     student_share: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of requests served by the student at start-up (changed at run time by the admin
     API)."""
+    seed: int | None = None
+    """Seeds the random split (requests without a routing key), for reproducible load tests;
+    None draws from the system's entropy."""
 
 
 class ListenerConfig(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,7 +53,10 @@ class GatewayService:
         self.signature: Signature = backends["teacher"].signature
         self._logits = self.signature.outputs[0]
         self._all_outputs = [spec.name for spec in self.signature.outputs]
-        self.split = TrafficSplit(settings.traffic.student_share)
+        seed = settings.traffic.seed
+        self.split = TrafficSplit(
+            settings.traffic.student_share, random.Random(seed) if seed is not None else None
+        )
         metrics.set_share(self.split.student_share, self.split.generation)
         self.shadow = ShadowComparer(
             backends,

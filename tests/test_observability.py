@@ -94,7 +94,13 @@ def observed(
             )  # fmt: skip
             wait_until(lambda: gateway.metric("gateway_traffic_share", backend="student") == 0.05,
                        60, "the second rollout's first step")  # fmt: skip
-            time.sleep(2)  # let Prometheus see the step before it ends (a scrape is 1 s)
+            stepped = time.time()  # Prometheus must scrape both at this step before it ends
+
+            def scraped_at_step() -> bool:
+                jobs = ("distill-canary", "distill-gateway")
+                return all(_last_scrape(prometheus, job) > stepped for job in jobs)
+
+            wait_until(scraped_at_step, 30, "a scrape at the step")
             assert operator("abort", aborted_state).returncode == 0
             assert aborted.wait(timeout=60) == 3
 
@@ -119,8 +125,9 @@ def observed(
             prometheus.stop()
 
 
-def _last_scrape(prometheus: PrometheusProcess) -> float:
-    result = prometheus.query('timestamp(up{job="distill-gateway"})')
+def _last_scrape(prometheus: PrometheusProcess | None, job: str = "distill-gateway") -> float:
+    assert prometheus is not None
+    result = prometheus.query(f'timestamp(up{{job="{job}"}})')
     return float(result[0]["value"][1]) if result else 0.0
 
 
