@@ -124,8 +124,10 @@ class GatewayProcess(ManagedProcess):
         config: dict[str, Any] | None = None,
         admin_token: str | None = None,
         port: int | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
+        self._extra_environment = dict(environment or {})
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"
         self.admin_token = admin_token
@@ -145,10 +147,12 @@ class GatewayProcess(ManagedProcess):
         ]  # fmt: skip
 
     def environment(self) -> dict[str, str]:
+        """Ours, without DISTILL_GATEWAY_* (so a developer's shell cannot change a test), plus
+        the token and whatever the caller asked for."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_GATEWAY_")}
         if self.admin_token is not None:
             env["DISTILL_GATEWAY_ADMIN_TOKEN"] = self.admin_token
-        return env
+        return {**env, **self._extra_environment}
 
     def is_ready(self) -> bool:
         return httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200

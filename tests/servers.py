@@ -32,8 +32,9 @@ class TestGateway(GatewayProcess):
         tmp_dir: Path,
         config: dict[str, Any] | None = None,
         admin_token: str | None = ADMIN_TOKEN,
+        environment: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(tmp_dir, config, admin_token)
+        super().__init__(tmp_dir, config, admin_token, environment=environment)
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value from ``/metrics``; 0 when the series does not exist yet."""

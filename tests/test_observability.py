@@ -22,7 +22,7 @@ import yaml
 from controller.state import StateStore
 from controller.traffic import TrafficGenerator, TrafficReport
 from gateway.metrics import LATENCY_BUCKETS
-from tests.controller.test_rollout_e2e import (
+from tests.rollouts import (
     canary_command,
     canary_env,
     gateway_config,

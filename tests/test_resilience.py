@@ -182,7 +182,7 @@ def test_a_killed_teacher_triton_is_a_clear_503_and_not_ready(
 def test_a_student_that_keeps_failing_is_rolled_back_by_the_error_rate_gate(
     own_triton: TritonProcess, start_gateway: Callable[..., TestGateway], tmp_path: Path
 ) -> None:
-    from tests.controller.test_rollout_e2e import (
+    from tests.rollouts import (
         canary_command,
         gateway_config,
         run_canary,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.controller.test_rollout_e2e import write_policy
+from tests.rollouts import write_policy
 from tests.servers import BIN, free_port
 
 

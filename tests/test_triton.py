@@ -133,14 +133,15 @@ def test_a_gateway_starts_before_its_triton_student_and_picks_it_up(
         later.stop()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_tritons_400_stays_a_400_and_is_not_a_fallback(
-    triton: TritonProcess, start_gateway: Callable[..., TestGateway]
+    triton: TritonProcess, start_gateway: Callable[..., TestGateway], protocol: str
 ) -> None:
     # The gateway accepts larger batches than Triton's max_batch_size (1024), so Triton itself
-    # refuses this one: a bad request, not a failing student.
+    # refuses this one: a bad request, not a failing student. gRPC says INVALID_ARGUMENT, HTTP 400.
     gateway = start_gateway({
         "shadow": {"sample_rate": 0.0}, "max_batch_size": 4096,
-        "student": triton_backend(triton, "student", "grpc"),
+        "student": triton_backend(triton, "student", protocol),
     })  # fmt: skip
     body = {"inputs": [{"name": "pixels", "shape": [1500, 64], "datatype": "FP32",
                         "data": [0.0] * (1500 * 64)}]}  # fmt: skip
@@ -152,3 +153,23 @@ def test_tritons_400_stays_a_400_and_is_not_a_fallback(
     assert "rejected the request" in response.json()["error"]
     assert gateway.metric("gateway_fallbacks_total", reason="error") == 0
     assert gateway.metric("gateway_circuit_state", backend="student", state="closed") == 1
+
+
+def test_a_request_that_runs_out_of_its_deadline_is_a_clear_503(
+    triton: TritonProcess, start_gateway: Callable[..., TestGateway]
+) -> None:
+    """The slow student (300 ms) uses up the whole 250 ms deadline, so no time is left to fall
+    back on the teacher: the client gets 503 at the deadline, not an answer late."""
+    gateway = start_gateway({
+        "shadow": {"sample_rate": 0.0},
+        "student": triton_backend(triton, "student_slow", "grpc", timeout_ms=1000),
+        "resilience": {"request_timeout_ms": 250, "failure_threshold": 100},
+    })  # fmt: skip
+    body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1] * 64}]}
+    response = httpx.post(f"{gateway.url}/v2/models/digits/infer", json=body,
+                          headers={"x-canary": "student"}, timeout=10)  # fmt: skip
+    assert response.status_code == 503
+    assert "no time left in the request's deadline for the teacher" in response.json()["error"]
+    assert gateway.metric("gateway_fallbacks_total", reason="timeout") == 1
+    # Counted where it was routed (issue 10: with the fallback it weighs twice on the student).
+    assert gateway.metric("gateway_requests_total", backend="student", code="503") == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 from models.data import Split
@@ -101,3 +103,19 @@ def test_gzip_compressed_request_from_tritonclient(
     np.testing.assert_allclose(
         result.as_numpy("logits"), teacher_direct(test_split.x[:4]), rtol=1e-5, atol=1e-5
     )
+
+
+def test_deflate_compressed_request(
+    gateway: TestGateway, test_split: Split, teacher_direct: Callable[[np.ndarray], np.ndarray]
+) -> None:
+    x = test_split.x[:3]
+    body = {"inputs": [{"name": "pixels", "shape": [3, 64], "datatype": "FP32",
+                        "data": x.reshape(-1).tolist()}]}  # fmt: skip
+    response = httpx.post(
+        f"{gateway.url}/v2/models/digits/infer",
+        content=zlib.compress(orjson.dumps(body)),
+        headers={"content-encoding": "deflate", "content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    logits = np.array(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(3, 10)
+    np.testing.assert_allclose(logits, teacher_direct(x), rtol=1e-5, atol=1e-5)

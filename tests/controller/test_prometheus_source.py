@@ -15,7 +15,7 @@ from controller.policy import Policy
 from controller.sources.prometheus import BadSelector, PrometheusSource, window_query
 from controller.sources.scrape import ScrapeSource
 from models import MODELS_DIR
-from tests.controller.test_rollout_e2e import (
+from tests.rollouts import (
     FAST_POLICY,
     canary_command,
     gateway_config,

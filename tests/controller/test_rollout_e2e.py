@@ -6,107 +6,30 @@ share on every gateway and the controller's exit code tell the story.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from controller.state import Phase, StateStore
-from controller.traffic import TrafficGenerator
-from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH
+from models import MODELS_DIR
+from tests.rollouts import (
+    canary_command,
+    canary_env,
+    gateway_config,
+    operator,
+    run_canary,
+    saved,
+    share_of,
+    traffic,
+    write_policy,
+)
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_metric, wait_until
 
 StartGateway = Callable[..., TestGateway]
-
-FAST_POLICY: dict[str, Any] = {
-    "steps": [5, 25, 100],
-    "bake_seconds": 2,
-    "interval_seconds": 0.5,
-    "min_requests": 60,
-    "failure_limit": 2,
-    "max_step_seconds": 90,
-    "gates": {
-        "min_agreement": 0.9,
-        "max_error_rate": 0.05,
-        "max_accuracy_drop": 0.1,
-        "max_kl": 1.0,
-        "max_p99_ms": 250,
-    },
-}
-
-
-def gateway_config(student: Path = STUDENT_PATH) -> dict[str, Any]:
-    return {
-        "shadow": {"sample_rate": 0.25},
-        "teacher": {"path": str(TEACHER_PATH), "cost_per_hour": 3.0},
-        "student": {"path": str(student), "cost_per_hour": 0.5},
-    }
-
-
-@contextmanager
-def traffic(*gateways: TestGateway) -> Iterator[None]:
-    """Replays the test split with feedback against each gateway until the block ends."""
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=TrafficGenerator(g.url).run, kwargs={"stop": stop, "workers": 2})
-        for g in gateways
-    ]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-
-
-def write_policy(tmp_path: Path, **overrides: Any) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump({**FAST_POLICY, **overrides}))
-    return path
-
-
-def canary_command(
-    gateways: list[TestGateway], policy: Path, state: Path, *extra: str
-) -> list[str]:
-    command = [str(BIN / "distill-canary"), "run", "--policy", str(policy), "--state", str(state)]
-    for gateway in gateways:
-        command += ["--gateway", gateway.url]
-    return command + list(extra)
-
-
-def canary_env() -> dict[str, str]:
-    return {**os.environ, "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
-
-
-def run_canary(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=canary_env()
-    )
-
-
-def operator(verb: str, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "distill-canary"), verb, "--state", str(state), *extra],
-        capture_output=True, text=True, timeout=30, env=canary_env(),
-    )  # fmt: skip
-
-
-def share_of(gateway: TestGateway) -> float:
-    return float(httpx.get(f"{gateway.url}/admin/traffic").json()["student_share"])
-
-
-def saved(state: Path) -> Any:
-    return StateStore.open_existing(state).load()
 
 
 def test_a_good_student_is_promoted(start_gateway: StartGateway, tmp_path: Path) -> None:
@@ -443,3 +366,59 @@ def test_a_bad_policy_file_stops_the_cli_with_the_key_named(
     )  # fmt: skip
     assert result.returncode == 2
     assert named in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_gateway_restarted_mid_step_is_set_again(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """A restarted replica comes back at its config's share (0): the controller sees the drift,
+    sets the step's share again and restarts the step's analysis."""
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
+    with subprocess.Popen(
+        canary_command([gateway], policy, state), stdout=subprocess.DEVNULL, env=canary_env()
+    ) as controller:
+        try:
+            wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+            gateway.stop()
+            gateway.start()  # same port, share 0 from its config
+            wait_until(lambda: share_of(gateway) == 0.05, 30, "the share set again")
+            drift = next(r for r in saved(state).history if r.action == "drift")
+            assert f"{gateway.url} reports share 0 (generation 0)" in drift.reason
+        finally:
+            controller.send_signal(signal.SIGTERM)
+            controller.wait(timeout=30)
+
+
+def test_a_dark_launch_step_judges_shadow_traffic_only(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """The production policy starts at 0 %: the student serves no one, the gates that shadow
+    traffic can answer decide, and the others are skipped rather than starved."""
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    with traffic(gateway):
+        result = run_canary(canary_command([gateway], write_policy(tmp_path, steps=[0, 25, 100]),
+                                           state))  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rollout = saved(state)
+    assert [r.share for r in rollout.history if r.action == "set"] == [0.0, 0.25, 1.0]
+    dark = next(r for r in rollout.history if r.step_index == 0 and r.action == "advance")
+    verdicts = {gate["gate"]: gate["verdict"] for gate in dark.gates}
+    assert verdicts["max_error_rate"] == verdicts["max_accuracy_drop"] == "skipped"
+    assert verdicts["min_agreement"] == verdicts["max_kl"] == "pass"
+
+
+def test_a_step_that_stays_inconclusive_is_rolled_back(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateway = start_gateway(gateway_config())
+    state = tmp_path / "rollout.db"
+    policy = write_policy(tmp_path, min_requests=1_000_000, bake_seconds=1, max_step_seconds=3)
+    with traffic(gateway):
+        result = run_canary(canary_command([gateway], policy, state))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert share_of(gateway) == 0.0
+    reason = saved(state).rollback_reason or ""
+    assert reason.startswith("still inconclusive after") and "max_step_seconds 3" in reason

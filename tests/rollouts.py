@@ -1,0 +1,103 @@
+"""Rollouts driven as a user would: a real gateway's config, a real traffic generator and the
+real `distill-canary` CLI in subprocesses. Shared by the rollout, observability, resilience and
+stack tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from controller.state import StateStore
+from controller.traffic import TrafficGenerator
+from models import STUDENT_PATH, TEACHER_PATH
+from tests.servers import ADMIN_TOKEN, BIN, TestGateway
+
+FAST_POLICY: dict[str, Any] = {
+    "steps": [5, 25, 100],
+    "bake_seconds": 2,
+    "interval_seconds": 0.5,
+    "min_requests": 60,
+    "failure_limit": 2,
+    "max_step_seconds": 90,
+    "gates": {
+        "min_agreement": 0.9,
+        "max_error_rate": 0.05,
+        "max_accuracy_drop": 0.1,
+        "max_kl": 1.0,
+        "max_p99_ms": 250,
+    },
+}
+
+
+def gateway_config(student: Path = STUDENT_PATH) -> dict[str, Any]:
+    return {
+        "shadow": {"sample_rate": 0.25},
+        "teacher": {"path": str(TEACHER_PATH), "cost_per_hour": 3.0},
+        "student": {"path": str(student), "cost_per_hour": 0.5},
+    }
+
+
+@contextmanager
+def traffic(*gateways: TestGateway) -> Iterator[None]:
+    """Replays the test split with feedback against each gateway until the block ends."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=TrafficGenerator(g.url).run, kwargs={"stop": stop, "workers": 2})
+        for g in gateways
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def write_policy(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump({**FAST_POLICY, **overrides}))
+    return path
+
+
+def canary_command(
+    gateways: list[TestGateway], policy: Path, state: Path, *extra: str
+) -> list[str]:
+    command = [str(BIN / "distill-canary"), "run", "--policy", str(policy), "--state", str(state)]
+    for gateway in gateways:
+        command += ["--gateway", gateway.url]
+    return command + list(extra)
+
+
+def canary_env() -> dict[str, str]:
+    return {**os.environ, "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+
+
+def run_canary(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=canary_env()
+    )
+
+
+def operator(verb: str, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "distill-canary"), verb, "--state", str(state), *extra],
+        capture_output=True, text=True, timeout=30, env=canary_env(),
+    )  # fmt: skip
+
+
+def share_of(gateway: TestGateway) -> float:
+    return float(httpx.get(f"{gateway.url}/admin/traffic").json()["student_share"])
+
+
+def saved(state: Path) -> Any:
+    return StateStore.open_existing(state).load()
