@@ -15,8 +15,10 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
+from controller.promtext import parse, select
 from controller.traffic import TrafficGenerator
 from gateway.launcher import BIN, GatewayProcess, PrometheusProcess
 
@@ -69,6 +71,8 @@ def stack(
                   f"{DASHBOARD}", flush=True)  # fmt: skip
             code = controller.wait()
             print(f"rollout finished with exit code {code}", flush=True)
+            print(f"prometheus answered {_queries_answered(prometheus)} PromQL queries "
+                  "(the controller's analyses read it)", flush=True)  # fmt: skip
             if exit_after_rollout:
                 raise typer.Exit(code)
             print("still serving; Ctrl-C stops everything", flush=True)
@@ -81,6 +85,13 @@ def stack(
             if prometheus is not None:
                 prometheus.stop()
             gateway.stop()
+
+
+def _queries_answered(prometheus: PrometheusProcess) -> int:
+    """From Prometheus's own metrics: how many instant queries it answered."""
+    text = httpx.get(f"{prometheus.url}/metrics", timeout=5).text
+    snapshot = parse(text, keep=("prometheus_http_requests_total",))
+    return int(select(snapshot, "prometheus_http_requests_total", handler="/api/v1/query"))
 
 
 def main() -> None:

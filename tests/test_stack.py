@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -20,4 +21,8 @@ def test_the_local_stack_promotes_the_student_through_prometheus(tmp_path: Path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"prometheus  http://127.0.0.1:{ports[1]}" in result.stdout
     assert "rollout Promoted" in result.stdout
+    # It really read Prometheus: 11 counter queries per analysis, and a promotion needs at least
+    # one analysis at each of the three steps.
+    answered = re.search(r"prometheus answered (\d+) PromQL queries", result.stdout)
+    assert answered is not None and int(answered.group(1)) >= 3 * 11, result.stdout[-2000:]
     assert "distill-gateway.json" in result.stdout
