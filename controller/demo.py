@@ -113,7 +113,9 @@ def gateway_config(student: Path) -> dict[str, object]:
     }
 
 
-def canary_scenario(name: str, student: Path, work_dir: Path, token: str) -> RolloutOutcome:
+def canary_scenario(
+    name: str, student: Path, work_dir: Path, token: str, policy: Path = DEMO_POLICY
+) -> RolloutOutcome:
     console.rule(f"[bold]Part 2: {name}")
     gateway = GatewayProcess(work_dir, gateway_config(student), admin_token=token).start()
     stop = threading.Event()
@@ -123,7 +125,7 @@ def canary_scenario(name: str, student: Path, work_dir: Path, token: str) -> Rol
     traffic.start()
     command = [
         str(BIN / "distill-canary"), "run", "--gateway", gateway.url,
-        "--policy", str(DEMO_POLICY), "--state", str(work_dir / f"{student.stem}.db"),
+        "--policy", str(policy), "--state", str(work_dir / f"{student.stem}.db"),
     ]  # fmt: skip
     console.print("$ distill-canary " + " ".join(command[1:]), highlight=False)
     started = time.monotonic()
@@ -160,7 +162,8 @@ def summary(outcomes: list[RolloutOutcome]) -> None:
     console.print(table)
 
 
-def main() -> None:
+def run_demo(policy: Path = DEMO_POLICY) -> list[RolloutOutcome]:
+    """Part 1, then the two rollouts of part 2, then the summary table."""
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
         work_dir = Path(tmp)
@@ -173,10 +176,17 @@ def main() -> None:
         finally:
             gateway.stop()
         outcomes = [
-            canary_scenario("a good student is promoted", STUDENT_PATH, work_dir, token),
-            canary_scenario("a bad student is rolled back", BAD_STUDENT_PATH, work_dir, token),
+            canary_scenario("a good student is promoted", STUDENT_PATH, work_dir, token, policy),
+            canary_scenario(
+                "a bad student is rolled back", BAD_STUDENT_PATH, work_dir, token, policy
+            ),
         ]
     summary(outcomes)
+    return outcomes
+
+
+def main() -> None:
+    outcomes = run_demo()
     expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]
     if [outcome.exit_code for outcome in outcomes] != expected:
         console.print("[red]the demo did not end as expected")

@@ -1,0 +1,29 @@
+"""`make demo`'s own code path, with a faster policy: part 1's table, then the good student
+promoted and the bad one rolled back, as the summary table says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.demo import run_demo
+from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
+from tests.rollouts import write_policy
+
+
+def test_the_demo_promotes_the_good_student_and_rolls_back_the_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcomes = run_demo(write_policy(tmp_path))
+    printed = capsys.readouterr().out
+    assert [(o.student, o.exit_code) for o in outcomes] == [
+        ("student.onnx", EXIT_PROMOTED), ("student_bad.onnx", EXIT_ROLLED_BACK)]  # fmt: skip
+    assert [o.final_share for o in outcomes] == [1.0, 0.0]
+    assert outcomes[0].last_line.startswith("rollout Promoted")
+    assert (
+        outcomes[1].last_line.startswith("rollout RolledBack")
+        and "min_agreement" in outcomes[1].last_line
+    )
+    assert "Part 1: the split, at fixed student shares" in printed
+    assert "the two rollouts" in printed  # the summary table
