@@ -36,26 +36,35 @@ def student_direct() -> Callable[[np.ndarray], np.ndarray]:
     return _direct(STUDENT_PATH)
 
 
-@pytest.fixture(scope="session")
-def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
-    """Starts gateways that live until the end of the session."""
+def _gateway_starter(tmp: Path) -> tuple[StartGateway, list[TestGateway]]:
     started: list[TestGateway] = []
-    tmp = tmp_path_factory.mktemp("gateways")
 
     def start(config: dict[str, Any] | None = None, **kwargs: Any) -> TestGateway:
         gateway = TestGateway(tmp, config, **kwargs).start()
         started.append(gateway)
         return gateway
 
+    return start, started
+
+
+@pytest.fixture(scope="module")
+def start_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartGateway]:
+    """Starts gateways that live until the end of the module that started them: a 2-core
+    machine should not carry every earlier module's idle gateways (some polling Tritons)."""
+    start, started = _gateway_starter(tmp_path_factory.mktemp("gateways"))
     yield start
     for gateway in started:
         gateway.stop()
 
 
 @pytest.fixture(scope="session")
-def gateway(start_gateway: StartGateway) -> TestGateway:
-    """The default gateway (shipped pair, share 0); tests that change it restore it."""
-    return start_gateway({"shadow": {"sample_rate": 0.0}})
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestGateway]:
+    """The default gateway (shipped pair, share 0), shared by the whole session; tests that
+    change it restore it."""
+    start, started = _gateway_starter(tmp_path_factory.mktemp("default-gateway"))
+    yield start({"shadow": {"sample_rate": 0.0}})
+    for each in started:
+        each.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from controller.promtext import Snapshot, increase, parse, select
 from controller.state import StateStore
 from controller.traffic import TrafficGenerator, TrafficReport
 from gateway.metrics import LATENCY_BUCKETS
@@ -47,6 +48,7 @@ class Observed:
     state: Path
     measured: TrafficReport  # client-side latencies at share 0.5
     measured_window: tuple[float, float]  # scrape times just before and just after
+    measured_counters: Snapshot  # the gateway's own counters' increase over that traffic
 
 
 def _fast_rules(tmp: Path) -> list[Path]:
@@ -110,16 +112,18 @@ def observed(
         quiet = time.time()
         wait_until(lambda: _last_scrape(prometheus) > quiet, 30, "a scrape of the quiet gateway")
         window_start = _last_scrape(prometheus)
+        before = parse(gateway.metrics_text())  # quiet: nothing moves until the traffic below
         gc.disable()  # no collector pauses in the client's own numbers
         try:
             measured = TrafficGenerator(gateway.url).run(requests=1500, workers=1)
         finally:
             gc.enable()
         done = time.time()
+        after = parse(gateway.metrics_text())
         wait_until(lambda: _last_scrape(prometheus) > done, 30, "a scrape after the traffic")
         window_end = _last_scrape(prometheus)
         yield Observed(gateway, prometheus, started, time.time(), promoted_state, measured,
-                       (window_start, window_end))  # fmt: skip
+                       (window_start, window_end), increase(after, before))  # fmt: skip
     finally:  # stopped also when the fixture fails half-way
         if prometheus is not None:
             prometheus.stop()
@@ -210,6 +214,78 @@ def test_gateway_p99_agrees_with_what_the_traffic_generator_measured(observed: O
             f"{backend}: gateway p99 {p99s[backend] * 1000:.2f} ms, client p99 "
             f"{client_p99 * 1000:.2f} ms, client overhead at the median {overhead * 1000:.2f} ms"
         )
+
+
+PRICES = {"teacher": 3.0, "student": 0.5}  # gateway_config()'s cost_per_hour
+
+
+def _expected_panel_values(counters: Snapshot) -> dict[tuple[str, int], dict[str, float]]:
+    """(panel title, target index) -> series label -> the value the measured traffic must show,
+    from the gateway's own counters (and, for cost, from the configured prices)."""
+
+    def delta(name: str, **labels: str) -> float:
+        return select(counters, name, model="digits", **labels)
+
+    backends = ("teacher", "student")
+    requests = {b: delta("gateway_requests_total", backend=b) for b in backends}
+    served = {b: delta("gateway_requests_total", backend=b, code="200") for b in backends}
+    live_seconds = {b: delta("gateway_backend_duration_seconds_sum", backend=b, path="live")
+                    for b in backends}  # fmt: skip
+    return {
+        ("Student share", 0): {"": 0.5},
+        ("Requests per second by backend", 0): dict(requests),  # times the window, below
+        ("Error rate by backend", 0): {b: 0.0 for b in backends},
+        ("Backend up (ready, circuit not open)", 0): {b: 1.0 for b in backends},
+        ("Shadow agreement (top-1, student vs teacher)", 0): {"": delta(
+            "gateway_shadow_agreements_total") / delta("gateway_shadow_comparisons_total")},
+        ("Mean KL divergence (teacher || student)", 0): {"": delta(
+            "gateway_shadow_kl_divergence_sum") / delta("gateway_shadow_kl_divergence_count")},
+        ("Accuracy by backend (ground-truth feedback)", 0): {
+            b: delta("gateway_feedback_correct_total", backend=b)
+            / delta("gateway_feedback_total", backend=b) for b in backends},
+        ("Cost per 1,000 requests by backend", 0): {
+            b: 1000 * live_seconds[b] * PRICES[b] / 3600 / served[b] for b in backends},
+        ("Shadow comparisons dropped per second", 0): {"": 0.0},
+    }  # fmt: skip
+
+
+# Rates over a window are extrapolated to its edges (counts: 10 %); ratios of two rates over
+# the same window mostly cancel that (3 %); means of measured values also depend on which
+# requests sit at the edges (KL, cost: 8 %).
+TOLERANCE = {"Requests per second by backend": 0.10, "Mean KL divergence (teacher || student)":
+             0.08, "Cost per 1,000 requests by backend": 0.08}  # fmt: skip
+
+
+CHECKED_PANELS = [
+    ("Student share", 0), ("Requests per second by backend", 0), ("Error rate by backend", 0),
+    ("Backend up (ready, circuit not open)", 0),
+    ("Shadow agreement (top-1, student vs teacher)", 0),
+    ("Mean KL divergence (teacher || student)", 0),
+    ("Accuracy by backend (ground-truth feedback)", 0),
+    ("Cost per 1,000 requests by backend", 0), ("Shadow comparisons dropped per second", 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("panel", [f"{title} #{index}" for title, index in CHECKED_PANELS])
+def test_each_gateway_panel_shows_what_the_traffic_did(observed: Observed, panel: str) -> None:
+    """At share 0.5, 1,500 requests with labels and 25 % shadow: each panel's value over that
+    window, against the gateway's own counters for the same traffic."""
+    title, index = panel.rsplit(" #", 1)
+    values = _expected_panel_values(observed.measured_counters)
+    assert set(values) == set(CHECKED_PANELS)
+    expected = values[(title, int(index))]
+    start, end = observed.measured_window
+    seconds = end - start + 0.5
+    expr = next(p for p in json.loads(DASHBOARD.read_text())["panels"]
+                if p["title"] == title)["targets"][int(index)]["expr"]  # fmt: skip
+    result = observed.prometheus.query(_concrete(expr, f"{round(seconds * 1000)}ms"), time=end)
+    shown = {s["metric"].get("backend", ""): float(s["value"][1]) for s in result}
+    if title == "Requests per second by backend":
+        shown = {backend: rate * seconds for backend, rate in shown.items()}
+    assert set(shown) == set(expected), (shown, expected)
+    for series, value in expected.items():
+        assert shown[series] == pytest.approx(value, rel=TOLERANCE.get(title, 0.03), abs=1e-9), (
+            series, shown[series], value)  # fmt: skip
 
 
 def _by_backend(result: list[dict[str, Any]]) -> dict[str, float]:
