@@ -24,6 +24,7 @@ from controller.state import StateStore
 from controller.traffic import TrafficGenerator, TrafficReport
 from gateway.metrics import LATENCY_BUCKETS
 from tests.rollouts import (
+    FAST_POLICY,
     canary_command,
     canary_env,
     gateway_config,
@@ -217,6 +218,7 @@ def test_gateway_p99_agrees_with_what_the_traffic_generator_measured(observed: O
 
 
 PRICES = {"teacher": 3.0, "student": 0.5}  # gateway_config()'s cost_per_hour
+FAST_POLICY_GATES: dict[str, float] = FAST_POLICY["gates"]
 
 
 def _expected_panel_values(counters: Snapshot) -> dict[tuple[str, int], dict[str, float]]:
@@ -286,6 +288,44 @@ def test_each_gateway_panel_shows_what_the_traffic_did(observed: Observed, panel
     for series, value in expected.items():
         assert shown[series] == pytest.approx(value, rel=TOLERANCE.get(title, 0.03), abs=1e-9), (
             series, shown[series], value)  # fmt: skip
+
+
+def _panel(title: str, index: int) -> str:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    expr: str = next(p for p in panels if p["title"] == title)["targets"][index]["expr"]
+    return _concrete(expr)
+
+
+def test_the_canary_panels_show_how_the_aborted_rollout_ended(observed: Observed) -> None:
+    """At the aborted controller's last scrape: rolled back at step 1, share 0, each gate's
+    verdict one of pass / inconclusive / fail with its value inside its own interval."""
+    prometheus = observed.prometheus
+    series = prometheus.query('canary_phase{phase="RolledBack"} == 1', start=observed.started,
+                              end=observed.ended, step=0.5)  # fmt: skip
+    assert series, "Prometheus never saw the rollback"
+    last = float(series[0]["values"][-1][0])
+
+    def at_end(title: str, index: int = 0) -> dict[str, float]:
+        result = prometheus.query(_panel(title, index), time=last)
+        return {"/".join(s["metric"].values()): float(s["value"][1]) for s in result}
+
+    assert at_end("Canary phase") == {"RolledBack": 1.0}
+    assert at_end("Canary step") == {"": 1.0}
+    assert at_end("Student share", 1) == {"": 0.0}
+    gates = set(FAST_POLICY_GATES)
+    verdicts = at_end("Canary gate verdicts: 1 pass, 0 inconclusive, -1 fail")
+    assert set(verdicts) == gates and set(verdicts.values()) <= {-1.0, 0.0, 1.0}
+    values = at_end("Canary gates: value, interval and threshold", 0)
+    lows = at_end("Canary gates: value, interval and threshold", 1)
+    highs = at_end("Canary gates: value, interval and threshold", 2)
+    thresholds = at_end("Canary gates: value, interval and threshold", 3)
+    assert thresholds == {gate: float(limit) for gate, limit in FAST_POLICY_GATES.items()}
+    for gate, value in values.items():
+        if not math.isnan(value):
+            assert lows[gate] <= value <= highs[gate], gate
+    assert at_end("Canary step: bake elapsed, failures in a row, share drifts", 2) == {"": 0.0}
+    (age,) = at_end("Seconds since the controller's last heartbeat").values()
+    assert 0 <= age <= 10  # it ticked until shortly before its last scrape (3 s linger)
 
 
 def _by_backend(result: list[dict[str, Any]]) -> dict[str, float]:
