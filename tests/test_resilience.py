@@ -4,7 +4,6 @@ Triton server that is killed, restarted, slowed down."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -148,12 +147,14 @@ def test_a_slow_student_falls_back_within_the_deadline(
             "student": student_on(server, "student_slow", timeout_ms=100), "resilience": RESILIENCE,
         })  # fmt: skip
         with httpx.Client(base_url=gateway.url, timeout=10) as http:
-            started = time.perf_counter()
             response = http.post("/v2/models/digits/infer", json=BODY)
-            elapsed = time.perf_counter() - started
         assert response.status_code == 200
         assert response.headers["x-served-by"] == "teacher"
-        assert elapsed < 0.4  # it did not wait for the slow student
+        # It did not wait for the slow student (400 ms): by the gateway's own clock, the whole
+        # request (100 ms student timeout, then the teacher) took under 250 ms.
+        fast = gateway.metric("gateway_request_duration_seconds_bucket", backend="teacher",
+                              le="0.25")  # fmt: skip
+        assert fast == 1
         assert gateway.metric("gateway_fallbacks_total", reason="timeout") == 1
     finally:
         server.stop()
