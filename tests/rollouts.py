@@ -5,6 +5,7 @@ stack tests."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import yaml
 from controller.state import StateStore
 from controller.traffic import TrafficGenerator
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import ADMIN_TOKEN, BIN, TestGateway
+from tests.servers import ADMIN_TOKEN, BIN, TestGateway, wait_until
 
 FAST_POLICY: dict[str, Any] = {
     "steps": [5, 25, 100],
@@ -101,3 +102,22 @@ def share_of(gateway: TestGateway) -> float:
 
 def saved(state: Path) -> Any:
     return StateStore.open_existing(state).load()
+
+
+@contextmanager
+def controller_at_first_step(
+    gateway: TestGateway, work: Path, **policy: Any
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A `distill-canary run` that has confirmed its first step (5 %) on ``gateway``; stopped
+    with SIGTERM at the end if it still runs. Yields the process and its state file."""
+    state = work / "rollout.db"
+    settings = {"bake_seconds": 300, "max_step_seconds": 600, **policy}
+    command = canary_command([gateway], write_policy(work, **settings), state)
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env()) as controller:
+        try:
+            wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+            yield controller, state
+        finally:
+            if controller.poll() is None:
+                controller.send_signal(signal.SIGTERM)
+                controller.wait(timeout=30)

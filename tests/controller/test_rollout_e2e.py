@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from models import MODELS_DIR
 from tests.rollouts import (
     canary_command,
     canary_env,
+    controller_at_first_step,
     gateway_config,
     operator,
     run_canary,
@@ -252,14 +254,9 @@ def test_abort_now_rolls_back_with_no_controller(
     start_gateway: StartGateway, tmp_path: Path
 ) -> None:
     gateway = start_gateway(gateway_config())
-    state = tmp_path / "rollout.db"
-    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
-    controller = subprocess.Popen(
-        canary_command([gateway], policy, state), stdout=subprocess.DEVNULL, env=canary_env()
-    )
-    wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
-    controller.send_signal(signal.SIGKILL)
-    controller.wait()
+    with controller_at_first_step(gateway, tmp_path) as (controller, state):
+        controller.send_signal(signal.SIGKILL)
+        controller.wait()
     plain = operator("abort", state)
     assert plain.returncode == 1 and "abort --now" in plain.stderr
     assert share_of(gateway) == 0.05  # nothing happened, and nothing says it did
@@ -338,12 +335,7 @@ def _answers(url: str) -> bool:
 
 def test_promote_full_goes_straight_to_100(start_gateway: StartGateway, tmp_path: Path) -> None:
     gateway = start_gateway(gateway_config())
-    state = tmp_path / "rollout.db"
-    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
-    with subprocess.Popen(
-        canary_command([gateway], policy, state), stdout=subprocess.DEVNULL, env=canary_env()
-    ) as controller:
-        wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
+    with controller_at_first_step(gateway, tmp_path) as (controller, state):
         assert operator("promote", state, "--full").returncode == 0
         assert controller.wait(timeout=30) == 0
     assert share_of(gateway) == 1.0
@@ -374,21 +366,16 @@ def test_a_gateway_restarted_mid_step_is_set_again(
     """A restarted replica comes back at its config's share (0): the controller sees the drift,
     sets the step's share again and restarts the step's analysis."""
     gateway = start_gateway(gateway_config())
-    state = tmp_path / "rollout.db"
-    policy = write_policy(tmp_path, bake_seconds=300, max_step_seconds=600)
-    with subprocess.Popen(
-        canary_command([gateway], policy, state), stdout=subprocess.DEVNULL, env=canary_env()
-    ) as controller:
-        try:
-            wait_until(lambda: share_of(gateway) == 0.05, 60, "the first step")
-            gateway.stop()
-            gateway.start()  # same port, share 0 from its config
-            wait_until(lambda: share_of(gateway) == 0.05, 30, "the share set again")
-            drift = next(r for r in saved(state).history if r.action == "drift")
-            assert f"{gateway.url} reports share 0 (generation 0)" in drift.reason
-        finally:
-            controller.send_signal(signal.SIGTERM)
-            controller.wait(timeout=30)
+    with controller_at_first_step(gateway, tmp_path) as (_, state):
+        gateway.stop()
+        gateway.start()  # same port, share 0 from its config
+        restarted = time.time()
+        # The gateway takes the share inside the tick; the tick's record is saved at its end.
+        wait_until(lambda: any(r.action == "set" and r.at > restarted for r in
+                               saved(state).history), 30, "the share set again")  # fmt: skip
+        assert share_of(gateway) == 0.05
+        drift = next(r for r in saved(state).history if r.action == "drift")
+        assert f"{gateway.url} reports share 0 (generation 0)" in drift.reason
 
 
 def test_a_dark_launch_step_judges_shadow_traffic_only(
