@@ -53,8 +53,7 @@ def describe_no_controller(store: StateStore, now: float) -> str:
 
 def command_seconds(rollout: RolloutState) -> float:
     """Two analysis intervals of the rollout's policy, at least 5 s."""
-    interval = float(rollout.policy.get("interval_seconds", DEFAULT_COMMAND_SECONDS / 2))
-    return max(DEFAULT_COMMAND_SECONDS, 2 * interval)
+    return max(DEFAULT_COMMAND_SECONDS, 2 * float(rollout.policy.get("interval_seconds", 0.0)))
 
 
 def send_and_wait(

@@ -232,8 +232,8 @@ class CanaryController:
 
     def _first_step(self, start: Start) -> tuple[int, str]:
         """The step a new rollout begins at; refuses to drop a fleet that serves the student."""
-        serving = {url: t.student_share for url, t in self.fleet.read_reachable().items()
-                   if t.student_share > 0}  # fmt: skip
+        reachable = self.fleet.read_reachable()
+        serving = {url: t.student_share for url, t in reachable.items() if t.student_share > 0}
         if not serving:
             return 0, ""
         shares = ", ".join(f"{url} at {share:.0%}" for url, share in serving.items())
@@ -241,7 +241,6 @@ class CanaryController:
             return 0, f" from the first step (--reset; gateways served: {shares})"
         if start is Start.FROM_CURRENT:
             current = set(serving.values())
-            reachable = self.fleet.read_reachable()
             if len(current) > 1 or len(serving) < len(reachable):
                 raise StartRefused(f"gateways disagree on the share ({shares}); use --reset")
             share = current.pop()
