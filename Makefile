@@ -12,12 +12,22 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
 .PHONY: demo test lint models bench stack venv triton-env system-tools clean locks images
 
+DEMO_STAMP := $(VENV)/.demo-stamp
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
 venv: $(STAMP)
 
-# Rebuilt only when pyproject.toml changes; torch==2.13.0 comes from this machine's wheel cache.
-$(STAMP): pyproject.toml
+# What the demo runs and nothing more: serving plus the controller (no torch, no plotting, no
+# linters), so a newcomer's `make demo` installs the least. Rebuilt when pyproject.toml changes.
+$(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[controller,report,train,test]'
+	$(PIP) -e '.[controller]'
+	touch $(DEMO_STAMP)
+
+# Everything else: the report's charts, training (torch==2.13.0 comes from this machine's wheel
+# cache) and the developer tools.
+$(STAMP): $(DEMO_STAMP)
+	$(PIP) -e '.[controller,report,train,dev]'
 	touch $(STAMP)
 
 triton-env: $(TRITON_STAMP)
@@ -38,7 +48,7 @@ system-tools:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
 			prometheus chromium podman debootstrap; }
 
-demo: venv
+demo: $(DEMO_STAMP)
 	$(BIN)/distill-demo
 
 lint: venv

@@ -24,7 +24,7 @@ from controller.actuator import GatewayFleet
 from controller.exporter import ControllerMetrics
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
-from controller.reporter import make_reporter
+from controller.progress import make_reporter
 from controller.rollout import EXIT_REFUSED, CanaryController, Launch, OnSigterm, Start
 from controller.sources import create_source
 from controller.state import Command, Phase, RolloutState, StateError, StateStore

@@ -21,7 +21,7 @@ from controller.actuator import GatewayFleet, GatewaysUnreachable
 from controller.decisions import Action, Judgement, apply_command, judge
 from controller.exporter import ControllerMetrics
 from controller.policy import Policy
-from controller.reporter import Reporter
+from controller.progress import Reporter
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
 from controller.state import (
     DecisionRecord,

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import yaml
 
+from controller.local.traffic import TrafficGenerator
 from controller.state import StateStore
-from controller.traffic import TrafficGenerator
 from models import STUDENT_PATH, TEACHER_PATH
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, wait_until
 

@@ -7,7 +7,7 @@ from typing import Any, Self
 
 import httpx
 
-from gateway.launcher import (
+from controller.local.processes import (
     BIN,
     GatewayProcess,
     ManagedProcess,

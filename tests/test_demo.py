@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.demo import run_demo
+from controller.local.demo import run_demo
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
 from tests.rollouts import write_policy
 
@@ -27,3 +27,12 @@ def test_the_demo_promotes_the_good_student_and_rolls_back_the_bad_one(
     )
     assert "Part 1: the split, at fixed student shares" in printed
     assert "the two rollouts" in printed  # the summary table
+
+
+def test_the_demo_and_the_stack_find_their_shipped_policy() -> None:
+    """`make demo` and `make stack` run the shipped demo policy, found from the installed code."""
+    from controller.local import demo, stack
+    from controller.policy import load_policy
+
+    for path in (demo.DEMO_POLICY, stack.POLICY):
+        assert load_policy(path).steps[-1] == 100

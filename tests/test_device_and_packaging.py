@@ -23,7 +23,7 @@ def test_serving_needs_neither_the_training_nor_the_plotting_stack() -> None:
         "for name in ('torch', 'matplotlib', 'sklearn', 'onnx'):\n"
         "    sys.modules[name] = None  # any import of them now fails\n"
         "import gateway.cli, gateway.app, gateway.backends.onnx, gateway.backends.triton\n"
-        "import controller.cli, controller.rollout, controller.traffic\n"
+        "import controller.cli, controller.rollout, controller.local.traffic\n"
         "from gateway.config import load_settings\n"
         "load_settings(None)\n"
         "print('ok')\n"

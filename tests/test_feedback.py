@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from controller.traffic import TrafficGenerator
+from controller.local.traffic import TrafficGenerator
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.feedback import FeedbackStore
 from models.data import Split

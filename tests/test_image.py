@@ -71,7 +71,9 @@ def test_the_image_holds_serving_code_only_and_runs_as_a_user(image: Path) -> No
     assert not installed & {"torch", "matplotlib", "sklearn", "onnx", "pytest", "onnxruntime_gpu"}
     assert sorted(p.name for p in (image / "app/models").iterdir()) == [
         "student.onnx", "teacher.onnx"]  # fmt: skip
-    assert not (image / "opt/venv/lib/python3.11/site-packages/models/student_bad.onnx").exists()
+    assert not (site / "models/student_bad.onnx").exists()
+    assert (site / "controller/rollout.py").exists()
+    assert not (site / "controller/local").exists(), "local tooling stays out of the image"
 
 
 def test_the_images_gateway_serves_both_models(

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
+from controller.local.traffic import TrafficGenerator, TrafficReport
 from controller.promtext import Snapshot, increase, parse, select
 from controller.state import StateStore
-from controller.traffic import TrafficGenerator, TrafficReport
 from gateway.metrics import LATENCY_BUCKETS
 from tests.rollouts import (
     FAST_POLICY,

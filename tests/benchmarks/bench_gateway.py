@@ -25,7 +25,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from gateway.launcher import GatewayProcess
+from controller.local.processes import GatewayProcess
 from models import STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
 from models.data import load_test_split
 

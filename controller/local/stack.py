@@ -18,14 +18,14 @@ from typing import Annotated
 import httpx
 import typer
 
+from controller.local.processes import BIN, GatewayProcess, PrometheusProcess
+from controller.local.traffic import TrafficGenerator
 from controller.promtext import parse, select
-from controller.traffic import TrafficGenerator
-from gateway.launcher import BIN, GatewayProcess, PrometheusProcess
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
 DASHBOARD = ROOT / "grafana" / "dashboards" / "distill-gateway.json"
-POLICY = Path(__file__).parent / "policies" / "demo.yaml"
+POLICY = Path(__file__).parents[1] / "policies" / "demo.yaml"
 
 
 def stack(

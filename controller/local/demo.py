@@ -23,13 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import promtext
+from controller.local.processes import BIN, GatewayProcess
+from controller.local.traffic import TrafficGenerator
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
-from controller.traffic import TrafficGenerator
-from gateway.launcher import BIN, GatewayProcess
 from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH
 
 BAD_STUDENT_PATH = MODELS_DIR / "student_bad.onnx"
-DEMO_POLICY = Path(__file__).parent / "policies" / "demo.yaml"
+DEMO_POLICY = Path(__file__).parents[1] / "policies" / "demo.yaml"
 
 # Wide enough for the tables when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 120)
