@@ -5,19 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 
+from gateway.protocol import TrafficState
 
-class GatewaysUnreachable(Exception):
+
+class FleetNotConfirmed(Exception):
     """Some gateways did not take or confirm the share; the message names them and why."""
 
 
-@dataclass(frozen=True)
-class Traffic:
-    student_share: float
-    generation: int
+class GatewaysUnreachable(FleetNotConfirmed):
+    """Some gateways did not answer, or answered with an error."""
+
+
+class GatewaysDisagree(FleetNotConfirmed):
+    """Every gateway answered, but some report another share (or an older generation)."""
 
 
 class GatewayFleet:
@@ -26,21 +29,21 @@ class GatewayFleet:
         self._token = admin_token
         self._client = client
 
-    def set_share(self, share: float) -> dict[str, Traffic]:
+    def set_share(self, share: float) -> dict[str, TrafficState]:
         """PUT the share on every gateway at once; raises if any gateway did not take it."""
         return self._on_all(lambda url: self._put(url, share))
 
-    def read(self) -> dict[str, Traffic]:
+    def read(self) -> dict[str, TrafficState]:
         return self._on_all(self._get)
 
-    def read_reachable(self) -> dict[str, Traffic]:
+    def read_reachable(self) -> dict[str, TrafficState]:
         """What every gateway that answers reports; the others are left out."""
         with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:
             outcomes = list(pool.map(lambda url: self._attempt(self._get, url), self.urls))
         return {url: traffic for url, (traffic, _) in zip(self.urls, outcomes, strict=True)
                 if traffic is not None}  # fmt: skip
 
-    def verify(self, share: float, after: dict[str, Traffic] | None = None) -> None:
+    def verify(self, share: float, after: dict[str, TrafficState] | None = None) -> None:
         """Every gateway reports ``share`` (and, when ``after`` is given, a generation at least
         as new as the one our PUT produced); raises naming each gateway that does not."""
         problems = []
@@ -50,9 +53,9 @@ class GatewayFleet:
             elif after is not None and traffic.generation < after[url].generation:
                 problems.append(f"{url} reports an older generation {traffic.generation}")
         if problems:
-            raise GatewaysUnreachable("; ".join(problems))
+            raise GatewaysDisagree("; ".join(problems))
 
-    def _on_all(self, call: Callable[[str], Traffic]) -> dict[str, Traffic]:
+    def _on_all(self, call: Callable[[str], TrafficState]) -> dict[str, TrafficState]:
         with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:
             outcomes = list(pool.map(lambda url: self._attempt(call, url), self.urls))
         failures = [f"{url}: {error}" for url, (_, error) in zip(self.urls, outcomes, strict=True)
@@ -63,7 +66,9 @@ class GatewayFleet:
                 if traffic is not None}  # fmt: skip
 
     @staticmethod
-    def _attempt(call: Callable[[str], Traffic], url: str) -> tuple[Traffic | None, str | None]:
+    def _attempt(
+        call: Callable[[str], TrafficState], url: str
+    ) -> tuple[TrafficState | None, str | None]:
         try:
             return call(url), None
         except httpx.HTTPStatusError as exc:
@@ -71,15 +76,15 @@ class GatewayFleet:
         except httpx.HTTPError as exc:
             return None, f"unreachable ({exc.__class__.__name__}: {exc})"
 
-    def _put(self, url: str, share: float) -> Traffic:
+    def _put(self, url: str, share: float) -> TrafficState:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         response = self._client.put(
             f"{url}/admin/traffic", json={"student_share": share}, headers=headers
         )
         response.raise_for_status()
-        return Traffic(**response.json())
+        return TrafficState.model_validate_json(response.content)
 
-    def _get(self, url: str) -> Traffic:
+    def _get(self, url: str) -> TrafficState:
         response = self._client.get(f"{url}/admin/traffic")
         response.raise_for_status()
-        return Traffic(**response.json())
+        return TrafficState.model_validate_json(response.content)

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from controller.actuator import GatewayFleet, GatewaysUnreachable
+from controller.actuator import FleetNotConfirmed, GatewayFleet
 from controller.state import (
     Command,
     CommandOutcome,
@@ -98,7 +98,7 @@ def abort_now(
             fleet.set_share(0.0)
             fleet.verify(0.0)
             outcome, confirmed = "share 0 on every gateway", True
-        except GatewaysUnreachable as exc:
+        except FleetNotConfirmed as exc:
             outcome, confirmed = f"share 0 not confirmed everywhere: {exc}", False
         now = clock()
         rollout.phase = Phase.ROLLED_BACK

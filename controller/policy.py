@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
 # Gates that need live student traffic, so a dark-launch step (share 0) cannot judge them.
 LIVE_ONLY_GATES = frozenset({"max_error_rate", "max_accuracy_drop", "max_cost_per_1k"})
@@ -17,11 +18,7 @@ class PolicyError(Exception):
     """The policy file is invalid; the message names the offending key."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Gates(_Strict):
+class Gates(StrictModel):
     """Each gate is optional; a missing gate is not checked. At least one must be set."""
 
     max_p99_ms: float | None = Field(default=None, gt=0)
@@ -44,7 +41,7 @@ class Gates(_Strict):
         return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
-class Policy(_Strict):
+class Policy(StrictModel):
     model: str = "digits"
     """The logical model on the gateways."""
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0])
@@ -112,20 +109,8 @@ class Policy(_Strict):
 
 
 def load_policy(path: Path) -> Policy:
-    try:
-        data: Any = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read policy: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: the top level must be a mapping of keys")
+    data = read_yaml_mapping(path, "policy", PolicyError)
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{key}: {message}")
-        raise PolicyError(f"{path}: invalid policy: " + "; ".join(problems)) from exc
+        raise PolicyError(f"{path}: invalid policy: {describe_errors(exc, limit=10)}") from exc

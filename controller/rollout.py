@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from controller import analysis
-from controller.actuator import GatewayFleet, GatewaysUnreachable
+from controller.actuator import FleetNotConfirmed, GatewayFleet, GatewaysUnreachable
 from controller.decisions import Action, Judgement, apply_command, judge
 from controller.exporter import ControllerMetrics
 from controller.policy import Policy
@@ -294,7 +294,7 @@ class CanaryController:
             generations = self.fleet.set_share(share)
             self.fleet.verify(share, after=generations)
             mark = self.source.mark()
-        except (GatewaysUnreachable, MetricsUnavailable) as exc:
+        except (FleetNotConfirmed, MetricsUnavailable) as exc:
             self._record("hold", f"waiting for every gateway to take share {share:.0%}: {exc}")
             return
         now = self.clock()
@@ -400,7 +400,7 @@ class CanaryController:
         try:
             self.fleet.set_share(0.0)
             outcome = "share 0 on every gateway"
-        except GatewaysUnreachable as exc:
+        except FleetNotConfirmed as exc:
             outcome = f"share 0 not yet confirmed everywhere ({exc}); retrying"
         self._record("rolled back", f"{reason}; {outcome}")
 
@@ -416,7 +416,7 @@ class CanaryController:
                 self.fleet.set_share(0.0)
                 self.fleet.verify(0.0)
                 return True
-            except GatewaysUnreachable as exc:
+            except FleetNotConfirmed as exc:
                 if self.clock() > deadline:
                     self._record("rollback unconfirmed", f"gave up confirming share 0: {exc}")
                     self.store.save(self.state, self.holder)

@@ -22,8 +22,9 @@ from gateway import __version__
 from gateway.codec import HEADER_LENGTH
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthorized, Unprocessable
 from gateway.http_body import read_body
-from gateway.protocol import Feedback, TrafficUpdate
+from gateway.protocol import Feedback, TrafficState, TrafficUpdate
 from gateway.service import GatewayService
+from gateway.validation import describe_body_errors, is_invalid_json
 
 JSON = "application/json"
 
@@ -222,7 +223,8 @@ def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> N
 
 
 def _traffic(service: GatewayService) -> dict[str, object]:
-    return {"student_share": service.split.student_share, "generation": service.split.generation}
+    split = service.split
+    return TrafficState(student_share=split.student_share, generation=split.generation).model_dump()
 
 
 def _authorize(request: Request, admin_token: SecretStr | None) -> None:
@@ -241,14 +243,9 @@ def _parse(model: type[_Body], body: bytes) -> _Body:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            raise BadRequest(f"request body is not valid JSON: {first['msg']}") from exc
-        problems = [
-            f"{'.'.join(str(p) for p in error['loc']) or '(body)'}: {error['msg']}"
-            for error in exc.errors()
-        ]
-        raise Unprocessable("; ".join(problems)) from exc
+        if is_invalid_json(exc):
+            raise BadRequest(describe_body_errors(exc)) from exc
+        raise Unprocessable(describe_body_errors(exc)) from exc
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gateway.errors import BadRequest
 from gateway.protocol import InferenceRequest, RequestInput
 from gateway.signature import NUMPY_TO_V2, Signature, TensorSpec
+from gateway.validation import describe_body_errors, is_invalid_json
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -42,7 +43,10 @@ def decode_request(
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as exc:
-        raise BadRequest(_describe_validation(exc)) from exc
+        message = describe_body_errors(exc)
+        if not is_invalid_json(exc):
+            message = "invalid inference request: " + message
+        raise BadRequest(message) from exc
 
     inputs = _decode_inputs(request.inputs, binary, signature, max_batch_size)
     batch_sizes = {array.shape[0] for array in inputs.values() if array.ndim > 0}
@@ -220,14 +224,3 @@ def _requested_outputs(
 
 def _v2_datatype(array: np.ndarray) -> str:
     return NUMPY_TO_V2[array.dtype]
-
-
-def _describe_validation(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    if first["type"] == "json_invalid":
-        return f"request body is not valid JSON: {first['msg']}"
-    problems = []
-    for error in exc.errors()[:5]:
-        key = ".".join(str(part) for part in error["loc"]) or "(body)"
-        problems.append(f"{key}: {error['msg']}")
-    return "invalid inference request: " + "; ".join(problems)

@@ -9,18 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, ValidationError
+from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 from models import STUDENT_PATH, TEACHER_PATH
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OnnxBackendConfig(_Strict):
+class OnnxBackendConfig(StrictModel):
     """A model served in process by ONNX Runtime."""
 
     kind: Literal["onnx"] = "onnx"
@@ -39,7 +35,7 @@ class OnnxBackendConfig(_Strict):
     """A call slower than this is abandoned and counts as a failure of this backend."""
 
 
-class TlsConfig(_Strict):
+class TlsConfig(StrictModel):
     """TLS for the channel to Triton; paths to PEM files."""
 
     enabled: bool = False
@@ -51,7 +47,7 @@ class TlsConfig(_Strict):
     """Client certificate chain, for mutual TLS."""
 
 
-class TritonBackendConfig(_Strict):
+class TritonBackendConfig(StrictModel):
     """A model served by a remote Triton Inference Server, reached with tritonclient."""
 
     kind: Literal["triton"]
@@ -85,7 +81,7 @@ BackendConfig = Annotated[
 ]
 
 
-class TrafficConfig(_Strict):
+class TrafficConfig(StrictModel):
     student_share: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of requests served by the student at start-up (changed at run time by the admin
     API)."""
@@ -94,7 +90,7 @@ class TrafficConfig(_Strict):
     None draws from the system's entropy."""
 
 
-class ListenerConfig(_Strict):
+class ListenerConfig(StrictModel):
     """A port of its own for the admin API or ``/metrics``, kept off the public Service."""
 
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -103,7 +99,7 @@ class ListenerConfig(_Strict):
     """The address to bind; default: the main ``--host``."""
 
 
-class ShadowConfig(_Strict):
+class ShadowConfig(StrictModel):
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     """Fraction of live requests also run on the other backend to compare the two."""
     queue_size: int = Field(default=256, ge=1)
@@ -113,14 +109,14 @@ class ShadowConfig(_Strict):
     """Background tasks draining the queue."""
 
 
-class FeedbackConfig(_Strict):
+class FeedbackConfig(StrictModel):
     ttl_seconds: float = Field(default=600.0, gt=0)
     """How long a prediction waits for its ground-truth label."""
     max_entries: int = Field(default=100_000, ge=1)
     """Predictions remembered at most; the oldest are forgotten first."""
 
 
-class ResilienceConfig(_Strict):
+class ResilienceConfig(StrictModel):
     """How the gateway rides out a failing backend (a circuit breaker per backend)."""
 
     failure_threshold: int = Field(default=5, ge=1)
@@ -190,7 +186,7 @@ class ConfigError(Exception):
 def load_settings(path: Path | None) -> GatewaySettings:
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_yaml(path)
+        data = read_yaml_mapping(path, "config", ConfigError)
         if "admin_token" in data:
             raise ConfigError(
                 f"{path}: admin_token: not allowed in a file; "
@@ -200,37 +196,19 @@ def load_settings(path: Path | None) -> GatewaySettings:
         settings = GatewaySettings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc
-    return _resolve_paths(settings, path.parent if path else Path.cwd())
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return loaded
+    return _resolve_paths(settings, path)
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:
     where = f"{path}: " if path else ""
-    problems = []
-    for error in exc.errors():
-        loc = list(error["loc"])
-        if len(loc) > 1 and loc[0] in ("teacher", "student") and loc[1] in BACKEND_KINDS:
-            del loc[1]  # pydantic puts the union's tag in the path; users never wrote it
-        key = ".".join(str(part) for part in loc) or "(top level)"
-        problems.append(f"{key}: {error['msg']}")
-    return where + "invalid config: " + "; ".join(problems)
+    # pydantic puts the backend union's tag in the path; users never wrote it
+    return where + "invalid config: " + describe_errors(exc, hidden=BACKEND_KINDS, limit=10)
 
 
-def _resolve_paths(settings: GatewaySettings, base: Path) -> GatewaySettings:
+def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySettings:
     """Relative model paths are relative to the config file; missing files fail here."""
+    base = config.parent if config else Path.cwd()
+    where = f"{config}: " if config else ""
     for role in ("teacher", "student"):
         backend = getattr(settings, role)
         if not isinstance(backend, OnnxBackendConfig):
@@ -238,5 +216,5 @@ def _resolve_paths(settings: GatewaySettings, base: Path) -> GatewaySettings:
         if not backend.path.is_absolute():
             backend.path = (base / backend.path).resolve()
         if not backend.path.is_file():
-            raise ConfigError(f"{role}.path: no such file: {backend.path}")
+            raise ConfigError(f"{where}{role}.path: no such file: {backend.path}")
     return settings

@@ -6,9 +6,12 @@ the model's signature.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+from gateway.validation import StrictModel
 
 
 class _V2(BaseModel):
@@ -48,19 +51,37 @@ class InferenceRequest(_V2):
     outputs: list[RequestOutput] | None = None
 
 
-class TrafficUpdate(BaseModel):
+class TrafficUpdate(StrictModel):
     """Body of ``PUT /admin/traffic``."""
 
-    model_config = ConfigDict(extra="forbid")
     student_share: float = Field(ge=0.0, le=1.0)
 
 
-class Feedback(BaseModel):
+class TrafficState(StrictModel):
+    """What ``GET`` and ``PUT /admin/traffic`` answer: the share and its generation, which every
+    change increments (the controller reads both back to confirm its own change)."""
+
+    student_share: float
+    generation: int
+
+
+def _label_or_labels(value: Any) -> Any:
+    """One message for both accepted forms, instead of pydantic's per-branch wording."""
+    is_class = isinstance(value, int) and not isinstance(value, bool)
+    if is_class or (isinstance(value, list) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value)):  # fmt: skip
+        return value
+    raise ValueError(
+        "must be an integer class for a batch of one, or a list of integer classes with one "
+        f"per row (label: [3, 7]); got {json.dumps(value)}"
+    )
+
+
+class Feedback(StrictModel):
     """Body of ``POST /v2/models/{model}/feedback``: the true label(s) of an earlier request.
 
     ``label`` is one class for a batch of one, or one class per row for a larger batch.
     """
 
-    model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1)
-    label: StrictInt | list[StrictInt]
+    label: Annotated[int | list[int], BeforeValidator(_label_or_labels)]

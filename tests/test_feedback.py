@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
@@ -48,7 +49,13 @@ def test_feedback_errors(gateway: TestGateway) -> None:
         assert post({"id": "never-seen", "label": 3}).status_code == 404
         bad_label = post({"id": "fb-errors-1", "label": 12})
         assert bad_label.status_code == 422 and "classes 0..9" in bad_label.json()["error"]
-        assert post({"id": "fb-errors-1", "label": "three"}).status_code == 422
+        for wrong in ("7", "three", [], [1, "2"], True):
+            answer = post({"id": "fb-errors-1", "label": wrong})
+            assert answer.status_code == 422
+            assert answer.json()["error"] == (
+                "label: must be an integer class for a batch of one, or a list of integer classes "
+                f"with one per row (label: [3, 7]); got {json.dumps(wrong)}"
+            )
         assert post({"label": 3}).status_code == 422
         first = post({"id": "fb-errors-1", "label": 3})
         assert first.status_code == 200 and first.json()["backend"] == "teacher"

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import CollectorRegistry
 
-from controller.actuator import GatewayFleet, Traffic
+from controller.actuator import GatewayFleet
 from controller.analysis import BackendWindow, WindowMetrics
 from controller.exporter import ControllerMetrics
 from controller.policy import Policy
@@ -20,27 +20,30 @@ from controller.promtext import Snapshot
 from controller.rollout import CanaryController
 from controller.sources import Mark, MetricsSource
 from controller.state import DecisionRecord, RolloutState, StateStore
+from gateway.protocol import TrafficState
 
 
 class FakeFleet(GatewayFleet):
     def __init__(self, urls: list[str]) -> None:
         super().__init__(urls, "token", httpx.Client())
-        self.traffic = {url: Traffic(0.0, 0) for url in urls}
+        self.traffic = {url: TrafficState(student_share=0.0, generation=0) for url in urls}
         self.down: set[str] = set()
         self.puts: list[tuple[str, float]] = []  # by the controller, in order
 
-    def _put(self, url: str, share: float) -> Traffic:
+    def _put(self, url: str, share: float) -> TrafficState:
         self.puts.append((url, share))
         return self.operator_put(url, share)
 
-    def operator_put(self, url: str, share: float) -> Traffic:
+    def operator_put(self, url: str, share: float) -> TrafficState:
         """A PUT /admin/traffic, as anyone with the token could send behind the controller."""
         if url in self.down:
             raise httpx.ConnectError("connection refused")
-        self.traffic[url] = Traffic(share, self.traffic[url].generation + 1)
+        self.traffic[url] = TrafficState(
+            student_share=share, generation=self.traffic[url].generation + 1
+        )
         return self.traffic[url]
 
-    def _get(self, url: str) -> Traffic:
+    def _get(self, url: str) -> TrafficState:
         if url in self.down:
             raise httpx.ConnectError("connection refused")
         return self.traffic[url]

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.actuator import Traffic
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.rollout import (
     EXIT_REFUSED,
@@ -21,6 +20,7 @@ from controller.rollout import (
     StartRefused,
 )
 from controller.state import Command, LeaseHeld, LeaseLost, Phase, StateStore
+from gateway.protocol import TrafficState
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 
 GATEWAYS = ["http://gw-1", "http://gw-2"]
@@ -145,7 +145,9 @@ def test_a_restarted_gateway_is_set_again_on_resume(
 ) -> None:
     started(store, fleet, clock)
     clock.now += 60
-    fleet.traffic["http://gw-1"] = Traffic(0.0, 0)  # restarted: back at its config's share
+    fleet.traffic["http://gw-1"] = TrafficState(
+        student_share=0.0, generation=0
+    )  # restarted: back at its config's share
     second, _, _ = make_controller(store, fleet, clock, SECOND)
     second.start(Launch(GATEWAYS))
     second.tick()

@@ -42,7 +42,7 @@ def test_defaults(tmp_path: Path) -> None:
         ("interval: 5\ngates: {max_kl: 1}\n", "interval: Extra inputs are not permitted"),
         ("steps: [0, 100]\ngates: {max_error_rate: 0.01}\n", "dark-launch"),
         ("[1, 2]\n", "top level must be a mapping"),
-        ("steps: [1,\n", "not valid YAML"),
+        ("steps: [1,\n", "not valid YAML at line 2, column 1"),
     ],
 )
 def test_bad_policies_name_the_key(tmp_path: Path, text: str, named: str) -> None:
@@ -51,6 +51,7 @@ def test_bad_policies_name_the_key(tmp_path: Path, text: str, named: str) -> Non
     with pytest.raises(PolicyError, match=None) as caught:
         load_policy(path)
     assert named in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: ") and "\n" not in str(caught.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
