@@ -177,16 +177,16 @@ def _kl(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
     return _at_most("max_kl", mean, low, high, threshold, step.kl_count)
 
 
-def _p99(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
+def _latency(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
          z: float) -> GateResult:  # fmt: skip
     latency = step.student.latency
     low, high = stats.quantile_interval(latency, policy.latency_quantile, z)
     value = histogram_quantile(policy.latency_quantile, latency) * 1000.0
-    return _at_most("max_p99_ms", value, low * 1000.0, high * 1000.0, threshold,
+    return _at_most("max_latency_ms", value, low * 1000.0, high * 1000.0, threshold,
                     stats.sample_count(latency))  # fmt: skip
 
 
-def _p99_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
+def _latency_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
                z: float) -> GateResult:  # fmt: skip
     q = policy.latency_quantile
     student, teacher = step.student.latency, step.teacher.latency
@@ -195,12 +195,12 @@ def _p99_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold:
     samples = min(stats.sample_count(student), stats.sample_count(teacher))
     teacher_value = histogram_quantile(q, teacher)
     if not teacher_value or math.isnan(teacher_value):
-        return _result("max_p99_ratio", Verdict.INCONCLUSIVE, threshold, samples,
+        return _result("max_latency_ratio", Verdict.INCONCLUSIVE, threshold, samples,
                        "no teacher latency")  # fmt: skip
     value = histogram_quantile(q, student) / teacher_value
     low = s_low / t_high if t_high > 0 and not math.isinf(t_high) else 0.0
     high = s_high / t_low if t_low > 0 else math.inf
-    return _at_most("max_p99_ratio", value, low, high, threshold, samples)
+    return _at_most("max_latency_ratio", value, low, high, threshold, samples)
 
 
 def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
@@ -213,8 +213,8 @@ def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
 
 
 _GATES = {
-    "max_p99_ms": _p99,
-    "max_p99_ratio": _p99_ratio,
+    "max_latency_ms": _latency,
+    "max_latency_ratio": _latency_ratio,
     "max_error_rate": _error_rate,
     "min_agreement": _agreement,
     "max_accuracy_drop": _accuracy_drop,

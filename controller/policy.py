@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -18,13 +18,27 @@ class PolicyError(Exception):
     """The policy file is invalid; the message names the offending key."""
 
 
+RENAMED_GATES = {"max_p99_ms": "max_latency_ms", "max_p99_ratio": "max_latency_ratio"}
+
+
 class Gates(StrictModel):
     """Each gate is optional; a missing gate is not checked. At least one must be set."""
 
-    max_p99_ms: float | None = Field(default=None, gt=0)
-    """Student p99 backend latency, in milliseconds."""
-    max_p99_ratio: float | None = Field(default=None, gt=0)
-    """Student p99 over teacher p99 (backend latency, live and shadow calls)."""
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    """Student backend latency at the policy's ``latency_quantile``, in milliseconds."""
+    max_latency_ratio: float | None = Field(default=None, gt=0)
+    """Student over teacher backend latency, both at ``latency_quantile`` (live and shadow
+    calls)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """The latency gates read ``latency_quantile``, not always the p99: say so, once."""
+        for old, new in RENAMED_GATES.items():
+            if isinstance(data, dict) and old in data:
+                raise ValueError(f"{old} is now {new} (it reads the policy's latency_quantile)")
+        return data
+
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     """Student 5xx answers (and fallbacks to the teacher) over student requests; a client's 4xx
     is not the student's failure."""
@@ -91,7 +105,7 @@ class Policy(StrictModel):
         if self.steps[0] == 0 and not configured.keys() - LIVE_ONLY_GATES:
             raise ValueError(
                 "gates: a dark-launch step (0) needs a gate it can judge from shadow traffic: "
-                "min_agreement, max_kl, max_p99_ms or max_p99_ratio"
+                "min_agreement, max_kl, max_latency_ms or max_latency_ratio"
             )
         return self
 

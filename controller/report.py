@@ -39,7 +39,7 @@ def render(state: RolloutState) -> str:
         for backend, colour in BACKEND_COLOURS.items():
             _plot(axes, t0, analyses, [backend, "p50_ms"], f"p50 {backend}", colour, ":")
             _plot(axes, t0, analyses, [backend, "p99_ms"], f"p99 {backend}", colour, "-")
-        _threshold(axes, gates.get("max_p99_ms"), "max_p99_ms")
+        _threshold(axes, gates.get("max_latency_ms"), "max_latency_ms")
 
     def agreement(axes: Any) -> None:
         _plot(axes, t0, analyses, ["agreement"], "agreement", "green", "-")

@@ -33,7 +33,7 @@ FAST_POLICY: dict[str, Any] = {
         "max_error_rate": 0.05,
         "max_accuracy_drop": 0.1,
         "max_kl": 1.0,
-        "max_p99_ms": 250,
+        "max_latency_ms": 250,
     },
 }
 

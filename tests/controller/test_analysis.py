@@ -8,7 +8,7 @@ from controller.analysis import BackendWindow, Verdict, WindowMetrics, assess
 from controller.policy import Gates, Policy
 
 ALL_GATES = Gates(
-    max_p99_ms=10, max_p99_ratio=2, max_error_rate=0.01, min_agreement=0.9,
+    max_latency_ms=10, max_latency_ratio=2, max_error_rate=0.01, min_agreement=0.9,
     max_accuracy_drop=0.02, max_kl=0.2, max_cost_per_1k=0.001,
 )  # fmt: skip
 POLICY = Policy(min_requests=100, gates=ALL_GATES)
@@ -67,8 +67,8 @@ def test_each_broken_gate_fails() -> None:
     assert verdicts(window(agreements=3000))["min_agreement"] is Verdict.FAIL
     assert verdicts(window(correct=4000))["max_accuracy_drop"] is Verdict.FAIL
     assert verdicts(window(kl=0.5))["max_kl"] is Verdict.FAIL
-    assert verdicts(window(student_latency=0.032))["max_p99_ms"] is Verdict.FAIL
-    assert verdicts(window(student_latency=0.032))["max_p99_ratio"] is Verdict.FAIL
+    assert verdicts(window(student_latency=0.032))["max_latency_ms"] is Verdict.FAIL
+    assert verdicts(window(student_latency=0.032))["max_latency_ratio"] is Verdict.FAIL
     assert verdicts(window(cost=0.002))["max_cost_per_1k"] is Verdict.FAIL
 
 
@@ -100,7 +100,7 @@ def test_a_dark_launch_judges_shadow_gates_and_skips_live_ones() -> None:
     result = verdicts(dark, dark=True)
     for gate in ("max_error_rate", "max_accuracy_drop", "max_cost_per_1k"):
         assert result[gate] is Verdict.SKIPPED
-    for gate in ("min_agreement", "max_kl", "max_p99_ms", "max_p99_ratio"):
+    for gate in ("min_agreement", "max_kl", "max_latency_ms", "max_latency_ratio"):
         assert result[gate] is Verdict.PASS
 
 

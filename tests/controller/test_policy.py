@@ -43,6 +43,7 @@ def test_defaults(tmp_path: Path) -> None:
         ("steps: [0, 100]\ngates: {max_error_rate: 0.01}\n", "dark-launch"),
         ("[1, 2]\n", "top level must be a mapping"),
         ("steps: [1,\n", "not valid YAML at line 2, column 1"),
+        ("gates: {max_p99_ms: 50}\n", "gates: max_p99_ms is now max_latency_ms"),
     ],
 )
 def test_bad_policies_name_the_key(tmp_path: Path, text: str, named: str) -> None:
