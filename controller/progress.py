@@ -3,7 +3,6 @@ terminal a live progress bar for the current step."""
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Protocol
@@ -11,27 +10,23 @@ from typing import Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from controller.gate_table import deciding
 from controller.policy import Policy
 from controller.state import DecisionRecord, RolloutState
 
+REASON_CHARACTERS = 110  # the whole reason is in `status` and the report
+
 
 def decision_line(record: DecisionRecord, step_count: int) -> str:
+    """One short line: when, where, the outcome and why, and the gates that decided it."""
     when = time.strftime("%H:%M:%S", time.localtime(record.at))
-    step = f"step {record.step_index + 1}/{step_count}"
-    line = f"{when} {step} share {record.share:.0%} {record.action}: {record.reason}"
-    measured = [gate for gate in record.gates if _has_estimate(gate)]
-    return " | ".join([line, *(_gate_text(gate) for gate in measured)])
-
-
-def _has_estimate(gate: dict[str, object]) -> bool:
-    value = gate["value"]
-    return isinstance(value, float) and not math.isnan(value)
-
-
-def _gate_text(gate: dict[str, object]) -> str:
-    value, low, high = gate["value"], gate["low"], gate["high"]
-    return (f"{gate['gate']}={value:.4g} [{low:.4g}, {high:.4g}] vs {gate['threshold']:.4g} "
-            f"{gate['verdict']}")  # fmt: skip
+    reason = record.reason
+    if len(reason) > REASON_CHARACTERS:
+        reason = reason[: REASON_CHARACTERS - 3] + "..."
+    line = (f"{when} step {record.step_index + 1}/{step_count} at {record.share:.0%} "
+            f"{record.action}: {reason}")  # fmt: skip
+    gates = deciding(record.gates)
+    return f"{line} [{gates}]" if gates else line
 
 
 class Reporter(Protocol):

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from controller import gate_table
 from controller.state import DecisionRecord, RolloutState
 
 ENDS_A_PAUSE = ("resume", "advance", "promote", "promote-full", "promoted", "rolled back")
@@ -177,6 +178,11 @@ def _page(state: RolloutState, charts: list[tuple[str, str]]) -> str:
         f"<td>{html.escape(r.reason)}</td></tr>"
         for r in state.history if r.action != "hold"
     )  # fmt: skip
+    gate_rows = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in gate_table.row(gate)) + "</tr>"
+        for gate in state.last_analysis
+    )
+    gate_header = "".join(f"<th>{name}</th>" for name in gate_table.HEADER)
     figures = "\n".join(
         f"<figure><figcaption><h3>{html.escape(title)}</h3></figcaption>"
         f'<img class="chart" alt="{html.escape(title)}" src="data:image/png;base64,{png}"></figure>'
@@ -199,6 +205,10 @@ bands are pauses; red hatching is time when no controller ran. Dash-dotted red l
 gates' thresholds; hollow circles are analyses made before the step had <code>min_requests</code>,
 so they are not estimates to read.</p>
 {figures}
+<h2>Gates at the last analysis</h2>
+<table id="gates"><tr>{gate_header}</tr>
+{gate_rows}
+</table>
 <h2>Policy</h2>
 <pre id="policy">{policy}</pre>
 <h2>Decisions</h2>

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from controller.gate_table import text_table
 from controller.state import DecisionRecord, Phase, RolloutState, StateStore
 
 
@@ -36,7 +37,7 @@ def render_status(
     lines += [f"  {line}" for line in _gateways(rollout, client)]
     if rollout.last_analysis:
         lines.append("last analysis:")
-        lines += [f"  {line}" for line in _gate_table(rollout.last_analysis)]
+        lines += [f"  {line}" for line in text_table(rollout.last_analysis)]
     if history:
         lines.append(f"decisions (latest {min(history, len(rollout.history))}):")
         width = shutil.get_terminal_size((160, 24)).columns - 2
@@ -107,16 +108,3 @@ def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
         lines.append(f"{url}: intended {intended}, actual {share:.0%} "
                      f"(generation {generation}) {mark}")  # fmt: skip
     return lines or ["(none recorded)"]
-
-
-def _gate_table(gates: list[dict[str, Any]]) -> list[str]:
-    rows = [("gate", "verdict", "value", "interval", "threshold", "samples", "why")]
-    for gate in gates:
-        rows.append((
-            str(gate["gate"]), str(gate["verdict"]), f"{gate['value']:.4g}",
-            f"[{gate['low']:.4g}, {gate['high']:.4g}]", f"{gate['threshold']:.4g}",
-            f"{gate['samples']:.0f}", str(gate["reason"]),
-        ))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-            for row in rows]  # fmt: skip

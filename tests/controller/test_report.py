@@ -19,6 +19,14 @@ def _analysis(at: float, agreement: float, requests: float) -> DecisionRecord:
                           {"agreement": agreement, "student": {"requests": requests}})  # fmt: skip
 
 
+LAST_ANALYSIS: list[dict[str, object]] = [
+    {"gate": "min_agreement", "verdict": "fail", "value": 0.55, "low": 0.5, "high": 0.6,
+     "threshold": 0.9, "samples": 300.0, "reason": "interval below"},
+    {"gate": "max_latency_ms", "verdict": "pass", "value": 3.2, "low": 2.9, "high": 3.6,
+     "threshold": 50.0, "samples": 300.0, "reason": "interval below"},
+]  # fmt: skip
+
+
 def rolled_back_rollout() -> RolloutState:
     history = [
         DecisionRecord(100.0, 0, 0.0, "started", "controller a started rollout 3"),
@@ -34,7 +42,7 @@ def rolled_back_rollout() -> RolloutState:
     return RolloutState(
         phase=Phase.ROLLED_BACK, steps=[5, 25, 100], started_at=100.0, history=history,
         rollback_reason="min_agreement failed 2 analyses in a row", rollout_id=3,
-        policy=POLICY, ended_at=151.0,
+        policy=POLICY, ended_at=151.0, last_analysis=LAST_ANALYSIS,
     )  # fmt: skip
 
 
@@ -54,6 +62,9 @@ def test_a_rolled_back_rollout_renders_with_its_policy_and_decisions(tmp_path: P
     for action in ("pause", "resumed", "resume", "rolled back"):
         assert f"<td>{action}</td>" in page
     assert page.count("data:image/png;base64,") == 5
+    # the last analysis, gate by gate, with units
+    assert "<td>max_latency_ms</td><td>pass</td><td>3.2 ms</td><td>[2.9 ms, 3.6 ms]</td>" in page
+    assert "<td>min_agreement</td><td>fail</td><td>0.55</td><td>[0.5, 0.6]</td><td>0.9</td>" in page
     out = tmp_path / "report.html"
     write_report(state, out)
     assert out.read_text() == page
