@@ -1,7 +1,10 @@
-"""`distill-gateway`: validate the config, load and warm both backends, then serve.
+"""`distill-gateway`: validate the config, take the ports, load and warm both backends, then
+serve.
 
-Everything that can fail (config, model files, signatures, device) fails before the port is bound,
-with one line that says what is wrong.
+Everything that can fail (config, a port in use, model files, signatures, device) fails before any
+request is answered, with one line that says what is wrong. Exit codes: 0 stopped by SIGTERM or
+SIGINT, 2 invalid config or a start-up failure (models, signatures, device), 3 a port cannot be
+bound (in use, or not allowed).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +32,8 @@ from gateway.service import GatewayService
 
 log = logging.getLogger("gateway")
 EXIT_BAD_CONFIG = 2
+EXIT_PORT_UNAVAILABLE = 3  # uvicorn's own code for a failed bind, kept
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # ours and uvicorn's lines alike
 
 
 def serve(
@@ -41,23 +47,47 @@ def serve(
 ) -> None:
     """Serve one logical model over the Open Inference Protocol, split between teacher and
     student."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         print(f"distill-gateway: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_CONFIG) from None
+    listeners = _listeners(settings, host, port)
+    try:  # before the models load: a port in use is found in a second, not after the warm-up
+        sockets = {address: _bind(address) for address in listeners}
+    except OSError as exc:
+        print(f"distill-gateway: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_PORT_UNAVAILABLE) from None
     try:
-        _run(_serve(settings, host, port, log_level, access_log))
+        _run(_serve(settings, listeners, sockets, (host, port), log_level, access_log))
     except GatewayError as exc:
         print(f"distill-gateway: start-up failed: {exc.message}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_CONFIG) from None
 
 
+def _bind(address: tuple[str, int]) -> socket.socket:
+    """A bound socket that does not listen yet: clients are refused, not queued, until the models
+    are ready and uvicorn starts listening on it."""
+    host, port = address
+    try:
+        family, kind, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
 async def _serve(
-    settings: GatewaySettings, host: str, port: int, log_level: str, access_log: bool
+    settings: GatewaySettings,
+    listeners: dict[tuple[str, int], frozenset[str]],
+    sockets: dict[tuple[str, int], socket.socket],
+    main: tuple[str, int],
+    log_level: str,
+    access_log: bool,
 ) -> None:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
@@ -66,17 +96,22 @@ async def _serve(
     service = await GatewayService.start(settings, metrics)
     if settings.admin_token is None:
         log.warning("DISTILL_GATEWAY_ADMIN_TOKEN is not set: the admin API answers 403")
-    listeners = _listeners(settings, host, port)
 
     def config(address: tuple[str, int]) -> uvicorn.Config:
         app = create_app(service, registry, settings.admin_token, listeners[address])
+        # log_config None: uvicorn's loggers go through ours (one format), at our level
         return uvicorn.Config(app, host=address[0], port=address[1], log_level=log_level,
-                              access_log=access_log, timeout_graceful_shutdown=10)  # fmt: skip
+                              log_config=None, access_log=access_log,
+                              timeout_graceful_shutdown=10)  # fmt: skip
 
-    companions = [_Companion(config(address)) for address in listeners if address != (host, port)]
-    server = _MainServer(config((host, port)), companions)
-    side = [asyncio.create_task(companion.serve()) for companion in companions]
-    await server.serve()
+    others = [address for address in listeners if address != main]
+    companions = [_Companion(config(address)) for address in others]
+    server = _MainServer(config(main), companions)
+    side = [asyncio.create_task(companion.serve(sockets=[sockets[address]]))
+            for companion, address in zip(companions, others, strict=True)]  # fmt: skip
+    for address, parts in listeners.items():
+        log.info("listening on http://%s:%d (%s)", *address, ", ".join(sorted(parts)))
+    await server.serve(sockets=[sockets[main]])
     for companion in companions:
         companion.should_exit = True
     await asyncio.gather(*side)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import BIN, free_port
+from tests.servers import BIN, TestGateway, free_port
 
 
 def _start(
@@ -106,3 +109,34 @@ def test_device_cuda_without_a_usable_gpu_is_a_start_up_error(tmp_path: Path) ->
     assert code == 2
     assert "device is 'cuda' but ONNX Runtime could not use CUDA" in stderr
     assert "[E:onnxruntime" not in stderr  # one clear line, not ORT's own error dump
+
+
+def test_a_port_in_use_is_found_before_the_models_load() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "distill-gateway"), "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 3
+    # one line, and nothing loaded first (the loads log a line each)
+    assert result.stderr.strip() == (
+        f"distill-gateway: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) [\w.]+: ")
+
+
+def test_the_gateway_and_uvicorn_log_in_one_format(
+    fresh_gateway: Callable[..., TestGateway],
+) -> None:
+    gateway = fresh_gateway()
+    httpx.get(f"{gateway.url}/v2/health/ready").raise_for_status()
+    gateway.stop()
+    lines = gateway.log_path.read_text().splitlines()
+    assert any(" uvicorn." in line for line in lines) and any(" gateway" in line for line in lines)
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
+    assert any(f"listening on {gateway.url} (admin, metrics, v2)" in line for line in lines)
