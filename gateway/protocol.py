@@ -9,7 +9,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from gateway.validation import StrictModel
 
@@ -85,3 +93,11 @@ class Feedback(StrictModel):
 
     id: str = Field(min_length=1)
     label: Annotated[int | list[int], BeforeValidator(_label_or_labels)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key_for_both_forms(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "labels" in data and "label" not in data:
+            raise ValueError("the key is 'label' for one row or many (label: [3, 7] gives one "
+                             "per row, in row order), not 'labels'")  # fmt: skip
+        return data

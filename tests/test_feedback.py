@@ -57,6 +57,10 @@ def test_feedback_errors(gateway: TestGateway) -> None:
                 f"with one per row (label: [3, 7]); got {json.dumps(wrong)}"
             )
         assert post({"label": 3}).status_code == 422
+        plural = post({"id": "fb-errors-1", "labels": [3]})
+        assert plural.status_code == 422 and plural.json()["error"] == (
+            "(body): the key is 'label' for one row or many (label: [3, 7] gives one per row, in "
+            "row order), not 'labels'")  # fmt: skip
         first = post({"id": "fb-errors-1", "label": 3})
         assert first.status_code == 200 and first.json()["backend"] == "teacher"
         second = post({"id": "fb-errors-1", "label": 3})
