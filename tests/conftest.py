@@ -14,6 +14,17 @@ from tests.servers import TestGateway
 
 StartGateway = Callable[..., TestGateway]
 
+# Fixtures that start real servers (a gateway process, and through it Triton or Prometheus).
+REAL_SERVER_FIXTURES = frozenset({"gateway", "start_gateway", "fresh_gateway"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start real servers are ``e2e``: by the fixtures they use, or by a module's own
+    ``pytestmark``. ``pytest -m "not e2e"`` is the developer's quick loop; CI runs everything."""
+    for item in items:
+        if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def test_split() -> Split:

@@ -17,6 +17,8 @@ from onnx import TensorProto, helper
 from models import STUDENT_PATH, TEACHER_PATH
 from tests.servers import BIN, TestGateway, free_port
 
+pytestmark = pytest.mark.e2e  # starts distill-gateway processes
+
 
 def _start(
     config_text: str, tmp_path: Path, env: dict[str, str] | None = None

@@ -11,6 +11,8 @@ from controller.local.demo import run_demo
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
 from tests.rollouts import write_policy
 
+pytestmark = pytest.mark.e2e  # runs the demo: a gateway and two rollouts
+
 
 def test_the_demo_promotes_the_good_student_and_rolls_back_the_bad_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -25,6 +25,8 @@ import pytest
 from models.data import Split
 from tests.servers import free_port, wait_until
 
+pytestmark = pytest.mark.e2e  # builds the image with podman
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "localhost/distill-base:bookworm"
 IMAGE = "localhost/distill-gateway:cpu-test"

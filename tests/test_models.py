@@ -106,6 +106,7 @@ def _build(out: Path, *options: str) -> subprocess.CompletedProcess[str]:
 QUICK = ("--max-epochs", "3", "--patience", "2")
 
 
+@pytest.mark.e2e  # trains with torch in a subprocess
 def test_a_quick_build_misses_its_targets_and_says_so_then_reproduces(tmp_path: Path) -> None:
     enforced = _build(tmp_path / "first", *QUICK)
     assert enforced.returncode == 1, enforced.stdout  # 3 epochs cannot reach the targets
@@ -123,6 +124,7 @@ def test_a_quick_build_misses_its_targets_and_says_so_then_reproduces(tmp_path: 
     assert ids[0] == ids[1]
 
 
+@pytest.mark.e2e  # trains with torch in a subprocess
 def test_a_full_rebuild_reproduces_the_committed_files_bit_for_bit(tmp_path: Path) -> None:
     """What the README promises: the same seeds, the same files (about 35 s here)."""
     result = _build(tmp_path / "models")

@@ -6,8 +6,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.rollouts import write_policy
 from tests.servers import BIN, free_port
+
+pytestmark = pytest.mark.e2e  # runs distill-stack: gateway, Prometheus, controller
 
 
 def test_the_local_stack_promotes_the_student_through_prometheus(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ from tests.rollouts import (
 )
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_metric, wait_until
 
+pytestmark = pytest.mark.e2e  # runs the CLI against real gateways
+
 StartGateway = Callable[..., TestGateway]
 
 

@@ -1,0 +1,121 @@
+"""A backend that does what a test tells it (answer, fail, hang, answer slowly), and a gateway
+built around two of them in process, driven through its ASGI app by httpx.
+
+For the request path's logic (routing, fallback, deadlines, circuit breakers, error mapping) in
+milliseconds; the real ONNX Runtime and Triton backends have their own tests against real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+import numpy as np
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from gateway.app import create_app
+from gateway.backends import Backend
+from gateway.config import GatewaySettings
+from gateway.errors import BackendUnavailable, BadRequest
+from gateway.metrics import GatewayMetrics
+from gateway.service import GatewayService
+from gateway.signature import Signature, TensorSpec
+
+SIGNATURE = Signature(
+    inputs=(TensorSpec("pixels", "FP32", (-1, 64)),),
+    outputs=(TensorSpec("logits", "FP32", (-1, 10)),),
+)
+TOKEN = "fake-token"
+
+
+class Behaviour(StrEnum):
+    ANSWER = "answer"
+    FAIL = "fail"  # an error from the runtime: the backend's failure
+    REJECT = "reject"  # the backend says the request is wrong (Triton's invalid argument)
+    HANG = "hang"  # never answers
+    SLOW = "slow"  # answers after ``delay`` seconds
+
+
+class ScriptedBackend(Backend):
+    """Answers with logits whose top-1 is ``answer_class``, or misbehaves as told."""
+
+    def __init__(self, role: str, answer_class: int = 0) -> None:
+        super().__init__(role)
+        self.behaviour = Behaviour.ANSWER
+        self.delay = 0.0
+        self.answer_class = answer_class
+        self.ready = True
+        self.calls = 0
+
+    @property
+    def description(self) -> str:
+        return f"{self.role}: scripted ({self.behaviour})"
+
+    async def load(self) -> None:
+        self._signature = SIGNATURE
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.behaviour is Behaviour.FAIL:
+            raise BackendUnavailable(f"{self.role} runtime error (scripted)")
+        if self.behaviour is Behaviour.REJECT:
+            raise BadRequest(f"{self.role} rejected the request (scripted)")
+        if self.behaviour is Behaviour.HANG:
+            await asyncio.Event().wait()
+        if self.behaviour is Behaviour.SLOW:
+            await asyncio.sleep(self.delay)
+        rows = inputs["pixels"].shape[0]
+        logits = np.zeros((rows, 10), np.float32)
+        logits[:, self.answer_class] = 1.0
+        return {"logits": logits}
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class InProcessGateway:
+    client: httpx.AsyncClient
+    teacher: ScriptedBackend
+    student: ScriptedBackend
+    service: GatewayService
+    registry: CollectorRegistry
+
+    async def infer(self, headers: dict[str, str] | None = None, rows: int = 1) -> httpx.Response:
+        body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [rows, 64],
+                            "data": [1.0] * (64 * rows)}]}  # fmt: skip
+        return await self.client.post("/v2/models/digits/infer", json=body, headers=headers)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, {"model": "digits", **labels})
+        return value or 0.0
+
+
+@asynccontextmanager
+async def in_process_gateway(**settings: Any) -> AsyncIterator[InProcessGateway]:
+    """The real service and app (shadow off unless asked) over two scripted backends; the app's
+    lifespan runs, as under uvicorn."""
+    config = GatewaySettings(**{"shadow": {"sample_rate": 0.0}, **settings})
+    teacher, student = ScriptedBackend("teacher", 7), ScriptedBackend("student", 7)
+    for backend in (teacher, student):
+        await backend.load()
+    registry = CollectorRegistry()
+    costs = {"teacher": config.teacher.cost_per_hour, "student": config.student.cost_per_hour}
+    metrics = GatewayMetrics(registry, config.model, costs)
+    service = GatewayService(config, {"teacher": teacher, "student": student}, metrics)
+    app = create_app(service, registry, SecretStr(TOKEN))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield InProcessGateway(client, teacher, student, service, registry)

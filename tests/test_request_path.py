@@ -1,0 +1,122 @@
+"""The request path's logic, in process and in milliseconds: the real service and app over scripted
+backends (tests/fake_backend.py) that fail, hang, reject or answer slowly on command. Real Triton
+and ONNX Runtime failures are in test_resilience.py and test_triton.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from tests.fake_backend import Behaviour, InProcessGateway, in_process_gateway
+
+STUDENT = {"x-canary": "student"}
+
+
+def run(scenario: Callable[[InProcessGateway], Awaitable[None]], **settings: object) -> None:
+    async def main() -> None:
+        async with in_process_gateway(**settings) as gateway:
+            await scenario(gateway)
+
+    asyncio.run(main())
+
+
+def fallbacks(gateway: InProcessGateway, reason: str) -> float:
+    return gateway.metric("gateway_fallbacks_total", from_backend="student",
+                          to_backend="teacher", reason=reason)  # fmt: skip
+
+
+def test_a_failing_student_is_answered_by_the_teacher_until_its_circuit_opens() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = Behaviour.FAIL
+        for _ in range(3):
+            answer = await gateway.infer(STUDENT)
+            assert answer.status_code == 200 and answer.headers["x-served-by"] == "teacher"
+        assert fallbacks(gateway, "error") == 3 and gateway.student.calls == 3
+        # the circuit is open: the student is no longer called at all
+        for _ in range(4):
+            assert (await gateway.infer(STUDENT)).headers["x-served-by"] == "teacher"
+        assert gateway.student.calls == 3 and fallbacks(gateway, "circuit_open") == 4
+        assert gateway.metric("gateway_backend_up", backend="student") == 0
+
+    run(scenario, resilience={"failure_threshold": 3, "cool_down_seconds": 60})
+
+
+def test_a_hanging_student_costs_a_client_only_its_timeout() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = Behaviour.HANG
+        started = time.perf_counter()
+        answer = await gateway.infer(STUDENT)
+        waited = time.perf_counter() - started
+        assert answer.status_code == 200 and answer.headers["x-served-by"] == "teacher"
+        assert 0.15 <= waited < 1.0  # the student's 150 ms, then the teacher at once
+        assert fallbacks(gateway, "timeout") == 1
+
+    run(scenario, student={"path": "models/student.onnx", "timeout_ms": 150})
+
+
+def test_the_deadline_bounds_the_student_and_its_retry_together() -> None:
+    """A student that uses most of the request's deadline leaves the teacher only the rest: a
+    slow teacher then fails the request with a 503 that says so, never a late answer."""
+
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = Behaviour.HANG
+        gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.2
+        started = time.perf_counter()
+        answer = await gateway.infer(STUDENT)
+        assert time.perf_counter() - started < 0.6
+        assert answer.status_code == 503
+        assert answer.json()["error"].startswith(
+            "teacher backend unavailable: teacher backend did not answer within "
+        )
+
+    run(
+        scenario,
+        student={"path": "models/student.onnx", "timeout_ms": 250},
+        resilience={"request_timeout_ms": 300},
+    )
+
+
+def test_a_request_the_student_rejects_is_the_clients_400_not_a_fallback() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = Behaviour.REJECT
+        for _ in range(5):
+            answer = await gateway.infer(STUDENT)
+            assert answer.status_code == 400
+            assert answer.json()["error"] == "student rejected the request (scripted)"
+        assert fallbacks(gateway, "error") == 0 and gateway.teacher.calls == 0
+        assert gateway.metric("gateway_backend_up", backend="student") == 1  # circuit closed
+
+    run(scenario, resilience={"failure_threshold": 3})
+
+
+def test_a_failing_teacher_is_a_clear_503_and_readiness_follows_it() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.teacher.behaviour = Behaviour.FAIL
+        answer = await gateway.infer()
+        assert answer.status_code == 503
+        assert answer.json()["error"] == (
+            "teacher backend unavailable: teacher runtime error (scripted)"
+        )
+        assert (await gateway.client.get("/v2/health/ready")).status_code == 200
+        gateway.teacher.ready = False
+        assert (await gateway.client.get("/v2/health/ready")).status_code == 503
+        gateway.student.ready = False  # the student alone never decides readiness
+        gateway.teacher.ready = True
+        assert (await gateway.client.get("/v2/health/ready")).status_code == 200
+
+    run(scenario)
+
+
+def test_the_share_splits_and_a_routing_key_sticks() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        put = await gateway.client.put("/admin/traffic", json={"student_share": 0.5},
+                                       headers={"Authorization": "Bearer fake-token"})  # fmt: skip
+        assert put.json() == {"student_share": 0.5, "generation": 1}
+        served = [(await gateway.infer()).headers["x-served-by"] for _ in range(200)]
+        assert 60 <= served.count("student") <= 140  # binomial(200, 0.5): far outside 6 sigma
+        keyed = {(await gateway.infer({"x-routing-key": "user-42"})).headers["x-served-by"]
+                 for _ in range(20)}  # fmt: skip
+        assert len(keyed) == 1
+
+    run(scenario)
