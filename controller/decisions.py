@@ -1,6 +1,6 @@
-"""The controller's decisions as pure functions: gate results and time in, an action out.
+"""What one analysis means for a step: gate results and time in, a judgement out.
 
-Kept free of I/O so every transition can be tested from a table.
+Pure, so it is tested from a table; ``machine.transition`` turns a judgement into a move.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from enum import StrEnum
 
 from controller.analysis import GateResult, Verdict
 from controller.policy import Policy
-from controller.state import Command, Phase
 
 
 class Action(StrEnum):
@@ -20,8 +19,6 @@ class Action(StrEnum):
     """Go to the next step."""
     PROMOTE = "promote"
     """The last step passed: the student keeps 100 %, the rollout is done."""
-    PROMOTE_FULL = "promote-full"
-    """An operator skipped every remaining step: straight to 100 %, done."""
     ROLLBACK = "rollback"
     """Share back to 0 on every gateway; the rollout is done."""
 
@@ -72,30 +69,3 @@ def judge(
         return Judgement(Action.HOLD, "gates pass; paused by an operator", 0)
     action = Action.PROMOTE if is_last_step else Action.ADVANCE
     return Judgement(action, "every gate passes", 0)
-
-
-@dataclass(frozen=True)
-class CommandEffect:
-    phase: Phase
-    action: Action | None  # what to do now, if anything
-    note: str
-
-
-def apply_command(phase: Phase, command: Command, is_last_step: bool) -> CommandEffect:
-    """An operator's command, in any phase. Finished rollouts ignore every command."""
-    if phase.terminal:
-        return CommandEffect(phase, None, f"{command.value} ignored: the rollout is {phase.value}")
-    if command is Command.PAUSE:
-        return CommandEffect(Phase.PAUSED, None, "paused by an operator")
-    if command is Command.RESUME:
-        if phase is not Phase.PAUSED:
-            return CommandEffect(phase, None, "resume ignored: the rollout is not paused")
-        return CommandEffect(Phase.PROGRESSING, None, "resumed by an operator")
-    if command is Command.PROMOTE:
-        action = Action.PROMOTE if is_last_step else Action.ADVANCE
-        return CommandEffect(Phase.PROGRESSING, action, "promoted by an operator")
-    if command is Command.PROMOTE_FULL:
-        return CommandEffect(
-            Phase.PROGRESSING, Action.PROMOTE_FULL, "fully promoted by an operator"
-        )
-    return CommandEffect(phase, Action.ROLLBACK, "aborted by an operator")

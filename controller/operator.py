@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from controller import machine
 from controller.actuator import FleetNotConfirmed, GatewayFleet
 from controller.state import (
     Command,
@@ -21,6 +22,7 @@ from controller.state import (
     DecisionRecord,
     Lease,
     Phase,
+    Record,
     RolloutState,
     StateError,
     StateStore,
@@ -93,7 +95,11 @@ def abort_now(
     holder = f"operator:{operator_name()}:{uuid.uuid4().hex[:8]}"
     store.acquire(holder, ttl=30.0, now=clock())
     try:
-        reason = f"aborted by {operator_name()} with --now (no live controller)"
+        sender = f"{operator_name()} with --now, no live controller"
+        moved = machine.transition(machine.Position.of(rollout),
+                                   machine.OperatorCommand(Command.ABORT, sender))  # fmt: skip
+        if moved.position.phase is not Phase.ROLLED_BACK:  # it ended meanwhile
+            return AbortOutcome(False, moved.note)
         try:
             fleet.set_share(0.0)
             fleet.verify(0.0)
@@ -101,14 +107,13 @@ def abort_now(
         except FleetNotConfirmed as exc:
             outcome, confirmed = f"share 0 not confirmed everywhere: {exc}", False
         now = clock()
-        rollout.phase = Phase.ROLLED_BACK
-        rollout.rollback_reason = reason
+        moved.position.apply_to(rollout)
+        rollout.rollback_reason = moved.note
         rollout.share = 0.0
         rollout.ended_at = now
-        rollout.paused_by = None
-        rollout.history.append(DecisionRecord(now, rollout.step_index, 0.0, "rolled back",
-                                              f"{reason}; {outcome}"))  # fmt: skip
+        rollout.history.append(DecisionRecord(now, rollout.step_index, 0.0, Record.ROLLED_BACK,
+                                              f"{moved.note}; {outcome}"))  # fmt: skip
         store.save(rollout, holder)
     finally:
         store.release(holder)
-    return AbortOutcome(confirmed, f"{reason}; {outcome}")
+    return AbortOutcome(confirmed, f"{moved.note}; {outcome}")

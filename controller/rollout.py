@@ -3,9 +3,10 @@
 start: take the lease -> resume the latest rollout, or start a new one (refused while gateways
 already serve the student, unless the operator says how to start).
 tick: heartbeat -> take operators' commands -> enter the step (set and verify the share) or
-check the share for drift -> analyse -> judge -> act -> persist. Decisions live in ``decisions``;
-I/O lives at the edges (fleet, source, store). Only the lease holder acts: a controller that
-loses its lease stops at once, before touching the fleet again.
+check the share for drift -> analyse -> judge -> act -> persist. Every change of phase or step is
+``machine.transition``'s; this module feeds it events and carries out the effects it returns, with
+the I/O at the edges (fleet, source, store). Only the lease holder acts: a controller that loses
+its lease stops at once, before touching the fleet again.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller import analysis
+from controller import analysis, machine
 from controller.actuator import FleetNotConfirmed, GatewayFleet, GatewaysUnreachable
-from controller.decisions import Action, Judgement, apply_command, judge
+from controller.decisions import Judgement, judge
 from controller.exporter import ControllerMetrics
 from controller.policy import Policy
 from controller.progress import Reporter
@@ -28,6 +29,7 @@ from controller.state import (
     LeaseHeld,
     LeaseLost,
     Phase,
+    Record,
     RolloutState,
     StateError,
     StateStore,
@@ -129,7 +131,7 @@ class CanaryController:
             if self._stop_requested and not self.state.phase.terminal:
                 if launch.on_sigterm is OnSigterm.PERSIST:
                     return self._stop()
-                self._roll_back("stopped by SIGTERM (on_sigterm: rollback)", "sigterm")
+                self._apply(machine.StopRequested(roll_back=True))
             confirmed = self._confirm_final_share()
         except LeaseLost as exc:
             log.error("stopped acting on rollout %d: %s", self.state.rollout_id, exc)
@@ -154,8 +156,7 @@ class CanaryController:
         self._show()
 
     def _stop(self) -> int:
-        self._record("stopped", "SIGTERM: state saved and lease released; run again to resume "
-                     "at this step (the gateways keep their share meanwhile)")  # fmt: skip
+        self._apply(machine.StopRequested(roll_back=False))
         self.store.save(self.state, self.holder)
         self.store.release(self.holder)
         self.reporter.close()
@@ -208,7 +209,7 @@ class CanaryController:
         before = f"after {previous_holder}" if previous_holder else "with no controller before it"
         log.info("resuming rollout %d at step %d", saved.rollout_id, saved.step_index + 1)
         # The share is only read back at the first tick (drift check), never set again blindly.
-        self._record("resumed", f"controller {self.holder} resumed the rollout ({before})")
+        self._record(Record.RESUMED, f"controller {self.holder} resumed the rollout ({before})")
         self.store.save(self.state, self.holder)
         return self.state
 
@@ -225,7 +226,7 @@ class CanaryController:
             name=launch.name,
         )
         self.state = self.store.add(state, self.holder)
-        self._record("started", f"controller {self.holder} started rollout "
+        self._record(Record.STARTED, f"controller {self.holder} started rollout "
                      f"{self.state.rollout_id}{note}")  # fmt: skip
         self.store.save(self.state, self.holder)
         return self.state
@@ -263,26 +264,31 @@ class CanaryController:
 
     def _take_commands(self) -> None:
         for sent in self.store.take_commands(self.state.rollout_id, self.clock()):
-            phase = self.state.phase
-            effect = apply_command(phase, sent.command, self._is_last_step())
-            if effect.action in (Action.ADVANCE, Action.PROMOTE) and self._step_unconfirmed():
-                note = (f"{sent.command.value} refused: step {self.state.step_index + 1}'s share "
-                        "is not yet confirmed on every gateway (promote --full or abort still "
-                        "work)")  # fmt: skip
-                self._acknowledge(sent.id, False, note)
-                continue
-            self.state.phase = effect.phase
-            acted = effect.phase is not phase or effect.action is not None
-            note = f"{effect.note} ({sent.sender})" if acted else effect.note
-            if effect.phase is Phase.PAUSED and phase is not Phase.PAUSED:
-                self.state.paused_by = sent.sender
-            elif effect.phase is not Phase.PAUSED:
-                self.state.paused_by = None
-            self._record(effect.action.value if effect.action else sent.command.value, note)
-            if effect.action is not None:
-                self._act(effect.action, note, rollback_cause="abort")
-                note = self.state.history[-1].reason
-            self._acknowledge(sent.id, acted, note)
+            moved = self._apply(machine.OperatorCommand(sent.command, sent.sender))
+            # after its effects, the last record says how it ended (share 0 confirmed, ...)
+            note = self.state.history[-1].reason if moved.effects else moved.note
+            self._acknowledge(sent.id, moved.acted, note)
+
+    # -- the state machine's events in, its effects out -----------------------------------------
+
+    def _apply(
+        self,
+        event: machine.Event,
+        gates: list[dict[str, object]] | None = None,
+        observations: dict[str, object] | None = None,
+    ) -> machine.Transition:
+        moved = machine.transition(machine.Position.of(self.state), event)
+        if moved.record is not None:  # at the step and share it was decided at
+            self._record(moved.record, moved.note, gates, observations)
+        moved.position.apply_to(self.state)
+        for effect in moved.effects:
+            if isinstance(effect, machine.EnterStep):
+                self._enter_step()
+            elif isinstance(effect, machine.RollBack):
+                self._roll_back(effect.reason, effect.cause)
+            else:
+                self._finish_promoted()
+        return moved
 
     def _acknowledge(self, command_id: int, acted: bool, note: str) -> None:
         self.store.acknowledge(command_id, acted, note, self.clock())
@@ -295,7 +301,7 @@ class CanaryController:
             self.fleet.verify(share, after=generations)
             mark = self.source.mark()
         except (FleetNotConfirmed, MetricsUnavailable) as exc:
-            self._record("hold", f"waiting for every gateway to take share {share:.0%}: {exc}")
+            self._record(Record.HOLD, f"waiting for every gateway to take share {share:.0%}: {exc}")
             return
         now = self.clock()
         self.state.share = share
@@ -305,7 +311,7 @@ class CanaryController:
         if self.state.rollout_mark is None:
             self.state.rollout_mark = mark.to_json()
         self.state.consecutive_failures = 0
-        self._record("set", f"every gateway ({len(self.fleet.urls)}) confirmed share {share:.0%}")
+        self._apply(machine.ShareConfirmed(len(self.fleet.urls), share))
         self._show()  # the exported step and share follow the gateways at once
 
     def _drifted(self) -> bool:
@@ -314,7 +320,7 @@ class CanaryController:
         try:
             reported = self.fleet.read()
         except GatewaysUnreachable as exc:
-            self._record("hold", f"cannot read the share back from every gateway: {exc}")
+            self._record(Record.HOLD, f"cannot read the share back from every gateway: {exc}")
             return True
         intended = self.state.share
         drifts = []
@@ -329,16 +335,7 @@ class CanaryController:
         what = "; ".join(drifts)
         log.warning("share drift: %s", what)
         self.metrics.share_drift.inc(len(drifts))
-        self.state.step_started_at = None
-        if self.policy.on_drift == "pause":
-            self.state.phase = Phase.PAUSED
-            self.state.paused_by = "share drift"
-            self._record("drift", f"{what}; paused (on_drift: pause): resume sets "
-                         f"{intended:.0%} again and restarts the step's analysis")  # fmt: skip
-        else:
-            self._record("drift", f"{what}; setting {intended:.0%} again and restarting the "
-                         "step's analysis")  # fmt: skip
-            self._enter_step()
+        self._apply(machine.Drifted(what, intended, pause=self.policy.on_drift == "pause"))
         return True
 
     def _analyse_and_act(self) -> None:
@@ -349,7 +346,7 @@ class CanaryController:
                 Mark.from_json(self.state.rollout_mark), self.policy.model
             )
         except MetricsUnavailable as exc:
-            self._record("hold", f"metrics unavailable: {exc}")
+            self._record(Record.HOLD, f"metrics unavailable: {exc}")
             return
         results = analysis.assess(
             step, rollout, self.policy, self.policy.is_dark_launch(self.state.step_index)
@@ -367,32 +364,15 @@ class CanaryController:
         )
         self.state.consecutive_failures = judgement.consecutive_failures
         observations = analysis.observe(step, self.policy.latency_quantile)
-        self._record(judgement.action.value, judgement.reason, self.state.last_analysis,
-                     observations)  # fmt: skip
-        if judgement.action is not Action.HOLD:
-            self._act(judgement.action, judgement.reason, judgement.rollback_cause)
+        self._apply(machine.Analysed(judgement), self.state.last_analysis, observations)
 
-    def _act(self, action: Action, reason: str, rollback_cause: str | None = None) -> None:
-        if action is Action.ADVANCE:
-            self.state.step_index += 1
-            self.state.step_started_at = None
-            self._enter_step()
-        elif action in (Action.PROMOTE, Action.PROMOTE_FULL):
-            if action is Action.PROMOTE_FULL:
-                self.state.step_index = len(self.policy.steps) - 1
-                self.state.step_started_at = None
-                self._enter_step()
-            if self.state.step_started_at is not None:  # 100 % confirmed everywhere
-                self.state.phase = Phase.PROMOTED
-                self.state.ended_at = self.clock()
-                self.metrics.promotions.inc()
-                self._record("promoted", "the student serves 100 %")
-        elif action is Action.ROLLBACK:
-            self._roll_back(reason, rollback_cause or "unknown")
+    def _finish_promoted(self) -> None:
+        self.state.ended_at = self.clock()
+        self.metrics.promotions.inc()
+        self._record(Record.PROMOTED, "the student serves 100 %")
 
     def _roll_back(self, reason: str, cause: str) -> None:
         self._heartbeat(force=True)
-        self.state.phase = Phase.ROLLED_BACK
         self.state.rollback_reason = reason
         self.state.share = 0.0
         self.state.ended_at = self.clock()
@@ -402,7 +382,7 @@ class CanaryController:
             outcome = "share 0 on every gateway"
         except FleetNotConfirmed as exc:
             outcome = f"share 0 not yet confirmed everywhere ({exc}); retrying"
-        self._record("rolled back", f"{reason}; {outcome}")
+        self._record(Record.ROLLED_BACK, f"{reason}; {outcome}")
 
     def _confirm_final_share(self) -> bool:
         """A rollback must reach every gateway: retry those that missed it, for a while."""
@@ -418,7 +398,7 @@ class CanaryController:
                 return True
             except FleetNotConfirmed as exc:
                 if self.clock() > deadline:
-                    self._record("rollback unconfirmed", f"gave up confirming share 0: {exc}")
+                    self._record(Record.ROLLBACK_UNCONFIRMED, f"gave up confirming share 0: {exc}")
                     self.store.save(self.state, self.holder)
                     return False
                 self.sleep(min(1.0, self.policy.interval_seconds))
@@ -428,12 +408,9 @@ class CanaryController:
     def _is_last_step(self) -> bool:
         return self.state.step_index == len(self.policy.steps) - 1
 
-    def _step_unconfirmed(self) -> bool:
-        return self.state.step_started_at is None
-
     def _record(
         self,
-        action: str,
+        action: Record,
         reason: str,
         gates: list[dict[str, object]] | None = None,
         observations: dict[str, object] | None = None,

@@ -50,6 +50,27 @@ class Command(StrEnum):
     ABORT = "abort"
 
 
+class Record(StrEnum):
+    """What a line of a rollout's history records."""
+
+    STARTED = "started"  # a controller started the rollout
+    RESUMED = "resumed"  # a controller took over an unfinished rollout
+    SET = "set"  # every gateway confirmed the step's share
+    HOLD = "hold"  # an analysis (or a wait for the fleet) kept the step
+    ADVANCE = "advance"  # on to the next step
+    PROMOTE = "promote"  # the last step passed (or an operator promoted it)
+    PROMOTE_FULL = "promote-full"  # an operator skipped the remaining steps
+    ROLLBACK = "rollback"  # the decision to roll back, and why
+    PAUSE = "pause"
+    RESUME = "resume"
+    DRIFT = "drift"  # a gateway served a share the controller did not set
+    REFUSED = "refused"  # an operator's command that could not act; the reason says why
+    STOPPED = "stopped"  # SIGTERM: saved, to be resumed
+    PROMOTED = "promoted"  # ended: the student serves 100 %
+    ROLLED_BACK = "rolled back"  # ended: share 0 sent to every gateway
+    ROLLBACK_UNCONFIRMED = "rollback unconfirmed"  # some gateway never confirmed share 0
+
+
 class StateError(Exception):
     """The state file cannot be used; the message says which file and why, in one line."""
 
@@ -67,7 +88,7 @@ class DecisionRecord:
     at: float
     step_index: int
     share: float
-    action: str
+    action: Record
     reason: str
     gates: list[dict[str, Any]] = field(default_factory=list)
     observations: dict[str, Any] = field(default_factory=dict)  # see analysis.observe
@@ -96,6 +117,7 @@ class RolloutState:
     paused_by: str | None = None
     ended_at: float | None = None
     name: str | None = None  # run --name: one rollout per name
+    promote_when_confirmed: bool = False  # promote --full: ends promoted once 100 % is confirmed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -104,7 +126,8 @@ class RolloutState:
     def from_json(cls, text: str) -> RolloutState:
         data = json.loads(text)
         data["phase"] = Phase(data["phase"])
-        data["history"] = [DecisionRecord(**record) for record in data["history"]]
+        data["history"] = [DecisionRecord(**{**record, "action": Record(record["action"])})
+                           for record in data["history"]]  # fmt: skip
         return cls(**data)
 
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from controller.cli import app
-from controller.state import DecisionRecord, Phase, RolloutState, StateStore
+from controller.state import DecisionRecord, Phase, Record, RolloutState, StateStore
 from tests.controller.fakes import bad_state_files
 
 runner = CliRunner()
@@ -48,7 +48,7 @@ def finished_rollout(tmp_path: Path) -> Path:
     path = tmp_path / "rollout.db"
     store = StateStore.create(path)
     store.acquire("elsewhere:1:x", ttl=1, now=0.0)
-    history = [DecisionRecord(1000.0 + i, 0, 0.05, "hold", f"decision {i}") for i in range(5)]
+    history = [DecisionRecord(1000.0 + i, 0, 0.05, Record.HOLD, f"decision {i}") for i in range(5)]
     store.add(RolloutState(phase=Phase.ROLLED_BACK, steps=[5, 100], share=0.0,
                            started_at=1000.0, step_started_at=1000.0, ended_at=1042.0,
                            rollback_reason="min_agreement failed", history=history,

@@ -234,8 +234,9 @@ def test_a_finished_rollout_is_kept_and_not_restarted_without_new(
     store: StateStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     first = started(store, fleet, clock)
-    first._roll_back("a test", "abort")
-    first.store.save(first.state, FIRST)
+    store.send(first.state.rollout_id, Command.ABORT, "a test", 10, clock())
+    first.tick()
+    assert first.state.phase is Phase.ROLLED_BACK
     store.release(FIRST)
     again, _, _ = make_controller(store, fleet, clock, SECOND)
     with pytest.raises(StartRefused, match="rollout 1 ended RolledBack; pass --new"):
@@ -243,7 +244,7 @@ def test_a_finished_rollout_is_kept_and_not_restarted_without_new(
     second = again.start(Launch(GATEWAYS, new=True))
     assert second.rollout_id == 2 and store.rollout_ids() == [1, 2]
     kept = store.load(1)
-    assert kept is not None and kept.rollback_reason == "a test"
+    assert kept is not None and kept.rollback_reason == "aborted by an operator (a test)"
 
 
 @pytest.mark.parametrize(("start", "expected"), [
@@ -294,8 +295,8 @@ def test_a_named_rollout_is_resumed_while_unfinished_and_never_started_twice(
     job = Launch(GATEWAYS, name="student-v7")
     first, _, _ = make_controller(store, fleet, clock, FIRST)
     assert first.start(job).name == "student-v7"
-    first._roll_back("a test", "abort")
-    first.store.save(first.state, FIRST)
+    store.send(first.state.rollout_id, Command.ABORT, "a test", 10, clock())
+    first.tick()
     store.release(FIRST)
     restarted, _, _ = make_controller(store, fleet, clock, SECOND)
     with pytest.raises(StartRefused, match=r"rollout 1 \(student-v7\) already ended RolledBack"):

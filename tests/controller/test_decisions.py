@@ -1,13 +1,13 @@
-"""The rollout's decisions as pure functions, table-driven."""
+"""What an analysis means for a step (``judge``), table-driven; what it does to the rollout is
+test_machine.py's."""
 
 from __future__ import annotations
 
 import pytest
 
 from controller.analysis import GateResult, Verdict
-from controller.decisions import Action, apply_command, judge
+from controller.decisions import Action, judge
 from controller.policy import Gates, Policy
-from controller.state import Command, Phase
 
 POLICY = Policy(
     bake_seconds=60, max_step_seconds=300, failure_limit=2, gates=Gates(min_agreement=0.9)
@@ -72,37 +72,3 @@ def test_a_rollback_names_its_cause() -> None:
     timed_out = judge(results(UNSURE), 301, 0, POLICY, False, False)
     assert timed_out.rollback_cause == "inconclusive_timeout"
     assert "max_step_seconds" in timed_out.reason
-
-
-ALL_PHASES = list(Phase)
-
-
-@pytest.mark.parametrize(
-    ("phase", "command", "last", "new_phase", "action"),
-    [
-        (Phase.PROGRESSING, Command.PAUSE, False, Phase.PAUSED, None),
-        (Phase.PAUSED, Command.PAUSE, False, Phase.PAUSED, None),
-        (Phase.PROGRESSING, Command.RESUME, False, Phase.PROGRESSING, None),
-        (Phase.PAUSED, Command.RESUME, False, Phase.PROGRESSING, None),
-        (Phase.PROGRESSING, Command.PROMOTE, False, Phase.PROGRESSING, Action.ADVANCE),
-        (Phase.PROGRESSING, Command.PROMOTE, True, Phase.PROGRESSING, Action.PROMOTE),
-        (Phase.PAUSED, Command.PROMOTE, False, Phase.PROGRESSING, Action.ADVANCE),
-        (Phase.PROGRESSING, Command.PROMOTE_FULL, False, Phase.PROGRESSING, Action.PROMOTE_FULL),
-        (Phase.PAUSED, Command.PROMOTE_FULL, False, Phase.PROGRESSING, Action.PROMOTE_FULL),
-        (Phase.PROGRESSING, Command.ABORT, False, Phase.PROGRESSING, Action.ROLLBACK),
-        (Phase.PAUSED, Command.ABORT, False, Phase.PAUSED, Action.ROLLBACK),
-    ]
-    + [
-        (terminal, command, False, terminal, None)
-        for terminal in (Phase.PROMOTED, Phase.ROLLED_BACK)
-        for command in Command
-    ],
-)
-def test_commands_in_every_phase(
-    phase: Phase, command: Command, last: bool, new_phase: Phase, action: Action | None
-) -> None:
-    effect = apply_command(phase, command, last)
-    assert effect.phase is new_phase
-    assert effect.action is action
-    if phase.terminal:
-        assert "ignored" in effect.note

@@ -4,7 +4,7 @@ gates that decided it (the full per-gate table is in `status` and the report).""
 from __future__ import annotations
 
 from controller.progress import decision_line
-from controller.state import DecisionRecord
+from controller.state import DecisionRecord, Record
 
 
 def _gate(name: str, verdict: str, value: float, threshold: float) -> dict[str, object]:
@@ -30,7 +30,7 @@ PASSING_GATES = [
 def test_a_failing_gate_is_named_with_its_value_threshold_unit_and_samples() -> None:
     gates = [*PASSING_GATES[:-1], _gate("max_cost_per_1k", "fail", 0.02, 0.01),
              _gate("min_agreement", "fail", 0.71, 0.9)]  # fmt: skip
-    record = DecisionRecord(0.0, 1, 0.25, "hold", "max_cost_per_1k, min_agreement failed "
+    record = DecisionRecord(0.0, 1, 0.25, Record.HOLD, "max_cost_per_1k, min_agreement failed "
                             "(1 of 2 before rollback)", gates)  # fmt: skip
     line = decision_line(record, 3)
     assert line.endswith(
@@ -41,16 +41,18 @@ def test_a_failing_gate_is_named_with_its_value_threshold_unit_and_samples() -> 
 
 
 def test_passing_and_undecided_analyses_say_so_briefly() -> None:
-    passed = decision_line(DecisionRecord(0.0, 0, 0.05, "advance", "every gate passes",
+    passed = decision_line(DecisionRecord(0.0, 0, 0.05, Record.ADVANCE, "every gate passes",
                                           PASSING_GATES), 3)  # fmt: skip
     assert passed.endswith("step 1/3 at 5% advance: every gate passes [6 gates pass (812 samples)]")
     pending = [*PASSING_GATES[1:], _gate("max_latency_ms", "inconclusive", 3.1, 50.0)]
-    held = decision_line(DecisionRecord(0.0, 0, 0.05, "hold", "inconclusive: " + "x" * 300,
+    held = decision_line(DecisionRecord(0.0, 0, 0.05, Record.HOLD, "inconclusive: " + "x" * 300,
                                         pending), 3)  # fmt: skip
     assert "..." in held and len(held) < 200
     assert held.endswith("[undecided: max_latency_ms (812 samples)]")
 
 
 def test_a_decision_without_gates_is_just_the_outcome() -> None:
-    line = decision_line(DecisionRecord(0.0, 2, 1.0, "promoted", "the student serves 100 %"), 3)
+    line = decision_line(
+        DecisionRecord(0.0, 2, 1.0, Record.PROMOTED, "the student serves 100 %"), 3
+    )
     assert line.endswith("step 3/3 at 100% promoted: the student serves 100 %")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.report import downtime_spans, pause_spans, render, write_report
-from controller.state import DecisionRecord, Phase, RolloutState
+from controller.state import DecisionRecord, Phase, Record, RolloutState
 
 POLICY = {"steps": [5, 25, 100], "min_requests": 100, "gates": {"min_agreement": 0.9}}
 
@@ -15,7 +15,7 @@ def _analysis(at: float, agreement: float, requests: float) -> DecisionRecord:
     early = requests < POLICY["min_requests"]  # type: ignore[operator]
     gate = {"gate": "min_agreement", "verdict": "inconclusive" if early else "fail",
             "reason": f"{requests:.0f} of 100 student requests" if early else "below"}  # fmt: skip
-    return DecisionRecord(at, 0, 0.05, "hold", "analysis", [gate],
+    return DecisionRecord(at, 0, 0.05, Record.HOLD, "analysis", [gate],
                           {"agreement": agreement, "student": {"requests": requests}})  # fmt: skip
 
 
@@ -29,15 +29,19 @@ LAST_ANALYSIS: list[dict[str, object]] = [
 
 def rolled_back_rollout() -> RolloutState:
     history = [
-        DecisionRecord(100.0, 0, 0.0, "started", "controller a started rollout 3"),
-        DecisionRecord(101.0, 0, 0.05, "set", "every gateway (1) confirmed share 5%"),
+        DecisionRecord(100.0, 0, 0.0, Record.STARTED, "controller a started rollout 3"),
+        DecisionRecord(101.0, 0, 0.05, Record.SET, "every gateway (1) confirmed share 5%"),
         _analysis(105.0, 0.5, 40),
-        DecisionRecord(110.0, 0, 0.05, "pause", "paused by an operator (sre@host)"),
+        DecisionRecord(110.0, 0, 0.05, Record.PAUSE, "paused by an operator (sre@host)"),
         _analysis(115.0, 0.6, 150),
-        DecisionRecord(130.0, 0, 0.05, "resumed", "controller b resumed the rollout (after a)"),
-        DecisionRecord(140.0, 0, 0.05, "resume", "resumed by an operator (sre@host)"),
+        DecisionRecord(
+            130.0, 0, 0.05, Record.RESUMED, "controller b resumed the rollout (after a)"
+        ),
+        DecisionRecord(140.0, 0, 0.05, Record.RESUME, "resumed by an operator (sre@host)"),
         _analysis(150.0, 0.55, 300),
-        DecisionRecord(151.0, 0, 0.0, "rolled back", "min_agreement failed 2 analyses in a row"),
+        DecisionRecord(
+            151.0, 0, 0.0, Record.ROLLED_BACK, "min_agreement failed 2 analyses in a row"
+        ),
     ]
     return RolloutState(
         phase=Phase.ROLLED_BACK, steps=[5, 25, 100], started_at=100.0, history=history,

@@ -18,6 +18,7 @@ from controller.state import (
     LeaseHeld,
     LeaseLost,
     Phase,
+    Record,
     RolloutState,
     StateError,
     StateStore,
@@ -41,7 +42,8 @@ def test_state_round_trips(store: StateStore) -> None:
     state = RolloutState(
         phase=Phase.PAUSED, steps=[5, 100], step_index=1, share=1.0, step_started_at=99.0,
         step_mark=mark.to_json(), generations={"http://g": 4}, paused_by="sre@host",
-        history=[DecisionRecord(1.0, 0, 0.05, "advance", "every gate passes", [{"gate": "g"}])],
+        history=[DecisionRecord(1.0, 0, 0.05, Record.ADVANCE, "every gate passes",
+                                [{"gate": "g"}])],
     )  # fmt: skip
     store.add(state, ME)
     loaded = StateStore.open_existing(store.path).load()
