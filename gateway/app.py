@@ -6,6 +6,7 @@ Every route translates HTTP into one call on ``GatewayService``; errors become `
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,11 +20,11 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.codec import HEADER_LENGTH
+from gateway.codec import HEADER_LENGTH, decode_request, encode_response
 from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthorized, Unprocessable
 from gateway.http_body import read_body
 from gateway.protocol import Feedback, TrafficState, TrafficUpdate
-from gateway.service import GatewayService
+from gateway.service import GatewayService, InferRequest
 from gateway.validation import describe_body_errors, is_invalid_json
 
 JSON = "application/json"
@@ -151,32 +152,39 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
         return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
     async def infer(request: Request, model: str) -> Response:
-        fallback_id = uuid.uuid4().hex
+        received_at = time.perf_counter()
+        request_id = uuid.uuid4().hex  # unless the request names its own
         headers = request.headers
         try:
+            service.check_model(model, request.path_params.get("version"))
             body = await read_body(request, limit)
+            decoded = decode_request(body, headers.get(HEADER_LENGTH), service.signature,
+                                     service.settings.max_batch_size)  # fmt: skip
         except GatewayError as exc:
-            service.count_rejected(exc.status_code)
-            return error_response(exc, {"x-request-id": fallback_id})
-        try:
-            result = await service.infer(
-                model,
-                request.path_params.get("version"),
-                body,
-                headers.get(HEADER_LENGTH),
-                headers.get("x-routing-key"),
-                headers.get("x-canary"),
-                fallback_id,
-            )
-        except GatewayError as exc:
-            return error_response(exc, {"x-request-id": fallback_id})
-        response_headers = {"x-served-by": result.served_by, "x-request-id": result.request_id}
-        if result.header_length is None:
-            return Response(result.body, headers=response_headers, media_type=JSON)
-        response_headers[HEADER_LENGTH] = str(result.header_length)
-        return Response(
-            result.body, headers=response_headers, media_type="application/octet-stream"
+            service.count_rejected(exc.status_code, "http")
+            return error_response(exc, {"x-request-id": request_id})
+        request_id = decoded.id or request_id
+        core_request = InferRequest(
+            inputs=decoded.inputs,
+            output_names=[wanted.name for wanted in decoded.outputs],
+            id=request_id,
+            protocol="http",
+            received_at=received_at,
+            routing_key=headers.get("x-routing-key"),
+            forced=headers.get("x-canary"),
         )
+        try:
+            result = await service.infer(core_request)
+        except GatewayError as exc:
+            return error_response(exc, {"x-request-id": request_id})
+        body, header_length = encode_response(
+            service.model, service.version, request_id, result.outputs, decoded.outputs
+        )
+        response_headers = {"x-served-by": result.served_by, "x-request-id": request_id}
+        if header_length is None:
+            return Response(body, headers=response_headers, media_type=JSON)
+        response_headers[HEADER_LENGTH] = str(header_length)
+        return Response(body, headers=response_headers, media_type="application/octet-stream")
 
     async def feedback(request: Request, model: str) -> Response:
         service.check_model(model, request.path_params.get("version"))

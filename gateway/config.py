@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.roles import ROLES
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 from models import STUDENT_PATH, TEACHER_PATH
 
@@ -209,7 +210,7 @@ def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySet
     """Relative model paths are relative to the config file; missing files fail here."""
     base = config.parent if config else Path.cwd()
     where = f"{config}: " if config else ""
-    for role in ("teacher", "student"):
+    for role in ROLES:
         backend = getattr(settings, role)
         if not isinstance(backend, OnnxBackendConfig):
             continue

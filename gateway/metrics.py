@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway import metric_names as names
 from gateway.resilience import CircuitBreaker, CircuitState
+from gateway.roles import NO_BACKEND, PROTOCOLS, ROLES, Protocol
 
 if TYPE_CHECKING:
     from gateway.backends import Backend
@@ -29,8 +31,6 @@ KL_BUCKETS = (
     0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 
-BACKENDS = ("teacher", "student")
-NO_BACKEND = "none"  # requests rejected before a backend was chosen
 FALLBACK_REASONS = ("error", "timeout", "circuit_open", "not_loaded")
 
 
@@ -41,21 +41,22 @@ class GatewayMetrics:
         m = ["model"]
         mb = ["model", "backend"]
         self.requests = Counter(
-            "gateway_requests_total",
-            "Inference requests answered, by the backend that served "
-            "them ('none' when refused before routing) and HTTP status code.",
-            [*mb, "code"],
+            names.REQUESTS,
+            "Inference requests answered, by the backend that served them ('none' when refused "
+            "before routing), the HTTP status code (gRPC answers by their HTTP equivalent) and "
+            "the protocol (http, grpc).",
+            [*mb, "code", "protocol"],
             registry=registry,
         )
         self.request_duration = Histogram(
-            "gateway_request_duration_seconds",
-            "Time a request spent in the gateway.",
-            mb,
+            names.REQUEST_DURATION,
+            "Time a request spent in the gateway, from its arrival to its answer's tensors.",
+            [*mb, "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.backend_duration = Histogram(
-            "gateway_backend_duration_seconds",
+            names.BACKEND_DURATION,
             "Time of the backend inference call alone; "
             "path='live' answers a client, path='shadow' is a background comparison.",
             [*mb, "path"],
@@ -75,13 +76,13 @@ class GatewayMetrics:
             registry=registry,
         )
         self.shadow_comparisons = Counter(
-            "gateway_shadow_comparisons_total",
+            names.SHADOW_COMPARISONS,
             "Examples (batch rows) compared between teacher and student on shadow traffic.",
             m,
             registry=registry,
         )
         self.shadow_agreements = Counter(
-            "gateway_shadow_agreements_total",
+            names.SHADOW_AGREEMENTS,
             "Compared examples whose top-1 classes agree.",
             m,
             registry=registry,
@@ -99,26 +100,26 @@ class GatewayMetrics:
             registry=registry,
         )
         self.shadow_kl = Histogram(
-            "gateway_shadow_kl_divergence",
+            names.SHADOW_KL,
             "KL(teacher || student) of the softmax distributions, per compared example, in nats.",
             m,
             buckets=KL_BUCKETS,
             registry=registry,
         )
         self.feedback = Counter(
-            "gateway_feedback_total",
+            names.FEEDBACK,
             "Examples labelled through the feedback API.",
             mb,
             registry=registry,
         )
         self.feedback_correct = Counter(
-            "gateway_feedback_correct_total",
+            names.FEEDBACK_CORRECT,
             "Labelled examples the serving backend got right.",
             mb,
             registry=registry,
         )
         self.fallbacks = Counter(
-            "gateway_fallbacks_total",
+            names.FALLBACKS,
             "Requests meant for one backend and served by another.",
             ["model", "from_backend", "to_backend", "reason"],
             registry=registry,
@@ -143,7 +144,7 @@ class GatewayMetrics:
             registry=registry,
         )
         self.cost = Counter(
-            "gateway_inference_cost_dollars_total",
+            names.COST,
             "Live backend compute seconds times the backend's cost_per_hour / 3600.",
             mb,
             registry=registry,
@@ -159,11 +160,12 @@ class GatewayMetrics:
             per_model.labels(model)
         for reason in FALLBACK_REASONS:
             self.fallbacks.labels(model, "student", "teacher", reason)
-        for role in BACKENDS:
-            self.requests.labels(model, role, "200")
+        for role in ROLES:
+            for protocol in PROTOCOLS:
+                self.requests.labels(model, role, "200", protocol)
+                self.request_duration.labels(model, role, protocol)
             for path in ("live", "shadow"):
                 self.backend_duration.labels(model, role, path)
-            self.request_duration.labels(model, role)
             self.feedback.labels(model, role)
             self.feedback_correct.labels(model, role)
             self.cost.labels(model, role)
@@ -185,10 +187,10 @@ class GatewayMetrics:
     def count_fallback(self, from_backend: str, to_backend: str, reason: str) -> None:
         self.fallbacks.labels(self.model, from_backend, to_backend, reason).inc()
 
-    def count_request(self, backend: str, code: int, seconds: float) -> None:
-        self.requests.labels(self.model, backend, str(code)).inc()
+    def count_request(self, backend: str, code: int, seconds: float, protocol: Protocol) -> None:
+        self.requests.labels(self.model, backend, str(code), protocol).inc()
         if backend != NO_BACKEND:
-            self.request_duration.labels(self.model, backend).observe(seconds)
+            self.request_duration.labels(self.model, backend, protocol).observe(seconds)
 
     @contextmanager
     def backend_call(self, backend: str, path: str) -> Iterator[None]:

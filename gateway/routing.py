@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Literal
 
 from gateway.errors import BadRequest
+from gateway.roles import ROLES, Role
 
-Role = Literal["teacher", "student"]
 BUCKETS = 10_000
 
 
@@ -37,7 +36,7 @@ class TrafficSplit:
 
     def choose(self, routing_key: str | None, forced: str | None) -> Role:
         if forced is not None:
-            if forced not in ("teacher", "student"):
+            if forced not in ROLES:
                 raise BadRequest(f"x-canary must be 'teacher' or 'student', got {forced!r}")
             return "student" if forced == "student" else "teacher"
         if routing_key is not None:

@@ -1,6 +1,9 @@
 """The gateway's core: routes, runs, shadows, remembers predictions and measures.
 
-HTTP (``gateway.app``) only translates requests into calls on ``GatewayService``.
+It knows no wire format: it takes an ``InferRequest`` (tensors already decoded) and returns an
+``InferResult`` (tensors). Each protocol is a thin codec at the edge (``gateway.app`` with
+``gateway.codec`` for HTTP, ``gateway.grpc_server`` for gRPC), so routing, fallback, shadow,
+feedback and metrics behave the same whichever way a request arrived.
 """
 
 from __future__ import annotations
@@ -10,20 +13,20 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from gateway.backends import Backend, create_backend
-from gateway.codec import decode_request, encode_response
 from gateway.config import GatewaySettings
 from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, GatewayError, NotFound
 from gateway.feedback import FeedbackStore
-from gateway.metrics import NO_BACKEND, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker
-from gateway.routing import Role, TrafficSplit
+from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
+from gateway.routing import TrafficSplit
 from gateway.shadow import ShadowComparer
 from gateway.signature import Signature, signature_mismatches
 
@@ -31,9 +34,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class InferenceResult:
-    body: bytes
-    header_length: int | None
+class InferRequest:
+    """One inference, decoded and checked against the signature by a protocol's codec."""
+
+    inputs: Mapping[str, np.ndarray]
+    output_names: Sequence[str]  # the outputs to answer with, in order
+    id: str  # the client's id, or one the edge made up
+    protocol: Protocol
+    received_at: float  # time.perf_counter() when the request arrived
+    routing_key: str | None = None  # x-routing-key: sticky routing
+    forced: str | None = None  # x-canary: teacher or student
+
+
+@dataclass(frozen=True)
+class InferResult:
+    outputs: dict[str, np.ndarray]  # the requested outputs, by name, in order
     served_by: Role
     request_id: str
 
@@ -68,12 +83,12 @@ class GatewayService:
         )
         resilience = settings.resilience
         self._deadline = resilience.request_timeout_ms / 1000.0
-        self._breakers = {
+        self._breakers: dict[str, CircuitBreaker] = {
             role: CircuitBreaker(
                 resilience.failure_threshold, resilience.window_seconds,
                 resilience.cool_down_seconds,
             )
-            for role in ("teacher", "student")
+            for role in ROLES
         }  # fmt: skip
         self._timeouts = {
             "teacher": settings.teacher.timeout_ms / 1000.0,
@@ -184,37 +199,28 @@ class GatewayService:
 
     # -- inference ---------------------------------------------------------------------------
 
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        body: bytes,
-        header_length: str | None,
-        routing_key: str | None,
-        forced: str | None,
-        fallback_id: str,
-    ) -> InferenceResult:
-        start = time.perf_counter()
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Routes, runs (falling back to the teacher), shadows and remembers one request; every
+        request is counted once, with its status and protocol."""
         served_by: str = NO_BACKEND
         try:
-            self.check_model(model, version)
-            request = decode_request(
-                body, header_length, self.signature, self.settings.max_batch_size
+            served_by = self.split.choose(request.routing_key, request.forced)
+            served_by, outputs = await self._run(
+                served_by, request.inputs, request.received_at + self._deadline
             )
-            served_by = self.split.choose(routing_key, forced)
-            served_by, outputs = await self._run(served_by, request.inputs, start + self._deadline)
             role = served_by
             self.shadow.maybe_submit(role, request.inputs, outputs)
-            request_id = request.id or fallback_id
-            self.feedback.remember(request_id, role, outputs[self._logits.name].argmax(axis=-1))
-            response, response_header_length = encode_response(
-                self.model, self.version, request_id, outputs, request.outputs
-            )
+            self.feedback.remember(request.id, role, outputs[self._logits.name].argmax(axis=-1))
         except GatewayError as exc:
-            self._metrics.count_request(served_by, exc.status_code, time.perf_counter() - start)
+            self._count(served_by, exc.status_code, request)
             raise
-        self._metrics.count_request(role, 200, time.perf_counter() - start)
-        return InferenceResult(response, response_header_length, role, request_id)
+        self._count(role, 200, request)
+        wanted = {name: outputs[name] for name in request.output_names}
+        return InferResult(wanted, role, request.id)
+
+    def _count(self, backend: str, code: int, request: InferRequest) -> None:
+        seconds = time.perf_counter() - request.received_at
+        self._metrics.count_request(backend, code, seconds, request.protocol)
 
     async def _run(
         self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float
@@ -269,9 +275,10 @@ class GatewayService:
         breaker.record_success()
         return outputs
 
-    def count_rejected(self, status_code: int) -> None:
-        """A request refused before it reached ``infer`` (body too large, bad encoding)."""
-        self._metrics.count_request(NO_BACKEND, status_code, 0.0)
+    def count_rejected(self, status_code: int, protocol: Protocol) -> None:
+        """A request refused before it reached ``infer`` (unknown model, body too large, a
+        malformed request): counted too, with no backend."""
+        self._metrics.count_request(NO_BACKEND, status_code, 0.0, protocol)
 
     # -- admin and feedback --------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.analysis import BackendWindow, WindowMetrics
 from controller.promtext import Snapshot, buckets, select, select_codes
+from gateway import metric_names as names
 
 
 class MetricsUnavailable(Exception):
@@ -64,25 +65,25 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
     def backend(name: str) -> BackendWindow:
         labels = {"model": model, "backend": name}
         # A request that fell back from this backend failed here, though a client never saw it.
-        fell_back = select(increase, "gateway_fallbacks_total", model=model, from_backend=name)
-        requests = select(increase, "gateway_requests_total", **labels)
+        fell_back = select(increase, names.FALLBACKS, model=model, from_backend=name)
+        requests = select(increase, names.REQUESTS, **labels)
         # A client's bad request (4xx) is not the backend's failure: only 5xx count.
-        failed = select_codes(increase, "gateway_requests_total", "5", **labels)
+        failed = select_codes(increase, names.REQUESTS, "5", **labels)
         return BackendWindow(
             requests=requests + fell_back,
             errors=failed + fell_back,
-            latency=buckets(increase, "gateway_backend_duration_seconds", **labels),
-            feedback_total=select(increase, "gateway_feedback_total", **labels),
-            feedback_correct=select(increase, "gateway_feedback_correct_total", **labels),
-            cost_dollars=select(increase, "gateway_inference_cost_dollars_total", **labels),
+            latency=buckets(increase, names.BACKEND_DURATION, **labels),
+            feedback_total=select(increase, names.FEEDBACK, **labels),
+            feedback_correct=select(increase, names.FEEDBACK_CORRECT, **labels),
+            cost_dollars=select(increase, names.COST, **labels),
         )
 
     return WindowMetrics(
         teacher=backend("teacher"),
         student=backend("student"),
-        comparisons=select(increase, "gateway_shadow_comparisons_total", model=model),
-        agreements=select(increase, "gateway_shadow_agreements_total", model=model),
-        kl_sum=select(increase, "gateway_shadow_kl_divergence_sum", model=model),
-        kl_count=select(increase, "gateway_shadow_kl_divergence_count", model=model),
-        kl_buckets=buckets(increase, "gateway_shadow_kl_divergence", model=model),
+        comparisons=select(increase, names.SHADOW_COMPARISONS, model=model),
+        agreements=select(increase, names.SHADOW_AGREEMENTS, model=model),
+        kl_sum=select(increase, f"{names.SHADOW_KL}_sum", model=model),
+        kl_count=select(increase, f"{names.SHADOW_KL}_count", model=model),
+        kl_buckets=buckets(increase, names.SHADOW_KL, model=model),
     )

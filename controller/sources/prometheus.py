@@ -14,20 +14,21 @@ import httpx
 
 from controller.promtext import Snapshot
 from controller.sources.base import Mark, MetricsSource, MetricsUnavailable
+from gateway import metric_names as names
 
 # Every counter the analysis reads; histograms by their _bucket, _sum and _count series.
 COUNTERS = (
-    "gateway_requests_total",
-    "gateway_backend_duration_seconds_bucket",
-    "gateway_feedback_total",
-    "gateway_feedback_correct_total",
-    "gateway_inference_cost_dollars_total",
-    "gateway_shadow_comparisons_total",
-    "gateway_shadow_agreements_total",
-    "gateway_shadow_kl_divergence_bucket",
-    "gateway_shadow_kl_divergence_sum",
-    "gateway_shadow_kl_divergence_count",
-    "gateway_fallbacks_total",
+    names.REQUESTS,
+    f"{names.BACKEND_DURATION}_bucket",
+    names.FEEDBACK,
+    names.FEEDBACK_CORRECT,
+    names.COST,
+    names.SHADOW_COMPARISONS,
+    names.SHADOW_AGREEMENTS,
+    f"{names.SHADOW_KL}_bucket",
+    f"{names.SHADOW_KL}_sum",
+    f"{names.SHADOW_KL}_count",
+    names.FALLBACKS,
 )
 GROUP_BY = "model, backend, code, le, from_backend"
 # Extra label matchers, e.g. namespace="ml",job="distill-gateway": one Prometheus often scrapes
