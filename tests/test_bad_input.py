@@ -144,8 +144,8 @@ def test_body_over_the_limit_is_413_and_the_gateway_keeps_serving(
     ok = httpx.post(f"{gateway.url}/v2/models/digits/infer", json={"inputs": [GOOD_INPUT]})
     assert ok.status_code == 200
     metrics = gateway.metrics_text()
-    assert 'gateway_requests_total{backend="none",code="413",model="digits",protocol="http"} 1.0' in metrics
-    assert 'gateway_requests_total{backend="teacher",code="200",model="digits",protocol="http"} 1.0' in metrics
+    counted = 'gateway_requests_total{backend="%s",code="%s",model="digits",protocol="http"} 1.0'
+    assert counted % ("none", "413") in metrics and counted % ("teacher", "200") in metrics
 
 
 def test_a_compressed_bomb_is_413_not_an_out_of_memory(fresh_gateway: Any) -> None:
