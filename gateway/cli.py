@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.errors import GatewayError
+from gateway.grpc_server import PortUnavailable, attach, create_grpc_server
 from gateway.metrics import GatewayMetrics
 from gateway.service import GatewayService
 
@@ -44,6 +45,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request (slower).")] = False,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Serve gRPC on this port too (config grpc.port; 0: off).")
+    ] = None,
 ) -> None:
     """Serve one logical model over the Open Inference Protocol, split between teacher and
     student."""
@@ -53,14 +57,21 @@ def serve(
     except ConfigError as exc:
         print(f"distill-gateway: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_CONFIG) from None
+    if grpc_port is not None:
+        settings.grpc.port = grpc_port
     listeners = _listeners(settings, host, port)
     try:  # before the models load: a port in use is found in a second, not after the warm-up
         sockets = {address: _bind(address) for address in listeners}
+        if settings.grpc.port:  # probed here for one clear line; gRPC binds it itself
+            _bind((settings.grpc.host or host, settings.grpc.port)).close()
     except OSError as exc:
         print(f"distill-gateway: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_PORT_UNAVAILABLE) from None
     try:
         _run(_serve(settings, listeners, sockets, (host, port), log_level, access_log))
+    except PortUnavailable as exc:
+        print(f"distill-gateway: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_PORT_UNAVAILABLE) from None
     except GatewayError as exc:
         print(f"distill-gateway: start-up failed: {exc.message}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_CONFIG) from None
@@ -90,6 +101,9 @@ async def _serve(
     access_log: bool,
 ) -> None:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    grpc_server, grpc_host = None, settings.grpc.host or main[0]
+    if settings.grpc.port:  # bound first: a port in use is found before the models load
+        grpc_server = create_grpc_server(grpc_host, settings.grpc.port, settings.max_request_bytes)
     registry = CollectorRegistry()
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
     metrics = GatewayMetrics(registry, settings.model, costs)
@@ -111,7 +125,15 @@ async def _serve(
             for companion, address in zip(companions, others, strict=True)]  # fmt: skip
     for address, parts in listeners.items():
         log.info("listening on http://%s:%d (%s)", *address, ", ".join(sorted(parts)))
+    if grpc_server is not None:
+        attach(grpc_server, service)
+        await grpc_server.start()
+        log.info(
+            "listening on grpc://%s:%d (v2)", settings.grpc.host or main[0], settings.grpc.port
+        )
     await server.serve(sockets=[sockets[main]])
+    if grpc_server is not None:  # HTTP has finished its requests; gRPC gets as long
+        await grpc_server.stop(grace=10)
     for companion in companions:
         companion.should_exit = True
     await asyncio.gather(*side)

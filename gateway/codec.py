@@ -39,20 +39,37 @@ class DecodedRequest:
 def decode_request(
     body: bytes, header_length: str | None, signature: Signature, max_batch_size: int
 ) -> DecodedRequest:
+    """An HTTP body: V2 JSON, with binary tensors after it when ``header_length`` is given."""
     header, binary = _split_body(body, header_length)
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as exc:
-        message = describe_body_errors(exc)
-        if not is_invalid_json(exc):
-            message = "invalid inference request: " + message
-        raise BadRequest(message) from exc
+        raise BadRequest(describe_request_errors(exc)) from exc
+    return decode_parsed(request, binary, signature, max_batch_size)
 
+
+def describe_request_errors(exc: ValidationError) -> str:
+    message = describe_body_errors(exc)
+    return message if is_invalid_json(exc) else "invalid inference request: " + message
+
+
+def decode_parsed(
+    request: InferenceRequest,
+    binary: memoryview,
+    signature: Signature,
+    max_batch_size: int,
+    binary_outputs: bool | None = None,
+) -> DecodedRequest:
+    """A parsed request (from HTTP JSON, or built from a gRPC message) and its binary tensor
+    data, checked against the signature: the one set of checks and messages for every protocol.
+    ``binary_outputs`` overrides the request's own choice (gRPC answers in raw bytes)."""
     inputs = _decode_inputs(request.inputs, binary, signature, max_batch_size)
     batch_sizes = {array.shape[0] for array in inputs.values() if array.ndim > 0}
     if len(batch_sizes) > 1:
         raise BadRequest(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
     binary_default = bool(request.parameters and request.parameters.binary_data_output)
+    if binary_outputs is not None:
+        binary_default = binary_outputs
     return DecodedRequest(
         id=request.id,
         inputs=inputs,

@@ -100,6 +100,15 @@ class ListenerConfig(StrictModel):
     """The address to bind; default: the main ``--host``."""
 
 
+class GrpcConfig(StrictModel):
+    """The Open Inference Protocol over gRPC, beside HTTP, on the same core."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """The gRPC port (Triton's is 8001); 0 or absent: no gRPC endpoint."""
+    host: str | None = None
+    """The address to bind; default: the main ``--host``."""
+
+
 class ShadowConfig(StrictModel):
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     """Fraction of live requests also run on the other backend to compare the two."""
@@ -160,6 +169,7 @@ class GatewaySettings(BaseSettings):
     """``PUT``/``GET /admin/traffic`` on a port of its own (for the controller only)."""
     metrics: ListenerConfig = Field(default_factory=ListenerConfig)
     """``/metrics`` on a port of its own (for Prometheus only); may be the admin port."""
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
     max_batch_size: int = Field(default=1024, ge=1)

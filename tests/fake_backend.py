@@ -23,9 +23,11 @@ from gateway.app import create_app
 from gateway.backends import Backend
 from gateway.config import GatewaySettings
 from gateway.errors import BackendUnavailable, BadRequest
+from gateway.grpc_server import attach, create_grpc_server
 from gateway.metrics import GatewayMetrics
 from gateway.service import GatewayService
 from gateway.signature import Signature, TensorSpec
+from tests.servers import free_port
 
 SIGNATURE = Signature(
     inputs=(TensorSpec("pixels", "FP32", (-1, 64)),),
@@ -119,3 +121,16 @@ async def in_process_gateway(**settings: Any) -> AsyncIterator[InProcessGateway]
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             yield InProcessGateway(client, teacher, student, service, registry)
+
+
+@asynccontextmanager
+async def grpc_endpoint(gateway: InProcessGateway) -> AsyncIterator[str]:
+    """The real gRPC server over the in-process gateway's service, on a free loopback port."""
+    port = free_port()
+    server = create_grpc_server("127.0.0.1", port, gateway.service.settings.max_request_bytes)
+    attach(server, gateway.service)
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(grace=None)

@@ -1,0 +1,74 @@
+"""gRPC's ``ModelInferRequest`` into the core's tensors, and tensors into ``ModelInferResponse``.
+
+Tensors come either as ``raw_input_contents`` (one bytes entry per input, as tritonclient sends
+them) or typed ``contents``; both are checked by ``codec.decode_parsed``, so a mistake gets the
+same message over gRPC as over HTTP. Answers carry ``raw_output_contents``, as Triton's do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from tritonclient.grpc import service_pb2 as pb
+
+from gateway.codec import DecodedRequest, decode_parsed, describe_request_errors
+from gateway.errors import BadRequest
+from gateway.protocol import InferenceRequest
+from gateway.signature import NUMPY_TO_V2, Signature
+
+# Where each datatype's values sit in InferTensorContents.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}  # fmt: skip
+
+
+def decode_grpc_request(
+    request: pb.ModelInferRequest, signature: Signature, max_batch_size: int
+) -> DecodedRequest:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} "
+                         "inputs: give one per input, or typed contents")  # fmt: skip
+    inputs: list[dict[str, Any]] = []
+    for index, tensor in enumerate(request.inputs):
+        entry: dict[str, Any] = {
+            "name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
+        }  # fmt: skip
+        if raw:
+            entry["parameters"] = {"binary_data_size": len(raw[index])}
+        else:
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            entry["data"] = list(getattr(tensor.contents, field)) if field else []
+        inputs.append(entry)
+    outputs = [{"name": output.name} for output in request.outputs] or None
+    try:
+        parsed = InferenceRequest.model_validate(
+            {"id": request.id or None, "inputs": inputs, "outputs": outputs}
+        )
+    except ValidationError as exc:
+        raise BadRequest(describe_request_errors(exc)) from exc
+    # One copy of the raw tensors, so that both protocols share one decoder.
+    binary = memoryview(b"".join(raw))
+    return decode_parsed(parsed, binary, signature, max_batch_size, binary_outputs=True)
+
+
+def encode_grpc_response(
+    model_name: str, model_version: str, request_id: str, outputs: Mapping[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse(
+        model_name=model_name, model_version=model_version, id=request_id
+    )
+    for name, array in outputs.items():
+        array = np.ascontiguousarray(array)
+        response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    return response

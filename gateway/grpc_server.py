@@ -1,0 +1,204 @@
+"""The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` (the stubs that ship
+with tritonclient) on grpc.aio, and ``grpc.health.v1`` for Kubernetes probes, both over the same
+``GatewayService`` as HTTP.
+
+Routing comes from the ``x-routing-key`` and ``x-canary`` metadata, exactly as the HTTP headers;
+answers carry ``x-served-by`` and ``x-request-id`` in their initial metadata. Errors map to gRPC
+codes as Triton maps them, with the message the HTTP path gives.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
+from gateway.service import GatewayService, InferRequest
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+EXTENSIONS = ("binary_tensor_data",)
+
+# HTTP status (the gateway's errors carry one) -> gRPC code, as Triton answers the same mistakes.
+GRPC_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+# The RPCs this gateway does not implement, and what to use instead.
+UNIMPLEMENTED = {
+    "ModelStreamInfer": "streaming inference: send one ModelInfer per request",
+    "ModelConfig": "model configuration: ModelMetadata has the signature",
+    "ModelStatistics": "statistics: per-backend metrics are Prometheus metrics at /metrics",
+    "RepositoryIndex": "the model repository: the gateway serves one logical model",
+    "RepositoryModelLoad": "the model repository: the gateway serves one logical model",
+    "RepositoryModelUnload": "the model repository: the gateway serves one logical model",
+    "SystemSharedMemoryStatus": "system shared memory: send tensors in the request",
+    "SystemSharedMemoryRegister": "system shared memory: send tensors in the request",
+    "SystemSharedMemoryUnregister": "system shared memory: send tensors in the request",
+    "CudaSharedMemoryStatus": "CUDA shared memory: send tensors in the request",
+    "CudaSharedMemoryRegister": "CUDA shared memory: send tensors in the request",
+    "CudaSharedMemoryUnregister": "CUDA shared memory: send tensors in the request",
+    "TraceSetting": "trace: follow a request by its x-request-id",
+    "LogSettings": "logging: set the level with distill-gateway --log-level",
+}
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> NoReturn:
+    await context.abort(GRPC_CODES.get(exc.status_code, grpc.StatusCode.INTERNAL), exc.message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: GatewayService) -> None:
+        self._service = service
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.is_ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        try:
+            self._service.check_model(request.name, request.version or None)
+        except GatewayError as exc:
+            await _abort(context, exc)
+        return pb.ModelReadyResponse(ready=self._service.is_ready())
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="distill-gateway", version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        service = self._service
+        try:
+            service.check_model(request.name, request.version or None)
+        except GatewayError as exc:
+            await _abort(context, exc)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=service.model,
+            versions=[service.version],
+            platform="distill-gateway",
+            inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
+                    for s in service.signature.inputs],
+            outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
+                     for s in service.signature.outputs],
+        )  # fmt: skip
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        received_at = time.perf_counter()
+        service = self._service
+        request_id = request.id or uuid.uuid4().hex
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        try:
+            service.check_model(request.model_name, request.model_version or None)
+            decoded = decode_grpc_request(
+                request, service.signature, service.settings.max_batch_size
+            )
+        except GatewayError as exc:
+            service.count_rejected(exc.status_code, "grpc")
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            await _abort(context, exc)
+        try:
+            result = await service.infer(
+                InferRequest(
+                    inputs=decoded.inputs,
+                    output_names=[wanted.name for wanted in decoded.outputs],
+                    id=request_id,
+                    protocol="grpc",
+                    received_at=received_at,
+                    routing_key=metadata.get("x-routing-key"),
+                    forced=metadata.get("x-canary"),
+                )
+            )
+        except GatewayError as exc:
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            await _abort(context, exc)
+        await context.send_initial_metadata(
+            (("x-served-by", result.served_by), ("x-request-id", request_id))
+        )
+        return encode_grpc_response(service.model, service.version, request_id, result.outputs)
+
+
+def _unimplemented(name: str, hint: str) -> Any:
+    async def answer(self: InferenceServicer, request: Any, context: Any) -> NoReturn:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"distill-gateway does not implement {name}: {hint}",
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return answer
+
+
+for _name, _hint in UNIMPLEMENTED.items():
+    setattr(InferenceServicer, _name, _unimplemented(_name, _hint))
+
+
+class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1``: SERVING while the gateway is ready (the teacher is), for the whole
+    server ("") and for the inference service by name."""
+
+    def __init__(self, service: GatewayService) -> None:
+        self._service = service
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE_NAME):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        serving = self._service.is_ready()
+        status = health_pb2.HealthCheckResponse.SERVING if serving else (
+            health_pb2.HealthCheckResponse.NOT_SERVING)  # fmt: skip
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+class PortUnavailable(OSError):
+    """The gRPC port could not be bound."""
+
+
+def create_grpc_server(host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+    """The server, its port bound (so a port in use is found before the models load); the
+    servicers are added with ``attach`` once the service exists."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+        ]
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise PortUnavailable(f"cannot listen on {address} (gRPC): {exc}") from exc
+    if bound == 0:
+        raise PortUnavailable(f"cannot listen on {address} (gRPC): address in use or not allowed")
+    return server
+
+
+def attach(server: grpc.aio.Server, service: GatewayService) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)
