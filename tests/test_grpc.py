@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from controller.local.traffic import TrafficGenerator
 from models.data import Split
 from tests.fake_backend import Behaviour, grpc_endpoint, in_process_gateway
 from tests.servers import BIN, TestGateway, free_port
@@ -291,3 +292,17 @@ def test_a_grpc_port_in_use_is_found_before_the_models_load() -> None:
     assert result.stderr.strip() == (
         f"distill-gateway: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_the_traffic_generator_drives_grpc_and_labels_every_answer(
+    grpc_gateway: TestGateway,
+) -> None:
+    grpc_gateway.set_share(0.5)
+    try:
+        generator = TrafficGenerator(grpc_gateway.url, grpc_address=_address(grpc_gateway))
+        report = generator.run(requests=80, workers=2)
+    finally:
+        grpc_gateway.set_share(0.0)
+    assert not report.errors and len(report.samples) == 80
+    assert {sample.backend for sample in report.samples} == {"teacher", "student"}
+    assert sum(bool(sample.correct) for sample in report.samples) >= 0.9 * 80

@@ -14,12 +14,14 @@ from tests.servers import BIN, free_port
 pytestmark = pytest.mark.e2e  # runs distill-stack: gateway, Prometheus, controller
 
 
-def test_the_local_stack_promotes_the_student_through_prometheus(tmp_path: Path) -> None:
+def test_the_local_stack_promotes_the_student_through_prometheus_with_grpc_traffic(
+    tmp_path: Path,
+) -> None:
     ports = [str(free_port()) for _ in range(3)]
     result = subprocess.run(
         [str(BIN / "distill-stack"), "--exit-after-rollout", "--gateway-port", ports[0],
          "--prometheus-port", ports[1], "--controller-port", ports[2],
-         "--policy", str(write_policy(tmp_path, interval_seconds=1))],
+         "--policy", str(write_policy(tmp_path, interval_seconds=1)), "--protocol", "grpc"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -30,3 +32,6 @@ def test_the_local_stack_promotes_the_student_through_prometheus(tmp_path: Path)
     answered = re.search(r"prometheus answered (\d+) PromQL queries", result.stdout)
     assert answered is not None and int(answered.group(1)) >= 3 * 11, result.stdout[-2000:]
     assert "distill-gateway.json" in result.stdout
+    # The traffic went over gRPC, and the controller judged it like any other.
+    served = re.search(r"answered 0 requests over http, (\d+) requests over grpc", result.stdout)
+    assert served is not None and int(served.group(1)) > 300, result.stdout[-2000:]

@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 
 from models.data import Split
-from tests.servers import TestGateway, TritonProcess, wait_until
+from tests.servers import TestGateway, TritonProcess, free_port, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -71,9 +72,11 @@ def test_a_mixed_configuration_serves_both(
     test_split: Split,
     student_direct: Model,
 ) -> None:
+    grpc_port = free_port()
     gateway = start_gateway({
         "shadow": {"sample_rate": 1.0},
         "student": triton_backend(triton, "student", "grpc"),  # the teacher stays in process
+        "grpc": {"port": grpc_port},
     })  # fmt: skip
     client = triton_http.InferenceServerClient(gateway.address)
     x = test_split.x[:8]
@@ -84,6 +87,15 @@ def test_a_mixed_configuration_serves_both(
         assert result.as_numpy("logits").shape == (8, 10)
     student = client.infer("digits", [pixels], headers={"x-canary": "student"})
     np.testing.assert_allclose(student.as_numpy("logits"), student_direct(x), rtol=1e-5, atol=1e-5)
+    # gRPC in, gRPC out: tritonclient.grpc to the gateway, the gateway to Triton
+    grpc_client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    grpc_pixels = triton_grpc.InferInput("pixels", [8, 64], "FP32")
+    grpc_pixels.set_data_from_numpy(x)
+    through_grpc = grpc_client.infer("digits", [grpc_pixels], headers={"x-canary": "student"})
+    np.testing.assert_allclose(through_grpc.as_numpy("logits"), student_direct(x), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    assert gateway.metric("gateway_requests_total", backend="student", code="200",
+                          protocol="grpc") == 1  # fmt: skip
 
 
 def _served_by(gateway: TestGateway, backend: str) -> str:

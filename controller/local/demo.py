@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +28,7 @@ from controller import promtext
 from controller.local.processes import BIN, GatewayProcess
 from controller.local.traffic import TrafficGenerator
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
+from gateway.roles import Protocol
 from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH
 
 BAD_STUDENT_PATH = MODELS_DIR / "student_bad.onnx"
@@ -65,13 +68,20 @@ def backend_row(window: promtext.Snapshot, share: float, backend: str) -> Backen
     )
 
 
+def traffic_for(gateway: GatewayProcess) -> TrafficGenerator:
+    """Over gRPC when the gateway serves it (the demo's --protocol grpc), else HTTP."""
+    return TrafficGenerator(gateway.url, grpc_address=gateway.grpc_address)
+
+
 def replay_at_fixed_shares(gateway: GatewayProcess) -> None:
     console.rule("[bold]Part 1: the split, at fixed student shares")
-    table = Table(title="replaying the digits test split with tritonclient, labels as feedback")
+    protocol = "gRPC" if gateway.grpc_address else "HTTP"
+    table = Table(title=f"replaying the digits test split with tritonclient over {protocol}, "
+                  "labels as feedback")  # fmt: skip
     for column in ("share", "backend", "requests", "accuracy", "agreement (shadow)", "p50 ms",
                    "p99 ms", "$ per 1k req"):  # fmt: skip
         table.add_column(column, justify="right")
-    generator = TrafficGenerator(gateway.url)
+    generator = traffic_for(gateway)
     for share in SHARES:
         gateway.set_share(share)
         before = promtext.parse(httpx.get(f"{gateway.url}/metrics").text)
@@ -114,13 +124,19 @@ def gateway_config(student: Path) -> dict[str, object]:
 
 
 def canary_scenario(
-    name: str, student: Path, work_dir: Path, token: str, policy: Path = DEMO_POLICY
+    name: str,
+    student: Path,
+    work_dir: Path,
+    token: str,
+    policy: Path = DEMO_POLICY,
+    protocol: str = "http",
 ) -> RolloutOutcome:
     console.rule(f"[bold]Part 2: {name}")
-    gateway = GatewayProcess(work_dir, gateway_config(student), admin_token=token).start()
+    gateway = GatewayProcess(work_dir, gateway_config(student), admin_token=token,
+                             grpc=protocol == "grpc").start()  # fmt: skip
     stop = threading.Event()
     traffic = threading.Thread(
-        target=lambda: TrafficGenerator(gateway.url).run(stop=stop, workers=3), daemon=True
+        target=lambda: traffic_for(gateway).run(stop=stop, workers=3), daemon=True
     )
     traffic.start()
     command = [
@@ -162,12 +178,14 @@ def summary(outcomes: list[RolloutOutcome]) -> None:
     console.print(table)
 
 
-def run_demo(policy: Path = DEMO_POLICY) -> list[RolloutOutcome]:
-    """Part 1, then the two rollouts of part 2, then the summary table."""
+def run_demo(policy: Path = DEMO_POLICY, protocol: str = "http") -> list[RolloutOutcome]:
+    """Part 1, then the two rollouts of part 2, then the summary table; the traffic goes over
+    ``protocol`` (http or grpc)."""
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
         work_dir = Path(tmp)
-        gateway = GatewayProcess(work_dir, {"shadow": {"sample_rate": 0.25}}, admin_token=token)
+        gateway = GatewayProcess(work_dir, {"shadow": {"sample_rate": 0.25}}, admin_token=token,
+                                 grpc=protocol == "grpc")  # fmt: skip
         console.print("starting the gateway on the shipped teacher/student pair ...")
         gateway.start()
         try:
@@ -176,21 +194,31 @@ def run_demo(policy: Path = DEMO_POLICY) -> list[RolloutOutcome]:
         finally:
             gateway.stop()
         outcomes = [
-            canary_scenario("a good student is promoted", STUDENT_PATH, work_dir, token, policy),
-            canary_scenario(
-                "a bad student is rolled back", BAD_STUDENT_PATH, work_dir, token, policy
-            ),
-        ]
+            canary_scenario("a good student is promoted", STUDENT_PATH, work_dir, token, policy,
+                            protocol),
+            canary_scenario("a bad student is rolled back", BAD_STUDENT_PATH, work_dir, token,
+                            policy, protocol),
+        ]  # fmt: skip
     summary(outcomes)
     return outcomes
 
 
-def main() -> None:
-    outcomes = run_demo()
+def demo(
+    protocol: Annotated[
+        Protocol, typer.Option(help="How the traffic reaches the gateway: http or grpc.")
+    ] = "http",
+) -> None:
+    """The end-to-end demo: the split at fixed shares, then a good student promoted and a bad
+    one rolled back by the real controller."""
+    outcomes = run_demo(protocol=protocol)
     expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]
     if [outcome.exit_code for outcome in outcomes] != expected:
         console.print("[red]the demo did not end as expected")
         raise SystemExit(1)
+
+
+def main() -> None:
+    typer.run(demo)
 
 
 if __name__ == "__main__":

@@ -125,8 +125,14 @@ class GatewayProcess(ManagedProcess):
         admin_token: str | None = None,
         port: int | None = None,
         environment: dict[str, str] | None = None,
+        grpc: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.grpc_address: str | None = None  # host:port of its gRPC endpoint, when asked for
+        if grpc:
+            grpc_port = free_port()
+            config = {**(config or {}), "grpc": {"port": grpc_port}}
+            self.grpc_address = f"127.0.0.1:{grpc_port}"
         self._extra_environment = dict(environment or {})
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"

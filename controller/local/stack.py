@@ -21,6 +21,7 @@ import typer
 from controller.local.processes import BIN, GatewayProcess, PrometheusProcess
 from controller.local.traffic import TrafficGenerator
 from controller.promtext import parse, select
+from gateway.roles import Protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
@@ -36,18 +37,21 @@ def stack(
     exit_after_rollout: Annotated[
         bool, typer.Option(help="Stop everything when the rollout ends (for tests and CI).")
     ] = False,
+    protocol: Annotated[
+        Protocol, typer.Option(help="How the traffic reaches the gateway: http or grpc.")
+    ] = "http",
 ) -> None:
     """Run gateway, Prometheus, traffic and one rollout locally; Ctrl-C stops it all."""
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="distill-stack-") as tmp:
         work = Path(tmp)
         gateway = GatewayProcess(
-            work, {"shadow": {"sample_rate": 0.25}}, admin_token=token, port=gateway_port
-        ).start()
+            work, {"shadow": {"sample_rate": 0.25}}, admin_token=token, port=gateway_port,
+            grpc=protocol == "grpc",
+        ).start()  # fmt: skip
+        generator = TrafficGenerator(gateway.url, grpc_address=gateway.grpc_address)
         stop = threading.Event()
-        traffic = threading.Thread(
-            target=lambda: TrafficGenerator(gateway.url).run(stop=stop, workers=2), daemon=True
-        )
+        traffic = threading.Thread(target=lambda: generator.run(stop=stop, workers=2), daemon=True)
         prometheus: PrometheusProcess | None = None
         try:
             traffic.start()
@@ -65,6 +69,9 @@ def stack(
                 scrape_interval="1s", rule_files=RULES, port=prometheus_port,
             ).start()  # fmt: skip
             print(f"gateway     {gateway.url}  (tritonclient: 127.0.0.1:{gateway_port})")
+            if gateway.grpc_address:
+                print(f"gateway     grpc://{gateway.grpc_address}  (tritonclient.grpc; the "
+                      "traffic goes this way)")  # fmt: skip
             print(f"prometheus  {prometheus.url}  (rules from deploy/prometheus/rules)")
             print(f"controller  http://127.0.0.1:{controller_port}/metrics")
             print(f"grafana     add {prometheus.url} as a Prometheus data source, then import "
@@ -73,6 +80,12 @@ def stack(
             print(f"rollout finished with exit code {code}", flush=True)
             print(f"prometheus answered {_queries_answered(prometheus)} PromQL queries "
                   "(the controller's analyses read it)", flush=True)  # fmt: skip
+            served = parse(httpx.get(f"{gateway.url}/metrics", timeout=5).text)
+            by_protocol = {protocol: select(served, "gateway_requests_total", protocol=protocol)
+                           for protocol in ("http", "grpc")}  # fmt: skip
+            print("the gateway answered " + ", ".join(
+                f"{count:.0f} requests over {protocol}" for protocol, count in by_protocol.items()
+            ), flush=True)  # fmt: skip
             if exit_after_rollout:
                 raise typer.Exit(code)
             print("still serving; Ctrl-C stops everything", flush=True)

@@ -1,7 +1,8 @@
-"""A traffic generator: replays the saved digits test split through a gateway with tritonclient, and
-posts each true label back as feedback (which also tells which backend served the request).
+"""A traffic generator: replays the saved digits test split through a gateway with tritonclient
+(over HTTP, or gRPC when given the gateway's gRPC address), and posts each true label back as
+feedback (which also tells which backend served the request).
 
-Used by the demo, the tests and the benchmarks. Each worker thread has its own clients.
+Used by the demo, the stack, the tests and the benchmarks. Each worker thread has its own clients.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
@@ -60,8 +63,10 @@ class TrafficGenerator:
         split_path: Path = TEST_SPLIT_PATH,
         send_feedback: bool = True,
         headers: Callable[[int], dict[str, str]] | None = None,
+        grpc_address: str | None = None,
     ) -> None:
         self._address = host_port(gateway_url)
+        self._grpc_address = grpc_address  # infer over gRPC; feedback still goes over HTTP
         self._base_url = f"http://{self._address}"
         self._model = model
         split = load_test_split(split_path)
@@ -100,7 +105,11 @@ class TrafficGenerator:
     def _worker(
         self, limit: int | None, stop: threading.Event | None, report: TrafficReport
     ) -> None:
-        client = triton_http.InferenceServerClient(self._address, network_timeout=30.0)
+        client: Any
+        if self._grpc_address:
+            client = triton_grpc.InferenceServerClient(self._grpc_address)
+        else:
+            client = triton_http.InferenceServerClient(self._address, network_timeout=30.0)
         with httpx.Client(base_url=self._base_url, timeout=30.0) as http:
             while stop is None or not stop.is_set():
                 number = self._next_index(limit)
@@ -111,11 +120,10 @@ class TrafficGenerator:
                     report.samples.append(sample)
         client.close()
 
-    def _one(
-        self, client: triton_http.InferenceServerClient, http: httpx.Client, number: int
-    ) -> Sample:
+    def _one(self, client: Any, http: httpx.Client, number: int) -> Sample:
         row = number % len(self._x)
-        pixels = triton_http.InferInput("pixels", [1, self._x.shape[1]], "FP32")
+        protocol = triton_grpc if self._grpc_address else triton_http
+        pixels = protocol.InferInput("pixels", [1, self._x.shape[1]], "FP32")
         pixels.set_data_from_numpy(self._x[row : row + 1])
         start = time.perf_counter()
         try:
@@ -123,7 +131,8 @@ class TrafficGenerator:
         except InferenceServerException as exc:
             return Sample(row, "", False, time.perf_counter() - start, error=str(exc))
         latency = time.perf_counter() - start
-        request_id = str(result.get_response()["id"])
+        response = result.get_response()
+        request_id = str(response.id if self._grpc_address else response["id"])
         if not self._send_feedback:
             return Sample(row, request_id, True, latency)
         answer = http.post(
