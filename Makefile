@@ -68,6 +68,7 @@ models: venv
 
 bench: venv triton-env
 	$(BIN)/python -m tests.benchmarks.bench_gateway
+	$(BIN)/python -m tests.benchmarks.bench_protocols
 	$(BIN)/python -m tests.benchmarks.bench_triton
 
 # The images' pinned dependencies (with hashes), from deploy/docker/requirements-*.in.

@@ -65,6 +65,12 @@ PANELS = [
     Panel("Requests per second by backend", "reqps", [
         (rate("gateway_requests_total", ROUTED, "backend"), "{{backend}}"),
     ]),
+    Panel("Requests per second by protocol (HTTP, gRPC) and backend", "reqps", [
+        (rate("gateway_requests_total", ROUTED, "protocol, backend"), "{{protocol}} {{backend}}"),
+    ]),
+    Panel("Time in gateway p99 by protocol", "s", [
+        (quantile(0.99, "gateway_request_duration_seconds", "protocol"), "p99 {{protocol}}"),
+    ]),
     Panel("Backend latency p50 and p99 (as the controller judges it)", "s", [
         (quantile(0.5, "gateway_backend_duration_seconds"), "p50 {{backend}}"),
         (quantile(0.99, "gateway_backend_duration_seconds"), "p99 {{backend}}"),

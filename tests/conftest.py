@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,12 +12,32 @@ import pytest
 
 from models import STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
 from models.data import Split, load_test_split
+from tests.image_build import start_in_background
 from tests.servers import TestGateway
 
 StartGateway = Callable[..., TestGateway]
 
 # Fixtures that start real servers (a gateway process, and through it Triton or Prometheus).
 REAL_SERVER_FIXTURES = frozenset({"gateway", "start_gateway", "fresh_gateway"})
+
+
+IMAGE = "localhost/distill-gateway:cpu-test"
+IMAGE_BUILD = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the image tests are selected, their build starts now, in the background at the
+    lowest priority, so its minute and a half overlaps the other tests (tests/image_build.py)."""
+    if any(item.nodeid.startswith("tests/test_image.py") for item in session.items):
+        work_dir = Path(tempfile.mkdtemp(prefix="distill-image-"))
+        session.config.stash[IMAGE_BUILD] = (start_in_background(work_dir, IMAGE), work_dir)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    build = session.config.stash.get(IMAGE_BUILD, None)
+    if build is not None and build[0].poll() is None:
+        build[0].kill()
+        build[0].wait()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

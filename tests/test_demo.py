@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e  # runs the demo: a gateway and two rollouts
 def test_the_demo_promotes_the_good_student_and_rolls_back_the_bad_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outcomes = run_demo(write_policy(tmp_path))
+    outcomes = run_demo(write_policy(tmp_path), requests_per_share=360)  # the split, once
     printed = capsys.readouterr().out
     assert [(o.student, o.exit_code) for o in outcomes] == [
         ("student.onnx", EXIT_PROMOTED), ("student_bad.onnx", EXIT_ROLLED_BACK)]  # fmt: skip

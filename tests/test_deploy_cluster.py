@@ -222,7 +222,8 @@ def _pods_of(app: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("app", "expected"), [
-    ("distill-gateway", {"http": [], "admin": _pods_of("distill-canary"), "metrics": MONITORING}),
+    ("distill-gateway", {"http": [], "grpc": [], "admin": _pods_of("distill-canary"),
+                         "metrics": MONITORING}),
     ("distill-triton", {"http": _pods_of("distill-gateway"), "grpc": _pods_of("distill-gateway"),
                         "metrics": MONITORING}),
     ("distill-canary", {"metrics": MONITORING}),
@@ -243,9 +244,10 @@ def test_network_policies_admit_each_port_from_its_clients_only(
 
 def test_the_public_service_exposes_neither_admin_nor_metrics() -> None:
     public = named("Service", "distill-gateway")
-    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http", "grpc"]
     settings = _gateway_settings()
     pod = pod_templates()["distill-gateway"]
+    assert settings.grpc.port == _port(pod, "grpc")
     assert settings.admin.port == _port(pod, "admin")
     assert settings.metrics.port == _port(pod, "metrics")
     assert settings.admin.port != settings.metrics.port  # the policies tell them apart

@@ -1,12 +1,12 @@
 """The CPU image, built by podman from deploy/docker/Dockerfile.cpu, and its gateway run.
 
 Two things this machine lacks are stood in for, and only those: no container registry is
-reachable, so the base is Debian bookworm made by debootstrap from Debian's mirror (with this
-machine's CA bundle, so pip inside the build reaches PyPI) instead of python:3.11-slim; and
-`podman run` cannot set RLIMIT_NOFILE in this VM, so the built image's filesystem is mounted and
-its entrypoint run with chroot, as UID 10001, over a read-only root, as the manifests run it.
-Everything inside the image (the locked dependencies, the project, the models, the user) is the
-Dockerfile's own. The CUDA image cannot be built here at all: its base comes only from a registry.
+reachable, so the base is Debian bookworm made by debootstrap (tests/image_build.py, started in
+the background when the session begins); and `podman run` cannot set RLIMIT_NOFILE in this VM, so
+the built image's filesystem is mounted and its entrypoint run with chroot, as UID 10001, over a
+read-only root, as the manifests run it. Everything inside the image (the locked dependencies, the
+project, the models, the user) is the Dockerfile's own. The CUDA image cannot be built here at
+all: its base comes only from a registry.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import numpy as np
 import pytest
 
 from models.data import Split
+from tests.conftest import IMAGE, IMAGE_BUILD
+from tests.image_build import BASE
 from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.e2e  # builds the image with podman
-
-ROOT = Path(__file__).resolve().parents[1]
-BASE = "localhost/distill-base:bookworm"
-IMAGE = "localhost/distill-gateway:cpu-test"
 
 
 def _run(*command: str, timeout: float = 900) -> str:
@@ -41,26 +39,18 @@ def _run(*command: str, timeout: float = 900) -> str:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Builds the image and yields its mounted root filesystem (read-only)."""
-    for tool in ("podman", "debootstrap"):
-        assert shutil.which(tool), f"{tool} is installed by `make test` (Debian's {tool} package)"
-    rootfs = tmp_path_factory.mktemp("base") / "rootfs"
-    _run("debootstrap", "--variant=minbase", "--include=python3.11,python3.11-venv,python3-venv",
-         "bookworm", str(rootfs), "http://deb.debian.org/debian")  # fmt: skip
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/")
-    with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
-        subprocess.run(["podman", "import", "-", BASE], stdin=tar.stdout, check=True,
-                       capture_output=True, timeout=600)  # fmt: skip
-    assert tar.returncode == 0
-    _run("podman", "build", "--isolation=chroot", "--build-arg", f"BASE={BASE}",
-         "-f", str(ROOT / "deploy/docker/Dockerfile.cpu"), "-t", IMAGE, str(ROOT))  # fmt: skip
-    mounted = Path(_run("podman", "image", "mount", IMAGE).strip())
+def image(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Waits for the session's image build, and yields its mounted root filesystem."""
+    build, work_dir = request.config.stash[IMAGE_BUILD]
     try:
+        code = build.wait(timeout=1200)
+        assert code == 0, (work_dir / "build.log").read_text()[-5000:]
+        mounted = Path(_run("podman", "image", "mount", IMAGE).strip())
         yield mounted
     finally:
         subprocess.run(["podman", "image", "unmount", IMAGE], capture_output=True)
         subprocess.run(["podman", "rmi", "-f", IMAGE, BASE], capture_output=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def test_the_image_holds_serving_code_only_and_runs_as_a_user(image: Path) -> None:

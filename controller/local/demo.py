@@ -73,7 +73,7 @@ def traffic_for(gateway: GatewayProcess) -> TrafficGenerator:
     return TrafficGenerator(gateway.url, grpc_address=gateway.grpc_address)
 
 
-def replay_at_fixed_shares(gateway: GatewayProcess) -> None:
+def replay_at_fixed_shares(gateway: GatewayProcess, requests: int = REQUESTS_PER_SHARE) -> None:
     console.rule("[bold]Part 1: the split, at fixed student shares")
     protocol = "gRPC" if gateway.grpc_address else "HTTP"
     table = Table(title=f"replaying the digits test split with tritonclient over {protocol}, "
@@ -85,7 +85,7 @@ def replay_at_fixed_shares(gateway: GatewayProcess) -> None:
     for share in SHARES:
         gateway.set_share(share)
         before = promtext.parse(httpx.get(f"{gateway.url}/metrics").text)
-        report = generator.run(requests=REQUESTS_PER_SHARE, workers=2)
+        report = generator.run(requests=requests, workers=2)
         after = promtext.parse(httpx.get(f"{gateway.url}/metrics").text)
         window = promtext.increase(after, before)
         compared = promtext.select(window, "gateway_shadow_comparisons_total")
@@ -178,7 +178,11 @@ def summary(outcomes: list[RolloutOutcome]) -> None:
     console.print(table)
 
 
-def run_demo(policy: Path = DEMO_POLICY, protocol: str = "http") -> list[RolloutOutcome]:
+def run_demo(
+    policy: Path = DEMO_POLICY,
+    protocol: str = "http",
+    requests_per_share: int = REQUESTS_PER_SHARE,
+) -> list[RolloutOutcome]:
     """Part 1, then the two rollouts of part 2, then the summary table; the traffic goes over
     ``protocol`` (http or grpc)."""
     token = secrets.token_urlsafe(16)
@@ -190,7 +194,7 @@ def run_demo(policy: Path = DEMO_POLICY, protocol: str = "http") -> list[Rollout
         gateway.start()
         try:
             console.print(f"gateway ready at {gateway.url}")
-            replay_at_fixed_shares(gateway)
+            replay_at_fixed_shares(gateway, requests_per_share)
         finally:
             gateway.stop()
         outcomes = [
