@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from gateway.codec import DecodedRequest, decode_parsed, describe_request_errors
 from gateway.errors import BadRequest
-from gateway.protocol import InferenceRequest
+from gateway.protocol import InferenceRequest, RequestInput, RequestOutput, TensorParameters
 from gateway.signature import NUMPY_TO_V2, Signature
 
 # Where each datatype's values sit in InferTensorContents.
@@ -38,27 +38,37 @@ def decode_grpc_request(
     if raw and len(raw) != len(request.inputs):
         raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} "
                          "inputs: give one per input, or typed contents")  # fmt: skip
-    inputs: list[dict[str, Any]] = []
+    if not request.inputs:  # pydantic says it, in the HTTP path's words
+        _validate({"id": request.id or None, "inputs": []})
+    # Protobuf has typed every field already, so the request is built without validation; the
+    # checks against the signature (names, datatypes, shapes, sizes) are decode_parsed's.
+    inputs = []
     for index, tensor in enumerate(request.inputs):
-        entry: dict[str, Any] = {
-            "name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
-        }  # fmt: skip
+        parameters = data = None
         if raw:
-            entry["parameters"] = {"binary_data_size": len(raw[index])}
+            parameters = TensorParameters.model_construct(binary_data_size=len(raw[index]))
         else:
             field = CONTENTS_FIELD.get(tensor.datatype)
-            entry["data"] = list(getattr(tensor.contents, field)) if field else []
-        inputs.append(entry)
-    outputs = [{"name": output.name} for output in request.outputs] or None
+            data = list(getattr(tensor.contents, field)) if field else []
+        inputs.append(RequestInput.model_construct(
+            name=tensor.name, shape=list(tensor.shape), datatype=tensor.datatype,
+            parameters=parameters, data=data,
+        ))  # fmt: skip
+    outputs = [RequestOutput.model_construct(name=output.name, parameters=None)
+               for output in request.outputs] or None  # fmt: skip
+    parsed = InferenceRequest.model_construct(
+        id=request.id or None, parameters=None, inputs=inputs, outputs=outputs
+    )
+    # One copy of the raw tensors, so that both protocols share one decoder.
+    binary = memoryview(raw[0] if len(raw) == 1 else b"".join(raw))
+    return decode_parsed(parsed, binary, signature, max_batch_size, binary_outputs=True)
+
+
+def _validate(fields: dict[str, Any]) -> None:
     try:
-        parsed = InferenceRequest.model_validate(
-            {"id": request.id or None, "inputs": inputs, "outputs": outputs}
-        )
+        InferenceRequest.model_validate(fields)
     except ValidationError as exc:
         raise BadRequest(describe_request_errors(exc)) from exc
-    # One copy of the raw tensors, so that both protocols share one decoder.
-    binary = memoryview(b"".join(raw))
-    return decode_parsed(parsed, binary, signature, max_batch_size, binary_outputs=True)
 
 
 def encode_grpc_response(
