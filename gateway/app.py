@@ -164,17 +164,10 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
             service.count_rejected(exc.status_code, "http")
             return error_response(exc, {"x-request-id": request_id})
         request_id = decoded.id or request_id
-        core_request = InferRequest(
-            inputs=decoded.inputs,
-            output_names=[wanted.name for wanted in decoded.outputs],
-            id=request_id,
-            protocol="http",
-            received_at=received_at,
-            routing_key=headers.get("x-routing-key"),
-            forced=headers.get("x-canary"),
-        )
         try:
-            result = await service.infer(core_request)
+            result = await service.infer(
+                InferRequest.of(decoded, request_id, "http", received_at, headers)
+            )
         except GatewayError as exc:
             return error_response(exc, {"x-request-id": request_id})
         body, header_length = encode_response(

@@ -123,15 +123,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             await _abort(context, exc)
         try:
             result = await service.infer(
-                InferRequest(
-                    inputs=decoded.inputs,
-                    output_names=[wanted.name for wanted in decoded.outputs],
-                    id=request_id,
-                    protocol="grpc",
-                    received_at=received_at,
-                    routing_key=metadata.get("x-routing-key"),
-                    forced=metadata.get("x-canary"),
-                )
+                InferRequest.of(decoded, request_id, "grpc", received_at, metadata)
             )
         except GatewayError as exc:
             await context.send_initial_metadata((("x-request-id", request_id),))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends import Backend, create_backend
+from gateway.codec import DecodedRequest
 from gateway.config import GatewaySettings
 from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, GatewayError, NotFound
 from gateway.feedback import FeedbackStore
@@ -44,6 +45,26 @@ class InferRequest:
     received_at: float  # time.perf_counter() when the request arrived
     routing_key: str | None = None  # x-routing-key: sticky routing
     forced: str | None = None  # x-canary: teacher or student
+
+    @classmethod
+    def of(
+        cls,
+        decoded: DecodedRequest,
+        request_id: str,
+        protocol: Protocol,
+        received_at: float,
+        headers: Mapping[str, str],
+    ) -> InferRequest:
+        """From a codec's decoded request and the HTTP headers (or gRPC metadata) that route it."""
+        return cls(
+            inputs=decoded.inputs,
+            output_names=[wanted.name for wanted in decoded.outputs],
+            id=request_id,
+            protocol=protocol,
+            received_at=received_at,
+            routing_key=headers.get("x-routing-key"),
+            forced=headers.get("x-canary"),
+        )
 
 
 @dataclass(frozen=True)

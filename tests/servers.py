@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -17,8 +20,8 @@ from controller.local.processes import (
 )
 
 __all__ = [
-    "ADMIN_TOKEN", "BIN", "PrometheusProcess", "TestGateway", "TritonProcess", "free_port",
-    "read_metric", "wait_until",
+    "ADMIN_TOKEN", "BIN", "PrometheusProcess", "TestGateway", "TritonProcess", "busy_port",
+    "free_port", "read_metric", "wait_until",
 ]  # fmt: skip
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -39,6 +42,15 @@ class TestGateway(GatewayProcess):
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value from ``/metrics``; 0 when the series does not exist yet."""
         return read_metric(self.metrics_text(), name, **labels)
+
+
+@contextmanager
+def busy_port() -> Iterator[int]:
+    """A loopback port something else is listening on."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield int(busy.getsockname()[1])
 
 
 def read_metric(text: str, name: str, **labels: str) -> float:

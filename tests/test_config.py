@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import BIN, TestGateway, free_port
+from tests.servers import BIN, TestGateway, busy_port, free_port
 
 pytestmark = pytest.mark.e2e  # starts distill-gateway processes
 
@@ -114,10 +114,7 @@ def test_device_cuda_without_a_usable_gpu_is_a_start_up_error(tmp_path: Path) ->
 
 
 def test_a_port_in_use_is_found_before_the_models_load() -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = subprocess.run(
             [str(BIN / "distill-gateway"), "--port", str(port)],
             capture_output=True, text=True, timeout=60,

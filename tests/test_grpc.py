@@ -7,7 +7,6 @@ not ready) run against the real gRPC server over scripted backends (tests/fake_b
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +24,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from controller.local.traffic import TrafficGenerator
 from models.data import Split
 from tests.fake_backend import Behaviour, grpc_endpoint, in_process_gateway
-from tests.servers import BIN, TestGateway, free_port
+from tests.servers import BIN, TestGateway, busy_port, free_port
 
 Model = Callable[[np.ndarray], np.ndarray]
 
@@ -279,10 +278,7 @@ def test_a_failing_teacher_is_unavailable_and_its_readiness_is_served_false() ->
 
 @pytest.mark.e2e  # starts distill-gateway
 def test_a_grpc_port_in_use_is_found_before_the_models_load() -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with busy_port() as port:
         result = subprocess.run(
             [str(BIN / "distill-gateway"), "--port", str(free_port()), "--grpc-port", str(port)],
             capture_output=True, text=True, timeout=60,
