@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError
+from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.roles import ROLES
@@ -176,6 +176,17 @@ class GatewaySettings(BaseSettings):
     """Larger batches are refused with 400."""
     admin_token: SecretStr | None = None
     """Bearer token for ``PUT /admin/traffic``; from ``DISTILL_GATEWAY_ADMIN_TOKEN`` only."""
+
+    @model_validator(mode="after")
+    def _student_leaves_time_to_fall_back(self) -> GatewaySettings:
+        deadline = self.resilience.request_timeout_ms
+        if self.student.timeout_ms >= deadline:
+            raise ValueError(
+                f"student.timeout_ms ({self.student.timeout_ms:g}) must be below "
+                f"resilience.request_timeout_ms ({deadline:g}): a student that times out must "
+                "leave the request time to be answered by the teacher"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -9,7 +9,7 @@ GatewayError
  +-- PayloadTooLarge (413)       body over ``max_request_bytes``
  +-- UnsupportedMediaType (415)  a Content-Encoding we cannot decode
  +-- Unprocessable (422)         a well-formed admin or feedback body with a bad value
- +-- InferenceFailed (500)       the backend raised while running a valid request
+ +-- InferenceFailed (500)       an unexpected exception while serving a valid request
  +-- BackendUnavailable (503)    the backend cannot serve at all
       +-- BackendTimeout (503)    the backend did not answer in time
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 class GatewayError(Exception):
     status_code = 500
+    backend: str | None = None  # the backend that failed last, when it was not the one chosen
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -16,7 +16,13 @@ from tritonclient.grpc import service_pb2 as pb
 
 from gateway.codec import DecodedRequest, decode_parsed, describe_request_errors
 from gateway.errors import BadRequest
-from gateway.protocol import InferenceRequest, RequestInput, RequestOutput, TensorParameters
+from gateway.protocol import (
+    MAX_ID_LENGTH,
+    InferenceRequest,
+    RequestInput,
+    RequestOutput,
+    TensorParameters,
+)
 from gateway.signature import NUMPY_TO_V2, Signature
 
 # Where each datatype's values sit in InferTensorContents.
@@ -40,6 +46,9 @@ def decode_grpc_request(
                          "inputs: give one per input, or typed contents")  # fmt: skip
     if not request.inputs:  # pydantic says it, in the HTTP path's words
         _validate({"id": request.id or None, "inputs": []})
+    if len(request.id) > MAX_ID_LENGTH:
+        raise BadRequest("invalid inference request: id: String should have at most "
+                         f"{MAX_ID_LENGTH} characters")  # fmt: skip
     # Protobuf has typed every field already, so the request is built without validation; the
     # checks against the signature (names, datatypes, shapes, sizes) are decode_parsed's.
     inputs = []

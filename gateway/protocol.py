@@ -52,8 +52,11 @@ class RequestOutput(_V2):
     parameters: OutputParameters | None = None
 
 
+MAX_ID_LENGTH = 256  # request ids are kept until their label arrives: bounded
+
+
 class InferenceRequest(_V2):
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
     parameters: RequestParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
@@ -91,7 +94,7 @@ class Feedback(StrictModel):
     ``label`` is one class for a batch of one, or one class per row for a larger batch.
     """
 
-    id: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     label: Annotated[int | list[int], BeforeValidator(_label_or_labels)]
 
     @model_validator(mode="before")

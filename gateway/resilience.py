@@ -49,6 +49,11 @@ class CircuitBreaker:
         self._probe_in_flight = True
         return True
 
+    def release_probe(self) -> None:
+        """A call that ended without a verdict on the backend (its client went away): the next
+        request may probe instead."""
+        self._probe_in_flight = False
+
     def record_success(self) -> None:
         self._probe_in_flight = False
         if self.state is CircuitState.HALF_OPEN:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,14 @@ import numpy as np
 from gateway.backends import Backend, create_backend
 from gateway.codec import DecodedRequest
 from gateway.config import GatewaySettings
-from gateway.errors import BackendTimeout, BackendUnavailable, BadRequest, GatewayError, NotFound
+from gateway.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    GatewayError,
+    InferenceFailed,
+    NotFound,
+)
 from gateway.feedback import FeedbackStore
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import Feedback
@@ -80,6 +87,7 @@ class GatewayService:
         settings: GatewaySettings,
         backends: Mapping[str, Backend],
         metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,  # the circuit breakers' (tests move it)
     ) -> None:
         self.settings = settings
         self.model = settings.model
@@ -107,7 +115,7 @@ class GatewayService:
         self._breakers: dict[str, CircuitBreaker] = {
             role: CircuitBreaker(
                 resilience.failure_threshold, resilience.window_seconds,
-                resilience.cool_down_seconds,
+                resilience.cool_down_seconds, clock,
             )
             for role in ROLES
         }  # fmt: skip
@@ -233,8 +241,13 @@ class GatewayService:
             self.shadow.maybe_submit(role, request.inputs, outputs)
             self.feedback.remember(request.id, role, outputs[self._logits.name].argmax(axis=-1))
         except GatewayError as exc:
-            self._count(served_by, exc.status_code, request)
+            self._count(exc.backend or served_by, exc.status_code, request)
             raise
+        except Exception as exc:  # a bug: counted, logged with its traceback, answered as JSON
+            log.exception("internal error while serving request %s", request.id)
+            self._count(served_by, 500, request)
+            raise InferenceFailed(f"internal error while serving request {request.id}; it is in "
+                                  "the gateway's log with its traceback") from exc  # fmt: skip
         self._count(role, 200, request)
         wanted = {name: outputs[name] for name in request.output_names}
         return InferResult(wanted, role, request.id)
@@ -262,7 +275,9 @@ class GatewayService:
             raise
         except GatewayError as exc:
             if role == "teacher":
-                raise BackendUnavailable(f"teacher backend unavailable: {exc.message}") from exc
+                failed = BackendUnavailable(f"teacher backend unavailable: {exc.message}")
+                failed.backend = "teacher"  # after a fallback too: counted once, as the teacher's
+                raise failed from exc
             reason = "timeout" if isinstance(exc, BackendTimeout) else "error"
             self._metrics.count_fallback("student", "teacher", reason)
             return await self._run("teacher", inputs, deadline)
@@ -293,6 +308,13 @@ class GatewayService:
         except GatewayError:
             breaker.record_failure()
             raise
+        except asyncio.CancelledError:  # the client went away: no verdict on the backend
+            breaker.release_probe()
+            raise
+        except Exception as exc:  # the runtime's surprise is this backend's failure
+            breaker.record_failure()
+            log.exception("%s backend raised", role)
+            raise InferenceFailed(f"{role} backend failed: {type(exc).__name__}: {exc}") from exc
         breaker.record_success()
         return outputs
 

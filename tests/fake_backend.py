@@ -8,7 +8,8 @@ milliseconds; the real ONNX Runtime and Triton backends have their own tests aga
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -41,6 +42,7 @@ class Behaviour(StrEnum):
     FAIL = "fail"  # an error from the runtime: the backend's failure
     REJECT = "reject"  # the backend says the request is wrong (Triton's invalid argument)
     HANG = "hang"  # never answers
+    CRASH = "crash"  # an exception that is not the gateway's (a bug, a runtime surprise)
     SLOW = "slow"  # answers after ``delay`` seconds
 
 
@@ -70,6 +72,8 @@ class ScriptedBackend(Backend):
             raise BackendUnavailable(f"{self.role} runtime error (scripted)")
         if self.behaviour is Behaviour.REJECT:
             raise BadRequest(f"{self.role} rejected the request (scripted)")
+        if self.behaviour is Behaviour.CRASH:
+            raise RuntimeError(f"{self.role}: something nobody expected (scripted)")
         if self.behaviour is Behaviour.HANG:
             await asyncio.Event().wait()
         if self.behaviour is Behaviour.SLOW:
@@ -105,7 +109,9 @@ class InProcessGateway:
 
 
 @asynccontextmanager
-async def in_process_gateway(**settings: Any) -> AsyncIterator[InProcessGateway]:
+async def in_process_gateway(
+    clock: Callable[[], float] = time.monotonic, **settings: Any
+) -> AsyncIterator[InProcessGateway]:
     """The real service and app (shadow off unless asked) over two scripted backends; the app's
     lifespan runs, as under uvicorn."""
     config = GatewaySettings(**{"shadow": {"sample_rate": 0.0}, **settings})
@@ -115,7 +121,7 @@ async def in_process_gateway(**settings: Any) -> AsyncIterator[InProcessGateway]
     registry = CollectorRegistry()
     costs = {"teacher": config.teacher.cost_per_hour, "student": config.student.cost_per_hour}
     metrics = GatewayMetrics(registry, config.model, costs)
-    service = GatewayService(config, {"teacher": teacher, "student": student}, metrics)
+    service = GatewayService(config, {"teacher": teacher, "student": student}, metrics, clock)
     app = create_app(service, registry, SecretStr(TOKEN))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

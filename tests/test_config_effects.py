@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
+from gateway.config import ConfigError, load_settings
 from models import STUDENT_PATH, TEACHER_PATH
 from tests.servers import TestGateway
 
@@ -45,3 +47,18 @@ def test_model_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
             assert answer.status_code == 200 and answer.headers["x-served-by"] == backend
     finally:
         gateway.stop()
+
+
+def test_a_student_timeout_that_leaves_no_time_to_fall_back_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"student: {{path: {STUDENT_PATH}, timeout_ms: 2000}}\n"
+                      "resilience: {request_timeout_ms: 2000}\n")  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert str(refused.value) == (
+        f"{config}: invalid config: (top level): student.timeout_ms (2000) must be below "
+        "resilience.request_timeout_ms (2000): a student that times out must leave the request "
+        "time to be answered by the teacher"
+    )
+    config.write_text(f"student: {{path: {STUDENT_PATH}, timeout_ms: 1999}}\n")
+    assert load_settings(config).student.timeout_ms == 1999

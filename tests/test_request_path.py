@@ -8,14 +8,21 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+
+from tests.clock import ManualClock as Clock
 from tests.fake_backend import Behaviour, InProcessGateway, in_process_gateway
 
 STUDENT = {"x-canary": "student"}
 
 
-def run(scenario: Callable[[InProcessGateway], Awaitable[None]], **settings: object) -> None:
+def run(
+    scenario: Callable[[InProcessGateway], Awaitable[None]],
+    clock: Callable[[], float] = time.monotonic,
+    **settings: object,
+) -> None:
     async def main() -> None:
-        async with in_process_gateway(**settings) as gateway:
+        async with in_process_gateway(clock, **settings) as gateway:
             await scenario(gateway)
 
     asyncio.run(main())
@@ -118,5 +125,99 @@ def test_the_share_splits_and_a_routing_key_sticks() -> None:
         keyed = {(await gateway.infer({"x-routing-key": "user-42"})).headers["x-served-by"]
                  for _ in range(20)}  # fmt: skip
         assert len(keyed) == 1
+
+    run(scenario)
+
+
+# -- defects found by reading (issue 10): each test failed before its fix ----------------------
+
+
+def test_a_cancelled_probe_does_not_lock_the_circuit() -> None:
+    """A half-open probe whose client goes away must not leave the circuit waiting for it."""
+    clock = Clock()
+
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = Behaviour.FAIL
+        await gateway.infer(STUDENT)  # opens the circuit (threshold 1)
+        clock.now += 61  # past the cool-down: the next request is the probe
+        gateway.student.behaviour = Behaviour.HANG
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(gateway.infer(STUDENT), 0.1)  # the client gives up
+        gateway.student.behaviour = Behaviour.ANSWER
+        answer = await gateway.infer(STUDENT)
+        assert answer.headers["x-served-by"] == "student"  # a new probe went through, and passed
+
+    run(scenario, clock=clock, resilience={"failure_threshold": 1, "cool_down_seconds": 60})
+
+
+def test_an_unexpected_exception_in_a_backend_is_a_failure_of_that_backend() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = Behaviour.CRASH
+        answer = await gateway.infer(STUDENT)
+        assert answer.status_code == 200 and answer.headers["x-served-by"] == "teacher"
+        assert fallbacks(gateway, "error") == 1
+        gateway.teacher.behaviour = Behaviour.CRASH
+        failed = await gateway.infer()
+        assert failed.status_code == 503
+        assert failed.json()["error"] == (
+            "teacher backend unavailable: teacher backend failed: RuntimeError: teacher: "
+            "something nobody expected (scripted)"
+        )
+        assert gateway.metric("gateway_requests_total", backend="teacher", code="503",
+                              protocol="http") == 1  # fmt: skip
+
+    run(scenario)
+
+
+def test_an_unexpected_exception_outside_the_backends_is_a_counted_json_500() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        def broken(*_: object) -> None:
+            raise KeyError("a bug")
+
+        gateway.service.feedback.remember = broken  # type: ignore[method-assign,assignment]
+        answer = await gateway.infer({"x-canary": "teacher"})
+        assert answer.status_code == 500
+        request_id = answer.headers["x-request-id"]
+        assert answer.json() == {
+            "error": f"internal error while serving request {request_id}; it is in the "
+            "gateway's log with its traceback"
+        }
+        assert gateway.metric("gateway_requests_total", backend="teacher", code="500",
+                              protocol="http") == 1  # fmt: skip
+
+    run(scenario)
+
+
+def test_a_student_failure_then_a_teacher_failure_is_counted_once() -> None:
+    """The request failed on the teacher: one 503 of the teacher's, and the student's failure is
+    its fallback, not a second error."""
+
+    async def scenario(gateway: InProcessGateway) -> None:
+        gateway.student.behaviour = gateway.teacher.behaviour = Behaviour.FAIL
+        assert (await gateway.infer(STUDENT)).status_code == 503
+        codes = {
+            backend: gateway.metric("gateway_requests_total", backend=backend, code="503",
+                                    protocol="http")
+            for backend in ("teacher", "student")
+        }  # fmt: skip
+        assert codes == {"teacher": 1, "student": 0}
+        assert fallbacks(gateway, "error") == 1
+
+    run(scenario)
+
+
+def test_ids_longer_than_256_characters_are_refused() -> None:
+    async def scenario(gateway: InProcessGateway) -> None:
+        body = {"id": "x" * 257, "inputs": [{"name": "pixels", "datatype": "FP32",
+                                              "shape": [1, 64], "data": [1.0] * 64}]}  # fmt: skip
+        answer = await gateway.client.post("/v2/models/digits/infer", json=body)
+        assert answer.status_code == 400
+        assert answer.json()["error"] == (
+            "invalid inference request: id: String should have at most 256 characters"
+        )
+        label = await gateway.client.post("/v2/models/digits/feedback",
+                                          json={"id": "x" * 257, "label": 1})  # fmt: skip
+        assert label.status_code == 422
+        assert label.json()["error"] == "id: String should have at most 256 characters"
 
     run(scenario)
