@@ -2,9 +2,10 @@
 serve.
 
 Everything that can fail (config, a port in use, model files, signatures, device) fails before any
-request is answered, with one line that says what is wrong. Exit codes: 0 stopped by SIGTERM or
-SIGINT, 2 invalid config or a start-up failure (models, signatures, device), 3 a port cannot be
-bound (in use, or not allowed).
+request is answered, with one line that says what is wrong. Exit codes: 2 invalid config or a
+start-up failure (models, signatures, device), 3 a port cannot be bound (in use, or not allowed);
+SIGTERM or SIGINT stop every listener gracefully, then end the process by that signal (uvicorn's
+way: 143 or 130 in a shell).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -120,23 +121,27 @@ async def _serve(
 
     others = [address for address in listeners if address != main]
     companions = [_Companion(config(address)) for address in others]
-    server = _MainServer(config(main), companions)
     side = [asyncio.create_task(companion.serve(sockets=[sockets[address]]))
             for companion, address in zip(companions, others, strict=True)]  # fmt: skip
+
+    async def stop_the_others() -> None:
+        for companion in companions:
+            companion.should_exit = True
+        if grpc_server is not None:  # its calls in flight get as long as HTTP's
+            await grpc_server.stop(grace=10)
+        await asyncio.gather(*side)
+
+    server = _MainServer(config(main), companions, stop_the_others)
     for address, parts in listeners.items():
         log.info("listening on http://%s:%d (%s)", *address, ", ".join(sorted(parts)))
     if grpc_server is not None:
         attach(grpc_server, service)
         await grpc_server.start()
-        log.info(
-            "listening on grpc://%s:%d (v2)", settings.grpc.host or main[0], settings.grpc.port
-        )
-    await server.serve(sockets=[sockets[main]])
-    if grpc_server is not None:  # HTTP has finished its requests; gRPC gets as long
-        await grpc_server.stop(grace=10)
-    for companion in companions:
-        companion.should_exit = True
-    await asyncio.gather(*side)
+        log.info("listening on grpc://%s:%d (v2, health)", grpc_host, settings.grpc.port)
+    try:
+        await server.serve(sockets=[sockets[main]])
+    finally:  # when the main server stopped for another reason than a signal
+        await stop_the_others()
 
 
 def _listeners(
@@ -160,16 +165,28 @@ class _Companion(uvicorn.Server):
 
 
 class _MainServer(uvicorn.Server):
-    """The V2 listener: on SIGTERM or SIGINT it stops its companions with itself."""
+    """The V2 listener: on SIGTERM or SIGINT it stops its companions (the admin and metrics
+    listeners, gRPC) and waits for them before its own shutdown closes the service. It must:
+    uvicorn raises the caught signal again once ``serve`` returns, which ends the process."""
 
-    def __init__(self, config: uvicorn.Config, companions: list[_Companion]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        companions: list[_Companion],
+        stop_the_others: Callable[[], Awaitable[None]],
+    ) -> None:
         super().__init__(config)
         self._companions = companions
+        self._stop_the_others = stop_the_others
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         for companion in self._companions:
             companion.should_exit = True
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._stop_the_others()
+        await super().shutdown(sockets)
 
 
 def _run(main: object) -> None:
