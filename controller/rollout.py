@@ -267,6 +267,9 @@ class CanaryController:
             moved = self._apply(machine.OperatorCommand(sent.command, sent.sender))
             # after its effects, the last record says how it ended (share 0 confirmed, ...)
             note = self.state.history[-1].reason if moved.effects else moved.note
+            # What the operator is told has happened is on disk first: a controller killed right
+            # after the acknowledgement must not come back without it.
+            self.store.save(self.state, self.holder)
             self._acknowledge(sent.id, moved.acted, note)
 
     # -- the state machine's events in, its effects out -----------------------------------------

@@ -5,6 +5,7 @@ out or refused, new rollouts never silently move a fleet that serves the student
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -346,3 +347,24 @@ def test_a_replacement_controller_waits_for_the_lease_when_asked(
         waiting.start(Launch(GATEWAYS, wait_for_lease=5))  # gives up before the expiry
     resumed = waiting.start(Launch(GATEWAYS, wait_for_lease=60))
     assert resumed.rollout_id == 1 and clock.now >= 1015
+
+
+def test_a_command_is_saved_before_it_is_acknowledged(
+    store: StateStore, fleet: FakeFleet, clock: Clock
+) -> None:
+    """An operator told "paused" must find it paused even if the controller is killed right
+    after the acknowledgement (seen once in an end-to-end drill: the pause was lost)."""
+    controller = started(store, fleet, clock)
+    saved_at_acknowledgement: list[Phase] = []
+    acknowledge = store.acknowledge
+
+    def checking(*args: Any, **kwargs: Any) -> Any:
+        saved = store.load()
+        assert saved is not None
+        saved_at_acknowledgement.append(saved.phase)
+        return acknowledge(*args, **kwargs)
+
+    store.acknowledge = checking  # type: ignore[method-assign]
+    store.send(controller.state.rollout_id, Command.PAUSE, "sre@host", 10, clock())
+    controller.tick()
+    assert saved_at_acknowledgement == [Phase.PAUSED]
