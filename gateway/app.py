@@ -6,6 +6,7 @@ Every route translates HTTP into one call on ``GatewayService``; errors become `
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from gateway.protocol import Feedback, TrafficState, TrafficUpdate
 from gateway.service import GatewayService, InferRequest
 from gateway.validation import describe_body_errors, is_invalid_json
 
+log = logging.getLogger(__name__)
 JSON = "application/json"
 
 EXTENSIONS = ("binary_tensor_data",)
@@ -204,7 +206,7 @@ def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: Secret
 
     @app.put("/admin/traffic")
     async def put_traffic(request: Request) -> Response:
-        _authorize(request, admin_token)
+        _authorize(request, admin_token, service)
         update = _parse(TrafficUpdate, await read_body(request, limit))
         service.set_student_share(update.student_share)
         return json_response(_traffic(service))
@@ -228,16 +230,26 @@ def _traffic(service: GatewayService) -> dict[str, object]:
     return TrafficState(student_share=split.student_share, generation=split.generation).model_dump()
 
 
-def _authorize(request: Request, admin_token: SecretStr | None) -> None:
+def _authorize(request: Request, admin_token: SecretStr | None, service: GatewayService) -> None:
     if admin_token is None:
         raise Forbidden(
             "admin API disabled: start the gateway with DISTILL_GATEWAY_ADMIN_TOKEN set"
         )
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
+        _refuse(request, service, "missing")
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(given.strip().encode(), admin_token.get_secret_value().encode()):
+        _refuse(request, service, "invalid")
         raise Unauthorized("invalid bearer token")
+
+
+def _refuse(request: Request, service: GatewayService, reason: str) -> None:
+    """Counted and logged, with where it came from and never with the token it carried."""
+    service.count_auth_failure(reason)
+    client = request.client.host if request.client else "unknown"
+    log.warning("admin API: %s %s from %s refused: %s bearer token",
+                request.method, request.url.path, client, reason)  # fmt: skip
 
 
 def _parse(model: type[_Body], body: bytes) -> _Body:

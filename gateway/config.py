@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, SecretStr, Tag, ValidationError, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.roles import ROLES
@@ -138,6 +146,9 @@ class ResilienceConfig(StrictModel):
     """The whole request's deadline: a student call and its retry on the teacher fit inside."""
 
 
+MIN_TOKEN_LENGTH = 16
+
+
 def _default_teacher() -> OnnxBackendConfig:
     return OnnxBackendConfig(path=TEACHER_PATH, cost_per_hour=3.0)
 
@@ -175,7 +186,18 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(default=1024, ge=1)
     """Larger batches are refused with 400."""
     admin_token: SecretStr | None = None
-    """Bearer token for ``PUT /admin/traffic``; from ``DISTILL_GATEWAY_ADMIN_TOKEN`` only."""
+    """Bearer token for ``PUT /admin/traffic``; from ``DISTILL_GATEWAY_ADMIN_TOKEN`` only, at least
+    ``MIN_TOKEN_LENGTH`` characters (``openssl rand -hex 16`` makes a good one)."""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_is_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"DISTILL_GATEWAY_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
+                "(a short token can be guessed); make one with: openssl rand -hex 16"
+            )
+        return token
 
     @model_validator(mode="after")
     def _student_leaves_time_to_fall_back(self) -> GatewaySettings:

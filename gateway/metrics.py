@@ -32,6 +32,7 @@ KL_BUCKETS = (
 )  # fmt: skip
 
 FALLBACK_REASONS = ("error", "timeout", "circuit_open", "not_loaded")
+AUTH_FAILURE_REASONS = ("missing", "invalid")
 
 
 class GatewayMetrics:
@@ -143,6 +144,13 @@ class GatewayMetrics:
             [*mb, "state"],
             registry=registry,
         )
+        self.admin_auth_failures = Counter(
+            "gateway_admin_auth_failures_total",
+            "Admin API requests refused for a missing or wrong bearer token (reason: missing, "
+            "invalid); a rising rate is someone guessing.",
+            ["model", "reason"],
+            registry=registry,
+        )
         self.cost = Counter(
             names.COST,
             "Live backend compute seconds times the backend's cost_per_hour / 3600.",
@@ -158,6 +166,8 @@ class GatewayMetrics:
             self.shadow_kl,
         ):
             per_model.labels(model)
+        for reason in AUTH_FAILURE_REASONS:
+            self.admin_auth_failures.labels(model, reason)
         for reason in FALLBACK_REASONS:
             self.fallbacks.labels(model, "student", "teacher", reason)
         for role in ROLES:

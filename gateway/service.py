@@ -325,6 +325,9 @@ class GatewayService:
 
     # -- admin and feedback --------------------------------------------------------------------
 
+    def count_auth_failure(self, reason: str) -> None:
+        self._metrics.admin_auth_failures.labels(self.model, reason).inc()
+
     def set_student_share(self, share: float) -> int:
         previous = self.split.student_share
         generation = self.split.set_share(share)

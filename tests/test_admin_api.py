@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ADMIN_TOKEN, TestGateway
+from tests.servers import ADMIN_TOKEN, TestGateway, read_metric
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
 
@@ -79,7 +79,22 @@ def test_the_token_is_never_logged(admin_gateway: TestGateway) -> None:
     _put(admin_gateway, {"student_share": 0.3}, token="wrong-token-xyz")
     log = admin_gateway.log()
     assert "student share" in log  # the change itself is logged
+    assert "PUT /admin/traffic from 127.0.0.1 refused: invalid bearer token" in log
     assert ADMIN_TOKEN not in log and "wrong-token-xyz" not in log
+
+
+def test_refused_logins_are_counted_by_reason(admin_gateway: TestGateway) -> None:
+    def refused(reason: str) -> float:
+        metrics = httpx.get(f"{admin_gateway.url}/metrics").text
+        return read_metric(metrics, "gateway_admin_auth_failures_total", reason=reason)
+
+    before = {reason: refused(reason) for reason in ("missing", "invalid")}
+    for _ in range(3):
+        _put(admin_gateway, {"student_share": 0.3}, token="guess-guess-guess")
+    _put(admin_gateway, {"student_share": 0.3}, token=None)
+    assert _put(admin_gateway, {"student_share": 0.0}).status_code == 200  # not counted
+    assert refused("invalid") == before["invalid"] + 3
+    assert refused("missing") == before["missing"] + 1
 
 
 def test_admin_and_metrics_can_leave_the_public_port(start_gateway: Any, tmp_path: Any) -> None:

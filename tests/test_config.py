@@ -75,6 +75,14 @@ def test_environment_overrides_are_checked_too(tmp_path: Path) -> None:
     assert code == 2 and "traffic.student_share" in stderr
 
 
+def test_a_short_admin_token_is_a_start_up_error(tmp_path: Path) -> None:
+    code, stderr, port = _start("", tmp_path, {"DISTILL_GATEWAY_ADMIN_TOKEN": "fifteen-chars!!"})
+    assert code == 2
+    assert "admin_token: DISTILL_GATEWAY_ADMIN_TOKEN must be at least 16 characters" in stderr
+    assert "fifteen-chars!!" not in stderr
+    assert _port_is_free(port)
+
+
 def _onnx_with_output_width(path: Path, width: int) -> Path:
     weights = helper.make_tensor("w", TensorProto.FLOAT, [64, width], [0.01] * (64 * width))
     graph = helper.make_graph(
