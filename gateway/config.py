@@ -132,6 +132,9 @@ class FeedbackConfig(StrictModel):
     """How long a prediction waits for its ground-truth label."""
     max_entries: int = Field(default=100_000, ge=1)
     """Predictions remembered at most; the oldest are forgotten first."""
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Memory the remembered predictions may take (ids, classes and bookkeeping), so long ids
+    or big batches cannot grow it without bound; the oldest are forgotten first."""
 
 
 class ResilienceConfig(StrictModel):

@@ -1,10 +1,11 @@
 """Remembers what each request predicted until its ground-truth label arrives (or its TTL ends).
 
-Bounded in size and time: the oldest predictions are forgotten first.
+Bounded in time, in entries and in bytes: the oldest predictions are forgotten first.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -14,12 +15,17 @@ import numpy as np
 
 from gateway.errors import Conflict, NotFound, Unprocessable
 
+_ENTRY_OVERHEAD = 400
+"""Bytes an entry costs beyond its id's string and its classes' data: the dataclass, the numpy
+array's header and the ordered dict's slot (measured with tracemalloc, rounded up)."""
+
 
 @dataclass
 class _Prediction:
     backend: str
     classes: np.ndarray
     expires_at: float
+    size: int  # what this entry is charged against max_bytes
     labelled: bool = False
 
 
@@ -37,9 +43,12 @@ class FeedbackStore:
         max_entries: int,
         num_classes: int,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
     ) -> None:
         self._ttl = ttl_seconds
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self.bytes = 0  # what the remembered predictions are charged, in all
         self._num_classes = num_classes
         self._clock = clock
         self._predictions: OrderedDict[str, _Prediction] = OrderedDict()
@@ -51,10 +60,24 @@ class FeedbackStore:
         """A reused request id replaces the earlier prediction."""
         now = self._clock()
         self._forget_expired(now)
-        self._predictions.pop(request_id, None)
-        self._predictions[request_id] = _Prediction(backend, classes, now + self._ttl)
-        while len(self._predictions) > self._max_entries:
-            self._predictions.popitem(last=False)
+        self._forget(request_id)
+        size = sys.getsizeof(request_id) + classes.nbytes + _ENTRY_OVERHEAD
+        self._predictions[request_id] = _Prediction(backend, classes, now + self._ttl, size)
+        self.bytes += size
+        while len(self._predictions) > self._max_entries or self._over_budget():
+            self._forget_oldest()
+
+    def _over_budget(self) -> bool:
+        return self._max_bytes is not None and self.bytes > self._max_bytes
+
+    def _forget(self, request_id: str) -> None:
+        forgotten = self._predictions.pop(request_id, None)
+        if forgotten is not None:
+            self.bytes -= forgotten.size
+
+    def _forget_oldest(self) -> None:
+        _, forgotten = self._predictions.popitem(last=False)
+        self.bytes -= forgotten.size
 
     def score(self, request_id: str, label: int | list[int]) -> Scored:
         self._forget_expired(self._clock())
@@ -81,4 +104,4 @@ class FeedbackStore:
             oldest = next(iter(self._predictions.values()))
             if oldest.expires_at > now:
                 break
-            self._predictions.popitem(last=False)
+            self._forget_oldest()

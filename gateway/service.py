@@ -131,6 +131,7 @@ class GatewayService:
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
             num_classes=self._logits.shape[-1],
+            max_bytes=settings.feedback.max_bytes,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------

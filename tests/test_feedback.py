@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from collections.abc import Callable
 
 import httpx
@@ -119,3 +121,33 @@ def test_label_checks() -> None:
     assert store.score("a", [1, 0]).correct == 1
     with pytest.raises(Conflict):
         store.score("a", [1, 2])
+
+
+def test_the_store_is_bounded_in_bytes_too() -> None:
+    """Long ids and big batches: entries would stay under max_entries, memory would not."""
+    budget = 200_000
+    store = FeedbackStore(60, 10**9, num_classes=10, clock=ManualClock(), max_bytes=budget)
+    for n in range(2_000):
+        store.remember(f"{n:0256d}", "teacher", np.zeros(64, dtype=np.int64))
+    assert 0 < store.bytes <= budget
+    assert 100 < len(store) < 2_000
+    assert store.score(f"{1_999:0256d}", [0] * 64).total == 64  # the newest are kept
+    with pytest.raises(NotFound):
+        store.score(f"{0:0256d}", [0] * 64)
+
+
+@pytest.mark.parametrize(("id_length", "batch"), [(32, 1), (256, 1), (32, 64)])
+def test_what_the_store_charges_is_what_it_holds(id_length: int, batch: int) -> None:
+    """The byte bound is only as good as the accounting: measured against the allocator."""
+    store = FeedbackStore(60, 10**9, num_classes=10, clock=ManualClock())
+    count = 5_000
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(count):
+            store.remember(f"{n:0{id_length}d}", "teacher", np.zeros(batch, dtype=np.int64))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held <= store.bytes <= 1.5 * held
