@@ -124,7 +124,10 @@ class ShadowConfig(StrictModel):
     """Comparisons waiting at most; when full, new ones are dropped (and counted), never waited
     for."""
     workers: int = Field(default=1, ge=1)
-    """Background tasks draining the queue."""
+    """Background tasks draining the queue: shadow calls in flight at most. An in-process
+    backend keeps this many threads for them, apart from the live ones."""
+    timeout_ms: float = Field(default=1000.0, gt=0)
+    """A shadow call slower than this is given up (counted in gateway_shadow_errors_total)."""
 
 
 class FeedbackConfig(StrictModel):

@@ -12,13 +12,17 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from gateway import metric_names as names
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, PROTOCOLS, ROLES, Protocol
 
 if TYPE_CHECKING:
-    from gateway.backends import Backend
+    from gateway.backends import Backend, Lane
+
+LANES: tuple[Lane, ...] = ("live", "shadow")
 
 # Fine enough for a useful p50 and p99 from 0.25 ms to 10 s (under ~25 % apart below 1 s).
 LATENCY_BUCKETS = (
@@ -33,6 +37,7 @@ KL_BUCKETS = (
 
 FALLBACK_REASONS = ("error", "timeout", "circuit_open", "not_loaded")
 AUTH_FAILURE_REASONS = ("missing", "invalid")
+SHADOW_DROP_REASONS = ("queue_full", "circuit_open")
 
 
 class GatewayMetrics:
@@ -90,8 +95,9 @@ class GatewayMetrics:
         )
         self.shadow_dropped = Counter(
             "gateway_shadow_dropped_total",
-            "Sampled requests not compared because the shadow queue was full.",
-            m,
+            "Sampled requests not compared: the shadow queue was full (queue_full), or the "
+            "backend to compare with had its circuit open (circuit_open).",
+            ["model", "reason"],
             registry=registry,
         )
         self.shadow_errors = Counter(
@@ -131,6 +137,14 @@ class GatewayMetrics:
             mb,
             registry=registry,
         )
+        self.abandoned_now = Gauge(
+            "gateway_backend_abandoned_calls_running",
+            "Timed-out calls still running in an in-process backend's threads (ONNX Runtime "
+            "cannot stop a call); when they fill a lane, it refuses new work.",
+            [*mb, "lane"],
+            registry=registry,
+        )
+        self._registry = registry
         self.signature_mismatch = Gauge(
             "gateway_backend_signature_mismatch",
             "1 while a backend that appeared later (a Triton student) is refused because its "
@@ -159,13 +173,10 @@ class GatewayMetrics:
         )
         # Create every series up front: a counter that appears only on its first event would
         # make rate() and absent() blind to its start.
-        for per_model in (
-            self.shadow_comparisons,
-            self.shadow_agreements,
-            self.shadow_dropped,
-            self.shadow_kl,
-        ):
+        for per_model in (self.shadow_comparisons, self.shadow_agreements, self.shadow_kl):
             per_model.labels(model)
+        for reason in SHADOW_DROP_REASONS:
+            self.shadow_dropped.labels(model, reason)
         for reason in AUTH_FAILURE_REASONS:
             self.admin_auth_failures.labels(model, reason)
         for reason in FALLBACK_REASONS:
@@ -185,10 +196,16 @@ class GatewayMetrics:
     def watch_backends(
         self, backends: Mapping[str, Backend], breakers: Mapping[str, CircuitBreaker]
     ) -> None:
-        """Backend health and circuit states, read at scrape time (never on the request path)."""
+        """Backend health, circuit states and abandoned calls, read at scrape time (never on the
+        request path)."""
+        self._registry.register(_AbandonedCalls(self.model, backends))
         for role, backend in backends.items():
             breaker = breakers[role]
             self.backend_up.labels(self.model, role).set_function(_is_up(backend, breaker))
+            for lane in LANES:
+                self.abandoned_now.labels(self.model, role, lane).set_function(
+                    _abandoned_in(backend, lane)
+                )
             for state in CircuitState:
                 self.circuit_state.labels(self.model, role, state.value).set_function(
                     _is_in(breaker, state)
@@ -218,6 +235,28 @@ class GatewayMetrics:
         self.traffic_share.labels(self.model, "student").set(student_share)
         self.traffic_share.labels(self.model, "teacher").set(1.0 - student_share)
         self.traffic_generation.labels(self.model).set(generation)
+
+
+class _AbandonedCalls(Collector):
+    """``gateway_backend_abandoned_calls_total``: counted by the backends, read at scrape time."""
+
+    def __init__(self, model: str, backends: Mapping[str, Backend]) -> None:
+        self._model = model
+        self._backends = backends
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gateway_backend_abandoned_calls",
+            "Backend calls given up by a timeout while their thread kept running them.",
+            labels=["model", "backend"],
+        )
+        for role, backend in self._backends.items():
+            family.add_metric([self._model, role], backend.abandoned_total)
+        yield family
+
+
+def _abandoned_in(backend: Backend, lane: Lane) -> Callable[[], float]:
+    return lambda: float(backend.abandoned_in(lane))
 
 
 def _is_up(backend: Backend, breaker: CircuitBreaker) -> Callable[[], float]:

@@ -102,14 +102,6 @@ class GatewayService:
             settings.traffic.student_share, random.Random(seed) if seed is not None else None
         )
         metrics.set_share(self.split.student_share, self.split.generation)
-        self.shadow = ShadowComparer(
-            backends,
-            metrics,
-            self._logits.name,
-            settings.shadow.sample_rate,
-            settings.shadow.queue_size,
-            settings.shadow.workers,
-        )
         resilience = settings.resilience
         self._deadline = resilience.request_timeout_ms / 1000.0
         self._breakers: dict[str, CircuitBreaker] = {
@@ -124,6 +116,9 @@ class GatewayService:
             "student": settings.student.timeout_ms / 1000.0,
         }
         metrics.watch_backends(backends, self._breakers)
+        self.shadow = ShadowComparer(
+            backends, self._breakers, metrics, self._logits.name, settings.shadow
+        )
         self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
         self._student_refused = False
@@ -141,9 +136,10 @@ class GatewayService:
         """Loads and warms both backends and checks that their signatures agree. A student on
         Triton that cannot be read yet (Triton still starting, or down) does not stop the
         gateway: it serves the teacher and loads the student in the background."""
+        shadow_threads = settings.shadow.workers
         backends = {
-            "teacher": create_backend("teacher", settings.teacher),
-            "student": create_backend("student", settings.student),
+            "teacher": create_backend("teacher", settings.teacher, shadow_threads),
+            "student": create_backend("student", settings.student, shadow_threads),
         }
         lazy_student = settings.student.kind == "triton"
         try:

@@ -1,5 +1,9 @@
 """Shadow traffic: a sample of live requests is run on the other backend in the background, and the
 two answers are compared (top-1 agreement, KL divergence), without ever delaying the client.
+
+Shadow calls have their own lane in each backend (threads apart from live traffic's), their own
+timeout, and they skip a backend whose circuit is not closed: live traffic has a failing backend
+to itself, and only live calls decide when its circuit closes again.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends import Backend
-from gateway.errors import GatewayError
+from gateway.config import ShadowConfig
+from gateway.errors import BackendTimeout, GatewayError
 from gateway.metrics import GatewayMetrics
+from gateway.resilience import CircuitBreaker, CircuitState
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +58,20 @@ class ShadowComparer:
     def __init__(
         self,
         backends: Mapping[str, Backend],
+        breakers: Mapping[str, CircuitBreaker],
         metrics: GatewayMetrics,
         logits_name: str,
-        sample_rate: float,
-        queue_size: int,
-        workers: int,
+        config: ShadowConfig,
         rng: random.Random | None = None,
     ) -> None:
         self._backends = backends
+        self._breakers = breakers
         self._metrics = metrics
         self._logits_name = logits_name
-        self._sample_rate = sample_rate
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
-        self._worker_count = workers
+        self._sample_rate = config.sample_rate
+        self._timeout = config.timeout_ms / 1000.0
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.queue_size)
+        self._worker_count = config.workers
         self._workers: list[asyncio.Task[None]] = []
         self._rng = rng or random.Random()
 
@@ -88,7 +95,7 @@ class ShadowComparer:
         try:
             self._queue.put_nowait(_Job(served_by, inputs, outputs[self._logits_name]))
         except asyncio.QueueFull:
-            self._metrics.shadow_dropped.labels(self._metrics.model).inc()
+            self._metrics.shadow_dropped.labels(self._metrics.model, "queue_full").inc()
 
     async def drain(self) -> None:
         """Waits until every queued comparison is done (for tests and graceful shutdown)."""
@@ -108,9 +115,20 @@ class ShadowComparer:
 
     async def _compare(self, job: _Job) -> None:
         shadow_role = "student" if job.served_by == "teacher" else "teacher"
+        if self._breakers[shadow_role].state is not CircuitState.CLOSED:
+            self._metrics.shadow_dropped.labels(self._metrics.model, "circuit_open").inc()
+            return
+        backend = self._backends[shadow_role]
         try:
             with self._metrics.backend_call(shadow_role, "shadow"):
-                outputs = await self._backends[shadow_role].infer(job.inputs, [self._logits_name])
+                outputs = await asyncio.wait_for(
+                    backend.infer(job.inputs, [self._logits_name], lane="shadow"), self._timeout
+                )
+        except TimeoutError as exc:
+            self._metrics.shadow_errors.labels(self._metrics.model, shadow_role).inc()
+            raise BackendTimeout(
+                f"{shadow_role} did not answer within {self._timeout * 1000:.0f} ms"
+            ) from exc
         except GatewayError:
             self._metrics.shadow_errors.labels(self._metrics.model, shadow_role).inc()
             raise

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from gateway.app import create_app
-from gateway.backends import Backend
+from gateway.backends import Backend, Lane
 from gateway.config import GatewaySettings
 from gateway.errors import BackendUnavailable, BadRequest
 from gateway.grpc_server import attach, create_grpc_server
@@ -65,7 +65,7 @@ class ScriptedBackend(Backend):
         self._signature = SIGNATURE
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
     ) -> dict[str, np.ndarray]:
         self.calls += 1
         if self.behaviour is Behaviour.FAIL:
@@ -110,10 +110,14 @@ class InProcessGateway:
 
 @asynccontextmanager
 async def in_process_gateway(
-    clock: Callable[[], float] = time.monotonic, **settings: Any
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    serving_student: Backend | None = None,
+    **settings: Any,
 ) -> AsyncIterator[InProcessGateway]:
-    """The real service and app (shadow off unless asked) over two scripted backends; the app's
-    lifespan runs, as under uvicorn."""
+    """The real service and app (shadow off unless asked) over two scripted backends, or a loaded
+    ``serving_student`` of the test's own in the student's place; the app's lifespan runs, as
+    under uvicorn."""
     config = GatewaySettings(**{"shadow": {"sample_rate": 0.0}, **settings})
     teacher, student = ScriptedBackend("teacher", 7), ScriptedBackend("student", 7)
     for backend in (teacher, student):
@@ -121,7 +125,8 @@ async def in_process_gateway(
     registry = CollectorRegistry()
     costs = {"teacher": config.teacher.cost_per_hour, "student": config.student.cost_per_hour}
     metrics = GatewayMetrics(registry, config.model, costs)
-    service = GatewayService(config, {"teacher": teacher, "student": student}, metrics, clock)
+    backends = {"teacher": teacher, "student": serving_student or student}
+    service = GatewayService(config, backends, metrics, clock)
     app = create_app(service, registry, SecretStr(TOKEN))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

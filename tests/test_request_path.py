@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ STUDENT = {"x-canary": "student"}
 def run(
     scenario: Callable[[InProcessGateway], Awaitable[None]],
     clock: Callable[[], float] = time.monotonic,
-    **settings: object,
+    **settings: Any,
 ) -> None:
     async def main() -> None:
         async with in_process_gateway(clock, **settings) as gateway:

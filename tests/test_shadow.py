@@ -13,6 +13,7 @@ import pytest
 
 from gateway.shadow import compare_logits
 from models.data import Split
+from tests.fake_backend import Behaviour, in_process_gateway
 from tests.servers import TestGateway, TritonProcess, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -170,3 +171,45 @@ def test_a_slow_shadow_backend_never_delays_clients(
         assert calls >= 1 and seconds / calls >= 0.3  # the shadow really was slow
     finally:
         triton.stop()
+
+
+# -- the shadow path's own limits, in process over scripted backends --------------------------
+
+
+def test_a_hanging_shadow_backend_is_given_up_after_the_shadow_timeout() -> None:
+    async def main() -> None:
+        async with in_process_gateway(
+            shadow={"sample_rate": 1.0, "timeout_ms": 50, "queue_size": 8}
+        ) as gateway:
+            gateway.student.behaviour = Behaviour.HANG  # the shadow of teacher-served requests
+            for _ in range(3):
+                answer = await gateway.infer()
+                assert answer.headers["x-served-by"] == "teacher"
+            await asyncio.wait_for(gateway.service.shadow.drain(), 2.0)  # not stuck behind it
+            assert gateway.metric("gateway_shadow_errors_total", backend="student") == 3
+            assert gateway.metric("gateway_shadow_comparisons_total") == 0
+
+    asyncio.run(main())
+
+
+def test_shadow_calls_skip_a_backend_whose_circuit_is_open() -> None:
+    """Live traffic has a failing backend to itself: its probes decide when it closes."""
+
+    async def main() -> None:
+        async with in_process_gateway(
+            shadow={"sample_rate": 1.0}, resilience={"failure_threshold": 1}
+        ) as gateway:
+            gateway.student.behaviour = Behaviour.FAIL
+            await gateway.infer({"x-canary": "student"})  # opens the student's circuit
+            gateway.student.behaviour = Behaviour.ANSWER
+            calls = gateway.student.calls
+            for _ in range(4):
+                await gateway.infer()  # teacher-served, sampled for the student
+            await gateway.service.shadow.drain()
+            assert gateway.student.calls == calls
+            assert (
+                gateway.metric("gateway_shadow_dropped_total", reason="circuit_open") == 5
+            )  # and the fallback's
+            assert gateway.metric("gateway_shadow_dropped_total", reason="queue_full") == 0
+
+    asyncio.run(main())

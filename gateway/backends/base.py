@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
 from gateway.errors import BackendUnavailable
 from gateway.signature import Signature
+
+Lane = Literal["live", "shadow"]
+"""Who is waiting for a call: a client (live) or a background comparison (shadow). A backend
+keeps them apart, so shadow work never takes capacity that live traffic needs."""
 
 
 class Backend(ABC):
@@ -21,6 +26,9 @@ class Backend(ABC):
     def __init__(self, role: str) -> None:
         self.role = role
         self._signature: Signature | None = None  # set by load()
+        self.abandoned_total = 0
+        """Calls whose caller gave up (a timeout) while they kept running, holding capacity;
+        stays 0 for a backend that can really cancel a call."""
 
     @property
     def signature(self) -> Signature:
@@ -40,9 +48,13 @@ class Backend(ABC):
 
     @abstractmethod
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
     ) -> dict[str, np.ndarray]:
         """Run one batch; returns the requested outputs by name."""
+
+    def abandoned_in(self, lane: Lane) -> int:
+        """Abandoned calls still running in ``lane`` now."""
+        return 0
 
     @abstractmethod
     def is_ready(self) -> bool:

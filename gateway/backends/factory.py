@@ -6,11 +6,12 @@ from gateway.backends.base import Backend
 from gateway.config import BackendConfig, OnnxBackendConfig, TritonBackendConfig
 
 
-def create_backend(role: str, config: BackendConfig) -> Backend:
+def create_backend(role: str, config: BackendConfig, shadow_threads: int = 1) -> Backend:
+    """``shadow_threads``: what an in-process backend keeps apart for shadow comparisons."""
     if isinstance(config, OnnxBackendConfig):
         from gateway.backends.onnx import OnnxBackend
 
-        return OnnxBackend(role, config)
+        return OnnxBackend(role, config, shadow_threads)
     if isinstance(config, TritonBackendConfig):
         from gateway.backends.triton import TritonBackend
 

@@ -1,21 +1,27 @@
 """ONNX Runtime in process: the embedded default backend.
 
-Calls run on a small thread pool of the backend's own (ONNX Runtime releases the GIL), so a slow
-teacher can never take the student's threads, and the event loop never waits on a model.
+Calls run on small thread pools of the backend's own (ONNX Runtime releases the GIL), so a slow
+teacher can never take the student's threads, shadow comparisons never take live traffic's, and
+the event loop never waits on a model.
+
+A call cannot be stopped once its thread runs it: a timed-out call is abandoned, and its thread
+stays busy until the model returns. Those are counted, and a pool whose every thread is stuck in
+one refuses new work at once (so the circuit breaker opens) instead of queueing it behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, Lane
 from gateway.config import OnnxBackendConfig
 from gateway.errors import BackendUnavailable, InferenceFailed
 from gateway.signature import Signature, TensorSpec
@@ -42,13 +48,24 @@ _ORT_QUIET = 4  # fatal only: hides the error line ORT prints when CUDA fails to
 _ORT_DEFAULT_SEVERITY = 2  # warning; ORT has no getter for the current value
 
 
+class _ThreadPool:
+    """One lane's threads, and how many of them still run calls nobody waits for."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self.threads = threads
+        self.abandoned = 0
+
+
 class OnnxBackend(Backend):
-    def __init__(self, role: str, config: OnnxBackendConfig) -> None:
+    def __init__(self, role: str, config: OnnxBackendConfig, shadow_threads: int = 1) -> None:
         super().__init__(role)
         self._config = config
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.max_concurrency, thread_name_prefix=f"onnx-{role}"
-        )
+        self._pools: dict[Lane, _ThreadPool] = {
+            "live": _ThreadPool(f"onnx-{role}", config.max_concurrency),
+            "shadow": _ThreadPool(f"onnx-{role}-shadow", shadow_threads),
+        }
+        self._executor = self._pools["live"].executor  # loading and warm-up
         self._session: ort.InferenceSession | None = None
         self.device = "unloaded"
 
@@ -63,25 +80,52 @@ class OnnxBackend(Backend):
         await self._warm_up()
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
     ) -> dict[str, np.ndarray]:
         session = self._session
         if session is None:
             raise BackendUnavailable(f"{self.role} backend is not loaded")
-        loop = asyncio.get_running_loop()
+        pool = self._pools[lane]
+        if pool.abandoned >= pool.threads:
+            raise BackendUnavailable(
+                f"{self.role}: all {pool.threads} {lane} threads still run calls that timed out"
+            )
         names = list(output_names)
+        future = pool.executor.submit(session.run, names, inputs)
         try:
-            results = await loop.run_in_executor(self._executor, session.run, names, inputs)
+            results = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # a timeout, or the client went away
+            if not future.cancel() and not future.done():  # already running: cannot be stopped
+                self._abandon(pool, future)
+            raise
         except Exception as exc:  # ORT raises its own pybind types; convert at the boundary
             raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
         return dict(zip(names, results, strict=True))
+
+    def _abandon(self, pool: _ThreadPool, future: Future[object]) -> None:
+        loop = asyncio.get_running_loop()
+        pool.abandoned += 1
+        self.abandoned_total += 1
+
+        def returned() -> None:
+            pool.abandoned -= 1
+
+        def in_the_loop(_: Future[object]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed first: nothing to count
+                loop.call_soon_threadsafe(returned)
+
+        future.add_done_callback(in_the_loop)
+
+    def abandoned_in(self, lane: Lane) -> int:
+        return self._pools[lane].abandoned
 
     def is_ready(self) -> bool:
         return self._session is not None
 
     async def close(self) -> None:
         self._session = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.executor.shutdown(wait=False, cancel_futures=True)
 
     def _open_session(self) -> ort.InferenceSession:
         options = ort.SessionOptions()

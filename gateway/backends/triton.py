@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, Lane
 from gateway.config import TritonBackendConfig
 from gateway.errors import BackendUnavailable, BadRequest, GatewayError, InferenceFailed
 from gateway.signature import V2_TO_NUMPY, Signature, TensorSpec
@@ -63,8 +63,10 @@ class TritonBackend(Backend):
         self._poller = asyncio.create_task(self._poll_readiness(), name=f"ready-{self.role}")
 
     async def infer(
-        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
     ) -> dict[str, np.ndarray]:
+        # Both lanes share the channel: Triton queues and schedules, and a cancelled call is
+        # really cancelled, so nothing here is held by a shadow call or a timed-out one.
         if self._client is None:
             raise BackendUnavailable(f"{self.role} backend is not loaded")
         module = self._module
