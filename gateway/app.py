@@ -22,7 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.codec import HEADER_LENGTH, decode_request, encode_response
-from gateway.errors import BadRequest, Forbidden, GatewayError, Unauthorized, Unprocessable
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    Overloaded,
+    Unauthorized,
+    Unprocessable,
+)
 from gateway.http_body import read_body
 from gateway.protocol import Feedback, TrafficState, TrafficUpdate
 from gateway.service import GatewayService, InferRequest
@@ -76,6 +83,8 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     headers = dict(headers or {})
     if isinstance(exc, Unauthorized):
         headers["www-authenticate"] = "Bearer"
+    if isinstance(exc, Overloaded):
+        headers["retry-after"] = str(exc.retry_after_seconds)
     return json_response({"error": exc.message}, exc.status_code, headers)
 
 
@@ -156,6 +165,14 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
     async def infer(request: Request, model: str) -> Response:
         received_at = time.perf_counter()
         request_id = uuid.uuid4().hex  # unless the request names its own
+        try:
+            admitted = service.admit("http")  # first: a shed request costs next to nothing
+        except Overloaded as exc:
+            return error_response(exc, {"x-request-id": request_id})
+        with admitted:
+            return await answer(request, model, received_at, request_id)
+
+    async def answer(request: Request, model: str, received_at: float, request_id: str) -> Response:
         headers = request.headers
         try:
             service.check_model(model, request.path_params.get("version"))

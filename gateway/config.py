@@ -130,6 +130,17 @@ class ShadowConfig(StrictModel):
     """A shadow call slower than this is given up (counted in gateway_shadow_errors_total)."""
 
 
+class OverloadConfig(StrictModel):
+    """Load shedding: what a replica does when more requests arrive than it can work on."""
+
+    max_inflight: int | None = Field(default=None, ge=1)
+    """Inference requests processed at once; beyond it, 503 with Retry-After at once. None: 4 x
+    the backends' capacity (an ONNX backend's max_concurrency, 8 for a Triton one): 16 for the
+    shipped pair."""
+    retry_after_seconds: int = Field(default=1, ge=0)
+    """What a shed request's Retry-After header says."""
+
+
 class FeedbackConfig(StrictModel):
     ttl_seconds: float = Field(default=600.0, gt=0)
     """How long a prediction waits for its ground-truth label."""
@@ -182,6 +193,7 @@ class GatewaySettings(BaseSettings):
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
+    overload: OverloadConfig = Field(default_factory=OverloadConfig)
     admin: ListenerConfig = Field(default_factory=ListenerConfig)
     """``PUT``/``GET /admin/traffic`` on a port of its own (for the controller only)."""
     metrics: ListenerConfig = Field(default_factory=ListenerConfig)

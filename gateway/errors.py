@@ -11,7 +11,8 @@ GatewayError
  +-- Unprocessable (422)         a well-formed admin or feedback body with a bad value
  +-- InferenceFailed (500)       an unexpected exception while serving a valid request
  +-- BackendUnavailable (503)    the backend cannot serve at all
-      +-- BackendTimeout (503)    the backend did not answer in time
+ |    +-- BackendTimeout (503)    the backend did not answer in time
+ +-- Overloaded (503)            shed: the gateway holds as many requests as it may
 """
 
 from __future__ import annotations
@@ -68,3 +69,11 @@ class BackendUnavailable(GatewayError):
 
 class BackendTimeout(BackendUnavailable):
     pass
+
+
+class Overloaded(GatewayError):
+    status_code = 503
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

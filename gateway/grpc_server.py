@@ -19,7 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from gateway import __version__
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, Overloaded
 from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
 from gateway.service import GatewayService, InferRequest
 
@@ -58,7 +58,10 @@ UNIMPLEMENTED = {
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> NoReturn:
-    await context.abort(GRPC_CODES.get(exc.status_code, grpc.StatusCode.INTERNAL), exc.message)
+    code = GRPC_CODES.get(exc.status_code, grpc.StatusCode.INTERNAL)
+    if isinstance(exc, Overloaded):  # HTTP's Retry-After, as trailing metadata
+        await context.abort(code, exc.message, (("retry-after", str(exc.retry_after_seconds)),))
+    await context.abort(code, exc.message)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
@@ -111,6 +114,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         received_at = time.perf_counter()
         service = self._service
         request_id = request.id or uuid.uuid4().hex
+        try:
+            admitted = service.admit("grpc")
+        except Overloaded as exc:
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            await _abort(context, exc)
+        with admitted:
+            return await self._answer(request, context, received_at, request_id)
+
+    async def _answer(
+        self,
+        request: pb.ModelInferRequest,
+        context: grpc.aio.ServicerContext,
+        received_at: float,
+        request_id: str,
+    ) -> pb.ModelInferResponse:
+        service = self._service
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         try:
             service.check_model(request.model_name, request.model_version or None)

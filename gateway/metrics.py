@@ -158,6 +158,25 @@ class GatewayMetrics:
             [*mb, "state"],
             registry=registry,
         )
+        self.shed = Counter(
+            "gateway_shed_total",
+            "Inference requests refused at once with 503 because the process already held "
+            "overload.max_inflight of them (reason: max_inflight).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "gateway_inflight_requests",
+            "Inference requests being processed now (HTTP and gRPC).",
+            m,
+            registry=registry,
+        )
+        self.max_inflight = Gauge(
+            "gateway_max_inflight_requests",
+            "overload.max_inflight: more requests than this at once are shed.",
+            m,
+            registry=registry,
+        )
         self.admin_auth_failures = Counter(
             "gateway_admin_auth_failures_total",
             "Admin API requests refused for a missing or wrong bearer token (reason: missing, "
@@ -177,6 +196,7 @@ class GatewayMetrics:
             per_model.labels(model)
         for reason in SHADOW_DROP_REASONS:
             self.shadow_dropped.labels(model, reason)
+        self.shed.labels(model, "max_inflight")
         for reason in AUTH_FAILURE_REASONS:
             self.admin_auth_failures.labels(model, reason)
         for reason in FALLBACK_REASONS:

@@ -28,9 +28,11 @@ from gateway.errors import (
     GatewayError,
     InferenceFailed,
     NotFound,
+    Overloaded,
 )
 from gateway.feedback import FeedbackStore
 from gateway.metrics import GatewayMetrics
+from gateway.overload import Admission, default_max_inflight
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
@@ -116,6 +118,11 @@ class GatewayService:
             "student": settings.student.timeout_ms / 1000.0,
         }
         metrics.watch_backends(backends, self._breakers)
+        overload = settings.overload
+        limit = overload.max_inflight or default_max_inflight(settings)
+        self._admission = Admission(limit, overload.retry_after_seconds)
+        metrics.max_inflight.labels(self.model).set(limit)
+        metrics.inflight.labels(self.model).set_function(lambda: self._admission.inflight)
         self.shadow = ShadowComparer(
             backends, self._breakers, metrics, self._logits.name, settings.shadow
         )
@@ -224,6 +231,17 @@ class GatewayService:
             )
 
     # -- inference ---------------------------------------------------------------------------
+
+    def admit(self, protocol: Protocol) -> Admission:
+        """Before anything else on an inference request (decoding included): ``with
+        service.admit(protocol):``. A request beyond ``overload.max_inflight`` is counted (503,
+        and in gateway_shed_total) and refused with ``Overloaded``."""
+        try:
+            return self._admission.enter()
+        except Overloaded:
+            self._metrics.shed.labels(self.model, "max_inflight").inc()
+            self.count_rejected(503, protocol)
+            raise
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Routes, runs (falling back to the teacher), shadows and remembers one request; every
