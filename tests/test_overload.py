@@ -12,7 +12,12 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from gateway.config import GatewaySettings, OnnxBackendConfig, TritonBackendConfig
+from gateway.config import (
+    GatewaySettings,
+    OnnxBackendConfig,
+    OverloadConfig,
+    TritonBackendConfig,
+)
 from gateway.overload import default_max_inflight
 from models import TEACHER_PATH
 from tests.fake_backend import Behaviour, InProcessGateway, grpc_endpoint, in_process_gateway
@@ -57,8 +62,11 @@ def test_a_request_beyond_max_inflight_is_shed_at_once_and_counted() -> None:
 
 def test_grpc_is_shed_with_unavailable_and_a_retry_after() -> None:
     async def main() -> None:
-        settings = {"overload": {"max_inflight": 2, "retry_after_seconds": 3}}
-        async with in_process_gateway(**settings) as gateway, grpc_endpoint(gateway) as address:
+        overload = {"max_inflight": 2, "retry_after_seconds": 3}
+        async with (
+            in_process_gateway(overload=overload) as gateway,
+            grpc_endpoint(gateway) as address,
+        ):
             held = await _hold_two(gateway)
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -87,7 +95,7 @@ def test_the_default_limit_is_sized_from_the_backends_capacity() -> None:
         student=TritonBackendConfig(kind="triton", url="triton:8001", model_name="student"),
     )
     assert default_max_inflight(wider) == 4 * (6 + 8)
-    assert GatewaySettings(overload={"max_inflight": 3}).overload.max_inflight == 3
+    assert GatewaySettings(overload=OverloadConfig(max_inflight=3)).overload.max_inflight == 3
 
 
 def test_a_shed_request_is_not_decoded() -> None:
