@@ -4,8 +4,12 @@ serve.
 Everything that can fail (config, a port in use, model files, signatures, device) fails before any
 request is answered, with one line that says what is wrong. Exit codes: 2 invalid config or a
 start-up failure (models, signatures, device), 3 a port cannot be bound (in use, or not allowed);
-SIGTERM or SIGINT stop every listener gracefully, then end the process by that signal (uvicorn's
-way: 143 or 130 in a shell).
+0 after a graceful stop.
+
+SIGTERM drains, as Kubernetes expects: readiness turns 503 at once while every listener keeps
+serving for ``shutdown.drain_seconds``; then they stop accepting, finish what they hold within
+``shutdown.grace_seconds``, the shadow comparisons owed are counted, and the process exits 0.
+SIGINT (Ctrl-C), or a second SIGTERM, skips what is left of the drain.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from math import ceil
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -105,6 +111,7 @@ async def _serve(
     grpc_server, grpc_host = None, settings.grpc.host or main[0]
     if settings.grpc.port:  # bound first: a port in use is found before the models load
         grpc_server = create_grpc_server(grpc_host, settings.grpc.port, settings.max_request_bytes)
+    grace = settings.shutdown.grace_seconds
     registry = CollectorRegistry()
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
     metrics = GatewayMetrics(registry, settings.model, costs)
@@ -117,7 +124,7 @@ async def _serve(
         # log_config None: uvicorn's loggers go through ours (one format), at our level
         return uvicorn.Config(app, host=address[0], port=address[1], log_level=log_level,
                               log_config=None, access_log=access_log,
-                              timeout_graceful_shutdown=10)  # fmt: skip
+                              timeout_graceful_shutdown=ceil(grace))  # fmt: skip
 
     others = [address for address in listeners if address != main]
     companions = [_Companion(config(address)) for address in others]
@@ -128,10 +135,11 @@ async def _serve(
         for companion in companions:
             companion.should_exit = True
         if grpc_server is not None:  # its calls in flight get as long as HTTP's
-            await grpc_server.stop(grace=10)
+            await grpc_server.stop(grace=grace)
         await asyncio.gather(*side)
 
-    server = _MainServer(config(main), companions, stop_the_others)
+    server = _MainServer(config(main), companions, stop_the_others, service,
+                         settings.shutdown.drain_seconds)  # fmt: skip
     for address, parts in listeners.items():
         log.info("listening on http://%s:%d (%s)", *address, ", ".join(sorted(parts)))
     if grpc_server is not None:
@@ -165,28 +173,62 @@ class _Companion(uvicorn.Server):
 
 
 class _MainServer(uvicorn.Server):
-    """The V2 listener: on SIGTERM or SIGINT it stops its companions (the admin and metrics
-    listeners, gRPC) and waits for them before its own shutdown closes the service. It must:
-    uvicorn raises the caught signal again once ``serve`` returns, which ends the process."""
+    """The V2 listener. It owns the signals: SIGTERM starts the drain (readiness 503, serving
+    goes on) and ends it after ``drain_seconds``; SIGINT or a second SIGTERM ends it at once.
+    Then it stops its companions (the admin and metrics listeners, gRPC) and waits for them
+    before its own shutdown closes the service. Unlike uvicorn, it does not raise the signal
+    again when done: a graceful stop exits 0."""
 
     def __init__(
         self,
         config: uvicorn.Config,
         companions: list[_Companion],
         stop_the_others: Callable[[], Awaitable[None]],
+        service: GatewayService,
+        drain_seconds: float,
     ) -> None:
         super().__init__(config)
         self._companions = companions
         self._stop_the_others = stop_the_others
+        self._service = service
+        self._drain_seconds = drain_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        self._loop = asyncio.get_running_loop()
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = sig == signal.SIGTERM and self._drain_seconds > 0
+        if drain and not self._service.draining and self._loop is not None:
+            self._service.start_draining()
+            self._loop.call_soon_threadsafe(self._loop.call_later, self._drain_seconds,
+                                            self._stop_accepting)  # fmt: skip
+            log.info("SIGTERM: draining for %g s (readiness 503, still serving); "
+                     "SIGINT or SIGTERM again stops at once", self._drain_seconds)  # fmt: skip
+            return
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a third signal: uvicorn's quit without waiting
+        self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        self._service.start_draining()
         for companion in self._companions:
             companion.should_exit = True
-        super().handle_exit(sig, frame)
+        self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._stop_the_others()
         await super().shutdown(sockets)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _run(main: object) -> None:

@@ -141,6 +141,19 @@ class OverloadConfig(StrictModel):
     """What a shed request's Retry-After header says."""
 
 
+class ShutdownConfig(StrictModel):
+    """What SIGTERM does: drain (readiness 503 while still serving, so load balancers move
+    away), then stop accepting and finish what is held, then exit 0."""
+
+    drain_seconds: float = Field(default=5.0, ge=0)
+    """How long to keep serving after SIGTERM with readiness 503: at least what endpoints take
+    to drop the pod (Kubernetes: a few seconds). 0: stop accepting at once. SIGINT (Ctrl-C) and
+    a second SIGTERM skip what is left of it."""
+    grace_seconds: float = Field(default=10.0, gt=0)
+    """After the drain, how long requests in flight may take to finish before they are
+    cancelled."""
+
+
 class FeedbackConfig(StrictModel):
     ttl_seconds: float = Field(default=600.0, gt=0)
     """How long a prediction waits for its ground-truth label."""
@@ -194,6 +207,7 @@ class GatewaySettings(BaseSettings):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     overload: OverloadConfig = Field(default_factory=OverloadConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     admin: ListenerConfig = Field(default_factory=ListenerConfig)
     """``PUT``/``GET /admin/traffic`` on a port of its own (for the controller only)."""
     metrics: ListenerConfig = Field(default_factory=ListenerConfig)

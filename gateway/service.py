@@ -41,6 +41,8 @@ from gateway.shadow import ShadowComparer
 from gateway.signature import Signature, signature_mismatches
 
 log = logging.getLogger(__name__)
+SHADOW_FLUSH_SECONDS = 2.0
+"""On shutdown, how long queued shadow comparisons may take to be done and counted."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class GatewayService:
         self.shadow = ShadowComparer(
             backends, self._breakers, metrics, self._logits.name, settings.shadow
         )
+        self.draining = False  # set on SIGTERM: readiness turns false, serving goes on
         self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
         self._student_refused = False
@@ -183,6 +186,8 @@ class GatewayService:
             self._student_loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._student_loader
+        with contextlib.suppress(TimeoutError):  # the comparisons owed, within a bound
+            await asyncio.wait_for(self.shadow.drain(), SHADOW_FLUSH_SECONDS)
         await self.shadow.stop()
         await asyncio.gather(*(backend.close() for backend in self._backends.values()))
 
@@ -218,8 +223,12 @@ class GatewayService:
 
     def is_ready(self) -> bool:
         """Both backends must load to start; after that a failing student is ridden out with
-        fallbacks, so readiness follows the teacher, which has nowhere to fall back to."""
-        return self._backends["teacher"].is_ready()
+        fallbacks, so readiness follows the teacher, which has nowhere to fall back to. A
+        draining gateway is not ready: it still serves, while load balancers move away."""
+        return not self.draining and self._backends["teacher"].is_ready()
+
+    def start_draining(self) -> None:
+        self.draining = True
 
     def check_model(self, model: str, version: str | None = None) -> None:
         """``version`` is None when the request names none: the spec lets the server choose."""

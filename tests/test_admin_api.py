@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,7 +122,7 @@ def test_admin_and_metrics_can_leave_the_public_port(start_gateway: Any, tmp_pat
     assert httpx.get(f"{metrics}/admin/traffic").status_code == 404
 
     gateway.stop()  # SIGTERM stops every listener, not only the public one
-    assert gateway.returncode is not None and gateway.returncode != -signal.SIGKILL
+    assert gateway.returncode == 0  # a graceful stop
     assert gateway.log().count("Finished server process") == 3  # each one shut down in order
     for url in (gateway.url, admin, metrics):
         with pytest.raises(httpx.ConnectError):

@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.config import GatewaySettings
 from tests.manifests import KUBERNETES, ROOT, by_kind, manifests, named
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -43,8 +44,10 @@ def test_the_gateway_deployment_is_production_shaped() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     requests = container["resources"]["requests"]
     assert requests["cpu"] and requests["memory"]
-    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > pre_stop > 0
+    assert "lifecycle" not in container  # the gateway drains on SIGTERM; a preStop would add
+    settings = _gateway_settings()
+    stopping = settings.shutdown.drain_seconds + settings.shutdown.grace_seconds
+    assert pod["terminationGracePeriodSeconds"] > stopping and settings.shutdown.drain_seconds > 0
     token = next(e for e in container["env"] if e["name"] == "DISTILL_GATEWAY_ADMIN_TOKEN")
     assert "secretKeyRef" in token["valueFrom"]
     (hpa,) = by_kind("HorizontalPodAutoscaler")
@@ -54,11 +57,15 @@ def test_the_gateway_deployment_is_production_shaped() -> None:
     assert "replicas" not in deployment["spec"]
 
 
-def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
-    from gateway.config import GatewaySettings, OnnxBackendConfig, TritonBackendConfig
-
+def _gateway_settings() -> GatewaySettings:
     config_map = named("ConfigMap", "distill-gateway-config")
-    settings = GatewaySettings(**yaml.safe_load(config_map["data"]["gateway.yaml"]))
+    return GatewaySettings(**yaml.safe_load(config_map["data"]["gateway.yaml"]))
+
+
+def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
+    from gateway.config import OnnxBackendConfig, TritonBackendConfig
+
+    settings = _gateway_settings()
     assert isinstance(settings.teacher, OnnxBackendConfig)
     assert settings.teacher.path.name == "teacher.onnx"
     assert isinstance(settings.student, TritonBackendConfig)

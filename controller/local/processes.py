@@ -88,7 +88,7 @@ class ManagedProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self._signal(signal.SIGTERM):
+        if self.send_signal(signal.SIGTERM):
             try:
                 self._wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -96,10 +96,10 @@ class ManagedProcess:
 
     def kill(self) -> None:
         """SIGKILL: the server dies without a goodbye."""
-        if self._signal(signal.SIGKILL):
+        if self.send_signal(signal.SIGKILL):
             self._wait(timeout=None)
 
-    def _signal(self, number: int) -> bool:
+    def send_signal(self, number: int) -> bool:
         """Sends ``number`` if the process still runs; says whether it did."""
         process = self._process
         if process is None or process.poll() is not None:
@@ -116,7 +116,8 @@ class ManagedProcess:
 
 
 class GatewayProcess(ManagedProcess):
-    """``distill-gateway`` in a subprocess, its output in ``log_path``."""
+    """``distill-gateway`` in a subprocess, its output in ``log_path``. No load balancer sends
+    it traffic, so it stops without a drain unless its config asks for one."""
 
     def __init__(
         self,
@@ -133,6 +134,7 @@ class GatewayProcess(ManagedProcess):
             grpc_port = free_port()
             config = {**(config or {}), "grpc": {"port": grpc_port}}
             self.grpc_address = f"127.0.0.1:{grpc_port}"
+        config = {"shutdown": {"drain_seconds": 0}, **(config or {})}
         self._extra_environment = dict(environment or {})
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.address}"
