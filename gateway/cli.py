@@ -110,7 +110,8 @@ async def _serve(
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     grpc_server, grpc_host = None, settings.grpc.host or main[0]
     if settings.grpc.port:  # bound first: a port in use is found before the models load
-        grpc_server = create_grpc_server(grpc_host, settings.grpc.port, settings.max_request_bytes)
+        grpc_server = create_grpc_server(grpc_host, settings.grpc.port,
+                                         settings.max_request_bytes, settings.tls)  # fmt: skip
     grace = settings.shutdown.grace_seconds
     registry = CollectorRegistry()
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
@@ -124,7 +125,9 @@ async def _serve(
         # log_config None: uvicorn's loggers go through ours (one format), at our level
         return uvicorn.Config(app, host=address[0], port=address[1], log_level=log_level,
                               log_config=None, access_log=access_log,
-                              timeout_graceful_shutdown=ceil(grace))  # fmt: skip
+                              timeout_graceful_shutdown=ceil(grace),
+                              ssl_certfile=settings.tls.certfile,
+                              ssl_keyfile=settings.tls.keyfile)  # fmt: skip
 
     others = [address for address in listeners if address != main]
     companions = [_Companion(config(address)) for address in others]
@@ -140,12 +143,13 @@ async def _serve(
 
     server = _MainServer(config(main), companions, stop_the_others, service,
                          settings.shutdown.drain_seconds)  # fmt: skip
+    scheme, over = ("https", " over TLS") if settings.tls.enabled else ("http", "")
     for address, parts in listeners.items():
-        log.info("listening on http://%s:%d (%s)", *address, ", ".join(sorted(parts)))
+        log.info("listening on %s://%s:%d (%s)", scheme, *address, ", ".join(sorted(parts)))
     if grpc_server is not None:
         attach(grpc_server, service)
         await grpc_server.start()
-        log.info("listening on grpc://%s:%d (v2, health)", grpc_host, settings.grpc.port)
+        log.info("listening on grpc://%s:%d (v2, health)%s", grpc_host, settings.grpc.port, over)
     try:
         await server.serve(sockets=[sockets[main]])
     finally:  # when the main server stopped for another reason than a signal

@@ -56,6 +56,25 @@ class TlsConfig(StrictModel):
     """Client certificate chain, for mutual TLS."""
 
 
+class ServerTlsConfig(StrictModel):
+    """TLS for the gateway's own listeners (V2 HTTP, admin, metrics, gRPC); PEM paths."""
+
+    certfile: Path | None = None
+    """The server's certificate chain."""
+    keyfile: Path | None = None
+    """Its private key."""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ServerTlsConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("tls.certfile and tls.keyfile go together: set both, or neither")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
 class TritonBackendConfig(StrictModel):
     """A model served by a remote Triton Inference Server, reached with tritonclient."""
 
@@ -213,6 +232,9 @@ class GatewaySettings(BaseSettings):
     metrics: ListenerConfig = Field(default_factory=ListenerConfig)
     """``/metrics`` on a port of its own (for Prometheus only); may be the admin port."""
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    tls: ServerTlsConfig = Field(default_factory=ServerTlsConfig)
+    """HTTPS and gRPC over TLS on every listener; off by default (plain, for a mesh or a
+    terminating proxy to secure)."""
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Larger request bodies are refused with 413."""
     max_batch_size: int = Field(default=1024, ge=1)
@@ -293,4 +315,13 @@ def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySet
             backend.path = (base / backend.path).resolve()
         if not backend.path.is_file():
             raise ConfigError(f"{where}{role}.path: no such file: {backend.path}")
+    tls = settings.tls
+    for key in ("certfile", "keyfile"):
+        path: Path | None = getattr(tls, key)
+        if path is None:
+            continue
+        path = path if path.is_absolute() else (base / path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{where}tls.{key}: no such file: {path}")
+        setattr(tls, key, path)
     return settings

@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from gateway import __version__
+from gateway.config import ServerTlsConfig
 from gateway.errors import GatewayError, Overloaded
 from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
 from gateway.service import GatewayService, InferRequest
@@ -190,9 +191,12 @@ class PortUnavailable(OSError):
     """The gRPC port could not be bound."""
 
 
-def create_grpc_server(host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
-    """The server, its port bound (so a port in use is found before the models load); the
-    servicers are added with ``attach`` once the service exists."""
+def create_grpc_server(
+    host: str, port: int, max_message_bytes: int, tls: ServerTlsConfig | None = None
+) -> grpc.aio.Server:
+    """The server, its port bound (so a port in use is found before the models load), over TLS
+    when ``tls`` names a certificate; the servicers are added with ``attach`` once the service
+    exists."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -202,7 +206,11 @@ def create_grpc_server(host: str, port: int, max_message_bytes: int) -> grpc.aio
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is not None and tls.certfile is not None and tls.keyfile is not None:
+            key_and_chain = (tls.keyfile.read_bytes(), tls.certfile.read_bytes())
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials([key_and_chain]))
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise PortUnavailable(f"cannot listen on {address} (gRPC): {exc}") from exc
     if bound == 0:
