@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench stack venv triton-env system-tools clean locks images
+.PHONY: demo test lint models bench bench-tools stack venv triton-env system-tools clean locks images
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
@@ -66,10 +66,18 @@ stack: venv system-tools
 models: venv
 	$(BIN)/python -m models.build
 
-bench: venv triton-env
+# wrk (Debian's C load generator) drives the benchmarks that need more load than a Python client
+# can make.
+bench-tools:
+	@command -v wrk >/dev/null && command -v taskset >/dev/null || { \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends wrk util-linux; }
+
+bench: venv triton-env bench-tools
 	$(BIN)/python -m tests.benchmarks.bench_gateway
 	$(BIN)/python -m tests.benchmarks.bench_protocols
 	$(BIN)/python -m tests.benchmarks.bench_triton
+	$(BIN)/python -m tests.benchmarks.bench_reliability
 
 # The images' pinned dependencies (with hashes), from deploy/docker/requirements-*.in.
 locks: venv

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.codec import HEADER_LENGTH, decode_request, encode_response
@@ -30,7 +31,7 @@ from gateway.errors import (
     Unauthorized,
     Unprocessable,
 )
-from gateway.http_body import read_body
+from gateway.http_body import off_loop_if_big, read_body
 from gateway.protocol import Feedback, TrafficState, TrafficUpdate
 from gateway.service import GatewayService, InferRequest
 from gateway.validation import describe_body_errors, is_invalid_json
@@ -110,6 +111,8 @@ def create_app(
     app = FastAPI(
         title="distill-gateway", version=__version__, lifespan=lifespan if "v2" in parts else None
     )
+    if "v2" in parts:
+        app.add_middleware(ShedOverload, service=service)
     _install_error_handlers(app)
     if "v2" in parts:
         _add_v2_routes(app, service)
@@ -122,6 +125,29 @@ def create_app(
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class ShedOverload:
+    """Admission for inference requests, as plain ASGI in front of routing: a shed request is
+    answered (503, Retry-After, a JSON error) before routing, body or decoding cost anything,
+    so shedding stays cheap when the excess is several times what the gateway serves."""
+
+    def __init__(self, app: ASGIApp, service: GatewayService) -> None:
+        self._app = app
+        self._service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/infer"):
+            await self._app(scope, receive, send)
+            return
+        try:
+            admitted = self._service.admit("http")
+        except Overloaded as exc:
+            response = error_response(exc, {"x-request-id": uuid.uuid4().hex})
+            await response(scope, receive, send)
+            return
+        with admitted:
+            await self._app(scope, receive, send)
 
 
 def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
@@ -163,22 +189,16 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
         return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
     async def infer(request: Request, model: str) -> Response:
+        """Admitted by ``ShedOverload`` before it got here."""
         received_at = time.perf_counter()
         request_id = uuid.uuid4().hex  # unless the request names its own
-        try:
-            admitted = service.admit("http")  # first: a shed request costs next to nothing
-        except Overloaded as exc:
-            return error_response(exc, {"x-request-id": request_id})
-        with admitted:
-            return await answer(request, model, received_at, request_id)
-
-    async def answer(request: Request, model: str, received_at: float, request_id: str) -> Response:
         headers = request.headers
         try:
             service.check_model(model, request.path_params.get("version"))
             body = await read_body(request, limit)
-            decoded = decode_request(body, headers.get(HEADER_LENGTH), service.signature,
-                                     service.settings.max_batch_size)  # fmt: skip
+            decoded = await off_loop_if_big(len(body), decode_request, body,
+                                            headers.get(HEADER_LENGTH), service.signature,
+                                            service.settings.max_batch_size)  # fmt: skip
         except GatewayError as exc:
             service.count_rejected(exc.status_code, "http")
             return error_response(exc, {"x-request-id": request_id})
