@@ -5,9 +5,14 @@ latency of the requests it gets answered, while ``wrk`` (a C load generator, so 
 saturates first) loads the gateway. The gateway is pinned to CPU 0, the probe and wrk to CPU 1.
 
 - idle: the probe alone.
-- at capacity: wrk with ``max_inflight - 1`` connections (the probe is the last slot).
-- 3x overload: wrk with 3 x ``max_inflight`` connections; the excess is shed with 503.
-- 3x, no shedding: the same load on a gateway whose limit is out of reach.
+- at capacity: wrk with ``max_inflight - 1`` connections back to back (the probe is the last
+  slot); what it serves per second is the capacity C.
+- 3x overload: 3 x ``max_inflight`` connections, each pacing its requests (wrk's ``delay``) so
+  that together they offer 3 x C per second, as clients that arrive on their own schedule do; the
+  excess is shed with 503.
+- 3x, no shedding: the same offered load on a gateway whose limit is out of reach.
+- 3x back to back: 3 x ``max_inflight`` connections that resend the moment they are answered,
+  a 503 included (clients ignoring Retry-After): the worst case for shedding.
 - big bodies: the probe beside a client sending 1024-row gzip JSON bodies back to back (each
   about 1.3 MB to decompress and decode).
 
@@ -162,6 +167,25 @@ def measure(
     }
 
 
+def _paced(tmp: Path, connections: int, per_second: float) -> Path:
+    """A wrk script whose ``connections`` together offer about ``per_second`` requests."""
+    script = tmp / "paced.lua"
+    pause_ms = max(1, round(1000.0 * connections / per_second))
+    # Uniform in [0, 2 x pause]: the connections drift apart instead of arriving in lockstep
+    # bursts, as independent clients do.
+    script.write_text(
+        f"{_post_script()}function delay()\n  return math.random(0, {2 * pause_ms})\nend\n"
+    )
+    return script
+
+
+def _post_script() -> str:
+    return (
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [[{SMALL.decode()}]]\n"
+    )
+
+
 def _send_big(port: int, stop: threading.Event) -> None:
     body = _big_body()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -183,10 +207,7 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [[{SMALL.decode()}]]\n"
-        )
+        script.write_text(_post_script())
         base = {"shadow": {"sample_rate": 0.0}, "traffic": {"student_share": 0.5}}
         limited = PinnedGateway(Path(tmp) / "limited", base).start()
         try:
@@ -194,7 +215,10 @@ def main() -> None:
             measure(limited, limit, 2, script)  # warm-up
             rows["idle"] = measure(limited, 0, args.seconds, script)
             rows["at capacity"] = measure(limited, limit - 1, args.seconds, script)
-            rows["3x overload"] = measure(limited, 3 * limit, args.seconds, script)
+            capacity = rows["at capacity"]["served"] / args.seconds
+            paced = _paced(Path(tmp), 3 * limit, 3 * capacity)
+            rows["3x overload"] = measure(limited, 3 * limit, args.seconds, paced)
+            rows["3x back to back"] = measure(limited, 3 * limit, args.seconds, script)
             rows["big bodies"] = measure(limited, 0, args.seconds, script, big=True)
         finally:
             limited.stop()
@@ -203,7 +227,7 @@ def main() -> None:
         ).start()
         try:
             measure(unlimited, limit, 2, script)
-            rows["3x, no shedding"] = measure(unlimited, 3 * limit, args.seconds, script)
+            rows["3x, no shedding"] = measure(unlimited, 3 * limit, args.seconds, paced)
         finally:
             unlimited.stop()
     reference = rows["at capacity"]["p99_ms"]
