@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench bench-tools stack venv triton-env system-tools clean locks images
+.PHONY: demo test lint models bench bench-tools fuzz soak stack venv triton-env system-tools clean locks images
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
@@ -65,6 +65,10 @@ stack: venv system-tools
 
 models: venv
 	$(BIN)/python -m models.build
+
+# The fuzz suite (tests/test_fuzz.py) with 20x the examples CI runs: about 10 minutes.
+fuzz: venv
+	FUZZ_EXAMPLES=3000 $(BIN)/pytest -p no:randomly tests/test_fuzz.py
 
 # wrk (Debian's C load generator) drives the benchmarks that need more load than a Python client
 # can make.

@@ -32,7 +32,7 @@ from gateway.errors import (
     Unprocessable,
 )
 from gateway.http_body import off_loop_if_big, read_body
-from gateway.protocol import Feedback, TrafficState, TrafficUpdate
+from gateway.protocol import Feedback, InferenceRequest, TrafficState, TrafficUpdate
 from gateway.service import GatewayService, InferRequest
 from gateway.validation import describe_body_errors, is_invalid_json
 
@@ -224,14 +224,15 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
         return json_response(service.record_feedback(body))
 
     # Every model route twice: unversioned, and with the logical model's version.
-    for suffix, endpoint, method in (
-        ("", model_metadata, "GET"),
-        ("/ready", model_ready, "GET"),
-        ("/infer", infer, "POST"),
-        ("/feedback", feedback, "POST"),
+    for suffix, endpoint, method, body in (
+        ("", model_metadata, "GET", None),
+        ("/ready", model_ready, "GET", None),
+        ("/infer", infer, "POST", InferenceRequest),
+        ("/feedback", feedback, "POST", Feedback),
     ):
         for prefix in _VERSIONED:
-            app.add_api_route(prefix + suffix, endpoint, methods=[method])
+            app.add_api_route(prefix + suffix, endpoint, methods=[method],
+                              openapi_extra=_documented_body(body))  # fmt: skip
 
 
 def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: SecretStr | None) -> None:
@@ -241,12 +242,39 @@ def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: Secret
     async def get_traffic() -> Response:
         return json_response(_traffic(service))
 
-    @app.put("/admin/traffic")
+    @app.put("/admin/traffic", openapi_extra=_documented_body(TrafficUpdate))
     async def put_traffic(request: Request) -> Response:
         _authorize(request, admin_token, service)
         update = _parse(TrafficUpdate, await read_body(request, limit))
         service.set_student_share(update.student_share)
         return json_response(_traffic(service))
+
+
+def _documented_body(model: type[BaseModel] | None) -> dict[str, Any] | None:
+    """The OpenAPI request body of a route that reads its body itself (to bound its size and
+    decode it its own way), so the document says what to send (and fuzzers can send it)."""
+    if model is None:
+        return None
+    schema = _inline_refs(model.model_json_schema())
+    content = {JSON: {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's ``$defs`` resolved in place: FastAPI does not carry them into the document."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> None:
