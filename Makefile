@@ -70,6 +70,11 @@ models: venv
 fuzz: venv
 	FUZZ_EXAMPLES=3000 $(BIN)/pytest -p no:randomly tests/test_fuzz.py
 
+# 30 minutes of mixed traffic; RSS, open files, event-loop lag and p99 per minute, in
+# tests/benchmarks/results/soak.json (the suite runs 2 minutes of it).
+soak: venv
+	$(BIN)/python -m tests.soak --minutes 30
+
 # wrk (Debian's C load generator) drives the benchmarks that need more load than a Python client
 # can make.
 bench-tools:

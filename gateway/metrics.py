@@ -31,6 +31,7 @@ LATENCY_BUCKETS = (
     0.05, 0.06, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
     5.0, 7.5, 10.0,
 )  # fmt: skip
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 KL_BUCKETS = (
     0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
@@ -177,6 +178,27 @@ class GatewayMetrics:
             m,
             registry=registry,
         )
+        self.feedback_pending = Gauge(
+            "gateway_feedback_pending",
+            "Predictions remembered and waiting for their label (bounded by feedback.max_entries, "
+            "feedback.max_bytes and feedback.ttl_seconds).",
+            m,
+            registry=registry,
+        )
+        self.feedback_pending_bytes = Gauge(
+            "gateway_feedback_pending_bytes",
+            "What those predictions are charged against feedback.max_bytes.",
+            m,
+            registry=registry,
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms: time that every request on "
+            "the loop waited for whatever held it (a big decode, a slow callback, CPU contention).",
+            m,
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
         self.admin_auth_failures = Counter(
             "gateway_admin_auth_failures_total",
             "Admin API requests refused for a missing or wrong bearer token (reason: missing, "
@@ -197,6 +219,7 @@ class GatewayMetrics:
         for reason in SHADOW_DROP_REASONS:
             self.shadow_dropped.labels(model, reason)
         self.shed.labels(model, "max_inflight")
+        self.loop_lag.labels(model)
         for reason in AUTH_FAILURE_REASONS:
             self.admin_auth_failures.labels(model, reason)
         for reason in FALLBACK_REASONS:

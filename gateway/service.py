@@ -131,6 +131,7 @@ class GatewayService:
         self.draining = False  # set on SIGTERM: readiness turns false, serving goes on
         self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
+        self._lag_watcher: asyncio.Task[None] | None = None
         self._student_refused = False
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
@@ -138,6 +139,8 @@ class GatewayService:
             num_classes=self._logits.shape[-1],
             max_bytes=settings.feedback.max_bytes,
         )
+        metrics.feedback_pending.labels(self.model).set_function(lambda: len(self.feedback))
+        metrics.feedback_pending_bytes.labels(self.model).set_function(lambda: self.feedback.bytes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,12 +179,23 @@ class GatewayService:
 
     def start_background(self) -> None:
         self.shadow.start()
+        self._lag_watcher = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
         if not self._student_loaded:
             self._student_loader = asyncio.create_task(
                 self._load_student_when_it_appears(), name="load-student"
             )
 
+    async def _watch_loop_lag(self, interval: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        histogram = self._metrics.loop_lag.labels(self.model)
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            histogram.observe(max(0.0, loop.time() - due))
+
     async def close(self) -> None:
+        if self._lag_watcher is not None:
+            self._lag_watcher.cancel()
         if self._student_loader is not None:
             self._student_loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
