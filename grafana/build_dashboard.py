@@ -103,6 +103,16 @@ PANELS = [
     Panel("Shadow comparisons dropped per second", "ops", [
         (rate("gateway_shadow_dropped_total"), "dropped"),
     ], width=8),
+    Panel("Requests shed per second (overload, 503)", "reqps", [
+        (rate("gateway_shed_total", by="reason"), "{{reason}}"),
+    ], width=8),
+    Panel("In-flight requests and the shedding limit", "none", [
+        (f"max by (instance) (gateway_inflight_requests{{{M}}})", "in flight {{instance}}"),
+        (f"max(gateway_max_inflight_requests{{{M}}})", "limit"),
+    ], width=8),
+    Panel("Event-loop lag p99 (what every request waited for the loop)", "s", [
+        (quantile(0.99, "gateway_event_loop_lag_seconds", "instance"), "{{instance}}"),
+    ], width=8),
     Panel("Accuracy by backend (ground-truth feedback)", "percentunit", [
         (ratio(rate("gateway_feedback_correct_total", by="backend"),
                rate("gateway_feedback_total", by="backend")), "{{backend}}"),

@@ -248,6 +248,7 @@ def _expected_panel_values(counters: Snapshot) -> dict[tuple[str, int], dict[str
         ("Cost per 1,000 requests by backend", 0): {
             b: 1000 * live_seconds[b] * PRICES[b] / 3600 / served[b] for b in backends},
         ("Shadow comparisons dropped per second", 0): {"": 0.0},
+        ("Requests shed per second (overload, 503)", 0): {"": 0.0},
     }  # fmt: skip
 
 
@@ -264,6 +265,7 @@ CHECKED_PANELS = [
     ("Mean KL divergence (teacher || student)", 0),
     ("Accuracy by backend (ground-truth feedback)", 0),
     ("Cost per 1,000 requests by backend", 0), ("Shadow comparisons dropped per second", 0),
+    ("Requests shed per second (overload, 503)", 0),
 ]  # fmt: skip
 
 
