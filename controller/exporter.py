@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller.analysis import GateResult, Verdict
 from controller.state import Phase, RolloutState
+from gateway.metrics import add_standard_collectors
 
 ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm")
 VERDICT_VALUES = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}
@@ -21,6 +22,7 @@ class ControllerMetrics:
         self, registry: CollectorRegistry, model: str = "", gates: list[str] | None = None
     ) -> None:
         self.model = model
+        add_standard_collectors(registry)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, ["model", *labels], registry=registry)

@@ -92,6 +92,11 @@ class TritonBackendConfig(StrictModel):
     """Dollars per hour of the hardware that serves this backend (for the cost metrics)."""
     ready_poll_seconds: float = Field(default=1.0, gt=0)
     """How often Triton's model readiness is polled in the background."""
+    metrics_url: str | None = None
+    """Triton's metrics endpoint (``http://triton:8002/metrics``): when set, the model's compute
+    time is read from it in the background and re-exported as
+    gateway_backend_remote_compute_seconds_total."""
+    metrics_poll_seconds: float = Field(default=5.0, gt=0)
 
 
 def _backend_kind(value: Any) -> str:
@@ -173,6 +178,20 @@ class ShutdownConfig(StrictModel):
     cancelled."""
 
 
+class CostConfig(StrictModel):
+    """What a backend's inference costs, for gateway_inference_cost_dollars_total and the cost
+    gate."""
+
+    model: Literal["wall_seconds", "cpu_seconds"] = "wall_seconds"
+    """wall_seconds: each backend's cost_per_hour x the wall time of its live calls (hardware a
+    backend has to itself). cpu_seconds: price_per_core_hour x the CPU time its live calls
+    measured, so backends sharing a host are charged for what they use (in-process backends;
+    a Triton backend stays on its cost_per_hour x wall time, since Triton reports no CPU time
+    per model)."""
+    price_per_core_hour: float = Field(default=0.04, ge=0)
+    """Dollars per core-hour, for the cpu_seconds model."""
+
+
 class FeedbackConfig(StrictModel):
     ttl_seconds: float = Field(default=600.0, gt=0)
     """How long a prediction waits for its ground-truth label."""
@@ -227,6 +246,7 @@ class GatewaySettings(BaseSettings):
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     overload: OverloadConfig = Field(default_factory=OverloadConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     admin: ListenerConfig = Field(default_factory=ListenerConfig)
     """``PUT``/``GET /admin/traffic`` on a port of its own (for the controller only)."""
     metrics: ListenerConfig = Field(default_factory=ListenerConfig)

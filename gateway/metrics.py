@@ -11,11 +11,20 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway import metric_names as names
+from gateway.config import CostConfig
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, PROTOCOLS, ROLES, Protocol
 
@@ -41,9 +50,18 @@ AUTH_FAILURE_REASONS = ("missing", "invalid")
 SHADOW_DROP_REASONS = ("queue_full", "circuit_open")
 
 
+def add_standard_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, RSS, open files), python_info and python_gc_*: what every Prometheus user
+    expects, and what a registry of one's own does not have until asked."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry, model: str, cost_per_hour: dict[str, float]):
         self.model = model
+        add_standard_collectors(registry)
         self._cost_per_second = {role: cost / 3600.0 for role, cost in cost_per_hour.items()}
         m = ["model"]
         mb = ["model", "backend"]
@@ -206,12 +224,7 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=registry,
         )
-        self.cost = Counter(
-            names.COST,
-            "Live backend compute seconds times the backend's cost_per_hour / 3600.",
-            mb,
-            registry=registry,
-        )
+        self._live_wall_seconds: dict[str, float] = dict.fromkeys(ROLES, 0.0)  # wall_seconds basis
         # Create every series up front: a counter that appears only on its first event would
         # make rate() and absent() blind to its start.
         for per_model in (self.shadow_comparisons, self.shadow_agreements, self.shadow_kl):
@@ -232,16 +245,23 @@ class GatewayMetrics:
                 self.backend_duration.labels(model, role, path)
             self.feedback.labels(model, role)
             self.feedback_correct.labels(model, role)
-            self.cost.labels(model, role)
             self.shadow_errors.labels(model, role)
             self.signature_mismatch.labels(model, role)
 
     def watch_backends(
-        self, backends: Mapping[str, Backend], breakers: Mapping[str, CircuitBreaker]
+        self,
+        backends: Mapping[str, Backend],
+        breakers: Mapping[str, CircuitBreaker],
+        cost: CostConfig | None = None,
     ) -> None:
-        """Backend health, circuit states and abandoned calls, read at scrape time (never on the
-        request path)."""
-        self._registry.register(_AbandonedCalls(self.model, backends))
+        """Backend health, circuit states, what the backends measured (abandoned calls, CPU time,
+        memory) and what they cost, read at scrape time (never on the request path)."""
+        cost = cost or CostConfig()
+        bases = {role: cost.model if cost.model == "wall_seconds" or backend.measures_cpu
+                 else "wall_seconds" for role, backend in backends.items()}  # fmt: skip
+        self.cost_bases = bases
+        self._registry.register(_BackendAccounting(self, backends, bases,
+                                                   cost.price_per_core_hour / 3600.0))  # fmt: skip
         for role, backend in backends.items():
             breaker = breakers[role]
             self.backend_up.labels(self.model, role).set_function(_is_up(backend, breaker))
@@ -262,6 +282,9 @@ class GatewayMetrics:
         if backend != NO_BACKEND:
             self.request_duration.labels(self.model, backend, protocol).observe(seconds)
 
+    def live_wall_dollars(self, backend: str) -> float:
+        return self._live_wall_seconds[backend] * self._cost_per_second[backend]
+
     @contextmanager
     def backend_call(self, backend: str, path: str) -> Iterator[None]:
         """Times a backend call; live calls also accrue the backend's cost."""
@@ -272,7 +295,7 @@ class GatewayMetrics:
             seconds = time.perf_counter() - start
             self.backend_duration.labels(self.model, backend, path).observe(seconds)
             if path == "live":
-                self.cost.labels(self.model, backend).inc(seconds * self._cost_per_second[backend])
+                self._live_wall_seconds[backend] += seconds
 
     def set_share(self, student_share: float, generation: int) -> None:
         self.traffic_share.labels(self.model, "student").set(student_share)
@@ -280,22 +303,68 @@ class GatewayMetrics:
         self.traffic_generation.labels(self.model).set(generation)
 
 
-class _AbandonedCalls(Collector):
-    """``gateway_backend_abandoned_calls_total``: counted by the backends, read at scrape time."""
+class _BackendAccounting(Collector):
+    """What the backends counted themselves (abandoned calls, CPU time, memory, a remote
+    server's compute time), and the cost on each backend's basis; read at scrape time."""
 
-    def __init__(self, model: str, backends: Mapping[str, Backend]) -> None:
-        self._model = model
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        backends: Mapping[str, Backend],
+        bases: Mapping[str, str],
+        dollars_per_core_second: float,
+    ) -> None:
+        self._metrics = metrics
         self._backends = backends
+        self._bases = bases
+        self._per_core_second = dollars_per_core_second
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(
+    def collect(self) -> Iterator[Metric]:
+        model, mb = self._metrics.model, ["model", "backend"]
+        abandoned = CounterMetricFamily(
             "gateway_backend_abandoned_calls",
             "Backend calls given up by a timeout while their thread kept running them.",
-            labels=["model", "backend"],
+            labels=mb,
+        )
+        cpu = CounterMetricFamily(
+            "gateway_backend_cpu_seconds",
+            "CPU time of an in-process backend's calls (thread CPU time around each call), by "
+            "path (live, shadow); 0 for a remote backend.",
+            labels=[*mb, "path"],
+        )
+        memory = GaugeMetricFamily(
+            "gateway_backend_memory_bytes",
+            "Resident memory an in-process backend's model took to load and warm up (session, "
+            "weights, arena), measured once at load.",
+            labels=mb,
+        )
+        remote = CounterMetricFamily(
+            "gateway_backend_remote_compute_seconds",
+            "A remote backend's compute time for its model as its server reports it "
+            "(Triton's nv_inference_compute_infer_duration_us: every client's calls).",
+            labels=mb,
+        )
+        cost = CounterMetricFamily(
+            names.COST,
+            "What live calls cost: cost_per_hour x wall seconds (basis wall_seconds), or "
+            "cost.price_per_core_hour x measured CPU seconds (basis cpu_seconds).",
+            labels=[*mb, "basis"],
         )
         for role, backend in self._backends.items():
-            family.add_metric([self._model, role], backend.abandoned_total)
-        yield family
+            abandoned.add_metric([model, role], backend.abandoned_total)
+            for lane, seconds in backend.cpu_seconds.items():
+                cpu.add_metric([model, role, lane], seconds)
+            if backend.memory_bytes is not None:
+                memory.add_metric([model, role], backend.memory_bytes)
+            if backend.remote_compute_seconds is not None:
+                remote.add_metric([model, role], backend.remote_compute_seconds)
+            basis = self._bases[role]
+            if basis == "cpu_seconds":
+                dollars = backend.cpu_seconds["live"] * self._per_core_second
+            else:
+                dollars = self._metrics.live_wall_dollars(role)
+            cost.add_metric([model, role, basis], dollars)
+        yield from (abandoned, cpu, memory, remote, cost)
 
 
 def _abandoned_in(backend: Backend, lane: Lane) -> Callable[[], float]:

@@ -119,7 +119,7 @@ class GatewayService:
             "teacher": settings.teacher.timeout_ms / 1000.0,
             "student": settings.student.timeout_ms / 1000.0,
         }
-        metrics.watch_backends(backends, self._breakers)
+        metrics.watch_backends(backends, self._breakers, settings.cost)
         overload = settings.overload
         limit = overload.max_inflight or default_max_inflight(settings)
         self._admission = Admission(limit, overload.retry_after_seconds)

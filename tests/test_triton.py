@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.backends.triton_metrics import compute_seconds_in
 from models.data import Split
 from tests.servers import TestGateway, TritonProcess, free_port, wait_until
 
@@ -193,3 +195,40 @@ def test_a_request_that_runs_out_of_its_deadline_is_a_clear_503(
     # Counted once, as the teacher's 503: the student's part is its fallback.
     assert gateway.metric("gateway_requests_total", backend="teacher", code="503") == 1
     assert gateway.metric("gateway_requests_total", backend="student", code="503") == 0
+
+
+def test_tritons_own_compute_time_is_re_exported_per_backend(
+    triton: TritonProcess, start_gateway: Callable[..., TestGateway]
+) -> None:
+    """Triton reports no CPU time per model; its compute time for the student's model is read
+    from its metrics endpoint and exported beside the in-process teacher's measured CPU."""
+    gateway = start_gateway({
+        "shadow": {"sample_rate": 0.0},
+        "student": triton_backend(triton, "student", "grpc", metrics_poll_seconds=0.2,
+                                  metrics_url=f"http://127.0.0.1:{triton.metrics_port}/metrics"),
+    })  # fmt: skip
+    body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                        "data": [1.0] * 64}]}  # fmt: skip
+    with httpx.Client(base_url=gateway.url) as client:
+        for _ in range(20):
+            answer = client.post("/v2/models/digits/infer", json=body,
+                                 headers={"x-canary": "student"})  # fmt: skip
+            assert answer.headers["x-served-by"] == "student"
+
+    def tritons_own() -> float:  # Triton refreshes its metrics every 2 s
+        text = httpx.get(f"http://127.0.0.1:{triton.metrics_port}/metrics").text
+        return compute_seconds_in(text, "student") or 0.0
+
+    wait_until(lambda: tritons_own() > 0, 10, "Triton to report the student's compute time")
+    reported = tritons_own()
+
+    def re_exported() -> bool:
+        seconds = gateway.metric("gateway_backend_remote_compute_seconds_total", backend="student")
+        return seconds >= reported
+
+    wait_until(re_exported, 10, "Triton's compute time re-exported")
+    assert gateway.metric("gateway_backend_cpu_seconds_total", backend="student", path="live") == 0
+    memory = [sample.labels["backend"] for family in text_string_to_metric_families(
+        gateway.metrics_text()) for sample in family.samples
+        if sample.name == "gateway_backend_memory_bytes"]  # fmt: skip
+    assert memory == ["teacher"]  # the student's model is held by Triton, not here

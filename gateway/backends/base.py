@@ -23,12 +23,22 @@ class Backend(ABC):
     errors from the underlying runtime are converted at this boundary.
     """
 
+    measures_cpu = False
+    """True when the backend measures the CPU time of its calls (``cpu_seconds``)."""
+
     def __init__(self, role: str) -> None:
         self.role = role
         self._signature: Signature | None = None  # set by load()
         self.abandoned_total = 0
         """Calls whose caller gave up (a timeout) while they kept running, holding capacity;
         stays 0 for a backend that can really cancel a call."""
+        self.cpu_seconds: dict[Lane, float] = {"live": 0.0, "shadow": 0.0}
+        """CPU time its calls took in this process, by lane (stays 0 for a remote backend)."""
+        self.memory_bytes: int | None = None
+        """Memory an in-process model holds (its session, weights and arena after warm-up);
+        None when the backend does not hold the model in this process."""
+        self.remote_compute_seconds: float | None = None
+        """A remote server's own compute time for this model (all its clients), when scraped."""
 
     @property
     def signature(self) -> Signature:

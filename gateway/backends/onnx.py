@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -58,6 +60,8 @@ class _ThreadPool:
 
 
 class OnnxBackend(Backend):
+    measures_cpu = True
+
     def __init__(self, role: str, config: OnnxBackendConfig, shadow_threads: int = 1) -> None:
         super().__init__(role)
         self._config = config
@@ -75,9 +79,14 @@ class OnnxBackend(Backend):
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
+        before = _resident_bytes()
         self._session = await loop.run_in_executor(self._executor, self._open_session)
         self._signature = _signature_of(self._session)
         await self._warm_up()
+        self.cpu_seconds["live"] = 0.0  # traffic's, not the warm-up's
+        after = _resident_bytes()
+        if before is not None and after is not None:  # backends load one at a time
+            self.memory_bytes = max(0, after - before)
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
@@ -91,26 +100,29 @@ class OnnxBackend(Backend):
                 f"{self.role}: all {pool.threads} {lane} threads still run calls that timed out"
             )
         names = list(output_names)
-        future = pool.executor.submit(session.run, names, inputs)
+        future = pool.executor.submit(_run_timed, session, names, inputs)
         try:
-            results = await asyncio.wrap_future(future)
+            results, cpu = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # a timeout, or the client went away
             if not future.cancel() and not future.done():  # already running: cannot be stopped
-                self._abandon(pool, future)
+                self._abandon(pool, lane, future)
             raise
         except Exception as exc:  # ORT raises its own pybind types; convert at the boundary
             raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
+        self.cpu_seconds[lane] += cpu
         return dict(zip(names, results, strict=True))
 
-    def _abandon(self, pool: _ThreadPool, future: Future[object]) -> None:
+    def _abandon(self, pool: _ThreadPool, lane: Lane, future: Future[_Timed]) -> None:
         loop = asyncio.get_running_loop()
         pool.abandoned += 1
         self.abandoned_total += 1
 
         def returned() -> None:
             pool.abandoned -= 1
+            if not future.cancelled() and future.exception() is None:
+                self.cpu_seconds[lane] += future.result()[1]  # spent, whoever waited
 
-        def in_the_loop(_: Future[object]) -> None:
+        def in_the_loop(_: Future[_Timed]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed first: nothing to count
                 loop.call_soon_threadsafe(returned)
 
@@ -168,6 +180,28 @@ class OnnxBackend(Backend):
             shape = [batch if size == -1 else size for size in spec.shape]
             dummy = {spec.name: np.zeros(shape, dtype=spec.dtype)}
             await self.infer(dummy, [output.name for output in self.signature.outputs])
+
+
+_Timed = tuple[list[np.ndarray], float]
+
+
+def _run_timed(
+    session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray]
+) -> _Timed:
+    """The call and the CPU time it took: with intra_op_threads 1, ONNX Runtime computes in the
+    calling thread, so that thread's CPU time is the call's."""
+    started = time.thread_time()
+    results = session.run(names, inputs)
+    return results, time.thread_time() - started
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident memory (Linux), or None where /proc has no statm."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 _cuda_lock = threading.Lock()

@@ -13,10 +13,12 @@ import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aiohttp
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
 from gateway.backends.base import Backend, Lane
+from gateway.backends.triton_metrics import compute_seconds
 from gateway.config import TritonBackendConfig
 from gateway.errors import BackendUnavailable, BadRequest, GatewayError, InferenceFailed
 from gateway.signature import V2_TO_NUMPY, Signature, TensorSpec
@@ -35,6 +37,7 @@ class TritonBackend(Backend):
         self._client: Any = None
         self._ready = False
         self._poller: asyncio.Task[None] | None = None
+        self._metrics_reader: asyncio.Task[None] | None = None
         if config.protocol == "grpc":
             import tritonclient.grpc.aio as module
         else:
@@ -61,6 +64,9 @@ class TritonBackend(Backend):
         self._signature = _signature_of(_as_dict(metadata))
         self._ready = True
         self._poller = asyncio.create_task(self._poll_readiness(), name=f"ready-{self.role}")
+        if self._config.metrics_url and self._metrics_reader is None:
+            reader = self._read_compute_time()
+            self._metrics_reader = asyncio.create_task(reader, name=f"metrics-{self.role}")
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
@@ -90,6 +96,11 @@ class TritonBackend(Backend):
 
     async def close(self) -> None:
         self._ready = False
+        if self._metrics_reader is not None:
+            self._metrics_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics_reader
+            self._metrics_reader = None
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,6 +147,28 @@ class TritonBackend(Backend):
             if ready != self._ready:
                 log.warning("%s: Triton model readiness %s -> %s", self.role, self._ready, ready)
             self._ready = ready
+
+    async def _read_compute_time(self) -> None:
+        """Triton's compute time for this model, re-read every ``metrics_poll_seconds``; a
+        failed read keeps the last value and is logged once until reads succeed again."""
+        c = self._config
+        assert c.metrics_url is not None
+        failing = False
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    seconds = await compute_seconds(session, c.metrics_url, c.model_name,
+                                                    timeout=c.metrics_poll_seconds)  # fmt: skip
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    if not failing:
+                        log.warning("%s: cannot read Triton's metrics at %s: %s", self.role,
+                                    c.metrics_url, exc)  # fmt: skip
+                    failing = True
+                else:
+                    failing = False
+                    if seconds is not None:
+                        self.remote_compute_seconds = seconds
+                await asyncio.sleep(c.metrics_poll_seconds)
 
 
 def _convert(role: str, exc: Exception) -> GatewayError:

@@ -202,14 +202,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--max-inflight", type=int, help="default: the gateway's own default")
     args = parser.parse_args()
     _pin_self()
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(_post_script())
-        base = {"shadow": {"sample_rate": 0.0}, "traffic": {"student_share": 0.5}}
-        limited = PinnedGateway(Path(tmp) / "limited", base).start()
+        base: dict[str, Any] = {"shadow": {"sample_rate": 0.0}, "traffic": {"student_share": 0.5}}
+        limits = {"overload": {"max_inflight": args.max_inflight}} if args.max_inflight else {}
+        limited = PinnedGateway(Path(tmp) / "limited", {**base, **limits}).start()
         try:
             limit = int(read_metric(limited.metrics_text(), "gateway_max_inflight_requests"))
             measure(limited, limit, 2, script)  # warm-up
