@@ -32,6 +32,7 @@ class BackendWindow:
     feedback_total: float = 0.0
     feedback_correct: float = 0.0
     cost_dollars: float = 0.0
+    cpu_seconds: float = 0.0  # measured in process (0 for a backend on Triton)
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,11 @@ class GateResult:
         return record
 
 
-def observe(step: WindowMetrics, quantile: float) -> dict[str, object]:
-    """Point estimates of the step so far, for the rollout's history and its report."""
+def observe(
+    step: WindowMetrics, quantile: float, rollout: WindowMetrics | None = None
+) -> dict[str, object]:
+    """Point estimates of the step so far (and, under "rollout", of each backend over the whole
+    rollout so far), for the rollout's history and its report."""
 
     def backend(window: BackendWindow) -> dict[str, float | None]:
         def ratio(numerator: float, denominator: float, scale: float = 1.0) -> float | None:
@@ -77,14 +81,19 @@ def observe(step: WindowMetrics, quantile: float) -> dict[str, object]:
             "p99_ms": None if math.isnan(tail) else tail * 1000.0,
             "accuracy": ratio(window.feedback_correct, window.feedback_total),
             "cost_per_1k": ratio(window.cost_dollars, window.requests, 1000.0),
+            "cpu_ms_per_request": ratio(window.cpu_seconds, window.requests, 1000.0) or None,
         }
 
-    return {
+    observed: dict[str, object] = {
         "teacher": backend(step.teacher),
         "student": backend(step.student),
         "agreement": step.agreements / step.comparisons if step.comparisons else None,
         "mean_kl": step.kl_sum / step.kl_count if step.kl_count else None,
     }
+    if rollout is not None:
+        observed["rollout"] = {"teacher": backend(rollout.teacher),
+                               "student": backend(rollout.student)}  # fmt: skip
+    return observed
 
 
 def assess(

@@ -97,6 +97,32 @@ def downtime_spans(state: RolloutState) -> list[tuple[float, float]]:
     return spans
 
 
+COMPARED = (
+    ("accuracy", "accuracy", "{:.1%}"),
+    ("p50_ms", "p50 latency (ms)", "{:.2f}"),
+    ("p99_ms", "p99 latency (ms)", "{:.2f}"),
+    ("cost_per_1k", "cost per 1,000 requests ($)", "{:.5f}"),
+    ("cpu_ms_per_request", "CPU per request (ms)", "{:.3f}"),
+)
+"""The seed's comparison of a student with its teacher: accuracy, speed, cost, resources."""
+
+
+def _comparison_rows(state: RolloutState) -> str:
+    """Each backend over the whole rollout, from the last analysis (each pools the rollout)."""
+    pooled = next((r.observations["rollout"] for r in reversed(state.history)
+                   if "rollout" in r.observations), None)  # fmt: skip
+    if pooled is None:
+        return '<tr><td colspan="4">no analysis yet</td></tr>'
+    rows = []
+    for key, label, shape in COMPARED:
+        teacher, student = pooled["teacher"].get(key), pooled["student"].get(key)
+        cells = [shape.format(v) if v is not None else "n/a" for v in (teacher, student)]
+        ratio = f"{student / teacher:.2f}" if teacher and student is not None else "n/a"
+        rows.append(f"<tr><td>{label}</td><td>{cells[0]}</td><td>{cells[1]}</td>"
+                    f"<td>{ratio}</td></tr>")  # fmt: skip
+    return "\n".join(rows)
+
+
 def _too_few_requests(record: DecisionRecord) -> bool:
     """An analysis made before the step had ``min_requests``: its points are not estimates."""
     return any(g["verdict"] == "inconclusive" and "student requests" in str(g["reason"])
@@ -183,6 +209,7 @@ def _page(state: RolloutState, charts: list[tuple[str, str]]) -> str:
         for gate in state.last_analysis
     )
     gate_header = "".join(f"<th>{name}</th>" for name in gate_table.HEADER)
+    comparison = _comparison_rows(state)
     figures = "\n".join(
         f"<figure><figcaption><h3>{html.escape(title)}</h3></figcaption>"
         f'<img class="chart" alt="{html.escape(title)}" src="data:image/png;base64,{png}"></figure>'
@@ -204,6 +231,10 @@ figure {{ margin: 1.5em 0; }} img.chart {{ max-width: 100%; }}
 bands are pauses; red hatching is time when no controller ran. Dash-dotted red lines are the
 gates' thresholds; hollow circles are analyses made before the step had <code>min_requests</code>,
 so they are not estimates to read.</p>
+<h2>Teacher and student over the rollout</h2>
+<table id="comparison"><tr><th></th><th>teacher</th><th>student</th><th>student / teacher</th></tr>
+{comparison}
+</table>
 {figures}
 <h2>Gates at the last analysis</h2>
 <table id="gates"><tr>{gate_header}</tr>

@@ -366,7 +366,7 @@ class CanaryController:
             paused=self.state.phase is Phase.PAUSED,
         )
         self.state.consecutive_failures = judgement.consecutive_failures
-        observations = analysis.observe(step, self.policy.latency_quantile)
+        observations = analysis.observe(step, self.policy.latency_quantile, rollout)
         self._apply(machine.Analysed(judgement), self.state.last_analysis, observations)
 
     def _finish_promoted(self) -> None:

@@ -121,6 +121,21 @@ PANELS = [
         ("1000 * " + ratio(rate("gateway_inference_cost_dollars_total", by="backend"),
                            rate("gateway_requests_total", SERVED, "backend")), "{{backend}}"),
     ]),
+    Panel("CPU per request by backend (in-process backends)", "s", [
+        (ratio(rate("gateway_backend_cpu_seconds_total", 'path="live"', "backend"),
+               rate("gateway_requests_total", SERVED, "backend")), "{{backend}}"),
+    ]),
+    Panel("Memory each backend's model holds (in process)", "bytes", [
+        (f"max by (backend) (gateway_backend_memory_bytes{{{M}}})", "{{backend}}"),
+    ], width=8),
+    Panel("Gateway resident memory", "bytes", [
+        (f"max by (instance) (process_resident_memory_bytes and on (instance) "
+         f"gateway_traffic_generation{{{M}}})", "{{instance}}"),
+    ], width=8),
+    Panel("Gateway open file descriptors", "none", [
+        (f"max by (instance) (process_open_fds and on (instance) "
+         f"gateway_traffic_generation{{{M}}})", "{{instance}}"),
+    ], width=8),
     Panel("Projected monthly saving with all current traffic on the student", "currencyUSD", [
         (f'({cost_per_request("teacher", "1d")} - {cost_per_request("student", "1d")})'
          f" * {rate('gateway_requests_total', SERVED)} * {SECONDS_PER_MONTH}", "saving"),

@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -249,13 +250,17 @@ def _expected_panel_values(counters: Snapshot) -> dict[tuple[str, int], dict[str
             b: 1000 * live_seconds[b] * PRICES[b] / 3600 / served[b] for b in backends},
         ("Shadow comparisons dropped per second", 0): {"": 0.0},
         ("Requests shed per second (overload, 503)", 0): {"": 0.0},
+        ("CPU per request by backend (in-process backends)", 0): {
+            b: delta("gateway_backend_cpu_seconds_total", backend=b, path="live") / served[b]
+            for b in backends},
     }  # fmt: skip
 
 
-# Means of measured values depend on which requests sit at the window's edges (KL, cost: 8 %);
+# Means of measured values depend on which requests sit at the window's edges (KL, cost, CPU: 8 %);
 # counts and ratios of counts get the default 3 %.
 TOLERANCE = {"Mean KL divergence (teacher || student)": 0.08,
-             "Cost per 1,000 requests by backend": 0.08}  # fmt: skip
+             "Cost per 1,000 requests by backend": 0.08,
+             "CPU per request by backend (in-process backends)": 0.08}  # fmt: skip
 
 
 CHECKED_PANELS = [
@@ -266,6 +271,7 @@ CHECKED_PANELS = [
     ("Accuracy by backend (ground-truth feedback)", 0),
     ("Cost per 1,000 requests by backend", 0), ("Shadow comparisons dropped per second", 0),
     ("Requests shed per second (overload, 503)", 0),
+    ("CPU per request by backend (in-process backends)", 0),
 ]  # fmt: skip
 
 
@@ -363,6 +369,10 @@ def test_the_rollout_report_renders_its_charts_in_chromium(
     assert written.returncode == 0, written.stderr
     page = report.read_text()
     assert "Outcome:</b> Promoted" in page
+    # The seed's comparison, from what this rollout measured: the student needs less CPU.
+    cpu = re.search(r"<td>CPU per request \(ms\)</td><td>([0-9.]+)</td><td>([0-9.]+)</td>", page)
+    assert cpu is not None and float(cpu[1]) > float(cpu[2]) > 0, page
+    assert re.search(r"<td>accuracy</td><td>[0-9.]+%</td><td>[0-9.]+%</td>", page)
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing to fetch
     dom = _chromium("--dump-dom", f"file://{report}", tmp_path)
     assert 'data-charts-loaded="5"' in dom  # every chart decoded to a real image

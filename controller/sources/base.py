@@ -76,6 +76,7 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
             feedback_total=select(increase, names.FEEDBACK, **labels),
             feedback_correct=select(increase, names.FEEDBACK_CORRECT, **labels),
             cost_dollars=select(increase, names.COST, **labels),
+            cpu_seconds=select(increase, names.CPU, path="live", **labels),
         )
 
     return WindowMetrics(

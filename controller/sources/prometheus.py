@@ -23,6 +23,7 @@ COUNTERS = (
     names.FEEDBACK,
     names.FEEDBACK_CORRECT,
     names.COST,
+    names.CPU,
     names.SHADOW_COMPARISONS,
     names.SHADOW_AGREEMENTS,
     f"{names.SHADOW_KL}_bucket",

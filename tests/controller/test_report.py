@@ -72,3 +72,23 @@ def test_a_rolled_back_rollout_renders_with_its_policy_and_decisions(tmp_path: P
     out = tmp_path / "report.html"
     write_report(state, out)
     assert out.read_text() == page
+
+
+def test_the_report_compares_teacher_and_student_over_the_rollout() -> None:
+    state = rolled_back_rollout()
+    pooled = {
+        "teacher": {"accuracy": 0.975, "p50_ms": 1.2, "p99_ms": 2.5, "cost_per_1k": 0.00084,
+                    "cpu_ms_per_request": 0.30},
+        "student": {"accuracy": 0.95, "p50_ms": 0.9, "p99_ms": 2.0, "cost_per_1k": 0.00002,
+                    "cpu_ms_per_request": 0.06},
+    }  # fmt: skip
+    state.history[-2].observations["rollout"] = pooled
+    page = render(state)
+    table = page.split('<table id="comparison">')[1].split("</table>")[0]
+    assert "<td>accuracy</td><td>97.5%</td><td>95.0%</td><td>0.97</td>" in table
+    assert "<td>p99 latency (ms)</td><td>2.50</td><td>2.00</td><td>0.80</td>" in table
+    assert "<td>CPU per request (ms)</td><td>0.300</td><td>0.060</td><td>0.20</td>" in table
+    assert "<td>cost per 1,000 requests ($)</td><td>0.00084</td><td>0.00002</td><td>0.02</td>" in (
+        table
+    )
+    assert "no analysis yet" in render(RolloutState(steps=[5, 25, 100], started_at=1.0))

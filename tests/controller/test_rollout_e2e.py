@@ -19,6 +19,7 @@ import pytest
 from controller.state import Phase, StateStore
 from models import MODELS_DIR
 from tests.rollouts import (
+    FAST_POLICY,
     canary_command,
     canary_env,
     controller_at_first_step,
@@ -416,3 +417,31 @@ def test_a_step_that_stays_inconclusive_is_rolled_back(
     assert share_of(gateway) == 0.0
     reason = saved(state).rollback_reason or ""
     assert reason.startswith("still inconclusive after") and "max_step_seconds 3" in reason
+
+
+def test_the_cost_gate_judges_measured_cpu_when_the_config_says_so(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """cost.model cpu_seconds at $3,600 a core-hour ($1 a core-second): the student's measured
+    CPU makes it cost cents per 1,000 requests, over a gate of $0.001 that its wall-time price
+    ($0.5 an hour) would pass; the rollout is rolled back on that gate, at the first step."""
+    config = {**gateway_config(), "cost": {"model": "cpu_seconds", "price_per_core_hour": 3600}}
+    gateway = start_gateway(config)
+    policy = write_policy(tmp_path, gates={**FAST_POLICY["gates"], "max_cost_per_1k": 0.001})
+    state = tmp_path / "rollout.db"
+    with traffic(gateway):
+        result = run_canary(canary_command([gateway], policy, state))
+    assert result.returncode == 3, result.stdout + result.stderr
+    rollout = saved(state)
+    assert "max_cost_per_1k" in rollout.rollback_reason
+    cost = next(g for g in rollout.last_analysis if g["gate"] == "max_cost_per_1k")
+    assert cost["verdict"] == "fail" and cost["value"] > 0.001
+    text = gateway.metrics_text()
+    cpu = read_metric(text, "gateway_backend_cpu_seconds_total", backend="student", path="live")
+    dollars = read_metric(text, "gateway_inference_cost_dollars_total", backend="student",
+                          basis="cpu_seconds")  # fmt: skip
+    assert dollars == pytest.approx(cpu * 3600 / 3600, rel=1e-6)  # $1 per measured CPU second
+    pooled = next(r.observations["rollout"] for r in reversed(rollout.history)
+                  if "rollout" in r.observations)  # fmt: skip
+    cpu_ms = {b: pooled[b]["cpu_ms_per_request"] for b in ("teacher", "student")}
+    assert cpu_ms["teacher"] > cpu_ms["student"] > 0, cpu_ms
