@@ -91,7 +91,13 @@ def _assert_same_inputs(exact: WindowMetrics, promql: WindowMetrics) -> None:
     counts = 0.15
     for backend in ("teacher", "student"):
         ours, theirs = getattr(exact, backend), getattr(promql, backend)
-        for name in ("requests", "feedback_total", "feedback_correct", "cost_dollars"):
+        for name in (
+            "requests",
+            "feedback_total",
+            "feedback_correct",
+            "cost_dollars",
+            "cpu_seconds",
+        ):
             assert getattr(theirs, name) == pytest.approx(getattr(ours, name), rel=counts), (
                 backend, name)  # fmt: skip
         assert theirs.errors == pytest.approx(ours.errors, rel=counts, abs=2)
