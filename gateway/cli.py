@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -117,6 +118,11 @@ async def _serve(
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
     metrics = GatewayMetrics(registry, settings.model, costs)
     service = await GatewayService.start(settings, metrics)
+    # Everything made so far (modules, models, settings: ~90,000 objects) lives as long as the
+    # process: moved out of the collector's reach, full collections stop walking it on the
+    # request path (they were the p99 tail: 64 ms -> 21 ms in issue 9's measurement).
+    gc.collect()
+    gc.freeze()
     if settings.admin_token is None:
         log.warning("DISTILL_GATEWAY_ADMIN_TOKEN is not set: the admin API answers 403")
 
