@@ -51,11 +51,19 @@ def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, st
     return gateway, gateway.metrics_text()
 
 
+EXPORTED_ELSEWHERE = {"gateway_backend_remote_compute_seconds_total": "tests/test_triton.py"}
+"""Promised metrics that exist only beside a Triton backend, and the test that checks them."""
+
+
 @pytest.mark.parametrize("name", promised_metrics())
 def test_every_metric_the_readme_promises_is_exported(
     measured: tuple[TestGateway, str], name: str
 ) -> None:
     _, text = measured
+    if name in EXPORTED_ELSEWHERE:
+        checked_by = Path(__file__).resolve().parents[1] / EXPORTED_ELSEWHERE[name]
+        assert name in checked_by.read_text()
+        return
     assert f"\n{name}{{" in text, f"{name} missing"
 
 
