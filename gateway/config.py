@@ -158,8 +158,8 @@ class OverloadConfig(StrictModel):
     """Load shedding: what a replica does when more requests arrive than it can work on."""
 
     max_inflight: int | None = Field(default=None, ge=1)
-    """Inference requests processed at once; beyond it, 503 with Retry-After at once. None: 4 x
-    the backends' capacity (an ONNX backend's max_concurrency, 8 for a Triton one): 16 for the
+    """Inference requests processed at once; beyond it, 503 with Retry-After at once. None: 2 x
+    the backends' capacity (an ONNX backend's max_concurrency, 8 for a Triton one): 8 for the
     shipped pair."""
     retry_after_seconds: int = Field(default=1, ge=0)
     """What a shed request's Retry-After header says."""

@@ -89,12 +89,12 @@ def test_grpc_is_shed_with_unavailable_and_a_retry_after() -> None:
 
 def test_the_default_limit_is_sized_from_the_backends_capacity() -> None:
     shipped = GatewaySettings()
-    assert default_max_inflight(shipped) == 4 * (2 + 2)
+    assert default_max_inflight(shipped) == 2 * (2 + 2)
     wider = GatewaySettings(
         teacher=OnnxBackendConfig(path=TEACHER_PATH, max_concurrency=6),
         student=TritonBackendConfig(kind="triton", url="triton:8001", model_name="student"),
     )
-    assert default_max_inflight(wider) == 4 * (6 + 8)
+    assert default_max_inflight(wider) == 2 * (6 + 8)
     assert GatewaySettings(overload=OverloadConfig(max_inflight=3)).overload.max_inflight == 3
 
 

@@ -97,6 +97,7 @@ def test_a_full_queue_drops_comparisons_and_never_delays_clients(
         {
             "shadow": {"sample_rate": 1.0, "queue_size": 1, "workers": 1},
             "traffic": {"student_share": 1.0},  # live on the fast student, shadow on the teacher
+            "overload": {"max_inflight": 100},  # the burst of 60 is admitted, not shed
         }
     )
     batch = np.resize(test_split.x, (256, 64)).astype(np.float32)
