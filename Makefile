@@ -66,7 +66,7 @@ stack: venv system-tools
 models: venv
 	$(BIN)/python -m models.build
 
-# The fuzz suite (tests/test_fuzz.py) with 20x the examples CI runs: about 10 minutes.
+# The fuzz suite (tests/test_fuzz.py) with 20x the examples CI runs: about 5 minutes.
 fuzz: venv
 	FUZZ_EXAMPLES=3000 $(BIN)/pytest -p no:randomly tests/test_fuzz.py
 
