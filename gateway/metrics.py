@@ -29,9 +29,7 @@ from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, PROTOCOLS, ROLES, Protocol
 
 if TYPE_CHECKING:
-    from gateway.backends import Backend, Lane
-
-LANES: tuple[Lane, ...] = ("live", "shadow")
+    from gateway.backends import Backend
 
 # Fine enough for a useful p50 and p99 from 0.25 ms to 10 s (under ~25 % apart below 1 s).
 LATENCY_BUCKETS = (
@@ -156,13 +154,6 @@ class GatewayMetrics:
             mb,
             registry=registry,
         )
-        self.abandoned_now = Gauge(
-            "gateway_backend_abandoned_calls_running",
-            "Timed-out calls still running in an in-process backend's threads (ONNX Runtime "
-            "cannot stop a call); when they fill a lane, it refuses new work.",
-            [*mb, "lane"],
-            registry=registry,
-        )
         self._registry = registry
         self.signature_mismatch = Gauge(
             "gateway_backend_signature_mismatch",
@@ -257,18 +248,14 @@ class GatewayMetrics:
         """Backend health, circuit states, what the backends measured (abandoned calls, CPU time,
         memory) and what they cost, read at scrape time (never on the request path)."""
         cost = cost or CostConfig()
-        bases = {role: cost.model if cost.model == "wall_seconds" or backend.measures_cpu
+        # cpu_seconds only where the backend measures its CPU; a Triton backend stays on wall time
+        bases = {role: "cpu_seconds" if cost.model == "cpu_seconds" and backend.measures_cpu
                  else "wall_seconds" for role, backend in backends.items()}  # fmt: skip
-        self.cost_bases = bases
         self._registry.register(_BackendAccounting(self, backends, bases,
                                                    cost.price_per_core_hour / 3600.0))  # fmt: skip
         for role, backend in backends.items():
             breaker = breakers[role]
             self.backend_up.labels(self.model, role).set_function(_is_up(backend, breaker))
-            for lane in LANES:
-                self.abandoned_now.labels(self.model, role, lane).set_function(
-                    _abandoned_in(backend, lane)
-                )
             for state in CircuitState:
                 self.circuit_state.labels(self.model, role, state.value).set_function(
                     _is_in(breaker, state)
@@ -326,6 +313,12 @@ class _BackendAccounting(Collector):
             "Backend calls given up by a timeout while their thread kept running them.",
             labels=mb,
         )
+        abandoned_running = GaugeMetricFamily(
+            "gateway_backend_abandoned_calls_running",
+            "Timed-out calls still running in an in-process backend's threads (ONNX Runtime "
+            "cannot stop a call), by lane; when they fill a lane, it refuses new work.",
+            labels=[*mb, "lane"],
+        )
         cpu = CounterMetricFamily(
             "gateway_backend_cpu_seconds",
             "CPU time of an in-process backend's calls (thread CPU time around each call), by "
@@ -354,6 +347,7 @@ class _BackendAccounting(Collector):
             abandoned.add_metric([model, role], backend.abandoned_total)
             for lane, seconds in backend.cpu_seconds.items():
                 cpu.add_metric([model, role, lane], seconds)
+                abandoned_running.add_metric([model, role, lane], backend.abandoned_in(lane))
             if backend.memory_bytes is not None:
                 memory.add_metric([model, role], backend.memory_bytes)
             if backend.remote_compute_seconds is not None:
@@ -364,11 +358,7 @@ class _BackendAccounting(Collector):
             else:
                 dollars = self._metrics.live_wall_dollars(role)
             cost.add_metric([model, role, basis], dollars)
-        yield from (abandoned, cpu, memory, remote, cost)
-
-
-def _abandoned_in(backend: Backend, lane: Lane) -> Callable[[], float]:
-    return lambda: float(backend.abandoned_in(lane))
+        yield from (abandoned, abandoned_running, cpu, memory, remote, cost)
 
 
 def _is_up(backend: Backend, breaker: CircuitBreaker) -> Callable[[], float]:

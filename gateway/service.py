@@ -194,12 +194,11 @@ class GatewayService:
             histogram.observe(max(0.0, loop.time() - due))
 
     async def close(self) -> None:
-        if self._lag_watcher is not None:
-            self._lag_watcher.cancel()
-        if self._student_loader is not None:
-            self._student_loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._student_loader
+        for task in (self._lag_watcher, self._student_loader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(TimeoutError):  # the comparisons owed, within a bound
             await asyncio.wait_for(self.shadow.drain(), SHADOW_FLUSH_SECONDS)
         await self.shadow.stop()

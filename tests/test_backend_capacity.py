@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -36,13 +37,19 @@ class _HeldSession:
         return self._session.run(names, inputs)
 
 
-async def _backend(max_concurrency: int) -> tuple[OnnxBackend, _HeldSession]:
+@asynccontextmanager
+async def _held_backend(max_concurrency: int) -> AsyncIterator[tuple[OnnxBackend, _HeldSession]]:
+    """The real student backend, its session wrapped; every held call is let go at the end."""
     config = OnnxBackendConfig(path=STUDENT_PATH, max_concurrency=max_concurrency)
     backend = OnnxBackend("student", config)
     await backend.load()
     held = _HeldSession(backend._session)
     backend._session = held
-    return backend, held
+    try:
+        yield backend, held
+    finally:
+        held.release.set()
+        await backend.close()
 
 
 async def _until(condition: Any, seconds: float = 5.0) -> None:
@@ -54,25 +61,20 @@ async def _until(condition: Any, seconds: float = 5.0) -> None:
 
 def test_shadow_calls_never_take_live_threads() -> None:
     async def main() -> None:
-        backend, held = await _backend(max_concurrency=1)
-        try:
+        async with _held_backend(max_concurrency=1) as (backend, held):
             shadow = asyncio.create_task(backend.infer(STUCK, ["logits"], lane="shadow"))
             await _until(lambda: held.held == 1)
             live = await asyncio.wait_for(backend.infer(PIXELS, ["logits"]), 2.0)
             assert live["logits"].shape == (1, 10)  # answered while the shadow call is stuck
             held.release.set()
             await shadow
-        finally:
-            held.release.set()
-            await backend.close()
 
     asyncio.run(main())
 
 
 def test_timed_out_calls_are_counted_and_a_lane_full_of_them_refuses_at_once() -> None:
     async def main() -> None:
-        backend, held = await _backend(max_concurrency=2)
-        try:
+        async with _held_backend(max_concurrency=2) as (backend, held):
             for _ in range(2):
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(backend.infer(STUCK, ["logits"]), 0.05)
@@ -84,9 +86,6 @@ def test_timed_out_calls_are_counted_and_a_lane_full_of_them_refuses_at_once() -
             await _until(lambda: backend.abandoned_in("live") == 0)
             assert (await backend.infer(PIXELS, ["logits"]))["logits"].shape == (1, 10)
             assert backend.abandoned_total == 2  # a count of what happened, not of what is
-        finally:
-            held.release.set()
-            await backend.close()
 
     asyncio.run(main())
 
@@ -95,32 +94,31 @@ def test_a_student_stuck_in_abandoned_calls_opens_its_circuit_and_the_teacher_an
     """Through the service: no client waits behind the stuck threads, and the metrics say why."""
 
     async def main() -> None:
-        student, held = await _backend(max_concurrency=1)
-        async with in_process_gateway(
-            serving_student=student,
-            student={"path": STUDENT_PATH, "timeout_ms": 50},
-            resilience={"failure_threshold": 3},
-        ) as gateway:
-            try:
-                body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                                    "data": [-1.0] * 64}]}  # fmt: skip
-                for _ in range(4):
-                    answer = await gateway.client.post(
-                        "/v2/models/digits/infer", json=body, headers={"x-canary": "student"}
-                    )
-                    assert answer.status_code == 200
-                    assert answer.headers["x-served-by"] == "teacher"
-                states = gateway.registry.get_sample_value(
-                    "gateway_circuit_state",
-                    {"model": "digits", "backend": "student", "state": "open"},
+        async with (
+            _held_backend(max_concurrency=1) as (student, _),
+            in_process_gateway(
+                serving_student=student,
+                student={"path": STUDENT_PATH, "timeout_ms": 50},
+                resilience={"failure_threshold": 3},
+            ) as gateway,
+        ):
+            body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                                "data": [-1.0] * 64}]}  # fmt: skip
+            for _ in range(4):
+                answer = await gateway.client.post(
+                    "/v2/models/digits/infer", json=body, headers={"x-canary": "student"}
                 )
-                assert states == 1.0
-                running = gateway.metric("gateway_backend_abandoned_calls_running",
-                                         backend="student", lane="live")  # fmt: skip
-                assert running == 1.0
-                assert gateway.metric("gateway_backend_abandoned_calls_total",
-                                      backend="student") == 1.0  # fmt: skip
-            finally:
-                held.release.set()
+                assert answer.status_code == 200
+                assert answer.headers["x-served-by"] == "teacher"
+            states = gateway.registry.get_sample_value(
+                "gateway_circuit_state",
+                {"model": "digits", "backend": "student", "state": "open"},
+            )
+            assert states == 1.0
+            running = gateway.metric("gateway_backend_abandoned_calls_running",
+                                     backend="student", lane="live")  # fmt: skip
+            assert running == 1.0
+            assert gateway.metric("gateway_backend_abandoned_calls_total",
+                                  backend="student") == 1.0  # fmt: skip
 
     asyncio.run(main())
