@@ -19,6 +19,7 @@ import httpx
 import typer
 from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
+from rich.progress import Progress
 
 from controller.actuator import GatewayFleet
 from controller.exporter import ControllerMetrics
@@ -234,6 +235,60 @@ def report(
 
     write_report(shown, out)
     typer.echo(f"wrote {out}")
+
+
+PRODUCTION_POLICY = Path(__file__).parent / "policies" / "production.yaml"
+
+
+@app.command()
+def simulate(
+    policy: Annotated[
+        Path, typer.Option("--policy", help="The rollout policy (YAML) to judge with.")
+    ] = PRODUCTION_POLICY,
+    runs: Annotated[int, typer.Option(min=1, help="Rollouts per scenario and judge.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seeds every draw: the same seed, the same table.")] = 1,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write one object per scenario and judge here.")
+    ] = None,
+    png: Annotated[Path | None, typer.Option(help="Write the power curves here (PNG).")] = None,
+    share: Annotated[
+        list[float] | None, typer.Option(help="Student share(s) to simulate; default 0.05, 0.25.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes to run scenarios in.")] = (
+        os.cpu_count() or 1
+    ),
+) -> None:
+    """Measure decision quality: simulated rollouts through this controller's own analysis and
+    decisions, beside a Flagger-style threshold judge and a Kayenta-style Mann-Whitney judge."""
+    from controller.simulation.report import print_table, write_json
+    from controller.simulation.runner import run_scenarios
+    from controller.simulation.scenarios import standard_scenarios
+
+    try:
+        loaded = load_policy(policy)
+    except PolicyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    if share and any(not 0 < s <= 1 for s in share):
+        raise _fail("--share is a fraction of live traffic, in (0, 1]", EXIT_USAGE)
+    scenarios = standard_scenarios(tuple(share) if share else (0.05, 0.25))
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{len(scenarios)} scenarios x {runs} runs", total=len(scenarios))
+        summaries = run_scenarios(scenarios, loaded, runs, seed, workers=workers,
+                                  progress=lambda: progress.advance(task))  # fmt: skip
+    print_table(summaries, Console(width=170))
+    rollouts = len(summaries) * runs
+    typer.echo(f"{rollouts} simulated rollouts in {time.perf_counter() - started:.1f} s "
+               f"({policy.name}, seed {seed})")  # fmt: skip
+    if json_path is not None:
+        write_json(summaries, json_path)
+        typer.echo(f"wrote {json_path}")
+    if png is not None:
+        from controller.simulation.plot import write_power_curves
+
+        write_power_curves(summaries, png)
+        typer.echo(f"wrote {png}")
 
 
 def _operator_command(state: Path, command: Command) -> None:

@@ -1,0 +1,103 @@
+"""What a simulated rollout is up against: the student's true quality and the traffic it sees.
+
+A scenario fixes the truth (accuracy drop, agreement, latency, errors) and the conditions
+(traffic, share, labels, shadow rate, gaps); ``expected`` says which decision is right for it.
+The set below is the one ``distill-canary simulate`` runs and the README reports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+Expected = Literal["promote", "rollback"]
+
+# One z for the p99 of a lognormal: p99 = median * exp(Z99 * sigma).
+Z99 = 2.3263478740408408
+
+REALISTIC_RPS = 60.0
+"""The fleet's traffic in the realistic scenarios: three gateways at 20 req/s each."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    expected: Expected
+    share: float = 0.05
+    """The student's share of live traffic at the simulated step."""
+    requests_per_second: float = REALISTIC_RPS
+    """Requests over the whole fleet."""
+    teacher_accuracy: float = 0.97
+    accuracy_drop: float = 0.0
+    """True teacher accuracy minus student accuracy (0.03 = 3 points)."""
+    agreement: float = 0.99
+    """True top-1 agreement with the teacher."""
+    mean_kl: float = 0.02
+    """True mean KL(teacher || student) per shadow comparison, in nats."""
+    teacher_p99_ms: float = 8.0
+    p99_ratio: float = 1.0
+    """Student p99 over the teacher's (the same lognormal shape, scaled)."""
+    latency_sigma: float = 0.6
+    """Log-space spread of both latency distributions: p99/p50 = exp(2.33 sigma), 4x at 0.6."""
+    error_rate: float = 0.0
+    """Student requests that fail (and fall back to the teacher)."""
+    label_fraction: float = 1.0
+    """Requests that ever get a ground-truth label."""
+    label_delay_seconds: float = 0.0
+    """How long after its prediction a label arrives (whole analysis intervals in effect)."""
+    shadow_rate: float = 0.5
+    """Requests also sent to the other backend for comparison."""
+    gap_intervals: int = 0
+    """Analysis intervals without any request, starting with the second."""
+    student_cost_per_1k: float = 0.0001
+
+    @property
+    def student_accuracy(self) -> float:
+        return self.teacher_accuracy - self.accuracy_drop
+
+    def median_seconds(self, backend: str) -> float:
+        """The median of a backend's lognormal latency, in seconds."""
+        p99 = self.teacher_p99_ms * (self.p99_ratio if backend == "student" else 1.0)
+        return p99 / 1000.0 / math.exp(Z99 * self.latency_sigma)
+
+
+def _good(name: str, drop: float = 0.0) -> Scenario:
+    return Scenario(name, "promote", accuracy_drop=drop)
+
+
+def _bad(name: str, **truth: float) -> Scenario:
+    return replace(Scenario(name, "rollback"), **truth)  # type: ignore[arg-type]
+
+
+def standard_scenarios(shares: tuple[float, ...] = (0.05, 0.25)) -> list[Scenario]:
+    """Every scenario the issue names, at each share."""
+    base = [
+        _good("good"),
+        _good("good, 0.5 points worse", 0.005),
+        _good("good, 1 point worse", 0.01),
+        _bad("2 points worse", accuracy_drop=0.02, agreement=0.98),
+        _bad("3 points worse", accuracy_drop=0.03, agreement=0.97),
+        _bad("5 points worse", accuracy_drop=0.05, agreement=0.95),
+        _bad("10 points worse", accuracy_drop=0.10, agreement=0.90),
+        _bad("agreement 0.90", agreement=0.90),
+        _bad("agreement 0.80", agreement=0.80),
+        _bad("p99 1.5x", p99_ratio=1.5),
+        _bad("p99 2x", p99_ratio=2.0),
+        _bad("1 % errors", error_rate=0.01),
+        _bad("5 % errors", error_rate=0.05),
+    ]
+    conditions: list[tuple[str, dict[str, Any]]] = [
+        ("slow traffic (6 req/s)", {"requests_per_second": 6.0}),
+        ("fast traffic (600 req/s)", {"requests_per_second": 600.0}),
+        ("labels 5 min late", {"label_delay_seconds": 300.0}),
+        ("10 % labelled", {"label_fraction": 0.1}),
+        ("traffic gap", {"gap_intervals": 2}),
+    ]
+    scenarios = []
+    for share in shares:
+        scenarios += [replace(s, share=share) for s in base]
+        for student in (base[0], base[4]):  # the good one and the 3-points-worse one
+            scenarios += [replace(student, name=f"{student.name}, {what}", share=share, **how)
+                          for what, how in conditions]  # fmt: skip
+    return scenarios

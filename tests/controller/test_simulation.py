@@ -1,0 +1,89 @@
+"""``distill-canary simulate``: the simulated traffic is what gateways would export, and the
+command writes what it promises."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from controller.cli import app
+from controller.policy import Gates, Policy
+from controller.simulation.runner import run_scenarios
+from controller.simulation.scenarios import Scenario, standard_scenarios
+from controller.simulation.traffic import draw
+
+JSON_KEYS = {
+    "judge", "share", "accuracy_drop", "agreement", "p99_ratio", "error_rate", "runs",
+    "promoted_rate", "rolled_back_rate", "inconclusive_rate", "median_time_to_decision_s",
+    "p95_time_to_decision_s",
+}  # fmt: skip
+
+
+def test_drawn_counts_hold_together_like_a_gateways() -> None:
+    scenario = Scenario("bad", "rollback", share=0.25, error_rate=0.05, label_fraction=0.5,
+                        agreement=0.9, gap_intervals=2)  # fmt: skip
+    traffic = draw(scenario, 40, 10.0, np.random.default_rng(5))
+    window = traffic.window(0, 40)
+    student, teacher = window.student, window.teacher
+    total = student.requests + teacher.requests
+    assert student.requests / total == np.clip(student.requests / total, 0.22, 0.28)
+    assert student.errors / student.requests == np.clip(student.errors / student.requests,
+                                                        0.03, 0.07)  # fmt: skip
+    assert window.agreements <= window.comparisons
+    assert window.agreements / window.comparisons == np.clip(
+        window.agreements / window.comparisons, 0.88, 0.92)  # fmt: skip
+    # Every call lands in one latency bucket: live ones, the teacher's for a student's failure
+    # (a fallback), and shadow ones.
+    calls = total + student.errors + window.comparisons
+    assert student.latency[-1][1] + teacher.latency[-1][1] == calls
+    assert window.kl_count == window.comparisons
+    assert student.feedback_total <= student.requests - student.errors
+    # The gap: no request in the second and third intervals.
+    assert traffic.window(1, 3).student.requests + traffic.window(1, 3).teacher.requests == 0
+
+
+def test_late_labels_arrive_whole_intervals_later() -> None:
+    late = Scenario("late", "promote", label_delay_seconds=30.0)
+    traffic = draw(late, 10, 10.0, np.random.default_rng(1))
+    assert traffic.window(0, 3).teacher.feedback_total == 0
+    assert traffic.window(3, 10).teacher.feedback_total > 0
+
+
+def test_the_same_seed_gives_the_same_results_in_one_process_or_several() -> None:
+    policy = Policy(bake_seconds=60, interval_seconds=10, min_requests=50, max_step_seconds=300,
+                    gates=Gates(max_error_rate=0.05, min_agreement=0.9))  # fmt: skip
+    scenarios = [replace(s, requests_per_second=20.0) for s in standard_scenarios((0.25,))[:3]]
+    alone = run_scenarios(scenarios, policy, runs=5, seed=3, workers=1)
+    pooled = run_scenarios(scenarios, policy, runs=5, seed=3, workers=2)
+    assert [s.as_dict() for s in alone] == [s.as_dict() for s in pooled]
+
+
+def test_simulate_writes_a_row_per_scenario_and_judge(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("bake_seconds: 60\ninterval_seconds: 10\nmin_requests: 50\n"
+                      "max_step_seconds: 300\ngates: {max_error_rate: 0.02, min_agreement: 0.95,"
+                      " max_accuracy_drop: 0.03}\n")  # fmt: skip
+    out, png = tmp_path / "simulation.json", tmp_path / "power.png"
+    result = CliRunner().invoke(app, ["simulate", "--policy", str(policy), "--runs", "3",
+                                      "--share", "0.25", "--workers", "1", "--json", str(out),
+                                      "--png", str(png)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    scenarios = standard_scenarios((0.25,))
+    assert len(rows) == 3 * len(scenarios)
+    assert {row["judge"] for row in rows} == {"controller", "threshold", "mann_whitney"}
+    for row in rows:
+        assert row.keys() >= JSON_KEYS
+        rates = row["promoted_rate"] + row["rolled_back_rate"] + row["inconclusive_rate"]
+        assert abs(rates - 1.0) < 1e-9
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_refuses_a_share_outside_0_to_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["simulate", "--share", "5"])
+    assert result.exit_code == 2
+    assert "--share" in result.output
