@@ -199,8 +199,8 @@ def _latency_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, thresh
                z: float) -> GateResult:  # fmt: skip
     q = policy.latency_quantile
     student, teacher = step.student.latency, step.teacher.latency
-    s_low, s_high = stats.quantile_interval(student, q, z)
-    t_low, t_high = stats.quantile_interval(teacher, q, z)
+    s_low, s_high = stats.quantile_interval(student, q, z, interpolate=True)
+    t_low, t_high = stats.quantile_interval(teacher, q, z, interpolate=True)
     samples = min(stats.sample_count(student), stats.sample_count(teacher))
     teacher_value = histogram_quantile(q, teacher)
     if not teacher_value or math.isnan(teacher_value):

@@ -8,6 +8,11 @@
   ``n*q -/+ z*sqrt(n*q*(1-q))`` (the binomial order-statistic bounds) read off at the outer edges of
   the buckets that hold them, so the histogram's resolution widens the interval, never narrows it.
   Too few samples put the upper rank past the last one: the upper bound is then infinite.
+  With ``interpolate``, the ranks are read by linear interpolation inside their buckets instead
+  (PromQL's assumption, the one the point estimate already makes). The latency ratio gate uses it:
+  both histograms share their bucket edges, so edge-based bounds would put one bucket's width
+  (about 25 %) into the ratio twice, and a student exactly as fast as its teacher could never
+  pass a 1.2 ratio however many samples it had (``distill-canary simulate`` showed it).
 - ``mean_interval``: a mean from a histogram's sum and count; its variance is bounded above by the
   buckets' upper edges, which makes the interval conservative.
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+
+from controller.promtext import histogram_quantile
 
 Interval = tuple[float, float]
 Buckets = list[tuple[float, float]]  # cumulative (upper bound, count), ascending, ending at +Inf
@@ -62,15 +69,27 @@ def sample_count(buckets: Buckets) -> float:
     return buckets[-1][1] if buckets else 0.0
 
 
-def quantile_interval(buckets: Buckets, quantile: float, z: float) -> Interval:
+def quantile_interval(
+    buckets: Buckets, quantile: float, z: float, interpolate: bool = False
+) -> Interval:
     n = sample_count(buckets)
     if n <= 0:
         return (0.0, math.inf)
     spread = z * math.sqrt(n * quantile * (1.0 - quantile))
     low_rank = math.floor(n * quantile - spread)
     high_rank = math.ceil(n * quantile + spread) + 1
-    low = 0.0 if low_rank < 1 else _lower_edge_at_rank(buckets, low_rank)
-    high = math.inf if high_rank > n else _upper_edge_at_rank(buckets, high_rank)
+    if high_rank > n:
+        high = math.inf
+    elif interpolate:
+        high = histogram_quantile(high_rank / n, buckets)
+    else:
+        high = _upper_edge_at_rank(buckets, high_rank)
+    if low_rank < 1:
+        low = 0.0
+    elif interpolate:
+        low = histogram_quantile(low_rank / n, buckets)
+    else:
+        low = _lower_edge_at_rank(buckets, low_rank)
     return (low, high)
 
 

@@ -85,6 +85,28 @@ def test_quantile_interval_covers_the_true_quantile_at_bucket_edges() -> None:
     assert high - low < 0.02
 
 
+def test_a_student_as_fast_as_its_teacher_passes_a_ratio_gate_on_the_gateways_buckets() -> None:
+    """On the gateway's own buckets (about 25 % apart), edge-based bounds put one bucket's width
+    into a p99 ratio twice, so a ratio of 1.0 could never be shown below 1.2; interpolated ones
+    can, and a student 1.5x slower is still shown above it."""
+    from gateway.metrics import LATENCY_BUCKETS
+
+    rng = np.random.default_rng(3)
+    bounds = list(LATENCY_BUCKETS)
+    teacher = _histogram(rng.lognormal(np.log(0.002), 0.6, 100_000), bounds)
+    same = _histogram(rng.lognormal(np.log(0.002), 0.6, 100_000), bounds)
+    slower = _histogram(rng.lognormal(np.log(0.003), 0.6, 100_000), bounds)
+
+    def ratio_bounds(student: stats.Buckets, interpolate: bool) -> tuple[float, float]:
+        s_low, s_high = stats.quantile_interval(student, 0.99, Z95, interpolate)
+        t_low, t_high = stats.quantile_interval(teacher, 0.99, Z95, interpolate)
+        return s_low / t_high, s_high / t_low
+
+    assert ratio_bounds(same, interpolate=False)[1] > 1.2
+    assert ratio_bounds(same, interpolate=True)[1] < 1.2
+    assert ratio_bounds(slower, interpolate=True)[0] > 1.2
+
+
 def test_quantile_interval_needs_enough_samples_for_a_p99() -> None:
     few = np.random.default_rng(1).exponential(0.01, 200)
     assert stats.quantile_interval(_histogram(few, BOUNDS), 0.99, Z95)[1] == math.inf
