@@ -27,6 +27,21 @@ class _Prediction:
     expires_at: float
     size: int  # what this entry is charged against max_bytes
     labelled: bool = False
+    other: np.ndarray | None = None  # the other backend's classes, from shadow traffic
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A labelled request both backends answered: how many examples each got right."""
+
+    both_correct: int
+    teacher_only: int
+    student_only: int
+    both_wrong: int
+
+    def by_outcome(self) -> dict[str, int]:
+        return {"both_correct": self.both_correct, "teacher_only": self.teacher_only,
+                "student_only": self.student_only, "both_wrong": self.both_wrong}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,7 @@ class Scored:
     backend: str
     correct: int
     total: int
+    paired: Paired | None = None  # when the other backend answered it too (shadow)
 
 
 class FeedbackStore:
@@ -79,6 +95,20 @@ class FeedbackStore:
         _, forgotten = self._predictions.popitem(last=False)
         self.bytes -= forgotten.size
 
+    def pair(self, request_id: str, other_classes: np.ndarray) -> bool:
+        """The other backend's answer to a remembered request (from shadow traffic), so that
+        its label scores both: whether it was kept (False once labelled, expired or unknown)."""
+        prediction = self._predictions.get(request_id)
+        if (prediction is None or prediction.labelled or prediction.other is not None
+                or other_classes.shape != prediction.classes.shape):  # fmt: skip
+            return False
+        prediction.other = other_classes
+        prediction.size += other_classes.nbytes
+        self.bytes += other_classes.nbytes
+        while self._over_budget():
+            self._forget_oldest()
+        return request_id in self._predictions
+
     def score(self, request_id: str, label: int | list[int]) -> Scored:
         self._forget_expired(self._clock())
         prediction = self._predictions.get(request_id)
@@ -95,8 +125,9 @@ class FeedbackStore:
         if labels.min() < 0 or labels.max() >= self._num_classes:
             raise Unprocessable(f"labels must be classes 0..{self._num_classes - 1}")
         prediction.labelled = True
-        correct = int((labels == prediction.classes).sum())
-        return Scored(prediction.backend, correct, int(labels.size))
+        right = labels == prediction.classes
+        return Scored(prediction.backend, int(right.sum()), int(labels.size),
+                      _paired(prediction, labels, right))  # fmt: skip
 
     def _forget_expired(self, now: float) -> None:
         # Insertion order is expiry order, so expired entries are all at the front.
@@ -105,3 +136,17 @@ class FeedbackStore:
             if oldest.expires_at > now:
                 break
             self._forget_oldest()
+
+
+def _paired(prediction: _Prediction, labels: np.ndarray, right: np.ndarray) -> Paired | None:
+    if prediction.other is None:
+        return None
+    other_right = labels == prediction.other
+    teacher, student = (right, other_right) if prediction.backend == "teacher" else (
+        other_right, right)  # fmt: skip
+    return Paired(
+        both_correct=int((teacher & student).sum()),
+        teacher_only=int((teacher & ~student).sum()),
+        student_only=int((~teacher & student).sum()),
+        both_wrong=int((~teacher & ~student).sum()),
+    )

@@ -9,6 +9,9 @@ REQUEST_DURATION = "gateway_request_duration_seconds"  # model, backend, protoco
 BACKEND_DURATION = "gateway_backend_duration_seconds"  # model, backend, path (live, shadow)
 FEEDBACK = "gateway_feedback_total"  # model, backend
 FEEDBACK_CORRECT = "gateway_feedback_correct_total"  # model, backend
+FEEDBACK_PAIRED = "gateway_feedback_paired_total"  # model, outcome (PAIRED_OUTCOMES)
+PAIRED_OUTCOMES = ("both_correct", "teacher_only", "student_only", "both_wrong")
+"""Which of the two backends was right on a labelled example both answered (live and shadow)."""
 COST = "gateway_inference_cost_dollars_total"  # model, backend, basis
 CPU = "gateway_backend_cpu_seconds_total"  # model, backend, path (live, shadow)
 SHADOW_COMPARISONS = "gateway_shadow_comparisons_total"  # model

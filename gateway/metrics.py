@@ -142,6 +142,13 @@ class GatewayMetrics:
             mb,
             registry=registry,
         )
+        self.feedback_paired = Counter(
+            names.FEEDBACK_PAIRED,
+            "Labelled examples whose request both backends answered (one live, one on shadow "
+            "traffic), by which was right: the paired sample behind the accuracy gate.",
+            ["model", "outcome"],
+            registry=registry,
+        )
         self.fallbacks = Counter(
             names.FALLBACKS,
             "Requests meant for one backend and served by another.",

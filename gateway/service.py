@@ -125,9 +125,6 @@ class GatewayService:
         self._admission = Admission(limit, overload.retry_after_seconds)
         metrics.max_inflight.labels(self.model).set(limit)
         metrics.inflight.labels(self.model).set_function(lambda: self._admission.inflight)
-        self.shadow = ShadowComparer(
-            backends, self._breakers, metrics, self._logits.name, settings.shadow
-        )
         self.draining = False  # set on SIGTERM: readiness turns false, serving goes on
         self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
@@ -141,6 +138,9 @@ class GatewayService:
         )
         metrics.feedback_pending.labels(self.model).set_function(lambda: len(self.feedback))
         metrics.feedback_pending_bytes.labels(self.model).set_function(lambda: self.feedback.bytes)
+        # A shadow answer joins the remembered prediction: its label then scores both backends.
+        self.shadow = ShadowComparer(backends, self._breakers, metrics, self._logits.name,
+                                     settings.shadow, on_answer=self.feedback.pair)  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ class GatewayService:
                 served_by, request.inputs, request.received_at + self._deadline
             )
             role = served_by
-            self.shadow.maybe_submit(role, request.inputs, outputs)
+            self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             self.feedback.remember(request.id, role, outputs[self._logits.name].argmax(axis=-1))
         except GatewayError as exc:
             self._count(exc.backend or served_by, exc.status_code, request)
@@ -376,11 +376,15 @@ class GatewayService:
         scored = self.feedback.score(feedback.id, feedback.label)
         self._metrics.feedback.labels(self.model, scored.backend).inc(scored.total)
         self._metrics.feedback_correct.labels(self.model, scored.backend).inc(scored.correct)
+        if scored.paired is not None:
+            for outcome, count in scored.paired.by_outcome().items():
+                self._metrics.feedback_paired.labels(self.model, outcome).inc(count)
         return {
             "id": feedback.id,
             "backend": scored.backend,
             "correct": scored.correct,
             "total": scored.total,
+            "paired": scored.paired is not None,
         }
 
     def model_metadata(self) -> dict[str, object]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Job:
     served_by: str
+    request_id: str
     inputs: Mapping[str, np.ndarray]
     live_logits: np.ndarray
 
@@ -63,7 +64,10 @@ class ShadowComparer:
         logits_name: str,
         config: ShadowConfig,
         rng: random.Random | None = None,
+        on_answer: Callable[[str, np.ndarray], object] | None = None,
     ) -> None:
+        """``on_answer(request_id, classes)`` hears the shadow backend's top-1 classes for each
+        compared request (the feedback store keeps them, so a label scores both backends)."""
         self._backends = backends
         self._breakers = breakers
         self._metrics = metrics
@@ -74,6 +78,7 @@ class ShadowComparer:
         self._worker_count = config.workers
         self._workers: list[asyncio.Task[None]] = []
         self._rng = rng or random.Random()
+        self._on_answer = on_answer
 
     def start(self) -> None:
         self._workers = [
@@ -87,13 +92,17 @@ class ShadowComparer:
         self._workers = []
 
     def maybe_submit(
-        self, served_by: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+        self,
+        served_by: str,
+        request_id: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
     ) -> None:
         """Called on the request path: O(1), never waits."""
         if self._sample_rate <= 0 or self._rng.random() >= self._sample_rate:
             return
         try:
-            self._queue.put_nowait(_Job(served_by, inputs, outputs[self._logits_name]))
+            self._queue.put_nowait(_Job(served_by, request_id, inputs, outputs[self._logits_name]))
         except asyncio.QueueFull:
             self._metrics.shadow_dropped.labels(self._metrics.model, "queue_full").inc()
 
@@ -143,3 +152,5 @@ class ShadowComparer:
         histogram = self._metrics.shadow_kl.labels(model)
         for kl in result.kl_per_example.tolist():
             histogram.observe(kl)
+        if self._on_answer is not None:
+            self._on_answer(job.request_id, shadow_logits.argmax(axis=-1))

@@ -16,7 +16,7 @@ from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.feedback import FeedbackStore
 from models.data import Split
 from tests.clock import ManualClock
-from tests.servers import TestGateway
+from tests.servers import TestGateway, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
@@ -38,6 +38,60 @@ def test_feedback_accuracy_equals_offline_accuracy_on_the_same_requests(
         offline_correct = int((model(test_split.x[rows]).argmax(1) == test_split.y[rows]).sum())
         assert gateway.metric("gateway_feedback_total", backend=backend) == len(rows)
         assert gateway.metric("gateway_feedback_correct_total", backend=backend) == offline_correct
+
+
+def test_a_label_scores_both_backends_when_the_other_answered_on_shadow_traffic(
+    fresh_gateway: Callable[..., TestGateway],
+    test_split: Split,
+    teacher_direct: Model,
+    student_direct: Model,
+) -> None:
+    """The paired sample behind the accuracy gate: every request is shadowed, served by either
+    backend, and its label counts which of the two real models was right on it."""
+    gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}, "traffic": {"student_share": 0.5}})
+    x, y = test_split.x[:240], test_split.y[:240]
+    with httpx.Client(base_url=gateway.url) as client:
+        for row in range(len(x)):
+            body = {"id": f"paired-{row}", "inputs": [{"name": "pixels", "shape": [1, 64],
+                    "datatype": "FP32", "data": x[row].tolist()}]}  # fmt: skip
+            assert client.post("/v2/models/digits/infer", json=body).is_success
+        wait_until(lambda: gateway.metric("gateway_shadow_comparisons_total") == len(x), 20,
+                   "every request compared")  # fmt: skip
+        for row in range(len(x)):
+            label = {"id": f"paired-{row}", "label": int(y[row])}
+            scored = client.post("/v2/models/digits/feedback", json=label).json()
+            assert scored["paired"] is True
+    teacher_right = teacher_direct(x).argmax(1) == y
+    student_right = student_direct(x).argmax(1) == y
+    expected = {
+        "both_correct": teacher_right & student_right,
+        "teacher_only": teacher_right & ~student_right,
+        "student_only": ~teacher_right & student_right,
+        "both_wrong": ~teacher_right & ~student_right,
+    }
+    for outcome, rows in expected.items():
+        assert gateway.metric("gateway_feedback_paired_total", outcome=outcome) == rows.sum()
+    assert gateway.metric("gateway_feedback_paired_total", outcome="teacher_only") > 0
+
+
+def test_a_shadow_answer_pairs_only_a_waiting_prediction_of_the_same_shape() -> None:
+    store = FeedbackStore(ttl_seconds=60, max_entries=10, num_classes=10)
+    store.remember("served-by-student", "student", np.array([3, 5]))
+    before = store.bytes
+    assert store.pair("served-by-student", np.array([3, 6]))
+    assert store.bytes == before + np.array([3, 6]).nbytes
+    assert not store.pair("served-by-student", np.array([1, 1]))  # the first answer stays
+    assert not store.pair("never-seen", np.array([1]))
+    store.remember("one-row", "teacher", np.array([2]))
+    assert not store.pair("one-row", np.array([2, 2]))
+    scored = store.score("served-by-student", [3, 6])
+    # The student (live) said 3, 5; the teacher (shadow) said 3, 6; the truth is 3, 6.
+    assert (scored.correct, scored.total) == (1, 2)
+    assert scored.paired is not None
+    assert scored.paired.by_outcome() == {"both_correct": 1, "teacher_only": 1,
+                                          "student_only": 0, "both_wrong": 0}  # fmt: skip
+    assert not store.pair("served-by-student", np.array([3, 6]))  # labelled already
+    assert store.score("one-row", 2).paired is None
 
 
 def test_feedback_errors(gateway: TestGateway) -> None:
