@@ -4,6 +4,10 @@
   at small counts and at 0 or n successes, unlike the normal ("Wald") interval.
 - ``newcombe_difference``: Newcombe's hybrid score interval for p1 - p2 of two independent
   proportions, built from their Wilson intervals (method 10 in Newcombe, 1998).
+- ``newcombe_paired_difference``: the same idea for p1 - p2 measured on the same subjects (a
+  paired 2x2 table), with the correlation between the two (method 10 in Newcombe, 1998, "Improved
+  confidence intervals for the difference between binomial proportions based on paired data",
+  Statistics in Medicine 17:2635). Only the discordant pairs move it, as in McNemar's test.
 - ``quantile_interval``: a distribution-free interval for a quantile from a histogram: the ranks
   ``n*q -/+ z*sqrt(n*q*(1-q))`` (the binomial order-statistic bounds) read off at the outer edges of
   the buckets that hold them, so the histogram's resolution widens the interval, never narrows it.
@@ -62,6 +66,32 @@ def newcombe_difference(
     difference = p1 - p2
     low = difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     high = difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return (max(-1.0, low), min(1.0, high))
+
+
+def newcombe_paired_difference(
+    both: float, first_only: float, second_only: float, neither: float, z: float
+) -> Interval:
+    """Interval for p1 - p2 from a paired table: ``both`` successes, ``first_only`` (a success of
+    the first alone), ``second_only`` and ``neither``."""
+    n = both + first_only + second_only + neither
+    if n <= 0:
+        return (-1.0, 1.0)
+    p1, p2 = (both + first_only) / n, (both + second_only) / n
+    l1, u1 = wilson(both + first_only, n, z)
+    l2, u2 = wilson(both + second_only, n, z)
+    margins = (both + first_only) * (second_only + neither) * (both + second_only) * (
+        first_only + neither)  # fmt: skip
+    # phi, the correlation of the two outcomes, with Newcombe's continuity correction.
+    cross = both * neither - first_only * second_only
+    corrected = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = corrected / math.sqrt(margins) if margins > 0 else 0.0
+    difference = p1 - p2
+    low = difference - math.sqrt(
+        max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    )
+    high = difference + math.sqrt(
+        max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))  # fmt: skip
     return (max(-1.0, low), min(1.0, high))
 
 

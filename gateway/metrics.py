@@ -235,6 +235,8 @@ class GatewayMetrics:
             self.admin_auth_failures.labels(model, reason)
         for reason in FALLBACK_REASONS:
             self.fallbacks.labels(model, "student", "teacher", reason)
+        for outcome in names.PAIRED_OUTCOMES:
+            self.feedback_paired.labels(model, outcome)
         for role in ROLES:
             for protocol in PROTOCOLS:
                 self.requests.labels(model, role, "200", protocol)

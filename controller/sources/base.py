@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.analysis import BackendWindow, WindowMetrics
+from controller.analysis import BackendWindow, PairedLabels, WindowMetrics
 from controller.promtext import Snapshot, buckets, select, select_codes
 from gateway import metric_names as names
 
@@ -79,9 +79,13 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
             cpu_seconds=select(increase, names.CPU, path="live", **labels),
         )
 
+    def paired(outcome: str) -> float:
+        return select(increase, names.FEEDBACK_PAIRED, model=model, outcome=outcome)
+
     return WindowMetrics(
         teacher=backend("teacher"),
         student=backend("student"),
+        paired=PairedLabels(*(paired(outcome) for outcome in names.PAIRED_OUTCOMES)),
         comparisons=select(increase, names.SHADOW_COMPARISONS, model=model),
         agreements=select(increase, names.SHADOW_AGREEMENTS, model=model),
         kl_sum=select(increase, f"{names.SHADOW_KL}_sum", model=model),

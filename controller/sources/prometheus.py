@@ -22,6 +22,7 @@ COUNTERS = (
     f"{names.BACKEND_DURATION}_bucket",
     names.FEEDBACK,
     names.FEEDBACK_CORRECT,
+    names.FEEDBACK_PAIRED,
     names.COST,
     names.CPU,
     names.SHADOW_COMPARISONS,
@@ -31,7 +32,7 @@ COUNTERS = (
     f"{names.SHADOW_KL}_count",
     names.FALLBACKS,
 )
-GROUP_BY = "model, backend, code, le, from_backend, path"
+GROUP_BY = "model, backend, code, le, from_backend, path, outcome"
 # Extra label matchers, e.g. namespace="ml",job="distill-gateway": one Prometheus often scrapes
 # several namespaces and copies of the gateway, and a rollout must read its own fleet only.
 _MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'

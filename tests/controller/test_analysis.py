@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from controller.analysis import BackendWindow, Verdict, WindowMetrics, assess
+from controller.analysis import BackendWindow, PairedLabels, Verdict, WindowMetrics, assess
 from controller.policy import Gates, Policy
 
 ALL_GATES = Gates(
@@ -108,3 +109,24 @@ def test_results_carry_their_numbers() -> None:
     result = next(r for r in assess(window(), window(), POLICY, False) if r.gate == "min_agreement")
     assert result.value == 0.98 and result.low < 0.98 < result.high
     assert result.threshold == 0.9 and result.samples == 5000
+
+
+def test_accuracy_on_the_same_requests_decides_where_two_samples_cannot() -> None:
+    """At a 5 % step the student's own labels are few; shadow traffic gives many more labelled
+    examples that both backends answered, and the paired interval on them is tight."""
+    few = window(requests=300, correct=291)  # 97 % on 300 labels: the drop's interval is wide
+    assert verdicts(few)["max_accuracy_drop"] is Verdict.INCONCLUSIVE
+    as_good = PairedLabels(both_correct=9400, teacher_only=80, student_only=70, both_wrong=450)
+    paired = next(r for r in assess(replace(few, paired=as_good), few, POLICY, False)
+                  if r.gate == "max_accuracy_drop")  # fmt: skip
+    assert paired.verdict is Verdict.PASS and paired.samples == 10_000
+    assert paired.value == (80 - 70) / 10_000 and "paired" in paired.reason
+    worse = PairedLabels(both_correct=9200, teacher_only=330, student_only=20, both_wrong=450)
+    assert verdicts(replace(few, paired=worse))["max_accuracy_drop"] is Verdict.FAIL
+
+
+def test_the_students_own_labels_decide_when_they_outnumber_the_paired_ones() -> None:
+    step = replace(window(correct=4500), paired=PairedLabels(both_correct=100))
+    result = next(r for r in assess(step, step, POLICY, False) if r.gate == "max_accuracy_drop")
+    assert result.verdict is Verdict.FAIL and "paired" not in result.reason
+    assert result.samples == 5000

@@ -116,6 +116,15 @@ def _assert_same_inputs(exact: WindowMetrics, promql: WindowMetrics) -> None:
         _ratio(exact.agreements, exact.comparisons), rel=0.03)  # fmt: skip
     assert _ratio(promql.kl_sum, promql.kl_count) == pytest.approx(
         _ratio(exact.kl_sum, exact.kl_count), rel=0.03)  # fmt: skip
+    # The paired labels (shadowed requests that got a label): both accuracies on them.
+    ours, theirs = exact.paired, promql.paired
+    assert ours.total > 0
+    assert theirs.total == pytest.approx(ours.total, rel=counts)
+    for right in (("both_correct", "teacher_only"), ("both_correct", "student_only")):
+        accuracy = [
+            _ratio(sum(getattr(p, cell) for cell in right), p.total) for p in (ours, theirs)
+        ]
+        assert accuracy[1] == pytest.approx(accuracy[0], rel=0.03), right
 
 
 def _bucket_index(edges: list[float], value: float) -> int:
