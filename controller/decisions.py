@@ -62,8 +62,13 @@ def judge(
             return Judgement(Action.ROLLBACK, reason, 0, rollback_cause="inconclusive_timeout")
         return Judgement(Action.HOLD, f"inconclusive: {what}", 0)
 
-    if elapsed < policy.bake_seconds:
-        reason = f"gates pass; baking {elapsed:.0f} of {policy.bake_seconds:.0f} s"
+    if elapsed < policy.pass_after_seconds:
+        if elapsed < policy.bake_seconds:
+            reason = f"gates pass; baking {elapsed:.0f} of {policy.bake_seconds:.0f} s"
+        else:
+            reason = (f"gates pass; waiting for the bake's labels ({elapsed:.0f} of "
+                      f"{policy.pass_after_seconds:.0f} s, label_delay_seconds "
+                      f"{policy.label_delay_seconds:.0f})")  # fmt: skip
         return Judgement(Action.HOLD, reason, 0)
     if paused:
         return Judgement(Action.HOLD, "gates pass; paused by an operator", 0)

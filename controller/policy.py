@@ -73,6 +73,11 @@ class Policy(StrictModel):
     """How long a step may stay inconclusive before the rollout rolls back."""
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     """Two-sided confidence of every interval behind a verdict."""
+    label_delay_seconds: float = Field(default=0.0, ge=0)
+    """How long ground-truth labels take to arrive after their prediction (a high percentile, not
+    the mean). With ``max_accuracy_drop`` set, a step passes only after ``bake_seconds`` plus this,
+    so the labels of the traffic it baked on have arrived: a step never passes on accuracy it has
+    not seen."""
     latency_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
     """The quantile the latency gates read (p99 by default)."""
     on_drift: Literal["reassert", "pause"] = "reassert"
@@ -114,6 +119,13 @@ class Policy(StrictModel):
         """How long a controller's lease lasts without a heartbeat: long enough for a slow tick
         (gateways and Prometheus each get seconds to answer), short enough to hand over soon."""
         return max(15.0, 3 * self.interval_seconds)
+
+    @property
+    def pass_after_seconds(self) -> float:
+        """The least time a step runs before it can pass: its bake, and when accuracy is gated,
+        the time for the bake's labels to arrive."""
+        waits_for_labels = self.gates.max_accuracy_drop is not None
+        return self.bake_seconds + (self.label_delay_seconds if waits_for_labels else 0.0)
 
     def share(self, step_index: int) -> float:
         return self.steps[step_index] / 100.0

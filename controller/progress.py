@@ -61,7 +61,7 @@ class RichReporter:
             TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
             console=self._console, transient=True,
         )  # fmt: skip
-        self._task = self._progress.add_task("starting", total=policy.bake_seconds or 1)
+        self._task = self._progress.add_task("starting", total=policy.pass_after_seconds or 1)
         self._progress.start()
 
     def decision(self, record: DecisionRecord, state: RolloutState) -> None:
@@ -71,8 +71,9 @@ class RichReporter:
         elapsed = now - state.step_started_at if state.step_started_at else 0.0
         description = (f"{state.phase.value}: step {state.step_index + 1}/"
                        f"{len(self._policy.steps)} at {state.share:.0%}")  # fmt: skip
+        passes_after = self._policy.pass_after_seconds or 1
         self._progress.update(self._task, description=description,
-                              completed=min(elapsed, self._policy.bake_seconds or 1))  # fmt: skip
+                              completed=min(elapsed, passes_after))  # fmt: skip
 
     def close(self) -> None:
         self._progress.stop()

@@ -72,3 +72,14 @@ def test_a_rollback_names_its_cause() -> None:
     timed_out = judge(results(UNSURE), 301, 0, POLICY, False, False)
     assert timed_out.rollback_cause == "inconclusive_timeout"
     assert "max_step_seconds" in timed_out.reason
+
+
+def test_a_step_gated_on_accuracy_waits_for_the_labels_of_its_bake() -> None:
+    late_labels = Policy(bake_seconds=60, max_step_seconds=600, label_delay_seconds=120,
+                         gates=Gates(max_accuracy_drop=0.02))  # fmt: skip
+    waiting = judge(results(OK), 90, 0, late_labels, False, False)
+    assert waiting.action is Action.HOLD and "waiting for the bake's labels" in waiting.reason
+    assert judge(results(OK), 180, 0, late_labels, False, False).action is Action.ADVANCE
+    # Without an accuracy gate, labels are not waited for.
+    no_accuracy = late_labels.model_copy(update={"gates": Gates(min_agreement=0.9)})
+    assert judge(results(OK), 60, 0, no_accuracy, False, False).action is Action.ADVANCE
