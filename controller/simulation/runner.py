@@ -40,8 +40,9 @@ class Summary:
     miss_rate: float | None  # a bad student promoted (None for a good one)
     median_time_to_decision_s: float
     p95_time_to_decision_s: float
-    min_samples_at_decision: float
+    min_samples_at_decision: float | None  # student requests behind a verdict (not a timeout)
     median_intervals_after_enough: float | None  # rollbacks: intervals after min_requests
+    max_intervals_after_enough: float | None
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -117,6 +118,7 @@ def _summarize(scenario: Scenario, judge: str, decisions: list[Decision],
     promoted = rate("promoted")
     good = scenario.expected == "promote"
     times = np.array([d.seconds for d in decisions])
+    verdicts = [d.samples for d in decisions if d.outcome != "inconclusive"]
     after_enough = [
         (d.seconds - d.enough_at) / policy.interval_seconds
         for d in decisions
@@ -136,6 +138,7 @@ def _summarize(scenario: Scenario, judge: str, decisions: list[Decision],
         miss_rate=None if good else promoted,
         median_time_to_decision_s=float(np.median(times)),
         p95_time_to_decision_s=float(np.percentile(times, 95)),
-        min_samples_at_decision=min(d.samples for d in decisions),
+        min_samples_at_decision=min(verdicts) if verdicts else None,
         median_intervals_after_enough=float(np.median(after_enough)) if after_enough else None,
+        max_intervals_after_enough=max(after_enough) if after_enough else None,
     )  # fmt: skip

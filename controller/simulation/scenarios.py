@@ -56,6 +56,16 @@ class Scenario:
     def student_accuracy(self) -> float:
         return self.teacher_accuracy - self.accuracy_drop
 
+    def paired_probabilities(self) -> tuple[float, float, float, float]:
+        """P(both right), P(teacher alone right), P(student alone right), P(both wrong) on one
+        example. Of the disagreements, 80 % have one of the two right (never fewer than the
+        accuracy drop needs; never more than the teacher's errors allow the student)."""
+        one_right = max(self.accuracy_drop, 0.8 * (1.0 - self.agreement))
+        student_only = min((one_right - self.accuracy_drop) / 2.0, 1.0 - self.teacher_accuracy)
+        teacher_only = student_only + self.accuracy_drop
+        both = self.teacher_accuracy - teacher_only
+        return (both, teacher_only, student_only, 1.0 - self.teacher_accuracy - student_only)
+
     def median_seconds(self, backend: str) -> float:
         """The median of a backend's lognormal latency, in seconds."""
         p99 = self.teacher_p99_ms * (self.p99_ratio if backend == "student" else 1.0)

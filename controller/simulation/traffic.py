@@ -15,7 +15,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from controller.analysis import BackendWindow, WindowMetrics
+from controller.analysis import BackendWindow, PairedLabels, WindowMetrics
 from controller.simulation.scenarios import Scenario
 from gateway.metrics import KL_BUCKETS, LATENCY_BUCKETS
 
@@ -56,6 +56,7 @@ class RunTraffic:
     agreements: np.ndarray
     kl_sum: np.ndarray
     kl_buckets: np.ndarray  # [intervals, buckets]
+    paired: np.ndarray  # [intervals, 4]: labelled examples both answered, by PairedLabels field
 
     @property
     def intervals(self) -> int:
@@ -65,7 +66,8 @@ class RunTraffic:
     def _running(self) -> dict[str, np.ndarray]:
         """Running totals with a leading zero row: any window is one subtraction."""
         columns = {"comparisons": self.comparisons, "agreements": self.agreements,
-                   "kl_sum": self.kl_sum, "kl_buckets": self.kl_buckets}  # fmt: skip
+                   "kl_sum": self.kl_sum, "kl_buckets": self.kl_buckets,
+                   "paired": self.paired}  # fmt: skip
         for role, counts in (("teacher", self.teacher), ("student", self.student)):
             for name in BackendCounts.__dataclass_fields__:
                 columns[f"{role}.{name}"] = getattr(counts, name)
@@ -93,6 +95,7 @@ class RunTraffic:
         return WindowMetrics(
             teacher=backend("teacher"),
             student=backend("student"),
+            paired=PairedLabels(*total("paired").tolist()),
             comparisons=float(total("comparisons")),
             agreements=float(total("agreements")),
             kl_sum=float(total("kl_sum")),
@@ -139,6 +142,10 @@ def draw(scenario: Scenario, intervals: int, interval_seconds: float,
         delay = round(s.label_delay_seconds / interval_seconds)  # labels arrive this much later
         return _shift(labelled, delay), _shift(correct, delay)
 
+    # A shadowed request that gets a label scores both backends: which of the two was right.
+    paired_labelled = rng.binomial(comparisons, s.label_fraction)
+    paired = _shift(rng.multinomial(paired_labelled, s.paired_probabilities()),
+                         round(s.label_delay_seconds / interval_seconds))  # fmt: skip
     teacher_total, teacher_correct = labels(teacher_served, s.teacher_accuracy)
     student_total, student_correct = labels(student_served, s.student_accuracy)
     return RunTraffic(
@@ -156,10 +163,13 @@ def draw(scenario: Scenario, intervals: int, interval_seconds: float,
             cost_dollars=student_live * s.student_cost_per_1k / 1000.0,
         ),
         comparisons=comparisons, agreements=agreements, kl_sum=kl_sum, kl_buckets=kl_buckets,
+        paired=paired,
     )  # fmt: skip
 
 
 def _shift(values: np.ndarray, by: int) -> np.ndarray:
+    """Each interval's values (rows, for a 2-D array) moved ``by`` intervals later: labels that
+    arrive late."""
     if by <= 0:
         return values
     shifted = np.zeros_like(values)
