@@ -7,8 +7,10 @@ import base64
 import html
 import io
 import itertools
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,8 @@ def render(state: RolloutState) -> str:
 
     charts = [
         ("Student share", _chart(state, share, "share")),
+        *((f"Gate {gate}: what the judge saw", _chart(state, _gate_drawing(state, gate), unit))
+          for gate, unit in _judged_gates(state)),
         ("Backend latency p50 and p99", _chart(state, latency, "ms")),
         ("Shadow agreement with the teacher", _chart(state, agreement, "fraction")),
         ("Accuracy from feedback", _chart(state, per_backend("accuracy"), "fraction")),
@@ -64,6 +68,90 @@ def render(state: RolloutState) -> str:
          _chart(state, per_backend("cost_per_1k", "max_cost_per_1k"), "dollars")),
     ]  # fmt: skip
     return _page(state, charts)
+
+
+VERDICT_COLOURS = {"pass": "green", "fail": "red", "inconclusive": "#999999"}
+
+
+@dataclass(frozen=True)
+class GatePoint:
+    """One analysis of one gate: what the judge saw and what the analysis decided."""
+
+    at: float  # seconds since the rollout started
+    value: float
+    low: float
+    high: float
+    threshold: float
+    samples: float
+    verdict: str
+    decision: str  # the record's action: hold, advance, rolled back...
+
+
+def gate_history(state: RolloutState, gate: str) -> list[GatePoint]:
+    points = []
+    for record in state.history:
+        for result in record.gates:
+            if result["gate"] == gate and result["verdict"] != "skipped":
+                number = {key: float(result.get(key, math.nan))
+                          for key in ("value", "low", "high", "threshold", "samples")}  # fmt: skip
+                points.append(
+                    GatePoint(
+                        record.at - state.started_at,
+                        **number,
+                        verdict=str(result["verdict"]),
+                        decision=record.action,
+                    )
+                )
+    return points
+
+
+def _judged_gates(state: RolloutState) -> list[tuple[str, str]]:
+    """Every gate some analysis judged, in the policy's order, with its unit."""
+    judged = {result["gate"] for record in state.history for result in record.gates}
+    order = [*state.policy.get("gates", {}), *sorted(judged)]
+    gates = [gate for gate in dict.fromkeys(order) if gate in judged]
+    return [(gate, gate_table.UNITS.get(gate, " fraction").strip()) for gate in gates]
+
+
+def _gate_drawing(state: RolloutState, gate: str) -> Callable[[Any], None]:
+    """The gate's value over time with its interval as a band, the threshold as a line, each
+    analysis coloured by its verdict, and the samples behind it on the right-hand axis. The
+    y-axis always takes in the threshold, so a flat value far from it does not read as a swing."""
+    points = gate_history(state, gate)
+
+    def draw(axes: Any) -> None:
+        if not points:
+            return
+        times = [p.at for p in points]
+        finite = [v for p in points for v in (p.value, p.low, p.high, p.threshold)
+                  if math.isfinite(v)]  # fmt: skip
+        bottom, top = min(finite), max(finite)
+        margin = (top - bottom) * 0.1 or abs(top) * 0.1 or 1.0
+        clip = (bottom - margin, top + margin)
+        axes.fill_between(times, [_clipped(p.low, clip) for p in points],
+                          [_clipped(p.high, clip) for p in points], color="#1f77b4", alpha=0.2,
+                          linewidth=0, label="interval")  # fmt: skip
+        valued = [(p.at, p.value) for p in points if math.isfinite(p.value)]
+        if valued:
+            axes.plot(*zip(*valued, strict=True), "-", color="#1f77b4", linewidth=1)
+        for verdict, colour in VERDICT_COLOURS.items():
+            shown = [(p.at, p.value) for p in points
+                     if p.verdict == verdict and math.isfinite(p.value)]  # fmt: skip
+            if shown:
+                axes.scatter(*zip(*shown, strict=True), color=colour, s=14, zorder=3,
+                             label=verdict)  # fmt: skip
+        _threshold(axes, points[-1].threshold, gate)
+        axes.set_ylim(*clip)
+        samples = axes.twinx()
+        samples.step(times, [p.samples for p in points], where="post", color="#bbbbbb")
+        samples.set_ylabel("samples", color="#888888")
+        samples.set_ylim(bottom=0)
+
+    return draw
+
+
+def _clipped(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1]) if not math.isnan(value) else bounds[0]
 
 
 def _threshold(axes: Any, value: float | None, gate: str) -> None:
@@ -230,7 +318,10 @@ figure {{ margin: 1.5em 0; }} img.chart {{ max-width: 100%; }}
 <p>Dashed lines mark decisions: grey a new step, green the promotion, red the rollback. Grey
 bands are pauses; red hatching is time when no controller ran. Dash-dotted red lines are the
 gates' thresholds; hollow circles are analyses made before the step had <code>min_requests</code>,
-so they are not estimates to read.</p>
+so they are not estimates to read. Each gate's chart shows what the judge saw at every analysis:
+the value, its interval at the policy's confidence (the band), the threshold, the verdict (green
+pass, red fail, grey inconclusive) and, on the right-hand axis, the samples behind it. A gate
+passes only when its whole band is on the right side of the threshold.</p>
 <h2>Teacher and student over the rollout</h2>
 <table id="comparison"><tr><th></th><th>teacher</th><th>student</th><th>student / teacher</th></tr>
 {comparison}

@@ -374,8 +374,13 @@ def test_the_rollout_report_renders_its_charts_in_chromium(
     assert cpu is not None and float(cpu[1]) > float(cpu[2]) > 0, page
     assert re.search(r"<td>accuracy</td><td>[0-9.]+%</td><td>[0-9.]+%</td>", page)
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing to fetch
+    # Five charts of the rollout, and one per gate with what its judge saw.
+    gates = re.findall(r"Gate (\w+): what the judge saw", page)
+    assert "min_agreement" in gates and "max_accuracy_drop" in gates
+    charts = page.count("data:image/png;base64,")
+    assert charts == 5 + len(set(gates))
     dom = _chromium("--dump-dom", f"file://{report}", tmp_path)
-    assert 'data-charts-loaded="5"' in dom  # every chart decoded to a real image
+    assert f'data-charts-loaded="{charts}"' in dom  # every chart decoded to a real image
     screenshot = tmp_path / "report.png"
     _chromium(f"--screenshot={screenshot}", f"file://{report}", tmp_path)
     assert screenshot.stat().st_size > 20_000

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.report import downtime_spans, pause_spans, render, write_report
+import pytest
+
+from controller.report import (
+    downtime_spans,
+    gate_history,
+    pause_spans,
+    render,
+    write_report,
+)
 from controller.state import DecisionRecord, Phase, Record, RolloutState
 
 POLICY = {"steps": [5, 25, 100], "min_requests": 100, "gates": {"min_agreement": 0.9}}
@@ -14,6 +22,8 @@ POLICY = {"steps": [5, 25, 100], "min_requests": 100, "gates": {"min_agreement":
 def _analysis(at: float, agreement: float, requests: float) -> DecisionRecord:
     early = requests < POLICY["min_requests"]  # type: ignore[operator]
     gate = {"gate": "min_agreement", "verdict": "inconclusive" if early else "fail",
+            "value": agreement, "low": agreement - 0.05, "high": agreement + 0.05,
+            "threshold": 0.9, "samples": requests,
             "reason": f"{requests:.0f} of 100 student requests" if early else "below"}  # fmt: skip
     return DecisionRecord(at, 0, 0.05, Record.HOLD, "analysis", [gate],
                           {"agreement": agreement, "student": {"requests": requests}})  # fmt: skip
@@ -65,7 +75,8 @@ def test_a_rolled_back_rollout_renders_with_its_policy_and_decisions(tmp_path: P
     assert "lasted</b> 51 s" in page
     for action in ("pause", "resumed", "resume", "rolled back"):
         assert f"<td>{action}</td>" in page
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6  # five charts and one per judged gate
+    assert "Gate min_agreement: what the judge saw" in page
     # the last analysis, gate by gate, with units
     assert "<td>max_latency_ms</td><td>pass</td><td>3.2 ms</td><td>[2.9 ms, 3.6 ms]</td>" in page
     assert "<td>min_agreement</td><td>fail</td><td>0.55</td><td>[0.5, 0.6]</td><td>0.9</td>" in page
@@ -92,3 +103,20 @@ def test_the_report_compares_teacher_and_student_over_the_rollout() -> None:
         table
     )
     assert "no analysis yet" in render(RolloutState(steps=[5, 25, 100], started_at=1.0))
+
+
+def test_each_gate_shows_its_interval_threshold_samples_and_the_decision_at_every_analysis() -> (
+    None
+):
+    history = gate_history(rolled_back_rollout(), "min_agreement")
+    expected = [
+        (5.0, 0.5, 0.45, 0.55, 40.0, "inconclusive"),
+        (15.0, 0.6, 0.55, 0.65, 150.0, "fail"),
+        (50.0, 0.55, 0.5, 0.6, 300.0, "fail"),
+    ]
+    assert len(history) == len(expected)
+    for point, (at, value, low, high, samples, verdict) in zip(history, expected, strict=True):
+        assert (point.at, point.value, point.low, point.high, point.samples) == pytest.approx(
+            (at, value, low, high, samples))  # fmt: skip
+        assert (point.verdict, point.threshold, point.decision) == (verdict, 0.9, "hold")
+    assert gate_history(rolled_back_rollout(), "max_kl") == []
