@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench bench-tools fuzz soak stack venv triton-env system-tools clean locks images
+.PHONY: demo test lint models bench bench-tools simulate fuzz soak stack venv triton-env system-tools clean locks images
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
@@ -87,6 +87,11 @@ bench: venv triton-env bench-tools
 	$(BIN)/python -m tests.benchmarks.bench_protocols
 	$(BIN)/python -m tests.benchmarks.bench_triton
 	$(BIN)/python -m tests.benchmarks.bench_reliability
+
+# Decision quality: simulated rollouts through the controller's own analysis (about 3 minutes).
+simulate: venv
+	$(BIN)/distill-canary simulate --runs 500 --seed 1 \
+		--json tests/benchmarks/results/simulation.json --png tests/benchmarks/results/simulation.png
 
 # The images' pinned dependencies (with hashes), from deploy/docker/requirements-*.in.
 locks: venv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -38,3 +39,30 @@ def print_table(summaries: list[Summary], console: Console) -> None:
 def write_json(summaries: list[Summary], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([s.as_dict() for s in summaries], indent=1) + "\n")
+
+
+README_SCENARIOS = ("good", "good, 1 point worse", "3 points worse", "10 points worse",
+                    "agreement 0.90", "p99 1.5x", "p99 2x", "1 % errors", "good, 10 % labelled",
+                    "3 points worse, 10 % labelled", "good, traffic gap",
+                    "good, slow traffic (6 req/s)")  # fmt: skip
+"""The rows README.md shows, at each share; the JSON has every scenario."""
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """README's table, from the JSON rows: per scenario and share, each judge's right decisions
+    and the median seconds to a decision."""
+    judges = ("controller", "threshold", "mann_whitney")
+    lines = ["| student | share | " + " | ".join(f"{j}: right (median s)" for j in judges) + " |",
+             "|---|---|" + "---|" * len(judges)]  # fmt: skip
+    cells = {(row["scenario"], row["share"], row["judge"]): row for row in rows}
+    for share in sorted({row["share"] for row in rows}):
+        for scenario in README_SCENARIOS:
+            if (scenario, share, judges[0]) not in cells:
+                continue
+            shown = []
+            for judge in judges:
+                cell = cells[(scenario, share, judge)]
+                rate, seconds = cell["right_decision_rate"], cell["median_time_to_decision_s"]
+                shown.append(f"{rate:.1%} ({seconds:.0f})")
+            lines.append(f"| {scenario} | {share:.0%} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)

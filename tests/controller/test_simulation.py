@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from controller.cli import app
 from controller.policy import Gates, Policy
+from controller.simulation.report import markdown_table
 from controller.simulation.runner import run_scenarios
 from controller.simulation.scenarios import Scenario, standard_scenarios
 from controller.simulation.traffic import draw
@@ -87,3 +88,10 @@ def test_simulate_refuses_a_share_outside_0_to_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["simulate", "--share", "5"])
     assert result.exit_code == 2
     assert "--share" in result.output
+
+
+def test_the_readme_shows_the_committed_simulation() -> None:
+    root = Path(__file__).resolve().parents[2]
+    rows = json.loads((root / "tests/benchmarks/results/simulation.json").read_text())
+    assert markdown_table(rows) in (root / "README.md").read_text()
+    assert len(rows) == 3 * len(standard_scenarios())
