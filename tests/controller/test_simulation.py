@@ -95,3 +95,22 @@ def test_the_readme_shows_the_committed_simulation() -> None:
     rows = json.loads((root / "tests/benchmarks/results/simulation.json").read_text())
     assert markdown_table(rows) in (root / "README.md").read_text()
     assert len(rows) == 3 * len(standard_scenarios())
+
+
+def test_the_other_judges_behave_as_their_models_do() -> None:
+    """Flagger-style: no data is a failed check, so a traffic gap rolls back. Kayenta-style on
+    latency alone: blind to a student that is only less accurate, sure of one twice as slow."""
+    policy = Policy(bake_seconds=120, interval_seconds=10, min_requests=100,
+                    max_step_seconds=600, gates=Gates(max_error_rate=0.05, min_agreement=0.9,
+                                                      max_accuracy_drop=0.03))  # fmt: skip
+    scenarios = [
+        Scenario("gap", "promote", share=0.25, gap_intervals=2),
+        Scenario("inaccurate", "rollback", share=0.25, accuracy_drop=0.10, agreement=0.9),
+        Scenario("slow", "rollback", share=0.25, p99_ratio=2.0),
+    ]
+    rows = {(s.scenario, s.judge): s for s in run_scenarios(scenarios, policy, runs=20, seed=4)}
+    assert rows[("gap", "threshold")].rolled_back_rate == 1.0
+    assert rows[("gap", "controller")].promoted_rate == 1.0
+    assert rows[("inaccurate", "mann_whitney")].promoted_rate >= 0.7
+    assert rows[("inaccurate", "controller")].rolled_back_rate == 1.0
+    assert rows[("slow", "mann_whitney")].rolled_back_rate == 1.0
