@@ -25,6 +25,15 @@ from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 from models import STUDENT_PATH, TEACHER_PATH
 
 
+class BatchingConfig(StrictModel):
+    """Dynamic batching of live calls (see ``gateway.batching``)."""
+
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    """Rows one call may carry; a single request with more runs alone."""
+    max_delay_us: int = Field(default=500, ge=0, le=1_000_000)
+    """How long a request may wait for others to join its call, in microseconds."""
+
+
 class OnnxBackendConfig(StrictModel):
     """A model served in process by ONNX Runtime."""
 
@@ -42,6 +51,8 @@ class OnnxBackendConfig(StrictModel):
     """Calls run at once (worker threads); ONNX Runtime releases the GIL while it runs."""
     timeout_ms: float = Field(default=1000.0, gt=0)
     """A call slower than this is abandoned and counts as a failure of this backend."""
+    batching: BatchingConfig | None = None
+    """Dynamic batching of live requests; off when absent."""
 
 
 class TlsConfig(StrictModel):
@@ -97,6 +108,9 @@ class TritonBackendConfig(StrictModel):
     time is read from it in the background and re-exported as
     gateway_backend_remote_compute_seconds_total."""
     metrics_poll_seconds: float = Field(default=5.0, gt=0)
+    batching: BatchingConfig | None = None
+    """Dynamic batching of live requests in the gateway (one remote call per batch); off when
+    absent. Triton's own dynamic batcher, if configured, batches across all its clients."""
 
 
 def _backend_kind(value: Any) -> str:

@@ -38,6 +38,7 @@ LATENCY_BUCKETS = (
     0.05, 0.06, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
     5.0, 7.5, 10.0,
 )  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 KL_BUCKETS = (
     0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
@@ -140,6 +141,14 @@ class GatewayMetrics:
             names.FEEDBACK_CORRECT,
             "Labelled examples the serving backend got right.",
             mb,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "gateway_batch_size",
+            "Rows per call of a backend with dynamic batching: how many requests' rows each "
+            "batched call carried.",
+            mb,
+            buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
         self.feedback_paired = Counter(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends import Backend, create_backend
+from gateway.batching import Batcher
 from gateway.codec import DecodedRequest
 from gateway.config import GatewaySettings
 from gateway.errors import (
@@ -120,6 +121,7 @@ class GatewayService:
             "student": settings.student.timeout_ms / 1000.0,
         }
         metrics.watch_backends(backends, self._breakers, settings.cost)
+        self._batchers = {role: self._batcher(role) for role in ROLES}
         overload = settings.overload
         limit = overload.max_inflight or default_max_inflight(settings)
         self._admission = Admission(limit, overload.retry_after_seconds)
@@ -319,6 +321,16 @@ class GatewayService:
             self._metrics.count_fallback("student", "teacher", reason)
             return await self._run("teacher", inputs, deadline)
 
+    def _batcher(self, role: Role) -> Batcher | None:
+        """The role's dynamic batcher when its config asks for one."""
+        batching = (self.settings.teacher if role == "teacher" else self.settings.student).batching
+        if batching is None:
+            return None
+        backend, observed = self._backends[role], self._metrics.batch_size.labels(self.model, role)
+        return Batcher(lambda inputs: backend.infer(inputs, self._all_outputs),
+                       batching.max_batch_size, batching.max_delay_us / 1e6,
+                       observe=observed.observe)  # fmt: skip
+
     async def _call(
         self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float
     ) -> dict[str, np.ndarray]:
@@ -330,10 +342,11 @@ class GatewayService:
             breaker.record_failure()
             raise BackendTimeout(f"no time left in the request's deadline for the {role}")
         try:
+            batcher = self._batchers[role]
+            call = (batcher.infer(inputs) if batcher is not None
+                    else self._backends[role].infer(inputs, self._all_outputs))  # fmt: skip
             with self._metrics.backend_call(role, "live"):
-                outputs = await asyncio.wait_for(
-                    self._backends[role].infer(inputs, self._all_outputs), timeout
-                )
+                outputs = await asyncio.wait_for(call, timeout)
         except TimeoutError as exc:
             breaker.record_failure()
             raise BackendTimeout(

@@ -51,8 +51,12 @@ def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, st
     return gateway, gateway.metrics_text()
 
 
-EXPORTED_ELSEWHERE = {"gateway_backend_remote_compute_seconds_total": "tests/test_triton.py"}
-"""Promised metrics that exist only beside a Triton backend, and the test that checks them."""
+EXPORTED_ELSEWHERE = {
+    "gateway_backend_remote_compute_seconds_total": "tests/test_triton.py",
+    "gateway_batch_size_bucket": "tests/test_batching.py",
+}
+"""Promised metrics that exist only beside a Triton backend or with dynamic batching on, and the
+test that checks them."""
 
 
 @pytest.mark.parametrize("name", promised_metrics())

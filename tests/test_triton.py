@@ -232,3 +232,27 @@ def test_tritons_own_compute_time_is_re_exported_per_backend(
         gateway.metrics_text()) for sample in family.samples
         if sample.name == "gateway_backend_memory_bytes"]  # fmt: skip
     assert memory == ["teacher"]  # the student's model is held by Triton, not here
+
+
+def test_dynamic_batching_in_front_of_triton_answers_each_request_with_its_own_rows(
+    triton: TritonProcess,
+    start_gateway: Callable[..., TestGateway],
+    test_split: Split,
+    teacher_direct: Model,
+) -> None:
+    """The gateway's batcher with a remote backend: one Triton call per batch."""
+    from tests.test_batching import concurrently
+
+    batching = {"batching": {"max_batch_size": 64, "max_delay_us": 20_000}}
+    gateway = start_gateway({
+        "shadow": {"sample_rate": 0.0}, "overload": {"max_inflight": 256},
+        "teacher": triton_backend(triton, "teacher", "grpc", **batching),
+    })  # fmt: skip
+    x = test_split.x[:64].astype(np.float32)
+    answers = concurrently(gateway.url, x, "teacher")
+    for row, answer in enumerate(answers):
+        logits = np.array(answer["outputs"][0]["data"], dtype=np.float32)
+        np.testing.assert_allclose(logits, teacher_direct(x[row : row + 1])[0], rtol=1e-5,
+                                   atol=1e-5)  # fmt: skip
+    assert gateway.metric("gateway_batch_size_sum", backend="teacher") == len(x)
+    assert 1 <= gateway.metric("gateway_batch_size_count", backend="teacher") < len(x)

@@ -1,0 +1,115 @@
+"""Dynamic batching: live requests for a backend that arrive together run as one call.
+
+Opt-in per backend (``batching: {max_batch_size: 64, max_delay_us: 500}``), for either kind, as
+Triton's dynamic batcher: a request waits at most ``max_delay_us`` for others to join it; the rows
+of those that did are concatenated along the batch axis, run in one call, and split back, so each
+request gets exactly its own rows. The gateway asks a backend for every output on every call, so
+requests that want different outputs never make a call compute something else. A failing call
+fails the requests of its batch and no others; a request whose caller gave up is left out of a
+batch not yet run, and its rows of one already running are dropped. Shadow calls are not batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+Tensors = Mapping[str, np.ndarray]
+
+
+@dataclass
+class _Waiting:
+    inputs: Tensors
+    rows: int
+    answer: asyncio.Future[dict[str, np.ndarray]]
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[Tensors], Awaitable[dict[str, np.ndarray]]],
+        max_batch_size: int,
+        max_delay_seconds: float,
+        observe: Callable[[int], None] = lambda rows: None,
+    ) -> None:
+        """``run`` makes one call with a batch; ``observe`` hears each call's rows."""
+        self._run = run
+        self._max_rows = max_batch_size
+        self._delay = max_delay_seconds
+        self._observe = observe
+        self._waiting: list[_Waiting] = []
+        self._waiting_rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: set[asyncio.Task[None]] = set()  # running batches, kept from the collector
+
+    async def infer(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(inputs, _rows(inputs), loop.create_future())
+        self._waiting.append(waiting)
+        self._waiting_rows += waiting.rows
+        if self._waiting_rows >= self._max_rows:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._delay, self._flush)
+        return await waiting.answer
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting = [w for w in self._waiting if not w.answer.done()]  # callers still there
+        self._waiting, self._waiting_rows = [], 0
+        while waiting:
+            batch, waiting = _take_batch(waiting, self._max_rows)
+            call = asyncio.create_task(self._call(batch))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[_Waiting]) -> None:
+        inputs = batch[0].inputs if len(batch) == 1 else {
+            name: np.concatenate([w.inputs[name] for w in batch]) for name in batch[0].inputs
+        }  # fmt: skip
+        self._observe(sum(w.rows for w in batch))
+        try:
+            outputs = await self._run(inputs)
+        except Exception as exc:
+            for w in batch:
+                if not w.answer.done():
+                    w.answer.set_exception(exc)
+            return
+        offset = 0
+        for w in batch:
+            if not w.answer.done():
+                w.answer.set_result({name: rows[offset : offset + w.rows]
+                                     for name, rows in outputs.items()})  # fmt: skip
+            offset += w.rows
+
+
+def _rows(inputs: Tensors) -> int:
+    first = next(iter(inputs.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _take_batch(waiting: list[_Waiting], max_rows: int) -> tuple[list[_Waiting], list[_Waiting]]:
+    """The first request, and the next ones that fit beside it (same inputs, same shapes past
+    the batch axis, within ``max_rows``); the rest, in order, for the next call."""
+    first, rest = waiting[0], waiting[1:]
+    batch, rows, later = [first], first.rows, []
+    for w in rest:
+        if rows + w.rows <= max_rows and _stackable(first.inputs, w.inputs):
+            batch.append(w)
+            rows += w.rows
+        else:
+            later.append(w)
+    return batch, later
+
+
+def _stackable(a: Tensors, b: Tensors) -> bool:
+    return a.keys() == b.keys() and all(
+        a[name].ndim > 0 and a[name].shape[1:] == b[name].shape[1:]
+        and a[name].dtype == b[name].dtype
+        for name in a
+    )  # fmt: skip
