@@ -87,6 +87,7 @@ bench: venv triton-env bench-tools
 	$(BIN)/python -m tests.benchmarks.bench_protocols
 	$(BIN)/python -m tests.benchmarks.bench_triton
 	$(BIN)/python -m tests.benchmarks.bench_reliability
+	$(BIN)/python -m tests.benchmarks.bench_serving
 
 # Decision quality: simulated rollouts through the controller's own analysis (about 3 minutes).
 simulate: venv

@@ -1,0 +1,243 @@
+"""Benchmark: the gateway beside the least a server can do, in one run (issue 9's table).
+
+Each server runs alone, pinned to CPU 0; ``wrk`` (C, one thread, so the client never saturates
+first) loads it from CPU 1, V2 JSON at batch 1 unless said otherwise. The references are
+``naive_handler.py``: a no-op route, and a 30-line FastAPI handler running the student or the
+teacher in process. The gateway runs with shedding out of reach (this measures throughput).
+
+- concurrency 1: p50; concurrency 16: requests per second, p50, p99; for the no-op route, the
+  naive handlers, and the gateway serving the student (share 1), the teacher (share 0), and the
+  student with 10 % shadow traffic.
+- concurrency 64, the teacher: the naive handler, the gateway, and the gateway with dynamic
+  batching (``max_batch_size`` 64, ``max_delay_us`` 500).
+- batch 64 rows per request to the gateway's student at concurrency 16: V2 JSON against the
+  binary tensor extension, in rows per second.
+
+Ratios are against the references of the same run. Run with ``make bench``; results go to
+``tests/benchmarks/results/bench_serving.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from controller.local.processes import ManagedProcess, free_port
+from models import STUDENT_PATH, TEACHER_PATH
+from tests.benchmarks.bench_protocols import PINNED, PinnedGateway
+
+RESULTS = Path(__file__).parent / "results" / "bench_serving.json"
+ONE_ROW = np.full((1, 64), 0.5, dtype=np.float32)
+UNLIMITED = {"overload": {"max_inflight": 1024}}
+BATCHED = {"batching": {"max_batch_size": 64, "max_delay_us": 500}}
+
+REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "seconds": %f, "p50_us": %f, "p99_us": %f, ' ..
+    '"errors": %d, "non_2xx": %d}\\n', summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout,
+    e.status))
+end
+"""
+
+
+class NaiveServer(ManagedProcess):
+    """``naive_handler.py`` under uvicorn, pinned like the gateway."""
+
+    name = "naive handler"
+
+    def __init__(self, work_dir: Path, model: Path) -> None:
+        self.port = free_port()
+        self.model = model
+        self.log_path = work_dir / f"naive-{self.port}.log"
+
+    def command(self) -> list[str]:
+        pin = ["taskset", "-c", "0"] if PINNED else []
+        return [*pin, sys.executable, "-m", "uvicorn",
+                "tests.benchmarks.naive_handler:app", "--port", str(self.port),
+                "--log-level", "warning", "--no-access-log"]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "NAIVE_MODEL": str(self.model)}
+
+    def is_ready(self) -> bool:
+        return httpx.get(f"http://127.0.0.1:{self.port}/openapi.json").status_code == 200
+
+
+def json_body(x: np.ndarray) -> bytes:
+    tensor = {"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
+              "data": x.reshape(-1).tolist()}  # fmt: skip
+    return orjson.dumps({"inputs": [tensor]})
+
+
+def binary_body(x: np.ndarray) -> tuple[bytes, int]:
+    header = orjson.dumps({
+        "inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+    })  # fmt: skip
+    return header + x.tobytes(), len(header)
+
+
+def wrk_script(tmp: Path, body: bytes, headers: dict[str, str]) -> Path:
+    """A POST of ``body`` (any bytes, escaped for Lua), and a JSON summary at the end."""
+    script = tmp / f"post-{len(body)}-{len(headers)}.lua"
+    escaped = "".join(f"\\{byte}" for byte in body)
+    lines = ['wrk.method = "POST"', *(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()),
+             f'wrk.body = "{escaped}"']  # fmt: skip
+    script.write_text("\n".join(lines) + "\n" + REPORT)
+    return script
+
+
+def wrk(port: int, path: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
+    pin = ["taskset", "-c", "1"] if PINNED else []
+    done = subprocess.run(
+        [*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script),
+         f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["errors"] == 0 and summary["non_2xx"] == 0, (path, summary, done.stdout)
+    return {
+        "rps": summary["requests"] / summary["seconds"],
+        "p50_ms": summary["p50_us"] / 1000.0,
+        "p99_ms": summary["p99_us"] / 1000.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    seconds = args.seconds
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        one = wrk_script(tmp, json_body(ONE_ROW), {"Content-Type": "application/json"})
+
+        def measure(server: Any, name: str, path: str, c64: bool = False) -> None:
+            wrk(server.port, path, 16, 1, one)  # warm-up, not reported
+            rows[name] = {
+                "c1": wrk(server.port, path, 1, seconds, one),
+                "c16": wrk(server.port, path, 16, seconds, one),
+            }
+            if c64:
+                rows[name]["c64"] = wrk(server.port, path, 64, seconds, one)
+
+        infer = "/v2/models/digits/infer"
+        for model, name in ((STUDENT_PATH, "naive student"), (TEACHER_PATH, "naive teacher")):
+            server = NaiveServer(tmp, model).start()
+            try:
+                if name == "naive student":
+                    measure(server, "no-op route", "/noop")
+                measure(server, name, infer, c64=name == "naive teacher")
+            finally:
+                server.stop()
+        gateways: dict[str, dict[str, Any]] = {
+            "gateway student": {"traffic": {"student_share": 1.0}, "shadow": {"sample_rate": 0}},
+            "gateway teacher": {"traffic": {"student_share": 0.0}, "shadow": {"sample_rate": 0}},
+            "gateway student + 10 % shadow": {"traffic": {"student_share": 1.0},
+                                              "shadow": {"sample_rate": 0.1}},
+            "gateway teacher, batched": {"traffic": {"student_share": 0.0},
+                                         "shadow": {"sample_rate": 0},
+                                         "teacher": {"path": str(TEACHER_PATH), **BATCHED}},
+        }  # fmt: skip
+        for name, config in gateways.items():
+            gateway = PinnedGateway(tmp, {**UNLIMITED, **config}).start()
+            try:
+                if name == "gateway teacher, batched":
+                    wrk(gateway.port, infer, 16, 1, one)
+                    rows[name] = {"c64": wrk(gateway.port, infer, 64, seconds, one)}
+                else:
+                    measure(gateway, name, infer, c64=name == "gateway teacher")
+                if name == "gateway student":
+                    rows["batch 64"] = _batch_64(gateway.port, tmp, seconds)
+            finally:
+                gateway.stop()
+    ratios = _ratios(rows)
+    _print(rows, ratios, seconds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": platform.machine(), "python": platform.python_version()},
+        "note": "same run: compare the ratios, not absolute numbers",
+        "pinned": PINNED, "seconds": seconds, "rows": rows, "ratios": ratios,
+    }, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+def _batch_64(port: int, tmp: Path, seconds: float) -> dict[str, float]:
+    x = np.resize(np.linspace(0, 16, 64, dtype=np.float32), (64, 64))
+    body, header_length = binary_body(x)
+    as_json = wrk_script(tmp, json_body(x), {"Content-Type": "application/json"})
+    binary_headers = {"Content-Type": "application/octet-stream",
+                      "Inference-Header-Content-Length": str(header_length)}  # fmt: skip
+    as_binary = wrk_script(tmp, body, binary_headers)
+    infer = "/v2/models/digits/infer"
+    return {
+        "json_rows_per_s": 64 * wrk(port, infer, 16, seconds, as_json)["rps"],
+        "binary_rows_per_s": 64 * wrk(port, infer, 16, seconds, as_binary)["rps"],
+    }
+
+
+def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The issue's targets, each as the ratio it names."""
+    ns, nt = rows["naive student"], rows["naive teacher"]
+    gs, gt = rows["gateway student"], rows["gateway teacher"]
+    return {
+        "student c16 rps / naive (target >= 0.85)": gs["c16"]["rps"] / ns["c16"]["rps"],
+        "student c16 p99 / naive (target <= 1.5)": gs["c16"]["p99_ms"] / ns["c16"]["p99_ms"],
+        "teacher c16 rps / naive (target >= 0.85)": gt["c16"]["rps"] / nt["c16"]["rps"],
+        "student c1 added p50 ms (target <= 0.15)": gs["c1"]["p50_ms"] - ns["c1"]["p50_ms"],
+        "10 % shadow throughput cost (target <= 0.10)":
+            1 - rows["gateway student + 10 % shadow"]["c16"]["rps"] / gs["c16"]["rps"],
+        "batch 64 binary / JSON rows (target >= 2)":
+            rows["batch 64"]["binary_rows_per_s"] / rows["batch 64"]["json_rows_per_s"],
+        "batched teacher c64 rps / naive teacher (target >= 3)":
+            rows["gateway teacher, batched"]["c64"]["rps"] / nt["c64"]["rps"],
+        "batched teacher c64 p99 / unbatched gateway (target < 1)":
+            rows["gateway teacher, batched"]["c64"]["p99_ms"] / gt["c64"]["p99_ms"],
+    }  # fmt: skip
+
+
+def _print(rows: dict[str, dict[str, Any]], ratios: dict[str, float], seconds: float) -> None:
+    pinning = "server on CPU 0, wrk on CPU 1" if PINNED else "not pinned"
+    table = Table(title=f"V2 JSON, batch 1, wrk for {seconds:g} s each ({pinning}; ms)")
+    for column in ("server", "c1 p50", "c16 req/s", "c16 p50", "c16 p99", "c64 req/s",
+                   "c64 p50", "c64 p99"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for name, row in rows.items():
+        if name == "batch 64":
+            continue
+        cells = [f"{row['c1']['p50_ms']:.2f}" if "c1" in row else ""]
+        for level in ("c16", "c64"):
+            got = row.get(level)
+            cells += ([f"{got['rps']:.0f}", f"{got['p50_ms']:.2f}", f"{got['p99_ms']:.2f}"]
+                      if got else ["", "", ""])  # fmt: skip
+        table.add_row(name, *cells)
+    console = Console(width=140)
+    console.print(table)
+    batch = rows["batch 64"]
+    console.print(f"batch 64 to the gateway's student at c16: JSON {batch['json_rows_per_s']:.0f}"
+                  f" rows/s, binary {batch['binary_rows_per_s']:.0f} rows/s")  # fmt: skip
+    for name, value in ratios.items():
+        console.print(f"  {name}: {value:.3f}")
+
+
+if __name__ == "__main__":
+    main()
