@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -19,10 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, SecretStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.codec import HEADER_LENGTH, decode_request, encode_response
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -31,9 +28,10 @@ from gateway.errors import (
     Unauthorized,
     Unprocessable,
 )
-from gateway.http_body import off_loop_if_big, read_body
+from gateway.http_body import read_body
+from gateway.http_infer import InferEndpoint, infer_path
 from gateway.protocol import Feedback, InferenceRequest, TrafficState, TrafficUpdate
-from gateway.service import GatewayService, InferRequest
+from gateway.service import GatewayService
 from gateway.validation import describe_body_errors, is_invalid_json
 
 log = logging.getLogger(__name__)
@@ -89,6 +87,21 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     return json_response({"error": exc.message}, exc.status_code, headers)
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, with the infer route answered ahead of routing (``gateway.http_infer``)."""
+
+    infer_endpoint: InferEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.infer_endpoint is not None and scope["type"] == "http" and (
+                scope["method"] == "POST"):  # fmt: skip
+            model_and_version = infer_path(scope["path"])
+            if model_and_version is not None:
+                await self.infer_endpoint(scope, receive, send, *model_and_version)
+                return
+        await super().__call__(scope, receive, send)
+
+
 ALL_PARTS = frozenset({"v2", "admin", "metrics"})
 """What one listener serves: the V2 API (and feedback), the admin API, ``/metrics``."""
 
@@ -98,7 +111,7 @@ def create_app(
     registry: CollectorRegistry,
     admin_token: SecretStr | None,
     parts: frozenset[str] = ALL_PARTS,
-) -> FastAPI:
+) -> GatewayApp:
     """The app for one listener. The one that serves the V2 API owns the service's lifecycle;
     the admin and metrics listeners, when they have ports of their own, only serve."""
 
@@ -108,11 +121,11 @@ def create_app(
         yield
         await service.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="distill-gateway", version=__version__, lifespan=lifespan if "v2" in parts else None
     )
     if "v2" in parts:
-        app.add_middleware(ShedOverload, service=service)
+        app.infer_endpoint = InferEndpoint(service)
     _install_error_handlers(app)
     if "v2" in parts:
         _add_v2_routes(app, service)
@@ -125,29 +138,6 @@ def create_app(
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-class ShedOverload:
-    """Admission for inference requests, as plain ASGI in front of routing: a shed request is
-    answered (503, Retry-After, a JSON error) before routing, body or decoding cost anything,
-    so shedding stays cheap when the excess is several times what the gateway serves."""
-
-    def __init__(self, app: ASGIApp, service: GatewayService) -> None:
-        self._app = app
-        self._service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("/infer"):
-            await self._app(scope, receive, send)
-            return
-        try:
-            admitted = self._service.admit("http")
-        except Overloaded as exc:
-            response = error_response(exc, {"x-request-id": uuid.uuid4().hex})
-            await response(scope, receive, send)
-            return
-        with admitted:
-            await self._app(scope, receive, send)
 
 
 def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
@@ -189,34 +179,9 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
         return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
     async def infer(request: Request, model: str) -> Response:
-        """Admitted by ``ShedOverload`` before it got here."""
-        received_at = time.perf_counter()
-        request_id = uuid.uuid4().hex  # unless the request names its own
-        headers = request.headers
-        try:
-            service.check_model(model, request.path_params.get("version"))
-            body = await read_body(request, limit)
-            decoded = await off_loop_if_big(len(body), decode_request, body,
-                                            headers.get(HEADER_LENGTH), service.signature,
-                                            service.settings.max_batch_size)  # fmt: skip
-        except GatewayError as exc:
-            service.count_rejected(exc.status_code, "http")
-            return error_response(exc, {"x-request-id": request_id})
-        request_id = decoded.id or request_id
-        try:
-            result = await service.infer(
-                InferRequest.of(decoded, request_id, "http", received_at, headers)
-            )
-        except GatewayError as exc:
-            return error_response(exc, {"x-request-id": request_id})
-        body, header_length = encode_response(
-            service.model, service.version, request_id, result.outputs, decoded.outputs
-        )
-        response_headers = {"x-served-by": result.served_by, "x-request-id": request_id}
-        if header_length is None:
-            return Response(body, headers=response_headers, media_type=JSON)
-        response_headers[HEADER_LENGTH] = str(header_length)
-        return Response(body, headers=response_headers, media_type="application/octet-stream")
+        """Registered for the OpenAPI document and for the other methods' 405: a POST is
+        answered by ``InferEndpoint`` before routing."""
+        raise AssertionError("POST /infer is served by gateway.http_infer")  # pragma: no cover
 
     async def feedback(request: Request, model: str) -> Response:
         service.check_model(model, request.path_params.get("version"))
