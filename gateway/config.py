@@ -51,6 +51,10 @@ class OnnxBackendConfig(StrictModel):
     """Calls run at once (worker threads); ONNX Runtime releases the GIL while it runs."""
     timeout_ms: float = Field(default=1000.0, gt=0)
     """A call slower than this is abandoned and counts as a failure of this backend."""
+    inline_below_us: float = Field(default=100.0, ge=0)
+    """A live call on the CPU expected (from the calls measured so far) to take less than this
+    runs on the event loop: for a small model the hop to a thread costs more than the model.
+    Such a call cannot time out or be abandoned; 0 runs every call on the backend's threads."""
     batching: BatchingConfig | None = None
     """Dynamic batching of live requests; off when absent."""
 

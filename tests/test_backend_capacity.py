@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,8 +40,10 @@ class _HeldSession:
 
 @asynccontextmanager
 async def _held_backend(max_concurrency: int) -> AsyncIterator[tuple[OnnxBackend, _HeldSession]]:
-    """The real student backend, its session wrapped; every held call is let go at the end."""
-    config = OnnxBackendConfig(path=STUDENT_PATH, max_concurrency=max_concurrency)
+    """The real student backend, its session wrapped; every held call is let go at the end. Its
+    live calls all go to its threads: a call run inline (see the next test) cannot be held."""
+    config = OnnxBackendConfig(path=STUDENT_PATH, max_concurrency=max_concurrency,
+                               inline_below_us=0)  # fmt: skip
     backend = OnnxBackend("student", config)
     await backend.load()
     held = _HeldSession(backend._session)
@@ -120,5 +123,51 @@ def test_a_student_stuck_in_abandoned_calls_opens_its_circuit_and_the_teacher_an
             assert running == 1.0
             assert gateway.metric("gateway_backend_abandoned_calls_total",
                                   backend="student") == 1.0  # fmt: skip
+
+    asyncio.run(main())
+
+
+class _SlowingSession:
+    """The real session, slowed by ``delay`` seconds per call when asked; records its threads."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.delay = 0.0
+        self.threads: list[int] = []
+
+    def run(self, names: Sequence[str], inputs: Mapping[str, np.ndarray]) -> Any:
+        self.threads.append(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        return self._session.run(names, inputs)
+
+
+def test_a_tiny_model_runs_on_the_event_loop_until_its_calls_grow_slow() -> None:
+    from models import TEACHER_PATH
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        student = OnnxBackend("student", OnnxBackendConfig(path=STUDENT_PATH))
+        teacher = OnnxBackend("teacher", OnnxBackendConfig(path=TEACHER_PATH))
+        for backend in (student, teacher):
+            await backend.load()
+        watched = _SlowingSession(student._session)
+        student._session = watched
+        try:
+            for _ in range(20):
+                await student.infer(PIXELS, ["logits"])
+                await teacher.infer(PIXELS, ["logits"])
+            assert student.inline_calls == 20 and set(watched.threads) == {loop_thread}
+            assert teacher.inline_calls == 0  # about 0.2 ms a row: worth the hop
+            await student.infer(PIXELS, ["logits"], lane="shadow")
+            assert watched.threads[-1] != loop_thread  # shadow calls never run on the loop
+            watched.delay = 0.002  # the machine got busy: 2 ms a call
+            for _ in range(40):
+                await student.infer(PIXELS, ["logits"])
+            assert watched.threads[-1] != loop_thread  # back on the backend's threads
+            assert student.inline_calls <= 22  # one slow call inline, at most two
+        finally:
+            for backend in (student, teacher):
+                await backend.close()
 
     asyncio.run(main())

@@ -2,7 +2,11 @@
 
 Calls run on small thread pools of the backend's own (ONNX Runtime releases the GIL), so a slow
 teacher can never take the student's threads, shadow comparisons never take live traffic's, and
-the event loop never waits on a model.
+the event loop never waits on a model of any size. The exception is a tiny one: a live call on
+the CPU that the calls measured so far say will take less than ``inline_below_us`` runs on the
+event loop, because the hop to a thread and back costs more than such a model (a distilled
+student runs a row in about 10 us; the hop, its wake-ups and their jitter cost several times
+that, and most of the p99). A call that grows slower sends the next ones back to the threads.
 
 A call cannot be stopped once its thread runs it: a timed-out call is abandoned, and its thread
 stays busy until the model returns. Those are counted, and a pool whose every thread is stuck in
@@ -72,6 +76,9 @@ class OnnxBackend(Backend):
         self._executor = self._pools["live"].executor  # loading and warm-up
         self._session: ort.InferenceSession | None = None
         self.device = "unloaded"
+        self._inline_below = config.inline_below_us / 1e6
+        self._seconds_per_row = float("inf")  # learned from every call; none inline until then
+        self.inline_calls = 0
 
     @property
     def description(self) -> str:
@@ -100,9 +107,12 @@ class OnnxBackend(Backend):
                 f"{self.role}: all {pool.threads} {lane} threads still run calls that timed out"
             )
         names = list(output_names)
+        rows = _rows(inputs)
+        if lane == "live" and rows * self._seconds_per_row < self._inline_below:
+            return self._run_inline(session, names, inputs, rows)
         future = pool.executor.submit(_run_timed, session, names, inputs)
         try:
-            results, cpu = await asyncio.wrap_future(future)
+            results, cpu, wall = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # a timeout, or the client went away
             if not future.cancel() and not future.done():  # already running: cannot be stopped
                 self._abandon(pool, lane, future)
@@ -110,7 +120,32 @@ class OnnxBackend(Backend):
         except Exception as exc:  # ORT raises its own pybind types; convert at the boundary
             raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
         self.cpu_seconds[lane] += cpu
+        self._learn(wall, rows)
         return dict(zip(names, results, strict=True))
+
+    def _run_inline(
+        self, session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray],
+        rows: int,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        try:
+            results, cpu, wall = _run_timed(session, names, inputs)
+        except Exception as exc:
+            raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
+        self.inline_calls += 1
+        self.cpu_seconds["live"] += cpu
+        self._learn(wall, rows)
+        return dict(zip(names, results, strict=True))
+
+    def _learn(self, wall_seconds: float, rows: int) -> None:
+        """The expected seconds per row: a moving average, so a model that slows down (a busy
+        machine) soon leaves the event loop. Only a CPU session is ever run inline."""
+        if self.device != "cpu":
+            return
+        per_row = wall_seconds / max(1, rows)
+        if self._seconds_per_row == float("inf"):
+            self._seconds_per_row = per_row
+        else:
+            self._seconds_per_row += 0.1 * (per_row - self._seconds_per_row)
 
     def _abandon(self, pool: _ThreadPool, lane: Lane, future: Future[_Timed]) -> None:
         loop = asyncio.get_running_loop()
@@ -174,25 +209,32 @@ class OnnxBackend(Backend):
         return ort.InferenceSession(path, options, providers=[CPU])
 
     async def _warm_up(self) -> None:
-        """One small and one larger batch, so the first real requests do not pay for allocation."""
+        """One small and one larger batch, so the first real requests do not pay for allocation;
+        then one small again, warm, for the first estimate of a call's time."""
         spec = self.signature.inputs[0]
-        for batch in (1, 64):
+        for batch in (1, 64, 1):
             shape = [batch if size == -1 else size for size in spec.shape]
             dummy = {spec.name: np.zeros(shape, dtype=spec.dtype)}
+            self._seconds_per_row = float("inf")  # learned afresh from the warm call
             await self.infer(dummy, [output.name for output in self.signature.outputs])
 
 
-_Timed = tuple[list[np.ndarray], float]
+_Timed = tuple[list[np.ndarray], float, float]
 
 
 def _run_timed(
     session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray]
 ) -> _Timed:
-    """The call and the CPU time it took: with intra_op_threads 1, ONNX Runtime computes in the
-    calling thread, so that thread's CPU time is the call's."""
-    started = time.thread_time()
+    """The call, the CPU time it took, and its wall time: with intra_op_threads 1, ONNX Runtime
+    computes in the calling thread, so that thread's CPU time is the call's."""
+    started, cpu_started = time.perf_counter(), time.thread_time()
     results = session.run(names, inputs)
-    return results, time.thread_time() - started
+    return results, time.thread_time() - cpu_started, time.perf_counter() - started
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _resident_bytes() -> int | None:
