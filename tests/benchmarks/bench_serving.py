@@ -13,8 +13,10 @@ teacher in process. The gateway runs with shedding out of reach (this measures t
 - batch 64 rows per request to the gateway's student at concurrency 16: V2 JSON against the
   binary tensor extension, in rows per second.
 
-Ratios are against the references of the same run. Run with ``make bench``; results go to
-``tests/benchmarks/results/bench_serving.json``.
+Every server starts at once and each measurement is repeated in ``--rounds`` interleaved rounds
+(this machine's throughput drifts by up to 2x from one 3-second run to the next); the table holds
+medians, and ratios are against the references of the same run. Run with ``make bench``; results
+go to ``tests/benchmarks/results/bench_serving.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,56 +122,63 @@ def wrk(port: int, path: str, connections: int, seconds: float, script: Path) ->
     }
 
 
+# What each server is measured at: (name, path, levels), "batch 64" on the gateway's student.
+PLAN = (
+    ("no-op route", "/noop", ("c1", "c16")),
+    ("naive student", "/v2/models/digits/infer", ("c1", "c16")),
+    ("naive teacher", "/v2/models/digits/infer", ("c1", "c16", "c64")),
+    ("gateway student", "/v2/models/digits/infer", ("c1", "c16", "batch 64")),
+    ("gateway teacher", "/v2/models/digits/infer", ("c1", "c16", "c64")),
+    ("gateway student + 10 % shadow", "/v2/models/digits/infer", ("c1", "c16")),
+    ("gateway teacher, batched", "/v2/models/digits/infer", ("c64",)),
+)
+GATEWAYS: dict[str, dict[str, Any]] = {
+    "gateway student": {"traffic": {"student_share": 1.0}, "shadow": {"sample_rate": 0}},
+    "gateway teacher": {"traffic": {"student_share": 0.0}, "shadow": {"sample_rate": 0}},
+    "gateway student + 10 % shadow": {"traffic": {"student_share": 1.0},
+                                      "shadow": {"sample_rate": 0.1}},
+    "gateway teacher, batched": {"traffic": {"student_share": 0.0}, "shadow": {"sample_rate": 0},
+                                 "teacher": {"path": str(TEACHER_PATH), **BATCHED}},
+}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     seconds = args.seconds
-    rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         one = wrk_script(tmp, json_body(ONE_ROW), {"Content-Type": "application/json"})
-
-        def measure(server: Any, name: str, path: str, c64: bool = False) -> None:
-            wrk(server.port, path, 16, 1, one)  # warm-up, not reported
-            rows[name] = {
-                "c1": wrk(server.port, path, 1, seconds, one),
-                "c16": wrk(server.port, path, 16, seconds, one),
-            }
-            if c64:
-                rows[name]["c64"] = wrk(server.port, path, 64, seconds, one)
-
-        infer = "/v2/models/digits/infer"
-        for model, name in ((STUDENT_PATH, "naive student"), (TEACHER_PATH, "naive teacher")):
-            server = NaiveServer(tmp, model).start()
-            try:
-                if name == "naive student":
-                    measure(server, "no-op route", "/noop")
-                measure(server, name, infer, c64=name == "naive teacher")
-            finally:
+        # Every server up at once (idle ones cost nothing), measured in interleaved rounds, so
+        # a slow minute of the machine lands on all of them rather than on one.
+        servers: dict[str, Any] = {}
+        try:
+            naive_student = servers["naive student"] = NaiveServer(tmp, STUDENT_PATH).start()
+            servers["no-op route"] = naive_student
+            servers["naive teacher"] = NaiveServer(tmp, TEACHER_PATH).start()
+            for name, config in GATEWAYS.items():
+                servers[name] = PinnedGateway(tmp, {**UNLIMITED, **config}).start()
+            for name, path, _ in PLAN:
+                wrk(servers[name].port, path, 16, 1, one)  # warm-up, not reported
+            runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+            for _ in range(args.rounds):
+                for name, path, levels in PLAN:
+                    port = servers[name].port
+                    for level in levels:
+                        got = (_batch_64(port, tmp, seconds) if level == "batch 64" else
+                               wrk(port, path, int(level[1:]), seconds, one))  # fmt: skip
+                        runs.setdefault(name, {}).setdefault(level, []).append(got)
+        finally:
+            for server in {id(s): s for s in servers.values()}.values():
                 server.stop()
-        gateways: dict[str, dict[str, Any]] = {
-            "gateway student": {"traffic": {"student_share": 1.0}, "shadow": {"sample_rate": 0}},
-            "gateway teacher": {"traffic": {"student_share": 0.0}, "shadow": {"sample_rate": 0}},
-            "gateway student + 10 % shadow": {"traffic": {"student_share": 1.0},
-                                              "shadow": {"sample_rate": 0.1}},
-            "gateway teacher, batched": {"traffic": {"student_share": 0.0},
-                                         "shadow": {"sample_rate": 0},
-                                         "teacher": {"path": str(TEACHER_PATH), **BATCHED}},
-        }  # fmt: skip
-        for name, config in gateways.items():
-            gateway = PinnedGateway(tmp, {**UNLIMITED, **config}).start()
-            try:
-                if name == "gateway teacher, batched":
-                    wrk(gateway.port, infer, 16, 1, one)
-                    rows[name] = {"c64": wrk(gateway.port, infer, 64, seconds, one)}
-                else:
-                    measure(gateway, name, infer, c64=name == "gateway teacher")
-                if name == "gateway student":
-                    rows["batch 64"] = _batch_64(gateway.port, tmp, seconds)
-            finally:
-                gateway.stop()
+    rows: dict[str, dict[str, Any]] = {
+        name: {level: _median(measured) for level, measured in levels.items()}
+        for name, levels in runs.items()
+    }
+    rows["batch 64"] = rows["gateway student"].pop("batch 64")
     ratios = _ratios(rows)
     _print(rows, ratios, seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,9 +186,14 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpus": platform.machine(), "python": platform.python_version()},
         "note": "same run: compare the ratios, not absolute numbers",
-        "pinned": PINNED, "seconds": seconds, "rows": rows, "ratios": ratios,
+        "pinned": PINNED, "seconds": seconds, "rounds": args.rounds, "rows": rows,
+        "ratios": ratios,
     }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def _batch_64(port: int, tmp: Path, seconds: float) -> dict[str, float]:
@@ -217,7 +232,7 @@ def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 def _print(rows: dict[str, dict[str, Any]], ratios: dict[str, float], seconds: float) -> None:
     pinning = "server on CPU 0, wrk on CPU 1" if PINNED else "not pinned"
-    table = Table(title=f"V2 JSON, batch 1, wrk for {seconds:g} s each ({pinning}; ms)")
+    table = Table(title=f"V2 JSON, batch 1, medians of wrk runs of {seconds:g} s ({pinning}; ms)")
     for column in ("server", "c1 p50", "c16 req/s", "c16 p50", "c16 p99", "c64 req/s",
                    "c64 p50", "c64 p99"):  # fmt: skip
         table.add_column(column, justify="left" if column == "server" else "right")
