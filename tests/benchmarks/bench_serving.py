@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from rich.table import Table
 
 from controller.local.processes import ManagedProcess, free_port
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.benchmarks.bench_protocols import PINNED, PinnedGateway
+from tests.benchmarks.bench_protocols import PINNED, PinnedGateway, median_of
 
 RESULTS = Path(__file__).parent / "results" / "bench_serving.json"
 ONE_ROW = np.full((1, 64), 0.5, dtype=np.float32)
@@ -175,7 +174,7 @@ def main() -> None:
             for server in {id(s): s for s in servers.values()}.values():
                 server.stop()
     rows: dict[str, dict[str, Any]] = {
-        name: {level: _median(measured) for level, measured in levels.items()}
+        name: {level: median_of(measured) for level, measured in levels.items()}
         for name, levels in runs.items()
     }
     rows["batch 64"] = rows["gateway student"].pop("batch 64")
@@ -190,10 +189,6 @@ def main() -> None:
         "ratios": ratios,
     }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
-
-
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def _batch_64(port: int, tmp: Path, seconds: float) -> dict[str, float]:
