@@ -56,7 +56,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: venv system-tools triton-env lint
+test: venv system-tools bench-tools triton-env lint
 	$(BIN)/pytest
 
 # Gateway, Prometheus, traffic and a rollout as local processes; stays up for Grafana.

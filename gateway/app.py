@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -24,18 +23,17 @@ from gateway.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
-    Overloaded,
     Unauthorized,
     Unprocessable,
 )
 from gateway.http_body import read_body
 from gateway.http_infer import InferEndpoint, infer_path
+from gateway.http_responses import JSON, error_response, json_response
 from gateway.protocol import Feedback, InferenceRequest, TrafficState, TrafficUpdate
 from gateway.service import GatewayService
 from gateway.validation import describe_body_errors, is_invalid_json
 
 log = logging.getLogger(__name__)
-JSON = "application/json"
 
 EXTENSIONS = ("binary_tensor_data",)
 """The protocol extensions this gateway implements, as named in the server metadata."""
@@ -70,21 +68,6 @@ UNSUPPORTED_EXTENSIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 """Triton's HTTP extensions this gateway does not implement: their paths, and what to use."""
 _Body = TypeVar("_Body", bound=BaseModel)
-
-
-def json_response(
-    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(orjson.dumps(content), status_code, headers, media_type=JSON)
-
-
-def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    headers = dict(headers or {})
-    if isinstance(exc, Unauthorized):
-        headers["www-authenticate"] = "Bearer"
-    if isinstance(exc, Overloaded):
-        headers["retry-after"] = str(exc.retry_after_seconds)
-    return json_response({"error": exc.message}, exc.status_code, headers)
 
 
 class GatewayApp(FastAPI):

@@ -15,13 +15,13 @@ import logging
 import time
 import uuid
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from gateway.codec import HEADER_LENGTH, decode_request, encode_response
-from gateway.errors import GatewayError, InferenceFailed, Overloaded, Unauthorized
+from gateway.errors import GatewayError, InferenceFailed, Overloaded
 from gateway.http_body import ClientGone, off_loop_if_big, read_asgi_body
+from gateway.http_responses import error_response
 from gateway.service import GatewayService, InferRequest
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ class InferEndpoint:
         self._service = service
         self._limit = service.settings.max_request_bytes
 
+    @staticmethod
+    async def _error(
+        scope: Scope, receive: Receive, send: Send, exc: GatewayError, request_id: str
+    ) -> None:
+        """In the same shape as every other route's errors (``http_responses``)."""
+        await error_response(exc, {"x-request-id": request_id})(scope, receive, send)
+
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
@@ -54,7 +61,7 @@ class InferEndpoint:
         try:
             admitted = service.admit("http")
         except Overloaded as exc:
-            await _send_error(send, exc, request_id)
+            await self._error(scope, receive, send, exc, request_id)
             return
         with admitted:
             headers = Headers(scope=scope)
@@ -68,12 +75,12 @@ class InferEndpoint:
                 return
             except GatewayError as exc:
                 service.count_rejected(exc.status_code, "http")
-                await _send_error(send, exc, request_id)
+                await self._error(scope, receive, send, exc, request_id)
                 return
             except Exception:  # a bug in decoding: the client still gets JSON and an id
                 log.exception("internal error while decoding request %s", request_id)
                 service.count_rejected(500, "http")
-                await _send_error(send, InferenceFailed(
+                await self._error(scope, receive, send, InferenceFailed(
                     f"internal error while decoding request {request_id}; it is in the "
                     "gateway's log with its traceback"), request_id)  # fmt: skip
                 return
@@ -83,7 +90,7 @@ class InferEndpoint:
                     InferRequest.of(decoded, request_id, "http", received_at, headers)
                 )
             except GatewayError as exc:
-                await _send_error(send, exc, request_id)
+                await self._error(scope, receive, send, exc, request_id)
                 return
             answer, header_length = encode_response(
                 service.model, service.version, request_id, result.outputs, decoded.outputs
@@ -95,15 +102,6 @@ class InferEndpoint:
         if header_length is not None:
             extra.append((HEADER_LENGTH.encode(), str(header_length).encode()))
         await _send(send, 200, BINARY if header_length is not None else JSON, answer, extra)
-
-
-async def _send_error(send: Send, exc: GatewayError, request_id: str) -> None:
-    extra = [(b"x-request-id", request_id.encode())]
-    if isinstance(exc, Unauthorized):
-        extra.append((b"www-authenticate", b"Bearer"))
-    if isinstance(exc, Overloaded):
-        extra.append((b"retry-after", str(exc.retry_after_seconds).encode()))
-    await _send(send, exc.status_code, JSON, orjson.dumps({"error": exc.message}), extra)
 
 
 async def _send(

@@ -1,0 +1,33 @@
+"""The side-by-side benchmark runs and writes what it promises (no timing is asserted here:
+targets live in the benchmark's output, never in a test)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.benchmarks.bench_serving import PLAN
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench_serving.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.bench_serving", "--seconds", "0.5",
+         "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    for name, _, levels in PLAN:
+        for level in levels:
+            measured = result["rows"]["batch 64" if level == "batch 64" else name]
+            if level == "batch 64":
+                assert measured["binary_rows_per_s"] > 0 and measured["json_rows_per_s"] > 0
+            else:
+                assert measured[level]["rps"] > 0 and measured[level]["p99_ms"] > 0, (name, level)
+    assert len(result["ratios"]) == 8 and all(value == value for value in result["ratios"].values())
