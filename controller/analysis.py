@@ -33,6 +33,15 @@ class BackendWindow:
     feedback_correct: float = 0.0
     cost_dollars: float = 0.0
     cpu_seconds: float = 0.0  # measured in process (0 for a backend on Triton)
+    feedback_by_class: dict[str, Labels] = field(default_factory=dict)  # true class -> labels
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labelled examples, and how many of them the backend got right."""
+
+    total: float = 0.0
+    correct: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class WindowMetrics:
     teacher: BackendWindow = field(default_factory=BackendWindow)
     student: BackendWindow = field(default_factory=BackendWindow)
     paired: PairedLabels = field(default_factory=PairedLabels)
+    paired_by_class: dict[str, PairedLabels] = field(default_factory=dict)
     comparisons: float = 0.0
     agreements: float = 0.0
     kl_sum: float = 0.0
@@ -179,34 +189,96 @@ def _agreement(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: flo
     return _at_least("min_agreement", step.agreements / n, low, high, threshold, n)
 
 
-def _accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
-                   z: float) -> GateResult:  # fmt: skip
-    """Teacher minus student accuracy. Paired when shadow traffic gave at least as many labelled
-    examples that both backends answered as the student's own live labels: the difference on the
-    same requests (Newcombe's paired interval, the interval behind McNemar's test) is far tighter
-    than two independent proportions, and at a 5 % step there are up to 20 times more of them."""
-    gate = "max_accuracy_drop"
-    if step.student.feedback_total <= 0 and step.paired.total <= 0:
-        return _result(gate, Verdict.INCONCLUSIVE, threshold, 0, "no feedback yet")
-    if step.paired.total >= step.student.feedback_total:
-        pairs = step.paired
-        drop = (pairs.teacher_only - pairs.student_only) / pairs.total
+@dataclass(frozen=True)
+class _Drop:
+    """Teacher minus student accuracy on one set of labels, with its interval."""
+
+    value: float
+    low: float
+    high: float
+    samples: float
+    paired: bool
+
+
+def _drop(student: Labels, teacher: Labels, pairs: PairedLabels, z: float) -> _Drop | None:
+    """Paired when shadow traffic gave at least as many labelled examples that both backends
+    answered as the student's own live labels: the difference on the same requests (Newcombe's
+    paired interval, the interval behind McNemar's test) is far tighter than two independent
+    proportions, and at a 5 % step there are up to 20 times more of them. None without data."""
+    if pairs.total > 0 and pairs.total >= student.total:
         low, high = stats.newcombe_paired_difference(
             pairs.both_correct, pairs.teacher_only, pairs.student_only, pairs.both_wrong, z
         )
-        result = _at_most(gate, drop, low, high, threshold, pairs.total)
-        return replace(result, reason=f"{result.reason} (paired)")
-    teacher, student = rollout.teacher, step.student
-    if teacher.feedback_total <= 0:
-        return _result(gate, Verdict.INCONCLUSIVE, threshold, student.feedback_total,
-                       "no teacher feedback yet")  # fmt: skip
-    drop = (teacher.feedback_correct / teacher.feedback_total
-            - student.feedback_correct / student.feedback_total)  # fmt: skip
-    low, high = stats.newcombe_difference(
-        teacher.feedback_correct, teacher.feedback_total,
-        student.feedback_correct, student.feedback_total, z,
-    )  # fmt: skip
-    return _at_most(gate, drop, low, high, threshold, student.feedback_total)
+        value = (pairs.teacher_only - pairs.student_only) / pairs.total
+        return _Drop(value, low, high, pairs.total, paired=True)
+    if student.total <= 0 or teacher.total <= 0:
+        return None
+    low, high = stats.newcombe_difference(teacher.correct, teacher.total, student.correct,
+                                          student.total, z)  # fmt: skip
+    value = teacher.correct / teacher.total - student.correct / student.total
+    return _Drop(value, low, high, student.total, paired=False)
+
+
+def _accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
+                   z: float) -> GateResult:  # fmt: skip
+    """The student's own labels are this step's; the teacher's are pooled over the rollout (at
+    100 % the teacher serves no one in the step itself)."""
+    gate = "max_accuracy_drop"
+    student = Labels(step.student.feedback_total, step.student.feedback_correct)
+    teacher = Labels(rollout.teacher.feedback_total, rollout.teacher.feedback_correct)
+    drop = _drop(student, teacher, step.paired, z)
+    if drop is None:
+        return _result(gate, Verdict.INCONCLUSIVE, threshold, student.total, "no feedback yet")
+    result = _at_most(gate, drop.value, drop.low, drop.high, threshold, drop.samples)
+    return replace(result, reason=f"{result.reason} (paired)") if drop.paired else result
+
+
+def _class_accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, policy: Policy,
+                         threshold: float, z: float) -> GateResult:  # fmt: skip
+    """The accuracy drop of every true class, each judged like ``max_accuracy_drop`` at a
+    Bonferroni-corrected confidence (1 - (1 - confidence) / classes): with ten classes, the
+    chance that any one of them fails by chance stays at the policy's, not ten times it. It
+    fails when some class's interval is above the threshold, passes when every class's is below,
+    and names the class that decided."""
+    gate = "max_class_accuracy_drop"
+    classes = sorted(set(step.student.feedback_by_class) | set(rollout.teacher.feedback_by_class)
+                     | set(step.paired_by_class), key=_class_order)  # fmt: skip
+    if not classes:
+        return _result(gate, Verdict.INCONCLUSIVE, threshold, 0, "no feedback yet")
+    corrected = stats.z_value(1.0 - (1.0 - policy.confidence) / len(classes))
+    drops: dict[str, _Drop | None] = {
+        c: _drop(step.student.feedback_by_class.get(c, Labels()),
+                 rollout.teacher.feedback_by_class.get(c, Labels()),
+                 step.paired_by_class.get(c, PairedLabels()), corrected)
+        for c in classes
+    }  # fmt: skip
+    judged = {c: d for c, d in drops.items() if d is not None}
+    bonferroni = f"Bonferroni over {len(classes)} classes"
+    failing = [c for c, d in judged.items() if d.low > threshold]
+    if failing:
+        worst = max(failing, key=lambda c: judged[c].low)
+        reason = f"class {worst}: interval above threshold ({bonferroni})"
+        return _class_result(gate, Verdict.FAIL, judged[worst], threshold, reason)
+    unjudged = [c for c, d in drops.items() if d is None]
+    if unjudged:
+        return _result(gate, Verdict.INCONCLUSIVE, threshold, 0,
+                       f"no feedback yet for class {', '.join(unjudged)}")  # fmt: skip
+    worst = max(judged, key=lambda c: judged[c].high)
+    if judged[worst].high <= threshold:
+        reason = f"every class's interval below threshold; highest class {worst} ({bonferroni})"
+        return _class_result(gate, Verdict.PASS, judged[worst], threshold, reason)
+    reason = f"class {worst}: interval straddles threshold ({bonferroni})"
+    return _class_result(gate, Verdict.INCONCLUSIVE, judged[worst], threshold, reason)
+
+
+def _class_result(gate: str, verdict: Verdict, drop: _Drop, threshold: float,
+                  reason: str) -> GateResult:  # fmt: skip
+    return GateResult(gate, verdict, drop.value, drop.low, drop.high, threshold, drop.samples,
+                      reason)  # fmt: skip
+
+
+def _class_order(label: str) -> tuple[int, str]:
+    return (int(label), label) if label.isdigit() else (1 << 30, label)
 
 
 def _kl(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
@@ -258,6 +330,7 @@ _GATES = {
     "max_error_rate": _error_rate,
     "min_agreement": _agreement,
     "max_accuracy_drop": _accuracy_drop,
+    "max_class_accuracy_drop": _class_accuracy_drop,
     "max_kl": _kl,
     "max_cost_per_1k": _cost,
 }

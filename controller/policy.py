@@ -11,7 +11,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
 # Gates that need live student traffic, so a dark-launch step (share 0) cannot judge them.
-LIVE_ONLY_GATES = frozenset({"max_error_rate", "max_accuracy_drop", "max_cost_per_1k"})
+LIVE_ONLY_GATES = frozenset(
+    {"max_error_rate", "max_accuracy_drop", "max_class_accuracy_drop", "max_cost_per_1k"}
+)
 
 
 class PolicyError(Exception):
@@ -46,6 +48,9 @@ class Gates(StrictModel):
     """Top-1 agreement with the teacher on shadow traffic."""
     max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
     """Teacher accuracy minus student accuracy from feedback, as a fraction (0.02 = 2 points)."""
+    max_class_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    """The same for every true class on its own (a student can match the teacher overall and
+    fail a minority class), Bonferroni-corrected over the classes."""
     max_kl: float | None = Field(default=None, ge=0)
     """Mean KL(teacher || student) on shadow traffic, in nats."""
     max_cost_per_1k: float | None = Field(default=None, ge=0)
@@ -124,7 +129,8 @@ class Policy(StrictModel):
     def pass_after_seconds(self) -> float:
         """The least time a step runs before it can pass: its bake, and when accuracy is gated,
         the time for the bake's labels to arrive."""
-        waits_for_labels = self.gates.max_accuracy_drop is not None
+        gates = self.gates
+        waits_for_labels = (gates.max_accuracy_drop, gates.max_class_accuracy_drop) != (None, None)
         return self.bake_seconds + (self.label_delay_seconds if waits_for_labels else 0.0)
 
     def share(self, step_index: int) -> float:

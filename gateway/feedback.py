@@ -49,7 +49,8 @@ class Scored:
     backend: str
     correct: int
     total: int
-    paired: Paired | None = None  # when the other backend answered it too (shadow)
+    by_class: dict[int, tuple[int, int]]  # true class -> (examples, right)
+    paired: dict[int, Paired] | None = None  # by true class, when the other backend answered
 
 
 class FeedbackStore:
@@ -126,7 +127,9 @@ class FeedbackStore:
             raise Unprocessable(f"labels must be classes 0..{self._num_classes - 1}")
         prediction.labelled = True
         right = labels == prediction.classes
-        return Scored(prediction.backend, int(right.sum()), int(labels.size),
+        by_class = {int(c): (int((labels == c).sum()), int(right[labels == c].sum()))
+                    for c in np.unique(labels)}  # fmt: skip
+        return Scored(prediction.backend, int(right.sum()), int(labels.size), by_class,
                       _paired(prediction, labels, right))  # fmt: skip
 
     def _forget_expired(self, now: float) -> None:
@@ -138,15 +141,22 @@ class FeedbackStore:
             self._forget_oldest()
 
 
-def _paired(prediction: _Prediction, labels: np.ndarray, right: np.ndarray) -> Paired | None:
+def _paired(
+    prediction: _Prediction, labels: np.ndarray, right: np.ndarray
+) -> dict[int, Paired] | None:
     if prediction.other is None:
         return None
     other_right = labels == prediction.other
     teacher, student = (right, other_right) if prediction.backend == "teacher" else (
         other_right, right)  # fmt: skip
-    return Paired(
-        both_correct=int((teacher & student).sum()),
-        teacher_only=int((teacher & ~student).sum()),
-        student_only=int((~teacher & student).sum()),
-        both_wrong=int((~teacher & ~student).sum()),
-    )
+    paired = {}
+    for c in np.unique(labels):
+        rows = labels == c
+        t, s = teacher[rows], student[rows]
+        paired[int(c)] = Paired(
+            both_correct=int((t & s).sum()),
+            teacher_only=int((t & ~s).sum()),
+            student_only=int((~t & s).sum()),
+            both_wrong=int((~t & ~s).sum()),
+        )
+    return paired

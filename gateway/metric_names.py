@@ -7,9 +7,9 @@ from __future__ import annotations
 REQUESTS = "gateway_requests_total"  # model, backend, code, protocol
 REQUEST_DURATION = "gateway_request_duration_seconds"  # model, backend, protocol
 BACKEND_DURATION = "gateway_backend_duration_seconds"  # model, backend, path (live, shadow)
-FEEDBACK = "gateway_feedback_total"  # model, backend
-FEEDBACK_CORRECT = "gateway_feedback_correct_total"  # model, backend
-FEEDBACK_PAIRED = "gateway_feedback_paired_total"  # model, outcome (PAIRED_OUTCOMES)
+FEEDBACK = "gateway_feedback_total"  # model, backend, class (the true one)
+FEEDBACK_CORRECT = "gateway_feedback_correct_total"  # model, backend, class
+FEEDBACK_PAIRED = "gateway_feedback_paired_total"  # model, outcome (PAIRED_OUTCOMES), class
 PAIRED_OUTCOMES = ("both_correct", "teacher_only", "student_only", "both_wrong")
 """Which of the two backends was right on a labelled example both answered (live and shadow)."""
 COST = "gateway_inference_cost_dollars_total"  # model, backend, basis

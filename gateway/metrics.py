@@ -133,14 +133,14 @@ class GatewayMetrics:
         )
         self.feedback = Counter(
             names.FEEDBACK,
-            "Examples labelled through the feedback API.",
-            mb,
+            "Examples labelled through the feedback API, by their true class.",
+            [*mb, "class"],
             registry=registry,
         )
         self.feedback_correct = Counter(
             names.FEEDBACK_CORRECT,
-            "Labelled examples the serving backend got right.",
-            mb,
+            "Labelled examples the serving backend got right, by their true class.",
+            [*mb, "class"],
             registry=registry,
         )
         self.batch_size = Histogram(
@@ -154,8 +154,9 @@ class GatewayMetrics:
         self.feedback_paired = Counter(
             names.FEEDBACK_PAIRED,
             "Labelled examples whose request both backends answered (one live, one on shadow "
-            "traffic), by which was right: the paired sample behind the accuracy gate.",
-            ["model", "outcome"],
+            "traffic), by which was right and by true class: the paired sample behind the "
+            "accuracy gates.",
+            ["model", "outcome", "class"],
             registry=registry,
         )
         self.fallbacks = Counter(
@@ -244,18 +245,24 @@ class GatewayMetrics:
             self.admin_auth_failures.labels(model, reason)
         for reason in FALLBACK_REASONS:
             self.fallbacks.labels(model, "student", "teacher", reason)
-        for outcome in names.PAIRED_OUTCOMES:
-            self.feedback_paired.labels(model, outcome)
         for role in ROLES:
             for protocol in PROTOCOLS:
                 self.requests.labels(model, role, "200", protocol)
                 self.request_duration.labels(model, role, protocol)
             for path in ("live", "shadow"):
                 self.backend_duration.labels(model, role, path)
-            self.feedback.labels(model, role)
-            self.feedback_correct.labels(model, role)
             self.shadow_errors.labels(model, role)
             self.signature_mismatch.labels(model, role)
+
+    def start_classes(self, classes: int) -> None:
+        """Every feedback series at 0 from the start, so that PromQL's increase() sees their first
+        labels (a series that appears with a value loses it)."""
+        for label in map(str, range(classes)):
+            for role in ROLES:
+                self.feedback.labels(self.model, role, label)
+                self.feedback_correct.labels(self.model, role, label)
+            for outcome in names.PAIRED_OUTCOMES:
+                self.feedback_paired.labels(self.model, outcome, label)
 
     def watch_backends(
         self,

@@ -138,6 +138,7 @@ class GatewayService:
             num_classes=self._logits.shape[-1],
             max_bytes=settings.feedback.max_bytes,
         )
+        metrics.start_classes(self._logits.shape[-1])
         metrics.feedback_pending.labels(self.model).set_function(lambda: len(self.feedback))
         metrics.feedback_pending_bytes.labels(self.model).set_function(lambda: self.feedback.bytes)
         # A shadow answer joins the remembered prediction: its label then scores both backends.
@@ -387,11 +388,14 @@ class GatewayService:
 
     def record_feedback(self, feedback: Feedback) -> dict[str, object]:
         scored = self.feedback.score(feedback.id, feedback.label)
-        self._metrics.feedback.labels(self.model, scored.backend).inc(scored.total)
-        self._metrics.feedback_correct.labels(self.model, scored.backend).inc(scored.correct)
-        if scored.paired is not None:
-            for outcome, count in scored.paired.by_outcome().items():
-                self._metrics.feedback_paired.labels(self.model, outcome).inc(count)
+        metrics, model = self._metrics, self.model
+        for true_class, (examples, right) in scored.by_class.items():
+            label = str(true_class)
+            metrics.feedback.labels(model, scored.backend, label).inc(examples)
+            metrics.feedback_correct.labels(model, scored.backend, label).inc(right)
+        for true_class, paired in (scored.paired or {}).items():
+            for outcome, count in paired.by_outcome().items():
+                metrics.feedback_paired.labels(model, outcome, str(true_class)).inc(count)
         return {
             "id": feedback.id,
             "backend": scored.backend,

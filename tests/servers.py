@@ -43,6 +43,10 @@ class TestGateway(GatewayProcess):
         """One sample's value from ``/metrics``; 0 when the series does not exist yet."""
         return read_metric(self.metrics_text(), name, **labels)
 
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over every series of ``name`` with these labels (and any others)."""
+        return read_total(self.metrics_text(), name, **labels)
+
 
 @contextmanager
 def busy_port() -> Iterator[int]:
@@ -61,6 +65,17 @@ def read_metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def read_total(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 TRITON_PYTHON = Path(__file__).resolve().parents[1] / ".venv-triton" / "bin" / "python"

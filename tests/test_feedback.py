@@ -35,9 +35,14 @@ def test_feedback_accuracy_equals_offline_accuracy_on_the_same_requests(
     for backend, model in models.items():
         rows = np.array([s.row for s in report.by_backend(backend)])
         assert len(rows) > 100  # both backends got a fair part of the traffic
-        offline_correct = int((model(test_split.x[rows]).argmax(1) == test_split.y[rows]).sum())
-        assert gateway.metric("gateway_feedback_total", backend=backend) == len(rows)
-        assert gateway.metric("gateway_feedback_correct_total", backend=backend) == offline_correct
+        right = model(test_split.x[rows]).argmax(1) == test_split.y[rows]
+        assert gateway.total("gateway_feedback_total", backend=backend) == len(rows)
+        assert gateway.total("gateway_feedback_correct_total", backend=backend) == right.sum()
+        for true_class in range(10):  # and class by class, by the label's class
+            mine = test_split.y[rows] == true_class
+            labels = {"backend": backend, "class": str(true_class)}
+            assert gateway.metric("gateway_feedback_total", **labels) == mine.sum()
+            assert gateway.metric("gateway_feedback_correct_total", **labels) == right[mine].sum()
 
 
 def test_a_label_scores_both_backends_when_the_other_answered_on_shadow_traffic(
@@ -70,8 +75,12 @@ def test_a_label_scores_both_backends_when_the_other_answered_on_shadow_traffic(
         "both_wrong": ~teacher_right & ~student_right,
     }
     for outcome, rows in expected.items():
-        assert gateway.metric("gateway_feedback_paired_total", outcome=outcome) == rows.sum()
-    assert gateway.metric("gateway_feedback_paired_total", outcome="teacher_only") > 0
+        assert gateway.total("gateway_feedback_paired_total", outcome=outcome) == rows.sum()
+        for true_class in range(10):  # and by the label's class
+            mine = y == true_class
+            assert gateway.metric("gateway_feedback_paired_total", outcome=outcome,
+                                  **{"class": str(true_class)}) == rows[mine].sum()  # fmt: skip
+    assert gateway.total("gateway_feedback_paired_total", outcome="teacher_only") > 0
 
 
 def test_a_shadow_answer_pairs_only_a_waiting_prediction_of_the_same_shape() -> None:
@@ -87,9 +96,11 @@ def test_a_shadow_answer_pairs_only_a_waiting_prediction_of_the_same_shape() -> 
     scored = store.score("served-by-student", [3, 6])
     # The student (live) said 3, 5; the teacher (shadow) said 3, 6; the truth is 3, 6.
     assert (scored.correct, scored.total) == (1, 2)
+    assert scored.by_class == {3: (1, 1), 6: (1, 0)}  # by the true class: (examples, right)
     assert scored.paired is not None
-    assert scored.paired.by_outcome() == {"both_correct": 1, "teacher_only": 1,
-                                          "student_only": 0, "both_wrong": 0}  # fmt: skip
+    none = {"both_correct": 0, "teacher_only": 0, "student_only": 0, "both_wrong": 0}
+    assert {c: p.by_outcome() for c, p in scored.paired.items()} == {
+        3: {**none, "both_correct": 1}, 6: {**none, "teacher_only": 1}}  # fmt: skip
     assert not store.pair("served-by-student", np.array([3, 6]))  # labelled already
     assert store.score("one-row", 2).paired is None
 

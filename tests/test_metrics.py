@@ -12,7 +12,7 @@ import pytest
 
 from gateway.metrics import LATENCY_BUCKETS
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import TestGateway, free_port, read_metric, wait_until
+from tests.servers import TestGateway, free_port, read_metric, read_total, wait_until
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
 COST = {"teacher": 3.6, "student": 0.36}  # dollars per hour, so 0.001 and 0.0001 $ per second
@@ -136,11 +136,15 @@ def test_feedback_counters(
     measured: tuple[TestGateway, str], teacher_direct: Callable[[np.ndarray], np.ndarray]
 ) -> None:
     _, text = measured
-    assert read_metric(text, "gateway_feedback_total", backend="teacher") == 10
-    assert read_metric(text, "gateway_feedback_total", backend="student") == 0
+    assert read_total(text, "gateway_feedback_total", backend="teacher") == 10
+    assert (
+        read_metric(text, "gateway_feedback_total", backend="teacher", **{"class": str(LABEL)})
+        == 10
+    )
+    assert read_total(text, "gateway_feedback_total", backend="student") == 0
     pixels = np.array(BODY["inputs"][0]["data"], dtype=np.float32)[None]
     right = int(teacher_direct(pixels).argmax()) == LABEL  # the same input, labelled 10 times
-    assert read_metric(text, "gateway_feedback_correct_total", backend="teacher") == 10 * right
+    assert read_total(text, "gateway_feedback_correct_total", backend="teacher") == 10 * right
 
 
 def test_no_shadow_metrics_without_sampling(measured: tuple[TestGateway, str]) -> None:

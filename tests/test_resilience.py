@@ -201,7 +201,7 @@ def test_a_student_that_keeps_failing_is_rolled_back_by_the_error_rate_gate(
         gates={"max_error_rate": 0.05},
     )  # fmt: skip
     with traffic(gateway):
-        wait_until(lambda: gateway.metric("gateway_feedback_total") > 50, 30, "traffic")
+        wait_until(lambda: gateway.total("gateway_feedback_total") > 50, 30, "traffic")
         own_triton.kill()
         result = run_canary(canary_command([gateway], policy, tmp_path / "rollout.db"))
     assert result.returncode == 3, result.stdout + result.stderr

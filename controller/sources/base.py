@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.analysis import BackendWindow, PairedLabels, WindowMetrics
+from controller.analysis import BackendWindow, Labels, PairedLabels, WindowMetrics
 from controller.promtext import Snapshot, buckets, select, select_codes
 from gateway import metric_names as names
 
@@ -77,18 +77,40 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
             feedback_correct=select(increase, names.FEEDBACK_CORRECT, **labels),
             cost_dollars=select(increase, names.COST, **labels),
             cpu_seconds=select(increase, names.CPU, path="live", **labels),
-        )
+            feedback_by_class={
+                c: Labels(select(increase, names.FEEDBACK, **labels, **{"class": c}),
+                          select(increase, names.FEEDBACK_CORRECT, **labels, **{"class": c}))
+                for c in _classes(increase, names.FEEDBACK, **labels)
+            },
+        )  # fmt: skip
 
-    def paired(outcome: str) -> float:
-        return select(increase, names.FEEDBACK_PAIRED, model=model, outcome=outcome)
+    def paired(**labels: str) -> PairedLabels:
+        return PairedLabels(*(select(increase, names.FEEDBACK_PAIRED, model=model,
+                                     outcome=outcome, **labels)
+                              for outcome in names.PAIRED_OUTCOMES))  # fmt: skip
 
     return WindowMetrics(
         teacher=backend("teacher"),
         student=backend("student"),
-        paired=PairedLabels(*(paired(outcome) for outcome in names.PAIRED_OUTCOMES)),
+        paired=paired(),
+        paired_by_class={
+            c: paired(**{"class": c})
+            for c in _classes(increase, names.FEEDBACK_PAIRED, model=model)
+        },
         comparisons=select(increase, names.SHADOW_COMPARISONS, model=model),
         agreements=select(increase, names.SHADOW_AGREEMENTS, model=model),
         kl_sum=select(increase, f"{names.SHADOW_KL}_sum", model=model),
         kl_count=select(increase, f"{names.SHADOW_KL}_count", model=model),
         kl_buckets=buckets(increase, names.SHADOW_KL, model=model),
     )
+
+
+def _classes(increase: Snapshot, name: str, **labels: str) -> list[str]:
+    """The true classes that have labels in the window, in ``name``'s series."""
+    wanted = labels.items()
+    found = set()
+    for (sample, pairs), value in increase.items():
+        series = dict(pairs)
+        if sample == name and "class" in series and value > 0 and wanted <= series.items():
+            found.add(series["class"])
+    return sorted(found)

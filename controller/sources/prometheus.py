@@ -32,7 +32,7 @@ COUNTERS = (
     f"{names.SHADOW_KL}_count",
     names.FALLBACKS,
 )
-GROUP_BY = "model, backend, code, le, from_backend, path, outcome"
+GROUP_BY = "model, backend, code, le, from_backend, path, outcome, class"
 # Extra label matchers, e.g. namespace="ml",job="distill-gateway": one Prometheus often scrapes
 # several namespaces and copies of the gateway, and a rollout must read its own fleet only.
 _MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'

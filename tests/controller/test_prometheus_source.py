@@ -116,6 +116,13 @@ def _assert_same_inputs(exact: WindowMetrics, promql: WindowMetrics) -> None:
         _ratio(exact.agreements, exact.comparisons), rel=0.03)  # fmt: skip
     assert _ratio(promql.kl_sum, promql.kl_count) == pytest.approx(
         _ratio(exact.kl_sum, exact.kl_count), rel=0.03)  # fmt: skip
+    # Labels by true class, as the per-class gate reads them.
+    for backend in ("teacher", "student"):
+        ours_by_class = getattr(exact, backend).feedback_by_class
+        theirs_by_class = getattr(promql, backend).feedback_by_class
+        assert set(theirs_by_class) == set(ours_by_class) and len(ours_by_class) == 10
+        mine = sum(c.total for c in ours_by_class.values())
+        assert sum(c.total for c in theirs_by_class.values()) == pytest.approx(mine, rel=counts)
     # The paired labels (shadowed requests that got a label): both accuracies on them.
     ours, theirs = exact.paired, promql.paired
     assert ours.total > 0
