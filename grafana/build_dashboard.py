@@ -117,6 +117,13 @@ PANELS = [
         (ratio(rate("gateway_feedback_correct_total", by="backend"),
                rate("gateway_feedback_total", by="backend")), "{{backend}}"),
     ]),
+    Panel("Accuracy drop by true class (teacher - student, live labels)", "percentunit", [
+        ("(" + ratio(rate("gateway_feedback_correct_total", 'backend="teacher"', "class"),
+                     rate("gateway_feedback_total", 'backend="teacher"', "class"))
+         + ") - (" + ratio(rate("gateway_feedback_correct_total", 'backend="student"', "class"),
+                           rate("gateway_feedback_total", 'backend="student"', "class"))
+         + ")", "class {{class}}"),
+    ]),
     Panel("Cost per 1,000 requests by backend", "currencyUSD", [
         ("1000 * " + ratio(rate("gateway_inference_cost_dollars_total", by="backend"),
                            rate("gateway_requests_total", SERVED, "backend")), "{{backend}}"),
