@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench_serving.json"
     done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.bench_serving", "--seconds", "0.5",
+        [sys.executable, "-m", "tests.benchmarks.bench_serving", "--seconds", "1",
          "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -107,9 +107,10 @@ def wrk_script(tmp: Path, body: bytes, headers: dict[str, str]) -> Path:
 
 
 def wrk(port: int, path: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
+    """One wrk run (whole seconds: wrk takes no fractions) and its summary."""
     pin = ["taskset", "-c", "1"] if PINNED else []
     done = subprocess.run(
-        [*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script),
+        [*pin, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True,
     )  # fmt: skip
     summary = json.loads(done.stdout.strip().splitlines()[-1])
