@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway.backends.base import batch_rows
+
 Tensors = Mapping[str, np.ndarray]
 
 
@@ -47,7 +49,7 @@ class Batcher:
 
     async def infer(self, inputs: Tensors) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(inputs, _rows(inputs), loop.create_future())
+        waiting = _Waiting(inputs, batch_rows(inputs), loop.create_future())
         self._waiting.append(waiting)
         self._waiting_rows += waiting.rows
         if self._waiting_rows >= self._max_rows:
@@ -86,11 +88,6 @@ class Batcher:
                 w.answer.set_result({name: rows[offset : offset + w.rows]
                                      for name, rows in outputs.items()})  # fmt: skip
             offset += w.rows
-
-
-def _rows(inputs: Tensors) -> int:
-    first = next(iter(inputs.values()))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 def _take_batch(waiting: list[_Waiting], max_rows: int) -> tuple[list[_Waiting], list[_Waiting]]:

@@ -16,6 +16,12 @@ Lane = Literal["live", "shadow"]
 keeps them apart, so shadow work never takes capacity that live traffic needs."""
 
 
+def batch_rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """The rows a call carries: the first input's batch axis (1 for none)."""
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
 class Backend(ABC):
     """One model behind the gateway (the teacher or the student).
 

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
-from gateway.backends.base import Backend, Lane
+from gateway.backends.base import Backend, Lane, batch_rows
 from gateway.config import OnnxBackendConfig
 from gateway.errors import BackendUnavailable, InferenceFailed
 from gateway.signature import Signature, TensorSpec
@@ -107,7 +107,7 @@ class OnnxBackend(Backend):
                 f"{self.role}: all {pool.threads} {lane} threads still run calls that timed out"
             )
         names = list(output_names)
-        rows = _rows(inputs)
+        rows = batch_rows(inputs)
         if lane == "live" and rows * self._seconds_per_row < self._inline_below:
             return self._run_inline(session, names, inputs, rows)
         future = pool.executor.submit(_run_timed, session, names, inputs)
@@ -230,11 +230,6 @@ def _run_timed(
     started, cpu_started = time.perf_counter(), time.thread_time()
     results = session.run(names, inputs)
     return results, time.thread_time() - cpu_started, time.perf_counter() - started
-
-
-def _rows(inputs: Mapping[str, np.ndarray]) -> int:
-    first = next(iter(inputs.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _resident_bytes() -> int | None:
