@@ -29,7 +29,13 @@ from gateway.errors import (
 from gateway.http_body import read_body
 from gateway.http_infer import InferEndpoint, infer_path
 from gateway.http_responses import JSON, error_response, json_response
-from gateway.protocol import Feedback, InferenceRequest, TrafficState, TrafficUpdate
+from gateway.protocol import (
+    Feedback,
+    FleetTraffic,
+    InferenceRequest,
+    TrafficState,
+    TrafficUpdate,
+)
 from gateway.service import GatewayService
 from gateway.validation import describe_body_errors, is_invalid_json
 
@@ -169,7 +175,7 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
     async def feedback(request: Request, model: str) -> Response:
         service.check_model(model, request.path_params.get("version"))
         body = _parse(Feedback, await read_body(request, limit))
-        return json_response(service.record_feedback(body))
+        return json_response(await service.record_feedback(body))
 
     # Every model route twice: unversioned, and with the logical model's version.
     for suffix, endpoint, method, body in (
@@ -194,7 +200,7 @@ def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: Secret
     async def put_traffic(request: Request) -> Response:
         _authorize(request, admin_token, service)
         update = _parse(TrafficUpdate, await read_body(request, limit))
-        service.set_student_share(update.student_share)
+        await service.set_student_share(update.student_share)
         return json_response(_traffic(service))
 
 
@@ -239,8 +245,16 @@ def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> N
 
 
 def _traffic(service: GatewayService) -> dict[str, object]:
-    split = service.split
-    return TrafficState(student_share=split.student_share, generation=split.generation).model_dump()
+    """What this replica applies; in a fleet, also what the fleet wants and who this is."""
+    split, fleet = service.split, service.fleet
+    state = TrafficState(student_share=split.student_share, generation=split.generation)
+    if fleet is not None:
+        wanted = fleet.fleet_share
+        state.fleet = None if wanted is None else FleetTraffic(
+            student_share=wanted.share, generation=wanted.generation)  # fmt: skip
+        state.replica_id = fleet.replica_id
+        state.replicas = len(fleet.replicas)
+    return state.model_dump(exclude_none=True)
 
 
 def _authorize(request: Request, admin_token: SecretStr | None, service: GatewayService) -> None:

@@ -68,6 +68,8 @@ def serve(
     if grpc_port is not None:
         settings.grpc.port = grpc_port
     listeners = _listeners(settings, host, port)
+    if settings.state.shared and not settings.state.advertise_url:
+        settings.state.advertise_url = _advertised(listeners, host, port)
     try:  # before the models load: a port in use is found in a second, not after the warm-up
         sockets = {address: _bind(address) for address in listeners}
         if settings.grpc.port:  # probed here for one clear line; gRPC binds it itself
@@ -172,6 +174,16 @@ def _listeners(
         address = (listener.host or host, listener.port) if listener.port else (host, port)
         parts.setdefault(address, set()).add(part)
     return {address: frozenset(served) for address, served in parts.items()}
+
+
+def _advertised(listeners: dict[tuple[str, int], frozenset[str]], host: str, port: int) -> str:
+    """Where the controller reaches this replica's admin API: the admin listener's address, with
+    a wildcard host replaced by this host's name."""
+    address = next((a for a, parts in listeners.items() if "admin" in parts), (host, port))
+    name = address[0]
+    if name in ("0.0.0.0", "::", ""):
+        name = socket.gethostbyname(socket.gethostname())
+    return f"http://{name}:{address[1]}"
 
 
 class _Companion(uvicorn.Server):

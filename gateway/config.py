@@ -232,6 +232,52 @@ class ResilienceConfig(StrictModel):
     """The whole request's deadline: a student call and its retry on the teacher fit inside."""
 
 
+class StateConfig(StrictModel):
+    """Where the share, the replica registry and the predictions awaiting labels live."""
+
+    url: str = "memory"
+    """``memory``: this process alone (the default). ``redis://host:port/db`` (or ``rediss://``
+    for TLS): a fleet of replicas sharing one rollout through Redis."""
+    password: SecretStr | None = None
+    """Redis's password when the URL has none (``DISTILL_GATEWAY_STATE__PASSWORD``)."""
+    advertise_url: str | None = None
+    """The URL the controller reaches this replica at (admin API and /metrics); default
+    ``http://<host>:<port>`` of the listener that serves them (in Kubernetes: the pod IP)."""
+    replica_id: str | None = None
+    """This replica's name in the registry; default ``<hostname>-<pid>``."""
+    heartbeat_seconds: float = Field(default=1.0, gt=0, le=60)
+    """How often a replica renews its registration (and re-reads the fleet's share, in case a
+    published change was missed)."""
+    replica_ttl_seconds: float = Field(default=5.0, gt=0, le=600)
+    """A replica whose heartbeat is older than this is dropped from the registry."""
+    timeout_ms: float = Field(default=500.0, gt=0)
+    """One store operation slower than this counts as the store being unreachable."""
+    key_prefix: str = Field(default="distill-gateway", min_length=1, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    """Keys are ``<key_prefix>:<model>:...``, so fleets of several models can share one Redis."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url != "memory" and not url.startswith(("redis://", "rediss://")):
+            raise ValueError(
+                f"must be 'memory' or a redis://host:port/db (rediss:// for TLS) URL, got {url!r}"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _ttl_outlives_heartbeats(self) -> StateConfig:
+        if self.replica_ttl_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                "state.replica_ttl_seconds must be at least twice state.heartbeat_seconds, "
+                "or live replicas flicker out of the fleet"
+            )
+        return self
+
+    @property
+    def shared(self) -> bool:
+        return self.url != "memory"
+
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -265,6 +311,8 @@ class GatewaySettings(BaseSettings):
     overload: OverloadConfig = Field(default_factory=OverloadConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    """memory (one process) or Redis (a fleet of replicas, or ``--workers``)."""
     admin: ListenerConfig = Field(default_factory=ListenerConfig)
     """``PUT``/``GET /admin/traffic`` on a port of its own (for the controller only)."""
     metrics: ListenerConfig = Field(default_factory=ListenerConfig)

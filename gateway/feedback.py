@@ -110,27 +110,21 @@ class FeedbackStore:
             self._forget_oldest()
         return request_id in self._predictions
 
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._predictions
+
     def score(self, request_id: str, label: int | list[int]) -> Scored:
         self._forget_expired(self._clock())
         prediction = self._predictions.get(request_id)
         if prediction is None:
             raise NotFound(f"no prediction for request id {request_id!r} (unknown or expired)")
         if prediction.labelled:
-            raise Conflict(f"request id {request_id!r} already has a label")
-        labels = np.atleast_1d(np.asarray(label, dtype=np.int64))
+            raise already_labelled(request_id)
+        labels = check_labels(label, self._num_classes)
         if labels.shape != prediction.classes.shape:
-            raise Unprocessable(
-                f"request {request_id!r} had {prediction.classes.size} example(s); "
-                f"got {labels.size} label(s)"
-            )
-        if labels.min() < 0 or labels.max() >= self._num_classes:
-            raise Unprocessable(f"labels must be classes 0..{self._num_classes - 1}")
+            raise wrong_label_count(request_id, prediction.classes.size, labels.size)
         prediction.labelled = True
-        right = labels == prediction.classes
-        by_class = {int(c): (int((labels == c).sum()), int(right[labels == c].sum()))
-                    for c in np.unique(labels)}  # fmt: skip
-        return Scored(prediction.backend, int(right.sum()), int(labels.size), by_class,
-                      _paired(prediction, labels, right))  # fmt: skip
+        return score_labels(prediction.backend, prediction.classes, prediction.other, labels)
 
     def _forget_expired(self, now: float) -> None:
         # Insertion order is expiry order, so expired entries are all at the front.
@@ -141,14 +135,40 @@ class FeedbackStore:
             self._forget_oldest()
 
 
+def check_labels(label: int | list[int], num_classes: int) -> np.ndarray:
+    """The labels as an array, refused (422) when one is not a class of the model."""
+    labels = np.atleast_1d(np.asarray(label, dtype=np.int64))
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise Unprocessable(f"labels must be classes 0..{num_classes - 1}")
+    return labels
+
+
+def already_labelled(request_id: str) -> Conflict:
+    return Conflict(f"request id {request_id!r} already has a label")
+
+
+def wrong_label_count(request_id: str, examples: int, labels: int) -> Unprocessable:
+    return Unprocessable(f"request {request_id!r} had {examples} example(s); got {labels} label(s)")
+
+
+def score_labels(
+    backend: str, classes: np.ndarray, other: np.ndarray | None, labels: np.ndarray
+) -> Scored:
+    """How the serving backend (and, when the other one answered too, both) did on ``labels``."""
+    right = labels == classes
+    by_class = {int(c): (int((labels == c).sum()), int(right[labels == c].sum()))
+                for c in np.unique(labels)}  # fmt: skip
+    return Scored(backend, int(right.sum()), int(labels.size), by_class,
+                  _paired(backend, other, labels, right))  # fmt: skip
+
+
 def _paired(
-    prediction: _Prediction, labels: np.ndarray, right: np.ndarray
+    backend: str, other: np.ndarray | None, labels: np.ndarray, right: np.ndarray
 ) -> dict[int, Paired] | None:
-    if prediction.other is None:
+    if other is None:
         return None
-    other_right = labels == prediction.other
-    teacher, student = (right, other_right) if prediction.backend == "teacher" else (
-        other_right, right)  # fmt: skip
+    other_right = labels == other
+    teacher, student = (right, other_right) if backend == "teacher" else (other_right, right)
     paired = {}
     for c in np.unique(labels):
         rows = labels == c

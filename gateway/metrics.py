@@ -47,6 +47,8 @@ KL_BUCKETS = (
 FALLBACK_REASONS = ("error", "timeout", "circuit_open", "not_loaded")
 AUTH_FAILURE_REASONS = ("missing", "invalid")
 SHADOW_DROP_REASONS = ("queue_full", "circuit_open")
+STORE_OPERATIONS = ("join", "subscribe", "heartbeat", "register", "write_share", "remember",
+                    "label")  # fmt: skip
 
 
 def add_standard_collectors(registry: CollectorRegistry) -> None:
@@ -232,6 +234,33 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=registry,
         )
+        self.state_store_up = Gauge(
+            "gateway_state_store_up",
+            "1 while the state store (state.url) answers; 0 while it does not, and the replica "
+            "serves at its last applied share. Always 1 for state.url: memory.",
+            m,
+            registry=registry,
+        )
+        self.state_store_errors = Counter(
+            "gateway_state_store_errors_total",
+            "State store operations that failed (unreachable, too slow), by operation.",
+            ["model", "op"],
+            registry=registry,
+        )
+        self.state_store_fallbacks = Counter(
+            "gateway_state_store_fallbacks_total",
+            "What was kept in this process because the state store could not take it "
+            "(op=remember: predictions, which only this replica can then join with a label).",
+            ["model", "op"],
+            registry=registry,
+        )
+        self.fleet_replicas = Gauge(
+            "gateway_fleet_replicas",
+            "Live replicas in the fleet's registry as this replica last read it (1 for "
+            "state.url: memory).",
+            m,
+            registry=registry,
+        )
         self._live_wall_seconds: dict[str, float] = dict.fromkeys(ROLES, 0.0)  # wall_seconds basis
         # Create every series up front: a counter that appears only on its first event would
         # make rate() and absent() blind to its start.
@@ -240,6 +269,11 @@ class GatewayMetrics:
         for reason in SHADOW_DROP_REASONS:
             self.shadow_dropped.labels(model, reason)
         self.shed.labels(model, "max_inflight")
+        self.state_store_up.labels(model).set(1)
+        self.fleet_replicas.labels(model).set(1)
+        self.state_store_fallbacks.labels(model, "remember")
+        for op in STORE_OPERATIONS:
+            self.state_store_errors.labels(model, op)
         self.loop_lag.labels(model)
         for reason in AUTH_FAILURE_REASONS:
             self.admin_auth_failures.labels(model, reason)

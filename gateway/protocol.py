@@ -68,12 +68,23 @@ class TrafficUpdate(StrictModel):
     student_share: float = Field(ge=0.0, le=1.0)
 
 
+class FleetTraffic(StrictModel):
+    student_share: float
+    generation: int
+
+
 class TrafficState(StrictModel):
     """What ``GET`` and ``PUT /admin/traffic`` answer: the share and its generation, which every
     change increments (the controller reads both back to confirm its own change)."""
 
     student_share: float
     generation: int
+    fleet: FleetTraffic | None = None
+    """In a fleet (state.url redis): the share and generation the store holds, last read."""
+    replica_id: str | None = None
+    """In a fleet: this replica's id in the registry."""
+    replicas: int | None = None
+    """In a fleet: live replicas, as this one last read the registry."""
 
 
 def _label_or_labels(value: Any) -> Any:

@@ -34,6 +34,11 @@ class TrafficSplit:
         self.generation += 1
         return self.generation
 
+    def apply(self, student_share: float, generation: int) -> None:
+        """A fleet's share, at the fleet's generation (``gateway.state.fleet``)."""
+        self.student_share = student_share
+        self.generation = generation
+
     def choose(self, routing_key: str | None, forced: str | None) -> Role:
         if forced is not None:
             if forced not in ROLES:

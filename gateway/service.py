@@ -40,6 +40,10 @@ from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
 from gateway.routing import TrafficSplit
 from gateway.shadow import ShadowComparer
 from gateway.signature import Signature, signature_mismatches
+from gateway.state.fleet import FleetMember
+from gateway.state.health import StoreHealth
+from gateway.state.predictions import FleetPredictions, LocalPredictions, Predictions
+from gateway.state.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 SHADOW_FLUSH_SECONDS = 2.0
@@ -138,12 +142,21 @@ class GatewayService:
             num_classes=self._logits.shape[-1],
             max_bytes=settings.feedback.max_bytes,
         )
+        # In this process; in the fleet's store once ``join_fleet`` has run (state.url redis).
+        self.predictions: Predictions = LocalPredictions(self.feedback)
+        self.fleet: FleetMember | None = None
+        self._store: RedisStore | None = None
         metrics.start_classes(self._logits.shape[-1])
-        metrics.feedback_pending.labels(self.model).set_function(lambda: len(self.feedback))
-        metrics.feedback_pending_bytes.labels(self.model).set_function(lambda: self.feedback.bytes)
+        pending = metrics.feedback_pending.labels(self.model)
+        pending.set_function(lambda: self.predictions.pending()[0])
+        pending_bytes = metrics.feedback_pending_bytes.labels(self.model)
+        pending_bytes.set_function(lambda: self.predictions.pending()[1])
         # A shadow answer joins the remembered prediction: its label then scores both backends.
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self._logits.name,
-                                     settings.shadow, on_answer=self.feedback.pair)  # fmt: skip
+                                     settings.shadow, on_answer=self._pair)  # fmt: skip
+
+    def _pair(self, request_id: str, other_classes: np.ndarray) -> None:
+        self.predictions.pair(request_id, other_classes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,13 +187,47 @@ class GatewayService:
             raise
         log.info("loaded %s", backends["teacher"].description)
         service = cls(settings, backends, metrics)
+        if settings.state.shared:
+            await service.join_fleet()
         if lazy_student:
             await service._try_loading_student()
         else:
             log.info("loaded %s", backends["student"].description)
         return service
 
+    async def join_fleet(self) -> None:
+        """Shares the share and the predictions with the other replicas through the store."""
+        state, metrics = self.settings.state, self._metrics
+        password = state.password.get_secret_value() if state.password else None
+        store = RedisStore(state.url, self.model, state.key_prefix, state.timeout_ms / 1000.0,
+                           password)  # fmt: skip
+        health = StoreHealth(metrics.state_store_up, metrics.state_store_errors, self.model)
+        classes = self._logits.shape[-1]
+        predictions = FleetPredictions(store, self.settings.feedback, classes, health,
+                                       metrics.state_store_fallbacks, self.model)  # fmt: skip
+        split = self.split
+
+        async def after_heartbeat() -> None:
+            metrics.fleet_replicas.labels(self.model).set(len(fleet.replicas))
+            await predictions.refresh_pending()
+
+        fleet = FleetMember(store, state, health, lambda: (split.student_share, split.generation),
+                            self._apply_fleet_share, after_heartbeat)  # fmt: skip
+        self._store, self.predictions, self.fleet = store, predictions, fleet
+        await fleet.join()
+        log.info("fleet %s: replica %s at %s, student share %.4g (generation %d)",
+                 store.url_for_humans, fleet.replica_id, fleet.advertise_url or "(no URL)",
+                 split.student_share, split.generation)  # fmt: skip
+
+    def _apply_fleet_share(self, share: float, generation: int) -> None:
+        previous = self.split.student_share
+        self.split.apply(share, generation)
+        self._metrics.set_share(share, generation)
+        log.info("student share %.4g -> %.4g (fleet generation %d)", previous, share, generation)
+
     def start_background(self) -> None:
+        if self.fleet is not None:
+            self.fleet.start()
         self.shadow.start()
         self._lag_watcher = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
         if not self._student_loaded:
@@ -205,6 +252,11 @@ class GatewayService:
         with contextlib.suppress(TimeoutError):  # the comparisons owed, within a bound
             await asyncio.wait_for(self.shadow.drain(), SHADOW_FLUSH_SECONDS)
         await self.shadow.stop()
+        if self.fleet is not None and self._store is not None:
+            await self.fleet.leave()
+            if isinstance(self.predictions, FleetPredictions):
+                await self.predictions.flush()
+            await self._store.close()
         await asyncio.gather(*(backend.close() for backend in self._backends.values()))
 
     async def _try_loading_student(self) -> bool:
@@ -245,6 +297,8 @@ class GatewayService:
 
     def start_draining(self) -> None:
         self.draining = True
+        if self.fleet is not None:
+            self.fleet.draining = True  # the controller stops waiting for it
 
     def check_model(self, model: str, version: str | None = None) -> None:
         """``version`` is None when the request names none: the spec lets the server choose."""
@@ -279,7 +333,8 @@ class GatewayService:
             )
             role = served_by
             self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
-            self.feedback.remember(request.id, role, outputs[self._logits.name].argmax(axis=-1))
+            await self.predictions.remember(request.id, role,
+                                            outputs[self._logits.name].argmax(axis=-1))  # fmt: skip
         except GatewayError as exc:
             self._count(exc.backend or served_by, exc.status_code, request)
             raise
@@ -379,15 +434,18 @@ class GatewayService:
     def count_auth_failure(self, reason: str) -> None:
         self._metrics.admin_auth_failures.labels(self.model, reason).inc()
 
-    def set_student_share(self, share: float) -> int:
+    async def set_student_share(self, share: float) -> int:
+        """On this replica, or (in a fleet) in the store, for every replica to apply."""
+        if self.fleet is not None:
+            return (await self.fleet.write_share(share)).generation
         previous = self.split.student_share
         generation = self.split.set_share(share)
         self._metrics.set_share(share, generation)
         log.info("student share %.4g -> %.4g (generation %d)", previous, share, generation)
         return generation
 
-    def record_feedback(self, feedback: Feedback) -> dict[str, object]:
-        scored = self.feedback.score(feedback.id, feedback.label)
+    async def record_feedback(self, feedback: Feedback) -> dict[str, object]:
+        scored = await self.predictions.score(feedback.id, feedback.label)
         metrics, model = self._metrics, self.model
         for true_class, (examples, right) in scored.by_class.items():
             label = str(true_class)

@@ -239,3 +239,33 @@ class PrometheusProcess(ManagedProcess):
         assert body["status"] == "success", body
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
+
+
+class RedisProcess(ManagedProcess):
+    """A real Redis (Debian's ``redis-server``) on a free loopback port, with no persistence: a
+    restart starts it empty, as a cache-like Redis in production may."""
+
+    def __init__(self, tmp_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = tmp_dir
+        self.log_path = tmp_dir / f"redis-{self.port}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    name = "Redis"
+
+    def command(self) -> list[str]:
+        return [
+            shutil.which("redis-server") or "redis-server",
+            "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False

@@ -1,0 +1,166 @@
+"""One replica's part in a fleet: it takes the fleet's share from the store, applies every change
+(published at once, and re-read at every heartbeat in case a message was missed), registers
+itself with a TTL, and counts the replicas it sees.
+
+The request path never waits for any of this: the share it routes by is in memory, applied here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from gateway.config import StateConfig
+from gateway.state.errors import StoreUnavailable
+from gateway.state.health import StoreHealth
+from gateway.state.redis_store import FleetShare, RedisStore
+
+log = logging.getLogger(__name__)
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class FleetMember:
+    def __init__(
+        self,
+        store: RedisStore,
+        config: StateConfig,
+        health: StoreHealth,
+        applied: Callable[[], tuple[float, int]],
+        apply: Callable[[float, int], None],
+        on_heartbeat: Callable[[], Any] | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._health = health
+        self._applied = applied
+        self._apply = apply
+        self._on_heartbeat = on_heartbeat
+        self.replica_id = config.replica_id or default_replica_id()
+        self.advertise_url = config.advertise_url or ""
+        self.fleet_share: FleetShare | None = None  # what the store held, last we read it
+        self.replicas: list[dict[str, Any]] = []  # the live registrations, last we read them
+        self._started = time.time()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.draining = False
+
+    async def join(self) -> None:
+        """Takes the fleet's share (the config's seeds an empty store). With the store down the
+        replica starts anyway, at its config's share, and converges when the store returns."""
+        share, generation = self._applied()
+        try:
+            await self._reconcile(seed=(share, max(generation, 1)))
+            await self._register()
+            self.replicas = await self._store.replicas()
+        except StoreUnavailable as exc:
+            self._health.failed("join", exc)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._listen(), name="fleet-share-listener"),
+                       asyncio.create_task(self._beat(), name="fleet-heartbeat")]  # fmt: skip
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(StoreUnavailable):  # else its registration expires by itself
+            await self._store.deregister(self.replica_id)
+
+    async def write_share(self, share: float) -> FleetShare:
+        """``PUT /admin/traffic``: the fleet's new share, applied here at once (the others hear
+        it published). Raises ``StoreUnavailable`` (503) when the store cannot take it."""
+        try:
+            written = await self._store.write_share(share)
+        except StoreUnavailable as exc:
+            self._health.failed("write_share", exc)
+            raise StoreUnavailable(
+                f"{exc.message}: the fleet's share was not changed; retry when it is back"
+            ) from exc
+        self._health.succeeded()
+        self.fleet_share = written
+        if written.generation > self._applied()[1]:
+            self._apply(written.share, written.generation)
+        await self._register_quietly()
+        return written
+
+    # -- background ----------------------------------------------------------------------------
+
+    async def _reconcile(self, seed: tuple[float, int] | None = None) -> None:
+        """Reads the fleet's share and applies it if it is not what this replica applies. An
+        empty store (a new one, or Redis restarted without its data) is seeded: with the
+        config's share at start-up, with the share applied here later (fail static)."""
+        fleet = await self._store.read_share()
+        if fleet is None:
+            share, generation = seed or self._applied()
+            fleet = await self._store.seed_share(share, max(generation, 1))
+            log.info("state store had no share: seeded it with %.4g (generation %d)",
+                     fleet.share, fleet.generation)  # fmt: skip
+        self._health.succeeded()
+        self.fleet_share = fleet
+        if (fleet.share, fleet.generation) != self._applied():
+            self._apply(fleet.share, fleet.generation)
+
+    async def _listen(self) -> None:
+        """Applies published changes as they come; on any error, subscribes again after a
+        heartbeat (the heartbeat's own re-read covers the gap)."""
+        while True:
+            pubsub = self._store.pubsub()
+            try:
+                await pubsub.subscribe(self._store.channel)
+                await self._reconcile()  # what changed while we were not subscribed
+                async for _ in pubsub.listen():
+                    await self._reconcile()
+                    await self._register()
+            except StoreUnavailable as exc:
+                self._health.failed("subscribe", exc)
+            except (RedisError, OSError) as exc:  # from the subscription itself
+                self._health.failed("subscribe", StoreUnavailable(
+                    f"state store {self._store.url_for_humans} unreachable (subscribe): "
+                    f"{type(exc).__name__}: {exc}"))  # fmt: skip
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(self._config.heartbeat_seconds)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.heartbeat_seconds)
+            try:
+                await self._reconcile()
+                await self._register()
+                self.replicas = await self._store.replicas()
+                if self._on_heartbeat is not None:
+                    await self._on_heartbeat()
+            except StoreUnavailable as exc:
+                self._health.failed("heartbeat", exc)
+
+    async def _register(self) -> None:
+        share, generation = self._applied()
+        record = {
+            "id": self.replica_id,
+            "url": self.advertise_url,
+            "student_share": share,
+            "generation": generation,
+            "pid": os.getpid(),
+            "started_at": self._started,
+            "heartbeat_at": time.time(),
+            "draining": self.draining,
+        }
+        await self._store.register(self.replica_id, record, self._config.replica_ttl_seconds)
+
+    async def _register_quietly(self) -> None:
+        try:
+            await self._register()
+        except StoreUnavailable as exc:
+            self._health.failed("register", exc)

@@ -1,0 +1,295 @@
+"""The fleet's state in Redis: one client, a few atomic scripts, and errors turned into
+``StoreUnavailable``.
+
+Keys, under ``<prefix>:<model>:``:
+- ``share``: hash {share, generation}; a change is published on channel ``share-changed``.
+- ``replica:<id>``: one replica's registration (JSON), expiring after the replica TTL; the set
+  ``replicas`` lists the ids, pruned of those whose registration expired.
+- ``p:<request id>``: a prediction awaiting its label, hash {b: backend, c: classes (int32
+  bytes), s: shape, o: the other backend's classes, l: labelled}; ``p-index`` orders them by
+  expiry, ``p-size`` and ``p-bytes`` charge them against ``feedback.max_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.state.errors import StoreUnavailable
+
+T = TypeVar("T")
+CLASSES_DTYPE = np.dtype("<i4")
+ENTRY_OVERHEAD = 160
+"""Bytes a prediction costs in Redis beyond its id and classes (hash, index and size entries)."""
+
+_SET_SHARE = """
+local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+redis.call('HSET', KEYS[1], 'share', ARGV[1])
+redis.call('PUBLISH', KEYS[2], generation)
+return generation
+"""
+_SEED_SHARE = """
+if redis.call('HSETNX', KEYS[1], 'share', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'generation', ARGV[2])
+end
+return redis.call('HMGET', KEYS[1], 'share', 'generation')
+"""
+# ARGV: prefix, now (ms), ttl (ms), max entries, max bytes, then (id, backend, classes, shape)*.
+_REMEMBER = """
+local p = ARGV[1]
+local index, sizes, total = p .. 'p-index', p .. 'p-size', p .. 'p-bytes'
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local function forget(id)
+  redis.call('DEL', p .. 'p:' .. id)
+  redis.call('DECRBY', total, tonumber(redis.call('HGET', sizes, id) or '0'))
+  redis.call('HDEL', sizes, id)
+  redis.call('ZREM', index, id)
+end
+for i = 6, #ARGV, 4 do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', index, id) then forget(id) end
+  local key = p .. 'p:' .. id
+  redis.call('HSET', key, 'b', ARGV[i + 1], 'c', ARGV[i + 2], 's', ARGV[i + 3])
+  redis.call('PEXPIRE', key, ttl)
+  local size = #id + #ARGV[i + 2] + ENTRY_OVERHEAD
+  redis.call('ZADD', index, now + ttl, id)
+  redis.call('HSET', sizes, id, size)
+  redis.call('INCRBY', total, size)
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 256)) do
+  forget(id)
+end
+local max_entries, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+while redis.call('ZCARD', index) > max_entries
+    or tonumber(redis.call('GET', total) or '0') > max_bytes do
+  local oldest = redis.call('ZRANGE', index, 0, 0)[1]
+  if not oldest then break end
+  forget(oldest)
+end
+return redis.call('ZCARD', index)
+""".replace("ENTRY_OVERHEAD", str(ENTRY_OVERHEAD))
+# KEYS: the prediction; ARGV: the other backend's classes, its shape. 1 when kept.
+_PAIR = """
+local found = redis.call('HMGET', KEYS[1], 's', 'l', 'o')
+if not found[1] or found[2] or found[3] or found[1] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'o', ARGV[1])
+return 1
+"""
+# KEYS: the prediction; ARGV: the labels' shape. Marks it labelled, atomically: of two replicas
+# given the same label at once, one gets 'ok' and the other 'labelled'.
+_LABEL = """
+local found = redis.call('HMGET', KEYS[1], 'b', 'c', 's', 'o', 'l')
+if not found[1] then return {'missing'} end
+if found[5] then return {'labelled'} end
+if found[3] ~= ARGV[1] then return {'shape', found[3]} end
+redis.call('HSET', KEYS[1], 'l', '1')
+return {'ok', found[1], found[2], found[4] or ''}
+"""
+
+
+@dataclass(frozen=True)
+class FleetShare:
+    share: float
+    generation: int
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A prediction to remember."""
+
+    request_id: str
+    backend: str
+    classes: np.ndarray
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """What the store held for a request whose label just arrived."""
+
+    outcome: str  # ok, missing, labelled, shape
+    backend: str = ""
+    classes: np.ndarray | None = None
+    other: np.ndarray | None = None
+    shape: str = ""
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return ",".join(map(str, shape))
+
+
+def _classes(raw: bytes, shape: str) -> np.ndarray:
+    dims = tuple(int(d) for d in shape.split(",")) if shape else ()
+    return np.frombuffer(raw, dtype=CLASSES_DTYPE).astype(np.int64).reshape(dims)
+
+
+class RedisStore:
+    """Every call raises ``StoreUnavailable`` when Redis does not answer within the timeout."""
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        prefix: str,
+        timeout_seconds: float,
+        password: str | None = None,
+    ) -> None:
+        self.url = url
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            password=password,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            health_check_interval=0,
+        )
+        self._prefix = f"{prefix}:{model}:"
+        self.share_key = self._prefix + "share"
+        self.channel = self._prefix + "share-changed"
+        self._replicas = self._prefix + "replicas"
+        self._set_share = self._client.register_script(_SET_SHARE)
+        self._seed_share = self._client.register_script(_SEED_SHARE)
+        self._remember = self._client.register_script(_REMEMBER)
+        self._pair = self._client.register_script(_PAIR)
+        self._label = self._client.register_script(_LABEL)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(
+                f"state store {self.url_for_humans} unreachable ({what}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    @property
+    def url_for_humans(self) -> str:
+        """The URL without its password."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    async def ping(self) -> None:
+        await self._call("ping", self._client.ping)
+
+    # -- the share ---------------------------------------------------------------------------
+
+    async def read_share(self) -> FleetShare | None:
+        values = await self._call(
+            "read_share", lambda: self._client.hmget(self.share_key, "share", "generation")
+        )
+        if values[0] is None:
+            return None
+        return FleetShare(float(values[0]), int(values[1] or 0))
+
+    async def seed_share(self, share: float, generation: int) -> FleetShare:
+        """The fleet's share; ``share`` at ``generation`` when the store had none."""
+        values = await self._call("seed_share", lambda: self._seed_share(
+            keys=[self.share_key], args=[repr(share), generation]))  # fmt: skip
+        return FleetShare(float(values[0]), int(values[1]))
+
+    async def write_share(self, share: float) -> FleetShare:
+        generation = await self._call("write_share", lambda: self._set_share(
+            keys=[self.share_key, self.channel], args=[repr(share)]))  # fmt: skip
+        return FleetShare(share, int(generation))
+
+    def pubsub(self) -> aioredis.client.PubSub:
+        return self._client.pubsub(ignore_subscribe_messages=True)
+
+    # -- the replica registry -----------------------------------------------------------------
+
+    async def register(self, replica_id: str, record: dict[str, Any], ttl_seconds: float) -> None:
+        async def write() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self._prefix + "replica:" + replica_id, json.dumps(record),
+                         px=int(ttl_seconds * 1000))  # fmt: skip
+                pipe.sadd(self._replicas, replica_id)
+                await pipe.execute()
+
+        await self._call("register", write)
+
+    async def deregister(self, replica_id: str) -> None:
+        async def remove() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.delete(self._prefix + "replica:" + replica_id)
+                pipe.srem(self._replicas, replica_id)
+                await pipe.execute()
+
+        await self._call("deregister", remove)
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        """The live replicas' registrations; expired ones are pruned from the id set."""
+
+        async def read() -> list[dict[str, Any]]:
+            members = await self._client.smembers(self._replicas)
+            ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+            if not ids:
+                return []
+            records = await self._client.mget([self._prefix + "replica:" + i for i in ids])
+            gone = [i for i, record in zip(ids, records, strict=True) if record is None]
+            if gone:
+                await self._client.srem(self._replicas, *gone)
+            return [json.loads(record) for record in records if record is not None]
+
+        return await self._call("replicas", read)
+
+    # -- predictions awaiting labels ----------------------------------------------------------
+
+    async def remember(
+        self,
+        pending: Sequence[Pending],
+        pairs: Sequence[tuple[str, np.ndarray]],
+        ttl_seconds: float,
+        max_entries: int,
+        max_bytes: int,
+        now_ms: int,
+    ) -> int:
+        """One round trip for every prediction (and shadow answer) of an event-loop turn; the
+        number of predictions now waiting."""
+        args: list[Any] = [self._prefix, now_ms, int(ttl_seconds * 1000), max_entries, max_bytes]
+        for item in pending:
+            classes = item.classes.astype(CLASSES_DTYPE).tobytes()
+            args += [item.request_id, item.backend, classes, shape_text(item.classes.shape)]
+
+        async def write() -> int:
+            async with self._client.pipeline(transaction=False) as pipe:
+                if pending:
+                    await self._remember(keys=[], args=args, client=pipe)
+                for request_id, classes in pairs:
+                    await self._pair(keys=[self._prefix + "p:" + request_id],
+                               args=[classes.astype(CLASSES_DTYPE).tobytes(),
+                                     shape_text(classes.shape)], client=pipe)  # fmt: skip
+                results = await pipe.execute()
+            return int(results[0]) if pending else -1
+
+        return await self._call("remember", write)
+
+    async def take_for_label(self, request_id: str, shape: Sequence[int]) -> Labelled:
+        found = await self._call("label", lambda: self._label(
+            keys=[self._prefix + "p:" + request_id], args=[shape_text(shape)]))  # fmt: skip
+        outcome = found[0].decode()
+        if outcome == "shape":
+            return Labelled(outcome, shape=found[1].decode())
+        if outcome != "ok":
+            return Labelled(outcome)
+        shape_str = shape_text(shape)
+        other = _classes(found[3], shape_str) if found[3] else None
+        return Labelled(outcome, found[1].decode(), _classes(found[2], shape_str), other)
+
+    async def pending_count(self) -> tuple[int, int]:
+        """Predictions waiting, and the bytes they are charged."""
+
+        async def read() -> tuple[int, int]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._prefix + "p-index")
+                pipe.get(self._prefix + "p-bytes")
+                count, size = await pipe.execute()
+            return int(count), int(size or 0)
+
+        return await self._call("pending", read)
