@@ -38,11 +38,13 @@ from gateway.errors import GatewayError
 from gateway.grpc_server import PortUnavailable, attach, create_grpc_server
 from gateway.metrics import GatewayMetrics
 from gateway.service import GatewayService
+from gateway.workers import inherited_sockets, supervise
 
 log = logging.getLogger("gateway")
 EXIT_BAD_CONFIG = 2
 EXIT_PORT_UNAVAILABLE = 3  # uvicorn's own code for a failed bind, kept
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # ours and uvicorn's lines alike
+WORKER_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 def serve(
@@ -56,27 +58,45 @@ def serve(
     grpc_port: Annotated[
         int | None, typer.Option(help="Serve gRPC on this port too (config grpc.port; 0: off).")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes serving the same ports; above 1 needs state.url "
+            "redis://... (they share the share and the predictions through it).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve one logical model over the Open Inference Protocol, split between teacher and
     student."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    inherited = inherited_sockets()
+    logging.basicConfig(level=log_level.upper(), format=WORKER_LOG_FORMAT if inherited or
+                        workers > 1 else LOG_FORMAT)  # fmt: skip
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         print(f"distill-gateway: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_CONFIG) from None
+    if workers > 1 and inherited is None and not settings.state.shared:
+        print(f"distill-gateway: --workers {workers} needs a state store the workers share: set "
+              "state.url (DISTILL_GATEWAY_STATE__URL) to redis://host:port/db; with "
+              "state.url: memory each worker would have a share and predictions of its own",
+              file=sys.stderr)  # fmt: skip
+        raise typer.Exit(EXIT_BAD_CONFIG)
     if grpc_port is not None:
         settings.grpc.port = grpc_port
     listeners = _listeners(settings, host, port)
     if settings.state.shared and not settings.state.advertise_url:
         settings.state.advertise_url = _advertised(listeners, host, port)
     try:  # before the models load: a port in use is found in a second, not after the warm-up
-        sockets = {address: _bind(address) for address in listeners}
-        if settings.grpc.port:  # probed here for one clear line; gRPC binds it itself
+        sockets = inherited or {address: _bind(address) for address in listeners}
+        if settings.grpc.port and inherited is None:  # one clear line; gRPC binds it itself
             _bind((settings.grpc.host or host, settings.grpc.port)).close()
     except OSError as exc:
         print(f"distill-gateway: {exc}", file=sys.stderr)
         raise typer.Exit(EXIT_PORT_UNAVAILABLE) from None
+    if workers > 1 and inherited is None:
+        raise typer.Exit(supervise(workers, sockets))
     try:
         _run(_serve(settings, listeners, sockets, (host, port), log_level, access_log))
     except PortUnavailable as exc:
@@ -113,13 +133,15 @@ async def _serve(
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     grpc_server, grpc_host = None, settings.grpc.host or main[0]
     if settings.grpc.port:  # bound first: a port in use is found before the models load
-        grpc_server = create_grpc_server(grpc_host, settings.grpc.port,
-                                         settings.max_request_bytes, settings.tls)  # fmt: skip
+        is_worker = inherited_sockets() is not None  # workers share the port
+        grpc_server = create_grpc_server(grpc_host, settings.grpc.port, settings.max_request_bytes,
+                                         settings.tls, shared=is_worker)  # fmt: skip
     grace = settings.shutdown.grace_seconds
     registry = CollectorRegistry()
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
     metrics = GatewayMetrics(registry, settings.model, costs)
     service = await GatewayService.start(settings, metrics)
+    exposed = metrics.exposition_registry()
     # Everything made so far (modules, models, settings: ~90,000 objects) lives as long as the
     # process: moved out of the collector's reach, full collections stop walking it on the
     # request path (they were the p99 tail: 64 ms -> 21 ms in issue 9's measurement).
@@ -129,7 +151,7 @@ async def _serve(
         log.warning("DISTILL_GATEWAY_ADMIN_TOKEN is not set: the admin API answers 403")
 
     def config(address: tuple[str, int]) -> uvicorn.Config:
-        app = create_app(service, registry, settings.admin_token, listeners[address])
+        app = create_app(service, exposed, settings.admin_token, listeners[address])
         # log_config None: uvicorn's loggers go through ours (one format), at our level
         return uvicorn.Config(app, host=address[0], port=address[1], log_level=log_level,
                               log_config=None, access_log=access_log,

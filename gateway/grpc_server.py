@@ -192,7 +192,11 @@ class PortUnavailable(OSError):
 
 
 def create_grpc_server(
-    host: str, port: int, max_message_bytes: int, tls: ServerTlsConfig | None = None
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    tls: ServerTlsConfig | None = None,
+    shared: bool = False,
 ) -> grpc.aio.Server:
     """The server, its port bound (so a port in use is found before the models load), over TLS
     when ``tls`` names a certificate; the servicers are added with ``attach`` once the service
@@ -201,7 +205,8 @@ def create_grpc_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+            # A port in use is an error, unless the workers of one --workers group share it
+            ("grpc.so_reuseport", int(shared)),
         ]
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -6,6 +6,8 @@ Metrics live on a registry passed in, so every gateway (and every test) has its 
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway import metric_names as names
@@ -51,6 +54,12 @@ STORE_OPERATIONS = ("join", "subscribe", "heartbeat", "register", "write_share",
                     "label")  # fmt: skip
 
 
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+"""``distill-gateway --workers N`` sets it for its workers: every metric then lives in a file per
+process, and ``/metrics`` from any worker reports the group (prometheus-client's multiprocess
+mode). It has to be set before prometheus-client is imported, hence read once, here."""
+
+
 def add_standard_collectors(registry: CollectorRegistry) -> None:
     """process_* (CPU, RSS, open files), python_info and python_gc_*: what every Prometheus user
     expects, and what a registry of one's own does not have until asked."""
@@ -62,7 +71,10 @@ def add_standard_collectors(registry: CollectorRegistry) -> None:
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry, model: str, cost_per_hour: dict[str, float]):
         self.model = model
-        add_standard_collectors(registry)
+        if not MULTIPROCESS:  # process_* and python_gc_* describe one process, not a group
+            add_standard_collectors(registry)
+        self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
+        self._mirror: _Mirror | None = None
         self._cost_per_second = {role: cost / 3600.0 for role, cost in cost_per_hour.items()}
         m = ["model"]
         mb = ["model", "backend"]
@@ -93,12 +105,14 @@ class GatewayMetrics:
             "gateway_traffic_share",
             "Share of requests routed to each backend (0..1).",
             mb,
+            multiprocess_mode="livemostrecent",
             registry=registry,
         )
         self.traffic_generation = Gauge(
             "gateway_traffic_generation",
             "Increments on every change of the traffic split.",
             m,
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self.shadow_comparisons = Counter(
@@ -171,6 +185,7 @@ class GatewayMetrics:
             "gateway_backend_up",
             "1 when the backend is ready and its circuit is not open.",
             mb,
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self._registry = registry
@@ -179,12 +194,14 @@ class GatewayMetrics:
             "1 while a backend that appeared later (a Triton student) is refused because its "
             "signature differs from the teacher's.",
             mb,
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.circuit_state = Gauge(
             "gateway_circuit_state",
             "1 for each backend's current circuit-breaker state.",
             [*mb, "state"],
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.shed = Counter(
@@ -198,12 +215,14 @@ class GatewayMetrics:
             "gateway_inflight_requests",
             "Inference requests being processed now (HTTP and gRPC).",
             m,
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.max_inflight = Gauge(
             "gateway_max_inflight_requests",
             "overload.max_inflight: more requests than this at once are shed.",
             m,
+            multiprocess_mode="livesum",
             registry=registry,
         )
         self.feedback_pending = Gauge(
@@ -211,12 +230,14 @@ class GatewayMetrics:
             "Predictions remembered and waiting for their label (bounded by feedback.max_entries, "
             "feedback.max_bytes and feedback.ttl_seconds).",
             m,
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.feedback_pending_bytes = Gauge(
             "gateway_feedback_pending_bytes",
             "What those predictions are charged against feedback.max_bytes.",
             m,
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self.loop_lag = Histogram(
@@ -239,6 +260,7 @@ class GatewayMetrics:
             "1 while the state store (state.url) answers; 0 while it does not, and the replica "
             "serves at its last applied share. Always 1 for state.url: memory.",
             m,
+            multiprocess_mode="livemin",
             registry=registry,
         )
         self.state_store_errors = Counter(
@@ -259,6 +281,7 @@ class GatewayMetrics:
             "Live replicas in the fleet's registry as this replica last read it (1 for "
             "state.url: memory).",
             m,
+            multiprocess_mode="livemax",
             registry=registry,
         )
         self._live_wall_seconds: dict[str, float] = dict.fromkeys(ROLES, 0.0)  # wall_seconds basis
@@ -310,15 +333,48 @@ class GatewayMetrics:
         # cpu_seconds only where the backend measures its CPU; a Triton backend stays on wall time
         bases = {role: "cpu_seconds" if cost.model == "cpu_seconds" and backend.measures_cpu
                  else "wall_seconds" for role, backend in backends.items()}  # fmt: skip
-        self._registry.register(_BackendAccounting(self, backends, bases,
-                                                   cost.price_per_core_hour / 3600.0))  # fmt: skip
+        accounting = _BackendAccounting(self, backends, bases, cost.price_per_core_hour / 3600.0)
+        if MULTIPROCESS:
+            self._mirror = _Mirror(accounting)
+        else:
+            self._registry.register(accounting)
         for role, backend in backends.items():
             breaker = breakers[role]
-            self.backend_up.labels(self.model, role).set_function(_is_up(backend, breaker))
+            self.watch(self.backend_up.labels(self.model, role), _is_up(backend, breaker))
             for state in CircuitState:
-                self.circuit_state.labels(self.model, role, state.value).set_function(
-                    _is_in(breaker, state)
-                )
+                self.watch(self.circuit_state.labels(self.model, role, state.value),
+                           _is_in(breaker, state))  # fmt: skip
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """A gauge (a labelled child) whose value is ``read()`` at scrape time; in multiprocess
+        mode, written by ``sample`` instead (a function cannot be read from another process)."""
+        if MULTIPROCESS:
+            self._sampled.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def sample(self) -> None:
+        """Multiprocess mode: writes this process's read-at-scrape-time values where the other
+        workers' ``/metrics`` can read them (every second, and before answering a scrape)."""
+        for gauge, read in self._sampled:
+            gauge.set(read())
+        if self._mirror is not None:
+            self._mirror.copy()
+
+    async def sample_forever(self, interval: float = 1.0) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(interval)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` serves: this registry, or in multiprocess mode every worker's files
+        (this one's sampled first)."""
+        if not MULTIPROCESS:
+            return self._registry
+        group = CollectorRegistry()
+        group.register(_SampleFirst(self))
+        MultiProcessCollector(group)  # type: ignore[no-untyped-call]
+        return group
 
     def count_fallback(self, from_backend: str, to_backend: str, reason: str) -> None:
         self.fallbacks.labels(self.model, from_backend, to_backend, reason).inc()
@@ -418,6 +474,55 @@ class _BackendAccounting(Collector):
                 dollars = self._metrics.live_wall_dollars(role)
             cost.add_metric([model, role, basis], dollars)
         yield from (abandoned, abandoned_running, cpu, memory, remote, cost)
+
+
+class _SampleFirst(Collector):
+    """Registered ahead of the multiprocess collector: this worker's sampled values are fresh."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        self._metrics.sample()
+        return iter(())
+
+
+class _Mirror:
+    """Multiprocess mode: copies a collector's values into metrics that live in files, so every
+    worker's are summed: counters by their increase since the last copy, gauges as they are
+    (summed over live workers)."""
+
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+        self._metrics: dict[str, Counter | Gauge] = {}
+        self._copied: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def copy(self) -> None:
+        for family in self._collector.collect():
+            for sample in family.samples:
+                if family.type == "counter" and not sample.name.endswith("_total"):
+                    continue
+                metric = self._metric(family, list(sample.labels))
+                child = metric.labels(**sample.labels)
+                if isinstance(child, Counter):
+                    key = (family.name, tuple(sample.labels.values()))
+                    increase = sample.value - self._copied.get(key, 0.0)
+                    if increase > 0:
+                        child.inc(increase)
+                        self._copied[key] = sample.value
+                else:
+                    child.set(sample.value)
+
+    def _metric(self, family: Metric, labels: list[str]) -> Counter | Gauge:
+        metric = self._metrics.get(family.name)
+        if metric is None:  # registry=None: the files are what is read, not a registry
+            if family.type == "counter":
+                metric = Counter(family.name, family.documentation, labels, registry=None)
+            else:
+                metric = Gauge(family.name, family.documentation, labels, registry=None,
+                               multiprocess_mode="livesum")  # fmt: skip
+            self._metrics[family.name] = metric
+        return metric
 
 
 def _is_up(backend: Backend, breaker: CircuitBreaker) -> Callable[[], float]:

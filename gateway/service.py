@@ -32,7 +32,7 @@ from gateway.errors import (
     Overloaded,
 )
 from gateway.feedback import FeedbackStore
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import MULTIPROCESS, GatewayMetrics
 from gateway.overload import Admission, default_max_inflight
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker
@@ -130,11 +130,12 @@ class GatewayService:
         limit = overload.max_inflight or default_max_inflight(settings)
         self._admission = Admission(limit, overload.retry_after_seconds)
         metrics.max_inflight.labels(self.model).set(limit)
-        metrics.inflight.labels(self.model).set_function(lambda: self._admission.inflight)
+        metrics.watch(metrics.inflight.labels(self.model), lambda: self._admission.inflight)
         self.draining = False  # set on SIGTERM: readiness turns false, serving goes on
         self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
         self._lag_watcher: asyncio.Task[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self._student_refused = False
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
@@ -147,10 +148,10 @@ class GatewayService:
         self.fleet: FleetMember | None = None
         self._store: RedisStore | None = None
         metrics.start_classes(self._logits.shape[-1])
-        pending = metrics.feedback_pending.labels(self.model)
-        pending.set_function(lambda: self.predictions.pending()[0])
-        pending_bytes = metrics.feedback_pending_bytes.labels(self.model)
-        pending_bytes.set_function(lambda: self.predictions.pending()[1])
+        metrics.watch(metrics.feedback_pending.labels(self.model),
+                      lambda: self.predictions.pending()[0])  # fmt: skip
+        metrics.watch(metrics.feedback_pending_bytes.labels(self.model),
+                      lambda: self.predictions.pending()[1])  # fmt: skip
         # A shadow answer joins the remembered prediction: its label then scores both backends.
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self._logits.name,
                                      settings.shadow, on_answer=self._pair)  # fmt: skip
@@ -230,6 +231,8 @@ class GatewayService:
             self.fleet.start()
         self.shadow.start()
         self._lag_watcher = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
+        if MULTIPROCESS:
+            self._sampler = asyncio.create_task(self._metrics.sample_forever(), name="sampler")
         if not self._student_loaded:
             self._student_loader = asyncio.create_task(
                 self._load_student_when_it_appears(), name="load-student"
@@ -244,7 +247,7 @@ class GatewayService:
             histogram.observe(max(0.0, loop.time() - due))
 
     async def close(self) -> None:
-        for task in (self._lag_watcher, self._student_loader):
+        for task in (self._lag_watcher, self._student_loader, self._sampler):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,101 @@
+"""``distill-gateway --workers N``: N processes serving the same ports.
+
+The parent binds the listeners (so a port in use is one clear line, before any model loads),
+then starts N workers (fresh interpreters running the same command) that inherit the bound
+sockets, and only supervises: it passes SIGTERM and SIGINT on, and when one worker exits on its
+own (a crash, a failed start) it stops the others and exits with that worker's code, so that
+Kubernetes restarts the pod whole. The workers share the share and the predictions through the
+state store, and their metrics through prometheus-client's multiprocess files: ``/metrics`` from
+any of them reports the group once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from prometheus_client import multiprocess
+
+log = logging.getLogger("gateway")
+INHERITED = "_DISTILL_GATEWAY_WORKER_SOCKETS"
+"""How a worker learns its listeners' file descriptors: ``host|port|fd`` joined by commas."""
+STOP_SECONDS = 60.0
+"""How long the workers may take to stop (they drain and finish requests) before SIGKILL."""
+
+
+def inherited_sockets() -> dict[tuple[str, int], socket.socket] | None:
+    """In a worker: the listeners its parent bound; None in a process started by hand."""
+    value = os.environ.get(INHERITED)
+    if not value:
+        return None
+    sockets = {}
+    for item in value.split(","):
+        host, port, fd = item.rsplit("|", 2)
+        sockets[(host, int(port))] = socket.socket(fileno=int(fd))
+    return sockets
+
+
+def supervise(workers: int, sockets: dict[tuple[str, int], socket.socket]) -> int:
+    """Runs ``workers`` copies of this command on ``sockets``; returns the exit code."""
+    metrics_dir = Path(tempfile.mkdtemp(prefix="distill-gateway-metrics-"))
+    environment = {
+        **os.environ,
+        INHERITED: ",".join(f"{h}|{p}|{s.fileno()}" for (h, p), s in sockets.items()),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    command = [sys.executable, "-c", "from gateway.cli import main; main()", *sys.argv[1:]]
+    fds = tuple(s.fileno() for s in sockets.values())
+    children = [subprocess.Popen(command, env=environment, pass_fds=fds) for _ in range(workers)]
+    log.info("started %d workers (pids %s)", workers, ", ".join(str(c.pid) for c in children))
+    stopping = False
+
+    def pass_on(number: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(number)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = _wait_for_the_first(children)
+        if not stopping:
+            log.error("worker %d exited with %d: stopping the others",
+                      next(c.pid for c in children if c.returncode is not None), code)  # fmt: skip
+            pass_on(signal.SIGTERM, None)
+        code = max(code, _wait_for_all(children))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for child in children:
+            multiprocess.mark_process_dead(child.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return code
+
+
+def _wait_for_the_first(children: list[subprocess.Popen[bytes]]) -> int:
+    while True:
+        for child in children:
+            if child.poll() is not None:
+                return child.returncode
+        time.sleep(0.2)
+
+
+def _wait_for_all(children: list[subprocess.Popen[bytes]]) -> int:
+    deadline = time.monotonic() + STOP_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return max(max(child.returncode, 0) for child in children)
