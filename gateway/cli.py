@@ -38,7 +38,7 @@ from gateway.errors import GatewayError
 from gateway.grpc_server import PortUnavailable, attach, create_grpc_server
 from gateway.metrics import GatewayMetrics
 from gateway.service import GatewayService
-from gateway.workers import inherited_sockets, supervise
+from gateway.workers import inherited_sockets, is_worker, supervise
 
 log = logging.getLogger("gateway")
 EXIT_BAD_CONFIG = 2
@@ -133,9 +133,8 @@ async def _serve(
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     grpc_server, grpc_host = None, settings.grpc.host or main[0]
     if settings.grpc.port:  # bound first: a port in use is found before the models load
-        is_worker = inherited_sockets() is not None  # workers share the port
         grpc_server = create_grpc_server(grpc_host, settings.grpc.port, settings.max_request_bytes,
-                                         settings.tls, shared=is_worker)  # fmt: skip
+                                         settings.tls, shared=is_worker())  # fmt: skip
     grace = settings.shutdown.grace_seconds
     registry = CollectorRegistry()
     costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}

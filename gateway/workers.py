@@ -32,8 +32,14 @@ STOP_SECONDS = 60.0
 """How long the workers may take to stop (they drain and finish requests) before SIGKILL."""
 
 
+def is_worker() -> bool:
+    """Whether this process is one of a ``--workers`` group (the ports are shared)."""
+    return bool(os.environ.get(INHERITED))
+
+
 def inherited_sockets() -> dict[tuple[str, int], socket.socket] | None:
-    """In a worker: the listeners its parent bound; None in a process started by hand."""
+    """In a worker: the listeners its parent bound (call once: the sockets own the descriptors);
+    None in a process started by hand."""
     value = os.environ.get(INHERITED)
     if not value:
         return None
