@@ -1,0 +1,287 @@
+"""Fleet mode against a real Redis (Debian's redis-server) and real gateway processes: one share
+for every replica, labels joined wherever they land, the store failing without the gateways
+failing, and ``--workers``."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from controller.local.processes import RedisProcess
+from models.data import Split
+from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_total, wait_until
+
+pytestmark = pytest.mark.e2e
+
+StartReplica = Callable[..., TestGateway]
+FLEET_APPLIES_WITHIN = 1.0  # seconds: the issue's bound for every replica to apply a PUT
+CLIENT = httpx.Client(timeout=10)  # one connection pool: a new client per call costs ~40 ms
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_the_client() -> Iterator[None]:
+    yield
+    CLIENT.close()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet(
+    redis: RedisProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., TestGateway]]:
+    """Starts replicas sharing ``redis`` under a key prefix of this test's own."""
+    started: list[TestGateway] = []
+    prefix = f"test-{request.node.name}"[:60].replace("[", "-").replace("]", "")
+
+    def start(share: float = 0.0, **config: Any) -> TestGateway:
+        settings = {
+            "state": {"url": redis.url, "key_prefix": prefix, "heartbeat_seconds": 0.5,
+                      "replica_ttl_seconds": 2.0},
+            "traffic": {"student_share": share},
+            "shadow": {"sample_rate": 0.0},
+            **config,
+        }  # fmt: skip
+        replica = TestGateway(tmp_path, settings).start()
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        replica.stop()
+
+
+def traffic(replica: TestGateway) -> dict[str, Any]:
+    result: dict[str, Any] = CLIENT.get(f"{replica.url}/admin/traffic").json()
+    return result
+
+
+def infer(url: str, request_id: str, rows: np.ndarray) -> httpx.Response:
+    body = {
+        "id": request_id,
+        "inputs": [{"name": "pixels", "shape": list(rows.shape), "datatype": "FP32",
+                    "data": rows.ravel().tolist()}],
+    }  # fmt: skip
+    return CLIENT.post(f"{url}/v2/models/digits/infer", json=body)
+
+
+def label(url: str, request_id: str, classes: int | list[int]) -> httpx.Response:
+    return CLIENT.post(f"{url}/v2/models/digits/feedback", json={"id": request_id,
+                       "label": classes})  # fmt: skip
+
+
+def test_a_share_put_on_one_replica_is_applied_by_all_within_a_second(fleet: StartReplica) -> None:
+    replicas = [fleet() for _ in range(3)]
+    written = replicas[1].set_share(0.25)
+    assert written["fleet"] == {"student_share": 0.25, "generation": written["generation"]}
+    put_at = time.monotonic()
+    wait_until(lambda: all(traffic(r)["student_share"] == 0.25 for r in replicas),
+               FLEET_APPLIES_WITHIN, "every replica to apply the share")  # fmt: skip
+    took = time.monotonic() - put_at
+    states = [traffic(r) for r in replicas]
+    assert {s["generation"] for s in states} == {written["generation"]}
+    assert len({s["replica_id"] for s in states}) == 3
+    assert all(s["replicas"] == 3 for s in states) or took < 1.0
+    print(f"applied by 3 replicas {took * 1000:.0f} ms after the PUT answered")
+
+
+def test_restarted_and_new_replicas_take_the_fleets_share_not_their_configs(
+    fleet: StartReplica,
+) -> None:
+    first, second = fleet(share=0.0), fleet(share=0.0)
+    first.set_share(0.5)
+    wait_until(lambda: traffic(second)["student_share"] == 0.5, 5, "the share to spread")
+    second.stop()
+    second.start()  # its config still says 0
+    newcomer = fleet(share=0.9)  # its config says 0.9: it only seeds an empty store
+    for replica in (second, newcomer):
+        state = traffic(replica)
+        assert state["student_share"] == 0.5, state
+        assert state["fleet"]["student_share"] == 0.5
+    # and what it serves follows: about half of 400 requests go to the student
+    served = [infer(newcomer.url, f"n{i}", np.zeros((1, 64), np.float32)).headers.get(
+        "x-served-by") for i in range(400)]  # fmt: skip
+    assert 140 < served.count("student") < 260, served.count("student")
+
+
+def test_labels_posted_to_other_replicas_join_their_predictions_once(
+    fleet: StartReplica, test_split: Split
+) -> None:
+    replicas = [fleet(share=0.5) for _ in range(3)]
+    rows, labels = test_split.x[:300], test_split.y[:300]
+    for i in range(300):
+        response = infer(replicas[i % 3].url, f"fleet-{i}", rows[i : i + 1])
+        assert response.status_code == 200, response.text
+    for i in range(300):  # every label to another replica than the one that answered
+        response = label(replicas[(i + 1) % 3].url, f"fleet-{i}", int(labels[i]))
+        assert response.status_code == 200, response.text
+    counted = sum(replica.total("gateway_feedback_total") for replica in replicas)
+    assert counted == 300
+    again = label(replicas[2].url, "fleet-7", int(labels[7]))
+    assert again.status_code == 409, again.text
+
+
+def test_a_label_posted_to_two_replicas_at_once_is_counted_once(fleet: StartReplica) -> None:
+    one, two = fleet(), fleet()
+    row = np.zeros((1, 64), np.float32)
+    outcomes = []
+    for i in range(30):
+        assert infer(one.url, f"race-{i}", row).status_code == 200
+        barrier = threading.Barrier(2)
+
+        def post(
+            replica: TestGateway,
+            request_id: str = f"race-{i}",
+            barrier: threading.Barrier = barrier,
+        ) -> int:
+            barrier.wait()
+            return label(replica.url, request_id, 3).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            outcomes.append(sorted(pool.map(post, (one, two))))
+    assert outcomes == [[200, 409]] * 30
+    counted = one.total("gateway_feedback_total") + two.total(
+        "gateway_feedback_total")  # fmt: skip
+    assert counted == 30
+
+
+def test_redis_killed_under_load_fails_no_request_and_the_fleet_recovers(
+    fleet: StartReplica, redis: RedisProcess
+) -> None:
+    replicas = [fleet(), fleet()]
+    replicas[0].set_share(0.3)
+    wait_until(lambda: all(traffic(r)["student_share"] == 0.3 for r in replicas), 5, "the share")
+    stop = threading.Event()
+    failures: list[str] = []
+    answered = [0]  # requests answered so far, by all four clients
+
+    def client(worker: int) -> None:
+        row = np.zeros((1, 64), np.float32)
+        with httpx.Client(timeout=10) as session:
+            n = 0
+            while not stop.is_set():
+                url = replicas[(worker + n) % 2].url
+                response = session.post(f"{url}/v2/models/digits/infer", json={
+                    "id": f"load-{worker}-{n}", "inputs": [{"name": "pixels", "shape": [1, 64],
+                    "datatype": "FP32", "data": row.ravel().tolist()}]})  # fmt: skip
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                n += 1
+                answered[0] += 1
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: answered[0] >= 100, 30, "load to build up before the outage")
+        redis.kill()
+        wait_until(lambda: all(r.metric("gateway_state_store_up", model="digits") == 0
+                               for r in replicas), 10, "the outage to show")  # fmt: skip
+        during = [infer(replicas[1].url, f"during-{i}", np.zeros((1, 64), np.float32))
+                  for i in range(20)]  # fmt: skip
+        assert all(response.status_code == 200 for response in during)
+        # a label this replica cannot join: 503, retryable; one it made itself still joins
+        assert label(replicas[0].url, "during-0", 3).status_code == 503
+        assert label(replicas[1].url, "during-1", 3).status_code == 200
+        refused = httpx.put(f"{replicas[0].url}/admin/traffic", json={"student_share": 0.9},
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        assert refused.status_code == 503 and "state store" in refused.json()["error"]
+        assert all(traffic(r)["student_share"] == 0.3 for r in replicas)  # fail static
+        redis.start()
+        wait_until(lambda: all(r.metric("gateway_state_store_up", model="digits") == 1
+                               for r in replicas), 10, "every replica to reconnect")  # fmt: skip
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert answered[0] > 100
+    for replica in replicas:
+        text = replica.metrics_text()
+        assert read_total(text, "gateway_state_store_errors_total") > 0
+        assert read_total(text, "gateway_state_store_fallbacks_total", op="remember") > 0
+    # the restarted (empty) store was seeded with the share the replicas served, and works
+    assert traffic(replicas[1])["fleet"]["student_share"] == 0.3
+    replicas[1].set_share(0.6)
+    wait_until(lambda: traffic(replicas[0])["student_share"] == 0.6, FLEET_APPLIES_WITHIN + 1,
+               "a share change after the outage")  # fmt: skip
+
+
+def test_two_workers_count_every_request_once_and_share_one_share(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, "DISTILL_GATEWAY_STATE__URL": redis.url,
+                   "DISTILL_GATEWAY_STATE__KEY_PREFIX": "test-workers",
+                   "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
+    with (tmp_path / "workers.log").open("wb") as log:
+        process = subprocess.Popen([str(BIN / "distill-gateway"), "--port", str(port),
+                                    "--workers", "2"], env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        replica_ids: set[str] = set()
+
+        def both_workers_answer() -> bool:
+            try:
+                with httpx.Client() as fresh:  # a new connection lands on either worker
+                    replica_ids.add(fresh.get(f"{url}/admin/traffic").json()["replica_id"])
+            except httpx.HTTPError:
+                return False
+            return len(replica_ids) == 2
+
+        wait_until(both_workers_answer, 60, "both workers to answer")
+        before = read_total(httpx.get(f"{url}/metrics").text, "gateway_requests_total")
+        for i in range(60):
+            with httpx.Client() as fresh:
+                assert infer_on(fresh, url, i).status_code == 200
+        after = read_total(httpx.get(f"{url}/metrics").text, "gateway_requests_total")
+        assert after - before == 60
+        response = httpx.put(f"{url}/admin/traffic", json={"student_share": 0.7},
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+        assert response.status_code == 200
+
+        def every_worker_applied() -> bool:
+            seen = {}
+            for _ in range(10):
+                with httpx.Client() as fresh:
+                    state = fresh.get(f"{url}/admin/traffic").json()
+                seen[state["replica_id"]] = state["student_share"]
+            return len(seen) == 2 and set(seen.values()) == {0.7}
+
+        wait_until(every_worker_applied, 5, "both workers to apply the share")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+
+
+def infer_on(client: httpx.Client, url: str, i: int) -> httpx.Response:
+    body = {"id": f"w-{i}", "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                        "data": [0.0] * 64}]}  # fmt: skip
+    return client.post(f"{url}/v2/models/digits/infer", json=body)
+
+
+def test_workers_without_a_shared_store_is_a_clear_start_up_error() -> None:
+    result = subprocess.run([str(BIN / "distill-gateway"), "--workers", "2", "--port",
+                             str(free_port())], capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items()
+                                 if not k.startswith("DISTILL_GATEWAY_")})  # fmt: skip
+    assert result.returncode == 2
+    assert "--workers 2 needs a state store" in result.stderr
+    assert "redis://" in result.stderr
