@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import httpx
 
@@ -21,6 +22,22 @@ class GatewaysUnreachable(FleetNotConfirmed):
 
 class GatewaysDisagree(FleetNotConfirmed):
     """Every gateway answered, but some report another share (or an older generation)."""
+
+
+class Fleet(Protocol):
+    """What the controller acts on: a fixed list of gateways (``GatewayFleet``), or the replicas
+    a state store's registry lists (``controller.fleet_store.StoreFleet``)."""
+
+    @property
+    def urls(self) -> list[str]: ...
+
+    def set_share(self, share: float) -> dict[str, TrafficState]: ...
+
+    def verify(self, share: float, after: dict[str, TrafficState] | None = None) -> None: ...
+
+    def read(self) -> dict[str, TrafficState]: ...
+
+    def read_reachable(self) -> dict[str, TrafficState]: ...
 
 
 class GatewayFleet:

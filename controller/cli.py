@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 from rich.progress import Progress
 
-from controller.actuator import GatewayFleet
+from controller.actuator import Fleet, GatewayFleet
 from controller.exporter import ControllerMetrics
+from controller.fleet_store import StoreFleet
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
 from controller.progress import make_reporter
@@ -49,10 +50,22 @@ def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 @app.command()
 def run(
-    gateway: Annotated[
-        list[str], typer.Option("--gateway", help="A gateway's base URL; repeat for replicas.")
-    ],
     policy: Annotated[Path, typer.Option("--policy", help="The rollout policy (YAML).")],
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option("--gateway", help="A gateway's base URL; repeat for replicas."),
+    ] = None,
+    state_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The gateways' state store (redis://host:port/db): the replicas are found in its "
+            "registry at every tick, instead of a fixed --gateway list. The password may come "
+            "from DISTILL_GATEWAY_STATE__PASSWORD."
+        ),
+    ] = None,
+    state_key_prefix: Annotated[
+        str, typer.Option(help="The gateways' state.key_prefix.")
+    ] = "distill-gateway",
     prometheus: Annotated[
         str | None, typer.Option(help="Prometheus base URL; default: scrape the gateways.")
     ] = None,
@@ -117,13 +130,17 @@ def run(
     student)."""
     if from_current and reset:
         raise _fail("--from-current and --reset exclude each other", EXIT_USAGE)
+    if bool(gateway) == bool(state_url):
+        raise _fail("name the gateways with --gateway (repeat for replicas) or find them in "
+                    "their state store with --state-url, one or the other", EXIT_USAGE)  # fmt: skip
     try:
         rollout_policy = load_policy(policy)
     except PolicyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     start = Start.FROM_CURRENT if from_current else Start.RESET if reset else Start.FRESH
-    launch = Launch([url.rstrip("/") for url in gateway], prometheus, new, start, name,
-                    on_sigterm, wait_for_lease, prometheus_selector)  # fmt: skip
+    launch = Launch([url.rstrip("/") for url in gateway or []], prometheus, new, start, name,
+                    on_sigterm, wait_for_lease, prometheus_selector,
+                    _with_prefix(state_url, state_key_prefix))  # fmt: skip
     _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
 
 
@@ -145,7 +162,8 @@ def retry(
     except ValueError:
         raise _fail(f"rollout {rollout.rollout_id} has no stored policy; use run --new") from None
     launch = Launch(rollout.gateways, rollout.prometheus, new=True,
-                    prometheus_selector=rollout.prometheus_selector)  # fmt: skip
+                    prometheus_selector=rollout.prometheus_selector,
+                    state_url=rollout.state_url)  # fmt: skip
     _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
 
 
@@ -168,14 +186,16 @@ def _run_controller(
         start_http_server(metrics_port, addr=metrics_host, registry=registry)
     token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
     with httpx.Client(timeout=5.0) as client:
+        fleet = _fleet(launch.gateways, launch.state_url, rollout_policy.model, token, client)
+        urls = fleet.scrape_urls if isinstance(fleet, StoreFleet) else launch.gateways
         try:
-            source = create_source(launch.gateways, launch.prometheus, rollout_policy.model,
-                                   client, launch.prometheus_selector)  # fmt: skip
+            source = create_source(urls, launch.prometheus, rollout_policy.model, client,
+                                   launch.prometheus_selector)  # fmt: skip
         except ValueError as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
         controller = CanaryController(
             policy=rollout_policy,
-            fleet=GatewayFleet(launch.gateways, token, client),
+            fleet=fleet,
             source=source,
             store=store,
             reporter=make_reporter(rollout_policy),
@@ -351,7 +371,8 @@ def abort(
     except NoLiveController:
         token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
         with httpx.Client(timeout=5.0) as client:
-            fleet = GatewayFleet(rollout.gateways, token, client)
+            model = str(rollout.policy.get("model", "digits"))
+            fleet = _fleet(rollout.gateways, rollout.state_url, model, token, client)
             try:
                 done = abort_now(store, rollout, fleet, time.time)
             except StateError as exc:
@@ -361,6 +382,23 @@ def abort(
     if not outcome.acted:
         raise _fail(f"abort: {outcome.note}")
     typer.echo(f"abort: {outcome.note}")
+
+
+def _with_prefix(state_url: str | None, key_prefix: str) -> str | None:
+    """The store's URL with its key prefix as a fragment (recorded with the rollout, for retry
+    and abort --now): ``redis://host:6379/0#distill-gateway``."""
+    return None if state_url is None else f"{state_url.partition('#')[0]}#{key_prefix}"
+
+
+def _fleet(
+    gateways: list[str], state_url: str | None, model: str, token: str | None,
+    client: httpx.Client,
+) -> Fleet:  # fmt: skip
+    if state_url is None:
+        return GatewayFleet(gateways, token, client)
+    url, _, prefix = state_url.partition("#")
+    password = os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD")
+    return StoreFleet(url, model, prefix or "distill-gateway", password)
 
 
 def _create(path: Path) -> StateStore:

@@ -12,7 +12,7 @@ from controller.analysis import GateResult, Verdict
 from controller.state import Phase, RolloutState
 from gateway.metrics import add_standard_collectors
 
-ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm")
+ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm", "share_unconfirmed")
 VERDICT_VALUES = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}
 """``canary_gate_verdict``: 1 pass, 0 inconclusive, -1 fail (skipped gates are not exported)."""
 

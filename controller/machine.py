@@ -72,11 +72,20 @@ class Drifted:
 
 
 @dataclass(frozen=True)
+class HeldTooLong:
+    """The step's share was not confirmed by every gateway (or the fleet could not be read)
+    within ``max_step_seconds``; ``what`` names the gateways and why."""
+
+    what: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class StopRequested:
     roll_back: bool  # on_sigterm: rollback; else persist
 
 
-Event = OperatorCommand | Analysed | ShareConfirmed | Drifted | StopRequested
+Event = OperatorCommand | Analysed | ShareConfirmed | Drifted | HeldTooLong | StopRequested
 
 
 # -- effects: what the caller must do ------------------------------------------------------------
@@ -126,6 +135,8 @@ def transition(position: Position, event: Event) -> Transition:
         return _confirmed(position, event)
     if isinstance(event, Drifted):
         return _drifted(position, event)
+    if isinstance(event, HeldTooLong):
+        return _held_too_long(position, event)
     return _stop(position, event)
 
 
@@ -205,6 +216,15 @@ def _drifted(position: Position, event: Drifted) -> Transition:
         return Transition(paused, Record.DRIFT, note)
     note = f"{event.what}; setting {event.intended:.0%} again and restarting the step's analysis"
     return Transition(unconfirmed, Record.DRIFT, note, (EnterStep(),))
+
+
+def _held_too_long(position: Position, event: HeldTooLong) -> Transition:
+    if position.phase is Phase.PAUSED:  # an operator holds it: no deadline runs
+        return Transition(position, Record.HOLD, event.what)
+    reason = (f"held {event.seconds:.0f} s (max_step_seconds) without every gateway confirming "
+              f"the share: {event.what}")  # fmt: skip
+    ended = replace(position, phase=Phase.ROLLED_BACK, paused_by=None)
+    return Transition(ended, Record.ROLLBACK, reason, (RollBack(reason, "share_unconfirmed"),))
 
 
 def _stop(position: Position, event: StopRequested) -> Transition:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller import machine
-from controller.actuator import FleetNotConfirmed, GatewayFleet
+from controller.actuator import Fleet, FleetNotConfirmed
 from controller.state import (
     Command,
     CommandOutcome,
@@ -88,7 +88,7 @@ class AbortOutcome:
 
 
 def abort_now(
-    store: StateStore, rollout: RolloutState, fleet: GatewayFleet, clock: Callable[[], float]
+    store: StateStore, rollout: RolloutState, fleet: Fleet, clock: Callable[[], float]
 ) -> AbortOutcome:
     """With no live controller: take the lease, set share 0 on every gateway and verify it, and
     record the rollback in the rollout's history, as the controller would have."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from controller import analysis, machine
-from controller.actuator import FleetNotConfirmed, GatewayFleet, GatewaysUnreachable
+from controller.actuator import Fleet, FleetNotConfirmed, GatewaysUnreachable
 from controller.decisions import Judgement, judge
 from controller.exporter import ControllerMetrics
 from controller.policy import Policy
@@ -84,13 +84,14 @@ class Launch:
     on_sigterm: OnSigterm = OnSigterm.PERSIST
     wait_for_lease: float = 0.0  # seconds to wait for another controller's lease to lapse
     prometheus_selector: str = ""  # extra PromQL label matchers: namespace="ml",job="..."
+    state_url: str | None = None  # the fleet's store: replicas found there, not in ``gateways``
 
 
 class CanaryController:
     def __init__(
         self,
         policy: Policy,
-        fleet: GatewayFleet,
+        fleet: Fleet,
         source: MetricsSource,
         store: StateStore,
         reporter: Reporter,
@@ -223,6 +224,7 @@ class CanaryController:
             gateways=list(launch.gateways),
             prometheus=launch.prometheus,
             prometheus_selector=launch.prometheus_selector,
+            state_url=launch.state_url,
             name=launch.name,
         )
         self.state = self.store.add(state, self.holder)
@@ -304,9 +306,10 @@ class CanaryController:
             self.fleet.verify(share, after=generations)
             mark = self.source.mark()
         except (FleetNotConfirmed, MetricsUnavailable) as exc:
-            self._record(Record.HOLD, f"waiting for every gateway to take share {share:.0%}: {exc}")
+            self._hold(f"waiting for every gateway to take share {share:.0%}: {exc}")
             return
         now = self.clock()
+        self.state.held_since = None
         self.state.share = share
         self.state.generations = {url: t.generation for url, t in generations.items()}
         self.state.step_started_at = now
@@ -323,8 +326,9 @@ class CanaryController:
         try:
             reported = self.fleet.read()
         except GatewaysUnreachable as exc:
-            self._record(Record.HOLD, f"cannot read the share back from every gateway: {exc}")
+            self._hold(f"cannot read the share back from every gateway: {exc}")
             return True
+        self.state.held_since = None
         intended = self.state.share
         drifts = []
         for url, traffic in reported.items():
@@ -340,6 +344,19 @@ class CanaryController:
         self.metrics.share_drift.inc(len(drifts))
         self._apply(machine.Drifted(what, intended, pause=self.policy.on_drift == "pause"))
         return True
+
+    def _hold(self, what: str) -> None:
+        """Inconclusive (no advance, no rollback) while the fleet cannot confirm or be read, up
+        to ``max_step_seconds``; then a rollback that says which gateways and why."""
+        now = self.clock()
+        if self.state.held_since is None:
+            self.state.held_since = now
+        held = now - self.state.held_since
+        if held <= self.policy.max_step_seconds:
+            self._record(Record.HOLD, what)
+            return
+        self.state.held_since = None
+        self._apply(machine.HeldTooLong(what, held))
 
     def _analyse_and_act(self) -> None:
         assert self.state.step_mark is not None and self.state.rollout_mark is not None

@@ -102,6 +102,7 @@ class RolloutState:
     share: float = 0.0
     started_at: float = field(default_factory=time.time)
     step_started_at: float | None = None  # None until every gateway confirmed the step's share
+    held_since: float | None = None  # when the fleet last stopped confirming or answering
     consecutive_failures: int = 0
     rollback_reason: str | None = None
     step_mark: dict[str, Any] | None = None  # metrics at the step's start (see sources.Mark)
@@ -113,6 +114,7 @@ class RolloutState:
     gateways: list[str] = field(default_factory=list)
     prometheus: str | None = None
     prometheus_selector: str = ""
+    state_url: str | None = None  # the fleet's store: replicas found there at every tick
     generations: dict[str, int] = field(default_factory=dict)  # per gateway, as we last set it
     paused_by: str | None = None
     ended_at: float | None = None

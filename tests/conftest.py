@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from controller.local.processes import RedisProcess
 from models import STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
 from models.data import Split, load_test_split
 from tests.image_build import start_in_background
@@ -18,7 +19,7 @@ from tests.servers import TestGateway
 StartGateway = Callable[..., TestGateway]
 
 # Fixtures that start real servers (a gateway process, and through it Triton or Prometheus).
-REAL_SERVER_FIXTURES = frozenset({"gateway", "start_gateway", "fresh_gateway"})
+REAL_SERVER_FIXTURES = frozenset({"gateway", "start_gateway", "fresh_gateway", "redis_server"})
 
 
 IMAGE = "localhost/distill-gateway:cpu-test"
@@ -78,6 +79,14 @@ def _gateway_starter(tmp: Path) -> tuple[StartGateway, list[TestGateway]]:
         return gateway
 
     return start, started
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real Redis (Debian's redis-server) for the fleet tests; each test keys its own prefix."""
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

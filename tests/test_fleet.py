@@ -36,10 +36,8 @@ def _close_the_client() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+def redis(redis_server: RedisProcess) -> RedisProcess:
+    return redis_server
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 
@@ -12,8 +12,13 @@ from controller.sources.base import Mark, MetricsSource, MetricsUnavailable
 
 
 class ScrapeSource(MetricsSource):
-    def __init__(self, gateway_urls: Sequence[str], client: httpx.Client) -> None:
-        self._urls = list(gateway_urls)
+    """``gateway_urls`` is a list, or a function that names the gateways at each scrape (a
+    fleet's registry): a gateway that joined counts from its start, one that left is dropped."""
+
+    def __init__(
+        self, gateway_urls: Sequence[str] | Callable[[], Sequence[str]], client: httpx.Client
+    ) -> None:
+        self._urls = gateway_urls if callable(gateway_urls) else (lambda: list(gateway_urls))
         self._client = client
 
     def mark(self) -> Mark:
@@ -21,11 +26,12 @@ class ScrapeSource(MetricsSource):
 
     def increase_since(self, mark: Mark) -> Snapshot:
         now = self._scrape_all()
-        return combine(increase(now[url], mark.counters.get(url, {})) for url in self._urls)
+        return combine(increase(snapshot, mark.counters.get(url, {}))
+                       for url, snapshot in now.items())  # fmt: skip
 
     def _scrape_all(self) -> dict[str, Snapshot]:
         snapshots, failed = {}, []
-        for url in self._urls:
+        for url in self._urls():
             try:
                 response = self._client.get(f"{url}/metrics")
                 response.raise_for_status()

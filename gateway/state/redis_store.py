@@ -28,7 +28,8 @@ CLASSES_DTYPE = np.dtype("<i4")
 ENTRY_OVERHEAD = 160
 """Bytes a prediction costs in Redis beyond its id and classes (hash, index and size entries)."""
 
-_SET_SHARE = """
+SET_SHARE_SCRIPT = """
+-- the controller writes the share with this script too (controller.fleet_store)
 local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'share', ARGV[1])
 redis.call('PUBLISH', KEYS[2], generation)
@@ -151,7 +152,7 @@ class RedisStore:
         self.share_key = self._prefix + "share"
         self.channel = self._prefix + "share-changed"
         self._replicas = self._prefix + "replicas"
-        self._set_share = self._client.register_script(_SET_SHARE)
+        self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
         self._seed_share = self._client.register_script(_SEED_SHARE)
         self._remember = self._client.register_script(_REMEMBER)
         self._pair = self._client.register_script(_PAIR)

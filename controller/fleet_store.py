@@ -1,0 +1,138 @@
+"""The fleet as the gateways' state store knows it (``distill-canary run --state-url``): the
+replicas are read from the registry at every call, so a replica that joins is verified and one
+whose heartbeat expired is dropped (with a log line), and the share is written once, to the
+store, for every replica to apply.
+
+The same interface as ``actuator.GatewayFleet``, keyed by replica id rather than URL (several
+``--workers`` of one pod share a URL, each a replica of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.exceptions import RedisError
+
+from controller.actuator import GatewaysDisagree, GatewaysUnreachable
+from gateway.protocol import TrafficState
+from gateway.state.redis_store import SET_SHARE_SCRIPT
+
+log = logging.getLogger(__name__)
+CONFIRM_SECONDS = 3.0
+"""How long ``set_share`` waits for every live replica to report the new generation."""
+
+
+class StoreFleet:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        key_prefix: str = "distill-gateway",
+        password: str | None = None,
+        timeout_seconds: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._client = redis.Redis.from_url(url, password=password,
+                                            socket_timeout=timeout_seconds,
+                                            socket_connect_timeout=timeout_seconds)  # fmt: skip
+        self._prefix = f"{key_prefix}:{model}:"
+        self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
+        self._sleep = sleep
+        self._clock = clock
+        self._known: dict[str, str] = {}  # replica id -> URL, as last read
+        self.replicas: list[dict[str, Any]] = []
+
+    @property
+    def urls(self) -> list[str]:
+        """The live replicas' ids, as last read (what ``ShareConfirmed`` counts)."""
+        return [record["id"] for record in self.replicas]
+
+    def scrape_urls(self) -> list[str]:
+        """Where the live replicas serve /metrics, once each (workers of one pod share a URL,
+        and its /metrics reports them all)."""
+        self._read_registry()
+        return sorted({record["url"] for record in self.replicas if record.get("url")})
+
+    def set_share(self, share: float) -> dict[str, TrafficState]:
+        """Writes the share once, to the store, then waits (a few seconds at most) for every
+        live replica to report its generation; raises naming those that did not."""
+        try:
+            generation = int(self._set_share(keys=[self._prefix + "share",
+                                                   self._prefix + "share-changed"],
+                                             args=[repr(share)]))  # fmt: skip
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        wanted = TrafficState(student_share=share, generation=generation)
+        deadline = self._clock() + CONFIRM_SECONDS
+        while True:
+            lagging = self._lagging(share, generation)
+            if not lagging or self._clock() > deadline:
+                break
+            self._sleep(0.1)
+        if lagging:
+            raise GatewaysDisagree("; ".join(lagging))
+        return {replica_id: wanted for replica_id in self.urls}
+
+    def verify(self, share: float, after: dict[str, TrafficState] | None = None) -> None:
+        newest = max((t.generation for t in (after or {}).values()), default=0)
+        lagging = self._lagging(share, newest)
+        if lagging:
+            raise GatewaysDisagree("; ".join(lagging))
+
+    def read(self) -> dict[str, TrafficState]:
+        self._read_registry()
+        return {record["id"]: TrafficState(student_share=record["student_share"],
+                                           generation=record["generation"])
+                for record in self.replicas}  # fmt: skip
+
+    def read_reachable(self) -> dict[str, TrafficState]:
+        return self.read()
+
+    def _lagging(self, share: float, generation: int) -> list[str]:
+        self._read_registry()
+        if not self.replicas:
+            return [f"no live replica in the state store {self._where}"]
+        serving = [r for r in self.replicas if not r.get("draining")]  # draining: leaving anyway
+        return [f"{r['id']} ({r.get('url') or 'no URL'}) reports share {r['student_share']:.4g} "
+                f"generation {r['generation']}, expected {share:.4g} generation >= {generation}"
+                for r in serving if _differs(r, share, generation)]  # fmt: skip
+
+    def _read_registry(self) -> None:
+        try:
+            ids = sorted(i.decode() for i in self._client.smembers(self._prefix + "replicas"))  # type: ignore[union-attr]
+            raw = self._client.mget([self._prefix + "replica:" + i for i in ids]) if ids else []
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        self.replicas = [json.loads(record) for record in raw if record is not None]
+        current = {record["id"]: record.get("url", "") for record in self.replicas}
+        for gone in self._known.keys() - current.keys():
+            log.warning("replica %s (%s) left the fleet: its heartbeat expired; dropped",
+                        gone, self._known[gone] or "no URL")  # fmt: skip
+        for joined in current.keys() - self._known.keys():
+            if self._known or len(current) == 1:
+                log.info("replica %s (%s) joined the fleet", joined, current[joined] or "no URL")
+        self._known = current
+
+    @property
+    def _where(self) -> str:
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    def _unreachable(self, exc: Exception) -> GatewaysUnreachable:
+        return GatewaysUnreachable(
+            f"state store {self._where} unreachable: {type(exc).__name__}: {exc}"
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _differs(record: dict[str, Any], share: float, generation: int) -> bool:
+    return bool(abs(record["student_share"] - share) > 1e-9 or record["generation"] < generation)
