@@ -72,17 +72,14 @@ def test_a_finished_rollout_is_never_run_again_by_the_job() -> None:
 
 
 def _job_argv(tmp_path: Path) -> list[str]:
-    """The Job's `sh -c` line, run by a real shell with stand-ins for getent (two replicas) and
-    distill-canary (prints the argv it got)."""
+    """The Job's `sh -c` line, run by a real shell with a stand-in for distill-canary (prints the
+    argv it got)."""
     job = by_kind("Job")[0]
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["sh", "-c"]
     (script,) = container["args"]
     stubs = tmp_path / "bin"
     stubs.mkdir()
-    (stubs / "getent").write_text(
-        "#!/bin/sh\nprintf '10.0.0.7 STREAM x\\n10.0.0.7 DGRAM\\n10.0.0.9 STREAM y\\n'\n"
-    )
     (stubs / "distill-canary").write_text(
         f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
     )
@@ -104,10 +101,16 @@ def test_the_jobs_command_line_is_what_the_controller_expects(tmp_path: Path) ->
     run = group.get_command(context, "run")
     assert run is not None
     params = run.make_context("run", argv[1:], parent=context).params  # parsed as `run` would
-    pod = pod_templates()["distill-gateway"]
-    admin_port = _port(pod, "admin")
-    assert admin_port == _gateway_settings().admin.port
-    assert params["gateway"] == [f"http://10.0.0.7:{admin_port}", f"http://10.0.0.9:{admin_port}"]
+    # the replicas are found where the gateways register themselves, at the address they
+    # advertise (the admin port the controller is let through to)
+    settings = _gateway_settings()
+    assert not params["gateway"] and params["state_url"] == settings.state.url
+    redis = named("Service", "distill-redis")["spec"]["ports"][0]["port"]
+    assert settings.state.url.startswith(f"redis://distill-redis:{redis}/")
+    gateway = pod_templates()["distill-gateway"]["containers"][0]
+    advertised = next(e["value"] for e in gateway["env"]
+                      if e["name"] == "DISTILL_GATEWAY_STATE__ADVERTISE_URL")  # fmt: skip
+    assert advertised == f"http://$(POD_IP):{settings.admin.port}"
     assert params["name"] == "student-v1"
     assert SELECTOR.match(params["prometheus_selector"])
     assert params["prometheus_selector"] == 'namespace="ml-prod",job="distill-gateway"'
@@ -227,6 +230,7 @@ def _pods_of(app: str) -> list[dict[str, Any]]:
     ("distill-triton", {"http": _pods_of("distill-gateway"), "grpc": _pods_of("distill-gateway"),
                         "metrics": MONITORING}),
     ("distill-canary", {"metrics": MONITORING}),
+    ("distill-redis", {"redis": [*_pods_of("distill-gateway"), *_pods_of("distill-canary")]}),
 ])  # fmt: skip
 def test_network_policies_admit_each_port_from_its_clients_only(
     app: str, expected: dict[str, list[dict[str, Any]]]

@@ -35,3 +35,7 @@ def test_the_local_stack_promotes_the_student_through_prometheus_with_grpc_traff
     # The traffic went over gRPC, and the controller judged it like any other.
     served = re.search(r"answered 0 requests over http, (\d+) requests over grpc", result.stdout)
     assert served is not None and int(served.group(1)) > 300, result.stdout[-2000:]
+    # Two replicas shared one Redis: the labels, each posted to the other replica, all joined.
+    assert "the 2 gateways answered" in result.stdout
+    joined = re.search(r"(\d+) labels joined, each posted to another replica", result.stdout)
+    assert joined is not None and int(joined.group(1)) > 300, result.stdout[-2000:]

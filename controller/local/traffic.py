@@ -64,10 +64,12 @@ class TrafficGenerator:
         send_feedback: bool = True,
         headers: Callable[[int], dict[str, str]] | None = None,
         grpc_address: str | None = None,
+        feedback_url: str | None = None,
     ) -> None:
         self._address = host_port(gateway_url)
         self._grpc_address = grpc_address  # infer over gRPC; feedback still goes over HTTP
-        self._base_url = f"http://{self._address}"
+        # labels to another replica of a fleet, which joins them through the state store
+        self._base_url = f"http://{host_port(feedback_url or gateway_url)}"
         self._model = model
         split = load_test_split(split_path)
         self._x, self._y = split.x, split.y
