@@ -43,10 +43,10 @@ $(TRITON_STAMP):
 system-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
 		&& command -v chromium >/dev/null && command -v podman >/dev/null \
-		&& command -v debootstrap >/dev/null || { \
+		&& command -v debootstrap >/dev/null && command -v redis-server >/dev/null || { \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-			prometheus chromium podman debootstrap; }
+			prometheus chromium podman debootstrap redis-server; }
 
 demo: $(DEMO_STAMP)
 	$(BIN)/distill-demo

@@ -28,7 +28,7 @@ from gateway.feedback import (
 )
 from gateway.state.errors import StoreUnavailable
 from gateway.state.health import StoreHealth
-from gateway.state.redis_store import Pending, RedisStore
+from gateway.state.redis_store import Labelled, Limits, Pending, RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ class LocalPredictions:
 
 
 class FleetPredictions:
-    """In the store, written once per event-loop turn: the predictions of every request that
-    finished in the same turn (and the shadow answers) go in one round trip, while the requests
-    wait for it; one write is in flight at a time, so under load batches grow instead of round
-    trips. With the store down, predictions are kept in this process (counted), and a label the
-    store cannot be asked about is answered 503 (retry), never 404."""
+    """In the store, in one round trip per event-loop turn: the predictions of every request
+    that finished in the same turn, the shadow answers and the labels that arrived go together,
+    while the requests wait for it; one round trip is in flight at a time, so under load batches
+    grow instead of round trips. With the store down, predictions are kept in this process
+    (counted), and a label the store cannot be asked about is answered 503 (retry), never 404."""
 
     def __init__(
         self,
@@ -81,17 +81,17 @@ class FleetPredictions:
         model: str,
     ) -> None:
         self._store = store
-        self._config = config
+        self._limits = Limits(config.ttl_seconds, config.max_entries, config.max_bytes)
         self._num_classes = num_classes
         self._health = health
         self._kept_locally = kept_locally.labels(model, "remember")
         self.local = FeedbackStore(config.ttl_seconds, config.max_entries, num_classes,
                                    max_bytes=config.max_bytes)  # fmt: skip
-        self._waiting: list[tuple[Pending, asyncio.Future[None]]] = []
+        self._remembering: list[tuple[Pending, asyncio.Future[None]]] = []
         self._pairs: list[tuple[str, np.ndarray]] = []
-        self._writing = False
-        self._scheduled = False
-        self._writer: asyncio.Task[None] | None = None
+        self._labels: list[tuple[str, tuple[int, ...], asyncio.Future[Labelled]]] = []
+        self._busy = False  # a round trip is in flight, or scheduled
+        self._exchanger: asyncio.Task[None] | None = None
         self._in_store = (0, 0)
 
     async def remember(self, request_id: str, backend: str, classes: np.ndarray) -> None:
@@ -99,7 +99,7 @@ class FleetPredictions:
             self._keep_locally([Pending(request_id, backend, classes)])
             return
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((Pending(request_id, backend, classes), done))
+        self._remembering.append((Pending(request_id, backend, classes), done))
         self._schedule()
         await asyncio.shield(done)  # a client that goes away does not cancel the write
 
@@ -110,70 +110,86 @@ class FleetPredictions:
             self._pairs.append((request_id, other_classes))
             self._schedule()
 
-    def _schedule(self) -> None:
-        if not self._scheduled and not self._writing:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_writing)
-
-    def _start_writing(self) -> None:
-        self._scheduled = False
-        if self._writing or not (self._waiting or self._pairs):
-            return
-        self._writing = True
-        self._writer = asyncio.get_running_loop().create_task(self._write())
-
-    async def _write(self) -> None:
-        while self._waiting or self._pairs:
-            batch, self._waiting = self._waiting, []
-            pairs, self._pairs = self._pairs, []
-            pending = [item for item, _ in batch]
-            try:
-                count = await self._store.remember(
-                    pending, pairs, self._config.ttl_seconds, self._config.max_entries,
-                    self._config.max_bytes, int(time.time() * 1000),
-                )  # fmt: skip
-            except StoreUnavailable as exc:
-                self._health.failed("remember", exc)
-                self._keep_locally(pending)
-            except Exception:  # a bug must not leave requests waiting forever
-                log.exception("writing %d prediction(s) to the state store failed", len(pending))
-                self._keep_locally(pending)
-            else:
-                self._health.succeeded()
-                if count >= 0:
-                    self._in_store = (count, self._in_store[1])
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
-        self._writing = False
-
-    def _keep_locally(self, pending: list[Pending]) -> None:
-        for item in pending:
-            self.local.remember(item.request_id, item.backend, item.classes)
-        self._kept_locally.inc(len(pending))
-
     async def score(self, request_id: str, label: int | list[int]) -> Scored:
         labels = check_labels(label, self._num_classes)
         if request_id in self.local:  # made while the store was down
             return self.local.score(request_id, label)
+        found: asyncio.Future[Labelled] = asyncio.get_running_loop().create_future()
+        self._labels.append((request_id, labels.shape, found))
+        self._schedule()
         try:
-            found = await self._store.take_for_label(request_id, labels.shape)
+            taken = await asyncio.shield(found)
         except StoreUnavailable as exc:
-            self._health.failed("label", exc)
             raise StoreUnavailable(
                 f"cannot join the label for request id {request_id!r}: the state store is "
                 "unreachable, and this replica did not make that prediction; retry later"
             ) from exc
-        self._health.succeeded()
-        if found.outcome == "missing":
+        if taken.outcome == "missing":
             raise NotFound(f"no prediction for request id {request_id!r} (unknown or expired)")
-        if found.outcome == "labelled":
+        if taken.outcome == "labelled":
             raise already_labelled(request_id)
-        if found.outcome == "shape":
-            examples = int(np.prod([int(d) for d in found.shape.split(",") if d]))
+        if taken.outcome == "shape":
+            examples = int(np.prod([int(d) for d in taken.shape.split(",") if d]))
             raise wrong_label_count(request_id, examples, labels.size)
-        assert found.classes is not None
-        return score_labels(found.backend, found.classes, found.other, labels)
+        assert taken.classes is not None
+        return score_labels(taken.backend, taken.classes, taken.other, labels)
+
+    def _schedule(self) -> None:
+        if not self._busy:
+            self._busy = True
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        self._exchanger = asyncio.get_running_loop().create_task(self._exchange())
+
+    async def _exchange(self) -> None:
+        """Round trips until nothing waits; every future is resolved whatever happens."""
+        try:
+            while self._remembering or self._pairs or self._labels:
+                remembering, self._remembering = self._remembering, []
+                pairs, self._pairs = self._pairs, []
+                labels, self._labels = self._labels, []
+                await self._round_trip(remembering, pairs, labels)
+        finally:
+            self._busy = False
+
+    async def _round_trip(
+        self,
+        remembering: list[tuple[Pending, asyncio.Future[None]]],
+        pairs: list[tuple[str, np.ndarray]],
+        labels: list[tuple[str, tuple[int, ...], asyncio.Future[Labelled]]],
+    ) -> None:
+        pending = [item for item, _ in remembering]
+        try:
+            count, found = await self._store.exchange(
+                pending, pairs, [(i, shape) for i, shape, _ in labels], self._limits,
+                int(time.time() * 1000))  # fmt: skip
+        except Exception as exc:
+            failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
+                f"state store: {type(exc).__name__}: {exc}")  # fmt: skip
+            if not isinstance(exc, StoreUnavailable):  # a bug: must not leave requests waiting
+                log.exception("state store round trip failed")
+            self._health.failed("remember" if pending else "label", failure)
+            self._keep_locally(pending)
+            for *_, waiting in labels:
+                if not waiting.done():
+                    waiting.set_exception(failure)
+        else:
+            self._health.succeeded()
+            if count >= 0:
+                self._in_store = (count, self._in_store[1])
+            for (*_, waiting), answer in zip(labels, found, strict=True):
+                if not waiting.done():
+                    waiting.set_result(answer)
+        for _, done in remembering:
+            if not done.done():
+                done.set_result(None)
+
+    def _keep_locally(self, pending: list[Pending]) -> None:
+        for item in pending:
+            self.local.remember(item.request_id, item.backend, item.classes)
+        if pending:
+            self._kept_locally.inc(len(pending))
 
     async def refresh_pending(self) -> None:
         """For the pending gauges: read by the heartbeat, never on the request path."""
@@ -184,6 +200,6 @@ class FleetPredictions:
         return count + len(self.local), size + self.local.bytes
 
     async def flush(self) -> None:
-        """Waits for the write in flight (on shutdown)."""
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+        """Waits for the round trip in flight (on shutdown)."""
+        if self._exchanger is not None:
+            await asyncio.gather(self._exchanger, return_exceptions=True)

@@ -12,6 +12,7 @@ Keys, under ``<prefix>:<model>:``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.state.errors import StoreUnavailable
 
@@ -94,6 +95,9 @@ return {'ok', found[1], found[2], found[4] or ''}
 """
 
 
+_SCRIPTS = {"remember": _REMEMBER, "pair": _PAIR, "label": _LABEL}
+
+
 @dataclass(frozen=True)
 class FleetShare:
     share: float
@@ -122,6 +126,26 @@ class Labelled:
 
 def shape_text(shape: Sequence[int]) -> str:
     return ",".join(map(str, shape))
+
+
+def _labelled(found: list[bytes], shape: Sequence[int]) -> Labelled:
+    outcome = found[0].decode()
+    if outcome == "shape":
+        return Labelled(outcome, shape=found[1].decode())
+    if outcome != "ok":
+        return Labelled(outcome)
+    shape_str = shape_text(shape)
+    other = _classes(found[3], shape_str) if found[3] else None
+    return Labelled(outcome, found[1].decode(), _classes(found[2], shape_str), other)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long, and how many, predictions wait in the store (``feedback.*``)."""
+
+    ttl_seconds: float
+    max_entries: int
+    max_bytes: int
 
 
 def _classes(raw: bytes, shape: str) -> np.ndarray:
@@ -154,9 +178,9 @@ class RedisStore:
         self._replicas = self._prefix + "replicas"
         self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
         self._seed_share = self._client.register_script(_SEED_SHARE)
-        self._remember = self._client.register_script(_REMEMBER)
-        self._pair = self._client.register_script(_PAIR)
-        self._label = self._client.register_script(_LABEL)
+        # Called by their SHA1 in pipelines, loaded when Redis says it does not know them.
+        self._sha = {name: hashlib.sha1(script.encode()).hexdigest()
+                     for name, script in _SCRIPTS.items()}  # fmt: skip
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -242,46 +266,52 @@ class RedisStore:
 
     # -- predictions awaiting labels ----------------------------------------------------------
 
-    async def remember(
+    async def exchange(
         self,
         pending: Sequence[Pending],
         pairs: Sequence[tuple[str, np.ndarray]],
-        ttl_seconds: float,
-        max_entries: int,
-        max_bytes: int,
+        labels: Sequence[tuple[str, Sequence[int]]],
+        limits: Limits,
         now_ms: int,
-    ) -> int:
-        """One round trip for every prediction (and shadow answer) of an event-loop turn; the
-        number of predictions now waiting."""
-        args: list[Any] = [self._prefix, now_ms, int(ttl_seconds * 1000), max_entries, max_bytes]
+    ) -> tuple[int, list[Labelled]]:
+        """One round trip for an event-loop turn: every prediction to remember, shadow answer to
+        pair and label to take. Returns the predictions now waiting (-1 when none was written)
+        and what each label found, in order."""
+        args: list[Any] = [self._prefix, now_ms, int(limits.ttl_seconds * 1000),
+                           limits.max_entries, limits.max_bytes]  # fmt: skip
         for item in pending:
             classes = item.classes.astype(CLASSES_DTYPE).tobytes()
             args += [item.request_id, item.backend, classes, shape_text(item.classes.shape)]
 
-        async def write() -> int:
+        async def run() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 if pending:
-                    await self._remember(keys=[], args=args, client=pipe)
+                    pipe.evalsha(self._sha["remember"], 0, *args)
                 for request_id, classes in pairs:
-                    await self._pair(keys=[self._prefix + "p:" + request_id],
-                               args=[classes.astype(CLASSES_DTYPE).tobytes(),
-                                     shape_text(classes.shape)], client=pipe)  # fmt: skip
-                results = await pipe.execute()
-            return int(results[0]) if pending else -1
+                    pipe.evalsha(self._sha["pair"], 1, self._prefix + "p:" + request_id,
+                                 classes.astype(CLASSES_DTYPE).tobytes(),
+                                 shape_text(classes.shape))  # fmt: skip
+                for request_id, shape in labels:
+                    pipe.evalsha(self._sha["label"], 1, self._prefix + "p:" + request_id,
+                                 shape_text(shape))  # fmt: skip
+                return list(await pipe.execute())
 
-        return await self._call("remember", write)
+        async def run_with_scripts() -> list[Any]:
+            try:
+                return await run()
+            except NoScriptError:  # a new or restarted Redis: load them, once, and again
+                for name, script in _SCRIPTS.items():
+                    await self._client.script_load(script)
+                    self._sha[name] = hashlib.sha1(script.encode()).hexdigest()
+                return await run()
 
-    async def take_for_label(self, request_id: str, shape: Sequence[int]) -> Labelled:
-        found = await self._call("label", lambda: self._label(
-            keys=[self._prefix + "p:" + request_id], args=[shape_text(shape)]))  # fmt: skip
-        outcome = found[0].decode()
-        if outcome == "shape":
-            return Labelled(outcome, shape=found[1].decode())
-        if outcome != "ok":
-            return Labelled(outcome)
-        shape_str = shape_text(shape)
-        other = _classes(found[3], shape_str) if found[3] else None
-        return Labelled(outcome, found[1].decode(), _classes(found[2], shape_str), other)
+        results = await self._call("exchange", run_with_scripts)
+        count = int(results[0]) if pending else -1
+        found = results[len(results) - len(labels) :]
+        shapes = [shape for _, shape in labels]
+        return count, [
+            _labelled(answer, shape) for answer, shape in zip(found, shapes, strict=True)
+        ]
 
     async def pending_count(self) -> tuple[int, int]:
         """Predictions waiting, and the bytes they are charged."""
