@@ -31,3 +31,20 @@ def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Pat
             else:
                 assert measured[level]["rps"] > 0 and measured[level]["p99_ms"] > 0, (name, level)
     assert len(result["ratios"]) == 8 and all(value == value for value in result["ratios"].values())
+
+
+def test_bench_fleet_measures_both_stores_with_every_label_joined(tmp_path: Path) -> None:
+    out = tmp_path / "bench_fleet.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.bench_fleet", "--seconds", "1", "--rounds", "1",
+         "--out", str(out)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr  # it fails on any 404 or 5xx
+    result = json.loads(out.read_text())
+    for store in ("memory", "redis"):
+        row = result["rows"][store]
+        assert row["inferences_per_s"] > 0 and row["cpu_ms_per_inference"] > 0
+        # a label after every answer: within one in flight per connection of the inferences
+        assert abs(row["labels_per_s"] - row["inferences_per_s"]) <= 16 + 0.01 * row[
+            "inferences_per_s"]  # fmt: skip
+    assert "redis_throughput_cost (target < 0.10)" in result
