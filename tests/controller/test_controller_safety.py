@@ -368,3 +368,49 @@ def test_a_command_is_saved_before_it_is_acknowledged(
     store.send(controller.state.rollout_id, Command.PAUSE, "sre@host", 10, clock())
     controller.tick()
     assert saved_at_acknowledgement == [Phase.PAUSED]
+
+
+# -- holding has a deadline ----------------------------------------------------------------
+
+
+def test_a_step_never_confirmed_rolls_back_after_max_step_seconds_naming_the_gateway(
+    store: StateStore, fleet: FakeFleet, clock: Clock
+) -> None:
+    controller, _, registry = make_controller(store, fleet, clock, FIRST, max_step_seconds=60)
+    controller.start(Launch(GATEWAYS))
+    fleet.down.add("http://gw-2")
+    for _ in range(60):  # a minute of ticks, one a second: held, not rolled back
+        controller.tick()
+        clock.sleep(1)
+    assert controller.state.phase is Phase.PROGRESSING
+    assert controller.state.history[-1].action == "hold"
+    clock.sleep(1)
+    controller.tick()
+    assert controller.state.phase is Phase.ROLLED_BACK
+    reason = controller.state.rollback_reason or ""
+    assert "max_step_seconds" in reason and "http://gw-2" in reason, reason
+    assert fleet.traffic["http://gw-1"].student_share == 0.0
+    cause = {"model": "digits", "reason": "share_unconfirmed"}
+    assert registry.get_sample_value("canary_rollbacks_total", cause) == 1
+
+
+def test_a_fleet_that_cannot_be_read_mid_step_holds_then_rolls_back_at_the_deadline(
+    store: StateStore, fleet: FakeFleet, clock: Clock
+) -> None:
+    controller = started(store, fleet, clock, max_step_seconds=60)
+    fleet.down.add("http://gw-1")  # a store outage reads the same: the fleet cannot be read
+    for _ in range(30):
+        clock.sleep(1)
+        controller.tick()
+    assert controller.state.phase is Phase.PROGRESSING  # inconclusive: no advance, no rollback
+    assert controller.state.step_index == 0
+    fleet.down.clear()  # back within the deadline: the step goes on
+    clock.sleep(1)
+    controller.tick()
+    assert controller.state.held_since is None
+    fleet.down.add("http://gw-1")
+    for _ in range(62):
+        clock.sleep(1)
+        controller.tick()
+    assert controller.state.phase is Phase.ROLLED_BACK
+    assert "http://gw-1" in (controller.state.rollback_reason or "")
