@@ -110,6 +110,11 @@ PANELS = [
         (f"max by (instance) (gateway_inflight_requests{{{M}}})", "in flight {{instance}}"),
         (f"max(gateway_max_inflight_requests{{{M}}})", "limit"),
     ], width=8),
+    Panel("Fleet: live replicas, state store up, store errors per second", "none", [
+        (f"max(gateway_fleet_replicas{{{M}}})", "replicas in the registry"),
+        (f"min by (instance) (gateway_state_store_up{{{M}}})", "store up {{instance}}"),
+        (rate("gateway_state_store_errors_total", by="op"), "errors: {{op}}"),
+    ], width=8),
     Panel("Event-loop lag p99 (what every request waited for the loop)", "s", [
         (quantile(0.99, "gateway_event_loop_lag_seconds", "instance"), "{{instance}}"),
     ], width=8),
