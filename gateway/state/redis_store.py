@@ -42,60 +42,73 @@ if redis.call('HSETNX', KEYS[1], 'share', ARGV[1]) == 1 then
 end
 return redis.call('HMGET', KEYS[1], 'share', 'generation')
 """
-# ARGV: prefix, now (ms), ttl (ms), max entries, max bytes, then (id, backend, classes, shape)*.
-_REMEMBER = """
+# One call per event-loop turn. ARGV: prefix, now (ms), ttl (ms), max entries, max bytes, and
+# how many predictions, shadow answers and labels follow: (id, backend, classes, shape) each,
+# then (id, classes, shape), then (id, shape). Returns the predictions now waiting, then one
+# answer per label. A label marks its prediction labelled atomically: of two replicas given the
+# same label at once, one gets 'ok' and the other 'labelled'.
+_EXCHANGE = """
 local p = ARGV[1]
 local index, sizes, total = p .. 'p-index', p .. 'p-size', p .. 'p-bytes'
 local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_entries, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local remembered, paired, labelled = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local function forget(id)
   redis.call('DEL', p .. 'p:' .. id)
   redis.call('DECRBY', total, tonumber(redis.call('HGET', sizes, id) or '0'))
   redis.call('HDEL', sizes, id)
   redis.call('ZREM', index, id)
 end
-for i = 6, #ARGV, 4 do
-  local id = ARGV[i]
+local at = 9
+for _ = 1, remembered do
+  local id, classes = ARGV[at], ARGV[at + 2]
   if redis.call('ZSCORE', index, id) then forget(id) end
   local key = p .. 'p:' .. id
-  redis.call('HSET', key, 'b', ARGV[i + 1], 'c', ARGV[i + 2], 's', ARGV[i + 3])
+  redis.call('HSET', key, 'b', ARGV[at + 1], 'c', classes, 's', ARGV[at + 3])
   redis.call('PEXPIRE', key, ttl)
-  local size = #id + #ARGV[i + 2] + ENTRY_OVERHEAD
+  local size = #id + #classes + ENTRY_OVERHEAD
   redis.call('ZADD', index, now + ttl, id)
   redis.call('HSET', sizes, id, size)
   redis.call('INCRBY', total, size)
+  at = at + 4
 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 256)) do
-  forget(id)
+if remembered > 0 then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 256)) do
+    forget(id)
+  end
+  while redis.call('ZCARD', index) > max_entries
+      or tonumber(redis.call('GET', total) or '0') > max_bytes do
+    local oldest = redis.call('ZRANGE', index, 0, 0)[1]
+    if not oldest then break end
+    forget(oldest)
+  end
 end
-local max_entries, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-while redis.call('ZCARD', index) > max_entries
-    or tonumber(redis.call('GET', total) or '0') > max_bytes do
-  local oldest = redis.call('ZRANGE', index, 0, 0)[1]
-  if not oldest then break end
-  forget(oldest)
+for _ = 1, paired do
+  local key = p .. 'p:' .. ARGV[at]
+  local found = redis.call('HMGET', key, 's', 'l', 'o')
+  if found[1] and not found[2] and not found[3] and found[1] == ARGV[at + 2] then
+    redis.call('HSET', key, 'o', ARGV[at + 1])
+  end
+  at = at + 3
 end
-return redis.call('ZCARD', index)
+local answers = {remembered > 0 and redis.call('ZCARD', index) or -1}
+for _ = 1, labelled do
+  local key = p .. 'p:' .. ARGV[at]
+  local found = redis.call('HMGET', key, 'b', 'c', 's', 'o', 'l')
+  if not found[1] then
+    table.insert(answers, {'missing'})
+  elseif found[5] then
+    table.insert(answers, {'labelled'})
+  elseif found[3] ~= ARGV[at + 1] then
+    table.insert(answers, {'shape', found[3]})
+  else
+    redis.call('HSET', key, 'l', '1')
+    table.insert(answers, {'ok', found[1], found[2], found[4] or ''})
+  end
+  at = at + 2
+end
+return answers
 """.replace("ENTRY_OVERHEAD", str(ENTRY_OVERHEAD))
-# KEYS: the prediction; ARGV: the other backend's classes, its shape. 1 when kept.
-_PAIR = """
-local found = redis.call('HMGET', KEYS[1], 's', 'l', 'o')
-if not found[1] or found[2] or found[3] or found[1] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'o', ARGV[1])
-return 1
-"""
-# KEYS: the prediction; ARGV: the labels' shape. Marks it labelled, atomically: of two replicas
-# given the same label at once, one gets 'ok' and the other 'labelled'.
-_LABEL = """
-local found = redis.call('HMGET', KEYS[1], 'b', 'c', 's', 'o', 'l')
-if not found[1] then return {'missing'} end
-if found[5] then return {'labelled'} end
-if found[3] ~= ARGV[1] then return {'shape', found[3]} end
-redis.call('HSET', KEYS[1], 'l', '1')
-return {'ok', found[1], found[2], found[4] or ''}
-"""
-
-
-_SCRIPTS = {"remember": _REMEMBER, "pair": _PAIR, "label": _LABEL}
 
 
 @dataclass(frozen=True)
@@ -178,9 +191,8 @@ class RedisStore:
         self._replicas = self._prefix + "replicas"
         self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
         self._seed_share = self._client.register_script(_SEED_SHARE)
-        # Called by their SHA1 in pipelines, loaded when Redis says it does not know them.
-        self._sha = {name: hashlib.sha1(script.encode()).hexdigest()
-                     for name, script in _SCRIPTS.items()}  # fmt: skip
+        # Called by its SHA1, loaded when Redis says it does not know it.
+        self._sha = hashlib.sha1(_EXCHANGE.encode()).hexdigest()
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -278,40 +290,29 @@ class RedisStore:
         pair and label to take. Returns the predictions now waiting (-1 when none was written)
         and what each label found, in order."""
         args: list[Any] = [self._prefix, now_ms, int(limits.ttl_seconds * 1000),
-                           limits.max_entries, limits.max_bytes]  # fmt: skip
+                           limits.max_entries, limits.max_bytes, len(pending), len(pairs),
+                           len(labels)]  # fmt: skip
         for item in pending:
             classes = item.classes.astype(CLASSES_DTYPE).tobytes()
             args += [item.request_id, item.backend, classes, shape_text(item.classes.shape)]
+        for request_id, other in pairs:
+            args += [request_id, other.astype(CLASSES_DTYPE).tobytes(), shape_text(other.shape)]
+        for request_id, shape in labels:
+            args += [request_id, shape_text(shape)]
 
         async def run() -> list[Any]:
-            async with self._client.pipeline(transaction=False) as pipe:
-                if pending:
-                    pipe.evalsha(self._sha["remember"], 0, *args)
-                for request_id, classes in pairs:
-                    pipe.evalsha(self._sha["pair"], 1, self._prefix + "p:" + request_id,
-                                 classes.astype(CLASSES_DTYPE).tobytes(),
-                                 shape_text(classes.shape))  # fmt: skip
-                for request_id, shape in labels:
-                    pipe.evalsha(self._sha["label"], 1, self._prefix + "p:" + request_id,
-                                 shape_text(shape))  # fmt: skip
-                return list(await pipe.execute())
-
-        async def run_with_scripts() -> list[Any]:
             try:
-                return await run()
-            except NoScriptError:  # a new or restarted Redis: load them, once, and again
-                for name, script in _SCRIPTS.items():
-                    await self._client.script_load(script)
-                    self._sha[name] = hashlib.sha1(script.encode()).hexdigest()
-                return await run()
+                return list(await self._client.evalsha(self._sha, 0, *args))
+            except NoScriptError:  # a new or restarted Redis: load it, once, and again
+                await self._client.script_load(_EXCHANGE)
+                return list(await self._client.evalsha(self._sha, 0, *args))
 
-        results = await self._call("exchange", run_with_scripts)
-        count = int(results[0]) if pending else -1
-        found = results[len(results) - len(labels) :]
+        answers = await self._call("exchange", run)
         shapes = [shape for _, shape in labels]
-        return count, [
-            _labelled(answer, shape) for answer, shape in zip(found, shapes, strict=True)
+        found = [
+            _labelled(answer, shape) for answer, shape in zip(answers[1:], shapes, strict=True)
         ]
+        return int(answers[0]), found
 
     async def pending_count(self) -> tuple[int, int]:
         """Predictions waiting, and the bytes they are charged."""
