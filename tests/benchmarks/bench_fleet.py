@@ -104,7 +104,7 @@ def run_wrk(gateway: PinnedGateway, script: Path, seconds: int) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=3, help="per measurement (whole seconds)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds; medians")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     runs: dict[str, list[dict[str, float]]] = {"memory": [], "redis": []}
