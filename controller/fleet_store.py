@@ -19,6 +19,7 @@ import redis
 from redis.exceptions import RedisError
 
 from controller.actuator import GatewaysDisagree, GatewaysUnreachable
+from controller.sources.base import MetricsUnavailable
 from gateway.protocol import TrafficState
 from gateway.state.redis_store import SET_SHARE_SCRIPT
 
@@ -56,8 +57,12 @@ class StoreFleet:
 
     def scrape_urls(self) -> list[str]:
         """Where the live replicas serve /metrics, once each (workers of one pod share a URL,
-        and its /metrics reports them all)."""
-        self._read_registry()
+        and its /metrics reports them all). A store that cannot be read makes the metrics
+        unavailable (the analysis holds), like a gateway that cannot be scraped."""
+        try:
+            self._read_registry()
+        except GatewaysUnreachable as exc:
+            raise MetricsUnavailable(str(exc)) from exc
         return sorted({record["url"] for record in self.replicas if record.get("url")})
 
     def set_share(self, share: float) -> dict[str, TrafficState]:
