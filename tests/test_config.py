@@ -57,10 +57,15 @@ def _port_is_free(port: int) -> bool:
         ("admin_token: hunter2\n", "admin_token: not allowed in a file"),
         ("traffic: [1, 2\n", "not valid YAML at line 2, column 1: expected ',' or ']'"),
         ("- a list\n", "top level must be a mapping"),
-        ("state: {url: 'http://redis:6379'}\n", "state.url: must be 'memory' or a "
-         "redis://host:port/db (rediss:// for TLS) URL, got 'http://redis:6379'"),
-        ("state: {heartbeat_seconds: 5, replica_ttl_seconds: 6}\n",
-         "state.replica_ttl_seconds must be at least twice state.heartbeat_seconds"),
+        (
+            "state: {url: 'http://redis:6379'}\n",
+            "state.url: must be 'memory' or a "
+            "redis://host:port/db (rediss:// for TLS) URL, got 'http://redis:6379'",
+        ),
+        (
+            "state: {heartbeat_seconds: 5, replica_ttl_seconds: 6}\n",
+            "state.replica_ttl_seconds must be at least twice state.heartbeat_seconds",
+        ),
     ],
 )
 def test_config_errors_fail_fast_and_name_the_key(

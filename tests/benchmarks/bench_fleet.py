@@ -143,8 +143,10 @@ def main() -> None:
               f"p99 {row['p99_ms']:.2f} ms  gateway CPU {row['cpu_ms_per_inference']:.3f} ms "
               "per inference and its label")  # fmt: skip
     cpu_cost = rows["redis"]["cpu_ms_per_inference"] / rows["memory"]["cpu_ms_per_inference"] - 1
-    print(f"  the Redis store's cost on throughput: {cost:.1%} (target < 10 %); on the "
-          f"gateway's CPU per inference: {cpu_cost:+.1%}")
+    print(
+        f"  the Redis store's cost on throughput: {cost:.1%} (target < 10 %); on the "
+        f"gateway's CPU per inference: {cpu_cost:+.1%}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
