@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import trustme
 
+from controller.fleet_store import StoreFleet
 from controller.local.processes import RedisProcess
 from models.data import Split
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_total, wait_until
@@ -283,3 +285,40 @@ def test_workers_without_a_shared_store_is_a_clear_start_up_error() -> None:
     assert result.returncode == 2
     assert "--workers 2 needs a state store" in result.stderr
     assert "redis://" in result.stderr
+
+
+def test_a_fleet_over_tls_with_a_password(tmp_path: Path) -> None:
+    """rediss:// with the CA in the URL, the password from DISTILL_GATEWAY_STATE__PASSWORD; the
+    controller's side reads the same registry."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    files = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(files[0]))
+    certificate.private_key_pem.write_to_path(str(files[1]))
+    authority.cert_pem.write_to_path(str(files[2]))
+    password = "fleet-password-0123456789"
+    server = RedisProcess(tmp_path / "redis", tls=files, password=password).start()
+    try:
+        config = {"state": {"url": server.url}, "shadow": {"sample_rate": 0.0}}
+        given = {"DISTILL_GATEWAY_STATE__PASSWORD": password}
+        replica = TestGateway(tmp_path, config, environment=given).start()
+        not_it = {"DISTILL_GATEWAY_STATE__PASSWORD": "not-the-password"}
+        wrong = TestGateway(tmp_path, config, environment=not_it).start()
+        try:
+            assert replica.set_share(0.4)["fleet"]["student_share"] == 0.4
+            assert replica.metric("gateway_state_store_up", model="digits") == 1
+            response = infer(replica.url, "tls-1", np.zeros((1, 64), np.float32))
+            assert response.status_code == 200
+            assert label(replica.url, "tls-1", 3).status_code == 200
+            fleet = StoreFleet(server.url, "digits", password=password)
+            assert fleet.read()[traffic(replica)["replica_id"]].student_share == 0.4
+            fleet.close()
+            # a wrong password is a store that does not answer: serving goes on, the store is down
+            assert wrong.metric("gateway_state_store_up", model="digits") == 0
+            assert infer(wrong.url, "tls-2", np.zeros((1, 64), np.float32)).status_code == 200
+            assert "AuthenticationError: invalid username-password pair" in wrong.log()
+        finally:
+            replica.stop()
+            wrong.stop()
+    finally:
+        server.stop()

@@ -243,11 +243,22 @@ class PrometheusProcess(ManagedProcess):
 
 class RedisProcess(ManagedProcess):
     """A real Redis (Debian's ``redis-server``) on a free loopback port, with no persistence: a
-    restart starts it empty, as a cache-like Redis in production may."""
+    restart starts it empty, as a cache-like Redis in production may. With ``tls`` (certificate,
+    key and CA files) it speaks TLS only, and ``url`` is a ``rediss://`` URL that trusts the CA;
+    with ``password`` it requires one (not in ``url``)."""
 
-    def __init__(self, tmp_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp_dir: Path,
+        port: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        password: str | None = None,
+    ) -> None:
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls = tls
+        self.password = password
+        self.url = (f"rediss://localhost:{self.port}/0?ssl_ca_certs={tls[2]}" if tls
+                    else f"redis://127.0.0.1:{self.port}/0")  # fmt: skip
         tmp_dir.mkdir(parents=True, exist_ok=True)
         self.dir = tmp_dir
         self.log_path = tmp_dir / f"redis-{self.port}.log"
@@ -256,16 +267,28 @@ class RedisProcess(ManagedProcess):
     name = "Redis"
 
     def command(self) -> list[str]:
-        return [
-            shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port), "--bind", "127.0.0.1",
+        command = [
+            shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
         ]  # fmt: skip
+        if self.tls:
+            certificate, key, authority = self.tls
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                        str(certificate), "--tls-key-file", str(key), "--tls-ca-cert-file",
+                        str(authority), "--tls-auth-clients", "no"]  # fmt: skip
+        else:
+            command += ["--port", str(self.port)]
+        if self.password:
+            command += ["--requirepass", self.password]
+        return command
 
     def is_ready(self) -> bool:
+        import redis  # serving's dependency; imported here so the module loads without it
+
+        client = redis.Redis.from_url(self.url, password=self.password, socket_timeout=1.0)
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            return bool(client.ping())
+        except redis.RedisError:
             return False
+        finally:
+            client.close()
