@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import trustme
 
 from controller.fleet_store import StoreFleet
@@ -226,15 +227,15 @@ def test_redis_killed_under_load_fails_no_request_and_the_fleet_recovers(
 def test_two_workers_count_every_request_once_and_share_one_share(
     redis: RedisProcess, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "DISTILL_GATEWAY_STATE__URL": redis.url,
                    "DISTILL_GATEWAY_STATE__KEY_PREFIX": "test-workers",
                    "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
     with (tmp_path / "workers.log").open("wb") as log:
         process = subprocess.Popen([str(BIN / "distill-gateway"), "--port", str(port),
-                                    "--workers", "2"], env=environment, stdout=log,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+                                    "--grpc-port", str(grpc_port), "--workers", "2"],
+                                   env=environment, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         replica_ids: set[str] = set()
 
@@ -251,8 +252,15 @@ def test_two_workers_count_every_request_once_and_share_one_share(
         for i in range(60):
             with httpx.Client() as fresh:
                 assert infer_on(fresh, url, i).status_code == 200
-        after = read_total(httpx.get(f"{url}/metrics").text, "gateway_requests_total")
-        assert after - before == 60
+        # gRPC too: both workers bound the gRPC port (SO_REUSEPORT); a new channel per call
+        pixels = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+        pixels.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        for _ in range(20):
+            with triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+                assert client.infer("digits", [pixels]).as_numpy("logits").shape == (1, 10)
+        text = httpx.get(f"{url}/metrics").text
+        assert read_total(text, "gateway_requests_total") - before == 80
+        assert read_total(text, "gateway_requests_total", protocol="grpc") == 20
         response = httpx.put(f"{url}/admin/traffic", json={"student_share": 0.7},
                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
         assert response.status_code == 200
