@@ -233,9 +233,9 @@ def test_two_workers_count_every_request_once_and_share_one_share(
                    "DISTILL_GATEWAY_STATE__KEY_PREFIX": "test-workers",
                    "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
     with (tmp_path / "workers.log").open("wb") as log:
-        process = subprocess.Popen([str(BIN / "distill-gateway"), "--port", str(port),
-                                    "--grpc-port", str(grpc_port), "--workers", "2"],
-                                   env=environment, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        command = [str(BIN / "distill-gateway"), "--port", str(port), "--grpc-port",
+                   str(grpc_port), "--workers", "2"]  # fmt: skip
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
         replica_ids: set[str] = set()
 
