@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from controller.actuator import GatewaysDisagree, GatewaysUnreachable
 from controller.sources.base import MetricsUnavailable
 from gateway.protocol import TrafficState
+from gateway.state.keys import StoreKeys, without_password
 from gateway.state.redis_store import SET_SHARE_SCRIPT
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class StoreFleet:
         self._client = redis.Redis.from_url(url, password=password,
                                             socket_timeout=timeout_seconds,
                                             socket_connect_timeout=timeout_seconds)  # fmt: skip
-        self._prefix = f"{key_prefix}:{model}:"
+        self._keys = StoreKeys(key_prefix, model)
         self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
         self._sleep = sleep
         self._clock = clock
@@ -69,8 +70,7 @@ class StoreFleet:
         """Writes the share once, to the store, then waits (a few seconds at most) for every
         live replica to report its generation; raises naming those that did not."""
         try:
-            generation = int(self._set_share(keys=[self._prefix + "share",
-                                                   self._prefix + "share-changed"],
+            generation = int(self._set_share(keys=[self._keys.share, self._keys.share_changed],
                                              args=[repr(share)]))  # fmt: skip
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
@@ -103,7 +103,7 @@ class StoreFleet:
     def _lagging(self, share: float, generation: int) -> list[str]:
         self._read_registry()
         if not self.replicas:
-            return [f"no live replica in the state store {self._where}"]
+            return [f"no live replica in the state store {without_password(self.url)}"]
         serving = [r for r in self.replicas if not r.get("draining")]  # draining: leaving anyway
         return [f"{r['id']} ({r.get('url') or 'no URL'}) reports share {r['student_share']:.4g} "
                 f"generation {r['generation']}, expected {share:.4g} generation >= {generation}"
@@ -111,8 +111,8 @@ class StoreFleet:
 
     def _read_registry(self) -> None:
         try:
-            ids = sorted(i.decode() for i in self._client.smembers(self._prefix + "replicas"))  # type: ignore[union-attr]
-            raw = self._client.mget([self._prefix + "replica:" + i for i in ids]) if ids else []
+            ids = sorted(i.decode() for i in self._client.smembers(self._keys.replicas))  # type: ignore[union-attr]
+            raw = self._client.mget([self._keys.replica(i) for i in ids]) if ids else []
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
         self.replicas = [json.loads(record) for record in raw if record is not None]
@@ -125,14 +125,9 @@ class StoreFleet:
                 log.info("replica %s (%s) joined the fleet", joined, current[joined] or "no URL")
         self._known = current
 
-    @property
-    def _where(self) -> str:
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
-
     def _unreachable(self, exc: Exception) -> GatewaysUnreachable:
         return GatewaysUnreachable(
-            f"state store {self._where} unreachable: {type(exc).__name__}: {exc}"
+            f"state store {without_password(self.url)} unreachable: {type(exc).__name__}: {exc}"
         )
 
     def close(self) -> None:

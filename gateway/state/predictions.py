@@ -140,6 +140,10 @@ class FleetPredictions:
         assert taken.classes is not None
         return score_labels(taken.backend, taken.classes, taken.other, labels)
 
+    @property
+    def _waiting(self) -> bool:
+        return bool(self._remembering or self._pairs or self._labels)
+
     def _schedule(self) -> None:
         if not self._scheduled and self._in_flight < ROUND_TRIPS_IN_FLIGHT:
             self._scheduled = True
@@ -148,7 +152,7 @@ class FleetPredictions:
     def _start(self) -> None:
         """Sends what waits now: this event-loop turn's predictions, shadow answers, labels."""
         self._scheduled = False
-        if not (self._remembering or self._pairs or self._labels):
+        if not self._waiting:
             return
         batch = (self._remembering, self._pairs, self._labels)
         self._remembering, self._pairs, self._labels = [], [], []
@@ -167,7 +171,7 @@ class FleetPredictions:
             await self._round_trip(remembering, pairs, labels)
         finally:
             self._in_flight -= 1
-            if self._remembering or self._pairs or self._labels:
+            if self._waiting:
                 self._schedule()
 
     async def _round_trip(

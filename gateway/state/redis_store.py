@@ -1,7 +1,7 @@
 """The fleet's state in Redis: one client, a few atomic scripts, and errors turned into
 ``StoreUnavailable``.
 
-Keys, under ``<prefix>:<model>:``:
+Keys, under ``<prefix>:<model>:`` (named in ``gateway.state.keys``, which the controller reads too):
 - ``share``: hash {share, generation}; a change is published on channel ``share-changed``.
 - ``replica:<id>``: one replica's registration (JSON), expiring after the replica TTL; the set
   ``replicas`` lists the ids, pruned of those whose registration expired.
@@ -24,6 +24,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.state.errors import StoreUnavailable
+from gateway.state.keys import StoreKeys, without_password
 
 T = TypeVar("T")
 CLASSES_DTYPE = np.dtype("<i4")
@@ -186,10 +187,9 @@ class RedisStore:
             socket_connect_timeout=timeout_seconds,
             health_check_interval=0,
         )
-        self._prefix = f"{prefix}:{model}:"
-        self.share_key = self._prefix + "share"
-        self.channel = self._prefix + "share-changed"
-        self._replicas = self._prefix + "replicas"
+        self.keys = StoreKeys(prefix, model)
+        self.share_key = self.keys.share
+        self.channel = self.keys.share_changed
         self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
         self._seed_share = self._client.register_script(_SEED_SHARE)
         self._connection: Connection | None = None  # the exchange's own (_on_own_connection)
@@ -213,9 +213,7 @@ class RedisStore:
 
     @property
     def url_for_humans(self) -> str:
-        """The URL without its password."""
-        scheme, _, rest = self.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return without_password(self.url)
 
     async def ping(self) -> None:
         await self._call("ping", self._client.ping)
@@ -249,9 +247,9 @@ class RedisStore:
     async def register(self, replica_id: str, record: dict[str, Any], ttl_seconds: float) -> None:
         async def write() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(self._prefix + "replica:" + replica_id, json.dumps(record),
+                pipe.set(self.keys.replica(replica_id), json.dumps(record),
                          px=int(ttl_seconds * 1000))  # fmt: skip
-                pipe.sadd(self._replicas, replica_id)
+                pipe.sadd(self.keys.replicas, replica_id)
                 await pipe.execute()
 
         await self._call("register", write)
@@ -259,8 +257,8 @@ class RedisStore:
     async def deregister(self, replica_id: str) -> None:
         async def remove() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.delete(self._prefix + "replica:" + replica_id)
-                pipe.srem(self._replicas, replica_id)
+                pipe.delete(self.keys.replica(replica_id))
+                pipe.srem(self.keys.replicas, replica_id)
                 await pipe.execute()
 
         await self._call("deregister", remove)
@@ -269,14 +267,14 @@ class RedisStore:
         """The live replicas' registrations; expired ones are pruned from the id set."""
 
         async def read() -> list[dict[str, Any]]:
-            members = await self._client.smembers(self._replicas)
+            members = await self._client.smembers(self.keys.replicas)
             ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
             if not ids:
                 return []
-            records = await self._client.mget([self._prefix + "replica:" + i for i in ids])
+            records = await self._client.mget([self.keys.replica(i) for i in ids])
             gone = [i for i, record in zip(ids, records, strict=True) if record is None]
             if gone:
-                await self._client.srem(self._replicas, *gone)
+                await self._client.srem(self.keys.replicas, *gone)
             return [json.loads(record) for record in records if record is not None]
 
         return await self._call("replicas", read)
@@ -294,7 +292,7 @@ class RedisStore:
         """One round trip for an event-loop turn: every prediction to remember, shadow answer to
         pair and label to take. Returns the predictions now waiting (-1 when none was written)
         and what each label found, in order."""
-        args: list[Any] = [self._prefix, now_ms, int(limits.ttl_seconds * 1000),
+        args: list[Any] = [self.keys.prefix, now_ms, int(limits.ttl_seconds * 1000),
                            limits.max_entries, limits.max_bytes, len(pending), len(pairs),
                            len(labels)]  # fmt: skip
         for item in pending:
@@ -343,8 +341,8 @@ class RedisStore:
 
         async def read() -> tuple[int, int]:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zcard(self._prefix + "p-index")
-                pipe.get(self._prefix + "p-bytes")
+                pipe.zcard(self.keys.prediction_index)
+                pipe.get(self.keys.prediction_bytes)
                 count, size = await pipe.execute()
             return int(count), int(size or 0)
 

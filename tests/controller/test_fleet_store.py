@@ -13,15 +13,16 @@ from controller.actuator import GatewaysDisagree, GatewaysUnreachable
 from controller.fleet_store import StoreFleet
 from controller.local.processes import RedisProcess, free_port
 from controller.sources import MetricsUnavailable
+from gateway.state.keys import StoreKeys
 
 PREFIX = "fleet-store-test"
 
 
 def register(server: RedisProcess, replica: dict[str, Any]) -> None:
     client = redis.Redis.from_url(server.url)
-    key = f"{PREFIX}:digits:"
-    client.set(key + "replica:" + replica["id"], json.dumps(replica), px=60_000)
-    client.sadd(key + "replicas", replica["id"])
+    keys = StoreKeys(PREFIX, "digits")
+    client.set(keys.replica(replica["id"]), json.dumps(replica), px=60_000)
+    client.sadd(keys.replicas, replica["id"])
     client.close()
 
 
@@ -42,7 +43,7 @@ def test_a_share_is_confirmed_by_live_replicas_and_a_laggard_is_named(
     with pytest.raises(GatewaysDisagree, match=r"b \(http://b:8081\) reports share 0") as caught:
         fleet.set_share(0.05)
     assert "a (" not in str(caught.value) and "c (" not in str(caught.value)
-    generation = int(redis.Redis.from_url(redis_server.url).hget(f"{PREFIX}:digits:share",
+    generation = int(redis.Redis.from_url(redis_server.url).hget(StoreKeys(PREFIX, "digits").share,
                                                                  "generation") or 0)  # fmt: skip
     register(redis_server, replica("a", 0.05, generation))
     register(redis_server, replica("b", 0.05, generation))
