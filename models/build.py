@@ -1,6 +1,7 @@
-"""`distill-models`: train the teacher, distil the student, export both to ONNX, write the registry.
+"""`distill-models build`: train the teacher, distil the student, export both to ONNX, write the
+registry.
 
-Run ``python -m models.build`` (or ``make models``). Everything is seeded, so a rebuild reproduces
+Run ``distill-models build`` (or ``make models``). Everything is seeded, so a rebuild reproduces
 the same files, and the teacher's soft labels are cached under (teacher id, dataset hash, T).
 """
 
@@ -26,8 +27,10 @@ from models.distill import (
     soft_labels,
     train,
 )
-from models.export import content_hash, export_onnx, latency_ms, max_abs_difference
+from models.evaluate import latency_ms
+from models.export import export_onnx, max_abs_difference
 from models.nets import parameter_count, student_net, teacher_net
+from models.registry import content_hash
 
 ONNX_TOLERANCE = 1e-4
 TARGET_ACCURACY_GAP = 0.02
@@ -111,7 +114,11 @@ def build(
         },
         "models": {"teacher": teacher_entry, "student": student_entry, "student_bad": bad_entry},
     }
-    (out_dir / "registry.json").write_text(json.dumps(registry, indent=2) + "\n")
+    registry_path = out_dir / "registry.json"
+    if registry_path.exists():  # the sweep's sections (they name the teacher they came from)
+        earlier = json.loads(registry_path.read_text())
+        registry.update({k: v for k, v in earlier.items() if k not in registry})
+    registry_path.write_text(json.dumps(registry, indent=2) + "\n")
     met = _report_targets(teacher_entry, student_entry, baseline_accuracy)
     if enforce_targets and not met:
         raise typer.Exit(code=1)
@@ -172,7 +179,7 @@ def _report_targets(teacher: dict[str, Any], student: dict[str, Any], baseline: 
 
 
 def main() -> None:
-    typer.run(build)
+    typer.run(build)  # python -m models.build: the same as distill-models build
 
 
 if __name__ == "__main__":

@@ -120,19 +120,26 @@ def soft_label_cache_key(teacher_id: str, dataset_hash: str, temperature: float)
 
 
 def soft_labels(
-    teacher: nn.Module, x: np.ndarray, temperature: float, cache_path: Path
+    teacher: nn.Module | Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    temperature: float,
+    cache_path: Path,
 ) -> tuple[np.ndarray, bool]:
     """The teacher's softened probabilities on ``x``, computed once per cache key.
 
-    Returns the labels and whether they came from the cache.
+    ``teacher`` is a PyTorch net or any function from pixels to logits (the sweep's is the
+    teacher's ONNX file). Returns the labels and whether they came from the cache.
     """
     if cache_path.exists():
         with np.load(cache_path) as cached:
             return cached["soft_labels"], True
-    teacher.eval()
-    with torch.no_grad():
-        logits = teacher(torch.from_numpy(x))
-        probabilities = F.softmax(logits / temperature, dim=1).numpy().astype(np.float32)
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+        with torch.no_grad():
+            logits = teacher(torch.from_numpy(x))
+    else:
+        logits = torch.from_numpy(np.asarray(teacher(x), dtype=np.float32))
+    probabilities = F.softmax(logits / temperature, dim=1).numpy().astype(np.float32)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, soft_labels=probabilities)
