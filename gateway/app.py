@@ -33,6 +33,7 @@ from gateway.protocol import (
     Feedback,
     FleetTraffic,
     InferenceRequest,
+    StudentUpdate,
     TrafficState,
     TrafficUpdate,
 )
@@ -203,6 +204,14 @@ def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: Secret
         await service.set_student_share(update.student_share)
         return json_response(_traffic(service))
 
+    @app.put("/admin/student", openapi_extra=_documented_body(StudentUpdate))
+    async def put_student(request: Request) -> Response:
+        """Serve a registered model as the student; only at share 0 (409 otherwise)."""
+        _authorize(request, admin_token, service)
+        update = _parse(StudentUpdate, await read_body(request, limit))
+        await service.load_student(update.model_id)
+        return json_response(_traffic(service))
+
 
 def _documented_body(model: type[BaseModel] | None) -> dict[str, Any] | None:
     """The OpenAPI request body of a route that reads its body itself (to bound its size and
@@ -247,11 +256,13 @@ def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> N
 def _traffic(service: GatewayService) -> dict[str, object]:
     """What this replica applies; in a fleet, also what the fleet wants and who this is."""
     split, fleet = service.split, service.fleet
-    state = TrafficState(student_share=split.student_share, generation=split.generation)
+    state = TrafficState(student_share=split.student_share, generation=split.generation,
+                         student_id=service.student_id)  # fmt: skip
     if fleet is not None:
         wanted = fleet.fleet_share
-        state.fleet = None if wanted is None else FleetTraffic(
-            student_share=wanted.share, generation=wanted.generation)  # fmt: skip
+        state.fleet = None if wanted is None else FleetTraffic(student_share=wanted.share,
+            generation=wanted.generation, student_id=wanted.student)  # fmt: skip
+        state.student_error = fleet.student_error
         state.replica_id = fleet.replica_id
         state.replicas = len(fleet.replicas)
     return state.model_dump(exclude_none=True)

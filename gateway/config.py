@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gateway.roles import ROLES
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
-from models import STUDENT_PATH, TEACHER_PATH
+from models import REGISTRY_PATH, STUDENT_PATH, TEACHER_PATH
 
 
 class BatchingConfig(StrictModel):
@@ -304,6 +304,9 @@ class GatewaySettings(BaseSettings):
     moves traffic and a client that pins it keeps working."""
     teacher: BackendConfig = Field(default_factory=_default_teacher)
     student: BackendConfig = Field(default_factory=_default_student)
+    registry: Path = REGISTRY_PATH
+    """The model registry ``PUT /admin/student`` looks ids up in (``distill-models sweep`` writes
+    it); its files are relative to it."""
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)

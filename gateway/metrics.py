@@ -108,6 +108,15 @@ class GatewayMetrics:
             multiprocess_mode="livemostrecent",
             registry=registry,
         )
+        self.student_info = Gauge(
+            "gateway_student_info",
+            "1 for the student this gateway serves, by its model registry id (the content hash "
+            "of its file; 'unknown' on Triton); 0 for one it served before.",
+            [*m, "student_id"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self._student_shown: str | None = None
         self.traffic_generation = Gauge(
             "gateway_traffic_generation",
             "Increments on every change of the traffic split.",
@@ -398,6 +407,13 @@ class GatewayMetrics:
             self.backend_duration.labels(self.model, backend, path).observe(seconds)
             if path == "live":
                 self._live_wall_seconds[backend] += seconds
+
+    def set_student(self, student_id: str | None) -> None:
+        shown = student_id or "unknown"
+        if self._student_shown not in (None, shown):
+            self.student_info.labels(self.model, self._student_shown).set(0)
+        self.student_info.labels(self.model, shown).set(1)
+        self._student_shown = shown
 
     def set_share(self, student_share: float, generation: int) -> None:
         self.traffic_share.labels(self.model, "student").set(student_share)

@@ -68,9 +68,18 @@ class TrafficUpdate(StrictModel):
     student_share: float = Field(ge=0.0, le=1.0)
 
 
+class StudentUpdate(StrictModel):
+    """Body of ``PUT /admin/student``: a model registry id (``distill-models select`` prints
+    one)."""
+
+    model_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+
+
 class FleetTraffic(StrictModel):
     student_share: float
     generation: int
+    student_id: str | None = None
+    """The registry id the store says every replica serves, once one was set."""
 
 
 class TrafficState(StrictModel):
@@ -79,6 +88,10 @@ class TrafficState(StrictModel):
 
     student_share: float
     generation: int
+    student_id: str | None = None
+    """The registry id of the student this gateway serves (None for a student on Triton)."""
+    student_error: str | None = None
+    """In a fleet: why the fleet's student could not be loaded here."""
     fleet: FleetTraffic | None = None
     """In a fleet (state.url redis): the share and generation the store holds, last read."""
     replica_id: str | None = None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends import Backend, create_backend
+from gateway.backends.onnx import LoadedModel, OnnxBackend
 from gateway.batching import Batcher
 from gateway.codec import DecodedRequest
 from gateway.config import GatewaySettings
@@ -26,10 +27,12 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
+    Conflict,
     GatewayError,
     InferenceFailed,
     NotFound,
     Overloaded,
+    Unprocessable,
 )
 from gateway.feedback import FeedbackStore
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
@@ -40,10 +43,11 @@ from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
 from gateway.routing import TrafficSplit
 from gateway.shadow import ShadowComparer
 from gateway.signature import Signature, signature_mismatches
-from gateway.state.fleet import FleetMember
+from gateway.state.fleet import FleetMember, StudentHooks
 from gateway.state.health import StoreHealth
 from gateway.state.predictions import FleetPredictions, LocalPredictions, Predictions
 from gateway.state.redis_store import RedisStore
+from gateway.students import resolve, served_id
 
 log = logging.getLogger(__name__)
 SHADOW_FLUSH_SECONDS = 2.0
@@ -137,6 +141,9 @@ class GatewayService:
         self._lag_watcher: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._student_refused = False
+        self.student_id: str | None = served_id(settings.student)
+        """The registry id (content hash) of the student's file; None for a student on Triton."""
+        metrics.set_student(self.student_id)
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
@@ -213,7 +220,8 @@ class GatewayService:
             await predictions.refresh_pending()
 
         fleet = FleetMember(store, state, health, lambda: (split.student_share, split.generation),
-                            self._apply_fleet_share, after_heartbeat)  # fmt: skip
+                            self._apply_fleet_share, after_heartbeat,
+                            StudentHooks(lambda: self.student_id, self._serve_student))  # fmt: skip
         self._store, self.predictions, self.fleet = store, predictions, fleet
         await fleet.join()
         log.info("fleet %s: replica %s at %s, student share %.4g (generation %d)",
@@ -465,6 +473,57 @@ class GatewayService:
             "paired": scored.paired is not None,
         }
 
+    async def load_student(self, model_id: str) -> None:
+        """``PUT /admin/student``: serve the registry's model ``model_id`` as the student. Only at
+        share 0, so no user is answered by a model nobody judged; in a fleet, through the store,
+        for every replica to load. Checked here (registry, file, signature) before the store
+        hears of it, so a bad id never reaches the other replicas."""
+        share = self.split.student_share
+        fleet_share = self.fleet.fleet_share if self.fleet is not None else None
+        fleet_student = fleet_share.student if fleet_share is not None else model_id
+        if model_id == self.student_id and fleet_student == model_id:
+            return  # already served (a controller resuming its rollout asks again): no change
+        if share != 0 or (fleet_share is not None and fleet_share.share != 0):
+            shown = share if share != 0 else fleet_share.share  # type: ignore[union-attr]
+            raise Conflict(f"the student share is {shown:.4g}: a student is changed only at share "
+                           "0 (set it to 0 first, or let a rollback do it)")  # fmt: skip
+        loaded = await self._open_student(model_id)
+        if self.fleet is not None:
+            await self.fleet.write_student(model_id)
+        await self._adopt_student(model_id, loaded)
+
+    async def _serve_student(self, model_id: str) -> None:
+        """A replica following its fleet: the store already checked the share."""
+        await self._adopt_student(model_id, await self._open_student(model_id))
+
+    async def _open_student(self, model_id: str) -> LoadedModel:
+        student = self._backends["student"]
+        if not isinstance(student, OnnxBackend):
+            raise Conflict(
+                "the student is served by Triton (student.kind: triton), which loads its own "
+                "files; a registry id is served with student.kind: onnx"
+            )
+        path, _ = resolve(self.settings.registry, model_id)
+        try:
+            loaded = await student.open(path)
+        except BackendUnavailable as exc:
+            raise Conflict(f"model '{model_id}': {exc.message}") from exc
+        problems = signature_mismatches(self.signature, loaded.signature)
+        if problems:
+            raise Unprocessable(f"model '{model_id}' cannot be the student: its signature "
+                                "differs from the teacher's: " + "; ".join(problems))  # fmt: skip
+        return loaded
+
+    async def _adopt_student(self, model_id: str, loaded: LoadedModel) -> None:
+        previous = self.student_id
+        student = self._backends["student"]
+        assert isinstance(student, OnnxBackend)
+        await student.adopt(loaded)
+        self.student_id = model_id
+        self._student_loaded, self._student_refused = True, False
+        self._metrics.set_student(model_id)
+        log.info("student %s -> %s (%s)", previous, model_id, loaded.config.path)
+
     def model_metadata(self) -> dict[str, object]:
         return {
             "name": self.model,
@@ -472,4 +531,6 @@ class GatewayService:
             "platform": "distill-gateway",
             "inputs": [spec.as_metadata() for spec in self.signature.inputs],
             "outputs": [spec.as_metadata() for spec in self.signature.outputs],
+            # beyond the V2 fields (clients ignore what they do not know): which student serves
+            "student_id": self.student_id,
         }

@@ -28,7 +28,11 @@ def test_set_share_takes_effect_on_the_next_request(admin_gateway: TestGateway) 
     before = httpx.get(f"{admin_gateway.url}/admin/traffic").json()
     response = _put(admin_gateway, {"student_share": 1.0})
     assert response.status_code == 200
-    assert response.json() == {"student_share": 1.0, "generation": before["generation"] + 1}
+    assert response.json() == {
+        "student_share": 1.0,
+        "generation": before["generation"] + 1,
+        "student_id": before["student_id"],
+    }
     served = httpx.post(f"{admin_gateway.url}/v2/models/digits/infer", json=BODY)
     assert served.headers["x-served-by"] == "student"
     assert httpx.get(f"{admin_gateway.url}/admin/traffic").json()["student_share"] == 1.0

@@ -20,8 +20,10 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import trustme
 
+from controller.actuator import GatewaysDisagree
 from controller.fleet_store import StoreFleet
 from controller.local.processes import RedisProcess
+from models import REGISTRY_PATH, registry
 from models.data import Split
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_total, wait_until
 
@@ -330,3 +332,38 @@ def test_a_fleet_over_tls_with_a_password(tmp_path: Path) -> None:
             wrong.stop()
     finally:
         server.stop()
+
+
+def test_a_student_put_on_one_replica_is_served_by_every_replica_and_only_at_share_0(
+    fleet: StartReplica, redis: RedisProcess, request: pytest.FixtureRequest
+) -> None:
+    selection = registry.select(registry.load(REGISTRY_PATH), 0.02, "latency")
+    assert selection is not None and selection.runner_up is not None
+    chosen, other = selection.chosen["id"], selection.runner_up["id"]
+    first, second = fleet(), fleet()
+
+    response = CLIENT.put(f"{first.url}/admin/student", json={"model_id": chosen},
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+
+    assert response.status_code == 200, response.text
+    wait_until(lambda: traffic(second)["student_id"] == chosen, 5, "the student to spread")
+    assert traffic(second)["fleet"]["student_id"] == chosen
+    newcomer = fleet()  # its config names the shipped student: the fleet's wins
+    wait_until(lambda: traffic(newcomer)["student_id"] == chosen, 5, "the newcomer to follow")
+    # the controller's side: every registration reports it, so setting it again confirms at once
+    prefix = f"test-{request.node.name}"[:60].replace("[", "-").replace("]", "")
+    store = StoreFleet(redis.url, "digits", key_prefix=prefix)
+    store.set_student(chosen)
+    assert {r["student_id"] for r in store.replicas} == {chosen}
+
+    # at a share above 0, neither a replica nor the controller may change it
+    second.set_share(0.1)
+    wait_until(lambda: traffic(first)["student_share"] == 0.1, 5, "the share to spread")
+    refused = CLIENT.put(f"{first.url}/admin/student", json={"model_id": other},
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+    assert refused.status_code == 409, refused.text
+    assert "share is 0.1" in refused.json()["error"]
+    with pytest.raises(GatewaysDisagree, match=r"share is 0\.1"):
+        store.set_student(other)
+    store.close()
+    assert {traffic(r)["student_id"] for r in (first, second, newcomer)} == {chosen}

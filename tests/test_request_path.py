@@ -123,7 +123,11 @@ def test_the_share_splits_and_a_routing_key_sticks() -> None:
     async def scenario(gateway: InProcessGateway) -> None:
         put = await gateway.client.put("/admin/traffic", json={"student_share": 0.5},
                                        headers={"Authorization": "Bearer fake-token"})  # fmt: skip
-        assert put.json() == {"student_share": 0.5, "generation": 1}
+        assert put.json() == {
+            "student_share": 0.5,
+            "generation": 1,
+            "student_id": gateway.service.student_id,
+        }
         served = [(await gateway.infer()).headers["x-served-by"] for _ in range(200)]
         assert 60 <= served.count("student") <= 140  # binomial(200, 0.5): far outside 6 sigma
         keyed = {(await gateway.infer({"x-routing-key": "user-42"})).headers["x-served-by"]

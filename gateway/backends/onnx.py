@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -63,6 +65,13 @@ class _ThreadPool:
         self.abandoned = 0
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    config: OnnxBackendConfig
+    session: ort.InferenceSession
+    signature: Signature
+
+
 class OnnxBackend(Backend):
     measures_cpu = True
 
@@ -94,6 +103,23 @@ class OnnxBackend(Backend):
         after = _resident_bytes()
         if before is not None and after is not None:  # backends load one at a time
             self.memory_bytes = max(0, after - before)
+
+    async def open(self, path: Path) -> LoadedModel:
+        """Another model file read into a session of this backend's kind, not yet served: the
+        caller checks its signature, then ``adopt``s it or drops it."""
+        config = self._config.model_copy(update={"path": path})
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(self._executor, self._open_session, config)
+        return LoadedModel(config, session, _signature_of(session))
+
+    async def adopt(self, loaded: LoadedModel) -> None:
+        """Serves ``loaded`` from now on; calls already running finish on the old session."""
+        self._config, self._session, self._signature = (
+            loaded.config,
+            loaded.session,
+            loaded.signature,
+        )
+        await self._warm_up()
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
@@ -174,15 +200,16 @@ class OnnxBackend(Backend):
         for pool in self._pools.values():
             pool.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _open_session(self) -> ort.InferenceSession:
+    def _open_session(self, config: OnnxBackendConfig | None = None) -> ort.InferenceSession:
+        config = config or self._config
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self._config.intra_op_threads
+        options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = 1
         # Idle ORT threads otherwise spin and steal CPU from the server's own threads.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        path = str(self._config.path)
+        path = str(config.path)
         try:
             session = self._session_on_best_device(path, options)
         except Exception as exc:

@@ -13,17 +13,27 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from gateway.config import StateConfig
+from gateway.errors import Conflict, GatewayError
 from gateway.state.errors import StoreUnavailable
 from gateway.state.health import StoreHealth
 from gateway.state.redis_store import FleetShare, RedisStore
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudentHooks:
+    """How a replica tells which student it serves, and loads the fleet's."""
+
+    served: Callable[[], str | None]
+    load: Callable[[str], Awaitable[None]]
 
 
 def default_replica_id() -> str:
@@ -39,6 +49,7 @@ class FleetMember:
         applied: Callable[[], tuple[float, int]],
         apply: Callable[[float, int], None],
         on_heartbeat: Callable[[], Any] | None = None,
+        student: StudentHooks | None = None,
     ) -> None:
         self._store = store
         self._config = config
@@ -46,6 +57,9 @@ class FleetMember:
         self._applied = applied
         self._apply = apply
         self._on_heartbeat = on_heartbeat
+        self._student = student
+        self.student_error: str | None = None  # why the fleet's student could not be loaded here
+        self._refused_student: str | None = None
         self.replica_id = config.replica_id or default_replica_id()
         self.advertise_url = config.advertise_url or ""
         self.fleet_share: FleetShare | None = None  # what the store held, last we read it
@@ -94,6 +108,21 @@ class FleetMember:
         await self._register_quietly()
         return written
 
+    async def write_student(self, model_id: str) -> None:
+        """``PUT /admin/student``: the fleet's student, refused (409) unless the fleet's share is
+        0; 503 when the store cannot take it."""
+        try:
+            refused_at = await self._store.write_student(model_id)
+        except StoreUnavailable as exc:
+            self._health.failed("write_student", exc)
+            raise StoreUnavailable(
+                f"{exc.message}: the fleet's student was not changed; retry when it is back"
+            ) from exc
+        self._health.succeeded()
+        if refused_at is not None:
+            raise Conflict(f"the fleet's student share is {refused_at:.4g}: a student is "
+                           "changed only at share 0 (set it to 0 first)")  # fmt: skip
+
     # -- background ----------------------------------------------------------------------------
 
     async def _reconcile(self, seed: tuple[float, int] | None = None) -> None:
@@ -110,6 +139,22 @@ class FleetMember:
         self.fleet_share = fleet
         if (fleet.share, fleet.generation) != self._applied():
             self._apply(fleet.share, fleet.generation)
+        await self._follow_student(fleet.student)
+
+    async def _follow_student(self, wanted: str | None) -> None:
+        """Loads the fleet's student when it is not the one served here. One that cannot be
+        loaded (not in this replica's registry, another signature) is said once, reported in
+        the registration, and not tried again until the fleet names another."""
+        hooks = self._student
+        if hooks is None or wanted is None or wanted in (hooks.served(), self._refused_student):
+            return
+        try:
+            await hooks.load(wanted)
+        except GatewayError as exc:
+            self._refused_student, self.student_error = wanted, exc.message
+            log.error("the fleet's student %s cannot be served here: %s", wanted, exc.message)
+            return
+        self._refused_student = self.student_error = None
 
     async def _listen(self) -> None:
         """Applies published changes as they come; on any error, subscribes again after a
@@ -156,6 +201,8 @@ class FleetMember:
             "started_at": self._started,
             "heartbeat_at": time.time(),
             "draining": self.draining,
+            "student_id": self._student.served() if self._student is not None else None,
+            "student_error": self.student_error,
         }
         await self._store.register(self.replica_id, record, self._config.replica_ttl_seconds)
 

@@ -18,7 +18,7 @@ class StoreKeys:
 
     @property
     def share(self) -> str:
-        """Hash {share, generation}."""
+        """Hash {share, generation, student (a registry id)}."""
         return self.prefix + "share"
 
     @property

@@ -2,7 +2,8 @@
 ``StoreUnavailable``.
 
 Keys, under ``<prefix>:<model>:`` (named in ``gateway.state.keys``, which the controller reads too):
-- ``share``: hash {share, generation}; a change is published on channel ``share-changed``.
+- ``share``: hash {share, generation, student}; a change is published on channel
+  ``share-changed``. ``student`` is the registry id every replica serves as the student.
 - ``replica:<id>``: one replica's registration (JSON), expiring after the replica TTL; the set
   ``replicas`` lists the ids, pruned of those whose registration expired.
 - ``p:<request id>``: a prediction awaiting its label, hash {b: backend, c: classes (int32
@@ -37,6 +38,15 @@ local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('HSET', KEYS[1], 'share', ARGV[1])
 redis.call('PUBLISH', KEYS[2], generation)
 return generation
+"""
+SET_STUDENT_SCRIPT = """
+-- the student a fleet serves (a registry id), only while the share is 0; the controller writes
+-- it with this script too. Returns {'ok'} or {'share', <the share that refused it>}.
+local share = redis.call('HGET', KEYS[1], 'share')
+if share and tonumber(share) ~= 0 then return {'share', share} end
+redis.call('HSET', KEYS[1], 'student', ARGV[1])
+redis.call('PUBLISH', KEYS[2], 'student')
+return {'ok'}
 """
 _SEED_SHARE = """
 if redis.call('HSETNX', KEYS[1], 'share', ARGV[1]) == 1 then
@@ -117,6 +127,7 @@ return answers
 class FleetShare:
     share: float
     generation: int
+    student: str | None = None  # the registry id every replica should serve, once one was set
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,7 @@ class RedisStore:
         self.channel = self.keys.share_changed
         self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
         self._seed_share = self._client.register_script(_SEED_SHARE)
+        self._set_student = self._client.register_script(SET_STUDENT_SCRIPT)
         self._connection: Connection | None = None  # the exchange's own (_on_own_connection)
         # Called by its SHA1, loaded when Redis says it does not know it.
         self._sha = hashlib.sha1(_EXCHANGE.encode()).hexdigest()
@@ -221,12 +233,12 @@ class RedisStore:
     # -- the share ---------------------------------------------------------------------------
 
     async def read_share(self) -> FleetShare | None:
-        values = await self._call(
-            "read_share", lambda: self._client.hmget(self.share_key, "share", "generation")
-        )
+        values = await self._call("read_share", lambda: self._client.hmget(
+            self.share_key, "share", "generation", "student"))  # fmt: skip
         if values[0] is None:
             return None
-        return FleetShare(float(values[0]), int(values[1] or 0))
+        student = values[2].decode() if isinstance(values[2], bytes) else values[2]
+        return FleetShare(float(values[0]), int(values[1] or 0), student)
 
     async def seed_share(self, share: float, generation: int) -> FleetShare:
         """The fleet's share; ``share`` at ``generation`` when the store had none."""
@@ -238,6 +250,12 @@ class RedisStore:
         generation = await self._call("write_share", lambda: self._set_share(
             keys=[self.share_key, self.channel], args=[repr(share)]))  # fmt: skip
         return FleetShare(share, int(generation))
+
+    async def write_student(self, model_id: str) -> float | None:
+        """The fleet's student, unless the fleet's share is not 0: then that share."""
+        answer = await self._call("write_student", lambda: self._set_student(
+            keys=[self.share_key, self.channel], args=[model_id]))  # fmt: skip
+        return None if answer[0] == b"ok" else float(answer[1])
 
     def pubsub(self) -> aioredis.client.PubSub:
         return self._client.pubsub(ignore_subscribe_messages=True)

@@ -1,0 +1,46 @@
+"""Which student a gateway serves: its id (the content hash of its file, as the model registry
+names it), and a registry id turned into a file to load (``PUT /admin/student``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import BackendConfig
+from gateway.errors import Conflict, NotFound
+from models import registry
+
+
+def served_id(config: BackendConfig) -> str | None:
+    """The registry id of the file an ONNX backend serves; None for a model on Triton (its
+    files are Triton's)."""
+    path = getattr(config, "path", None)
+    if path is None:
+        return None
+    try:
+        return registry.content_hash(Path(path))
+    except OSError:
+        return None
+
+
+def resolve(registry_path: Path, model_id: str) -> tuple[Path, dict[str, object]]:
+    """The file a registry id names, checked to be that file, and its registry entry."""
+    try:
+        data = registry.load(registry_path)
+    except (OSError, ValueError) as exc:
+        raise Conflict(f"cannot read the model registry {registry_path}: {exc}") from exc
+    entry = registry.find(data, model_id)
+    if entry is None:
+        raise NotFound(f"no model with id '{model_id}' in the registry {registry_path}; "
+                       "`distill-models select` prints one")  # fmt: skip
+    status = entry.get("status", registry.ACCEPTED)
+    if status != registry.ACCEPTED:
+        raise Conflict(f"model '{model_id}' is registered as '{status}'; it is not served")
+    path = registry_path.parent / str(entry["file"])
+    try:
+        actual = registry.content_hash(path)
+    except OSError as exc:
+        raise Conflict(f"model '{model_id}': its file {path} cannot be read: {exc}") from exc
+    if actual != model_id:
+        raise Conflict(f"model '{model_id}': its file {path} has changed since it was registered "
+                       f"(its content hash is now {actual})")  # fmt: skip
+    return path, entry
