@@ -39,6 +39,10 @@ class Fleet(Protocol):
 
     def read_reachable(self) -> dict[str, TrafficState]: ...
 
+    def set_student(self, model_id: str) -> None:
+        """Every gateway serves the registry's model ``model_id`` as its student, confirmed by
+        each one; raises ``FleetNotConfirmed`` naming those that did not."""
+
 
 class GatewayFleet:
     def __init__(self, urls: Sequence[str], admin_token: str | None, client: httpx.Client) -> None:
@@ -72,6 +76,16 @@ class GatewayFleet:
         if problems:
             raise GatewaysDisagree("; ".join(problems))
 
+    def set_student(self, model_id: str) -> None:
+        self._on_all(lambda url: self._put_student(url, model_id))
+        problems = [
+            f"{url} reports student {traffic.student_id}, expected {model_id}"
+            for url, traffic in self.read().items()
+            if traffic.student_id != model_id
+        ]
+        if problems:
+            raise GatewaysDisagree("; ".join(problems))
+
     def _on_all(self, call: Callable[[str], TrafficState]) -> dict[str, TrafficState]:
         with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:
             outcomes = list(pool.map(lambda url: self._attempt(call, url), self.urls))
@@ -97,6 +111,14 @@ class GatewayFleet:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         response = self._client.put(
             f"{url}/admin/traffic", json={"student_share": share}, headers=headers
+        )
+        response.raise_for_status()
+        return TrafficState.model_validate_json(response.content)
+
+    def _put_student(self, url: str, model_id: str) -> TrafficState:
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        response = self._client.put(
+            f"{url}/admin/student", json={"model_id": model_id}, headers=headers, timeout=30.0
         )
         response.raise_for_status()
         return TrafficState.model_validate_json(response.content)

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 from rich.progress import Progress
 
+from controller import students
 from controller.actuator import Fleet, GatewayFleet
 from controller.exporter import ControllerMetrics
 from controller.fleet_store import StoreFleet
@@ -31,6 +32,7 @@ from controller.rollout import EXIT_REFUSED, CanaryController, Launch, OnSigterm
 from controller.sources import create_source
 from controller.state import Command, Phase, RolloutState, StateError, StateStore
 from controller.status import render_status
+from models import REGISTRY_PATH
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 DEFAULT_STATE = Path("distill-canary.db")
@@ -123,6 +125,17 @@ def run(
             "the final phase, promotion or rollback."
         ),
     ] = 15.0,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="A model registry id (`distill-models select` prints one): every gateway loads "
+            "it as the student (at share 0) before traffic moves; the rollout, its metrics and "
+            "report name it and its lineage, and its outcome goes into the registry's history."
+        ),
+    ] = None,
+    registry: Annotated[
+        Path, typer.Option(help="The model registry --student is looked up in.")
+    ] = REGISTRY_PATH,
 ) -> None:
     """Run one rollout to its end, or resume the unfinished one: exit 0 when promoted, 3 when
     rolled back, 4 when some gateway never confirmed the rollback, 5 when refused (another
@@ -138,9 +151,13 @@ def run(
     except PolicyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     start = Start.FROM_CURRENT if from_current else Start.RESET if reset else Start.FRESH
+    try:
+        chosen = students.describe(registry, student) if student else None
+    except students.UnknownStudent as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
     launch = Launch([url.rstrip("/") for url in gateway or []], prometheus, new, start, name,
                     on_sigterm, wait_for_lease, prometheus_selector,
-                    _with_prefix(state_url, state_key_prefix))  # fmt: skip
+                    _with_prefix(state_url, state_key_prefix), chosen)  # fmt: skip
     _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
 
 
@@ -207,6 +224,7 @@ def _run_controller(
             code = controller.run(launch)
         except StateError as exc:
             raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
+    students.record_outcome(controller.state)
     if metrics_port and metrics_linger > 0:
         time.sleep(metrics_linger)
     final = controller.state

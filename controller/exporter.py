@@ -30,7 +30,12 @@ class ControllerMetrics:
         self.student_share = gauge("canary_student_share", "Student share the controller set.")
         self.step_index = gauge("canary_step_index", "Index of the current step in the policy.")
         self.phase = gauge("canary_phase", "1 for the rollout's current phase.", ("phase",))
-        self.rollout_info = gauge("canary_rollout_info", "1 for the rollout in hand.", ("rollout",))
+        self.rollout_info = gauge(
+            "canary_rollout_info",
+            "1 for the rollout in hand; student_id is the registry id it rolls out ('' when the "
+            "rollout named none).",
+            ("rollout", "student_id"),
+        )
         self.last_tick = gauge(
             "canary_last_tick_timestamp_seconds", "When the controller last renewed its lease."
         )
@@ -78,7 +83,8 @@ class ControllerMetrics:
         model = self.model
         for each in Phase:
             self.phase.labels(model, each.value).set(1 if each is state.phase else 0)
-        self.rollout_info.labels(model, str(state.rollout_id)).set(1)
+        student_id = state.student["id"] if state.student else ""
+        self.rollout_info.labels(model, str(state.rollout_id), student_id).set(1)
         self.step_index.labels(model).set(state.step_index)
         self.student_share.labels(model).set(state.share)
         self.bake_elapsed.labels(model).set(bake_elapsed)

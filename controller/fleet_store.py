@@ -22,7 +22,7 @@ from controller.actuator import GatewaysDisagree, GatewaysUnreachable
 from controller.sources.base import MetricsUnavailable
 from gateway.protocol import TrafficState
 from gateway.state.keys import StoreKeys, without_password
-from gateway.state.redis_store import SET_SHARE_SCRIPT
+from gateway.state.redis_store import SET_SHARE_SCRIPT, SET_STUDENT_SCRIPT
 
 log = logging.getLogger(__name__)
 CONFIRM_SECONDS = 3.0
@@ -46,6 +46,7 @@ class StoreFleet:
                                             socket_connect_timeout=timeout_seconds)  # fmt: skip
         self._keys = StoreKeys(key_prefix, model)
         self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
+        self._set_student = self._client.register_script(SET_STUDENT_SCRIPT)
         self._sleep = sleep
         self._clock = clock
         self._known: dict[str, str] = {}  # replica id -> URL, as last read
@@ -84,6 +85,32 @@ class StoreFleet:
         if lagging:
             raise GatewaysDisagree("; ".join(lagging))
         return {replica_id: wanted for replica_id in self.urls}
+
+    def set_student(self, model_id: str) -> None:
+        """Writes the student once, to the store (refused unless the fleet's share is 0), then
+        waits for every live replica to report it loaded; raises naming those that did not, with
+        the reason a replica gave."""
+        try:
+            answer = self._set_student(keys=[self._keys.share, self._keys.share_changed],
+                                       args=[model_id])  # fmt: skip
+        except (RedisError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        if answer[0] != b"ok":
+            raise GatewaysDisagree(f"the fleet's share is {float(answer[1]):.4g}: a student is "
+                                   "changed only at share 0")  # fmt: skip
+        deadline = self._clock() + CONFIRM_SECONDS
+        while True:
+            self._read_registry()
+            behind = [r for r in self.replicas
+                      if not r.get("draining") and r.get("student_id") != model_id]  # fmt: skip
+            if not behind or self._clock() > deadline:
+                break
+            self._sleep(0.1)
+        if behind:
+            raise GatewaysDisagree("; ".join(
+                f"{r['id']} ({r.get('url') or 'no URL'}) serves student {r.get('student_id')}"
+                + (f": {r['student_error']}" if r.get("student_error") else "")
+                for r in behind))  # fmt: skip
 
     def verify(self, share: float, after: dict[str, TrafficState] | None = None) -> None:
         newest = max((t.generation for t in (after or {}).values()), default=0)

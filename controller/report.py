@@ -18,6 +18,7 @@ import yaml
 
 from controller import gate_table
 from controller.state import DecisionRecord, RolloutState
+from controller.students import summary
 
 ENDS_A_PAUSE = ("resume", "advance", "promote", "promote-full", "promoted", "rolled back")
 MARKED_ACTIONS = {"set": "#888888", "promoted": "green", "rolled back": "red"}
@@ -277,6 +278,18 @@ def _plot(
                      edgecolors=colour, label=f"{label} (< min_requests)")  # fmt: skip
 
 
+def _student_paragraph(state: RolloutState) -> str:
+    """Which student, from which recipe: what an SRE reading an alert needs to know."""
+    if state.student is None:
+        return ""
+    lineage = state.student.get("lineage") or {}
+    rows = "".join(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
+                   for key, value in lineage.items())  # fmt: skip
+    return (f'<p id="student"><b>Student:</b> {html.escape(summary(state.student))}; test '
+            f"accuracy {state.student.get('test_accuracy')}</p>"
+            f'<table id="lineage">{rows}</table>')  # fmt: skip
+
+
 def _page(state: RolloutState, charts: list[tuple[str, str]]) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.started_at))
     ended = _end(state)
@@ -313,6 +326,7 @@ figure {{ margin: 1.5em 0; }} img.chart {{ max-width: 100%; }}
 <body>
 <h1>Rollout report: rollout {state.rollout_id}</h1>
 <p><b>Outcome:</b> {outcome}</p>
+{_student_paragraph(state)}
 <p><b>Started:</b> {started}; <b>lasted</b> {ended - state.started_at:.0f} s;
 <b>steps:</b> {steps}; <b>reached step</b> {state.step_index + 1}.</p>
 <p>Dashed lines mark decisions: grey a new step, green the promotion, red the rollback. Grey

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from controller import analysis, machine
 from controller.actuator import Fleet, FleetNotConfirmed, GatewaysUnreachable
@@ -35,6 +36,7 @@ from controller.state import (
     StateStore,
     new_holder_id,
 )
+from controller.students import summary
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Launch:
     wait_for_lease: float = 0.0  # seconds to wait for another controller's lease to lapse
     prometheus_selector: str = ""  # extra PromQL label matchers: namespace="ml",job="..."
     state_url: str | None = None  # the fleet's store: replicas found there, not in ``gateways``
+    student: dict[str, Any] | None = None  # run --student: loaded into every gateway first
 
 
 class CanaryController:
@@ -205,6 +208,15 @@ class CanaryController:
             raise StartRefused(f"{what} ended {saved.phase.value}; pass --new to start "
                                "another (its history is kept: status --rollout N)")  # fmt: skip
 
+    def _load_student(self, student: dict[str, Any]) -> None:
+        """Every gateway serves ``student`` (and says so) before any traffic moves; a gateway
+        that refuses (share not 0, unknown id, another signature) refuses the rollout."""
+        log.info("loading student %s into every gateway", summary(student))
+        try:
+            self.fleet.set_student(student["id"])
+        except FleetNotConfirmed as exc:
+            raise StartRefused(f"student {student['id']} was not loaded everywhere: {exc}") from exc
+
     def _resume(self, saved: RolloutState, previous_holder: str | None) -> RolloutState:
         self.state = saved
         before = f"after {previous_holder}" if previous_holder else "with no controller before it"
@@ -215,6 +227,8 @@ class CanaryController:
         return self.state
 
     def _start_new(self, launch: Launch) -> RolloutState:
+        if launch.student is not None:
+            self._load_student(launch.student)
         start_index, note = self._first_step(launch.start)
         state = RolloutState(
             steps=list(self.policy.steps),
@@ -226,6 +240,7 @@ class CanaryController:
             prometheus_selector=launch.prometheus_selector,
             state_url=launch.state_url,
             name=launch.name,
+            student=launch.student,
         )
         self.state = self.store.add(state, self.holder)
         self._record(Record.STARTED, f"controller {self.holder} started rollout "

@@ -119,6 +119,7 @@ class RolloutState:
     paused_by: str | None = None
     ended_at: float | None = None
     name: str | None = None  # run --name: one rollout per name
+    student: dict[str, Any] | None = None  # run --student: the registry's id, name and lineage
     promote_when_confirmed: bool = False  # promote --full: ends promoted once 100 % is confirmed
 
     def to_json(self) -> str:

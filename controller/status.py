@@ -14,6 +14,7 @@ import httpx
 
 from controller.gate_table import text_table
 from controller.state import DecisionRecord, Phase, RolloutState, StateStore
+from controller.students import summary
 
 
 def render_status(
@@ -31,6 +32,8 @@ def render_status(
         f"next: {_next_event(rollout, now)}",
         f"controller: {_controller(rollout, store, now)}",
     ]
+    if rollout.student is not None:
+        lines.insert(1, f"student: {summary(rollout.student)}")
     if rollout.rollback_reason:
         lines.append(f"rolled back because: {rollout.rollback_reason}")
     lines.append("gateways (intended vs actual):")

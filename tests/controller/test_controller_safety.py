@@ -283,7 +283,10 @@ def test_metrics_say_who_is_alive_and_what_each_gate_decided(
     assert low is not None and high is not None and 0.9 < low <= high <= 1.0
     assert metric(registry, "canary_step_bake_elapsed_seconds") == 3
     assert (
-        registry.get_sample_value("canary_rollout_info", {"model": "digits", "rollout": "1"}) == 1
+        registry.get_sample_value(
+            "canary_rollout_info", {"model": "digits", "rollout": "1", "student_id": ""}
+        )
+        == 1
     )
 
 
