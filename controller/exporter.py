@@ -32,9 +32,10 @@ class ControllerMetrics:
         self.phase = gauge("canary_phase", "1 for the rollout's current phase.", ("phase",))
         self.rollout_info = gauge(
             "canary_rollout_info",
-            "1 for the rollout in hand; student_id is the registry id it rolls out ('' when the "
-            "rollout named none).",
-            ("rollout", "student_id"),
+            "1 for the rollout in hand; student_id and student are the registry id and name of "
+            "the student it rolls out (its name says its recipe: mlp32-t4-a0.8 is T=4, alpha "
+            "0.8), '' when the rollout named none.",
+            ("rollout", "student_id", "student"),
         )
         self.last_tick = gauge(
             "canary_last_tick_timestamp_seconds", "When the controller last renewed its lease."
@@ -83,8 +84,10 @@ class ControllerMetrics:
         model = self.model
         for each in Phase:
             self.phase.labels(model, each.value).set(1 if each is state.phase else 0)
-        student_id = state.student["id"] if state.student else ""
-        self.rollout_info.labels(model, str(state.rollout_id), student_id).set(1)
+        student = state.student or {"id": "", "name": ""}
+        self.rollout_info.labels(model, str(state.rollout_id), student["id"], student["name"]).set(
+            1
+        )
         self.step_index.labels(model).set(state.step_index)
         self.student_share.labels(model).set(state.share)
         self.bake_elapsed.labels(model).set(bake_elapsed)

@@ -284,7 +284,8 @@ def test_metrics_say_who_is_alive_and_what_each_gate_decided(
     assert metric(registry, "canary_step_bake_elapsed_seconds") == 3
     assert (
         registry.get_sample_value(
-            "canary_rollout_info", {"model": "digits", "rollout": "1", "student_id": ""}
+            "canary_rollout_info",
+            {"model": "digits", "rollout": "1", "student_id": "", "student": ""},
         )
         == 1
     )
