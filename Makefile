@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models bench bench-tools simulate fuzz soak stack venv triton-env system-tools clean locks images
+.PHONY: demo test lint models sweep bench bench-tools simulate fuzz soak stack venv triton-env system-tools clean locks images
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
@@ -64,7 +64,12 @@ stack: venv system-tools
 	$(BIN)/distill-stack
 
 models: venv
-	$(BIN)/python -m models.build
+	$(BIN)/distill-models build
+
+# The distillation sweep (README: The sweep): resumes; then the frontier and its plot.
+sweep: venv
+	$(BIN)/distill-models sweep
+	$(BIN)/distill-models pareto
 
 # The fuzz suite (tests/test_fuzz.py) with 20x the examples CI runs: about 5 minutes.
 fuzz: venv
