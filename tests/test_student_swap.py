@@ -18,6 +18,7 @@ from models import REGISTRY_PATH, STUDENT_PATH, TEACHER_PATH
 from models import registry as reg
 from models.data import Split
 from models.evaluate import onnx_logits
+from tests.rollouts import canary_command, run_canary, write_policy
 from tests.servers import ADMIN_TOKEN, TestGateway
 
 StartGateway = Callable[..., TestGateway]
@@ -155,3 +156,21 @@ def _five_class_model(path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
+
+
+def test_a_rollout_whose_student_a_gateway_refuses_never_starts(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    gateway = start_gateway({"shadow": {"sample_rate": 0.0}, "traffic": {"student_share": 0.25}})
+    state = tmp_path / "rollout.db"
+    command = canary_command([gateway], write_policy(tmp_path), state, "--student",
+                             _chosen()["id"])  # fmt: skip
+
+    result = run_canary(command, timeout=60)
+
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "was not loaded everywhere" in result.stderr and "share is 0.25" in result.stderr
+    assert httpx.get(f"{gateway.url}/admin/traffic").json()["student_share"] == 0.25  # untouched
+    unknown = run_canary(canary_command([gateway], write_policy(tmp_path), tmp_path / "b.db",
+                                        "--student", "0123456789abcdef"), timeout=60)  # fmt: skip
+    assert unknown.returncode == 2 and "no model with id '0123456789abcdef'" in unknown.stderr
