@@ -261,8 +261,7 @@ def train_candidate(
         entry = _describe(path, out_dir, f"{spec.name}.{kind}", parameters,
                           {**lineage, "quantization": kind, "parent_id": fp32["id"]},
                           splits.test)  # fmt: skip
-        if entry["test_accuracy"] < fp32["test_accuracy"] - MAX_CONVERSION_DROP:
-            entry["status"] = reg.REJECTED_CONVERSION
+        entry["status"] = conversion_status(fp32["test_accuracy"], entry["test_accuracy"])
         files.append(entry)
     record = {"candidate": asdict(spec), "files": files}
     records_dir.mkdir(parents=True, exist_ok=True)
@@ -271,6 +270,13 @@ def train_candidate(
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(target)
     return record
+
+
+def conversion_status(parent_accuracy: float, accuracy: float) -> str:
+    """A quantized file may lose up to ``MAX_CONVERSION_DROP`` of its parent's accuracy."""
+    if accuracy < parent_accuracy - MAX_CONVERSION_DROP - 1e-12:
+        return reg.REJECTED_CONVERSION
+    return reg.ACCEPTED
 
 
 def _describe(

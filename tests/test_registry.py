@@ -46,6 +46,20 @@ def test_every_registered_file_scores_what_the_registry_says(entry: dict[str, An
         )
 
 
+@pytest.mark.parametrize(("parent", "quantized", "status"), [
+    (0.9694, 0.9694, reg.ACCEPTED),
+    (0.9694, 0.9611, reg.ACCEPTED),  # 0.83 points: within the 1-point allowance
+    (0.9694, 0.9583, reg.REJECTED_CONVERSION),  # 1.11 points
+    (0.9694, 0.9750, reg.ACCEPTED),  # better than its parent happens too
+])  # fmt: skip
+def test_a_quantized_file_more_than_a_point_below_its_parent_is_rejected(
+    parent: float, quantized: float, status: str
+) -> None:
+    from models.sweep import conversion_status
+
+    assert conversion_status(parent, quantized) == status
+
+
 def _entry(model_id: str, accuracy: float, batch_1: float, size: int = 1000) -> dict[str, Any]:
     return {"id": model_id, "name": model_id, "file": f"{model_id}.onnx", "status": reg.ACCEPTED,
             "test_accuracy": accuracy, "latency_ms": {"batch_1": batch_1, "batch_64": 1.0},

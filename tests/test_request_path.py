@@ -253,3 +253,18 @@ def test_big_bodies_are_decoded_off_the_loop_with_the_same_answers() -> None:
         assert broken.status_code == 400
 
     run(scenario)
+
+
+def test_a_student_on_triton_is_not_swapped_by_registry_id() -> None:
+    """Triton loads its own files: the gateway says so rather than pretending to swap it."""
+
+    async def scenario(gateway: InProcessGateway) -> None:
+        traffic = await gateway.client.get("/admin/traffic")
+        assert "student_id" not in traffic.json()  # unknown: the files are Triton's
+        put = await gateway.client.put("/admin/student", json={"model_id": "51e7d5a045e3778c"},
+                                       headers={"Authorization": "Bearer fake-token"})  # fmt: skip
+        assert put.status_code == 409
+        assert "served by Triton (student.kind: triton)" in put.json()["error"]
+        assert gateway.metric("gateway_student_info", student_id="unknown") == 1
+
+    run(scenario, student={"kind": "triton", "url": "127.0.0.1:1", "model_name": "student"})
