@@ -96,7 +96,7 @@ def _take_batch(waiting: list[_Waiting], max_rows: int) -> tuple[list[_Waiting],
     first, rest = waiting[0], waiting[1:]
     batch, rows, later = [first], first.rows, []
     for w in rest:
-        if rows + w.rows <= max_rows and _stackable(first.inputs, w.inputs):
+        if rows + w.rows <= max_rows and stackable(first.inputs, w.inputs):
             batch.append(w)
             rows += w.rows
         else:
@@ -104,7 +104,8 @@ def _take_batch(waiting: list[_Waiting], max_rows: int) -> tuple[list[_Waiting],
     return batch, later
 
 
-def _stackable(a: Tensors, b: Tensors) -> bool:
+def stackable(a: Tensors, b: Tensors) -> bool:
+    """Whether two requests' inputs can be concatenated along the batch axis."""
     return a.keys() == b.keys() and all(
         a[name].ndim > 0 and a[name].shape[1:] == b[name].shape[1:]
         and a[name].dtype == b[name].dtype

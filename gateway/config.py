@@ -170,6 +170,10 @@ class ShadowConfig(StrictModel):
     backend keeps this many threads for them, apart from the live ones."""
     timeout_ms: float = Field(default=1000.0, gt=0)
     """A shadow call slower than this is given up (counted in gateway_shadow_errors_total)."""
+    max_batch_size: int = Field(default=64, ge=1)
+    """Comparisons for the teacher that queued while a shadow call ran go in one call of at most
+    this many rows (1: one call each). The student's shadow calls always run alone: their
+    latency is what a dark launch's latency gates judge."""
 
 
 class OverloadConfig(StrictModel):

@@ -176,6 +176,22 @@ class GatewayMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
+        self.shadow_batch_size = Histogram(
+            "gateway_shadow_batch_size",
+            "Rows per batched shadow call: comparisons for the teacher that queued together and "
+            "ran as one call (a call of one request is not counted here).",
+            mb,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_batch_duration = Histogram(
+            "gateway_shadow_batch_duration_seconds",
+            "Time of a batched shadow call. Kept out of gateway_backend_duration_seconds, whose "
+            "samples are one request's call each: a batch's time is not a request's latency.",
+            mb,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.feedback_paired = Counter(
             names.FEEDBACK_PAIRED,
             "Labelled examples whose request both backends answered (one live, one on shadow "

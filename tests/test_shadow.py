@@ -90,6 +90,69 @@ def test_student_served_requests_are_shadowed_on_the_teacher(
     assert abs(kl_sum - _offline_kl(student, teacher).sum()) > 1e-2  # the swap would show
 
 
+def test_teacher_shadow_calls_that_queue_together_run_as_one_and_each_is_compared_exactly(
+    fresh_gateway: Callable[..., TestGateway],
+    test_split: Split,
+    teacher_direct: Model,
+    student_direct: Model,
+) -> None:
+    """Under load, comparisons for the teacher are batched; each still meets its own rows."""
+    gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}, "traffic": {"student_share": 1.0},
+                             "overload": {"max_inflight": 64}})  # fmt: skip
+    x = test_split.x[:240]
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            for start in range(0, len(x), 16):  # 16 at once, one row each
+                rows = x[start : start + 16]
+                answers = await asyncio.gather(*(client.post(
+                    "/v2/models/digits/infer", json=_body(row[None])) for row in rows))  # fmt: skip
+                assert all(a.headers["x-served-by"] == "student" for a in answers)
+
+    asyncio.run(load())
+    wait_until(lambda: gateway.metric("gateway_shadow_comparisons_total") == len(x), 20,
+               "every comparison")  # fmt: skip
+    teacher, student = teacher_direct(x), student_direct(x)
+    assert gateway.metric("gateway_shadow_agreements_total") == int(
+        (teacher.argmax(1) == student.argmax(1)).sum())  # fmt: skip
+    np.testing.assert_allclose(gateway.metric("gateway_shadow_kl_divergence_sum"),
+                               _offline_kl(teacher, student).sum(), rtol=1e-3)  # fmt: skip
+    alone = gateway.metric("gateway_backend_duration_seconds_count", backend="teacher",
+                           path="shadow")  # fmt: skip
+    batched_rows = gateway.metric("gateway_shadow_batch_size_sum", backend="teacher")
+    batches = gateway.metric("gateway_shadow_batch_size_count", backend="teacher")
+    assert alone + batched_rows == len(x)  # every comparison in exactly one call
+    assert batches >= 1 and alone + batches < len(x)  # and fewer calls than comparisons
+    print(f"{len(x)} comparisons in {alone + batches:.0f} teacher calls")
+
+
+def test_batches_respect_max_batch_size_and_the_students_shadow_calls_run_alone() -> None:
+    async def scenario() -> None:
+        async with in_process_gateway(shadow={"sample_rate": 1.0, "max_batch_size": 8},
+                                      traffic={"student_share": 1.0},
+                                      overload={"max_inflight": 64}) as gateway:  # fmt: skip
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.02
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(30)))
+            assert all(a.headers["x-served-by"] == "student" for a in answers)
+            await gateway.service.shadow.drain()
+            assert gateway.metric("gateway_shadow_comparisons_total") == 30
+            batches = gateway.metric("gateway_shadow_batch_size_count", backend="teacher")
+            within = gateway.metric("gateway_shadow_batch_size_bucket", backend="teacher",
+                                    le="8.0")  # fmt: skip
+            assert batches >= 3 and within == batches  # 30 rows, at most 8 per call
+            assert gateway.teacher.calls < 30
+
+            await gateway.service.set_student_share(0.0)  # now the student is the shadow
+            gateway.student.calls = 0
+            gateway.student.behaviour, gateway.student.delay = Behaviour.SLOW, 0.02
+            await asyncio.gather(*(gateway.infer() for _ in range(10)))
+            await gateway.service.shadow.drain()
+            assert gateway.student.calls == 10  # one call each: its latency samples stay honest
+            assert gateway.metric("gateway_shadow_batch_size_count", backend="student") == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_full_queue_drops_comparisons_and_never_delays_clients(
     fresh_gateway: Callable[..., TestGateway], test_split: Split
 ) -> None:
