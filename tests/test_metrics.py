@@ -54,6 +54,8 @@ def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, st
 EXPORTED_ELSEWHERE = {
     "gateway_backend_remote_compute_seconds_total": "tests/test_triton.py",
     "gateway_batch_size_bucket": "tests/test_batching.py",
+    "gateway_shadow_batch_size_bucket": "tests/test_shadow.py",
+    "gateway_shadow_batch_duration_seconds_bucket": "tests/test_shadow.py",
 }
 """Promised metrics that exist only beside a Triton backend or with dynamic batching on, and the
 test that checks them."""

@@ -123,6 +123,9 @@ def test_teacher_shadow_calls_that_queue_together_run_as_one_and_each_is_compare
     batches = gateway.metric("gateway_shadow_batch_size_count", backend="teacher")
     assert alone + batched_rows == len(x)  # every comparison in exactly one call
     assert batches >= 1 and alone + batches < len(x)  # and fewer calls than comparisons
+    timed = gateway.metric("gateway_shadow_batch_duration_seconds_bucket", backend="teacher",
+                           le="+Inf")  # fmt: skip
+    assert timed == batches
     print(f"{len(x)} comparisons in {alone + batches:.0f} teacher calls")
 
 
