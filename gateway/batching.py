@@ -6,7 +6,13 @@ of those that did are concatenated along the batch axis, run in one call, and sp
 request gets exactly its own rows. The gateway asks a backend for every output on every call, so
 requests that want different outputs never make a call compute something else. A failing call
 fails the requests of its batch and no others; a request whose caller gave up is left out of a
-batch not yet run, and its rows of one already running are dropped. Shadow calls are not batched.
+batch not yet run, and its rows of one already running are dropped. Shadow calls are not batched
+here (``gateway.shadow`` batches the teacher's its own way).
+
+At most ``max_in_flight`` batches run at once (the backend's capacity: its threads, or what a
+Triton is trusted with): while they all run, requests keep joining the next batch instead of
+queueing behind them as small ones, and it leaves the moment a call returns. So batches grow
+with load by themselves, as Triton's dynamic batcher forms a batch when an instance is free.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ class Batcher:
         max_batch_size: int,
         max_delay_seconds: float,
         observe: Callable[[int], None] = lambda rows: None,
+        max_in_flight: int | None = None,
     ) -> None:
-        """``run`` makes one call with a batch; ``observe`` hears each call's rows."""
+        """``run`` makes one call with a batch; ``observe`` hears each call's rows;
+        ``max_in_flight`` bounds the calls running at once (None: no bound)."""
         self._run = run
+        self._max_in_flight = max_in_flight or 2**31
         self._max_rows = max_batch_size
         self._delay = max_delay_seconds
         self._observe = observe
@@ -59,16 +68,22 @@ class Batcher:
         return await waiting.answer
 
     def _flush(self) -> None:
+        """Starts batches while the backend has room; the rest wait for a call to return."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         waiting = [w for w in self._waiting if not w.answer.done()]  # callers still there
-        self._waiting, self._waiting_rows = [], 0
-        while waiting:
+        while waiting and len(self._calls) < self._max_in_flight:
             batch, waiting = _take_batch(waiting, self._max_rows)
             call = asyncio.create_task(self._call(batch))
             self._calls.add(call)
-            call.add_done_callback(self._calls.discard)
+            call.add_done_callback(self._returned)
+        self._waiting, self._waiting_rows = waiting, sum(w.rows for w in waiting)
+
+    def _returned(self, call: asyncio.Task[None]) -> None:
+        self._calls.discard(call)
+        if self._waiting:  # they waited for this room: no reason to wait longer
+            self._flush()
 
     async def _call(self, batch: list[_Waiting]) -> None:
         inputs = batch[0].inputs if len(batch) == 1 else {

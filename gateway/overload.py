@@ -23,10 +23,14 @@ half the p99 (9.7 ms against 17.4 ms at capacity); 1 per slot lost 9 % of the th
 
 def default_max_inflight(settings: GatewaySettings) -> int:
     """2 x (teacher's + student's capacity): 8 for the shipped pair (2 threads each)."""
-    return REQUESTS_PER_SLOT * (_capacity(settings.teacher) + _capacity(settings.student))
+    return REQUESTS_PER_SLOT * (
+        backend_capacity(settings.teacher) + backend_capacity(settings.student)
+    )
 
 
-def _capacity(backend: BackendConfig) -> int:
+def backend_capacity(backend: BackendConfig) -> int:
+    """Calls a backend works on at once: an in-process one's threads, or what a Triton is
+    trusted with."""
     return backend.max_concurrency if isinstance(backend, OnnxBackendConfig) else TRITON_CAPACITY
 
 

@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.feedback import FeedbackStore
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
-from gateway.overload import Admission, default_max_inflight
+from gateway.overload import Admission, backend_capacity, default_max_inflight
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
@@ -390,13 +390,15 @@ class GatewayService:
 
     def _batcher(self, role: Role) -> Batcher | None:
         """The role's dynamic batcher when its config asks for one."""
-        batching = (self.settings.teacher if role == "teacher" else self.settings.student).batching
+        config = self.settings.teacher if role == "teacher" else self.settings.student
+        batching = config.batching
         if batching is None:
             return None
         backend, observed = self._backends[role], self._metrics.batch_size.labels(self.model, role)
         return Batcher(lambda inputs: backend.infer(inputs, self._all_outputs),
                        batching.max_batch_size, batching.max_delay_us / 1e6,
-                       observe=observed.observe)  # fmt: skip
+                       observe=observed.observe,
+                       max_in_flight=backend_capacity(config))  # fmt: skip
 
     async def _call(
         self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float

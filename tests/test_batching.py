@@ -56,6 +56,35 @@ def test_requests_that_arrive_together_run_as_one_call_and_get_their_own_rows() 
     asyncio.run(scenario())
 
 
+def test_while_every_slot_runs_a_call_requests_gather_into_the_next_batch() -> None:
+    """With the backend busy, waiting longer than max_delay costs nothing: the next batch leaves
+    when a call returns, carrying everything that arrived meanwhile (instead of many small
+    batches queueing behind the running one)."""
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        calls: list[int] = []
+
+        async def slow(inputs: Tensors) -> dict[str, np.ndarray]:
+            calls.append(len(inputs["x"]))
+            await release.wait()
+            return {"y": inputs["x"] * 2}
+
+        batcher = Batcher(slow, max_batch_size=64, max_delay_seconds=0.001, max_in_flight=1)
+        first = asyncio.ensure_future(batcher.infer(rows(1)))
+        await asyncio.sleep(0.01)  # its delay passed: the first call runs alone
+        later = [asyncio.ensure_future(batcher.infer(rows(v))) for v in range(2, 12)]
+        await asyncio.sleep(0.01)  # ten delays' worth: still no second call while one runs
+        assert calls == [1]
+        release.set()
+        answers = await asyncio.gather(first, *later)
+        assert calls == [1, 10]
+        for value, answer in zip(range(1, 12), answers, strict=True):
+            np.testing.assert_array_equal(answer["y"], rows(value)["x"] * 2)
+
+    asyncio.run(scenario())
+
+
 def test_a_failing_call_fails_only_the_requests_of_its_batch() -> None:
     async def scenario() -> None:
         model = RecordingModel(poison=-1)
