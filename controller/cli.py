@@ -153,7 +153,7 @@ def run(
     start = Start.FROM_CURRENT if from_current else Start.RESET if reset else Start.FRESH
     try:
         chosen = students.describe(registry, student) if student else None
-    except students.UnknownStudent as exc:
+    except LookupError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     launch = Launch([url.rstrip("/") for url in gateway or []], prometheus, new, start, name,
                     on_sigterm, wait_for_lease, prometheus_selector,

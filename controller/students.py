@@ -13,20 +13,9 @@ from models import registry
 log = logging.getLogger(__name__)
 
 
-class UnknownStudent(ValueError):
-    pass
-
-
 def describe(registry_path: Path, model_id: str) -> dict[str, Any]:
     """What the rollout keeps of the student: its id, name, file, accuracy and lineage."""
-    try:
-        data = registry.load(registry_path)
-    except (OSError, ValueError) as exc:
-        raise UnknownStudent(f"cannot read the model registry {registry_path}: {exc}") from exc
-    entry = registry.find(data, model_id)
-    if entry is None:
-        raise UnknownStudent(f"no model with id '{model_id}' in the registry {registry_path}; "
-                             "`distill-models select` prints one")  # fmt: skip
+    entry = registry.lookup(registry_path, model_id)  # LookupError: unreadable or unknown
     return {
         "id": model_id,
         "name": entry.get("name", Path(str(entry["file"])).stem),

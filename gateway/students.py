@@ -25,13 +25,11 @@ def served_id(config: BackendConfig) -> str | None:
 def resolve(registry_path: Path, model_id: str) -> tuple[Path, dict[str, object]]:
     """The file a registry id names, checked to be that file, and its registry entry."""
     try:
-        data = registry.load(registry_path)
-    except (OSError, ValueError) as exc:
-        raise Conflict(f"cannot read the model registry {registry_path}: {exc}") from exc
-    entry = registry.find(data, model_id)
-    if entry is None:
-        raise NotFound(f"no model with id '{model_id}' in the registry {registry_path}; "
-                       "`distill-models select` prints one")  # fmt: skip
+        entry = registry.lookup(registry_path, model_id)
+    except registry.UnreadableRegistry as exc:
+        raise Conflict(str(exc)) from exc
+    except registry.UnknownModel as exc:
+        raise NotFound(str(exc)) from exc
     status = entry.get("status", registry.ACCEPTED)
     if status != registry.ACCEPTED:
         raise Conflict(f"model '{model_id}' is registered as '{status}'; it is not served")

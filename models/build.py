@@ -8,8 +8,9 @@ the same files, and the teacher's soft labels are cached under (teacher id, data
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 import typer
@@ -42,19 +43,13 @@ console = Console()
 
 
 def build(
-    out_dir: Annotated[
-        Path, typer.Option(help="Where the ONNX files and registry go.")
-    ] = MODELS_DIR,
-    cache_dir: Annotated[
-        Path, typer.Option(help="Soft-label cache (keyed by teacher, dataset, T).")
-    ] = MODELS_DIR / ".cache",
-    temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="Weight of the soft (KL) term.")] = 0.8,
-    max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs per model.")] = 400,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience in epochs.")] = 40,
-    enforce_targets: Annotated[
-        bool, typer.Option(help="Exit 1 when a target is missed (off for quick trial builds).")
-    ] = True,
+    out_dir: Path = MODELS_DIR,
+    cache_dir: Path = MODELS_DIR / ".cache",
+    temperature: float = 4.0,
+    alpha: float = 0.8,
+    max_epochs: int = 400,
+    patience: int = 40,
+    enforce_targets: bool = True,
 ) -> None:
     """Train, distil, export and register the teacher/student pair; fail if a target is missed."""
     torch.set_num_threads(1)  # bitwise-reproducible training on CPU
@@ -179,7 +174,10 @@ def _report_targets(teacher: dict[str, Any], student: dict[str, Any], baseline: 
 
 
 def main() -> None:
-    typer.run(build)  # python -m models.build: the same as distill-models build
+    """``python -m models.build``: the same as ``distill-models build`` (its options there)."""
+    from models.cli import app
+
+    app(["build", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

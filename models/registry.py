@@ -52,6 +52,28 @@ def find(registry: dict[str, Any], model_id: str) -> Entry | None:
     return next((entry for entry in entries(registry) if entry["id"] == model_id), None)
 
 
+class UnreadableRegistry(LookupError):
+    pass
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+def lookup(registry_path: Path, model_id: str) -> Entry:
+    """The entry of ``model_id`` in the registry file; raises ``UnreadableRegistry`` or
+    ``UnknownModel`` with a message fit for an operator."""
+    try:
+        registry = load(registry_path)
+    except (OSError, ValueError) as exc:
+        raise UnreadableRegistry(f"cannot read the model registry {registry_path}: {exc}") from exc
+    entry = find(registry, model_id)
+    if entry is None:
+        raise UnknownModel(f"no model with id '{model_id}' in the registry {registry_path}; "
+                           "`distill-models select` prints one")  # fmt: skip
+    return entry
+
+
 def teacher(registry: dict[str, Any]) -> Entry:
     """The teacher's entry; its latency the one measured in the sweep's run where there was one
     (the candidates' were measured in that run, so those compare)."""

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -26,6 +26,7 @@ from gateway.state.health import StoreHealth
 from gateway.state.redis_store import FleetShare, RedisStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,7 @@ class FleetMember:
     async def write_share(self, share: float) -> FleetShare:
         """``PUT /admin/traffic``: the fleet's new share, applied here at once (the others hear
         it published). Raises ``StoreUnavailable`` (503) when the store cannot take it."""
-        try:
-            written = await self._store.write_share(share)
-        except StoreUnavailable as exc:
-            self._health.failed("write_share", exc)
-            raise StoreUnavailable(
-                f"{exc.message}: the fleet's share was not changed; retry when it is back"
-            ) from exc
-        self._health.succeeded()
+        written = await self._write("share", self._store.write_share(share))
         self.fleet_share = written
         if written.generation > self._applied()[1]:
             self._apply(written.share, written.generation)
@@ -111,17 +105,22 @@ class FleetMember:
     async def write_student(self, model_id: str) -> None:
         """``PUT /admin/student``: the fleet's student, refused (409) unless the fleet's share is
         0; 503 when the store cannot take it."""
-        try:
-            refused_at = await self._store.write_student(model_id)
-        except StoreUnavailable as exc:
-            self._health.failed("write_student", exc)
-            raise StoreUnavailable(
-                f"{exc.message}: the fleet's student was not changed; retry when it is back"
-            ) from exc
-        self._health.succeeded()
+        refused_at = await self._write("student", self._store.write_student(model_id))
         if refused_at is not None:
             raise Conflict(f"the fleet's student share is {refused_at:.4g}: a student is "
                            "changed only at share 0 (set it to 0 first)")  # fmt: skip
+
+    async def _write(self, what: str, write: Awaitable[T]) -> T:
+        """An admin write to the store; a store that cannot take it is a 503 that says so."""
+        try:
+            written = await write
+        except StoreUnavailable as exc:
+            self._health.failed(f"write_{what}", exc)
+            raise StoreUnavailable(
+                f"{exc.message}: the fleet's {what} was not changed; retry when it is back"
+            ) from exc
+        self._health.succeeded()
+        return written
 
     # -- background ----------------------------------------------------------------------------
 
