@@ -414,8 +414,11 @@ class GatewayService:
             batcher = self._batchers[role]
             call = (batcher.infer(inputs) if batcher is not None
                     else self._backends[role].infer(inputs, self._all_outputs))  # fmt: skip
+            # asyncio.timeout, not wait_for: the call runs in this task, with no task of its own
+            # to create and schedule (an inline student's call then finishes without a hop)
             with self._metrics.backend_call(role, "live"):
-                outputs = await asyncio.wait_for(call, timeout)
+                async with asyncio.timeout(timeout):
+                    outputs = await call
         except TimeoutError as exc:
             breaker.record_failure()
             raise BackendTimeout(

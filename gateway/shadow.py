@@ -164,9 +164,11 @@ class ShadowComparer:
             call = backend.infer(inputs, [self._logits_name], lane="shadow")
             if len(batch) == 1:
                 with self._metrics.backend_call(shadow_role, "shadow"):
-                    outputs = await asyncio.wait_for(call, self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        outputs = await call
             else:
-                outputs = await asyncio.wait_for(call, self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    outputs = await call
                 self._metrics.shadow_batch_duration.labels(model, shadow_role).observe(
                     time.perf_counter() - started)  # fmt: skip
                 self._metrics.shadow_batch_size.labels(model, shadow_role).observe(
