@@ -166,7 +166,8 @@ def test_a_tiny_model_runs_on_the_event_loop_until_its_calls_grow_slow() -> None
             for _ in range(40):
                 await student.infer(PIXELS, ["logits"])
             assert watched.threads[-1] != loop_thread  # back on the backend's threads
-            assert student.inline_calls <= 22  # one slow call inline, at most two
+            # the moving average passes 500 us on the third 2 ms call: three inline at most
+            assert student.inline_calls <= 23
         finally:
             for backend in (student, teacher):
                 await backend.close()
