@@ -10,7 +10,6 @@ codes as Triton maps them, with the message the HTTP path gives.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, NoReturn
 
 import grpc
@@ -22,6 +21,7 @@ from gateway import __version__
 from gateway.config import ServerTlsConfig
 from gateway.errors import GatewayError, Overloaded
 from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
+from gateway.request_ids import new_request_id
 from gateway.service import GatewayService, InferRequest
 
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -114,7 +114,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     ) -> pb.ModelInferResponse:
         received_at = time.perf_counter()
         service = self._service
-        request_id = request.id or uuid.uuid4().hex
+        request_id = request.id or new_request_id()
         try:
             admitted = service.admit("grpc")
         except Overloaded as exc:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
@@ -22,6 +21,7 @@ from gateway.codec import HEADER_LENGTH, decode_request, encode_response
 from gateway.errors import GatewayError, InferenceFailed, Overloaded
 from gateway.http_body import ClientGone, off_loop_if_big, read_asgi_body
 from gateway.http_responses import error_response
+from gateway.request_ids import new_request_id
 from gateway.service import GatewayService, InferRequest
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class InferEndpoint:
     ) -> None:
         received_at = time.perf_counter()
         service = self._service
-        request_id = uuid.uuid4().hex  # unless the request names its own
+        request_id = new_request_id()  # unless the request names its own
         try:
             admitted = service.admit("http")
         except Overloaded as exc:

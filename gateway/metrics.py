@@ -310,6 +310,9 @@ class GatewayMetrics:
             registry=registry,
         )
         self._live_wall_seconds: dict[str, float] = dict.fromkeys(ROLES, 0.0)  # wall_seconds basis
+        self._live_duration: dict[str, Histogram] = {
+            role: self.backend_duration.labels(model, role, "live") for role in ROLES
+        }
         # Create every series up front: a counter that appears only on its first event would
         # make rate() and absent() blind to its start.
         for per_model in (self.shadow_comparisons, self.shadow_agreements, self.shadow_kl):
@@ -423,6 +426,12 @@ class GatewayMetrics:
             self.backend_duration.labels(self.model, backend, path).observe(seconds)
             if path == "live":
                 self._live_wall_seconds[backend] += seconds
+
+    def observe_live_call(self, backend: str, seconds: float) -> None:
+        """What ``backend_call(backend, "live")`` records, for the request path's own timing
+        (a generator context manager there cost 5 % of the event loop)."""
+        self._live_duration[backend].observe(seconds)
+        self._live_wall_seconds[backend] += seconds
 
     def set_student(self, student_id: str | None) -> None:
         shown = student_id or "unknown"

@@ -410,13 +410,15 @@ class GatewayService:
         if timeout <= 0:
             breaker.record_failure()
             raise BackendTimeout(f"no time left in the request's deadline for the {role}")
+        started = time.perf_counter()
         try:
-            batcher = self._batchers[role]
-            call = (batcher.infer(inputs) if batcher is not None
-                    else self._backends[role].infer(inputs, self._all_outputs))  # fmt: skip
-            # asyncio.timeout, not wait_for: the call runs in this task, with no task of its own
-            # to create and schedule (an inline student's call then finishes without a hop)
-            with self._metrics.backend_call(role, "live"):
+            batcher, backend = self._batchers[role], self._backends[role]
+            outputs = backend.run_inline(inputs, self._all_outputs) if batcher is None else None
+            if outputs is None:
+                call = (batcher.infer(inputs) if batcher is not None
+                        else backend.infer(inputs, self._all_outputs))  # fmt: skip
+                # asyncio.timeout, not wait_for: the call runs in this task, with no task of
+                # its own to create and schedule
                 async with asyncio.timeout(timeout):
                     outputs = await call
         except TimeoutError as exc:
@@ -437,6 +439,8 @@ class GatewayService:
             breaker.record_failure()
             log.exception("%s backend raised", role)
             raise InferenceFailed(f"{role} backend failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.observe_live_call(role, time.perf_counter() - started)
         breaker.record_success()
         return outputs
 

@@ -68,6 +68,14 @@ class Backend(ABC):
     ) -> dict[str, np.ndarray]:
         """Run one batch; returns the requested outputs by name."""
 
+    def run_inline(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray] | None:
+        """A live call answered here and now, on the event loop, when it is tiny enough to be
+        cheaper than any hop; None when it must go through ``infer``. Such a call cannot time
+        out (it holds the loop until it returns), so the caller sets no timer for it."""
+        return None
+
     def abandoned_in(self, lane: Lane) -> int:
         """Abandoned calls still running in ``lane`` now."""
         return 0

@@ -149,6 +149,14 @@ class OnnxBackend(Backend):
         self._learn(wall, rows)
         return dict(zip(names, results, strict=True))
 
+    def run_inline(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> dict[str, np.ndarray] | None:
+        session, rows = self._session, batch_rows(inputs)
+        if session is None or rows * self._seconds_per_row >= self._inline_below:
+            return None
+        return self._run_inline(session, list(output_names), inputs, rows)
+
     def _run_inline(
         self, session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray],
         rows: int,
