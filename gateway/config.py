@@ -171,9 +171,13 @@ class ShadowConfig(StrictModel):
     timeout_ms: float = Field(default=1000.0, gt=0)
     """A shadow call slower than this is given up (counted in gateway_shadow_errors_total)."""
     max_batch_size: int = Field(default=64, ge=1)
-    """Comparisons for the teacher that queued while a shadow call ran go in one call of at most
-    this many rows (1: one call each). The student's shadow calls always run alone: their
-    latency is what a dark launch's latency gates judge."""
+    """Comparisons for the teacher run in calls of up to this many rows (1: one call each). The
+    student's shadow calls always run alone: their latency is what a dark launch's latency gates
+    judge."""
+    max_delay_ms: float = Field(default=10.0, ge=0, le=1000)
+    """How long the first comparison for the teacher waits for others to join its call (0: only
+    those already queued). No client waits for it; a label that arrives first waits for its
+    request's shadow answer, so that it still scores both backends."""
 
 
 class OverloadConfig(StrictModel):

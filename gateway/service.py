@@ -465,6 +465,7 @@ class GatewayService:
         return generation
 
     async def record_feedback(self, feedback: Feedback) -> dict[str, object]:
+        await self.shadow.answered(feedback.id)  # so a quick label still scores both backends
         scored = await self.predictions.score(feedback.id, feedback.label)
         metrics, model = self._metrics, self.model
         for true_class, (examples, right) in scored.by_class.items():

@@ -231,10 +231,13 @@ def test_a_slow_shadow_backend_never_delays_clients(
         fast = gateway.metric("gateway_request_duration_seconds_bucket", backend="student",
                               le="0.1")  # fmt: skip
         assert fast == 20  # no live request waited for its shadow
+        # its shadow calls, alone or batched: each took the slow model's 300 ms at least
         calls = gateway.metric("gateway_backend_duration_seconds_count", backend="teacher",
-                               path="shadow")  # fmt: skip
+                               path="shadow") + gateway.metric(
+            "gateway_shadow_batch_duration_seconds_count", backend="teacher")  # fmt: skip
         seconds = gateway.metric("gateway_backend_duration_seconds_sum", backend="teacher",
-                                 path="shadow")  # fmt: skip
+                                 path="shadow") + gateway.metric(
+            "gateway_shadow_batch_duration_seconds_sum", backend="teacher")  # fmt: skip
         assert calls >= 1 and seconds / calls >= 0.3  # the shadow really was slow
     finally:
         triton.stop()
@@ -280,3 +283,21 @@ def test_shadow_calls_skip_a_backend_whose_circuit_is_open() -> None:
             assert gateway.metric("gateway_shadow_dropped_total", reason="queue_full") == 0
 
     asyncio.run(main())
+
+
+def test_a_label_that_beats_its_shadow_answer_waits_for_it_and_scores_both_backends() -> None:
+    async def scenario() -> None:
+        async with in_process_gateway(shadow={"sample_rate": 1.0, "max_delay_ms": 20},
+                                      traffic={"student_share": 1.0}) as gateway:  # fmt: skip
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.05
+            answer = await gateway.infer()
+            request_id = answer.headers["x-request-id"]
+            label = await gateway.client.post("/v2/models/digits/feedback",
+                                              json={"id": request_id, "label": 7})  # fmt: skip
+            assert label.status_code == 200
+            assert label.json()["paired"] is True  # the teacher's shadow answer was waited for
+            both = gateway.metric("gateway_feedback_paired_total", outcome="both_correct",
+                                  **{"class": "7"})  # fmt: skip
+            assert both == 1
+
+    asyncio.run(scenario())

@@ -15,7 +15,8 @@ teacher in process. The gateway runs with shedding out of reach (this measures t
 
 Every server starts at once and each measurement is repeated in ``--rounds`` interleaved rounds
 (this machine's throughput drifts by up to 2x from one 3-second run to the next); the table holds
-medians, and ratios are against the references of the same run. Run with ``make bench``; results
+medians, and each ratio is the median over the rounds of that round's ratio (its two sides measured
+next to each other). Run with ``make bench``; results
 go to ``tests/benchmarks/results/bench_serving.json``.
 """
 
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,13 +125,14 @@ def wrk(port: int, path: str, connections: int, seconds: float, script: Path) ->
 
 
 # What each server is measured at: (name, path, levels), "batch 64" on the gateway's student.
+# Each ratio's two sides are measured next to each other in every round.
 PLAN = (
     ("no-op route", "/noop", ("c1", "c16")),
     ("naive student", "/v2/models/digits/infer", ("c1", "c16")),
-    ("naive teacher", "/v2/models/digits/infer", ("c1", "c16", "c64")),
     ("gateway student", "/v2/models/digits/infer", ("c1", "c16", "batch 64")),
-    ("gateway teacher", "/v2/models/digits/infer", ("c1", "c16", "c64")),
     ("gateway student + 10 % shadow", "/v2/models/digits/infer", ("c1", "c16")),
+    ("naive teacher", "/v2/models/digits/infer", ("c1", "c16", "c64")),
+    ("gateway teacher", "/v2/models/digits/infer", ("c1", "c16", "c64")),
     ("gateway teacher, batched", "/v2/models/digits/infer", ("c64",)),
 )
 GATEWAYS: dict[str, dict[str, Any]] = {
@@ -179,7 +182,10 @@ def main() -> None:
         for name, levels in runs.items()
     }
     rows["batch 64"] = rows["gateway student"].pop("batch 64")
-    ratios = _ratios(rows)
+    # Each ratio in each round, then their median: this machine's speed drifts by 2x within a
+    # minute, so the two sides of a ratio are best compared within one round.
+    per_round = [_ratios(_round(runs, r)) for r in range(args.rounds)]
+    ratios = {key: statistics.median(each[key] for each in per_round) for key in per_round[0]}
     _print(rows, ratios, seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
@@ -187,7 +193,7 @@ def main() -> None:
         "machine": {"cpus": platform.machine(), "python": platform.python_version()},
         "note": "same run: compare the ratios, not absolute numbers",
         "pinned": PINNED, "seconds": seconds, "rounds": args.rounds, "rows": rows,
-        "ratios": ratios,
+        "ratios": ratios, "ratios_by_round": per_round,
     }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
 
@@ -206,8 +212,17 @@ def _batch_64(port: int, tmp: Path, seconds: float) -> dict[str, float]:
     }
 
 
+def _round(runs: dict[str, dict[str, list[dict[str, float]]]], r: int) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {
+        name: {level: measured[r] for level, measured in levels.items()}
+        for name, levels in runs.items()
+    }
+    rows["batch 64"] = rows["gateway student"].pop("batch 64")
+    return rows
+
+
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The issue's targets, each as the ratio it names."""
+    """The issue's targets, each as the ratio it names (for one round's measurements)."""
     ns, nt = rows["naive student"], rows["naive teacher"]
     gs, gt = rows["gateway student"], rows["gateway teacher"]
     return {
@@ -246,6 +261,7 @@ def _print(rows: dict[str, dict[str, Any]], ratios: dict[str, float], seconds: f
     batch = rows["batch 64"]
     console.print(f"batch 64 to the gateway's student at c16: JSON {batch['json_rows_per_s']:.0f}"
                   f" rows/s, binary {batch['binary_rows_per_s']:.0f} rows/s")  # fmt: skip
+    console.print("ratios (median of each round's ratio):")
     for name, value in ratios.items():
         console.print(f"  {name}: {value:.3f}")
 
