@@ -47,6 +47,7 @@ class Panel:
     queries: list[tuple[str, str]]  # (PromQL, legend)
     kind: str = "timeseries"
     width: int = 12
+    shows_name: bool = False  # a stat panel that shows the series' name (its label), not a value
 
 
 def ratio(numerator: str, denominator: str) -> str:
@@ -60,7 +61,7 @@ PANELS = [
         (f"max(canary_student_share{{{M}}})", "controller"),
     ]),
     Panel("Canary phase", "none", [(f"max by (phase) (canary_phase{{{M}}}) == 1", "{{phase}}")],
-          "stat", 6),
+          "stat", 6, shows_name=True),
     Panel("Canary step", "none", [(f"max(canary_step_index{{{M}}}) + 1", "step")], "stat", 6),
     Panel("Requests per second by backend", "reqps", [
         (rate("gateway_requests_total", ROUTED, "backend"), "{{backend}}"),
@@ -170,6 +171,10 @@ PANELS = [
     Panel("Seconds since the controller's last heartbeat", "s", [
         (f"time() - max(canary_last_tick_timestamp_seconds{{{M}}})", "heartbeat age"),
     ], "stat", 6),
+    # Which student the gateways serve, by model registry id (two ids: a swap in progress).
+    Panel("Student served (registry id)", "none", [
+        (f"max by (student_id) (gateway_student_info{{{M}}}) == 1", "{{student_id}}"),
+    ], "stat", 6, shows_name=True),
 ]  # fmt: skip
 
 ANNOTATIONS = [
@@ -193,8 +198,7 @@ def panel(index: int, x: int, y: int, spec: Panel) -> dict[str, Any]:
         ],
     }
     if spec.kind == "stat":
-        # The phase panel shows the series name (the phase), the others the value.
-        text_mode = "name" if spec.title == "Canary phase" else "value"
+        text_mode = "name" if spec.shows_name else "value"
         result["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": text_mode}
     return result
 
