@@ -493,10 +493,11 @@ class GatewayService:
         fleet_student = fleet_share.student if fleet_share is not None else model_id
         if model_id == self.student_id and fleet_student == model_id:
             return  # already served (a controller resuming its rollout asks again): no change
-        if share != 0 or (fleet_share is not None and fleet_share.share != 0):
-            shown = share if share != 0 else fleet_share.share  # type: ignore[union-attr]
-            raise Conflict(f"the student share is {shown:.4g}: a student is changed only at share "
-                           "0 (set it to 0 first, or let a rollback do it)")  # fmt: skip
+        shares = [share] if fleet_share is None else [share, fleet_share.share]
+        serving = next((each for each in shares if each != 0), None)
+        if serving is not None:
+            raise Conflict(f"the student share is {serving:.4g}: a student is changed only at "
+                           "share 0 (set it to 0 first, or let a rollback do it)")  # fmt: skip
         loaded = await self._open_student(model_id)
         if self.fleet is not None:
             await self.fleet.write_student(model_id)
