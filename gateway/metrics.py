@@ -416,20 +416,18 @@ class GatewayMetrics:
         return self._live_wall_seconds[backend] * self._cost_per_second[backend]
 
     @contextmanager
-    def backend_call(self, backend: str, path: str) -> Iterator[None]:
-        """Times a backend call; live calls also accrue the backend's cost."""
+    def shadow_call(self, backend: str) -> Iterator[None]:
+        """Times one request's shadow call (shadow calls cost nothing: they are not billed)."""
         start = time.perf_counter()
         try:
             yield
         finally:
             seconds = time.perf_counter() - start
-            self.backend_duration.labels(self.model, backend, path).observe(seconds)
-            if path == "live":
-                self._live_wall_seconds[backend] += seconds
+            self.backend_duration.labels(self.model, backend, "shadow").observe(seconds)
 
     def observe_live_call(self, backend: str, seconds: float) -> None:
-        """What ``backend_call(backend, "live")`` records, for the request path's own timing
-        (a generator context manager there cost 5 % of the event loop)."""
+        """A live call's time, which also accrues its backend's cost; timed by the caller (a
+        generator context manager on the request path cost 5 % of the event loop)."""
         self._live_duration[backend].observe(seconds)
         self._live_wall_seconds[backend] += seconds
 

@@ -514,7 +514,7 @@ class GatewayService:
                 "the student is served by Triton (student.kind: triton), which loads its own "
                 "files; a registry id is served with student.kind: onnx"
             )
-        path, _ = resolve(self.settings.registry, model_id)
+        path = resolve(self.settings.registry, model_id)
         try:
             loaded = await student.open(path)
         except BackendUnavailable as exc:

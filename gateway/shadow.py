@@ -187,7 +187,7 @@ class ShadowComparer:
         try:
             call = backend.infer(inputs, [self._logits_name], lane="shadow")
             if len(batch) == 1:
-                with self._metrics.backend_call(shadow_role, "shadow"):
+                with self._metrics.shadow_call(shadow_role):
                     async with asyncio.timeout(self._timeout):
                         outputs = await call
             else:

@@ -22,8 +22,8 @@ def served_id(config: BackendConfig) -> str | None:
         return None
 
 
-def resolve(registry_path: Path, model_id: str) -> tuple[Path, dict[str, object]]:
-    """The file a registry id names, checked to be that file, and its registry entry."""
+def resolve(registry_path: Path, model_id: str) -> Path:
+    """The file a registry id names, checked to be that file."""
     try:
         entry = registry.lookup(registry_path, model_id)
     except registry.UnreadableRegistry as exc:
@@ -41,4 +41,4 @@ def resolve(registry_path: Path, model_id: str) -> tuple[Path, dict[str, object]
     if actual != model_id:
         raise Conflict(f"model '{model_id}': its file {path} has changed since it was registered "
                        f"(its content hash is now {actual})")  # fmt: skip
-    return path, entry
+    return path
