@@ -13,13 +13,17 @@ TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 .PHONY: demo test lint models sweep bench bench-tools simulate fuzz soak stack venv triton-env system-tools clean locks images
 
 DEMO_STAMP := $(VENV)/.demo-stamp
-PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# Every environment `make demo` and `make test` build installs exactly the versions in this lock
+# (pip constraints: only what an extra asks for is installed, at the locked version). The package's
+# own metadata keeps ranges for people who install it as a library; `make locks` refreshes both.
+DEV_LOCK := requirements-dev.lock
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c $(DEV_LOCK)
 
 venv: $(STAMP)
 
 # What the demo runs and nothing more: serving plus the controller (no torch, no plotting, no
 # linters), so a newcomer's `make demo` installs the least. Rebuilt when pyproject.toml changes.
-$(DEMO_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[controller]'
 	touch $(DEMO_STAMP)
@@ -100,8 +104,14 @@ simulate: venv
 	$(BIN)/distill-canary simulate --runs 500 --seed 1 \
 		--json tests/benchmarks/results/simulation.json --png tests/benchmarks/results/simulation.png
 
-# The images' pinned dependencies (with hashes), from deploy/docker/requirements-*.in.
+# Refresh every lock on purpose, in a commit of its own that runs the whole suite: the test and
+# demo environment's (every extra; torch is the CPU build this machine keeps in /opt/wheels, so no
+# hashes: PyPI's torch 2.13.0 is a CUDA build with other hashes) and the images' (with hashes, from
+# deploy/docker/requirements-*.in).
 locks: venv
+	$(BIN)/uv pip compile pyproject.toml --all-extras --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels \
+		--no-emit-find-links -o $(DEV_LOCK)
 	$(BIN)/uv pip compile deploy/docker/requirements-cpu.in --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --generate-hashes -o deploy/docker/requirements-cpu.lock
 	$(BIN)/uv pip compile deploy/docker/requirements-cuda.in --python-version 3.12 \

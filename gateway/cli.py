@@ -130,7 +130,7 @@ async def _serve(
     log_level: str,
     access_log: bool,
 ) -> None:
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    prometheus_client.disable_created_metrics()
     grpc_server, grpc_host = None, settings.grpc.host or main[0]
     if settings.grpc.port:  # bound first: a port in use is found before the models load
         grpc_server = create_grpc_server(grpc_host, settings.grpc.port, settings.max_request_bytes,

@@ -401,7 +401,7 @@ class GatewayMetrics:
             return self._registry
         group = CollectorRegistry()
         group.register(_SampleFirst(self))
-        MultiProcessCollector(group)  # type: ignore[no-untyped-call]
+        MultiProcessCollector(group)
         return group
 
     def count_fallback(self, from_backend: str, to_backend: str, reason: str) -> None:

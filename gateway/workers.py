@@ -83,7 +83,7 @@ def supervise(workers: int, sockets: dict[tuple[str, int], socket.socket]) -> in
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for child in children:
-            multiprocess.mark_process_dead(child.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(child.pid, str(metrics_dir))
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
 

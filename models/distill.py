@@ -86,7 +86,7 @@ def train(
             indices = order[start : start + config.batch_size]
             optimizer.zero_grad()
             loss = loss_for_batch(net(x[indices]), indices)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             optimizer.step()
         validation_accuracy = accuracy(net, validation)
         if validation_accuracy > best_accuracy:

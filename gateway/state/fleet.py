@@ -174,7 +174,7 @@ class FleetMember:
                     f"{type(exc).__name__}: {exc}"))  # fmt: skip
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(self._config.heartbeat_seconds)
 
     async def _beat(self) -> None:

@@ -341,7 +341,7 @@ class RedisStore:
         and the exchange runs one call at a time. A connection that fails is dropped."""
         connection = self._connection
         if connection is None:
-            connection = await self._client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+            connection = await self._client.connection_pool.get_connection()
             self._connection = connection
         try:
             await connection.send_command(*command)
