@@ -55,6 +55,9 @@ class OnnxBackendConfig(StrictModel):
     """A live call on the CPU expected (from the calls measured so far) to take less than this
     runs on the event loop: for a small model the hop to a thread costs more than the model.
     Such a call cannot time out or be abandoned; 0 runs every call on the backend's threads."""
+    inline_max_file_bytes: int = Field(default=1 << 20, ge=0)
+    """Only a model whose file is at most this big (1 MiB: about 260 k FP32 weights) ever runs
+    on the event loop, whatever the timings say: a teacher stays on its threads on any machine."""
     batching: BatchingConfig | None = None
     """Dynamic batching of live requests; off when absent."""
 

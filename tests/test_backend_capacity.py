@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -128,17 +127,21 @@ def test_a_student_stuck_in_abandoned_calls_opens_its_circuit_and_the_teacher_an
 
 
 class _SlowingSession:
-    """The real session, slowed by ``delay`` seconds per call when asked; records its threads."""
+    """The real session, on a clock of the test's: each call takes ``cost`` seconds of that clock
+    (so what the backend learns never depends on this machine's speed); records its threads."""
 
     def __init__(self, session: Any) -> None:
         self._session = session
-        self.delay = 0.0
+        self.cost = 10e-6  # a distilled student's row
+        self.now = 0.0
         self.threads: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
 
     def run(self, names: Sequence[str], inputs: Mapping[str, np.ndarray]) -> Any:
         self.threads.append(threading.get_ident())
-        if self.delay:
-            time.sleep(self.delay)
+        self.now += self.cost
         return self._session.run(names, inputs)
 
 
@@ -147,29 +150,63 @@ def test_a_tiny_model_runs_on_the_event_loop_until_its_calls_grow_slow() -> None
 
     async def main() -> None:
         loop_thread = threading.get_ident()
-        # 500 us, not the default 100: a loaded CI machine must not push a 10 us call over it
-        student = OnnxBackend("student", OnnxBackendConfig(path=STUDENT_PATH, inline_below_us=500))
+        student = OnnxBackend("student", OnnxBackendConfig(path=STUDENT_PATH))
         teacher = OnnxBackend("teacher", OnnxBackendConfig(path=TEACHER_PATH))
         for backend in (student, teacher):
             await backend.load()
         watched = _SlowingSession(student._session)
-        student._session = watched
+        student._session, student.clock = watched, watched.clock
+        # the teacher's file (4.5 MB) is over inline_max_file_bytes: however fast its calls
+        teacher.clock = lambda: 0.0  # every call takes no time at all
         try:
             for _ in range(20):
                 await student.infer(PIXELS, ["logits"])
                 await teacher.infer(PIXELS, ["logits"])
             assert student.inline_calls == 20 and set(watched.threads) == {loop_thread}
-            assert teacher.inline_calls == 0  # about 0.2 ms a row: worth the hop
+            assert teacher.inline_calls == 0
+            big = {"pixels": np.ones((64, 64), np.float32)}
+            await student.infer(big, ["logits"])
+            assert watched.threads[-1] != loop_thread  # a batch of 64 rows: on the threads
             await student.infer(PIXELS, ["logits"], lane="shadow")
             assert watched.threads[-1] != loop_thread  # shadow calls never run on the loop
-            watched.delay = 0.002  # the machine got busy: 2 ms a call
+            watched.cost = 0.002  # the machine got busy: 2 ms a call
             for _ in range(40):
                 await student.infer(PIXELS, ["logits"])
             assert watched.threads[-1] != loop_thread  # back on the backend's threads
-            # the moving average passes 500 us on the third 2 ms call: three inline at most
-            assert student.inline_calls <= 23
+            # 10 us + 0.1 x (2 ms - 10 us) per call passes 100 us on the first slow call, so only
+            # that one ran inline
+            assert student.inline_calls == 21
         finally:
             for backend in (student, teacher):
                 await backend.close()
+
+    asyncio.run(main())
+
+
+def test_shadow_batches_do_not_teach_the_live_estimate() -> None:
+    """Item 11 of the trust issue: a teacher's cheap-per-row shadow batches once lowered the
+    estimate until a batch-1 teacher call ran on the event loop."""
+
+    async def main() -> None:
+        student = OnnxBackend("student", OnnxBackendConfig(path=STUDENT_PATH))
+        await student.load()
+        watched = _SlowingSession(student._session)
+        student._session, student.clock = watched, watched.clock
+        try:
+            watched.cost = 0.001  # 1 ms a live call: too slow for the loop
+            for _ in range(30):
+                await student.infer(PIXELS, ["logits"])
+            assert watched.threads[-1] != threading.get_ident()
+            inline_so_far = student.inline_calls
+            watched.cost = 1e-6  # shadow batches of 64 rows at 1 us in all
+            batch = {"pixels": np.ones((64, 64), np.float32)}
+            for _ in range(50):
+                await student.infer(batch, ["logits"], lane="shadow")
+            watched.cost = 0.001
+            await student.infer(PIXELS, ["logits"])
+            assert student.inline_calls == inline_so_far
+            assert watched.threads[-1] != threading.get_ident()
+        finally:
+            await student.close()
 
     asyncio.run(main())

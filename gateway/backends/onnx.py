@@ -7,6 +7,9 @@ the CPU that the calls measured so far say will take less than ``inline_below_us
 event loop, because the hop to a thread and back costs more than such a model (a distilled
 student runs a row in about 10 us; the hop, its wake-ups and their jitter cost several times
 that, and most of the p99). A call that grows slower sends the next ones back to the threads.
+Only a small model is ever a candidate (its file at most ``inline_max_file_bytes``), so whether a
+teacher runs inline never depends on how fast this machine happens to run it; and the estimate
+learns from live calls of a few rows only, per call, never from shadow batches.
 
 A call cannot be stopped once its thread runs it: a timed-out call is abandoned, and its thread
 stays busy until the model returns. Those are counted, and a pool whose every thread is stuck in
@@ -21,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,8 @@ _ORT_TYPES = {
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
 }
+INLINE_MAX_ROWS = 8
+"""Calls of more rows (a client's batch, a dynamic batch) always run on the backend's threads."""
 _ORT_QUIET = 4  # fatal only: hides the error line ORT prints when CUDA fails to load
 _ORT_DEFAULT_SEVERITY = 2  # warning; ORT has no getter for the current value
 
@@ -86,8 +91,10 @@ class OnnxBackend(Backend):
         self._session: ort.InferenceSession | None = None
         self.device = "unloaded"
         self._inline_below = config.inline_below_us / 1e6
-        self._seconds_per_row = float("inf")  # learned from every call; none inline until then
+        self._seconds_per_call = float("inf")  # learned from live calls; none inline until then
         self.inline_calls = 0
+        self._inline_candidate = False  # a small model on the CPU: set once it is loaded
+        self.clock = time.perf_counter  # what calls are timed with (a test moves it)
 
     @property
     def description(self) -> str:
@@ -98,6 +105,7 @@ class OnnxBackend(Backend):
         before = _resident_bytes()
         self._session = await loop.run_in_executor(self._executor, self._open_session)
         self._signature = _signature_of(self._session)
+        self._inline_candidate = self._small_on_cpu(self._config)
         await self._warm_up()
         self.cpu_seconds["live"] = 0.0  # traffic's, not the warm-up's
         after = _resident_bytes()
@@ -119,6 +127,7 @@ class OnnxBackend(Backend):
             loaded.session,
             loaded.signature,
         )
+        self._inline_candidate = self._small_on_cpu(loaded.config)
         await self._warm_up()
 
     async def infer(
@@ -134,9 +143,9 @@ class OnnxBackend(Backend):
             )
         names = list(output_names)
         rows = batch_rows(inputs)
-        if lane == "live" and rows * self._seconds_per_row < self._inline_below:
+        if lane == "live" and self._inline_expected(rows):
             return self._run_inline(session, names, inputs, rows)
-        future = pool.executor.submit(_run_timed, session, names, inputs)
+        future = pool.executor.submit(_run_timed, session, names, inputs, self.clock)
         try:
             results, cpu, wall = await asyncio.wrap_future(future)
         except asyncio.CancelledError:  # a timeout, or the client went away
@@ -146,14 +155,15 @@ class OnnxBackend(Backend):
         except Exception as exc:  # ORT raises its own pybind types; convert at the boundary
             raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
         self.cpu_seconds[lane] += cpu
-        self._learn(wall, rows)
+        if lane == "live":
+            self._learn(wall, rows)
         return dict(zip(names, results, strict=True))
 
     def run_inline(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray] | None:
         session, rows = self._session, batch_rows(inputs)
-        if session is None or rows * self._seconds_per_row >= self._inline_below:
+        if session is None or not self._inline_expected(rows):
             return None
         return self._run_inline(session, list(output_names), inputs, rows)
 
@@ -162,7 +172,7 @@ class OnnxBackend(Backend):
         rows: int,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         try:
-            results, cpu, wall = _run_timed(session, names, inputs)
+            results, cpu, wall = _run_timed(session, names, inputs, self.clock)
         except Exception as exc:
             raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
         self.inline_calls += 1
@@ -170,16 +180,28 @@ class OnnxBackend(Backend):
         self._learn(wall, rows)
         return dict(zip(names, results, strict=True))
 
+    def _small_on_cpu(self, config: OnnxBackendConfig) -> bool:
+        """Only a CPU session of a small file may run on the event loop."""
+        return self.device == "cpu" and config.path.stat().st_size <= config.inline_max_file_bytes
+
+    def _inline_expected(self, rows: int) -> bool:
+        """Whether a live call of ``rows`` rows runs on the event loop: a small model on the CPU,
+        a call of a few rows, and the live calls measured so far quicker than the threshold."""
+        return (
+            rows <= INLINE_MAX_ROWS
+            and self._inline_candidate
+            and self._seconds_per_call < self._inline_below
+        )
+
     def _learn(self, wall_seconds: float, rows: int) -> None:
-        """The expected seconds per row: a moving average, so a model that slows down (a busy
-        machine) soon leaves the event loop. Only a CPU session is ever run inline."""
-        if self.device != "cpu":
-            return
-        per_row = wall_seconds / max(1, rows)
-        if self._seconds_per_row == float("inf"):
-            self._seconds_per_row = per_row
+        """The expected seconds of a small live call: a moving average, so a model that slows
+        down (a busy machine) soon leaves the event loop."""
+        if rows > INLINE_MAX_ROWS:
+            return  # a batch says little about a call of one row
+        if self._seconds_per_call == float("inf"):
+            self._seconds_per_call = wall_seconds
         else:
-            self._seconds_per_row += 0.1 * (per_row - self._seconds_per_row)
+            self._seconds_per_call += 0.1 * (wall_seconds - self._seconds_per_call)
 
     def _abandon(self, pool: _ThreadPool, lane: Lane, future: Future[_Timed]) -> None:
         loop = asyncio.get_running_loop()
@@ -250,7 +272,7 @@ class OnnxBackend(Backend):
         for batch in (1, 64, 1):
             shape = [batch if size == -1 else size for size in spec.shape]
             dummy = {spec.name: np.zeros(shape, dtype=spec.dtype)}
-            self._seconds_per_row = float("inf")  # learned afresh from the warm call
+            self._seconds_per_call = float("inf")  # learned afresh from the warm call
             await self.infer(dummy, [output.name for output in self.signature.outputs])
 
 
@@ -258,13 +280,16 @@ _Timed = tuple[list[np.ndarray], float, float]
 
 
 def _run_timed(
-    session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray]
+    session: ort.InferenceSession,
+    names: list[str],
+    inputs: Mapping[str, np.ndarray],
+    clock: Callable[[], float],
 ) -> _Timed:
     """The call, the CPU time it took, and its wall time: with intra_op_threads 1, ONNX Runtime
     computes in the calling thread, so that thread's CPU time is the call's."""
-    started, cpu_started = time.perf_counter(), time.thread_time()
+    started, cpu_started = clock(), time.thread_time()
     results = session.run(names, inputs)
-    return results, time.thread_time() - cpu_started, time.perf_counter() - started
+    return results, time.thread_time() - cpu_started, clock() - started
 
 
 def _resident_bytes() -> int | None:
