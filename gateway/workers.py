@@ -3,10 +3,11 @@
 The parent binds the listeners (so a port in use is one clear line, before any model loads),
 then starts N workers (fresh interpreters running the same command) that inherit the bound
 sockets, and only supervises: it passes SIGTERM and SIGINT on, and when one worker exits on its
-own (a crash, a failed start) it stops the others and exits with that worker's code, so that
-Kubernetes restarts the pod whole. The workers share the share and the predictions through the
-state store, and their metrics through prometheus-client's multiprocess files: ``/metrics`` from
-any of them reports the group once.
+own (a crash, a failed start, a kill by a signal) it stops the others and exits with that
+worker's code (128 + the signal's number for a worker killed by one, as shells report it), so
+that Kubernetes restarts the pod whole and its status says why. The workers share the share and
+the predictions through the state store, and their metrics through prometheus-client's
+multiprocess files: ``/metrics`` from any of them reports the group once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from types import FrameType
 
@@ -63,22 +65,28 @@ def supervise(workers: int, sockets: dict[tuple[str, int], socket.socket]) -> in
     children = [subprocess.Popen(command, env=environment, pass_fds=fds) for _ in range(workers)]
     log.info("started %d workers (pids %s)", workers, ", ".join(str(c.pid) for c in children))
     stopping = False
+    passed_on: set[int] = set()  # the signals we sent: a worker they ended did as it was asked
 
     def pass_on(number: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        passed_on.add(number)
         for child in children:
             if child.poll() is None:
                 child.send_signal(number)
 
     previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = _wait_for_the_first(children)
+        first = _wait_for_the_first(children)
         if not stopping:
-            log.error("worker %d exited with %d: stopping the others",
-                      next(c.pid for c in children if c.returncode is not None), code)  # fmt: skip
+            log.error("worker %d %s: stopping the others", first.pid, _how_it_ended(first))
             pass_on(signal.SIGTERM, None)
-        code = max(code, _wait_for_all(children))
+            code = exit_code(first.returncode)  # it says why the group stopped
+        else:
+            code = 0
+        _wait_for_all(children)
+        # Else the worst of them: one that crashed while stopping, or had to be killed.
+        code = code or max(exit_code(c.returncode, passed_on) for c in children)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -88,15 +96,34 @@ def supervise(workers: int, sockets: dict[tuple[str, int], socket.socket]) -> in
     return code
 
 
-def _wait_for_the_first(children: list[subprocess.Popen[bytes]]) -> int:
+def exit_code(returncode: int, expected: Collection[int] = ()) -> int:
+    """A child's return code as a process exit code: a child killed by signal N (``-N`` from
+    ``subprocess``) is 128 + N, as shells report it (137 for SIGKILL: the OOM killer), never 0,
+    unless N is one of the ``expected`` signals (one we sent it to stop it)."""
+    if returncode < 0:
+        return 0 if -returncode in expected else 128 - returncode
+    return returncode
+
+
+def _how_it_ended(child: subprocess.Popen[bytes]) -> str:
+    if child.returncode >= 0:
+        return f"exited with {child.returncode}"
+    try:
+        name = signal.Signals(-child.returncode).name
+    except ValueError:
+        name = f"signal {-child.returncode}"
+    return f"was killed by {name} (exit {exit_code(child.returncode)})"
+
+
+def _wait_for_the_first(children: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
     while True:
         for child in children:
             if child.poll() is not None:
-                return child.returncode
+                return child
         time.sleep(0.2)
 
 
-def _wait_for_all(children: list[subprocess.Popen[bytes]]) -> int:
+def _wait_for_all(children: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + STOP_SECONDS
     for child in children:
         try:
@@ -104,4 +131,3 @@ def _wait_for_all(children: list[subprocess.Popen[bytes]]) -> int:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
-    return max(max(child.returncode, 0) for child in children)

@@ -281,6 +281,42 @@ def test_two_workers_count_every_request_once_and_share_one_share(
         assert process.wait(60) == 0
 
 
+def test_a_worker_killed_by_a_signal_stops_the_group_with_128_plus_the_signal(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
+    """An OOM kill or a segfault is not a clean exit: the supervisor exits 137 for a worker that
+    SIGKILL ended (as a shell reports it), so Kubernetes' status says why the pod restarted."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, "DISTILL_GATEWAY_STATE__URL": redis.url,
+                   "DISTILL_GATEWAY_STATE__KEY_PREFIX": "test-workers-killed",
+                   "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
+    log_path = tmp_path / "workers.log"
+    with log_path.open("wb") as log:
+        command = [str(BIN / "distill-gateway"), "--port", str(port), "--workers", "2"]
+        process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        replica_id: list[str] = []
+
+        def a_worker_answers() -> bool:
+            try:
+                replica_id.append(httpx.get(f"{url}/admin/traffic").json()["replica_id"])
+            except httpx.HTTPError:
+                return False
+            return True
+
+        wait_until(a_worker_answers, 60, "a worker to answer")
+        worker = int(replica_id[-1].rsplit("-", 1)[1])  # <hostname>-<pid>
+        assert worker != process.pid
+        os.kill(worker, signal.SIGKILL)
+        assert process.wait(60) == 128 + signal.SIGKILL
+        assert f"worker {worker} was killed by SIGKILL (exit 137)" in log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def infer_on(client: httpx.Client, url: str, i: int) -> httpx.Response:
     body = {"id": f"w-{i}", "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
                                         "data": [0.0] * 64}]}  # fmt: skip
