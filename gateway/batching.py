@@ -13,17 +13,24 @@ At most ``max_in_flight`` batches run at once (the backend's capacity: its threa
 Triton is trusted with): while they all run, requests keep joining the next batch instead of
 queueing behind them as small ones, and it leaves the moment a call returns. So batches grow
 with load by themselves, as Triton's dynamic batcher forms a batch when an instance is free.
+
+The waiting requests are the backend's queue (``gateway.overload``): one that the batches ahead,
+at the measured call time, would keep waiting past its budget is shed at once, and one still
+waiting when its budget runs out is shed then; the time each waited goes to ``observe_wait``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from gateway.backends.base import batch_rows
+from gateway.overload import CallTime, Shed, shed_for_wait
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -33,6 +40,8 @@ class _Waiting:
     inputs: Tensors
     rows: int
     answer: asyncio.Future[dict[str, np.ndarray]]
+    queued_at: float
+    give_up: asyncio.TimerHandle | None = None  # sheds it if it is still waiting then
 
 
 class Batcher:
@@ -43,10 +52,16 @@ class Batcher:
         max_delay_seconds: float,
         observe: Callable[[int], None] = lambda rows: None,
         max_in_flight: int | None = None,
+        retry_after_seconds: int = 1,
+        observe_wait: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         """``run`` makes one call with a batch; ``observe`` hears each call's rows;
-        ``max_in_flight`` bounds the calls running at once (None: no bound)."""
+        ``max_in_flight`` bounds the calls running at once (None: no bound); ``observe_wait``
+        hears how long each request waited for its batch to start."""
         self._run = run
+        self._retry_after = retry_after_seconds
+        self._observe_wait = observe_wait
+        self.call_time = CallTime()
         self._max_in_flight = max_in_flight or 2**31
         self._max_rows = max_batch_size
         self._delay = max_delay_seconds
@@ -56,9 +71,19 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._calls: set[asyncio.Task[None]] = set()  # running batches, kept from the collector
 
-    async def infer(self, inputs: Tensors) -> dict[str, np.ndarray]:
+    async def infer(self, inputs: Tensors, budget: float = math.inf) -> dict[str, np.ndarray]:
+        """The request's rows of a batch's answer; ``Shed`` when it cannot start within
+        ``budget`` seconds."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(inputs, batch_rows(inputs), loop.create_future())
+        waiting = _Waiting(inputs, batch_rows(inputs), loop.create_future(), time.perf_counter())
+        if len(self._calls) >= self._max_in_flight:  # it will wait for a call to return
+            ahead = math.ceil((self._waiting_rows + waiting.rows) / self._max_rows)
+            expected = self.call_time.expected_wait(ahead, self._max_in_flight)
+            refusal = shed_for_wait(expected, budget, self._retry_after)
+            if refusal is not None:
+                raise refusal
+            if budget != math.inf:
+                waiting.give_up = loop.call_later(budget, self._shed, waiting, budget)
         self._waiting.append(waiting)
         self._waiting_rows += waiting.rows
         if self._waiting_rows >= self._max_rows:
@@ -80,6 +105,12 @@ class Batcher:
             call.add_done_callback(self._returned)
         self._waiting, self._waiting_rows = waiting, sum(w.rows for w in waiting)
 
+    def _shed(self, waiting: _Waiting, budget: float) -> None:
+        if not waiting.answer.done():
+            waiting.answer.set_exception(Shed("queue_timeout", f"waited {budget * 1000:.0f} ms "
+                                              "for a batch, the most a request waits",
+                                              self._retry_after))  # fmt: skip
+
     def _returned(self, call: asyncio.Task[None]) -> None:
         self._calls.discard(call)
         if self._waiting:  # they waited for this room: no reason to wait longer
@@ -90,6 +121,11 @@ class Batcher:
             name: np.concatenate([w.inputs[name] for w in batch]) for name in batch[0].inputs
         }  # fmt: skip
         self._observe(sum(w.rows for w in batch))
+        started = time.perf_counter()
+        for w in batch:
+            if w.give_up is not None:
+                w.give_up.cancel()
+            self._observe_wait(started - w.queued_at)
         try:
             outputs = await self._run(inputs)
         except Exception as exc:
@@ -97,6 +133,8 @@ class Batcher:
                 if not w.answer.done():
                     w.answer.set_exception(exc)
             return
+        finally:
+            self.call_time.learn(time.perf_counter() - started)
         offset = 0
         for w in batch:
             if not w.answer.done():

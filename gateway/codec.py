@@ -34,6 +34,7 @@ class DecodedRequest:
     inputs: dict[str, np.ndarray]
     outputs: list[RequestedOutput]
     batch_size: int
+    timeout_seconds: float | None = None  # the client's own deadline, from the request
 
 
 def decode_request(
@@ -75,7 +76,14 @@ def decode_parsed(
         inputs=inputs,
         outputs=_requested_outputs(request, signature, binary_default),
         batch_size=batch_sizes.pop() if batch_sizes else 1,
+        timeout_seconds=_client_timeout(request),
     )
+
+
+def _client_timeout(request: InferenceRequest) -> float | None:
+    """``parameters.timeout`` (microseconds, as Triton reads it), in seconds; 0 means none."""
+    micros = request.parameters.timeout if request.parameters else None
+    return micros / 1e6 if micros else None
 
 
 def encode_response(

@@ -184,12 +184,19 @@ class ShadowConfig(StrictModel):
 
 
 class OverloadConfig(StrictModel):
-    """Load shedding: what a replica does when more requests arrive than it can work on."""
+    """Admission by time: what a replica does when more requests arrive than it can answer."""
 
-    max_inflight: int | None = Field(default=None, ge=1)
-    """Inference requests processed at once; beyond it, 503 with Retry-After at once. None: 2 x
-    the backends' capacity (an ONNX backend's max_concurrency, 8 for a Triton one): 8 for the
-    shipped pair."""
+    max_queue_ms: float = Field(default=100.0, gt=0)
+    """The longest a request waits for its backend (in its queue, or its batcher's). A request
+    the line ahead would keep waiting longer, or that has waited this long, is shed with 503
+    and Retry-After (gRPC UNAVAILABLE); a request's own deadline (the V2 ``timeout`` parameter,
+    the gRPC deadline) shortens it. A request counts from when its body is complete."""
+    max_inflight: int = Field(default=4096, ge=1)
+    """A memory bound, not the working limit: requests held at once (decoded and not yet
+    answered), beyond which a request is shed at once (reason ``max_inflight``)."""
+    body_timeout_ms: float = Field(default=10_000.0, gt=0)
+    """The longest a client may take to send a request's body: a slower upload is answered 408
+    and counted (gateway_body_timeouts_total), and never held a place in the queue."""
     retry_after_seconds: int = Field(default=1, ge=0)
     """What a shed request's Retry-After header says."""
 
@@ -252,8 +259,15 @@ class StateConfig(StrictModel):
     password: SecretStr | None = None
     """Redis's password when the URL has none (``DISTILL_GATEWAY_STATE__PASSWORD``)."""
     advertise_url: str | None = None
-    """The URL the controller reaches this replica at (admin API and /metrics); default
-    ``http://<host>:<port>`` of the listener that serves them (in Kubernetes: the pod IP)."""
+    """The URL the controller reaches this replica's admin API at; default ``http://<host>:<port>``
+    of the listener that serves it (``https`` with ``tls``; a wildcard host: this host's address;
+    in Kubernetes: the pod IP)."""
+    advertise_metrics_url: str | None = None
+    """The URL of this replica's ``/metrics`` for the controller's scrape source, advertised in
+    ``GET /admin/traffic`` (``metrics_url``) and in the fleet's registry. Default: when
+    ``metrics.port`` puts ``/metrics`` on a listener apart from the admin API,
+    ``http://<host>:<metrics port>/metrics`` of that listener (as ``advertise_url``); else none
+    (``<admin URL>/metrics``). Set it when the controller reaches that port by another address."""
     replica_id: str | None = None
     """This replica's name in the registry; default ``<hostname>-<pid>``."""
     heartbeat_seconds: float = Field(default=1.0, gt=0, le=60)

@@ -5,6 +5,7 @@ GatewayError
  +-- Unauthorized (401)          admin call without the right bearer token
  +-- Forbidden (403)             admin API disabled: no token configured
  +-- NotFound (404)              unknown model, unknown or expired feedback id
+ +-- RequestTimeout (408)        a body not sent within ``overload.body_timeout_ms``
  +-- Conflict (409)              a second label for the same request
  +-- PayloadTooLarge (413)       body over ``max_request_bytes``
  +-- UnsupportedMediaType (415)  a Content-Encoding we cannot decode
@@ -12,7 +13,8 @@ GatewayError
  +-- InferenceFailed (500)       an unexpected exception while serving a valid request
  +-- BackendUnavailable (503)    the backend cannot serve at all
  |    +-- BackendTimeout (503)    the backend did not answer in time
- +-- Overloaded (503)            shed: the gateway holds as many requests as it may
+ +-- Overloaded (503)            shed: the request could not start in time
+      +-- Shed (503)              with the reason (``gateway.overload``)
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class Forbidden(GatewayError):
 
 class NotFound(GatewayError):
     status_code = 404
+
+
+class RequestTimeout(GatewayError):
+    status_code = 408
 
 
 class Conflict(GatewayError):

@@ -7,6 +7,7 @@ same message over gRPC as over HTTP. Answers carry ``raw_output_contents``, as T
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,10 +18,12 @@ from tritonclient.grpc import service_pb2 as pb
 from gateway.codec import DecodedRequest, decode_parsed, describe_request_errors
 from gateway.errors import BadRequest
 from gateway.protocol import (
+    ID_PATTERN,
     MAX_ID_LENGTH,
     InferenceRequest,
     RequestInput,
     RequestOutput,
+    RequestParameters,
     TensorParameters,
 )
 from gateway.signature import NUMPY_TO_V2, Signature
@@ -46,9 +49,8 @@ def decode_grpc_request(
                          "inputs: give one per input, or typed contents")  # fmt: skip
     if not request.inputs:  # pydantic says it, in the HTTP path's words
         _validate({"id": request.id or None, "inputs": []})
-    if len(request.id) > MAX_ID_LENGTH:
-        raise BadRequest("invalid inference request: id: String should have at most "
-                         f"{MAX_ID_LENGTH} characters")  # fmt: skip
+    if len(request.id) > MAX_ID_LENGTH or not re.match(ID_PATTERN, request.id):
+        _validate({"id": request.id, "inputs": [{"name": "", "shape": [], "datatype": ""}]})
     # Protobuf has typed every field already, so the request is built without validation; the
     # checks against the signature (names, datatypes, shapes, sizes) are decode_parsed's.
     inputs = []
@@ -65,8 +67,10 @@ def decode_grpc_request(
         ))  # fmt: skip
     outputs = [RequestOutput.model_construct(name=output.name, parameters=None)
                for output in request.outputs] or None  # fmt: skip
+    timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else 0
+    asked = RequestParameters.model_construct(binary_data_output=True, timeout=timeout)
     parsed = InferenceRequest.model_construct(
-        id=request.id or None, parameters=None, inputs=inputs, outputs=outputs
+        id=request.id or None, parameters=asked, inputs=inputs, outputs=outputs
     )
     # One copy of the raw tensors, so that both protocols share one decoder.
     binary = memoryview(raw[0] if len(raw) == 1 else b"".join(raw))

@@ -115,22 +115,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         received_at = time.perf_counter()
         service = self._service
         request_id = request.id or new_request_id()
-        try:
-            admitted = service.admit("grpc")
-        except Overloaded as exc:
-            await context.send_initial_metadata((("x-request-id", request_id),))
-            await _abort(context, exc)
-        with admitted:
-            return await self._answer(request, context, received_at, request_id)
-
-    async def _answer(
-        self,
-        request: pb.ModelInferRequest,
-        context: grpc.aio.ServicerContext,
-        received_at: float,
-        request_id: str,
-    ) -> pb.ModelInferResponse:
-        service = self._service
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         try:
             service.check_model(request.model_name, request.model_version or None)
@@ -142,12 +126,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             await context.send_initial_metadata((("x-request-id", request_id),))
             await _abort(context, exc)
         try:
-            result = await service.infer(
-                InferRequest.of(decoded, request_id, "grpc", received_at, metadata)
-            )
-        except GatewayError as exc:
+            admitted = service.admit("grpc")  # once the message is complete and decoded
+        except Overloaded as exc:
             await context.send_initial_metadata((("x-request-id", request_id),))
             await _abort(context, exc)
+        with admitted:
+            try:
+                result = await service.infer(InferRequest.of(
+                    decoded, request_id, "grpc", received_at, metadata,
+                    transport_timeout=context.time_remaining()))  # fmt: skip
+            except GatewayError as exc:
+                await context.send_initial_metadata((("x-request-id", request_id),))
+                await _abort(context, exc)
         await context.send_initial_metadata(
             (("x-served-by", result.served_by), ("x-request-id", request_id))
         )

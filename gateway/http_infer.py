@@ -3,14 +3,16 @@
 It is the one route on the hot path, and FastAPI's router, dependency machinery and middleware
 stack cost more per request than decoding, running the student and encoding together (a py-spy
 profile at 16 concurrent clients: about 45 % of the event loop's time). Everything else a request
-meets on it is the same as on any route: admission (503 when shed), the body limit and
-decompression, the codec, the service, and JSON errors with the request's id. FastAPI still
+meets on it is the same as on any route: the body limit, its timeout (408) and decompression,
+the codec, admission once the body is in (503 when shed), the service, and JSON errors with the
+request's id. FastAPI still
 documents the route (``app.py`` registers it for the OpenAPI document) and answers every other
 method on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -18,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from gateway.codec import HEADER_LENGTH, decode_request, encode_response
-from gateway.errors import GatewayError, InferenceFailed, Overloaded
+from gateway.errors import GatewayError, InferenceFailed, Overloaded, RequestTimeout
 from gateway.http_body import ClientGone, off_loop_if_big, read_asgi_body
 from gateway.http_responses import error_response
 from gateway.request_ids import new_request_id
@@ -44,6 +46,7 @@ class InferEndpoint:
     def __init__(self, service: GatewayService) -> None:
         self._service = service
         self._limit = service.settings.max_request_bytes
+        self._body_timeout = service.settings.overload.body_timeout_ms / 1000.0
 
     @staticmethod
     async def _error(
@@ -58,33 +61,41 @@ class InferEndpoint:
         received_at = time.perf_counter()
         service = self._service
         request_id = new_request_id()  # unless the request names its own
+        headers = Headers(scope=scope)
+        # Nothing is held while the body arrives: a request counts once it is complete.
+        try:
+            service.check_model(model, version)
+            async with asyncio.timeout(self._body_timeout):
+                body = await read_asgi_body(receive, headers, self._limit)
+            decoded = await off_loop_if_big(len(body), decode_request, body,
+                                            headers.get(HEADER_LENGTH), service.signature,
+                                            service.settings.max_batch_size)  # fmt: skip
+        except ClientGone:
+            return
+        except TimeoutError:
+            service.count_body_timeout("http")
+            await self._error(scope, receive, send, RequestTimeout(
+                f"the request body did not arrive within {self._body_timeout * 1000:.0f} ms "
+                "(overload.body_timeout_ms)"), request_id)  # fmt: skip
+            return
+        except GatewayError as exc:
+            service.count_rejected(exc.status_code, "http")
+            await self._error(scope, receive, send, exc, request_id)
+            return
+        except Exception:  # a bug in decoding: the client still gets JSON and an id
+            log.exception("internal error while decoding request %s", request_id)
+            service.count_rejected(500, "http")
+            await self._error(scope, receive, send, InferenceFailed(
+                f"internal error while decoding request {request_id}; it is in the "
+                "gateway's log with its traceback"), request_id)  # fmt: skip
+            return
+        request_id = decoded.id or request_id
         try:
             admitted = service.admit("http")
         except Overloaded as exc:
             await self._error(scope, receive, send, exc, request_id)
             return
         with admitted:
-            headers = Headers(scope=scope)
-            try:
-                service.check_model(model, version)
-                body = await read_asgi_body(receive, headers, self._limit)
-                decoded = await off_loop_if_big(len(body), decode_request, body,
-                                                headers.get(HEADER_LENGTH), service.signature,
-                                                service.settings.max_batch_size)  # fmt: skip
-            except ClientGone:
-                return
-            except GatewayError as exc:
-                service.count_rejected(exc.status_code, "http")
-                await self._error(scope, receive, send, exc, request_id)
-                return
-            except Exception:  # a bug in decoding: the client still gets JSON and an id
-                log.exception("internal error while decoding request %s", request_id)
-                service.count_rejected(500, "http")
-                await self._error(scope, receive, send, InferenceFailed(
-                    f"internal error while decoding request {request_id}; it is in the "
-                    "gateway's log with its traceback"), request_id)  # fmt: skip
-                return
-            request_id = decoded.id or request_id
             try:
                 result = await service.infer(
                     InferRequest.of(decoded, request_id, "http", received_at, headers)

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from gateway import metric_names as names
 from gateway.config import CostConfig
+from gateway.overload import SHED_REASONS
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, PROTOCOLS, ROLES, Protocol
 
@@ -231,21 +232,44 @@ class GatewayMetrics:
         )
         self.shed = Counter(
             "gateway_shed_total",
-            "Inference requests refused at once with 503 because the process already held "
-            "overload.max_inflight of them (reason: max_inflight).",
+            "Inference requests refused with 503 and Retry-After before their backend was "
+            "called, by reason: queue_full (the line ahead would pass overload.max_queue_ms), "
+            "queue_timeout (waited that long), deadline (the request's deadline passed first), "
+            "max_inflight (the memory bound).",
             ["model", "reason"],
+            registry=registry,
+        )
+        self.queue_delay = Histogram(
+            "gateway_queue_delay_seconds",
+            "Time a live request waited for its backend (a free slot, or its batch to start).",
+            mb,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_target = Gauge(
+            "gateway_queue_target_seconds",
+            "overload.max_queue_ms in seconds: the longest a request waits for its backend.",
+            m,
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.body_timeouts = Counter(
+            "gateway_body_timeouts_total",
+            "Requests answered 408 because their body did not arrive within "
+            "overload.body_timeout_ms (slow or stalled uploads).",
+            m,
             registry=registry,
         )
         self.inflight = Gauge(
             "gateway_inflight_requests",
-            "Inference requests being processed now (HTTP and gRPC).",
+            "Inference requests held now, from a complete body to the answer (HTTP and gRPC).",
             m,
             multiprocess_mode="livesum",
             registry=registry,
         )
         self.max_inflight = Gauge(
             "gateway_max_inflight_requests",
-            "overload.max_inflight: more requests than this at once are shed.",
+            "overload.max_inflight: a memory bound; more requests than this held at once are shed.",
             m,
             multiprocess_mode="livesum",
             registry=registry,
@@ -319,7 +343,11 @@ class GatewayMetrics:
             per_model.labels(model)
         for reason in SHADOW_DROP_REASONS:
             self.shadow_dropped.labels(model, reason)
-        self.shed.labels(model, "max_inflight")
+        for reason in SHED_REASONS:
+            self.shed.labels(model, reason)
+        for role in ROLES:
+            self.queue_delay.labels(model, role)
+        self.body_timeouts.labels(model)
         self.state_store_up.labels(model).set(1)
         self.fleet_replicas.labels(model).set(1)
         self.state_store_fallbacks.labels(model, "remember")

@@ -37,6 +37,9 @@ class OutputParameters(_V2):
 
 class RequestParameters(_V2):
     binary_data_output: StrictBool = False
+    timeout: StrictInt | None = Field(default=None, ge=0)
+    """The client's deadline in microseconds, as Triton takes it (tritonclient's ``timeout``): the
+    gateway never starts the request after it, and sheds it rather than queue past it."""
 
 
 class RequestInput(_V2):
@@ -53,10 +56,13 @@ class RequestOutput(_V2):
 
 
 MAX_ID_LENGTH = 256  # request ids are kept until their label arrives: bounded
+ID_PATTERN = r"^[ -~]*$"
+"""Printable ASCII: the id is echoed in the x-request-id header (and gRPC metadata), where a
+control character cannot go."""
 
 
 class InferenceRequest(_V2):
-    id: str | None = Field(default=None, max_length=MAX_ID_LENGTH)
+    id: str | None = Field(default=None, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
     parameters: RequestParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
@@ -98,6 +104,9 @@ class TrafficState(StrictModel):
     """In a fleet: this replica's id in the registry."""
     replicas: int | None = None
     """In a fleet: live replicas, as this one last read the registry."""
+    metrics_url: str | None = None
+    """Where this gateway's ``/metrics`` is, when it is not beside the admin API (``metrics.port``
+    apart from ``admin.port``): the controller's scrape source reads it there."""
 
 
 def _label_or_labels(value: Any) -> Any:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ from gateway.backends import Backend, create_backend
 from gateway.backends.onnx import LoadedModel, OnnxBackend
 from gateway.batching import Batcher
 from gateway.codec import DecodedRequest
-from gateway.config import GatewaySettings
+from gateway.config import BackendConfig, GatewaySettings
 from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -36,7 +36,7 @@ from gateway.errors import (
 )
 from gateway.feedback import FeedbackStore
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
-from gateway.overload import Admission, backend_capacity, default_max_inflight
+from gateway.overload import BackendQueue, InflightBound, Shed, backend_capacity, shed_for_wait
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
@@ -62,7 +62,9 @@ class InferRequest:
     output_names: Sequence[str]  # the outputs to answer with, in order
     id: str  # the client's id, or one the edge made up
     protocol: Protocol
-    received_at: float  # time.perf_counter() when the request arrived
+    received_at: float  # time.perf_counter() when the request arrived (for its latency)
+    decoded_at: float  # when its body was complete and decoded: its deadline counts from here
+    timeout_seconds: float | None = None  # the client's own deadline, when it gave one
     routing_key: str | None = None  # x-routing-key: sticky routing
     forced: str | None = None  # x-canary: teacher or student
 
@@ -74,14 +76,19 @@ class InferRequest:
         protocol: Protocol,
         received_at: float,
         headers: Mapping[str, str],
+        transport_timeout: float | None = None,
     ) -> InferRequest:
-        """From a codec's decoded request and the HTTP headers (or gRPC metadata) that route it."""
+        """From a codec's decoded request and the HTTP headers (or gRPC metadata) that route it;
+        ``transport_timeout`` is what is left of a deadline the transport carried (gRPC's)."""
+        timeouts = [t for t in (decoded.timeout_seconds, transport_timeout) if t is not None]
         return cls(
             inputs=decoded.inputs,
             output_names=[wanted.name for wanted in decoded.outputs],
             id=request_id,
             protocol=protocol,
             received_at=received_at,
+            decoded_at=time.perf_counter(),
+            timeout_seconds=min(timeouts, default=None),
             routing_key=headers.get("x-routing-key"),
             forced=headers.get("x-canary"),
         )
@@ -129,12 +136,19 @@ class GatewayService:
             "student": settings.student.timeout_ms / 1000.0,
         }
         metrics.watch_backends(backends, self._breakers, settings.cost)
-        self._batchers = {role: self._batcher(role) for role in ROLES}
         overload = settings.overload
-        limit = overload.max_inflight or default_max_inflight(settings)
-        self._admission = Admission(limit, overload.retry_after_seconds)
-        metrics.max_inflight.labels(self.model).set(limit)
-        metrics.watch(metrics.inflight.labels(self.model), lambda: self._admission.inflight)
+        self._retry_after = overload.retry_after_seconds
+        self._max_queue = overload.max_queue_ms / 1000.0
+        self._batchers = {role: self._batcher(role) for role in ROLES}
+        self._queues = {
+            role: BackendQueue(backend_capacity(self._config_of(role)), self._retry_after,
+                               metrics.queue_delay.labels(self.model, role).observe)
+            for role in ROLES
+        }  # fmt: skip
+        self._held = InflightBound(overload.max_inflight, self._retry_after)
+        metrics.max_inflight.labels(self.model).set(overload.max_inflight)
+        metrics.queue_target.labels(self.model).set(self._max_queue)
+        metrics.watch(metrics.inflight.labels(self.model), lambda: self._held.inflight)
         self.draining = False  # set on SIGTERM: readiness turns false, serving goes on
         self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
@@ -322,16 +336,21 @@ class GatewayService:
 
     # -- inference ---------------------------------------------------------------------------
 
-    def admit(self, protocol: Protocol) -> Admission:
-        """Before anything else on an inference request (decoding included): ``with
-        service.admit(protocol):``. A request beyond ``overload.max_inflight`` is counted (503,
-        and in gateway_shed_total) and refused with ``Overloaded``."""
+    def admit(self, protocol: Protocol) -> InflightBound:
+        """Once a request's body is complete and decoded: ``with service.admit(protocol):``.
+        Beyond ``overload.max_inflight`` (a memory bound) it is counted (503, and in
+        gateway_shed_total) and refused with ``Shed``. Its wait for a backend is bounded by
+        time, later, in ``_call``."""
         try:
-            return self._admission.enter()
-        except Overloaded:
-            self._metrics.shed.labels(self.model, "max_inflight").inc()
+            return self._held.enter()
+        except Shed as exc:
+            self._metrics.shed.labels(self.model, exc.reason).inc()
             self.count_rejected(503, protocol)
             raise
+
+    def count_body_timeout(self, protocol: Protocol) -> None:
+        self._metrics.body_timeouts.labels(self.model).inc()
+        self.count_rejected(408, protocol)
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Routes, runs (falling back to the teacher), shadows and remembers one request; every
@@ -339,14 +358,15 @@ class GatewayService:
         served_by: str = NO_BACKEND
         try:
             served_by = self.split.choose(request.routing_key, request.forced)
-            served_by, outputs = await self._run(
-                served_by, request.inputs, request.received_at + self._deadline
-            )
+            deadline = request.decoded_at + min(self._deadline, request.timeout_seconds or 1e9)
+            served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by
             self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             await self.predictions.remember(request.id, role,
                                             outputs[self._logits.name].argmax(axis=-1))  # fmt: skip
         except GatewayError as exc:
+            if isinstance(exc, Shed):
+                self._metrics.shed.labels(self.model, exc.reason).inc()
             self._count(exc.backend or served_by, exc.status_code, request)
             raise
         except Exception as exc:  # a bug: counted, logged with its traceback, answered as JSON
@@ -377,7 +397,7 @@ class GatewayService:
             if role == "teacher" and not self._breakers["teacher"].allow():
                 raise BackendUnavailable("circuit open after repeated failures")
             return role, await self._call(role, inputs, deadline)
-        except BadRequest:
+        except (BadRequest, Overloaded):  # the request's fault, or no time: no fallback
             raise
         except GatewayError as exc:
             if role == "teacher":
@@ -388,39 +408,90 @@ class GatewayService:
             self._metrics.count_fallback("student", "teacher", reason)
             return await self._run("teacher", inputs, deadline)
 
+    def _config_of(self, role: Role) -> BackendConfig:
+        return self.settings.teacher if role == "teacher" else self.settings.student
+
     def _batcher(self, role: Role) -> Batcher | None:
-        """The role's dynamic batcher when its config asks for one."""
-        config = self.settings.teacher if role == "teacher" else self.settings.student
+        """The role's dynamic batcher when its config asks for one: each batch is one backend
+        call, so its breaker outcome and its cost are recorded once, not once per request."""
+        config = self._config_of(role)
         batching = config.batching
         if batching is None:
             return None
         backend, observed = self._backends[role], self._metrics.batch_size.labels(self.model, role)
-        return Batcher(lambda inputs: backend.infer(inputs, self._all_outputs),
-                       batching.max_batch_size, batching.max_delay_us / 1e6,
-                       observe=observed.observe,
-                       max_in_flight=backend_capacity(config))  # fmt: skip
+
+        def run(inputs: Mapping[str, np.ndarray]) -> Awaitable[dict[str, np.ndarray]]:
+            return self._backend_call(role, backend.infer(inputs, self._all_outputs),
+                                      self._timeouts[role])  # fmt: skip
+
+        return Batcher(run, batching.max_batch_size, batching.max_delay_us / 1e6,
+                       observe=observed.observe, max_in_flight=backend_capacity(config),
+                       retry_after_seconds=self._retry_after,
+                       observe_wait=self._metrics.queue_delay.labels(self.model, role).observe,
+                       )  # fmt: skip
 
     async def _call(
         self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float
     ) -> dict[str, np.ndarray]:
-        """One backend call, bounded by its timeout and the request's deadline; the outcome
-        feeds the backend's circuit breaker."""
-        breaker = self._breakers[role]
-        timeout = min(self._timeouts[role], deadline - time.perf_counter())
-        if timeout <= 0:
-            breaker.record_failure()
-            raise BackendTimeout(f"no time left in the request's deadline for the {role}")
+        """One live call: inline for a tiny model; else after waiting for the backend at most
+        ``overload.max_queue_ms`` (or what is left of the deadline), then bounded by the
+        backend's timeout and the deadline. Time spent before the call is never the backend's
+        failure: a request that runs out of it is shed."""
+        batcher = self._batchers[role]
+        if batcher is None:
+            outputs = self._inline(role, inputs)
+            if outputs is not None:
+                return outputs
+        budget = min(self._max_queue, deadline - time.perf_counter())
+        if batcher is not None:
+            left = deadline - time.perf_counter()
+            try:
+                async with asyncio.timeout(left):
+                    return await batcher.infer(inputs, budget)
+            except TimeoutError as exc:  # the batch's own call is timed, and judged, in run
+                raise BackendTimeout(f"{role} backend did not answer within the request's "
+                                     f"deadline ({left * 1000:.0f} ms)") from exc  # fmt: skip
+        queue = self._queues[role]
+        await queue.acquire(budget)
         started = time.perf_counter()
         try:
-            batcher, backend = self._batchers[role], self._backends[role]
-            outputs = backend.run_inline(inputs, self._all_outputs) if batcher is None else None
-            if outputs is None:
-                call = (batcher.infer(inputs) if batcher is not None
-                        else backend.infer(inputs, self._all_outputs))  # fmt: skip
-                # asyncio.timeout, not wait_for: the call runs in this task, with no task of
-                # its own to create and schedule
-                async with asyncio.timeout(timeout):
-                    outputs = await call
+            timeout = min(self._timeouts[role], deadline - started)
+            refusal = shed_for_wait(0.0, timeout, self._retry_after)
+            if refusal is not None:
+                raise refusal
+            call = self._backends[role].infer(inputs, self._all_outputs)
+            return await self._backend_call(role, call, timeout)
+        finally:
+            queue.release(time.perf_counter() - started)
+
+    def _inline(self, role: Role, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The call on the event loop when the backend runs this model inline, else None."""
+        started = time.perf_counter()
+        try:
+            outputs = self._backends[role].run_inline(inputs, self._all_outputs)
+        except BadRequest:
+            self._breakers[role].record_success()
+            raise
+        except GatewayError:
+            self._breakers[role].record_failure()
+            raise
+        if outputs is not None:
+            self._metrics.observe_live_call(role, time.perf_counter() - started)
+            self._breakers[role].record_success()
+        return outputs
+
+    async def _backend_call(
+        self, role: Role, call: Awaitable[dict[str, np.ndarray]], timeout: float
+    ) -> dict[str, np.ndarray]:
+        """One backend call (one request's, or one batch's), bounded by ``timeout``: its outcome
+        feeds the backend's circuit breaker, its time the live latency and the cost."""
+        breaker = self._breakers[role]
+        started = time.perf_counter()
+        try:
+            # asyncio.timeout, not wait_for: the call runs in this task, with no task of its own
+            # to create and schedule
+            async with asyncio.timeout(timeout):
+                outputs = await call
         except TimeoutError as exc:
             breaker.record_failure()
             raise BackendTimeout(

@@ -1,5 +1,7 @@
-"""Load shedding: beyond overload.max_inflight a request is refused at once (503 and Retry-After,
-gRPC UNAVAILABLE), counted, and never queued; the requests already admitted are served."""
+"""Admission by time: a request waits for its backend at most overload.max_queue_ms and is shed
+(503 and Retry-After, gRPC UNAVAILABLE) only when it could not start in time; a request whose
+deadline passed is never started; max_inflight is a memory bound. Over scripted backends whose
+call time the test sets; tests/test_slow_clients.py holds the real-gateway, raw-socket ones."""
 
 from __future__ import annotations
 
@@ -12,27 +14,28 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from gateway.config import (
-    GatewaySettings,
-    OnnxBackendConfig,
-    OverloadConfig,
-    TritonBackendConfig,
-)
-from gateway.overload import default_max_inflight
-from models import TEACHER_PATH
+from gateway.config import GatewaySettings
 from tests.fake_backend import Behaviour, InProcessGateway, grpc_endpoint, in_process_gateway
+
+BODY = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}
 
 
 async def _hold_two(gateway: InProcessGateway) -> list[asyncio.Task[Any]]:
-    """Two slow requests in flight, admitted before this returns."""
+    """Two slow requests held (the teacher's two slots), before this returns."""
     gateway.teacher.behaviour = Behaviour.SLOW
     gateway.teacher.delay = 0.3
     held = [asyncio.create_task(gateway.infer()) for _ in range(2)]
     deadline = asyncio.get_running_loop().time() + 2.0
-    while gateway.metric("gateway_inflight_requests") < 2:
+    while gateway.teacher.calls < 2:
         assert asyncio.get_running_loop().time() < deadline, "the two requests never arrived"
         await asyncio.sleep(0.005)
     return held
+
+
+def test_the_defaults_queue_for_100_ms_and_bound_memory_only() -> None:
+    overload = GatewaySettings().overload
+    assert overload.max_queue_ms == 100
+    assert overload.max_inflight == 4096
 
 
 def test_a_request_beyond_max_inflight_is_shed_at_once_and_counted() -> None:
@@ -45,10 +48,7 @@ def test_a_request_beyond_max_inflight_is_shed_at_once_and_counted() -> None:
             assert shed.status_code == 503
             assert shed.headers["retry-after"] == "1"
             assert shed.headers["x-request-id"]
-            assert (
-                "overloaded: 2 requests in flight (overload.max_inflight is 2)"
-                in (shed.json()["error"])
-            )
+            assert "2 requests held (overload.max_inflight is 2)" in shed.json()["error"]
             assert waited < 0.2  # answered at once, not after the held requests
             assert [answer.status_code for answer in await asyncio.gather(*held)] == [200, 200]
             assert (await gateway.infer()).status_code == 200  # room again
@@ -70,10 +70,7 @@ def test_grpc_is_shed_with_unavailable_and_a_retry_after() -> None:
             held = await _hold_two(gateway)
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                request = pb.ModelInferRequest(model_name="digits")
-                tensor = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
-                tensor.contents.fp32_contents.extend([1.0] * 64)
-                call = stub.ModelInfer(request)
+                call = stub.ModelInfer(_grpc_request())
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await call
                 assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -87,28 +84,24 @@ def test_grpc_is_shed_with_unavailable_and_a_retry_after() -> None:
     asyncio.run(main())
 
 
-def test_the_default_limit_is_sized_from_the_backends_capacity() -> None:
-    shipped = GatewaySettings()
-    assert default_max_inflight(shipped) == 2 * (2 + 2)
-    wider = GatewaySettings(
-        teacher=OnnxBackendConfig(path=TEACHER_PATH, max_concurrency=6),
-        student=TritonBackendConfig(kind="triton", url="triton:8001", model_name="student"),
-    )
-    assert default_max_inflight(wider) == 2 * (6 + 8)
-    assert GatewaySettings(overload=OverloadConfig(max_inflight=3)).overload.max_inflight == 3
+def _grpc_request(timeout_us: int | None = None) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="digits")
+    tensor = request.inputs.add(name="pixels", datatype="FP32", shape=[1, 64])
+    tensor.contents.fp32_contents.extend([1.0] * 64)
+    if timeout_us is not None:
+        request.parameters["timeout"].int64_param = timeout_us
+    return request
 
 
-def test_a_shed_request_is_not_decoded() -> None:
-    """Refused before its body is read: shedding must be cheaper than serving."""
+def test_a_request_counts_once_its_body_is_decoded() -> None:
+    """A malformed body is a 400 even when the gateway is full: nothing was held for it."""
 
     async def main() -> None:
         async with in_process_gateway(overload={"max_inflight": 2}) as gateway:
             held = await _hold_two(gateway)
             garbage = await gateway.client.post("/v2/models/digits/infer", content=b"{not json")
-            assert garbage.status_code == 503  # not the 400 that decoding it would give
-            await asyncio.gather(*held)
-            garbage = await gateway.client.post("/v2/models/digits/infer", content=b"{not json")
             assert garbage.status_code == 400
+            await asyncio.gather(*held)
 
     asyncio.run(main())
 
@@ -125,5 +118,134 @@ def test_inflight_is_released_whatever_the_outcome() -> None:
             assert (await gateway.infer()).status_code == 200
             assert gateway.metric("gateway_shed_total", reason="max_inflight") == 0
             assert np.isclose(gateway.metric("gateway_inflight_requests"), 0)
+
+    asyncio.run(main())
+
+
+def test_a_burst_the_backend_serves_within_the_target_queues_and_is_served_in_full() -> None:
+    """16 requests at once on a 2-slot teacher of 10 ms calls: 80 ms of queue at most, within
+    the 100 ms target, so every one is served, in order of arrival, none shed."""
+
+    async def main() -> None:
+        async with in_process_gateway() as gateway:
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.01
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(16)))
+            assert [answer.status_code for answer in answers] == [200] * 16
+            assert gateway.metric("gateway_shed_total", reason="queue_full") == 0
+            assert gateway.metric("gateway_shed_total", reason="queue_timeout") == 0
+            waited = gateway.metric("gateway_queue_delay_seconds_count", backend="teacher")
+            assert waited == 16
+            assert gateway.metric("gateway_queue_delay_seconds_sum", backend="teacher") > 0
+
+    asyncio.run(main())
+
+
+def test_shedding_starts_only_where_the_wait_would_pass_the_target() -> None:
+    """A 2-slot teacher of 50 ms calls and a 120 ms target: the two that start at once and the
+    ones whose line is at most two calls deep are served; the rest are shed at once, with the
+    reason, and nothing shed ever reached the backend."""
+
+    async def main() -> None:
+        async with in_process_gateway(overload={"max_queue_ms": 120}) as gateway:
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.05
+            for _ in range(3):  # the queue learns the teacher's call time
+                assert (await gateway.infer()).status_code == 200
+            calls_before = gateway.teacher.calls
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(12)))
+            codes = [answer.status_code for answer in answers]
+            served, shed = codes.count(200), codes.count(503)
+            assert served + shed == 12
+            assert 4 <= served <= 8 and shed >= 4  # 2 running + 2 or 4 queued (+ timing slack)
+            assert gateway.teacher.calls - calls_before == served
+            refused = [answer for answer in answers if answer.status_code == 503]
+            assert all(answer.headers["retry-after"] == "1" for answer in refused)
+            assert all("the most a request waits is 120 ms" in answer.json()["error"]
+                       for answer in refused)  # fmt: skip
+            assert gateway.metric("gateway_shed_total", reason="queue_full") == shed
+            assert gateway.metric("gateway_circuit_state", backend="teacher",
+                                  state="closed") == 1  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_a_wait_that_reaches_the_target_is_shed_then() -> None:
+    """The estimate says 10 ms, the teacher now takes 800 ms: the queued requests leave after
+    the 100 ms target, long before the slow calls end, and are counted as queue_timeout."""
+
+    async def main() -> None:
+        async with in_process_gateway() as gateway:
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.01
+            for _ in range(3):
+                assert (await gateway.infer()).status_code == 200
+            gateway.teacher.delay = 0.8
+            slow = [asyncio.create_task(gateway.infer()) for _ in range(2)]
+            while gateway.teacher.calls < 5:
+                await asyncio.sleep(0.005)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            queued = await asyncio.gather(*(gateway.infer() for _ in range(2)))
+            assert [answer.status_code for answer in queued] == [503, 503]
+            assert loop.time() - started < 0.6  # not after the 800 ms calls
+            assert gateway.metric("gateway_shed_total", reason="queue_timeout") == 2
+            assert gateway.teacher.calls == 5
+            assert [answer.status_code for answer in await asyncio.gather(*slow)] == [200, 200]
+
+    asyncio.run(main())
+
+
+def test_a_request_whose_deadline_passed_is_never_started_and_is_not_the_backends_fault() -> None:
+    """The client's own deadline (the V2 timeout parameter, microseconds as Triton reads it) has
+    passed by the time the request could start: 503, reason deadline, no backend call, and ten
+    such requests leave the teacher's circuit closed."""
+
+    async def main() -> None:
+        async with in_process_gateway() as gateway:
+            expired = {**BODY, "parameters": {"timeout": 1}}
+            for _ in range(10):
+                answer = await gateway.client.post("/v2/models/digits/infer", json=expired)
+                assert answer.status_code == 503
+                assert "deadline passed" in answer.json()["error"]
+            assert gateway.teacher.calls == 0
+            assert gateway.metric("gateway_shed_total", reason="deadline") == 10
+            assert (await gateway.infer()).status_code == 200
+            assert gateway.metric("gateway_circuit_state", backend="teacher",
+                                  state="closed") == 1  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_a_grpc_deadline_and_timeout_parameter_bound_the_wait() -> None:
+    async def main() -> None:
+        async with in_process_gateway() as gateway, grpc_endpoint(gateway) as address:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ModelInfer(_grpc_request(timeout_us=1))
+                assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+                assert "deadline passed" in (caught.value.details() or "")
+                answer = await stub.ModelInfer(_grpc_request(), timeout=5.0)
+                assert answer.model_name == "digits"
+            assert gateway.teacher.calls == 1
+            assert gateway.metric("gateway_shed_total", reason="deadline") == 1
+
+    asyncio.run(main())
+
+
+def test_a_batched_backend_admits_enough_to_fill_its_batches() -> None:
+    """64 requests at once on a batched teacher of 20 ms calls: the queue feeds the batcher, so
+    they leave in a few big batches and none is shed."""
+
+    async def main() -> None:
+        batching = {"max_batch_size": 32, "max_delay_us": 2000}
+        teacher = {"path": "models/teacher.onnx", "batching": batching}
+        async with in_process_gateway(teacher=teacher) as gateway:
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.02
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(64)))
+            assert [answer.status_code for answer in answers] == [200] * 64
+            assert gateway.teacher.calls <= 8
+            assert gateway.metric("gateway_batch_size_count", backend="teacher") == (
+                gateway.teacher.calls
+            )
+            assert gateway.metric("gateway_queue_delay_seconds_count", backend="teacher") == 64
 
     asyncio.run(main())
