@@ -32,6 +32,8 @@ FLOATS_64 = struct.pack("<64f", *range(64))
 
 CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("bad json", {"content": b'{"inputs": [', "headers": {}}, 400, "not valid JSON"),
+    # echoed in x-request-id, where uvicorn could not write it: a 400, not a 500
+    ("control character in id", {"json": {"id": "a\nb", "inputs": [GOOD_INPUT]}}, 400, "id"),
     ("no inputs", {"json": {"inputs": []}}, 400, "inputs"),
     ("inputs not a list", {"json": {"inputs": 3}}, 400, "inputs"),
     ("unknown input", _with_input(name="image"), 400, "unknown input 'image'"),

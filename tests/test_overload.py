@@ -249,3 +249,27 @@ def test_a_batched_backend_admits_enough_to_fill_its_batches() -> None:
             assert gateway.metric("gateway_queue_delay_seconds_count", backend="teacher") == 64
 
     asyncio.run(main())
+
+
+def test_a_failed_batch_is_one_failure_and_a_batch_is_billed_once() -> None:
+    """Trust issue item 10: a batch of five that fails is one failure of the teacher (five once
+    opened its circuit), and a batch's time is counted once, not once per request."""
+
+    async def main() -> None:
+        batching = {"max_batch_size": 5, "max_delay_us": 50_000}
+        teacher = {"path": "models/teacher.onnx", "batching": batching}
+        async with in_process_gateway(teacher=teacher) as gateway:
+            gateway.teacher.behaviour = Behaviour.FAIL
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(5)))
+            assert [answer.status_code for answer in answers] == [503] * 5
+            assert gateway.teacher.calls == 1
+            assert gateway.metric("gateway_circuit_state", backend="teacher",
+                                  state="closed") == 1  # fmt: skip
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.05
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(5)))
+            assert [answer.status_code for answer in answers] == [200] * 5
+            calls = gateway.metric("gateway_backend_duration_seconds_count", backend="teacher",
+                                   path="live")  # fmt: skip
+            assert calls == 2  # one per batch (and its time billed once), not one per request
+
+    asyncio.run(main())
