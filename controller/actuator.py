@@ -43,12 +43,17 @@ class Fleet(Protocol):
         """Every gateway serves the registry's model ``model_id`` as its student, confirmed by
         each one; raises ``FleetNotConfirmed`` naming those that did not."""
 
+    def scrape_targets(self) -> dict[str, str]:
+        """Each gateway (as the metrics marks name it) -> where its ``/metrics`` is: what it
+        advertises, since ``metrics.port`` may put it apart from the admin API."""
+
 
 class GatewayFleet:
     def __init__(self, urls: Sequence[str], admin_token: str | None, client: httpx.Client) -> None:
         self.urls = list(urls)
         self._token = admin_token
         self._client = client
+        self._metrics_urls: dict[str, str] = {}  # as each gateway last advertised it
 
     def set_share(self, share: float) -> dict[str, TrafficState]:
         """PUT the share on every gateway at once; raises if any gateway did not take it."""
@@ -85,6 +90,14 @@ class GatewayFleet:
         ]
         if problems:
             raise GatewaysDisagree("; ".join(problems))
+
+    def scrape_targets(self) -> dict[str, str]:
+        """``GET /admin/traffic`` says where a gateway's ``/metrics`` is when it has a port of
+        its own (``metrics_url``); else it is beside the admin API. A gateway that does not
+        answer keeps what it said last (its scrape then fails or not on its own)."""
+        for url, traffic in self.read_reachable().items():
+            self._metrics_urls[url] = traffic.metrics_url or f"{url}/metrics"
+        return {url: self._metrics_urls.get(url, f"{url}/metrics") for url in self.urls}
 
     def _on_all(self, call: Callable[[str], TrafficState]) -> dict[str, TrafficState]:
         with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:

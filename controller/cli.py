@@ -204,9 +204,9 @@ def _run_controller(
     token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
     with httpx.Client(timeout=5.0) as client:
         fleet = _fleet(launch.gateways, launch.state_url, rollout_policy.model, token, client)
-        urls = fleet.scrape_urls if isinstance(fleet, StoreFleet) else launch.gateways
         try:
-            source = create_source(urls, launch.prometheus, rollout_policy.model, client,
+            source = create_source(fleet.scrape_targets, launch.prometheus,
+                                   rollout_policy.model, client,
                                    launch.prometheus_selector)  # fmt: skip
         except ValueError as exc:
             raise _fail(str(exc), EXIT_USAGE) from None

@@ -57,15 +57,19 @@ class StoreFleet:
         """The live replicas' ids, as last read (what ``ShareConfirmed`` counts)."""
         return [record["id"] for record in self.replicas]
 
-    def scrape_urls(self) -> list[str]:
-        """Where the live replicas serve /metrics, once each (workers of one pod share a URL,
-        and its /metrics reports them all). A store that cannot be read makes the metrics
-        unavailable (the analysis holds), like a gateway that cannot be scraped."""
+    def scrape_targets(self) -> dict[str, str]:
+        """The live replicas' URLs -> where each serves /metrics (its registration's
+        ``metrics_url``: ``metrics.port`` may put it apart from the admin API), once each
+        (workers of one pod share a URL, and its /metrics reports them all). A store that cannot
+        be read makes the metrics unavailable (the analysis holds), like a gateway that cannot be
+        scraped."""
         try:
             self._read_registry()
         except GatewaysUnreachable as exc:
             raise MetricsUnavailable(str(exc)) from exc
-        return sorted({record["url"] for record in self.replicas if record.get("url")})
+        return {record["url"]: record.get("metrics_url") or f"{record['url']}/metrics"
+                for record in sorted(self.replicas, key=lambda r: str(r.get("url")))
+                if record.get("url")}  # fmt: skip
 
     def set_share(self, share: float) -> dict[str, TrafficState]:
         """Writes the share once, to the store, then waits (a few seconds at most) for every

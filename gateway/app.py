@@ -257,7 +257,8 @@ def _traffic(service: GatewayService) -> dict[str, object]:
     """What this replica applies; in a fleet, also what the fleet wants and who this is."""
     split, fleet = service.split, service.fleet
     state = TrafficState(student_share=split.student_share, generation=split.generation,
-                         student_id=service.student_id)  # fmt: skip
+                         student_id=service.student_id,
+                         metrics_url=service.settings.state.advertise_metrics_url)  # fmt: skip
     if fleet is not None:
         wanted = fleet.fleet_share
         state.fleet = None if wanted is None else FleetTraffic(student_share=wanted.share,

@@ -86,8 +86,13 @@ def serve(
     if grpc_port is not None:
         settings.grpc.port = grpc_port
     listeners = _listeners(settings, host, port)
+    scheme = "https" if settings.tls.enabled else "http"
     if settings.state.shared and not settings.state.advertise_url:
-        settings.state.advertise_url = _advertised(listeners, host, port)
+        settings.state.advertise_url = _advertised(listeners, host, port, "admin", scheme)
+    if _apart(listeners, "metrics", "admin") and not settings.state.advertise_metrics_url:
+        # else a controller that scrapes <admin URL>/metrics gets 404 and never sees a share
+        metrics = _advertised(listeners, host, port, "metrics", scheme)
+        settings.state.advertise_metrics_url = f"{metrics}/metrics"
     try:  # before the models load: a port in use is found in a second, not after the warm-up
         sockets = inherited or {address: _bind(address) for address in listeners}
         if settings.grpc.port and inherited is None:  # one clear line; gRPC binds it itself
@@ -197,14 +202,22 @@ def _listeners(
     return {address: frozenset(served) for address, served in parts.items()}
 
 
-def _advertised(listeners: dict[tuple[str, int], frozenset[str]], host: str, port: int) -> str:
-    """Where the controller reaches this replica's admin API: the admin listener's address, with
-    a wildcard host replaced by this host's name."""
-    address = next((a for a, parts in listeners.items() if "admin" in parts), (host, port))
+def _advertised(
+    listeners: dict[tuple[str, int], frozenset[str]], host: str, port: int, part: str,
+    scheme: str = "http",
+) -> str:  # fmt: skip
+    """Where the controller reaches this replica's ``part`` (``admin``, ``metrics``): its
+    listener's address, with a wildcard host replaced by this host's address."""
+    address = next((a for a, parts in listeners.items() if part in parts), (host, port))
     name = address[0]
     if name in ("0.0.0.0", "::", ""):
         name = socket.gethostbyname(socket.gethostname())
-    return f"http://{name}:{address[1]}"
+    return f"{scheme}://{name}:{address[1]}"
+
+
+def _apart(listeners: dict[tuple[str, int], frozenset[str]], part: str, other: str) -> bool:
+    """Whether ``part`` is served on another listener than ``other``."""
+    return not any(part in parts and other in parts for parts in listeners.values())
 
 
 class _Companion(uvicorn.Server):

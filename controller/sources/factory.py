@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
@@ -10,7 +10,7 @@ from controller.sources.base import MetricsSource
 
 
 def create_source(
-    gateway_urls: Sequence[str] | Callable[[], Sequence[str]],
+    gateway_urls: Sequence[str] | Callable[[], Sequence[str] | Mapping[str, str]],
     prometheus_url: str | None,
     model: str,
     client: httpx.Client,

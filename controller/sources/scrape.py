@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
 from controller.promtext import Snapshot, combine, increase, parse
 from controller.sources.base import Mark, MetricsSource, MetricsUnavailable
 
+Targets = Mapping[str, str]
+"""A gateway's name (its base URL, as the marks are keyed) -> the URL of its ``/metrics``."""
+
+
+def beside(urls: Sequence[str]) -> Targets:
+    """Gateways whose ``/metrics`` is served beside their admin API."""
+    return {url: f"{url}/metrics" for url in urls}
+
 
 class ScrapeSource(MetricsSource):
-    """``gateway_urls`` is a list, or a function that names the gateways at each scrape (a
-    fleet's registry): a gateway that joined counts from its start, one that left is dropped."""
+    """``targets`` is a list of gateways' base URLs (``/metrics`` beside them), or a function
+    that names the gateways and where their metrics are at each scrape (a fleet's registry, or
+    what each gateway advertises): a gateway that joined counts from its start, one that left is
+    dropped."""
 
     def __init__(
-        self, gateway_urls: Sequence[str] | Callable[[], Sequence[str]], client: httpx.Client
+        self,
+        targets: Sequence[str] | Callable[[], Sequence[str] | Targets],
+        client: httpx.Client,
     ) -> None:
-        self._urls = gateway_urls if callable(gateway_urls) else (lambda: list(gateway_urls))
+        self._targets = targets if callable(targets) else (lambda: list(targets))
         self._client = client
 
     def mark(self) -> Mark:
@@ -30,14 +42,22 @@ class ScrapeSource(MetricsSource):
                        for url, snapshot in now.items())  # fmt: skip
 
     def _scrape_all(self) -> dict[str, Snapshot]:
+        named = self._targets()
+        targets = named if isinstance(named, Mapping) else beside(named)
         snapshots, failed = {}, []
-        for url in self._urls():
+        for name, endpoint in targets.items():
             try:
-                response = self._client.get(f"{url}/metrics")
+                response = self._client.get(endpoint)
                 response.raise_for_status()
-                snapshots[url] = parse(response.text)
+                snapshots[name] = parse(response.text)
             except httpx.HTTPError as exc:
-                failed.append(f"{url} ({exc.__class__.__name__})")
+                failed.append(f"{endpoint} ({_why(exc)})")
         if failed:
             raise MetricsUnavailable("cannot scrape " + ", ".join(failed))
         return snapshots
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    return exc.__class__.__name__

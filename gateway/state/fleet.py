@@ -63,6 +63,10 @@ class FleetMember:
         self._refused_student: str | None = None
         self.replica_id = config.replica_id or default_replica_id()
         self.advertise_url = config.advertise_url or ""
+        # where the controller scrapes this replica: beside the admin API unless said otherwise
+        self.metrics_url = config.advertise_metrics_url or (
+            f"{self.advertise_url}/metrics" if self.advertise_url else ""
+        )
         self.fleet_share: FleetShare | None = None  # what the store held, last we read it
         self.replicas: list[dict[str, Any]] = []  # the live registrations, last we read them
         self._started = time.time()
@@ -194,6 +198,7 @@ class FleetMember:
         record = {
             "id": self.replica_id,
             "url": self.advertise_url,
+            "metrics_url": self.metrics_url,
             "student_share": share,
             "generation": generation,
             "pid": os.getpid(),

@@ -48,7 +48,8 @@ def test_a_share_is_confirmed_by_live_replicas_and_a_laggard_is_named(
     register(redis_server, replica("a", 0.05, generation))
     register(redis_server, replica("b", 0.05, generation))
     fleet.verify(0.05, {"a": fleet.read()["a"]})
-    assert fleet.scrape_urls() == ["http://a:8081", "http://b:8081", "http://c:8081"]
+    assert fleet.scrape_targets() == {u: f"{u}/metrics" for u in ("http://a:8081", "http://b:8081",
+                                                                  "http://c:8081")}  # fmt: skip
 
 
 def test_a_store_that_is_down_holds_rather_than_fails() -> None:
@@ -59,4 +60,4 @@ def test_a_store_that_is_down_holds_rather_than_fails() -> None:
     with pytest.raises(GatewaysUnreachable):
         fleet.set_share(0.25)
     with pytest.raises(MetricsUnavailable):  # the analysis holds, as for a failed scrape
-        fleet.scrape_urls()
+        fleet.scrape_targets()
