@@ -360,12 +360,17 @@ class GatewaySettings(BaseSettings):
     @field_validator("admin_token")
     @classmethod
     def _token_is_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
+        """Stripped once, here: a token from a file (``kubectl create secret --from-file``)
+        ends with a newline that no client sends, and is checked and compared as stripped."""
+        if token is None:
+            return None
+        stripped = token.get_secret_value().strip()
+        if len(stripped) < MIN_TOKEN_LENGTH:
             raise ValueError(
                 f"DISTILL_GATEWAY_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
                 "(a short token can be guessed); make one with: openssl rand -hex 16"
             )
-        return token
+        return SecretStr(stripped)
 
     @model_validator(mode="after")
     def _student_leaves_time_to_fall_back(self) -> GatewaySettings:

@@ -564,19 +564,27 @@ class GatewayService:
         fleet_student = fleet_share.student if fleet_share is not None else model_id
         if model_id == self.student_id and fleet_student == model_id:
             return  # already served (a controller resuming its rollout asks again): no change
-        shares = [share] if fleet_share is None else [share, fleet_share.share]
-        serving = next((each for each in shares if each != 0), None)
+        self._refuse_unless_share_0(share, fleet_share.share if fleet_share else None)
+        loaded = await self._open_student(model_id)
+        # Again: the share may have moved while the file was read.
+        self._refuse_unless_share_0(self.split.student_share, None)
+        if self.fleet is not None:
+            await self.fleet.write_student(model_id)  # the store checks the fleet's share
+        await self._adopt_student(model_id, loaded)
+
+    @staticmethod
+    def _refuse_unless_share_0(share: float, fleet_share: float | None) -> None:
+        serving = next((each for each in (share, fleet_share) if each), None)
         if serving is not None:
             raise Conflict(f"the student share is {serving:.4g}: a student is changed only at "
                            "share 0 (set it to 0 first, or let a rollback do it)")  # fmt: skip
-        loaded = await self._open_student(model_id)
-        if self.fleet is not None:
-            await self.fleet.write_student(model_id)
-        await self._adopt_student(model_id, loaded)
 
     async def _serve_student(self, model_id: str) -> None:
-        """A replica following its fleet: the store already checked the share."""
-        await self._adopt_student(model_id, await self._open_student(model_id))
+        """A replica following its fleet: the store checked the fleet's share; this replica's
+        own applied share must be 0 too, after the file is read."""
+        loaded = await self._open_student(model_id)
+        self._refuse_unless_share_0(self.split.student_share, None)
+        await self._adopt_student(model_id, loaded)
 
     async def _open_student(self, model_id: str) -> LoadedModel:
         student = self._backends["student"]

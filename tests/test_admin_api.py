@@ -131,3 +131,10 @@ def test_admin_and_metrics_can_leave_the_public_port(start_gateway: Any, tmp_pat
     for url in (gateway.url, admin, metrics):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/", timeout=2)
+
+
+def test_a_token_stored_with_a_trailing_newline_still_admits_its_owner(start_gateway: Any) -> None:
+    """As ``kubectl create secret --from-file`` stores it: the client sends it without."""
+    filed = start_gateway({"shadow": {"sample_rate": 0}}, admin_token=ADMIN_TOKEN + "\n")
+    assert _put(filed, {"student_share": 0.0}).status_code == 200
+    assert _put(filed, {"student_share": 0.0}, token=ADMIN_TOKEN + "x").status_code == 401
