@@ -32,10 +32,13 @@ from gateway.backends.base import batch_rows
 from gateway.batching import stackable
 from gateway.config import ShadowConfig
 from gateway.errors import BackendTimeout, GatewayError
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import KL_BUCKETS, GatewayMetrics
 from gateway.resilience import CircuitBreaker, CircuitState
 
 log = logging.getLogger(__name__)
+KL_CAP = KL_BUCKETS[-1]
+"""A comparison's KL counts as at most this (10 nats: the student gives the teacher's answer a
+probability of e^-10 or less, as wrong as the gate needs to know)."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,14 @@ class Comparison:
 
 
 def compare_logits(teacher_logits: np.ndarray, student_logits: np.ndarray) -> Comparison:
-    """Row-wise top-1 agreement and KL(softmax(teacher) || softmax(student)) in nats."""
+    """Row-wise top-1 agreement and KL(softmax(teacher) || softmax(student)) in nats, each KL
+    capped at ``KL_CAP``: one outlier then moves the mean by at most its weight, and the
+    histogram's +Inf bucket stays empty, so the max_kl gate's variance bound stays finite."""
     teacher_log_p = _log_softmax(teacher_logits.astype(np.float64))
     student_log_p = _log_softmax(student_logits.astype(np.float64))
     kl = (np.exp(teacher_log_p) * (teacher_log_p - student_log_p)).sum(axis=1)
     agreements = int((teacher_logits.argmax(axis=1) == student_logits.argmax(axis=1)).sum())
-    return Comparison(len(teacher_logits), agreements, np.maximum(kl, 0.0))
+    return Comparison(len(teacher_logits), agreements, np.clip(kl, 0.0, KL_CAP))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -195,6 +195,32 @@ def test_kl_matches_a_value_worked_by_hand() -> None:
     assert result.agreements == 0  # argmax of a tie is the first class; the student's is 1
 
 
+def test_one_outlier_moves_the_kl_gate_by_its_weight_and_no_more() -> None:
+    """Trust issue item 12: one comparison of 40 nats once landed in +Inf and made the max_kl
+    interval (0, inf) for the rest of the step. Capped at 10 nats, it moves the mean of 1,000
+    comparisons of 0.01 nats by at most 10/1000 and the interval stays finite and decides."""
+    from prometheus_client import CollectorRegistry
+
+    from controller import stats
+    from gateway.metrics import GatewayMetrics
+
+    outlier = compare_logits(np.array([[40.0, 0.0]]), np.array([[0.0, 40.0]]))
+    assert outlier.kl_per_example[0] == 10.0
+    registry = CollectorRegistry()
+    histogram = GatewayMetrics(registry, "m", {}).shadow_kl.labels("m")
+    for kl in [0.01] * 999 + outlier.kl_per_example.tolist():
+        histogram.observe(kl)
+    sample = {s.labels.get("le"): s.value for metric in registry.collect()
+              if metric.name == "gateway_shadow_kl_divergence" for s in metric.samples
+              if s.name.endswith("_bucket")}  # fmt: skip
+    buckets = sorted((float(le), count) for le, count in sample.items())
+    total = registry.get_sample_value("gateway_shadow_kl_divergence_sum", {"model": "m"})
+    assert total is not None
+    mean, (low, high) = stats.mean_interval(total, 1000, buckets, 1.96)
+    assert mean == pytest.approx(0.01 * 0.999 + 10 / 1000)
+    assert 0.0 <= low < mean < high < 0.05  # finite, and under a max_kl of 0.05: it decides
+
+
 def test_compare_logits_agreement_and_kl() -> None:
     teacher = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
     student = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
