@@ -1,8 +1,16 @@
 """`distill-models build`: train the teacher, distil the student, export both to ONNX, write the
-registry.
+registry, and measure over several seeds whether distillation beats hard labels.
 
-Run ``distill-models build`` (or ``make models``). Everything is seeded, so a rebuild reproduces
-the same files, and the teacher's soft labels are cached under (teacher id, dataset hash, T).
+Run ``distill-models build`` (or ``make models``). Everything is seeded and single-threaded, so two
+builds on one machine write identical files; another CPU rounds floats differently, trains other
+models from the same seeds, and lands within the seeds' spread (``distillation_vs_baseline`` in
+the registry), not on the committed bytes. The teacher's soft labels are cached under (teacher id,
+dataset hash, T).
+
+The targets (teacher size and accuracy, student size, gap and speed-up) fail the build when missed.
+"Distillation beats the hard-label baseline" is not one of them: one seed's margin is a coin
+toss on 360 test examples, so the build reports the mean difference over ``--seeds`` seeds with its
+95 % interval and a verdict (``models/seeds.py``), and does not fail on it.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from models.evaluate import latency_ms
 from models.export import export_onnx, max_abs_difference
 from models.nets import parameter_count, student_net, teacher_net
 from models.registry import content_hash
+from models.seeds import SECTION, SeedResult, compare, print_report, section
 
 ONNX_TOLERANCE = 1e-4
 TARGET_ACCURACY_GAP = 0.02
 TARGET_SPEEDUP = 4.0
 TEACHER_MIN_ACCURACY = 0.97
 BAD_STUDENT_EPOCHS = 1
+SEEDS = 10
 
 console = Console()
 
@@ -50,8 +60,12 @@ def build(
     max_epochs: int = 400,
     patience: int = 40,
     enforce_targets: bool = True,
+    seeds: int = SEEDS,
 ) -> None:
-    """Train, distil, export and register the teacher/student pair; fail if a target is missed."""
+    """Train, distil, export and register the teacher/student pair; fail if a target is missed.
+    Then train the student and the baseline for ``seeds`` seeds (0 skips it) and report."""
+    if seeds == 1:
+        raise typer.BadParameter("an interval needs at least 2 seeds (0 skips the comparison)")
     torch.set_num_threads(1)  # bitwise-reproducible training on CPU
     splits = load_splits()
     config = TrainConfig(epochs=max_epochs, patience=patience)
@@ -77,11 +91,12 @@ def build(
     )
 
     distil = distilled_loss(splits.train.y, targets, temperature, alpha)
-    student = train(student_net, splits.train, splits.validation, config, distil).net
-    baseline = train(
+    distilled = train(student_net, splits.train, splits.validation, config, distil)
+    student = distilled.net
+    baseline_run = train(
         student_net, splits.train, splits.validation, config, hard_label_loss(splits.train.y)
-    ).net
-    baseline_accuracy = accuracy(baseline, splits.test)
+    )
+    baseline_accuracy = accuracy(baseline_run.net, splits.test)
     lineage = {
         "teacher_id": teacher_entry["id"],
         "temperature": temperature,
@@ -100,7 +115,7 @@ def build(
     bad_entry["purpose"] = f"deliberately bad: distilled for {BAD_STUDENT_EPOCHS} epoch only"
 
     save_test_split(splits.test, out_dir / "digits" / "test.npz")
-    registry = {
+    registry: dict[str, Any] = {
         "dataset": {
             "name": "sklearn digits",
             "hash": splits.dataset_hash,
@@ -109,12 +124,25 @@ def build(
         },
         "models": {"teacher": teacher_entry, "student": student_entry, "student_bad": bad_entry},
     }
+    if seeds:
+        # The build's own pair is seed 0's; the other seeds train the same recipe from theirs.
+        console.print(f"distilled student vs hard-label baseline over {seeds} seeds ...")
+        own = SeedResult(config.seed, student_entry["test_accuracy"], baseline_accuracy,
+                         distilled.best_epoch, baseline_run.best_epoch)  # fmt: skip
+        results = compare(splits, targets, temperature, alpha, config, range(seeds), done=[own])
+        registry[SECTION] = section(
+            results, teacher_id=teacher_entry["id"], soft_label_cache_key=key,
+            temperature=temperature, alpha=alpha, config=config,
+        )  # fmt: skip
     registry_path = out_dir / "registry.json"
-    if registry_path.exists():  # the sweep's sections (they name the teacher they came from)
+    if registry_path.exists():  # the sweep's sections, and with --seeds 0 the earlier comparison
+        # (each names the teacher it came from)
         earlier = json.loads(registry_path.read_text())
         registry.update({k: v for k, v in earlier.items() if k not in registry})
     registry_path.write_text(json.dumps(registry, indent=2) + "\n")
-    met = _report_targets(teacher_entry, student_entry, baseline_accuracy)
+    met = _report_targets(teacher_entry, student_entry)
+    if seeds:
+        print_report(registry[SECTION], console)
     if enforce_targets and not met:
         raise typer.Exit(code=1)
 
@@ -136,7 +164,7 @@ def _export_and_describe(net: torch.nn.Module, path: Path, test: Any) -> dict[st
     }
 
 
-def _report_targets(teacher: dict[str, Any], student: dict[str, Any], baseline: float) -> bool:
+def _report_targets(teacher: dict[str, Any], student: dict[str, Any]) -> bool:
     speedup_1 = teacher["latency_ms"]["batch_1"] / student["latency_ms"]["batch_1"]
     speedup_64 = teacher["latency_ms"]["batch_64"] / student["latency_ms"]["batch_64"]
     checks = [
@@ -155,11 +183,6 @@ def _report_targets(teacher: dict[str, Any], student: dict[str, Any], baseline: 
             "student within 2 points of teacher",
             f"{student['test_accuracy']:.4f}",
             teacher["test_accuracy"] - student["test_accuracy"] <= TARGET_ACCURACY_GAP,
-        ),
-        (
-            "student above hard-label baseline",
-            f"{student['test_accuracy']:.4f} vs {baseline:.4f}",
-            student["test_accuracy"] > baseline,
         ),
         ("ORT speed-up at batch 1 >= 4x", f"{speedup_1:.1f}x", speedup_1 >= TARGET_SPEEDUP),
         ("ORT speed-up at batch 64 >= 4x", f"{speedup_64:.1f}x", speedup_64 >= TARGET_SPEEDUP),
