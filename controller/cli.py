@@ -60,9 +60,10 @@ def run(
     state_url: Annotated[
         str | None,
         typer.Option(
-            help="The gateways' state store (redis://host:port/db): the replicas are found in its "
-            "registry at every tick, instead of a fixed --gateway list. The password may come "
-            "from DISTILL_GATEWAY_STATE__PASSWORD."
+            help="The gateways' state store (redis://host:port/db, rediss:// for TLS): the "
+            "replicas are found in its registry at every tick, instead of a fixed --gateway list. "
+            "The ACL user and password may come from DISTILL_GATEWAY_STATE__USERNAME and "
+            "DISTILL_GATEWAY_STATE__PASSWORD."
         ),
     ] = None,
     state_key_prefix: Annotated[
@@ -416,7 +417,8 @@ def _fleet(
         return GatewayFleet(gateways, token, client)
     url, _, prefix = state_url.partition("#")
     password = os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD")
-    return StoreFleet(url, model, prefix or "distill-gateway", password)
+    username = os.environ.get("DISTILL_GATEWAY_STATE__USERNAME")
+    return StoreFleet(url, model, prefix or "distill-gateway", password, username=username)
 
 
 def _create(path: Path) -> StateStore:

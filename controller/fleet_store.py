@@ -39,9 +39,10 @@ class StoreFleet:
         timeout_seconds: float = 2.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        username: str | None = None,
     ) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(url, password=password,
+        self._client = redis.Redis.from_url(url, username=username, password=password,
                                             socket_timeout=timeout_seconds,
                                             socket_connect_timeout=timeout_seconds)  # fmt: skip
         self._keys = StoreKeys(key_prefix, model)

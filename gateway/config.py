@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import (
     Discriminator,
@@ -256,8 +257,14 @@ class StateConfig(StrictModel):
     url: str = "memory"
     """``memory``: this process alone (the default). ``redis://host:port/db`` (or ``rediss://``
     for TLS): a fleet of replicas sharing one rollout through Redis."""
+    username: str | None = None
+    """Redis's ACL user (Redis 6+) when the URL names none (``DISTILL_GATEWAY_STATE__USERNAME``);
+    none: Redis's ``default`` user. Anyone who can write the fleet's keys sets the share and the
+    student as the admin API would: give the gateways a user of their own, limited to their key
+    prefix (``deploy/kubernetes/redis.yaml``), and turn the default user off."""
     password: SecretStr | None = None
-    """Redis's password when the URL has none (``DISTILL_GATEWAY_STATE__PASSWORD``)."""
+    """Redis's password (the user's, with ``username``) when the URL has none
+    (``DISTILL_GATEWAY_STATE__PASSWORD``)."""
     advertise_url: str | None = None
     """The URL the controller reaches this replica's admin API at; default ``http://<host>:<port>``
     of the listener that serves it (``https`` with ``tls``; a wildcard host: this host's address;
@@ -288,6 +295,15 @@ class StateConfig(StrictModel):
                 f"must be 'memory' or a redis://host:port/db (rediss:// for TLS) URL, got {url!r}"
             )
         return url
+
+    @model_validator(mode="after")
+    def _username_in_the_url(self) -> StateConfig:
+        """The user goes into the URL (``redis://user@host``), where every client of the store
+        reads it; a URL that names a user keeps it."""
+        scheme, found, rest = self.url.partition("://")
+        if self.username and found and "@" not in rest.partition("/")[0]:
+            self.url = f"{scheme}://{quote(self.username, safe='')}@{rest}"
+        return self
 
     @model_validator(mode="after")
     def _ttl_outlives_heartbeats(self) -> StateConfig:

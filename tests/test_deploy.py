@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gateway.config import GatewaySettings
-from tests.manifests import KUBERNETES, ROOT, by_kind, manifests, named
+from tests.manifests import KUBERNETES, ROOT, by_kind, manifests, named, pod_templates
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "grafana" / "dashboards" / "distill-gateway.json"
@@ -72,6 +72,37 @@ def test_the_gateway_config_map_is_a_valid_gateway_config() -> None:
     triton = named("Service", "distill-triton")
     grpc_port = next(p["port"] for p in triton["spec"]["ports"] if p["name"] == "grpc")
     assert settings.student.url == f"distill-triton:{grpc_port}"
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_the_store_is_closed_to_all_but_the_gateways_and_the_controller() -> None:
+    """Whoever writes the fleet's keys sets the share and the student, as the admin API would:
+    Redis speaks TLS only, its default user is off, and the gateways and the controller each log
+    in as an ACL user of their own, with a password from the Secret, whose rights stop at the
+    fleet's key prefix."""
+    redis = named("Deployment", "distill-redis")["spec"]["template"]["spec"]["containers"][0]
+    (script,) = redis["args"]
+    assert "--port 0 --tls-port 6379" in script and "--requirepass" not in script
+    assert "user default off" in script and "--aclfile /tmp/users.acl" in script
+    rights = named("ConfigMap", "distill-redis-acl")["data"]["rights"]
+    prefix = _gateway_settings().state.key_prefix
+    assert f"resetkeys ~{prefix}:* resetchannels &{prefix}:*" in rights and "-@dangerous" in rights
+    users = {}
+    for app in ("distill-gateway", "distill-canary"):
+        (container,) = [c for name, pod in pod_templates().items() if name.startswith(app)
+                        for c in pod["containers"]]  # fmt: skip
+        env = _env(container)
+        users[app] = env["DISTILL_GATEWAY_STATE__USERNAME"]["value"]
+        secret = env["DISTILL_GATEWAY_STATE__PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret["name"] == "distill-redis", app
+        assert f"user {users[app]} on >%s" in script, app
+        assert _env(redis)[secret["key"].upper().replace("-", "_")]["valueFrom"][
+            "secretKeyRef"] == secret, app  # fmt: skip
+    assert users == {"distill-gateway": "distill-gateway", "distill-canary": "distill-canary"}
+    assert _gateway_settings().state.url.startswith("rediss://")
 
 
 def test_the_controller_policy_config_map_is_a_valid_policy() -> None:

@@ -106,7 +106,7 @@ def test_the_jobs_command_line_is_what_the_controller_expects(tmp_path: Path) ->
     settings = _gateway_settings()
     assert not params["gateway"] and params["state_url"] == settings.state.url
     redis = named("Service", "distill-redis")["spec"]["ports"][0]["port"]
-    assert settings.state.url.startswith(f"redis://distill-redis:{redis}/")
+    assert settings.state.url.startswith(f"rediss://distill-redis:{redis}/")  # TLS only
     gateway = pod_templates()["distill-gateway"]["containers"][0]
     advertised = next(e["value"] for e in gateway["env"]
                       if e["name"] == "DISTILL_GATEWAY_STATE__ADVERTISE_URL")  # fmt: skip

@@ -245,7 +245,9 @@ class RedisProcess(ManagedProcess):
     """A real Redis (Debian's ``redis-server``) on a free loopback port, with no persistence: a
     restart starts it empty, as a cache-like Redis in production may. With ``tls`` (certificate,
     key and CA files) it speaks TLS only, and ``url`` is a ``rediss://`` URL that trusts the CA;
-    with ``password`` it requires one (not in ``url``)."""
+    with ``password`` it requires one (not in ``url``). With ``users`` (name -> (password,
+    ACL rights)) its default user is off and only those users get in; ``username`` and
+    ``password`` are then the first one's."""
 
     def __init__(
         self,
@@ -253,10 +255,15 @@ class RedisProcess(ManagedProcess):
         port: int | None = None,
         tls: tuple[Path, Path, Path] | None = None,
         password: str | None = None,
+        users: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.tls = tls
         self.password = password
+        self.users = users or {}
+        self.username: str | None = None
+        if self.users:
+            self.username, (self.password, _) = next(iter(self.users.items()))
         self.url = (f"rediss://localhost:{self.port}/0?ssl_ca_certs={tls[2]}" if tls
                     else f"redis://127.0.0.1:{self.port}/0")  # fmt: skip
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -278,14 +285,22 @@ class RedisProcess(ManagedProcess):
                         str(authority), "--tls-auth-clients", "no"]  # fmt: skip
         else:
             command += ["--port", str(self.port)]
-        if self.password:
+        if self.users:
+            acl = self.dir / f"users-{self.port}.acl"
+            acl.write_text("user default off\n" + "".join(
+                f"user {name} on >{password} {rights}\n"
+                for name, (password, rights) in self.users.items()))  # fmt: skip
+            acl.chmod(0o600)
+            command += ["--aclfile", str(acl)]
+        elif self.password:
             command += ["--requirepass", self.password]
         return command
 
     def is_ready(self) -> bool:
         import redis  # serving's dependency; imported here so the module loads without it
 
-        client = redis.Redis.from_url(self.url, password=self.password, socket_timeout=1.0)
+        client = redis.Redis.from_url(self.url, username=self.username, password=self.password,
+                                      socket_timeout=1.0)  # fmt: skip
         try:
             return bool(client.ping())
         except redis.RedisError:
