@@ -26,6 +26,7 @@ from gateway.errors import (
     Unauthorized,
     Unprocessable,
 )
+from gateway.feedback_auth import TICKET_HEADER
 from gateway.http_body import read_body
 from gateway.http_infer import InferEndpoint, infer_path
 from gateway.http_responses import JSON, error_response, json_response
@@ -176,7 +177,10 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
     async def feedback(request: Request, model: str) -> Response:
         service.check_model(model, request.path_params.get("version"))
         body = _parse(Feedback, await read_body(request, limit))
-        return json_response(await service.record_feedback(body))
+        headers = request.headers
+        scored = await service.record_feedback(body, headers.get(TICKET_HEADER),
+                                               headers.get("authorization"))  # fmt: skip
+        return json_response(scored)
 
     # Every model route twice: unversioned, and with the logical model's version.
     for suffix, endpoint, method, body in (

@@ -237,6 +237,17 @@ class FeedbackConfig(StrictModel):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Memory the remembered predictions may take (ids, classes and bookkeeping), so long ids
     or big batches cannot grow it without bound; the oldest are forgotten first."""
+    token: SecretStr | None = None
+    """Bearer token of a trusted label pipeline, which may label any request
+    (``DISTILL_GATEWAY_FEEDBACK__TOKEN``). Without it, a label must carry the
+    ``x-feedback-ticket`` that its answer carried."""
+    ticket_key: SecretStr | None = None
+    """The key answers' tickets are signed with (``DISTILL_GATEWAY_FEEDBACK__TICKET_KEY``): give
+    every replica of a fleet the same one. Default: derived from the admin token; without one, a
+    random key per process (a ticket then verifies only on the replica that answered)."""
+    open: bool = False
+    """Take labels without a ticket or token: only where every client of the V2 port is trusted
+    (anyone who can call it could label other people's requests and steer the accuracy gates)."""
 
 
 class ResilienceConfig(StrictModel):
@@ -425,6 +436,12 @@ def load_settings(path: Path | None) -> GatewaySettings:
                 f"{path}: admin_token: not allowed in a file; "
                 "set DISTILL_GATEWAY_ADMIN_TOKEN instead"
             )
+        feedback = data.get("feedback")
+        for secret in ("token", "ticket_key"):
+            if isinstance(feedback, dict) and secret in feedback:
+                variable = f"DISTILL_GATEWAY_FEEDBACK__{secret.upper()}"
+                raise ConfigError(f"{path}: feedback.{secret}: not allowed in a file; set "
+                                  f"{variable} instead")  # fmt: skip
     try:
         settings = GatewaySettings(**data)
     except ValidationError as exc:

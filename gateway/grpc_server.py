@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from gateway import __version__
 from gateway.config import ServerTlsConfig
 from gateway.errors import GatewayError, Overloaded
+from gateway.feedback_auth import TICKET_HEADER
 from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
 from gateway.request_ids import new_request_id
 from gateway.service import GatewayService, InferRequest
@@ -139,8 +140,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 await context.send_initial_metadata((("x-request-id", request_id),))
                 await _abort(context, exc)
         await context.send_initial_metadata(
-            (("x-served-by", result.served_by), ("x-request-id", request_id))
-        )
+            (("x-served-by", result.served_by), ("x-request-id", request_id),
+             (TICKET_HEADER, result.ticket))
+        )  # fmt: skip
         return encode_grpc_response(service.model, service.version, request_id, result.outputs)
 
 

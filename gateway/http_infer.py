@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.codec import HEADER_LENGTH, decode_request, encode_response
 from gateway.errors import GatewayError, InferenceFailed, Overloaded, RequestTimeout
+from gateway.feedback_auth import TICKET_HEADER
 from gateway.http_body import ClientGone, off_loop_if_big, read_asgi_body
 from gateway.http_responses import error_response
 from gateway.request_ids import new_request_id
@@ -29,6 +30,7 @@ from gateway.service import GatewayService, InferRequest
 log = logging.getLogger(__name__)
 JSON = b"application/json"
 BINARY = b"application/octet-stream"
+TICKET_HEADER_BYTES = TICKET_HEADER.encode()
 
 
 def infer_path(path: str) -> tuple[str, str | None] | None:
@@ -109,6 +111,7 @@ class InferEndpoint:
         extra = [
             (b"x-served-by", result.served_by.encode()),
             (b"x-request-id", request_id.encode()),
+            (TICKET_HEADER_BYTES, result.ticket.encode()),
         ]
         if header_length is not None:
             extra.append((HEADER_LENGTH.encode(), str(header_length).encode()))

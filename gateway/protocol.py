@@ -129,6 +129,8 @@ class Feedback(StrictModel):
 
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     label: Annotated[int | list[int], BeforeValidator(_label_or_labels)]
+    ticket: str | None = Field(default=None, max_length=128)
+    """The answer's ``x-feedback-ticket``, when not sent as that header."""
 
     @model_validator(mode="before")
     @classmethod

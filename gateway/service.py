@@ -35,6 +35,7 @@ from gateway.errors import (
     Unprocessable,
 )
 from gateway.feedback import FeedbackStore
+from gateway.feedback_auth import FeedbackAuth, ticket_key
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
 from gateway.overload import BackendQueue, InflightBound, Shed, backend_capacity, shed_for_wait
 from gateway.protocol import Feedback
@@ -99,6 +100,7 @@ class InferResult:
     outputs: dict[str, np.ndarray]  # the requested outputs, by name, in order
     served_by: Role
     request_id: str
+    ticket: str  # x-feedback-ticket: what a label for this request must carry back
 
 
 class GatewayService:
@@ -158,6 +160,13 @@ class GatewayService:
         self.student_id: str | None = served_id(settings.student)
         """The registry id (content hash) of the student's file; None for a student on Triton."""
         metrics.set_student(self.student_id)
+        feedback = settings.feedback
+        self.feedback_auth = FeedbackAuth(
+            self.model,
+            ticket_key(feedback.ticket_key, settings.admin_token),
+            feedback.token,
+            feedback.open,
+        )
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
@@ -376,7 +385,7 @@ class GatewayService:
                                   "the gateway's log with its traceback") from exc  # fmt: skip
         self._count(role, 200, request)
         wanted = {name: outputs[name] for name in request.output_names}
-        return InferResult(wanted, role, request.id)
+        return InferResult(wanted, role, request.id, self.feedback_auth.ticket(request.id))
 
     def _count(self, backend: str, code: int, request: InferRequest) -> None:
         seconds = time.perf_counter() - request.received_at
@@ -535,7 +544,12 @@ class GatewayService:
         log.info("student share %.4g -> %.4g (generation %d)", previous, share, generation)
         return generation
 
-    async def record_feedback(self, feedback: Feedback) -> dict[str, object]:
+    async def record_feedback(
+        self, feedback: Feedback, ticket: str | None = None, authorization: str | None = None
+    ) -> dict[str, object]:
+        """A label, from the client that was answered (its ticket) or a trusted pipeline (the
+        feedback token): ``gateway.feedback_auth``."""
+        self.feedback_auth.check(feedback.id, feedback.ticket or ticket, authorization)
         await self.shadow.answered(feedback.id)  # so a quick label still scores both backends
         scored = await self.predictions.score(feedback.id, feedback.label)
         metrics, model = self._metrics, self.model

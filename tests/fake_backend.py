@@ -90,6 +90,11 @@ class ScriptedBackend(Backend):
         pass
 
 
+def ticket_of(answer: httpx.Response) -> dict[str, str]:
+    """The header a label for ``answer``'s request must carry."""
+    return {"x-feedback-ticket": answer.headers["x-feedback-ticket"]}
+
+
 @dataclass
 class InProcessGateway:
     client: httpx.AsyncClient

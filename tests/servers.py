@@ -12,6 +12,7 @@ import httpx
 
 from controller.local.processes import (
     BIN,
+    LOCAL_FEEDBACK_TOKEN,
     GatewayProcess,
     ManagedProcess,
     PrometheusProcess,
@@ -25,6 +26,8 @@ __all__ = [
 ]  # fmt: skip
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+LABELLER = {"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"}
+"""What a trusted label pipeline sends: the feedback token every test gateway has."""
 
 
 class TestGateway(GatewayProcess):

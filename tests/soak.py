@@ -31,6 +31,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.local.processes import GatewayProcess
+from tests.fake_backend import ticket_of
 from tests.servers import ADMIN_TOKEN
 
 RESULTS = Path(__file__).parent / "benchmarks" / "results" / "soak.json"
@@ -97,7 +98,8 @@ class _Traffic:
                 if ok and rng.random() < 0.5:
                     labels = rng.integers(0, 10, rows).tolist()
                     feedback = client.post("/v2/models/digits/feedback",
-                                           json={"id": request_id, "label": labels})  # fmt: skip
+                                           json={"id": request_id, "label": labels},
+                                           headers=ticket_of(answer))  # fmt: skip
                     ok = feedback.status_code == 200
                 with self._lock:
                     self.latencies.append(took)

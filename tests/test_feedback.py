@@ -16,7 +16,8 @@ from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.feedback import FeedbackStore
 from models.data import Split
 from tests.clock import ManualClock
-from tests.servers import TestGateway, wait_until
+from tests.fake_backend import ticket_of
+from tests.servers import LABELLER, TestGateway, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
@@ -64,7 +65,8 @@ def test_a_label_scores_both_backends_when_the_other_answered_on_shadow_traffic(
                    "every request compared")  # fmt: skip
         for row in range(len(x)):
             label = {"id": f"paired-{row}", "label": int(y[row])}
-            scored = client.post("/v2/models/digits/feedback", json=label).json()
+            scored = client.post("/v2/models/digits/feedback", json=label,
+                                 headers=LABELLER).json()  # fmt: skip
             assert scored["paired"] is True
     teacher_right = teacher_direct(x).argmax(1) == y
     student_right = student_direct(x).argmax(1) == y
@@ -111,9 +113,12 @@ def test_feedback_errors(gateway: TestGateway) -> None:
         assert served.status_code == 200
 
         def post(body: object) -> httpx.Response:
-            return client.post("/v2/models/digits/feedback", json=body)
+            return client.post("/v2/models/digits/feedback", json=body, headers=ticket_of(served))
 
-        assert post({"id": "never-seen", "label": 3}).status_code == 404
+        assert post({"id": "never-seen", "label": 3}).status_code == 403  # not its ticket
+        unknown = client.post("/v2/models/digits/feedback", json={"id": "never-seen", "label": 3},
+                              headers=LABELLER)  # fmt: skip
+        assert unknown.status_code == 404
         bad_label = post({"id": "fb-errors-1", "label": 12})
         assert bad_label.status_code == 422 and "classes 0..9" in bad_label.json()["error"]
         for wrong in ("7", "three", [], [1, "2"], True):
@@ -139,7 +144,7 @@ def test_feedback_for_a_batch_takes_one_label_per_row(gateway: TestGateway) -> N
         "id": "fb-batch-1",
         "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": [0.0] * 128}],
     }
-    with httpx.Client(base_url=gateway.url) as client:
+    with httpx.Client(base_url=gateway.url, headers=LABELLER) as client:
         assert client.post("/v2/models/digits/infer", json=body).status_code == 200
         wrong_count = client.post(
             "/v2/models/digits/feedback", json={"id": "fb-batch-1", "label": 1}

@@ -25,7 +25,15 @@ from controller.fleet_store import StoreFleet
 from controller.local.processes import RedisProcess
 from models import REGISTRY_PATH, registry
 from models.data import Split
-from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_total, wait_until
+from tests.servers import (
+    ADMIN_TOKEN,
+    BIN,
+    LABELLER,
+    TestGateway,
+    free_port,
+    read_total,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +94,7 @@ def infer(url: str, request_id: str, rows: np.ndarray) -> httpx.Response:
 
 def label(url: str, request_id: str, classes: int | list[int]) -> httpx.Response:
     return CLIENT.post(f"{url}/v2/models/digits/feedback", json={"id": request_id,
-                       "label": classes})  # fmt: skip
+                       "label": classes}, headers=LABELLER)  # fmt: skip
 
 
 def test_a_share_put_on_one_replica_is_applied_by_all_within_a_second(fleet: StartReplica) -> None:

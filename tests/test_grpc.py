@@ -124,8 +124,9 @@ def test_typed_contents_answer_as_raw_contents_do(
                                                    metadata=[("x-canary", "teacher")])  # fmt: skip
         logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(4, 10)
         np.testing.assert_allclose(logits, teacher_direct(x), rtol=1e-5, atol=1e-5)
-        assert dict(call.initial_metadata()) == {"x-served-by": "teacher",
-                                                 "x-request-id": f"typed-{typed}"}  # fmt: skip
+        metadata = dict(call.initial_metadata())
+        assert len(metadata.pop("x-feedback-ticket")) == 32
+        assert metadata == {"x-served-by": "teacher", "x-request-id": f"typed-{typed}"}
         assert response.id == f"typed-{typed}" and response.outputs[0].shape == [4, 10]
 
 

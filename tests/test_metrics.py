@@ -12,7 +12,7 @@ import pytest
 
 from gateway.metrics import LATENCY_BUCKETS
 from models import STUDENT_PATH, TEACHER_PATH
-from tests.servers import TestGateway, free_port, read_metric, read_total, wait_until
+from tests.servers import LABELLER, TestGateway, free_port, read_metric, read_total, wait_until
 
 BODY = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}]}
 COST = {"teacher": 3.6, "student": 0.36}  # dollars per hour, so 0.001 and 0.0001 $ per second
@@ -47,7 +47,8 @@ def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, st
         for _ in range(3):
             client.post("/v2/models/digits/infer", content=b"{")
         for request_id in ids[:10]:
-            client.post("/v2/models/digits/feedback", json={"id": request_id, "label": LABEL})
+            client.post("/v2/models/digits/feedback", json={"id": request_id, "label": LABEL},
+                        headers=LABELLER)  # fmt: skip
     return gateway, gateway.metrics_text()
 
 

@@ -18,7 +18,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from models.data import Split
-from tests.servers import TestGateway
+from tests.servers import LABELLER, TestGateway
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _TENSOR_METADATA = {
@@ -163,6 +163,7 @@ def test_feedback_works_on_the_versioned_route(gateway: TestGateway) -> None:
     feedback = httpx.post(
         f"{gateway.url}{MODEL_PATHS['versioned']}/feedback",
         json={"id": "conformance-feedback", "label": 3},
+        headers={"x-feedback-ticket": infer.headers["x-feedback-ticket"]},
     )
     assert feedback.status_code == 200, feedback.text
     assert feedback.json()["total"] == 1
@@ -183,8 +184,10 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
      400, "datatype INT8"),
     ("POST", "/v2/models/digits/infer", {"content": b"x", "headers": {"content-encoding": "br"}},
      415, "br"),
-    ("POST", "/v2/models/digits/feedback", {"json": {"id": "never-seen", "label": 1}}, 404,
-     "never-seen"),
+    ("POST", "/v2/models/digits/feedback", {"json": {"id": "never-seen", "label": 1},
+     "headers": LABELLER}, 404, "never-seen"),
+    ("POST", "/v2/models/digits/feedback", {"json": {"id": "never-seen", "label": 1}}, 401,
+     "x-feedback-ticket"),
     ("POST", "/v2/models/digits/feedback", {"json": {"id": "x", "label": "7"}}, 422, "label"),
     ("GET", "/v2/models/digits/infer", {}, 405, "Method Not Allowed: GET /v2/models/digits/infer"),
     ("GET", "/v3/models", {}, 404, "Not Found: GET /v3/models"),

@@ -17,7 +17,8 @@ from tests.servers import TestGateway
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = re.compile(r"^### Try it with curl\n(.*?)^## ", re.S | re.M)
 STARTS_THE_GATEWAY = (
-    "DISTILL_GATEWAY_ADMIN_TOKEN=s3cret-admin-token-42 .venv/bin/distill-gateway --port 8000"
+    "DISTILL_GATEWAY_ADMIN_TOKEN=s3cret-admin-token-42 "
+    "DISTILL_GATEWAY_FEEDBACK__TOKEN=s3cret-label-token-42 .venv/bin/distill-gateway --port 8000"
 )
 
 
@@ -66,7 +67,10 @@ def _examples(block: str) -> list[Example]:
 @pytest.fixture(scope="module")
 def readme_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestGateway]:
     gateway = TestGateway(
-        tmp_path_factory.mktemp("readme"), {}, admin_token="s3cret-admin-token-42"
+        tmp_path_factory.mktemp("readme"),
+        {},
+        admin_token="s3cret-admin-token-42",
+        environment={"DISTILL_GATEWAY_FEEDBACK__TOKEN": "s3cret-label-token-42"},
     ).start()
     yield gateway
     gateway.stop()

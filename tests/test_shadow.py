@@ -13,7 +13,7 @@ import pytest
 
 from gateway.shadow import compare_logits
 from models.data import Split
-from tests.fake_backend import Behaviour, in_process_gateway
+from tests.fake_backend import Behaviour, in_process_gateway, ticket_of
 from tests.servers import TestGateway, TritonProcess, wait_until
 
 Model = Callable[[np.ndarray], np.ndarray]
@@ -210,7 +210,7 @@ def test_one_outlier_moves_the_kl_gate_by_its_weight_and_no_more() -> None:
     histogram = GatewayMetrics(registry, "m", {}).shadow_kl.labels("m")
     for kl in [0.01] * 999 + outlier.kl_per_example.tolist():
         histogram.observe(kl)
-    sample = {s.labels.get("le"): s.value for metric in registry.collect()
+    sample = {s.labels["le"]: s.value for metric in registry.collect()
               if metric.name == "gateway_shadow_kl_divergence" for s in metric.samples
               if s.name.endswith("_bucket")}  # fmt: skip
     buckets = sorted((float(le), count) for le, count in sample.items())
@@ -319,7 +319,8 @@ def test_a_label_that_beats_its_shadow_answer_waits_for_it_and_scores_both_backe
             answer = await gateway.infer()
             request_id = answer.headers["x-request-id"]
             label = await gateway.client.post("/v2/models/digits/feedback",
-                                              json={"id": request_id, "label": 7})  # fmt: skip
+                                              json={"id": request_id, "label": 7},
+                                              headers=ticket_of(answer))  # fmt: skip
             assert label.status_code == 200
             assert label.json()["paired"] is True  # the teacher's shadow answer was waited for
             both = gateway.metric("gateway_feedback_paired_total", outcome="both_correct",

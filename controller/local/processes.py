@@ -23,6 +23,11 @@ import yaml
 BIN = Path(sys.executable).parent
 
 
+LOCAL_FEEDBACK_TOKEN = "local-label-pipeline-token"
+"""The feedback token of the gateways the local tooling starts: the traffic generator labels its
+requests with it, as a label pipeline would (tritonclient shows it no answer's ticket)."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -164,6 +169,7 @@ class GatewayProcess(ManagedProcess):
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILL_GATEWAY_")}
         if self.admin_token is not None:
             env["DISTILL_GATEWAY_ADMIN_TOKEN"] = self.admin_token
+        env["DISTILL_GATEWAY_FEEDBACK__TOKEN"] = LOCAL_FEEDBACK_TOKEN  # the traffic's labels
         return {**env, **self._extra_environment}
 
     def is_ready(self) -> bool:

@@ -21,6 +21,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from controller.local.processes import LOCAL_FEEDBACK_TOKEN
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
 
@@ -140,6 +141,7 @@ class TrafficGenerator:
         answer = http.post(
             f"/v2/models/{self._model}/feedback",
             json={"id": request_id, "label": int(self._y[row])},
+            headers={"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"},
         )
         answer.raise_for_status()
         scored = answer.json()
