@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller import error_rate
+
 OUT = Path(__file__).parent / "dashboards" / "distill-gateway.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 M = 'model="$model"'
@@ -36,7 +38,6 @@ def cost_per_request(backend: str, window: str = W) -> str:
 
 
 ROUTED = 'backend!="none"'
-FAILED = 'backend!="none",code=~"5.."'  # a client's 4xx is not the backend's failure
 SERVED = 'code="200"'
 
 
@@ -81,10 +82,9 @@ PANELS = [
         (quantile(0.99, "gateway_request_duration_seconds"), "p99 {{backend}}"),
     ]),
     Panel("Error rate by backend", "percentunit", [
-        # `or ... * 0`: no failed series at all means a rate of 0, not "no data".
-        (ratio(f'({rate("gateway_requests_total", FAILED, "backend")}'
-               f' or {rate("gateway_requests_total", ROUTED, "backend")} * 0)',
-               rate("gateway_requests_total", ROUTED, "backend")), "{{backend}}"),
+        # The one definition the controller's gate and the alert's rule use: calls routed to a
+        # backend that failed (5xx, or fallen back away from it) over the calls routed to it.
+        (error_rate.error_ratio(W, M, "backend"), "{{backend}}"),
     ]),
     Panel("Fallbacks per second (student failed, teacher answered)", "ops", [
         (rate("gateway_fallbacks_total", by="from_backend, reason"),

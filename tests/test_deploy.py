@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import runpy
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from controller import error_rate
 from gateway.config import GatewaySettings
 from tests.manifests import KUBERNETES, ROOT, by_kind, manifests, named, pod_templates
 
@@ -148,6 +150,26 @@ def test_promtool_checks_the_config_and_the_rules() -> None:
     rule_files = sorted(str(p) for p in (PROMETHEUS / "rules").glob("*.yml"))
     rules = _promtool("check", "rules", *rule_files)
     assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def _one_line(promql: str) -> str:
+    return re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", " ".join(promql.split())))
+
+
+def test_the_error_rate_has_one_definition_everywhere() -> None:
+    """The controller's gate counts with controller.error_rate; the recording rule (which the
+    alert reads) and the dashboard's panel hold the PromQL it writes, so a student whose every
+    call falls back is 100 % errors on all of them (promtool's tests/alerts_test.yml shows it)."""
+    groups = yaml.safe_load((PROMETHEUS / "rules" / "recording.yml").read_text())["groups"]
+    recorded = "model_backend:gateway_error_ratio:rate5m"
+    (rule,) = [r for g in groups for r in g["rules"] if r.get("record") == recorded]
+    assert _one_line(rule["expr"]) == error_rate.error_ratio("5m")
+    alerts = (PROMETHEUS / "rules" / "alerts.yml").read_text()
+    assert 'expr: model_backend:gateway_error_ratio:rate5m{backend="student"}' in alerts
+    dashboard = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Error rate by backend"]
+    assert panel["targets"][0]["expr"] == error_rate.error_ratio(
+        "$__rate_interval", 'model="$model"', "backend")  # fmt: skip
 
 
 def test_promtool_unit_tests_cover_every_alert() -> None:

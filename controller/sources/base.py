@@ -7,8 +7,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller import error_rate
 from controller.analysis import BackendWindow, Labels, PairedLabels, WindowMetrics
-from controller.promtext import Snapshot, buckets, select, select_codes
+from controller.promtext import Snapshot, buckets, select
 from gateway import metric_names as names
 
 
@@ -64,14 +65,10 @@ class MetricsSource(ABC):
 def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
     def backend(name: str) -> BackendWindow:
         labels = {"model": model, "backend": name}
-        # A request that fell back from this backend failed here, though a client never saw it.
-        fell_back = select(increase, names.FALLBACKS, model=model, from_backend=name)
-        requests = select(increase, names.REQUESTS, **labels)
-        # A client's bad request (4xx) is not the backend's failure: only 5xx count.
-        failed = select_codes(increase, names.REQUESTS, "5", **labels)
         return BackendWindow(
-            requests=requests + fell_back,
-            errors=failed + fell_back,
+            # the error rate's one definition, shared with the rule, the alert and the dashboard
+            requests=error_rate.count(error_rate.ROUTED, increase, model, name),
+            errors=error_rate.count(error_rate.FAILED, increase, model, name),
             latency=buckets(increase, names.BACKEND_DURATION, **labels),
             feedback_total=select(increase, names.FEEDBACK, **labels),
             feedback_correct=select(increase, names.FEEDBACK_CORRECT, **labels),
