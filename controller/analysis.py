@@ -298,10 +298,17 @@ def _latency(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: f
                     stats.sample_count(latency))  # fmt: skip
 
 
-def _latency_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
+def _latency_ratio(step: WindowMetrics, rollout: WindowMetrics, policy: Policy, threshold: float,
                z: float) -> GateResult:  # fmt: skip
+    """The student's latency quantile over the teacher's. The teacher's comes from this step
+    while it serves enough live requests; at 100 % (and in a dark launch) it serves none, its
+    shadow calls are batched and timed apart, so the reference is the teacher's live latency
+    pooled over the rollout's earlier steps, never missing at the last step."""
     q = policy.latency_quantile
     student, teacher = step.student.latency, step.teacher.latency
+    reference = ""
+    if stats.sample_count(teacher) < policy.min_requests:
+        teacher, reference = rollout.teacher.latency, " (teacher: the rollout's earlier steps)"
     s_low, s_high = stats.quantile_interval(student, q, z, interpolate=True)
     t_low, t_high = stats.quantile_interval(teacher, q, z, interpolate=True)
     samples = min(stats.sample_count(student), stats.sample_count(teacher))
@@ -312,7 +319,8 @@ def _latency_ratio(step: WindowMetrics, _: WindowMetrics, policy: Policy, thresh
     value = histogram_quantile(q, student) / teacher_value
     low = s_low / t_high if t_high > 0 and not math.isinf(t_high) else 0.0
     high = s_high / t_low if t_low > 0 else math.inf
-    return _at_most("max_latency_ratio", value, low, high, threshold, samples)
+    result = _at_most("max_latency_ratio", value, low, high, threshold, samples)
+    return replace(result, reason=result.reason + reference) if reference else result
 
 
 def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,

@@ -100,6 +100,20 @@ def test_the_accuracy_reference_is_the_teachers_over_the_whole_rollout() -> None
     assert results["max_accuracy_drop"].verdict is Verdict.PASS
 
 
+def test_at_the_last_step_the_latency_ratio_reads_the_teacher_from_earlier_steps() -> None:
+    """Decisions issue: at 100 % the teacher answers no one (its batched shadow calls are timed
+    apart), so a good student once waited for teacher samples until the timeout rolled it back.
+    The rollout's pooled teacher latency decides instead, both ways."""
+    rollout = window()
+    for student_seconds, expected in ((0.002, Verdict.PASS), (0.032, Verdict.FAIL)):
+        last = replace(window(student_latency=student_seconds), teacher=BackendWindow())
+        result = next(r for r in assess(last, rollout, POLICY, False)
+                      if r.gate == "max_latency_ratio")  # fmt: skip
+        assert result.verdict is expected, result
+        assert result.reason.endswith("(teacher: the rollout's earlier steps)")
+        assert result.samples == 5000
+
+
 def test_a_dark_launch_judges_shadow_gates_and_skips_live_ones() -> None:
     dark = window(requests=0, correct=0)
     dark = WindowMetrics(
