@@ -267,7 +267,13 @@ class StateConfig(StrictModel):
 
     url: str = "memory"
     """``memory``: this process alone (the default). ``redis://host:port/db`` (or ``rediss://``
-    for TLS): a fleet of replicas sharing one rollout through Redis."""
+    for TLS): a fleet of replicas sharing one rollout through Redis. Then the predictions
+    awaiting labels are the fleet's, not each process's: ``feedback.ttl_seconds``,
+    ``max_entries`` and ``max_bytes`` bound them in the store for every replica together (with
+    ``memory``, each process has its own), they expire by Redis's clock (never a replica's),
+    ``max_bytes`` charges what Redis spends on each (``3 x id + 2 x classes + 370`` bytes, against
+    about ``id + classes + 450`` in a process), and gateway_feedback_pending(_bytes) report the
+    store's count on every replica (take the max over replicas, never the sum)."""
     username: str | None = None
     """Redis's ACL user (Redis 6+) when the URL names none (``DISTILL_GATEWAY_STATE__USERNAME``);
     none: Redis's ``default`` user. Anyone who can write the fleet's keys sets the share and the
@@ -294,7 +300,10 @@ class StateConfig(StrictModel):
     replica_ttl_seconds: float = Field(default=5.0, gt=0, le=600)
     """A replica whose heartbeat is older than this is dropped from the registry."""
     timeout_ms: float = Field(default=500.0, gt=0)
-    """One store operation slower than this counts as the store being unreachable."""
+    """One store operation slower than this counts as the store being unreachable. A request
+    waits for its prediction's write (so that a label posted at once to another replica finds
+    it) at most this long, on top of ``resilience.request_timeout_ms``: with a slow store a
+    request in a fleet can take this much longer than in one process."""
     key_prefix: str = Field(default="distill-gateway", min_length=1, pattern=r"^[A-Za-z0-9_.:\-]+$")
     """Keys are ``<key_prefix>:<model>:...``, so fleets of several models can share one Redis."""
 

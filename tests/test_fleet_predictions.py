@@ -4,6 +4,7 @@ test_fleet.py): one round trip per event-loop turn, and what happens when the st
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ class FakeStore:
         self.predictions: dict[str, tuple[str, np.ndarray, bool]] = {}
         self.round_trips: list[tuple[int, int]] = []  # (predictions, labels) per round trip
         self.down = False
+        self.answering = asyncio.Event()  # cleared: a store that takes its time to answer
+        self.answering.set()
 
     async def exchange(
         self,
@@ -35,9 +38,9 @@ class FakeStore:
         pairs: Sequence[tuple[str, np.ndarray]],
         labels: Sequence[tuple[str, Sequence[int]]],
         limits: Limits,
-        now_ms: int,
     ) -> tuple[int, list[Labelled]]:
         await asyncio.sleep(0)  # a round trip yields to the loop
+        await self.answering.wait()
         if self.down:
             raise StoreUnavailable("state store redis://fake:6379/0 unreachable (exchange)")
         self.round_trips.append((len(pending), len(labels)))
@@ -132,3 +135,19 @@ def test_with_the_store_down_predictions_stay_here_and_other_labels_are_503(
         assert "after" in predictions.local and "after" not in store.predictions
 
     asyncio.run(scenario())
+
+
+def test_a_slow_store_holds_a_request_no_longer_than_its_deadline(metrics: GatewayMetrics) -> None:
+    """The write goes on after the request is answered, and lands: a later label joins it."""
+
+    async def main() -> None:
+        store = FakeStore()
+        store.answering.clear()  # the store answers only when the test says
+        predictions = fleet_predictions(store, metrics)
+        started = time.perf_counter()
+        await predictions.remember("r-1", "student", np.array([3]), deadline=started + 0.05)
+        assert time.perf_counter() - started < 1.0 and "r-1" not in store.predictions
+        store.answering.set()
+        assert (await predictions.score("r-1", 3)).correct == 1
+
+    asyncio.run(main())

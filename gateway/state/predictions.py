@@ -9,6 +9,7 @@ worker) and ``score`` (a label).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Protocol
@@ -38,7 +39,11 @@ trips cost the gateway CPU (redis-py), and at 2 in flight bench_fleet lost 14-17
 
 
 class Predictions(Protocol):
-    async def remember(self, request_id: str, backend: str, classes: np.ndarray) -> None: ...
+    async def remember(
+        self, request_id: str, backend: str, classes: np.ndarray, deadline: float | None = None
+    ) -> None:
+        """``deadline`` (``time.perf_counter()``): the request's own; the wait ends there."""
+        ...
 
     def pair(self, request_id: str, other_classes: np.ndarray) -> object: ...
 
@@ -55,7 +60,9 @@ class LocalPredictions:
     def __init__(self, store: FeedbackStore) -> None:
         self.store = store
 
-    async def remember(self, request_id: str, backend: str, classes: np.ndarray) -> None:
+    async def remember(
+        self, request_id: str, backend: str, classes: np.ndarray, deadline: float | None = None
+    ) -> None:
         self.store.remember(request_id, backend, classes)
 
     def pair(self, request_id: str, other_classes: np.ndarray) -> bool:
@@ -100,14 +107,24 @@ class FleetPredictions:
         self._trips: set[asyncio.Task[None]] = set()
         self._in_store = (0, 0)
 
-    async def remember(self, request_id: str, backend: str, classes: np.ndarray) -> None:
+    async def remember(
+        self, request_id: str, backend: str, classes: np.ndarray, deadline: float | None = None
+    ) -> None:
+        """Waits for the write (at most ``state.timeout_ms``, the store's own timeout), so that
+        a label posted to another replica the moment the answer arrives finds it; never past
+        ``deadline``: a request whose time is up is answered, and its write goes on (a label
+        sent before it lands gets 404 and may be sent again)."""
         if not self._health.up:
             self._keep_locally([Pending(request_id, backend, classes)])
             return
         done = asyncio.get_running_loop().create_future()
         self._remembering.append((Pending(request_id, backend, classes), done))
         self._schedule()
-        await done  # cancelled with its request, the write goes on regardless
+        if deadline is None:
+            await done  # cancelled with its request, the write goes on regardless
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - time.perf_counter()))
 
     def pair(self, request_id: str, other_classes: np.ndarray) -> None:
         if request_id in self.local:
@@ -183,8 +200,8 @@ class FleetPredictions:
         pending = [item for item, _ in remembering]
         try:
             count, found = await self._store.exchange(
-                pending, pairs, [(i, shape) for i, shape, _ in labels], self._limits,
-                int(time.time() * 1000))  # fmt: skip
+                pending, pairs, [(i, shape) for i, shape, _ in labels], self._limits
+            )
         except Exception as exc:
             failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(
                 f"state store: {type(exc).__name__}: {exc}")  # fmt: skip

@@ -29,8 +29,12 @@ from gateway.state.keys import StoreKeys, without_password
 
 T = TypeVar("T")
 CLASSES_DTYPE = np.dtype("<i4")
-ENTRY_OVERHEAD = 160
-"""Bytes a prediction costs in Redis beyond its id and classes (hash, index and size entries)."""
+ENTRY_OVERHEAD = 370
+"""What a prediction costs Redis (7.0, measured with ``INFO memory``: tests/test_fleet_limits.py)
+beyond its id, stored three times (its key, the index's member, the sizes' field), and its
+classes, which a hash keeps in about twice their bytes: ``3 * id + 2 * classes + 370``. So
+``feedback.max_bytes`` bounds the memory the predictions take in the store, as it bounds this
+process's memory with ``state.url: memory`` (about 400 bytes there beyond the id and classes)."""
 
 SET_SHARE_SCRIPT = """
 -- the controller writes the share with this script too (controller.fleet_store)
@@ -54,31 +58,34 @@ if redis.call('HSETNX', KEYS[1], 'share', ARGV[1]) == 1 then
 end
 return redis.call('HMGET', KEYS[1], 'share', 'generation')
 """
-# One call per event-loop turn. ARGV: prefix, now (ms), ttl (ms), max entries, max bytes, and
-# how many predictions, shadow answers and labels follow: (id, backend, classes, shape) each,
-# then (id, classes, shape), then (id, shape). Returns the predictions now waiting, then one
-# answer per label. A label marks its prediction labelled atomically: of two replicas given the
-# same label at once, one gets 'ok' and the other 'labelled'.
+# One call per event-loop turn. ARGV: prefix, ttl (ms), max entries, max bytes, and how many
+# predictions, shadow answers and labels follow: (id, backend, classes, shape) each, then (id,
+# classes, shape), then (id, shape). Returns the predictions now waiting, then one answer per
+# label. A label marks its prediction labelled atomically: of two replicas given the same label
+# at once, one gets 'ok' and the other 'labelled'. Expiry is by Redis's own clock (TIME, as
+# PEXPIRE's), never a replica's: a replica whose clock runs ahead cannot expire the others'.
 _EXCHANGE = """
 local p = ARGV[1]
 local index, sizes, total = p .. 'p-index', p .. 'p-size', p .. 'p-bytes'
-local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_entries, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-local remembered, paired, labelled = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local max_entries, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local remembered, paired, labelled = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local function forget(id)
   redis.call('DEL', p .. 'p:' .. id)
   redis.call('DECRBY', total, tonumber(redis.call('HGET', sizes, id) or '0'))
   redis.call('HDEL', sizes, id)
   redis.call('ZREM', index, id)
 end
-local at = 9
+local at = 8
 for _ = 1, remembered do
   local id, classes = ARGV[at], ARGV[at + 2]
   if redis.call('ZSCORE', index, id) then forget(id) end
   local key = p .. 'p:' .. id
   redis.call('HSET', key, 'b', ARGV[at + 1], 'c', classes, 's', ARGV[at + 3])
   redis.call('PEXPIRE', key, ttl)
-  local size = #id + #classes + ENTRY_OVERHEAD
+  local size = 3 * #id + 2 * #classes + ENTRY_OVERHEAD
   redis.call('ZADD', index, now + ttl, id)
   redis.call('HSET', sizes, id, size)
   redis.call('INCRBY', total, size)
@@ -305,12 +312,11 @@ class RedisStore:
         pairs: Sequence[tuple[str, np.ndarray]],
         labels: Sequence[tuple[str, Sequence[int]]],
         limits: Limits,
-        now_ms: int,
     ) -> tuple[int, list[Labelled]]:
         """One round trip for an event-loop turn: every prediction to remember, shadow answer to
         pair and label to take. Returns the predictions now waiting (-1 when none was written)
         and what each label found, in order."""
-        args: list[Any] = [self.keys.prefix, now_ms, int(limits.ttl_seconds * 1000),
+        args: list[Any] = [self.keys.prefix, int(limits.ttl_seconds * 1000),
                            limits.max_entries, limits.max_bytes, len(pending), len(pairs),
                            len(labels)]  # fmt: skip
         for item in pending:
