@@ -116,15 +116,12 @@ class BackendQueue:
     ) -> None:
         self.slots = slots
         self.busy = 0
+        self.waiting = 0  # requests in line now
         self.call_time = CallTime()
         self._retry_after = retry_after_seconds
         self._observe_wait = observe_wait
         self._clock = clock
         self._line: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for waiter in self._line if not waiter.done())
 
     async def acquire(self, budget: float) -> None:
         """A slot, within ``budget`` seconds of waiting; raises ``Shed`` otherwise. The caller
@@ -139,6 +136,7 @@ class BackendQueue:
             raise refusal
         waiter = asyncio.get_running_loop().create_future()
         self._line.append(waiter)
+        self.waiting += 1
         started = self._clock()
         try:
             async with asyncio.timeout(budget):
@@ -154,6 +152,8 @@ class BackendQueue:
             else:
                 waiter.cancel()
             raise
+        finally:
+            self.waiting -= 1
         self._observe_wait(self._clock() - started)
 
     def release(self, call_seconds: float | None = None) -> None:

@@ -273,3 +273,30 @@ def test_a_failed_batch_is_one_failure_and_a_batch_is_billed_once() -> None:
             assert calls == 2  # one per batch (and its time billed once), not one per request
 
     asyncio.run(main())
+
+
+def test_a_slot_is_never_lost_when_its_waiter_leaves_or_is_handed_it_as_it_leaves() -> None:
+    from gateway.overload import BackendQueue
+
+    async def main() -> None:
+        queue = BackendQueue(slots=1, retry_after_seconds=1)
+        await queue.acquire(1.0)  # A holds the slot
+        left = asyncio.create_task(queue.acquire(1.0))  # B waits, then its client leaves
+        served = asyncio.create_task(queue.acquire(1.0))  # C waits
+        await asyncio.sleep(0)
+        assert queue.waiting == 2
+        left.cancel()
+        await asyncio.sleep(0)
+        queue.release(0.01)  # A's call returns: the slot skips B and goes to C
+        await served
+        assert queue.busy == 1 and queue.waiting == 0
+        handed = asyncio.create_task(queue.acquire(1.0))  # D waits
+        await asyncio.sleep(0)
+        queue.release(0.01)  # C returns: the slot is D's ...
+        handed.cancel()  # ... and D's client leaves before D runs: D gives it back
+        with pytest.raises(asyncio.CancelledError):
+            await handed
+        assert queue.busy == 0 and queue.waiting == 0
+        await queue.acquire(0.0)  # free again: taken at once, even with no budget to wait
+
+    asyncio.run(main())
