@@ -21,8 +21,11 @@ def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Pat
         [sys.executable, "-m", "tests.benchmarks.bench_serving", "--seconds", "1",
          "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    # exit 1 says a gateway row shed more than 1 %: a number for the benchmark's reader (a busy
+    # test machine can make it), not this test's verdict
+    assert done.returncode in (0, 1), done.stdout + done.stderr
     result = json.loads(out.read_text())
+    assert bool(result["shedding_failures"]) == (done.returncode == 1)
     for name, _, levels in PLAN:
         for level in levels:
             measured = result["rows"]["batch 64" if level == "batch 64" else name]
@@ -30,6 +33,7 @@ def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Pat
                 assert measured["binary_rows_per_s"] > 0 and measured["json_rows_per_s"] > 0
             else:
                 assert measured[level]["rps"] > 0 and measured[level]["p99_ms"] > 0, (name, level)
+                assert 0 <= measured[level]["non_2xx_share"] <= 1
     assert len(result["ratios"]) == 8 and all(value == value for value in result["ratios"].values())
 
 

@@ -26,8 +26,7 @@ from controller.local.processes import RedisProcess
 from tests.benchmarks.bench_protocols import PINNED, PinnedGateway, median_of
 
 RESULTS = Path(__file__).parent / "results" / "bench_fleet.json"
-SETTINGS = {"traffic": {"student_share": 0.5, "seed": 7}, "shadow": {"sample_rate": 0},
-            "overload": {"max_inflight": 1024}}  # fmt: skip
+SETTINGS = {"traffic": {"student_share": 0.5, "seed": 7}, "shadow": {"sample_rate": 0}}
 
 # Each connection's next request is a label when an inference answered since, else an inference.
 INFER_THEN_LABEL = """
@@ -43,9 +42,9 @@ end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 request = function()
-  local id = table.remove(answered)
-  if id then
-    local label = '{"id": "' .. id .. '", "label": 3}'
+  local answer = table.remove(answered)
+  if answer then  -- labelled as its client would: with the ticket its answer carried
+    local label = '{"id": "' .. answer[1] .. '", "label": 3, "ticket": "' .. answer[2] .. '"}'
     return wrk.format(nil, "/v2/models/digits/feedback", nil, label)
   end
   counter = counter + 1
@@ -56,7 +55,7 @@ response = function(status, headers, body)
   if status ~= 200 then failed = failed + 1 return end
   if body:find('"outputs"', 1, true) then
     inferences = inferences + 1
-    table.insert(answered, body:match('"id":"([^"]+)"'))
+    table.insert(answered, {body:match('"id":"([^"]+)"'), headers["x-feedback-ticket"]})
   else
     labels = labels + 1
   end

@@ -4,15 +4,18 @@ A probe (one client, one small request every 5 ms on a keep-alive connection) me
 latency of the requests it gets answered, while ``wrk`` (a C load generator, so the client never
 saturates first) loads the gateway. The gateway is pinned to CPU 0, the probe and wrk to CPU 1.
 
-- idle: the probe alone.
-- at capacity: wrk with ``max_inflight - 1`` connections back to back (the probe is the last
-  slot); what it serves per second is the capacity C.
-- 3x overload: 3 x ``max_inflight`` connections, each pacing its requests (wrk's ``delay``) so
-  that together they offer 3 x C per second, as clients that arrive on their own schedule do; the
-  excess is shed with 503.
-- 3x, no shedding: the same offered load on a gateway whose limit is out of reach.
-- 3x back to back: 3 x ``max_inflight`` connections that resend the moment they are answered,
-  a 503 included (clients ignoring Retry-After): the worst case for shedding.
+The gateway runs in its default config (admission by time: a request waits at most
+``overload.max_queue_ms`` for its backend, and only what could not start in time is shed).
+
+- idle: the probe alone; its p99 stands for the model's own.
+- at capacity: wrk with 16 connections back to back; what it serves per second is the capacity C.
+- 3x overload: 192 connections, each pacing its requests (wrk's ``delay``) so that together they
+  offer 3 x C per second, as clients that arrive on their own schedule do; the excess is shed
+  with 503. Its checks: the admitted p99 within the queue target plus the idle p99, goodput at
+  least 90 % of C, and no 5xx but the shed 503s.
+- 3x, no shedding: the same offered load on a gateway whose queue target is out of reach.
+- 3x back to back: 192 connections that resend the moment they are answered, a 503 included
+  (clients ignoring Retry-After): the worst case for shedding.
 - big bodies: the probe beside a client sending 1024-row gzip JSON bodies back to back (each
   about 1.3 MB to decompress and decode).
 
@@ -42,7 +45,7 @@ from rich.table import Table
 
 from controller.local.processes import GatewayProcess
 from tests.benchmarks.bench_protocols import PINNED, PinnedGateway
-from tests.servers import read_metric
+from tests.servers import read_metric, read_total
 
 RESULTS = Path(__file__).parent / "results" / "bench_reliability.json"
 SMALL = orjson.dumps(
@@ -133,10 +136,15 @@ def _pin_self() -> None:
 
 def _codes(gateway: GatewayProcess) -> dict[str, float]:
     text = gateway.metrics_text()
+    five = sum(
+        read_total(text, "gateway_requests_total", code=str(code)) for code in range(500, 600)
+    )
     return {
-        code: read_metric(text, "gateway_requests_total", code=code, protocol="http")
-        for code in ("200", "503")
-    } | {"200_student": read_metric(text, "gateway_requests_total", code="200", backend="student")}
+        "200": read_total(text, "gateway_requests_total", code="200"),
+        "503": read_total(text, "gateway_requests_total", code="503"),
+        "5xx": five,
+        "shed": read_total(text, "gateway_shed_total"),
+    }
 
 
 def measure(
@@ -163,6 +171,8 @@ def measure(
         **probe.summary(),
         "served": served,
         "shed": shed,
+        "shed_counted": after["shed"] - before["shed"],
+        "other_5xx": after["5xx"] - before["5xx"] - shed,
         "shed_fraction": shed / max(1.0, served + shed),
     }
 
@@ -198,11 +208,14 @@ def _send_big(port: int, stop: threading.Event) -> None:
     connection.close()
 
 
+CAPACITY_CONNECTIONS = 16
+OVERLOAD_CONNECTIONS = 192
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--max-inflight", type=int, help="default: the gateway's own default")
     args = parser.parse_args()
     _pin_self()
     rows: dict[str, dict[str, Any]] = {}
@@ -210,43 +223,48 @@ def main() -> None:
         script = Path(tmp) / "post.lua"
         script.write_text(_post_script())
         base: dict[str, Any] = {"shadow": {"sample_rate": 0.0}, "traffic": {"student_share": 0.5}}
-        limits = {"overload": {"max_inflight": args.max_inflight}} if args.max_inflight else {}
-        limited = PinnedGateway(Path(tmp) / "limited", {**base, **limits}).start()
+        gateway = PinnedGateway(Path(tmp) / "default", base).start()
         try:
-            limit = int(read_metric(limited.metrics_text(), "gateway_max_inflight_requests"))
-            measure(limited, limit, 2, script)  # warm-up
-            rows["idle"] = measure(limited, 0, args.seconds, script)
-            rows["at capacity"] = measure(limited, limit - 1, args.seconds, script)
+            target_ms = 1000 * read_metric(gateway.metrics_text(), "gateway_queue_target_seconds")
+            measure(gateway, CAPACITY_CONNECTIONS, 2, script)  # warm-up
+            rows["idle"] = measure(gateway, 0, args.seconds, script)
+            rows["at capacity"] = measure(gateway, CAPACITY_CONNECTIONS, args.seconds, script)
             capacity = rows["at capacity"]["served"] / args.seconds
-            paced = _paced(Path(tmp), 3 * limit, 3 * capacity)
-            rows["3x overload"] = measure(limited, 3 * limit, args.seconds, paced)
-            rows["3x back to back"] = measure(limited, 3 * limit, args.seconds, script)
-            rows["big bodies"] = measure(limited, 0, args.seconds, script, big=True)
+            paced = _paced(Path(tmp), OVERLOAD_CONNECTIONS, 3 * capacity)
+            rows["3x overload"] = measure(gateway, OVERLOAD_CONNECTIONS, args.seconds, paced)
+            rows["3x back to back"] = measure(gateway, OVERLOAD_CONNECTIONS, args.seconds, script)
+            rows["big bodies"] = measure(gateway, 0, args.seconds, script, big=True)
         finally:
-            limited.stop()
-        unlimited = PinnedGateway(
-            Path(tmp) / "unlimited", {**base, "overload": {"max_inflight": 100_000}}
+            gateway.stop()
+        unqueued = PinnedGateway(
+            Path(tmp) / "no-shedding", {**base, "overload": {"max_queue_ms": 600_000}}
         ).start()
         try:
-            measure(unlimited, limit, 2, script)
-            rows["3x, no shedding"] = measure(unlimited, 3 * limit, args.seconds, paced)
+            measure(unqueued, CAPACITY_CONNECTIONS, 2, script)
+            rows["3x, no shedding"] = measure(unqueued, OVERLOAD_CONNECTIONS, args.seconds, paced)
         finally:
-            unlimited.stop()
+            unqueued.stop()
     reference = rows["at capacity"]["p99_ms"]
     for row in rows.values():
         row["p99_vs_capacity"] = row["p99_ms"] / reference
         row["p99_vs_idle"] = row["p99_ms"] / rows["idle"]["p99_ms"]
-    table = Table(title=f"Admitted requests' latency (probe), max_inflight {limit}")
-    for column in (
-        "load",
-        "probe p50 ms",
-        "p99 ms",
-        "max ms",
-        "p99 / at capacity",
-        "p99 / idle",
-        "served",
-        "shed",
-    ):
+        row["goodput_vs_capacity"] = row["served"] / max(1.0, rows["at capacity"]["served"])
+    overload = rows["3x overload"]
+    checks = {
+        f"3x: admitted p99 {overload['p99_ms']:.1f} ms <= queue target {target_ms:.0f} ms + idle "
+        f"p99 {rows['idle']['p99_ms']:.1f} ms": overload["p99_ms"]
+        <= target_ms + rows["idle"]["p99_ms"],
+        f"3x: goodput {overload['goodput_vs_capacity']:.2f} x at capacity (>= 0.90)": overload[
+            "goodput_vs_capacity"
+        ]
+        >= 0.9,
+        "3x: no 5xx but the shed 503s, every 503 a counted shed": all(
+            row["other_5xx"] == 0 and row["shed"] == row["shed_counted"] for row in rows.values()
+        ),
+    }
+    table = Table(title=f"Admitted requests' latency (probe), queue target {target_ms:.0f} ms")
+    for column in ("load", "probe p50 ms", "p99 ms", "max ms", "p99 / at capacity",
+                   "p99 / idle", "served", "goodput / capacity", "shed"):  # fmt: skip
         table.add_column(column, justify="right")
     for name, row in rows.items():
         table.add_row(
@@ -257,17 +275,29 @@ def main() -> None:
             f"{row['p99_vs_capacity']:.2f}",
             f"{row['p99_vs_idle']:.2f}",
             f"{row['served']:.0f}",
+            f"{row['goodput_vs_capacity']:.2f}",
             f"{row['shed']:.0f} ({row['shed_fraction']:.0%})",
         )
-    Console().print(table)
+    console = Console(width=150)
+    console.print(table)
+    for check, held in checks.items():
+        console.print(f"{'ok  ' if held else 'FAILED'} {check}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"machine": platform.platform(), "pinned": PINNED, "max_inflight": limit, "rows": rows},
+            {
+                "machine": platform.platform(),
+                "pinned": PINNED,
+                "queue_target_ms": target_ms,
+                "rows": rows,
+                "checks": checks,
+            },
             indent=2,
         )
     )
     print(f"results: {args.out}")
+    if not all(checks.values()):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
