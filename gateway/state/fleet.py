@@ -61,6 +61,7 @@ class FleetMember:
         self._student = student
         self.student_error: str | None = None  # why the fleet's student could not be loaded here
         self._refused_student: str | None = None
+        self._student_lock = asyncio.Lock()
         self.replica_id = config.replica_id or default_replica_id()
         self.advertise_url = config.advertise_url or ""
         # where the controller scrapes this replica: beside the admin API unless said otherwise
@@ -129,35 +130,49 @@ class FleetMember:
     # -- background ----------------------------------------------------------------------------
 
     async def _reconcile(self, seed: tuple[float, int] | None = None) -> None:
-        """Reads the fleet's share and applies it if it is not what this replica applies. An
-        empty store (a new one, or Redis restarted without its data) is seeded: with the
-        config's share at start-up, with the share applied here later (fail static)."""
+        """Reads the fleet's share and applies it if it is newer than (or, at the same
+        generation, other than) what this replica applies; never an older one: a read answered
+        after a newer change was applied (the listener's, the heartbeat's, a PUT's) would
+        restore the old share until the next heartbeat. A store that is empty (new, or Redis
+        restarted without its data) or behind this replica is seeded: with the config's share at
+        start-up, with the share applied here later (fail static); the newest generation wins."""
         fleet = await self._store.read_share()
-        if fleet is None:
-            share, generation = seed or self._applied()
-            fleet = await self._store.seed_share(share, max(generation, 1))
-            log.info("state store had no share: seeded it with %.4g (generation %d)",
-                     fleet.share, fleet.generation)  # fmt: skip
+        held = self._applied()
+        if fleet is None or fleet.generation < held[1]:
+            had = "no share" if fleet is None else f"generation {fleet.generation}"
+            share, generation = seed if fleet is None and seed else held
+            fleet, seeded = await self._store.seed_share(share, max(generation, 1))
+            if seeded:
+                log.info("state store had %s: seeded it with %.4g (generation %d)", had,
+                         fleet.share, fleet.generation)  # fmt: skip
         self._health.succeeded()
         self.fleet_share = fleet
-        if (fleet.share, fleet.generation) != self._applied():
+        share, generation = self._applied()  # again: a change may have been applied meanwhile
+        if fleet.generation > generation or (
+            fleet.generation == generation and fleet.share != share
+        ):
             self._apply(fleet.share, fleet.generation)
         await self._follow_student(fleet.student)
 
     async def _follow_student(self, wanted: str | None) -> None:
-        """Loads the fleet's student when it is not the one served here. One that cannot be
-        loaded (not in this replica's registry, another signature) is said once, reported in
-        the registration, and not tried again until the fleet names another."""
+        """Loads the fleet's student when it is not the one served here, one load at a time
+        (the listener and the heartbeat both reconcile: without the lock both would load it).
+        One that cannot be loaded (not in this replica's registry, another signature) is said
+        once, reported in the registration, and not tried again until the fleet names another."""
         hooks = self._student
         if hooks is None or wanted is None or wanted in (hooks.served(), self._refused_student):
             return
-        try:
-            await hooks.load(wanted)
-        except GatewayError as exc:
-            self._refused_student, self.student_error = wanted, exc.message
-            log.error("the fleet's student %s cannot be served here: %s", wanted, exc.message)
-            return
-        self._refused_student = self.student_error = None
+        async with self._student_lock:
+            if wanted in (hooks.served(), self._refused_student):
+                return  # loaded (or refused) while this one waited
+            try:
+                await hooks.load(wanted)
+            except GatewayError as exc:
+                self._refused_student, self.student_error = wanted, exc.message
+                log.error("the fleet's student %s cannot be served here: %s", wanted,
+                          exc.message)  # fmt: skip
+                return
+            self._refused_student = self.student_error = None
 
     async def _listen(self) -> None:
         """Applies published changes as they come; on any error, subscribes again after a

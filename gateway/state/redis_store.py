@@ -52,11 +52,20 @@ redis.call('HSET', KEYS[1], 'student', ARGV[1])
 redis.call('PUBLISH', KEYS[2], 'student')
 return {'ok'}
 """
+# The newest share wins: an empty store (new, or a Redis restarted without its data), or one
+# behind the replica's own generation (another replica seeded it first with an older share), is
+# set to the replica's; the change is published. Returns share, generation, student and
+# whether it was set.
 _SEED_SHARE = """
-if redis.call('HSETNX', KEYS[1], 'share', ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'generation', ARGV[2])
+local held = redis.call('HMGET', KEYS[1], 'share', 'generation')
+local seeded = not held[1] or tonumber(held[2] or '0') < tonumber(ARGV[2])
+if seeded then
+  redis.call('HSET', KEYS[1], 'share', ARGV[1], 'generation', ARGV[2])
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
 end
-return redis.call('HMGET', KEYS[1], 'share', 'generation')
+local now = redis.call('HMGET', KEYS[1], 'share', 'generation', 'student')
+table.insert(now, seeded and 1 or 0)
+return now
 """
 # One call per event-loop turn. ARGV: prefix, ttl (ms), max entries, max bytes, and how many
 # predictions, shadow answers and labels follow: (id, backend, classes, shape) each, then (id,
@@ -247,11 +256,13 @@ class RedisStore:
         student = values[2].decode() if isinstance(values[2], bytes) else values[2]
         return FleetShare(float(values[0]), int(values[1] or 0), student)
 
-    async def seed_share(self, share: float, generation: int) -> FleetShare:
-        """The fleet's share; ``share`` at ``generation`` when the store had none."""
+    async def seed_share(self, share: float, generation: int) -> tuple[FleetShare, bool]:
+        """The fleet's share, set to ``share`` at ``generation`` when the store had none or an
+        older generation than that; and whether it was."""
         values = await self._call("seed_share", lambda: self._seed_share(
-            keys=[self.share_key], args=[repr(share), generation]))  # fmt: skip
-        return FleetShare(float(values[0]), int(values[1]))
+            keys=[self.share_key, self.channel], args=[repr(share), generation]))  # fmt: skip
+        student = values[2].decode() if isinstance(values[2], bytes) else values[2]
+        return FleetShare(float(values[0]), int(values[1]), student), bool(values[3])
 
     async def write_share(self, share: float) -> FleetShare:
         generation = await self._call("write_share", lambda: self._set_share(
