@@ -169,8 +169,8 @@ def retry(
     metrics_host: Annotated[str, typer.Option(help="As for run.")] = "127.0.0.1",
     metrics_linger: Annotated[float, typer.Option(help="As for run.")] = 15.0,
 ) -> None:
-    """Start a rolled-back rollout again from its first step, with the same policy, gateways and
-    metrics source (a new rollout; the rolled-back one stays in the history)."""
+    """Start a rolled-back rollout again from its first step, with the same policy, gateways,
+    metrics source and student (a new rollout; the rolled-back one stays in the history)."""
     rollout = _load(_open(state), None)
     if rollout.phase is not Phase.ROLLED_BACK:
         raise _fail(f"rollout {rollout.rollout_id} is {rollout.phase.value}; retry restarts a "
@@ -179,10 +179,8 @@ def retry(
         rollout_policy = Policy.model_validate(rollout.policy)
     except ValueError:
         raise _fail(f"rollout {rollout.rollout_id} has no stored policy; use run --new") from None
-    launch = Launch(rollout.gateways, rollout.prometheus, new=True,
-                    prometheus_selector=rollout.prometheus_selector,
-                    state_url=rollout.state_url)  # fmt: skip
-    _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
+    _run_controller(rollout_policy, Launch.again(rollout), state, (metrics_host, metrics_port),
+                    metrics_linger)  # fmt: skip
 
 
 def _run_controller(

@@ -37,6 +37,8 @@ class Position:
         )
 
     def apply_to(self, state: RolloutState) -> None:
+        if state.step_index != self.step_index:
+            state.step_entered_at = None  # another step: its deadline starts when it is confirmed
         state.phase, state.step_index = self.phase, self.step_index
         state.paused_by = self.paused_by
         state.promote_when_confirmed = self.promote_when_confirmed

@@ -89,6 +89,14 @@ class Launch:
     state_url: str | None = None  # the fleet's store: replicas found there, not in ``gateways``
     student: dict[str, Any] | None = None  # run --student: loaded into every gateway first
 
+    @classmethod
+    def again(cls, rollout: RolloutState) -> Launch:
+        """``retry``: a new rollout with a rolled-back one's gateways, metrics source and
+        student (loaded again, and its outcome recorded in the registry's history too)."""
+        return cls(rollout.gateways, rollout.prometheus, new=True,
+                   prometheus_selector=rollout.prometheus_selector,
+                   state_url=rollout.state_url, student=rollout.student)  # fmt: skip
+
 
 class CanaryController:
     def __init__(
@@ -328,6 +336,8 @@ class CanaryController:
         self.state.share = share
         self.state.generations = {url: t.generation for url, t in generations.items()}
         self.state.step_started_at = now
+        if self.state.step_entered_at is None:  # not a drift's re-set: the step's first
+            self.state.step_entered_at = now
         self.state.step_mark = mark.to_json()
         if self.state.rollout_mark is None:
             self.state.rollout_mark = mark.to_json()
@@ -357,6 +367,15 @@ class CanaryController:
         what = "; ".join(drifts)
         log.warning("share drift: %s", what)
         self.metrics.share_drift.inc(len(drifts))
+        # Each re-set restarts the step's analysis, so a gateway that keeps drifting (one that
+        # crash-loops back to its config's share) would hold the rollout at this step forever:
+        # the step's deadline counts from its first confirmation, and a drift past it ends it.
+        entered = self.state.step_entered_at
+        at_step = self.clock() - entered if entered is not None else 0.0
+        if at_step > self.policy.max_step_seconds and self.state.phase is Phase.PROGRESSING:
+            self._apply(machine.HeldTooLong(f"the share kept drifting at this step; the last "
+                                            f"time: {what}", at_step))  # fmt: skip
+            return True
         self._apply(machine.Drifted(what, intended, pause=self.policy.on_drift == "pause"))
         return True
 

@@ -17,12 +17,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 STATE_FILE_MODE = 0o600  # access to the state file is what authorises operators' commands
+HISTORY_IN_MEMORY = 500
+"""Decisions a running controller keeps in ``RolloutState.history`` after a save; the file keeps
+them all (``decisions``: appended, never rewritten), and ``load`` reads them all back."""
 
 
 class Phase(StrEnum):
@@ -102,13 +105,17 @@ class RolloutState:
     share: float = 0.0
     started_at: float = field(default_factory=time.time)
     step_started_at: float | None = None  # None until every gateway confirmed the step's share
+    # when this step's share was first confirmed; a drift's re-set restarts the analysis window
+    # (step_started_at), never this: the step's max_step_seconds counts from here
+    step_entered_at: float | None = None
     held_since: float | None = None  # when the fleet last stopped confirming or answering
     consecutive_failures: int = 0
     rollback_reason: str | None = None
     step_mark: dict[str, Any] | None = None  # metrics at the step's start (see sources.Mark)
     rollout_mark: dict[str, Any] | None = None
     last_analysis: list[dict[str, Any]] = field(default_factory=list)
-    history: list[DecisionRecord] = field(default_factory=list)
+    history: list[DecisionRecord] = field(default_factory=list)  # the latest; see history_offset
+    history_offset: int = 0  # decisions older than ``history[0]``, on disk only (HISTORY_IN_MEMORY)
     rollout_id: int = 0  # the row in ``rollouts``; assigned by the store
     policy: dict[str, Any] = field(default_factory=dict)  # as run, for `status`, report, retry
     gateways: list[str] = field(default_factory=list)
@@ -123,15 +130,24 @@ class RolloutState:
     promote_when_confirmed: bool = False  # promote --full: ends promoted once 100 % is confirmed
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """Everything but the decisions, which the file keeps a row each (``decisions``): a tick
+        rewrites this small record, never the history it has added to."""
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)
+                           if f.name not in ("history", "history_offset")})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> RolloutState:
+        """State files of earlier versions kept the decisions in this record: they are read
+        from it, and go to ``decisions`` at the next save."""
         data = json.loads(text)
         data["phase"] = Phase(data["phase"])
-        data["history"] = [DecisionRecord(**{**record, "action": Record(record["action"])})
-                           for record in data["history"]]  # fmt: skip
+        data["history"] = [_decision(record) for record in data.get("history", [])]
+        data.pop("history_offset", None)
         return cls(**data)
+
+
+def _decision(record: dict[str, Any]) -> DecisionRecord:
+    return DecisionRecord(**{**record, "action": Record(record["action"])})
 
 
 @dataclass(frozen=True)
@@ -191,6 +207,8 @@ _SCHEMA = (
     " rollout_id integer not null, command text not null, sender text not null,"
     " created_at real not null, expires_at real not null,"
     " taken_at real, acted integer, outcome text)",
+    "create table if not exists decisions (rollout_id integer not null, seq integer not null,"
+    " record text not null, primary key (rollout_id, seq))",
 )
 
 
@@ -200,6 +218,22 @@ def _migrate_single_rollout_table(db: sqlite3.Connection) -> None:
     if "rollout" in tables:
         db.execute("insert into rollouts (state, updated_at) select state, updated_at from rollout")
         db.execute("drop table rollout")
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    found = db.execute("select 1 from sqlite_master where type = 'table' and name = ?", (name,))
+    return found.fetchone() is not None
+
+
+def _append_decisions(db: sqlite3.Connection, state: RolloutState) -> None:
+    """The decisions of ``state`` the file does not hold yet (numbered from the rollout's first)."""
+    (held,) = db.execute("select count(*) from decisions where rollout_id = ?",
+                         (state.rollout_id,)).fetchone()  # fmt: skip
+    new = state.history[max(0, held - state.history_offset) :]
+    first = state.history_offset + len(state.history) - len(new)
+    db.executemany("insert into decisions (rollout_id, seq, record) values (?, ?, ?)",
+                   [(state.rollout_id, first + i, json.dumps(asdict(record)))
+                    for i, record in enumerate(new)])  # fmt: skip
 
 
 class StateStore:
@@ -280,10 +314,15 @@ class StateStore:
                 row = db.execute(
                     "select id, state from rollouts where id = ?", (rollout_id,)
                 ).fetchone()
-        if row is None:
-            return None
-        state = RolloutState.from_json(row[1])
-        state.rollout_id = row[0]
+            if row is None:
+                return None
+            state = RolloutState.from_json(row[1])
+            state.rollout_id = row[0]
+            if _has_table(db, "decisions"):
+                rows = db.execute("select record from decisions where rollout_id = ? order by seq",
+                                  (state.rollout_id,)).fetchall()  # fmt: skip
+                if rows:  # else a file of an earlier version: its record held them
+                    state.history = [_decision(json.loads(r[0])) for r in rows]
         return state
 
     def rollout_ids(self) -> list[int]:
@@ -303,16 +342,24 @@ class StateStore:
             db.execute(
                 "update rollouts set state = ? where id = ?", (state.to_json(), state.rollout_id)
             )
+            _append_decisions(db, state)
         return state
 
     def save(self, state: RolloutState, holder: str) -> None:
-        """Saves the rollout, only while ``holder`` holds the lease (else ``LeaseLost``)."""
+        """Saves the rollout, only while ``holder`` holds the lease (else ``LeaseLost``): its
+        small record, and the decisions added since the last save (appended). Then ``state``
+        keeps only the latest ``HISTORY_IN_MEMORY`` decisions in memory."""
         with self._connect(immediate=True) as db:
             self._check_holder(db, holder)
             db.execute(
                 "update rollouts set state = ?, updated_at = ? where id = ?",
                 (state.to_json(), time.time(), state.rollout_id),
             )
+            _append_decisions(db, state)
+        dropped = len(state.history) - HISTORY_IN_MEMORY
+        if dropped > 0:
+            del state.history[:dropped]
+            state.history_offset += dropped
 
     # -- the lease -----------------------------------------------------------------------------
 

@@ -38,14 +38,21 @@ class FakeFleet(GatewayFleet):
         """A PUT /admin/traffic, as anyone with the token could send behind the controller."""
         if url in self.down:
             raise httpx.ConnectError("connection refused")
-        self.traffic[url] = TrafficState(
-            student_share=share, generation=self.traffic[url].generation + 1
+        before = self.traffic[url]
+        self.traffic[url] = before.model_copy(
+            update={"student_share": share, "generation": before.generation + 1}
         )
         return self.traffic[url]
 
     def _get(self, url: str) -> TrafficState:
         if url in self.down:
             raise httpx.ConnectError("connection refused")
+        return self.traffic[url]
+
+    def _put_student(self, url: str, model_id: str) -> TrafficState:
+        if url in self.down:
+            raise httpx.ConnectError("connection refused")
+        self.traffic[url] = self.traffic[url].model_copy(update={"student_id": model_id})
         return self.traffic[url]
 
 
