@@ -77,9 +77,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(inputs, batch_rows(inputs), loop.create_future(), time.perf_counter())
         if len(self._calls) >= self._max_in_flight:  # it will wait for a call to return
-            ahead = math.ceil((self._waiting_rows + waiting.rows) / self._max_rows)
-            expected = self.call_time.expected_wait(ahead, self._max_in_flight)
-            refusal = shed_for_wait(expected, budget, self._retry_after)
+            refusal = shed_for_wait(self.expected_wait(waiting.rows), budget, self._retry_after)
             if refusal is not None:
                 raise refusal
             if budget != math.inf:
@@ -104,6 +102,13 @@ class Batcher:
             self._calls.add(call)
             call.add_done_callback(self._returned)
         self._waiting, self._waiting_rows = waiting, sum(w.rows for w in waiting)
+
+    def expected_wait(self, rows: int = 1) -> float:
+        """How long ``rows`` arriving now would wait for their batch to start."""
+        if len(self._calls) < self._max_in_flight:
+            return 0.0  # they leave within max_delay
+        ahead = math.ceil((self._waiting_rows + rows) / self._max_rows)
+        return self.call_time.expected_wait(ahead, self._max_in_flight)
 
     def _shed(self, waiting: _Waiting, budget: float) -> None:
         if not waiting.answer.done():

@@ -119,9 +119,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         try:
             service.check_model(request.model_name, request.model_version or None)
+            role = service.route(metadata, "grpc")
             decoded = decode_grpc_request(
                 request, service.signature, service.settings.max_batch_size
             )
+        except Overloaded as exc:  # counted where it was shed
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            await _abort(context, exc)
         except GatewayError as exc:
             service.count_rejected(exc.status_code, "grpc")
             await context.send_initial_metadata((("x-request-id", request_id),))
@@ -135,7 +139,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             try:
                 result = await service.infer(InferRequest.of(
                     decoded, request_id, "grpc", received_at, metadata,
-                    transport_timeout=context.time_remaining()))  # fmt: skip
+                    transport_timeout=context.time_remaining(), role=role))  # fmt: skip
             except GatewayError as exc:
                 await context.send_initial_metadata((("x-request-id", request_id),))
                 await _abort(context, exc)

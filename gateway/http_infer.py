@@ -69,10 +69,14 @@ class InferEndpoint:
             service.check_model(model, version)
             async with asyncio.timeout(self._body_timeout):
                 body = await read_asgi_body(receive, headers, self._limit)
+            role = service.route(headers, "http")  # shed here costs no decoding
             decoded = await off_loop_if_big(len(body), decode_request, body,
                                             headers.get(HEADER_LENGTH), service.signature,
                                             service.settings.max_batch_size)  # fmt: skip
         except ClientGone:
+            return
+        except Overloaded as exc:  # counted where it was shed
+            await self._error(scope, receive, send, exc, request_id)
             return
         except TimeoutError:
             service.count_body_timeout("http")
@@ -100,7 +104,7 @@ class InferEndpoint:
         with admitted:
             try:
                 result = await service.infer(
-                    InferRequest.of(decoded, request_id, "http", received_at, headers)
+                    InferRequest.of(decoded, request_id, "http", received_at, headers, role=role)
                 )
             except GatewayError as exc:
                 await self._error(scope, receive, send, exc, request_id)

@@ -130,8 +130,7 @@ class BackendQueue:
             self.busy += 1
             self._observe_wait(0.0)
             return
-        refusal = shed_for_wait(self.call_time.expected_wait(self.waiting + 1, self.slots),
-                                budget, self._retry_after)  # fmt: skip
+        refusal = shed_for_wait(self.expected_wait(), budget, self._retry_after)
         if refusal is not None:
             raise refusal
         waiter = asyncio.get_running_loop().create_future()
@@ -155,6 +154,12 @@ class BackendQueue:
         finally:
             self.waiting -= 1
         self._observe_wait(self._clock() - started)
+
+    def expected_wait(self) -> float:
+        """How long a request arriving now would wait for a slot."""
+        if self.busy < self.slots and not self.waiting:
+            return 0.0
+        return self.call_time.expected_wait(self.waiting + 1, self.slots)
 
     def release(self, call_seconds: float | None = None) -> None:
         """Gives the slot to the next in line, or frees it; learns the call's time."""

@@ -51,6 +51,11 @@ from gateway.state.redis_store import RedisStore
 from gateway.students import resolve, served_id
 
 log = logging.getLogger(__name__)
+SLOTS_PER_CALL = 4
+"""A backend's queue lets 4 requests per call it runs at once hold a slot: the ones beyond its
+threads wait in its own pool, ready the moment a thread is free. One per call left a thread idle
+from its call's end until the event loop, busy with other requests, handed its slot on: at 3x
+overload the teacher ran about 40 calls a second instead of thousands."""
 SHADOW_FLUSH_SECONDS = 2.0
 """On shutdown, how long queued shadow comparisons may take to be done and counted."""
 
@@ -68,6 +73,7 @@ class InferRequest:
     timeout_seconds: float | None = None  # the client's own deadline, when it gave one
     routing_key: str | None = None  # x-routing-key: sticky routing
     forced: str | None = None  # x-canary: teacher or student
+    role: Role | None = None  # the backend ``GatewayService.route`` chose before decoding
 
     @classmethod
     def of(
@@ -78,6 +84,7 @@ class InferRequest:
         received_at: float,
         headers: Mapping[str, str],
         transport_timeout: float | None = None,
+        role: Role | None = None,
     ) -> InferRequest:
         """From a codec's decoded request and the HTTP headers (or gRPC metadata) that route it;
         ``transport_timeout`` is what is left of a deadline the transport carried (gRPC's)."""
@@ -92,6 +99,7 @@ class InferRequest:
             timeout_seconds=min(timeouts, default=None),
             routing_key=headers.get("x-routing-key"),
             forced=headers.get("x-canary"),
+            role=role,
         )
 
 
@@ -143,7 +151,8 @@ class GatewayService:
         self._max_queue = overload.max_queue_ms / 1000.0
         self._batchers = {role: self._batcher(role) for role in ROLES}
         self._queues = {
-            role: BackendQueue(backend_capacity(self._config_of(role)), self._retry_after,
+            role: BackendQueue(SLOTS_PER_CALL * backend_capacity(self._config_of(role)),
+                               self._retry_after,
                                metrics.queue_delay.labels(self.model, role).observe)
             for role in ROLES
         }  # fmt: skip
@@ -357,6 +366,21 @@ class GatewayService:
             self.count_rejected(503, protocol)
             raise
 
+    def route(self, headers: Mapping[str, str], protocol: Protocol) -> Role:
+        """The backend for a request whose body is in but not yet decoded: shed now (``Shed``,
+        counted) when its queue would keep it past ``overload.max_queue_ms``, so a request that
+        cannot be answered in time costs no decoding; the wait itself is bounded later."""
+        role = self.split.choose(headers.get("x-routing-key"), headers.get("x-canary"))
+        batcher = self._batchers[role]
+        expected = (batcher.expected_wait() if batcher is not None
+                    else self._queues[role].expected_wait())  # fmt: skip
+        refusal = shed_for_wait(expected, self._max_queue, self._retry_after)
+        if refusal is not None:
+            self._metrics.shed.labels(self.model, refusal.reason).inc()
+            self._metrics.count_request(role, 503, 0.0, protocol)
+            raise refusal
+        return role
+
     def count_body_timeout(self, protocol: Protocol) -> None:
         self._metrics.body_timeouts.labels(self.model).inc()
         self.count_rejected(408, protocol)
@@ -366,7 +390,7 @@ class GatewayService:
         request is counted once, with its status and protocol."""
         served_by: str = NO_BACKEND
         try:
-            served_by = self.split.choose(request.routing_key, request.forced)
+            served_by = request.role or self.split.choose(request.routing_key, request.forced)
             deadline = request.decoded_at + min(self._deadline, request.timeout_seconds or 1e9)
             served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by

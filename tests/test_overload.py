@@ -123,27 +123,27 @@ def test_inflight_is_released_whatever_the_outcome() -> None:
 
 
 def test_a_burst_the_backend_serves_within_the_target_queues_and_is_served_in_full() -> None:
-    """16 requests at once on a 2-slot teacher of 10 ms calls: 80 ms of queue at most, within
-    the 100 ms target, so every one is served, in order of arrival, none shed."""
+    """40 requests at once on a teacher of 10 ms calls and 8 slots (2 threads x 4): 40 ms of
+    queue at most, within the 100 ms target, so every one is served, none shed."""
 
     async def main() -> None:
         async with in_process_gateway() as gateway:
             gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.01
-            answers = await asyncio.gather(*(gateway.infer() for _ in range(16)))
-            assert [answer.status_code for answer in answers] == [200] * 16
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(40)))
+            assert [answer.status_code for answer in answers] == [200] * 40
             assert gateway.metric("gateway_shed_total", reason="queue_full") == 0
             assert gateway.metric("gateway_shed_total", reason="queue_timeout") == 0
             waited = gateway.metric("gateway_queue_delay_seconds_count", backend="teacher")
-            assert waited == 16
+            assert waited == 40
             assert gateway.metric("gateway_queue_delay_seconds_sum", backend="teacher") > 0
 
     asyncio.run(main())
 
 
 def test_shedding_starts_only_where_the_wait_would_pass_the_target() -> None:
-    """A 2-slot teacher of 50 ms calls and a 120 ms target: the two that start at once and the
-    ones whose line is at most two calls deep are served; the rest are shed at once, with the
-    reason, and nothing shed ever reached the backend."""
+    """8 slots of 50 ms calls and a 120 ms target: the 8 that start at once and the 16 whose
+    line is at most two calls deep are served; the rest are shed at once, with the reason, never
+    reach the backend, and are not even decoded (a malformed body is a 503 then, not a 400)."""
 
     async def main() -> None:
         async with in_process_gateway(overload={"max_queue_ms": 120}) as gateway:
@@ -151,19 +151,27 @@ def test_shedding_starts_only_where_the_wait_would_pass_the_target() -> None:
             for _ in range(3):  # the queue learns the teacher's call time
                 assert (await gateway.infer()).status_code == 200
             calls_before = gateway.teacher.calls
-            answers = await asyncio.gather(*(gateway.infer() for _ in range(12)))
+            answers = await asyncio.gather(*(gateway.infer() for _ in range(40)))
             codes = [answer.status_code for answer in answers]
             served, shed = codes.count(200), codes.count(503)
-            assert served + shed == 12
-            assert 4 <= served <= 8 and shed >= 4  # 2 running + 2 or 4 queued (+ timing slack)
+            assert served + shed == 40
+            assert 16 <= served <= 32 and shed >= 8  # 8 running + 16 queued (+ timing slack)
             assert gateway.teacher.calls - calls_before == served
             refused = [answer for answer in answers if answer.status_code == 503]
             assert all(answer.headers["retry-after"] == "1" for answer in refused)
             assert all("the most a request waits is 120 ms" in answer.json()["error"]
                        for answer in refused)  # fmt: skip
             assert gateway.metric("gateway_shed_total", reason="queue_full") == shed
+            assert gateway.metric("gateway_requests_total", backend="teacher", code="503",
+                                  protocol="http") == shed  # fmt: skip
             assert gateway.metric("gateway_circuit_state", backend="teacher",
                                   state="closed") == 1  # fmt: skip
+            held = [asyncio.create_task(gateway.infer()) for _ in range(40)]
+            while gateway.teacher.calls - calls_before < served + 8:
+                await asyncio.sleep(0.005)
+            garbage = await gateway.client.post("/v2/models/digits/infer", content=b"{not json")
+            assert garbage.status_code == 503  # shed before it was decoded
+            await asyncio.gather(*held)
 
     asyncio.run(main())
 
@@ -178,8 +186,8 @@ def test_a_wait_that_reaches_the_target_is_shed_then() -> None:
             for _ in range(3):
                 assert (await gateway.infer()).status_code == 200
             gateway.teacher.delay = 0.8
-            slow = [asyncio.create_task(gateway.infer()) for _ in range(2)]
-            while gateway.teacher.calls < 5:
+            slow = [asyncio.create_task(gateway.infer()) for _ in range(8)]  # every slot
+            while gateway.teacher.calls < 11:
                 await asyncio.sleep(0.005)
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -187,8 +195,8 @@ def test_a_wait_that_reaches_the_target_is_shed_then() -> None:
             assert [answer.status_code for answer in queued] == [503, 503]
             assert loop.time() - started < 0.6  # not after the 800 ms calls
             assert gateway.metric("gateway_shed_total", reason="queue_timeout") == 2
-            assert gateway.teacher.calls == 5
-            assert [answer.status_code for answer in await asyncio.gather(*slow)] == [200, 200]
+            assert gateway.teacher.calls == 11
+            assert [answer.status_code for answer in await asyncio.gather(*slow)] == [200] * 8
 
     asyncio.run(main())
 
