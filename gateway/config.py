@@ -367,7 +367,8 @@ class GatewaySettings(BaseSettings):
     student: BackendConfig = Field(default_factory=_default_student)
     registry: Path = REGISTRY_PATH
     """The model registry ``PUT /admin/student`` looks ids up in (``distill-models sweep`` writes
-    it); its files are relative to it."""
+    it); relative to the config file, as a model's ``path`` is (not to the working directory),
+    and its files are relative to it."""
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
@@ -476,6 +477,8 @@ def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySet
             backend.path = (base / backend.path).resolve()
         if not backend.path.is_file():
             raise ConfigError(f"{where}{role}.path: no such file: {backend.path}")
+    if not settings.registry.is_absolute():
+        settings.registry = (base / settings.registry).resolve()
     tls = settings.tls
     for key in ("certfile", "keyfile"):
         path: Path | None = getattr(tls, key)

@@ -3,6 +3,7 @@ names it), and a registry id turned into a file to load (``PUT /admin/student``)
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from gateway.config import BackendConfig
@@ -22,8 +23,15 @@ def served_id(config: BackendConfig) -> str | None:
         return None
 
 
+async def resolve_off_the_loop(registry_path: Path, model_id: str) -> Path:
+    """``resolve`` on a worker thread: hashing a model file (a big teacher-sized student takes
+    a while) and reading the registry must not hold the event loop, and every request with it."""
+    return await asyncio.to_thread(resolve, registry_path, model_id)
+
+
 def resolve(registry_path: Path, model_id: str) -> Path:
-    """The file a registry id names, checked to be that file."""
+    """The file a registry id names, checked to be that file. It reads and hashes the file:
+    from the event loop, call ``resolve_off_the_loop``."""
     try:
         entry = registry.lookup(registry_path, model_id)
     except registry.UnreadableRegistry as exc:

@@ -174,3 +174,22 @@ def test_a_rollout_whose_student_a_gateway_refuses_never_starts(
     unknown = run_canary(canary_command([gateway], write_policy(tmp_path), tmp_path / "b.db",
                                         "--student", "0123456789abcdef"), timeout=60)  # fmt: skip
     assert unknown.returncode == 2 and "no model with id '0123456789abcdef'" in unknown.stderr
+
+
+def test_a_relative_registry_is_found_beside_the_config_file(tmp_path: Path) -> None:
+    """As a model's path is: the gateway runs from anywhere (a pod's working directory is /),
+    and `registry: registry.json` means the one next to its config file."""
+    chosen = _chosen()
+    (tmp_path / Path(chosen["file"]).parent).mkdir(parents=True)
+    shutil.copy(REGISTRY_PATH, tmp_path / "registry.json")
+    shutil.copy(REGISTRY_PATH.parent / chosen["file"], tmp_path / chosen["file"])
+    # its config file is written in tmp_path; the test's working directory has no registry.json
+    gateway = TestGateway(tmp_path, {"shadow": {"sample_rate": 0.0}, "registry": "registry.json"})
+    assert not Path("registry.json").exists()
+    gateway.start()
+    try:
+        response = _put(gateway, chosen["id"])
+        assert response.status_code == 200, response.text
+        assert response.json()["student_id"] == chosen["id"]
+    finally:
+        gateway.stop()

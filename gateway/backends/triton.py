@@ -50,6 +50,10 @@ class TritonBackend(Backend):
         return f"{self.role}: Triton {c.protocol}://{c.url} model '{c.model_name}'"
 
     async def load(self) -> None:
+        """Reads the model's metadata into its signature. A lazily loaded student calls it every
+        poll until it succeeds: whatever fails (Triton away, a signature this gateway cannot
+        serve) closes the client it opened, and a load again closes the last one first."""
+        await self.close()
         self._client = self._new_client()
         try:
             metadata = await self._client.get_model_metadata(
@@ -61,7 +65,15 @@ class TritonBackend(Backend):
                 f"{self.role}: cannot read model '{self._config.model_name}' from Triton at "
                 f"{self._config.url}: {_message(exc)}"
             ) from exc
-        self._signature = _signature_of(_as_dict(metadata))
+        try:
+            self._signature = _signature_of(_as_dict(metadata))
+        except (BackendUnavailable, KeyError, TypeError, ValueError) as exc:
+            await self.close()
+            why = exc.message if isinstance(exc, BackendUnavailable) else _message(exc)
+            raise BackendUnavailable(
+                f"{self.role}: model '{self._config.model_name}' on Triton at "
+                f"{self._config.url} cannot be served: {why}"
+            ) from exc
         self._ready = True
         self._poller = asyncio.create_task(self._poll_readiness(), name=f"ready-{self.role}")
         if self._config.metrics_url and self._metrics_reader is None:
