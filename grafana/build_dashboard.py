@@ -104,12 +104,18 @@ PANELS = [
     Panel("Shadow comparisons dropped per second", "ops", [
         (rate("gateway_shadow_dropped_total"), "dropped"),
     ], width=8),
-    Panel("Requests shed per second (overload, 503)", "reqps", [
+    Panel("Requests shed per second (overload, 503), by reason", "reqps", [
         (rate("gateway_shed_total", by="reason"), "{{reason}}"),
+        (rate("gateway_body_timeouts_total"), "slow upload (408)"),
     ], width=8),
-    Panel("In-flight requests and the shedding limit", "none", [
-        (f"max by (instance) (gateway_inflight_requests{{{M}}})", "in flight {{instance}}"),
-        (f"max(gateway_max_inflight_requests{{{M}}})", "limit"),
+    Panel("Queue delay p50 and p99 by backend, against the target", "s", [
+        (quantile(0.5, "gateway_queue_delay_seconds"), "p50 {{backend}}"),
+        (quantile(0.99, "gateway_queue_delay_seconds"), "p99 {{backend}}"),
+        (f"max(gateway_queue_target_seconds{{{M}}})", "target (overload.max_queue_ms)"),
+    ], width=8),
+    Panel("Requests held and the memory bound", "none", [
+        (f"max by (instance) (gateway_inflight_requests{{{M}}})", "held {{instance}}"),
+        (f"max(gateway_max_inflight_requests{{{M}}})", "bound (overload.max_inflight)"),
     ], width=8),
     Panel("Fleet: live replicas, state store up, store errors per second", "none", [
         (f"max(gateway_fleet_replicas{{{M}}})", "replicas in the registry"),

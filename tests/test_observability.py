@@ -249,7 +249,8 @@ def _expected_panel_values(counters: Snapshot) -> dict[tuple[str, int], dict[str
         ("Cost per 1,000 requests by backend", 0): {
             b: 1000 * live_seconds[b] * PRICES[b] / 3600 / served[b] for b in backends},
         ("Shadow comparisons dropped per second", 0): {"": 0.0},
-        ("Requests shed per second (overload, 503)", 0): {"": 0.0},
+        ("Requests shed per second (overload, 503), by reason", 0): {"": 0.0},
+        ("Queue delay p50 and p99 by backend, against the target", 2): {"": 0.1},
         ("CPU per request by backend (in-process backends)", 0): {
             b: delta("gateway_backend_cpu_seconds_total", backend=b, path="live") / served[b]
             for b in backends},
@@ -270,7 +271,8 @@ CHECKED_PANELS = [
     ("Mean KL divergence (teacher || student)", 0),
     ("Accuracy by backend (ground-truth feedback)", 0),
     ("Cost per 1,000 requests by backend", 0), ("Shadow comparisons dropped per second", 0),
-    ("Requests shed per second (overload, 503)", 0),
+    ("Requests shed per second (overload, 503), by reason", 0),
+    ("Queue delay p50 and p99 by backend, against the target", 2),
     ("CPU per request by backend (in-process backends)", 0),
 ]  # fmt: skip
 
