@@ -9,7 +9,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -25,9 +25,10 @@ array's header and the ordered dict's slot (measured with tracemalloc, rounded u
 # arrays is untracked by the garbage collector once it has looked at it, so a full store (100,000
 # entries by default) stops costing every full collection 23 ms (8 ms as tuples), a pause that
 # lands on the requests of the moment.
-_Prediction = tuple[str, np.ndarray, float, int, bool, np.ndarray | None]
-# its fields: backend, classes, expires_at, size (what it is charged against max_bytes), labelled,
-# and the other backend's classes (from shadow traffic) or None
+_Prediction = tuple[str, np.ndarray, float, int, np.ndarray | None, np.ndarray | None]
+# its fields: backend, classes, expires_at, size (what it is charged against max_bytes), the
+# labels it was given (None until then), and the other backend's classes (from shadow traffic) or
+# None
 _CLASSES: Final = 1
 _EXPIRES_AT: Final = 2
 _SIZE: Final = 3
@@ -56,6 +57,7 @@ class Scored:
     total: int
     by_class: dict[int, tuple[int, int]]  # true class -> (examples, right)
     paired: dict[int, Paired] | None = None  # by true class, when the other backend answered
+    repeat: bool = False  # the same label again (a retry): answered alike, counted once
 
 
 class FeedbackStore:
@@ -84,7 +86,7 @@ class FeedbackStore:
         self._forget_expired(now)
         self._forget(request_id)
         size = sys.getsizeof(request_id) + classes.nbytes + _ENTRY_OVERHEAD
-        self._predictions[request_id] = (backend, classes, now + self._ttl, size, False, None)
+        self._predictions[request_id] = (backend, classes, now + self._ttl, size, None, None)
         self.bytes += size
         while len(self._predictions) > self._max_entries or self._over_budget():
             self._forget_oldest()
@@ -105,7 +107,8 @@ class FeedbackStore:
         """The other backend's answer to a remembered request (from shadow traffic), so that
         its label scores both: whether it was kept (False once labelled, expired or unknown)."""
         prediction = self._predictions.get(request_id)
-        if (prediction is None or prediction[_LABELLED] or prediction[_OTHER] is not None
+        if (prediction is None or prediction[_LABELLED] is not None
+                or prediction[_OTHER] is not None
                 or other_classes.shape != prediction[_CLASSES].shape):  # fmt: skip
             return False
         backend, classes, expires_at, size, labelled, _ = prediction
@@ -132,12 +135,12 @@ class FeedbackStore:
         if prediction is None:
             raise NotFound(f"no prediction for request id {request_id!r} (unknown or expired)")
         backend, classes, expires_at, size, labelled, other = prediction
-        if labelled:
-            raise already_labelled(request_id)
         labels = check_labels(label, self._num_classes)
+        if labelled is not None:
+            return rescored(request_id, labelled, labels, backend, classes, other)
         if labels.shape != classes.shape:
             raise wrong_label_count(request_id, classes.size, labels.size)
-        self._predictions[request_id] = (backend, classes, expires_at, size, True, other)
+        self._predictions[request_id] = (backend, classes, expires_at, size, labels, other)
         return score_labels(backend, classes, other, labels)
 
     def _forget_expired(self, now: float) -> None:
@@ -158,7 +161,19 @@ def check_labels(label: int | list[int], num_classes: int) -> np.ndarray:
 
 
 def already_labelled(request_id: str) -> Conflict:
-    return Conflict(f"request id {request_id!r} already has a label")
+    return Conflict(f"request id {request_id!r} already has a different label")
+
+
+def rescored(
+    request_id: str, given: np.ndarray, labels: np.ndarray, backend: str, classes: np.ndarray,
+    other: np.ndarray | None,
+) -> Scored:  # fmt: skip
+    """A second label for a labelled request: the same one (a client retrying a label whose
+    answer it never got) is answered as the first was and counted nowhere again; another one
+    is a conflict."""
+    if given.shape != labels.shape or not np.array_equal(given, labels):
+        raise already_labelled(request_id)
+    return replace(score_labels(backend, classes, other, labels), repeat=True)
 
 
 def wrong_label_count(request_id: str, examples: int, labels: int) -> Unprocessable:

@@ -577,11 +577,11 @@ class GatewayService:
         await self.shadow.answered(feedback.id)  # so a quick label still scores both backends
         scored = await self.predictions.score(feedback.id, feedback.label)
         metrics, model = self._metrics, self.model
-        for true_class, (examples, right) in scored.by_class.items():
+        for true_class, (examples, right) in ({} if scored.repeat else scored.by_class).items():
             label = str(true_class)
             metrics.feedback.labels(model, scored.backend, label).inc(examples)
             metrics.feedback_correct.labels(model, scored.backend, label).inc(right)
-        for true_class, paired in (scored.paired or {}).items():
+        for true_class, paired in ({} if scored.repeat else scored.paired or {}).items():
             for outcome, count in paired.by_outcome().items():
                 metrics.feedback_paired.labels(model, outcome, str(true_class)).inc(count)
         return {

@@ -36,7 +36,7 @@ class FakeStore:
         self,
         pending: Sequence[Pending],
         pairs: Sequence[tuple[str, np.ndarray]],
-        labels: Sequence[tuple[str, Sequence[int]]],
+        labels: Sequence[tuple[str, np.ndarray]],
         limits: Limits,
     ) -> tuple[int, list[Labelled]]:
         await asyncio.sleep(0)  # a round trip yields to the loop
@@ -47,7 +47,8 @@ class FakeStore:
         for item in pending:
             self.predictions[item.request_id] = (item.backend, item.classes, False)
         found = []
-        for request_id, shape in labels:
+        for request_id, given in labels:
+            shape = given.shape
             entry = self.predictions.get(request_id)
             if entry is None:
                 found.append(Labelled("missing"))

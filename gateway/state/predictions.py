@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -101,7 +102,7 @@ class FleetPredictions:
                                    max_bytes=config.max_bytes)  # fmt: skip
         self._remembering: list[tuple[Pending, asyncio.Future[None]]] = []
         self._pairs: list[tuple[str, np.ndarray]] = []
-        self._labels: list[tuple[str, tuple[int, ...], asyncio.Future[Labelled]]] = []
+        self._labels: list[tuple[str, np.ndarray, asyncio.Future[Labelled]]] = []
         self._scheduled = False  # a round trip will start at the end of this loop turn
         self._in_flight = 0
         self._trips: set[asyncio.Task[None]] = set()
@@ -138,7 +139,7 @@ class FleetPredictions:
         if request_id in self.local:  # made while the store was down
             return self.local.score(request_id, label)
         found: asyncio.Future[Labelled] = asyncio.get_running_loop().create_future()
-        self._labels.append((request_id, labels.shape, found))
+        self._labels.append((request_id, labels, found))
         self._schedule()
         try:
             taken = await found
@@ -155,7 +156,8 @@ class FleetPredictions:
             examples = int(np.prod([int(d) for d in taken.shape.split(",") if d]))
             raise wrong_label_count(request_id, examples, labels.size)
         assert taken.classes is not None
-        return score_labels(taken.backend, taken.classes, taken.other, labels)
+        scored = score_labels(taken.backend, taken.classes, taken.other, labels)
+        return replace(scored, repeat=True) if taken.outcome == "repeat" else scored
 
     @property
     def _waiting(self) -> bool:
@@ -182,7 +184,7 @@ class FleetPredictions:
         self,
         remembering: list[tuple[Pending, asyncio.Future[None]]],
         pairs: list[tuple[str, np.ndarray]],
-        labels: list[tuple[str, tuple[int, ...], asyncio.Future[Labelled]]],
+        labels: list[tuple[str, np.ndarray, asyncio.Future[Labelled]]],
     ) -> None:
         try:
             await self._round_trip(remembering, pairs, labels)
@@ -195,12 +197,12 @@ class FleetPredictions:
         self,
         remembering: list[tuple[Pending, asyncio.Future[None]]],
         pairs: list[tuple[str, np.ndarray]],
-        labels: list[tuple[str, tuple[int, ...], asyncio.Future[Labelled]]],
+        labels: list[tuple[str, np.ndarray, asyncio.Future[Labelled]]],
     ) -> None:
         pending = [item for item, _ in remembering]
         try:
             count, found = await self._store.exchange(
-                pending, pairs, [(i, shape) for i, shape, _ in labels], self._limits
+                pending, pairs, [(i, given) for i, given, _ in labels], self._limits
             )
         except Exception as exc:
             failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(

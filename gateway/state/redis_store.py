@@ -125,15 +125,17 @@ for _ = 1, labelled do
   local found = redis.call('HMGET', key, 'b', 'c', 's', 'o', 'l')
   if not found[1] then
     table.insert(answers, {'missing'})
+  elseif found[5] == ARGV[at + 2] then  -- the same labels again: a retry, answered alike
+    table.insert(answers, {'repeat', found[1], found[2], found[4] or ''})
   elseif found[5] then
     table.insert(answers, {'labelled'})
   elseif found[3] ~= ARGV[at + 1] then
     table.insert(answers, {'shape', found[3]})
   else
-    redis.call('HSET', key, 'l', '1')
+    redis.call('HSET', key, 'l', ARGV[at + 2])
     table.insert(answers, {'ok', found[1], found[2], found[4] or ''})
   end
-  at = at + 2
+  at = at + 3
 end
 return answers
 """.replace("ENTRY_OVERHEAD", str(ENTRY_OVERHEAD))
@@ -159,7 +161,7 @@ class Pending:
 class Labelled:
     """What the store held for a request whose label just arrived."""
 
-    outcome: str  # ok, missing, labelled, shape
+    outcome: str  # ok, repeat (the same labels again), missing, labelled, shape
     backend: str = ""
     classes: np.ndarray | None = None
     other: np.ndarray | None = None
@@ -174,7 +176,7 @@ def _labelled(found: list[bytes], shape: Sequence[int]) -> Labelled:
     outcome = found[0].decode()
     if outcome == "shape":
         return Labelled(outcome, shape=found[1].decode())
-    if outcome != "ok":
+    if outcome not in ("ok", "repeat"):
         return Labelled(outcome)
     shape_str = shape_text(shape)
     other = _classes(found[3], shape_str) if found[3] else None
@@ -321,7 +323,7 @@ class RedisStore:
         self,
         pending: Sequence[Pending],
         pairs: Sequence[tuple[str, np.ndarray]],
-        labels: Sequence[tuple[str, Sequence[int]]],
+        labels: Sequence[tuple[str, np.ndarray]],
         limits: Limits,
     ) -> tuple[int, list[Labelled]]:
         """One round trip for an event-loop turn: every prediction to remember, shadow answer to
@@ -335,8 +337,8 @@ class RedisStore:
             args += [item.request_id, item.backend, classes, shape_text(item.classes.shape)]
         for request_id, other in pairs:
             args += [request_id, other.astype(CLASSES_DTYPE).tobytes(), shape_text(other.shape)]
-        for request_id, shape in labels:
-            args += [request_id, shape_text(shape)]
+        for request_id, given in labels:
+            args += [request_id, shape_text(given.shape), given.astype(CLASSES_DTYPE).tobytes()]
 
         async def run() -> list[Any]:
             try:
@@ -346,7 +348,7 @@ class RedisStore:
                 return list(await self._on_own_connection("EVALSHA", self._sha, 0, *args))
 
         answers = await self._call("exchange", run)
-        shapes = [shape for _, shape in labels]
+        shapes = [given.shape for _, given in labels]
         found = [
             _labelled(answer, shape) for answer, shape in zip(answers[1:], shapes, strict=True)
         ]
