@@ -302,8 +302,7 @@ class StateConfig(StrictModel):
     timeout_ms: float = Field(default=500.0, gt=0)
     """One store operation slower than this counts as the store being unreachable. A request
     waits for its prediction's write (so that a label posted at once to another replica finds
-    it) at most this long, on top of ``resilience.request_timeout_ms``: with a slow store a
-    request in a fleet can take this much longer than in one process."""
+    it) at most this long, and never past its own deadline (the write goes on without it)."""
     key_prefix: str = Field(default="distill-gateway", min_length=1, pattern=r"^[A-Za-z0-9_.:\-]+$")
     """Keys are ``<key_prefix>:<model>:...``, so fleets of several models can share one Redis."""
 

@@ -48,7 +48,7 @@ from gateway.state.fleet import FleetMember, StudentHooks
 from gateway.state.health import StoreHealth
 from gateway.state.predictions import FleetPredictions, LocalPredictions, Predictions
 from gateway.state.redis_store import RedisStore
-from gateway.students import resolve, served_id
+from gateway.students import resolve_off_the_loop, served_id
 
 log = logging.getLogger(__name__)
 SLOTS_PER_CALL = 4
@@ -396,7 +396,8 @@ class GatewayService:
             role = served_by
             self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             await self.predictions.remember(request.id, role,
-                                            outputs[self._logits.name].argmax(axis=-1))  # fmt: skip
+                                            outputs[self._logits.name].argmax(axis=-1),
+                                            deadline=deadline)  # fmt: skip
         except GatewayError as exc:
             if isinstance(exc, Shed):
                 self._metrics.shed.labels(self.model, exc.reason).inc()
@@ -631,7 +632,7 @@ class GatewayService:
                 "the student is served by Triton (student.kind: triton), which loads its own "
                 "files; a registry id is served with student.kind: onnx"
             )
-        path = resolve(self.settings.registry, model_id)
+        path = await resolve_off_the_loop(self.settings.registry, model_id)
         try:
             loaded = await student.open(path)
         except BackendUnavailable as exc:
