@@ -17,7 +17,10 @@ DEMO_STAMP := $(VENV)/.demo-stamp
 # (pip constraints: only what an extra asks for is installed, at the locked version). The package's
 # own metadata keeps ranges for people who install it as a library; `make locks` refreshes both.
 DEV_LOCK := requirements-dev.lock
-PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c $(DEV_LOCK)
+# torch's CPU build lies in /opt/wheels on this kind of machine (pip finds it there by itself
+# here; said again so that no pip configuration is needed)
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check $(FIND_LINKS) -c $(DEV_LOCK)
 
 venv: $(STAMP)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends.base import batch_rows
+from gateway.errors import DeadlineExceeded
 from gateway.overload import CallTime, Shed, shed_for_wait
 
 Tensors = Mapping[str, np.ndarray]
@@ -42,6 +43,7 @@ class _Waiting:
     answer: asyncio.Future[dict[str, np.ndarray]]
     queued_at: float
     give_up: asyncio.TimerHandle | None = None  # sheds it if it is still waiting then
+    started: bool = False  # taken into a batch (its give-up cancelled)
 
 
 class Batcher:
@@ -71,24 +73,36 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self._calls: set[asyncio.Task[None]] = set()  # running batches, kept from the collector
 
-    async def infer(self, inputs: Tensors, budget: float = math.inf) -> dict[str, np.ndarray]:
-        """The request's rows of a batch's answer; ``Shed`` when it cannot start within
-        ``budget`` seconds."""
+    async def infer(
+        self, inputs: Tensors, budget: float = math.inf, left: float = math.inf
+    ) -> dict[str, np.ndarray]:
+        """The request's rows of a batch's answer: ``Shed`` when its batch cannot start within
+        ``budget`` seconds; ``DeadlineExceeded`` when its batch started but did not answer
+        within ``left`` (what is left of its deadline)."""
         loop = asyncio.get_running_loop()
         waiting = _Waiting(inputs, batch_rows(inputs), loop.create_future(), time.perf_counter())
-        if len(self._calls) >= self._max_in_flight:  # it will wait for a call to return
-            refusal = shed_for_wait(self.expected_wait(waiting.rows), budget, self._retry_after)
-            if refusal is not None:
-                raise refusal
-            if budget != math.inf:
-                waiting.give_up = loop.call_later(budget, self._shed, waiting, budget)
+        refusal = shed_for_wait(self.expected_wait(waiting.rows), budget, self._retry_after)
+        if refusal is not None:
+            raise refusal
+        if budget != math.inf:  # even with room now: a later flush may leave it behind
+            waiting.give_up = loop.call_later(budget, self._shed, waiting, budget)
         self._waiting.append(waiting)
         self._waiting_rows += waiting.rows
         if self._waiting_rows >= self._max_rows:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._delay, self._flush)
-        return await waiting.answer
+        try:
+            async with asyncio.timeout(left):
+                return await waiting.answer
+        except TimeoutError as exc:
+            if waiting.give_up is not None:
+                waiting.give_up.cancel()
+            if not waiting.started:
+                raise Shed("deadline", "the request's deadline passed before its batch started",
+                           self._retry_after) from exc  # fmt: skip
+            raise DeadlineExceeded(f"the request's deadline passed while its batch ran "
+                                   f"({left * 1000:.0f} ms)") from exc  # fmt: skip
 
     def _flush(self) -> None:
         """Starts batches while the backend has room; the rest wait for a call to return."""
@@ -98,6 +112,10 @@ class Batcher:
         waiting = [w for w in self._waiting if not w.answer.done()]  # callers still there
         while waiting and len(self._calls) < self._max_in_flight:
             batch, waiting = _take_batch(waiting, self._max_rows)
+            for w in batch:  # taken now: no give-up may shed it before its call starts
+                w.started = True
+                if w.give_up is not None:
+                    w.give_up.cancel()
             call = asyncio.create_task(self._call(batch))
             self._calls.add(call)
             call.add_done_callback(self._returned)
@@ -128,8 +146,6 @@ class Batcher:
         self._observe(sum(w.rows for w in batch))
         started = time.perf_counter()
         for w in batch:
-            if w.give_up is not None:
-                w.give_up.cancel()
             self._observe_wait(started - w.queued_at)
         try:
             outputs = await self._run(inputs)
@@ -138,8 +154,7 @@ class Batcher:
                 if not w.answer.done():
                     w.answer.set_exception(exc)
             return
-        finally:
-            self.call_time.learn(time.perf_counter() - started)
+        self.call_time.learn(time.perf_counter() - started)  # from calls that answered
         offset = 0
         for w in batch:
             if not w.answer.done():

@@ -229,6 +229,23 @@ class CostConfig(StrictModel):
     """Dollars per core-hour, for the cpu_seconds model."""
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+def checked_secret(token: SecretStr | None, variable: str) -> SecretStr | None:
+    """Stripped once, here: a secret from a file (``kubectl create secret --from-file``) ends
+    with a newline that no client sends, and is checked and compared as stripped."""
+    if token is None:
+        return None
+    stripped = token.get_secret_value().strip()
+    if len(stripped) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"{variable} must be at least {MIN_TOKEN_LENGTH} characters (a short token can be "
+            "guessed); make one with: openssl rand -hex 16"
+        )
+    return SecretStr(stripped)
+
+
 class FeedbackConfig(StrictModel):
     ttl_seconds: float = Field(default=600.0, gt=0)
     """How long a prediction waits for its ground-truth label."""
@@ -248,6 +265,16 @@ class FeedbackConfig(StrictModel):
     open: bool = False
     """Take labels without a ticket or token: only where every client of the V2 port is trusted
     (anyone who can call it could label other people's requests and steer the accuracy gates)."""
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        return checked_secret(token, "DISTILL_GATEWAY_FEEDBACK__TOKEN")
+
+    @field_validator("ticket_key")
+    @classmethod
+    def _key_is_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        return checked_secret(key, "DISTILL_GATEWAY_FEEDBACK__TICKET_KEY")
 
 
 class ResilienceConfig(StrictModel):
@@ -338,9 +365,6 @@ class StateConfig(StrictModel):
         return self.url != "memory"
 
 
-MIN_TOKEN_LENGTH = 16
-
-
 def _default_teacher() -> OnnxBackendConfig:
     return OnnxBackendConfig(path=TEACHER_PATH, cost_per_hour=3.0)
 
@@ -396,17 +420,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("admin_token")
     @classmethod
     def _token_is_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
-        """Stripped once, here: a token from a file (``kubectl create secret --from-file``)
-        ends with a newline that no client sends, and is checked and compared as stripped."""
-        if token is None:
-            return None
-        stripped = token.get_secret_value().strip()
-        if len(stripped) < MIN_TOKEN_LENGTH:
-            raise ValueError(
-                f"DISTILL_GATEWAY_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} characters "
-                "(a short token can be guessed); make one with: openssl rand -hex 16"
-            )
-        return SecretStr(stripped)
+        return checked_secret(token, "DISTILL_GATEWAY_ADMIN_TOKEN")
 
     @model_validator(mode="after")
     def _student_leaves_time_to_fall_back(self) -> GatewaySettings:

@@ -11,6 +11,7 @@ GatewayError
  +-- UnsupportedMediaType (415)  a Content-Encoding we cannot decode
  +-- Unprocessable (422)         a well-formed admin or feedback body with a bad value
  +-- InferenceFailed (500)       an unexpected exception while serving a valid request
+ +-- DeadlineExceeded (504)      the request's own deadline passed while its backend ran
  +-- BackendUnavailable (503)    the backend cannot serve at all
  |    +-- BackendTimeout (503)    the backend did not answer in time
  +-- Overloaded (503)            shed: the request could not start in time
@@ -67,6 +68,13 @@ class Unprocessable(GatewayError):
 
 class InferenceFailed(GatewayError):
     status_code = 500
+
+
+class DeadlineExceeded(GatewayError):
+    """The request's deadline, not the backend's timeout, ended its call: no verdict on the
+    backend, and counted with no backend (``gateway.service``)."""
+
+    status_code = 504
 
 
 class BackendUnavailable(GatewayError):

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from gateway.errors import Forbidden, Unauthorized
 
 TICKET_HEADER = "x-feedback-ticket"
+TICKET_KEY_VARIABLE = "DISTILL_GATEWAY_FEEDBACK__TICKET_KEY"
 TICKET_HEX = 32  # 128 bits of the HMAC: as hard to guess as the random request ids
 
 

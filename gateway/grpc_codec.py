@@ -49,7 +49,7 @@ def decode_grpc_request(
                          "inputs: give one per input, or typed contents")  # fmt: skip
     if not request.inputs:  # pydantic says it, in the HTTP path's words
         _validate({"id": request.id or None, "inputs": []})
-    if len(request.id) > MAX_ID_LENGTH or not re.match(ID_PATTERN, request.id):
+    if not echoable(request.id):
         _validate({"id": request.id, "inputs": [{"name": "", "shape": [], "datatype": ""}]})
     # Protobuf has typed every field already, so the request is built without validation; the
     # checks against the signature (names, datatypes, shapes, sizes) are decode_parsed's.
@@ -68,6 +68,9 @@ def decode_grpc_request(
     outputs = [RequestOutput.model_construct(name=output.name, parameters=None)
                for output in request.outputs] or None  # fmt: skip
     timeout = request.parameters["timeout"].int64_param if "timeout" in request.parameters else 0
+    if timeout < 0:
+        raise BadRequest(f"invalid inference request: parameters.timeout is {timeout}; give the "
+                         "client's deadline in microseconds (0: none)")  # fmt: skip
     asked = RequestParameters.model_construct(binary_data_output=True, timeout=timeout)
     parsed = InferenceRequest.model_construct(
         id=request.id or None, parameters=asked, inputs=inputs, outputs=outputs
@@ -75,6 +78,11 @@ def decode_grpc_request(
     # One copy of the raw tensors, so that both protocols share one decoder.
     binary = memoryview(raw[0] if len(raw) == 1 else b"".join(raw))
     return decode_parsed(parsed, binary, signature, max_batch_size, binary_outputs=True)
+
+
+def echoable(request_id: str) -> bool:
+    """Whether a client's id may go back in metadata (``x-request-id``) as it is."""
+    return len(request_id) <= MAX_ID_LENGTH and re.match(ID_PATTERN, request_id) is not None
 
 
 def _validate(fields: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway.config import ServerTlsConfig
 from gateway.errors import GatewayError, Overloaded
 from gateway.feedback_auth import TICKET_HEADER
-from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
+from gateway.grpc_codec import decode_grpc_request, echoable, encode_grpc_response
 from gateway.request_ids import new_request_id
 from gateway.service import GatewayService, InferRequest
 
@@ -115,7 +115,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     ) -> pb.ModelInferResponse:
         received_at = time.perf_counter()
         service = self._service
-        request_id = request.id or new_request_id()
+        # a made-up id where the client's cannot go back in metadata (decoding then refuses it)
+        request_id = request.id if request.id and echoable(request.id) else new_request_id()
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         try:
             service.check_model(request.model_name, request.model_version or None)

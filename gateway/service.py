@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from gateway.errors import (
     BackendUnavailable,
     BadRequest,
     Conflict,
+    DeadlineExceeded,
     GatewayError,
     InferenceFailed,
     NotFound,
@@ -39,7 +41,7 @@ from gateway.feedback_auth import FeedbackAuth, ticket_key
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
 from gateway.overload import BackendQueue, InflightBound, Shed, backend_capacity, shed_for_wait
 from gateway.protocol import Feedback
-from gateway.resilience import CircuitBreaker
+from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
 from gateway.routing import TrafficSplit
 from gateway.shadow import ShadowComparer
@@ -170,12 +172,12 @@ class GatewayService:
         """The registry id (content hash) of the student's file; None for a student on Triton."""
         metrics.set_student(self.student_id)
         feedback = settings.feedback
-        self.feedback_auth = FeedbackAuth(
-            self.model,
-            ticket_key(feedback.ticket_key, settings.admin_token),
-            feedback.token,
-            feedback.open,
-        )
+        key = ticket_key(feedback.ticket_key, settings.admin_token)
+        if key is None and settings.state.shared and not feedback.open:
+            log.warning("feedback tickets are signed with a key of this replica's own: a label "
+                        "that reaches another replica is refused (403); give every replica "
+                        "DISTILL_GATEWAY_FEEDBACK__TICKET_KEY or the same admin token")  # fmt: skip
+        self.feedback_auth = FeedbackAuth(self.model, key, feedback.token, feedback.open)
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
@@ -377,7 +379,7 @@ class GatewayService:
         refusal = shed_for_wait(expected, self._max_queue, self._retry_after)
         if refusal is not None:
             self._metrics.shed.labels(self.model, refusal.reason).inc()
-            self._metrics.count_request(role, 503, 0.0, protocol)
+            self.count_rejected(503, protocol)  # no backend's answer, nor its error
             raise refusal
         return role
 
@@ -391,7 +393,8 @@ class GatewayService:
         served_by: str = NO_BACKEND
         try:
             served_by = request.role or self.split.choose(request.routing_key, request.forced)
-            deadline = request.decoded_at + min(self._deadline, request.timeout_seconds or 1e9)
+            client = request.timeout_seconds
+            deadline = request.decoded_at + min(self._deadline, 1e9 if client is None else client)
             served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by
             self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
@@ -401,7 +404,11 @@ class GatewayService:
         except GatewayError as exc:
             if isinstance(exc, Shed):
                 self._metrics.shed.labels(self.model, exc.reason).inc()
-            self._count(exc.backend or served_by, exc.status_code, request)
+            # A shed request and one its own deadline ended are no backend's answer or error:
+            # counted with no backend, so the error-rate gate and alert never see them.
+            unjudged = isinstance(exc, Overloaded | DeadlineExceeded)
+            self._count(NO_BACKEND if unjudged else exc.backend or served_by, exc.status_code,
+                        request)  # fmt: skip
             raise
         except Exception as exc:  # a bug: counted, logged with its traceback, answered as JSON
             log.exception("internal error while serving request %s", request.id)
@@ -427,11 +434,18 @@ class GatewayService:
         elif role == "student" and not self._breakers["student"].allow():
             self._metrics.count_fallback("student", "teacher", "circuit_open")
             role = "teacher"
+        breaker = self._breakers[role]
         try:
-            if role == "teacher" and not self._breakers["teacher"].allow():
+            if role == "teacher" and not breaker.allow():
                 raise BackendUnavailable("circuit open after repeated failures")
-            return role, await self._call(role, inputs, deadline)
-        except (BadRequest, Overloaded):  # the request's fault, or no time: no fallback
+            probing = breaker.state is CircuitState.HALF_OPEN  # this request holds the probe
+            try:
+                return role, await self._call(role, inputs, deadline)
+            except BaseException:
+                if probing:  # a shed, a deadline or a client gone before any verdict: let the
+                    breaker.release_probe()  # next request probe (settled calls: no change)
+                raise
+        except (BadRequest, Overloaded, DeadlineExceeded):  # the request's: no fallback
             raise
         except GatewayError as exc:
             if role == "teacher":
@@ -476,27 +490,27 @@ class GatewayService:
             outputs = self._inline(role, inputs)
             if outputs is not None:
                 return outputs
-        budget = min(self._max_queue, deadline - time.perf_counter())
-        if batcher is not None:
-            left = deadline - time.perf_counter()
-            try:
-                async with asyncio.timeout(left):
-                    return await batcher.infer(inputs, budget)
-            except TimeoutError as exc:  # the batch's own call is timed, and judged, in run
-                raise BackendTimeout(f"{role} backend did not answer within the request's "
-                                     f"deadline ({left * 1000:.0f} ms)") from exc  # fmt: skip
+        left = deadline - time.perf_counter()
+        budget = min(self._max_queue, left)
+        refusal = shed_for_wait(0.0, budget, self._retry_after)
+        if refusal is not None:  # its deadline passed before it could wait at all
+            raise refusal
+        if batcher is not None:  # the batch's own call is timed, and judged, in its run
+            return await batcher.infer(inputs, budget, left)
         queue = self._queues[role]
         await queue.acquire(budget)
-        started = time.perf_counter()
+        started, completed = time.perf_counter(), False
         try:
-            timeout = min(self._timeouts[role], deadline - started)
-            refusal = shed_for_wait(0.0, timeout, self._retry_after)
+            left = deadline - started
+            refusal = shed_for_wait(0.0, left, self._retry_after)
             if refusal is not None:
                 raise refusal
             call = self._backends[role].infer(inputs, self._all_outputs)
-            return await self._backend_call(role, call, timeout)
-        finally:
-            queue.release(time.perf_counter() - started)
+            outputs = await self._backend_call(role, call, self._timeouts[role], left)
+            completed = True
+            return outputs
+        finally:  # the queue learns the call time from calls that answered, not from sheds
+            queue.release(time.perf_counter() - started if completed else None)
 
     def _inline(self, role: Role, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The call on the event loop when the backend runs this model inline, else None."""
@@ -515,18 +529,25 @@ class GatewayService:
         return outputs
 
     async def _backend_call(
-        self, role: Role, call: Awaitable[dict[str, np.ndarray]], timeout: float
-    ) -> dict[str, np.ndarray]:
-        """One backend call (one request's, or one batch's), bounded by ``timeout``: its outcome
-        feeds the backend's circuit breaker, its time the live latency and the cost."""
+        self, role: Role, call: Awaitable[dict[str, np.ndarray]], timeout: float,
+        left: float = math.inf,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """One backend call (one request's, or one batch's), bounded by the backend's
+        ``timeout`` and what is ``left`` of the request's deadline: its outcome feeds the
+        backend's circuit breaker (never when the request's own deadline ended it), its time the
+        live latency and the cost."""
         breaker = self._breakers[role]
         started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: the call runs in this task, with no task of its own
             # to create and schedule
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(min(timeout, left)):
                 outputs = await call
         except TimeoutError as exc:
+            if left < timeout:  # the client's deadline, not the backend's timeout
+                breaker.release_probe()
+                raise DeadlineExceeded(f"the request's deadline passed while the {role} "
+                                       f"backend ran ({left * 1000:.0f} ms)") from exc  # fmt: skip
             breaker.record_failure()
             raise BackendTimeout(
                 f"{role} backend did not answer within {timeout * 1000:.0f} ms"

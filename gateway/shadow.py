@@ -56,7 +56,9 @@ def compare_logits(teacher_logits: np.ndarray, student_logits: np.ndarray) -> Co
     student_log_p = _log_softmax(student_logits.astype(np.float64))
     kl = (np.exp(teacher_log_p) * (teacher_log_p - student_log_p)).sum(axis=1)
     agreements = int((teacher_logits.argmax(axis=1) == student_logits.argmax(axis=1)).sum())
-    return Comparison(len(teacher_logits), agreements, np.clip(kl, 0.0, KL_CAP))
+    # NaN (a model that answered NaN) counts as the cap too: it must not poison the KL sum
+    capped = np.clip(np.nan_to_num(kl, nan=KL_CAP, posinf=KL_CAP), 0.0, KL_CAP)
+    return Comparison(len(teacher_logits), agreements, capped)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

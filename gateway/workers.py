@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,11 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import FrameType
 
 from prometheus_client import multiprocess
+
+from gateway.feedback_auth import TICKET_KEY_VARIABLE
 
 log = logging.getLogger("gateway")
 INHERITED = "_DISTILL_GATEWAY_WORKER_SOCKETS"
@@ -52,10 +55,20 @@ def inherited_sockets() -> dict[tuple[str, int], socket.socket] | None:
     return sockets
 
 
+def shared_ticket_key(environment: Mapping[str, str]) -> dict[str, str]:
+    """One key for every worker's feedback tickets when nothing configures one (no ticket key,
+    no admin token to derive it from): a label may reach another worker than the one that
+    answered it (``gateway.feedback_auth``)."""
+    if TICKET_KEY_VARIABLE in environment or "DISTILL_GATEWAY_ADMIN_TOKEN" in environment:
+        return {}
+    return {TICKET_KEY_VARIABLE: secrets.token_hex(32)}
+
+
 def supervise(workers: int, sockets: dict[tuple[str, int], socket.socket]) -> int:
     """Runs ``workers`` copies of this command on ``sockets``; returns the exit code."""
     metrics_dir = Path(tempfile.mkdtemp(prefix="distill-gateway-metrics-"))
     environment = {
+        **shared_ticket_key(os.environ),
         **os.environ,
         INHERITED: ",".join(f"{h}|{p}|{s.fileno()}" for (h, p), s in sockets.items()),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),

@@ -201,8 +201,8 @@ def test_shadow_batches_do_not_teach_the_live_estimate() -> None:
                 await student.infer(PIXELS, ["logits"])
             assert watched.threads[-1] != threading.get_ident()
             inline_so_far = student.inline_calls
-            watched.cost = 1e-6  # shadow batches of 64 rows at 1 us in all
-            batch = {"pixels": np.ones((64, 64), np.float32)}
+            watched.cost = 1e-6  # small shadow batches (within the 8-row limit) at 1 us each
+            batch = {"pixels": np.ones((4, 64), np.float32)}
             for _ in range(50):
                 await student.infer(batch, ["logits"], lane="shadow")
             watched.cost = 0.001

@@ -162,7 +162,8 @@ def test_shedding_starts_only_where_the_wait_would_pass_the_target() -> None:
             assert all("the most a request waits is 120 ms" in answer.json()["error"]
                        for answer in refused)  # fmt: skip
             assert gateway.metric("gateway_shed_total", reason="queue_full") == shed
-            assert gateway.metric("gateway_requests_total", backend="teacher", code="503",
+            # no backend's answer nor error: counted with none, kept out of the error rate
+            assert gateway.metric("gateway_requests_total", backend="none", code="503",
                                   protocol="http") == shed  # fmt: skip
             assert gateway.metric("gateway_circuit_state", backend="teacher",
                                   state="closed") == 1  # fmt: skip
@@ -233,6 +234,10 @@ def test_a_grpc_deadline_and_timeout_parameter_bound_the_wait() -> None:
                 assert "deadline passed" in (caught.value.details() or "")
                 answer = await stub.ModelInfer(_grpc_request(), timeout=5.0)
                 assert answer.model_name == "digits"
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ModelInfer(_grpc_request(timeout_us=-5))
+                assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                assert "parameters.timeout is -5" in (caught.value.details() or "")
             assert gateway.teacher.calls == 1
             assert gateway.metric("gateway_shed_total", reason="deadline") == 1
 
@@ -306,5 +311,76 @@ def test_a_slot_is_never_lost_when_its_waiter_leaves_or_is_handed_it_as_it_leave
             await handed
         assert queue.busy == 0 and queue.waiting == 0
         await queue.acquire(0.0)  # free again: taken at once, even with no budget to wait
+
+    asyncio.run(main())
+
+
+def test_a_shed_probe_leaves_the_circuit_free_to_probe_again() -> None:
+    """The half-open probe's request is shed before its call (its deadline had passed): the next
+    request probes and closes the circuit, instead of every request being refused for good."""
+    from tests.clock import ManualClock
+
+    async def main() -> None:
+        clock = ManualClock()
+        async with in_process_gateway(clock) as gateway:
+            gateway.teacher.behaviour = Behaviour.FAIL
+            for _ in range(5):
+                await gateway.infer()
+            assert gateway.metric("gateway_circuit_state", backend="teacher", state="open") == 1
+            gateway.teacher.behaviour = Behaviour.ANSWER
+            clock.now += 10  # past the cool-down: the next request is the probe
+            expired = await gateway.client.post(
+                "/v2/models/digits/infer", json={**BODY, "parameters": {"timeout": 1}}
+            )
+            assert expired.status_code == 503 and "deadline" in expired.json()["error"]
+            assert (await gateway.infer()).status_code == 200  # probes, and closes the circuit
+            assert gateway.metric("gateway_circuit_state", backend="teacher",
+                                  state="closed") == 1  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_a_clients_short_deadline_never_opens_the_backends_circuit() -> None:
+    """Ten requests whose own deadline (5 ms) ends while a 50 ms teacher runs: 504, counted with
+    no backend, and the circuit stays closed; a 5 s deadline (in microseconds) is served."""
+
+    async def main() -> None:
+        async with in_process_gateway() as gateway:
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.05
+            short = {**BODY, "parameters": {"timeout": 5_000}}
+            for _ in range(10):
+                answer = await gateway.client.post("/v2/models/digits/infer", json=short)
+                assert answer.status_code == 504, answer.text
+            assert gateway.metric("gateway_circuit_state", backend="teacher",
+                                  state="closed") == 1  # fmt: skip
+            assert gateway.metric("gateway_requests_total", backend="none", code="504",
+                                  protocol="http") == 10  # fmt: skip
+            assert gateway.metric("gateway_requests_total", backend="teacher", code="504",
+                                  protocol="http") == 0  # fmt: skip
+            ample = {**BODY, "parameters": {"timeout": 5_000_000}}
+            assert (await gateway.client.post("/v2/models/digits/infer", json=ample)
+                    ).status_code == 200  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_a_batched_request_whose_deadline_passed_is_shed_not_a_backend_error() -> None:
+    async def main() -> None:
+        teacher = {"path": "models/teacher.onnx",
+                   "batching": {"max_batch_size": 4, "max_delay_us": 1000}}  # fmt: skip
+        async with in_process_gateway(teacher=teacher) as gateway:
+            expired = await gateway.client.post(
+                "/v2/models/digits/infer", json={**BODY, "parameters": {"timeout": 1}}
+            )
+            assert expired.status_code == 503 and "deadline" in expired.json()["error"]
+            assert gateway.metric("gateway_shed_total", reason="deadline") == 1
+            assert gateway.teacher.calls == 0
+            gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.05
+            ran_out = await gateway.client.post(
+                "/v2/models/digits/infer", json={**BODY, "parameters": {"timeout": 5_000}}
+            )
+            assert ran_out.status_code == 504
+            assert gateway.metric("gateway_circuit_state", backend="teacher",
+                                  state="closed") == 1  # fmt: skip
 
     asyncio.run(main())
