@@ -195,6 +195,10 @@ class OverloadConfig(StrictModel):
     max_inflight: int = Field(default=4096, ge=1)
     """A memory bound, not the working limit: requests held at once (decoded and not yet
     answered), beyond which a request is shed at once (reason ``max_inflight``)."""
+    max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """A memory bound on request bodies being read and decoded at once (each counts its declared
+    length, or ``max_request_bytes`` without one); beyond it a request is shed at once (reason
+    ``body_memory``)."""
     body_timeout_ms: float = Field(default=10_000.0, gt=0)
     """The longest a client may take to send a request's body: a slower upload is answered 408
     and counted (gateway_body_timeouts_total), and never held a place in the queue."""

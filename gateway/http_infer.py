@@ -67,12 +67,13 @@ class InferEndpoint:
         # Nothing is held while the body arrives: a request counts once it is complete.
         try:
             service.check_model(model, version)
-            async with asyncio.timeout(self._body_timeout):
-                body = await read_asgi_body(receive, headers, self._limit)
-            role = service.route(headers, "http")  # shed here costs no decoding
-            decoded = await off_loop_if_big(len(body), decode_request, body,
-                                            headers.get(HEADER_LENGTH), service.signature,
-                                            service.settings.max_batch_size)  # fmt: skip
+            with service.reading_body(headers.get("content-length"), "http"):
+                async with asyncio.timeout(self._body_timeout):
+                    body = await read_asgi_body(receive, headers, self._limit)
+                role = service.route(headers, "http")  # shed here costs no decoding
+                decoded = await off_loop_if_big(len(body), decode_request, body,
+                                                headers.get(HEADER_LENGTH), service.signature,
+                                                service.settings.max_batch_size)  # fmt: skip
         except ClientGone:
             return
         except Overloaded as exc:  # counted where it was shed

@@ -29,9 +29,10 @@ from gateway.errors import Overloaded
 TRITON_CAPACITY = 8
 """Calls a remote Triton backend is trusted with at once (Triton queues and batches on its side)."""
 
-SHED_REASONS = ("max_inflight", "queue_full", "queue_timeout", "deadline")
-"""Why a request was shed (gateway_shed_total's reason): the memory bound; a wait the line ahead
-would push past the budget; a wait that reached it; a deadline spent before the call."""
+SHED_REASONS = ("max_inflight", "body_memory", "queue_full", "queue_timeout", "deadline")
+"""Why a request was shed (gateway_shed_total's reason): the memory bounds on requests held and on
+bodies being read; a wait the line ahead would push past the budget; a wait that reached it; a
+deadline spent before the call."""
 
 
 def backend_capacity(backend: BackendConfig) -> int:
@@ -76,6 +77,27 @@ class InflightBound:
         traceback: TracebackType | None,
     ) -> None:
         self.inflight -= 1
+
+
+class BodyBudget:
+    """Bytes of request bodies being read and decoded at once (each reserves its declared
+    length, or the most a body may be): a memory bound on uploads, which hold no place in a
+    queue while they arrive. One body is always let in, however large."""
+
+    def __init__(self, limit_bytes: int, retry_after_seconds: int) -> None:
+        self.limit = limit_bytes
+        self.held = 0
+        self._retry_after = retry_after_seconds
+
+    def take(self, size: int) -> None:
+        """Reserves ``size`` bytes (``give_back`` them after); raises ``Shed`` beyond the limit."""
+        if self.held and self.held + size > self.limit:
+            raise Shed("body_memory", f"{self.held} bytes of request bodies are being read "
+                       f"(overload.max_body_bytes is {self.limit})", self._retry_after)  # fmt: skip
+        self.held += size
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class CallTime:

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,14 @@ from gateway.errors import (
 from gateway.feedback import FeedbackStore
 from gateway.feedback_auth import FeedbackAuth, ticket_key
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
-from gateway.overload import BackendQueue, InflightBound, Shed, backend_capacity, shed_for_wait
+from gateway.overload import (
+    BackendQueue,
+    BodyBudget,
+    InflightBound,
+    Shed,
+    backend_capacity,
+    shed_for_wait,
+)
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
@@ -159,6 +166,7 @@ class GatewayService:
             for role in ROLES
         }  # fmt: skip
         self._held = InflightBound(overload.max_inflight, self._retry_after)
+        self._bodies = BodyBudget(overload.max_body_bytes, self._retry_after)
         metrics.max_inflight.labels(self.model).set(overload.max_inflight)
         metrics.queue_target.labels(self.model).set(self._max_queue)
         metrics.watch(metrics.inflight.labels(self.model), lambda: self._held.inflight)
@@ -382,6 +390,23 @@ class GatewayService:
             self.count_rejected(503, protocol)  # no backend's answer, nor its error
             raise refusal
         return role
+
+    @contextlib.contextmanager
+    def reading_body(self, declared: str | None, protocol: Protocol) -> Iterator[None]:
+        """Around reading and decoding a body: reserves its declared length (else the most a
+        body may be) against ``overload.max_body_bytes``; refused at once (counted) beyond it."""
+        most = self.settings.max_request_bytes
+        size = min(int(declared), most) if declared and declared.isdigit() else most
+        try:
+            self._bodies.take(size)
+        except Shed as exc:
+            self._metrics.shed.labels(self.model, exc.reason).inc()
+            self.count_rejected(503, protocol)
+            raise
+        try:
+            yield
+        finally:
+            self._bodies.give_back(size)
 
     def count_body_timeout(self, protocol: Protocol) -> None:
         self._metrics.body_timeouts.labels(self.model).inc()

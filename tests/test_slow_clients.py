@@ -97,3 +97,37 @@ def test_uploads_that_trickle_past_the_deadline_are_served_and_open_no_circuit(
                           state="closed") == 1  # fmt: skip
     with httpx.Client(base_url=gateway.url, timeout=10) as client:
         assert client.post("/v2/models/digits/infer", content=BODY).status_code == 200
+
+
+def test_bodies_being_read_are_bounded_in_memory_and_answered_at_once_beyond_it(
+    start_gateway: Callable[..., TestGateway],
+) -> None:
+    """Uploads hold no queue place while they arrive, but their bytes are bounded: with
+    overload.max_body_bytes at 100 KiB, two stalled uploads declaring 40 KiB each are let in and
+    a third is refused at once (503, reason body_memory) while a small one still fits; the
+    stalled ones end in 408, and the bytes they held are free again."""
+    gateway = start_gateway({"shadow": {"sample_rate": 0.0},
+                             "overload": {"body_timeout_ms": 1500,
+                                          "max_body_bytes": 100 * 1024}})  # fmt: skip
+    declared = 40 * 1024
+    head = (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: {gateway.address}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()  # fmt: skip
+    stalled = []
+    for _ in range(2):
+        sock = _connect(gateway)
+        sock.sendall(head + b'{"inputs": [')
+        stalled.append(sock)
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        # a small request still fits beside them; once it is answered, the two sent before it
+        # are being read
+        assert client.post("/v2/models/digits/infer", content=BODY).status_code == 200
+        third = _connect(gateway)
+        third.sendall(head + b'{"inputs": [')
+        assert _status_of(third) == 503  # at once: no 40 KiB more while 80 KiB are held
+        third.close()
+        assert gateway.metric("gateway_shed_total", model="digits", reason="body_memory") == 1
+        assert [_status_of(sock) for sock in stalled] == [408, 408]
+        for sock in stalled:
+            sock.close()
+        assert client.post("/v2/models/digits/infer", content=BODY).status_code == 200
