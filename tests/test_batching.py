@@ -167,7 +167,7 @@ def test_batched_answers_equal_unbatched_onnx_runtime_exactly(
     student_direct: Model,
     backend: str,
 ) -> None:
-    config = {"shadow": {"sample_rate": 0.0}, "overload": {"max_inflight": 256},
+    config = {"shadow": {"sample_rate": 0.0}, "overload": {"max_queue_ms": 60_000},
               backend: {"path": str(MODELS_DIR / f"{backend}.onnx"), **BATCHED}}  # fmt: skip
     gateway = start_gateway(config)
     x = test_split.x[:96].astype(np.float32)

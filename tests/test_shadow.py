@@ -98,7 +98,7 @@ def test_teacher_shadow_calls_that_queue_together_run_as_one_and_each_is_compare
 ) -> None:
     """Under load, comparisons for the teacher are batched; each still meets its own rows."""
     gateway = fresh_gateway({"shadow": {"sample_rate": 1.0}, "traffic": {"student_share": 1.0},
-                             "overload": {"max_inflight": 64}})  # fmt: skip
+                             "overload": {"max_queue_ms": 60_000}})  # fmt: skip
     x = test_split.x[:240]
 
     async def load() -> None:
@@ -133,7 +133,7 @@ def test_batches_respect_max_batch_size_and_the_students_shadow_calls_run_alone(
     async def scenario() -> None:
         async with in_process_gateway(shadow={"sample_rate": 1.0, "max_batch_size": 8},
                                       traffic={"student_share": 1.0},
-                                      overload={"max_inflight": 64}) as gateway:  # fmt: skip
+                                      overload={"max_queue_ms": 60_000}) as gateway:  # fmt: skip
             gateway.teacher.behaviour, gateway.teacher.delay = Behaviour.SLOW, 0.02
             answers = await asyncio.gather(*(gateway.infer() for _ in range(30)))
             assert all(a.headers["x-served-by"] == "student" for a in answers)
@@ -163,7 +163,7 @@ def test_a_full_queue_drops_comparisons_and_never_delays_clients(
         {
             "shadow": {"sample_rate": 1.0, "queue_size": 1, "workers": 1},
             "traffic": {"student_share": 1.0},  # live on the fast student, shadow on the teacher
-            "overload": {"max_inflight": 100},  # the burst of 60 is admitted, not shed
+            "overload": {"max_queue_ms": 60_000},  # the burst of 60 is queued, never shed
         }
     )
     batch = np.resize(test_split.x, (256, 64)).astype(np.float32)

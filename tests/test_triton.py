@@ -245,7 +245,7 @@ def test_dynamic_batching_in_front_of_triton_answers_each_request_with_its_own_r
 
     batching = {"batching": {"max_batch_size": 64, "max_delay_us": 20_000}}
     gateway = start_gateway({
-        "shadow": {"sample_rate": 0.0}, "overload": {"max_inflight": 256},
+        "shadow": {"sample_rate": 0.0}, "overload": {"max_queue_ms": 60_000},
         "teacher": triton_backend(triton, "teacher", "grpc", **batching),
     })  # fmt: skip
     x = test_split.x[:64].astype(np.float32)
