@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import ParamSpec, TypeVar
 
 from starlette.requests import Request
-from starlette.types import Receive
+from starlette.types import Message, Receive
 
 from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -43,29 +43,44 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived: there is no one to answer."""
 
 
-async def read_asgi_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    """The body from ASGI ``http.request`` messages, within ``limit``, decompressed."""
+async def read_asgi_body(
+    receive: Receive, headers: Mapping[str, str], limit: int, timeout: float | None = None
+) -> bytes:
+    """The body from ASGI ``http.request`` messages, within ``limit`` bytes and ``timeout``
+    seconds (``TimeoutError``), decompressed."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
+    first = await receive()  # most bodies come whole with their headers: no timer for them
+    if first["type"] == "http.request" and not first.get("more_body", False):
+        chunks.append(_checked(first, 0, limit))
+    else:
+        async with asyncio.timeout(timeout):
+            message = first
+            while True:
+                chunk = _checked(message, size, limit)
+                size += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+                message = await receive()
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding == "identity":
         return body
     return await off_loop_if_big(len(body), _decompress, body, encoding, limit)
+
+
+def _checked(message: Message, size: int, limit: int) -> bytes:
+    """One message's chunk, with ``size`` bytes already read."""
+    if message["type"] == "http.disconnect":
+        raise ClientGone
+    chunk: bytes = message.get("body", b"")
+    if size + len(chunk) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return chunk
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:

@@ -12,7 +12,6 @@ method on it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -67,13 +66,15 @@ class InferEndpoint:
         # Nothing is held while the body arrives: a request counts once it is complete.
         try:
             service.check_model(model, version)
-            with service.reading_body(headers.get("content-length"), "http"):
-                async with asyncio.timeout(self._body_timeout):
-                    body = await read_asgi_body(receive, headers, self._limit)
+            reserved = service.take_body(headers.get("content-length"), "http")
+            try:
+                body = await read_asgi_body(receive, headers, self._limit, self._body_timeout)
                 role = service.route(headers, "http")  # shed here costs no decoding
                 decoded = await off_loop_if_big(len(body), decode_request, body,
                                                 headers.get(HEADER_LENGTH), service.signature,
                                                 service.settings.max_batch_size)  # fmt: skip
+            finally:
+                service.give_body_back(reserved)
         except ClientGone:
             return
         except Overloaded as exc:  # counted where it was shed

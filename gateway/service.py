@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -391,10 +391,10 @@ class GatewayService:
             raise refusal
         return role
 
-    @contextlib.contextmanager
-    def reading_body(self, declared: str | None, protocol: Protocol) -> Iterator[None]:
-        """Around reading and decoding a body: reserves its declared length (else the most a
-        body may be) against ``overload.max_body_bytes``; refused at once (counted) beyond it."""
+    def take_body(self, declared: str | None, protocol: Protocol) -> int:
+        """Before reading a body: reserves its declared length (else the most a body may be)
+        against ``overload.max_body_bytes`` and returns it, for ``give_body_back`` once the body
+        is decoded; refused at once (``Shed``, counted) beyond it."""
         most = self.settings.max_request_bytes
         size = min(int(declared), most) if declared and declared.isdigit() else most
         try:
@@ -403,10 +403,10 @@ class GatewayService:
             self._metrics.shed.labels(self.model, exc.reason).inc()
             self.count_rejected(503, protocol)
             raise
-        try:
-            yield
-        finally:
-            self._bodies.give_back(size)
+        return size
+
+    def give_body_back(self, size: int) -> None:
+        self._bodies.give_back(size)
 
     def count_body_timeout(self, protocol: Protocol) -> None:
         self._metrics.body_timeouts.labels(self.model).inc()
