@@ -170,12 +170,13 @@ def test_tritons_400_stays_a_400_and_is_not_a_fallback(
     assert gateway.metric("gateway_circuit_state", backend="student", state="closed") == 1
 
 
-def test_a_request_that_runs_out_of_its_deadline_is_a_clear_503(
+def test_a_request_that_runs_out_of_its_deadline_is_a_clear_504(
     triton: TritonProcess, start_gateway: Callable[..., TestGateway]
 ) -> None:
     """The slow student (300 ms) times out at 200 ms, leaving 50 ms of the 250 ms deadline to
-    fall back on a teacher that is slow too: the client gets 503 at the deadline, not an answer
-    late. (A student timeout at or over the deadline is refused at start.)"""
+    fall back on a teacher that is slow too: the client gets 504 at the deadline, not an answer
+    late, and the teacher, which had only those 50 ms, is not blamed for it. (A student timeout
+    at or over the deadline is refused at start.)"""
     gateway = start_gateway({
         "shadow": {"sample_rate": 0.0},
         "teacher": triton_backend(triton, "student_slow", "grpc", timeout_ms=1000),
@@ -187,13 +188,15 @@ def test_a_request_that_runs_out_of_its_deadline_is_a_clear_503(
     response = httpx.post(f"{gateway.url}/v2/models/digits/infer", json=body,
                           headers={"x-canary": "student"}, timeout=10)  # fmt: skip
     assert time.perf_counter() - started < 1.0
-    assert response.status_code == 503
+    assert response.status_code == 504
     assert response.json()["error"].startswith(
-        "teacher backend unavailable: teacher backend did not answer within "
+        "the request's deadline passed while the teacher backend ran"
     )
     assert gateway.metric("gateway_fallbacks_total", reason="timeout") == 1
-    # Counted once, as the teacher's 503: the student's part is its fallback.
-    assert gateway.metric("gateway_requests_total", backend="teacher", code="503") == 1
+    # Counted once, with no backend: the student's part is its fallback, and the teacher's 50 ms
+    # are no verdict on the teacher.
+    assert gateway.metric("gateway_requests_total", backend="none", code="504") == 1
+    assert gateway.metric("gateway_requests_total", backend="teacher", code="503") == 0
     assert gateway.metric("gateway_requests_total", backend="student", code="503") == 0
 
 
