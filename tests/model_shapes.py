@@ -1,0 +1,235 @@
+"""Small real ONNX models of several tensor signatures, built with ``onnx.helper`` (no torch),
+seeded, written where the caller says (a tmp path): the shapes a team's model has, for tests of
+signatures, warm-up, padded batching, bad input and per-task comparisons.
+
+Each ``write_*`` function writes one model and returns its path; ``seed`` picks the weights, so
+a teacher and a student of one signature are the same function with two seeds. ``run_onnx``
+answers with ONNX Runtime directly, the reference a gateway's answers are compared against.
+
+Shapes (-1: a dynamic axis):
+- write_text_classifier: input_ids, attention_mask INT64 [-1, -1] -> logits FP32 [-1, classes]
+  (token_output=True adds token_scores FP32 [-1, -1], an output carrying the sequence axis)
+- write_text_embedder: input_ids, attention_mask INT64 [-1, -1] -> embedding FP32 [-1, width]
+- write_fp16_model: x FP16 [-1, features] -> y FP16 [-1, classes]
+- write_string_model: text BYTES [-1] -> echo BYTES [-1], is_hello BOOL [-1], score FP32 [-1]
+- write_multi_output_model: features FP32 [-1, n] -> label INT64 [-1], logits and
+  probabilities FP32 [-1, classes]
+- write_regression_model: features FP32 [-1, n] -> value FP32 [-1, targets]
+- write_multilabel_model: features FP32 [-1, n] -> logits FP32 [-1, labels] (sigmoid each)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+BATCH, SEQ = "batch", "seq"  # dynamic axes: -1 in the gateway's signature
+
+
+def write_text_classifier(
+    path: Path,
+    *,
+    classes: int = 4,
+    vocab: int = 64,
+    width: int = 16,
+    seed: int = 0,
+    token_output: bool = False,
+) -> Path:
+    """A BERT-shaped classifier: ``input_ids`` and ``attention_mask`` INT64 [batch, seq] ->
+    ``logits`` FP32 [batch, classes]. Token embeddings are mean-pooled over the positions whose
+    mask is 1, then a linear layer: padding a row with any ids and mask 0 leaves its logits
+    unchanged (up to float summation order). ``token_output`` adds ``token_scores`` FP32
+    [batch, seq] (a score per token, 0 where masked), an output that carries the padded axis."""
+    rng = np.random.default_rng(seed)
+    embedding = rng.standard_normal((vocab, width)).astype(np.float32)
+    weights = (rng.standard_normal((width, classes)) / np.sqrt(width)).astype(np.float32)
+    bias = rng.standard_normal(classes).astype(np.float32) * 0.1
+    nodes = [*_masked_mean_pool("pooled"), helper.make_node("MatMul", ["pooled", "w"], ["wx"]),
+             helper.make_node("Add", ["wx", "b"], ["logits"])]  # fmt: skip
+    outputs = [_value("logits", TensorProto.FLOAT, [BATCH, classes])]
+    initializers = [_array(embedding, "token_table"), _array(weights, "w"), _array(bias, "b")]
+    if token_output:
+        per_token = (rng.standard_normal((width, 1)) / np.sqrt(width)).astype(np.float32)
+        nodes += [
+            helper.make_node("MatMul", ["tokens", "per_token"], ["token_raw"]),  # [b, s, 1]
+            helper.make_node("Squeeze", ["token_raw", "last_axis"], ["token_squeezed"]),
+            helper.make_node("Mul", ["token_squeezed", "mask_float"], ["token_scores"]),
+        ]
+        outputs.append(_value("token_scores", TensorProto.FLOAT, [BATCH, SEQ]))
+        initializers += [_array(per_token, "per_token"),
+                         _array(np.array([2], dtype=np.int64), "last_axis")]  # fmt: skip
+    return _save(path, "text_classifier", nodes, _text_inputs(), outputs, initializers)
+
+
+def write_text_embedder(path: Path, *, width: int = 16, vocab: int = 64, seed: int = 0) -> Path:
+    """``input_ids`` and ``attention_mask`` INT64 [batch, seq] -> ``embedding`` FP32
+    [batch, width]: the masked mean of token embeddings (an embedding model's output)."""
+    rng = np.random.default_rng(seed)
+    embedding = rng.standard_normal((vocab, width)).astype(np.float32)
+    nodes = _masked_mean_pool("embedding")
+    outputs = [_value("embedding", TensorProto.FLOAT, [BATCH, width])]
+    return _save(path, "text_embedder", nodes, _text_inputs(), outputs,
+                 [_array(embedding, "token_table")])  # fmt: skip
+
+
+def write_fp16_model(path: Path, *, features: int = 8, classes: int = 3, seed: int = 0) -> Path:
+    """``x`` FP16 [batch, features] -> ``y`` FP16 [batch, classes]: one FP16 matrix product."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal((features, classes)) / np.sqrt(features)).astype(np.float16)
+    return _save(
+        path, "fp16", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [_value("x", TensorProto.FLOAT16, [BATCH, features])],
+        [_value("y", TensorProto.FLOAT16, [BATCH, classes])],
+        [_array(weights, "w")],
+    )  # fmt: skip
+
+
+def write_string_model(path: Path, *, word: str = "hello") -> Path:
+    """``text`` BYTES [batch] (an ONNX string tensor) -> ``echo`` BYTES [batch] (the same
+    strings), ``is_hello`` BOOL [batch] (equal to ``word``) and ``score`` FP32 [batch] (1.0
+    where equal, else 0.0: a numeric output to compare)."""
+    nodes = [
+        helper.make_node("Identity", ["text"], ["echo"]),
+        helper.make_node("Equal", ["text", "word"], ["is_hello"]),
+        helper.make_node("Cast", ["is_hello"], ["score"], to=TensorProto.FLOAT),
+    ]
+    outputs = [_value("echo", TensorProto.STRING, [BATCH]),
+               _value("is_hello", TensorProto.BOOL, [BATCH]),
+               _value("score", TensorProto.FLOAT, [BATCH])]  # fmt: skip
+    word_tensor = numpy_helper.from_array(np.array([word], dtype=object), "word")
+    # Equal takes strings from opset 19 on.
+    return _save(path, "strings", nodes, [_value("text", TensorProto.STRING, [BATCH])], outputs,
+                 [word_tensor], opset=19)  # fmt: skip
+
+
+def write_multi_output_model(
+    path: Path, *, features: int = 6, classes: int = 3, seed: int = 0
+) -> Path:
+    """``features`` FP32 [batch, features] -> ``logits`` and ``probabilities`` FP32
+    [batch, classes] and ``label`` INT64 [batch] (the argmax): three outputs of two datatypes,
+    listed with ``label`` first, so nothing may assume ``outputs[0]`` holds the scores."""
+    nodes = [*_linear("features", "logits"),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+             helper.make_node("ArgMax", ["logits"], ["label"], axis=-1, keepdims=0)]  # fmt: skip
+    outputs = [_value("label", TensorProto.INT64, [BATCH]),
+               _value("logits", TensorProto.FLOAT, [BATCH, classes]),
+               _value("probabilities", TensorProto.FLOAT, [BATCH, classes])]  # fmt: skip
+    return _save(path, "multi_output", nodes, [_features(features)], outputs,
+                 _linear_weights(features, classes, seed))  # fmt: skip
+
+
+def write_regression_model(
+    path: Path, *, features: int = 6, targets: int = 2, seed: int = 0
+) -> Path:
+    """``features`` FP32 [batch, features] -> ``value`` FP32 [batch, targets]: a linear map."""
+    return _save(path, "regression", _linear("features", "value"), [_features(features)],
+                 [_value("value", TensorProto.FLOAT, [BATCH, targets])],
+                 _linear_weights(features, targets, seed))  # fmt: skip
+
+
+def write_multilabel_model(
+    path: Path, *, features: int = 6, labels: int = 5, seed: int = 0
+) -> Path:
+    """``features`` FP32 [batch, features] -> ``logits`` FP32 [batch, labels]: one independent
+    logit per label (a multi-label model; its probabilities are the sigmoid of each)."""
+    return _save(path, "multilabel", _linear("features", "logits"), [_features(features)],
+                 [_value("logits", TensorProto.FLOAT, [BATCH, labels])],
+                 _linear_weights(features, labels, seed))  # fmt: skip
+
+
+def text_rows(
+    rng: np.random.Generator, lengths: Sequence[int], *, vocab: int = 64, pad_to: int | None = None
+) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` for rows of the given lengths, padded (id 0, mask 0)
+    to ``pad_to`` or the longest."""
+    width = pad_to if pad_to is not None else max(lengths)
+    ids = np.zeros((len(lengths), width), dtype=np.int64)
+    mask = np.zeros((len(lengths), width), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(1, vocab, size=length)
+        mask[row, :length] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def run_onnx(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of the model for ``inputs``, by name, from ONNX Runtime directly."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+
+
+def _masked_mean_pool(output: str) -> list[onnx.NodeProto]:
+    """Nodes from ``input_ids``/``attention_mask`` to ``output`` [batch, width]: the mean of the
+    embeddings of unmasked tokens (a row with no unmasked token gives zeros, not NaN). Leaves
+    ``tokens`` [b, s, width] and ``mask_float`` [b, s] for other heads."""
+    return [
+        helper.make_node("Gather", ["token_table", "input_ids"], ["tokens"]),  # [b, s, w]
+        helper.make_node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_float", "last_axis_unsqueeze"], ["mask3"]),
+        helper.make_node("Mul", ["tokens", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "seq_axis"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask_float", "seq_axis"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "one"], ["count_at_least_one"]),
+        helper.make_node("Div", ["summed", "count_at_least_one"], [output]),
+    ]
+
+
+def _text_inputs() -> list[onnx.ValueInfoProto]:
+    return [_value("input_ids", TensorProto.INT64, [BATCH, SEQ]),
+            _value("attention_mask", TensorProto.INT64, [BATCH, SEQ])]  # fmt: skip
+
+
+_POOL_CONSTANTS: dict[str, np.ndarray] = {
+    "last_axis_unsqueeze": np.array([2], dtype=np.int64),
+    "seq_axis": np.array([1], dtype=np.int64),
+    "one": np.array([1.0], dtype=np.float32),
+}
+
+
+def _linear(source: str, output: str) -> list[onnx.NodeProto]:
+    return [helper.make_node("MatMul", [source, "w"], [f"{output}_wx"]),
+            helper.make_node("Add", [f"{output}_wx", "b"], [output])]  # fmt: skip
+
+
+def _linear_weights(features: int, outputs: int, seed: int) -> list[onnx.TensorProto]:
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal((features, outputs)) / np.sqrt(features)).astype(np.float32)
+    return [_array(weights, "w"), _array(rng.standard_normal(outputs).astype(np.float32), "b")]
+
+
+def _features(features: int) -> onnx.ValueInfoProto:
+    return _value("features", TensorProto.FLOAT, [BATCH, features])
+
+
+def _value(name: str, element_type: int, shape: list[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, element_type, shape)
+
+
+def _array(array: np.ndarray, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+def _save(
+    path: Path,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto],
+    opset: int = 17,
+) -> Path:
+    used = {tensor for node in nodes for tensor in node.input}
+    initializers = initializers + [
+        _array(value, key) for key, value in _POOL_CONSTANTS.items() if key in used
+    ]
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9 if opset >= 19 else 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
