@@ -24,6 +24,8 @@ class Position:
     confirmed: bool  # every gateway confirmed this step's share
     paused_by: str | None = None
     promote_when_confirmed: bool = False  # promote --full, waiting for 100 % to be confirmed
+    awaiting: tuple[str, ...] = ()  # manual gates the next step waits for (approval.py)
+    approved: tuple[str, ...] = ()  # those an operator released
 
     @classmethod
     def of(cls, state: RolloutState) -> Position:
@@ -34,6 +36,8 @@ class Position:
             confirmed=state.step_started_at is not None,
             paused_by=state.paused_by,
             promote_when_confirmed=state.promote_when_confirmed,
+            awaiting=tuple((state.waiting or {}).get("manual", ())),
+            approved=tuple(state.approved),
         )
 
     def apply_to(self, state: RolloutState) -> None:
@@ -42,6 +46,7 @@ class Position:
         state.phase, state.step_index = self.phase, self.step_index
         state.paused_by = self.paused_by
         state.promote_when_confirmed = self.promote_when_confirmed
+        state.approved = list(self.approved)
         if not self.confirmed:
             state.step_started_at = None
 
@@ -53,6 +58,7 @@ class Position:
 class OperatorCommand:
     command: Command
     sender: str
+    argument: str = ""  # approve: the gate
 
 
 @dataclass(frozen=True)
@@ -173,9 +179,22 @@ def _command(position: Position, event: OperatorCommand) -> Transition:
         last = replace(progressing, step_index=position.last_step, confirmed=False,
                        promote_when_confirmed=True)  # fmt: skip
         return Transition(last, Record.PROMOTE_FULL, note, (EnterStep(),))
+    if command is Command.APPROVE:
+        return _approve(position, event.argument, by)
     reason = f"aborted by an operator {by}"
     ended = replace(position, phase=Phase.ROLLED_BACK, paused_by=None)
     return Transition(ended, Record.ROLLBACK, reason, (RollBack(reason, "abort"),))
+
+
+def _approve(position: Position, gate: str, by: str) -> Transition:
+    """Releases one manual gate of the wait in hand; the next analysis that would advance
+    finds it open. An approval is never kept for a wait that has not begun."""
+    if gate not in position.awaiting or gate in position.approved:
+        left = [g for g in position.awaiting if g not in position.approved]
+        waits = ", ".join(left) if left else "no manual approval"
+        return _refused(position, f"approve {gate} ignored: the rollout waits for {waits}")
+    approved = replace(position, approved=(*position.approved, gate))
+    return Transition(approved, Record.APPROVED, f"{gate} approved by an operator {by}")
 
 
 def _refused(position: Position, note: str) -> Transition:

@@ -51,6 +51,7 @@ class Command(StrEnum):
     PROMOTE = "promote"
     PROMOTE_FULL = "promote-full"
     ABORT = "abort"
+    APPROVE = "approve"  # with the gate it releases: ``approve:confirm-promotion``
 
 
 class Record(StrEnum):
@@ -72,6 +73,9 @@ class Record(StrEnum):
     PROMOTED = "promoted"  # ended: the student serves 100 %
     ROLLED_BACK = "rolled back"  # ended: share 0 sent to every gateway
     ROLLBACK_UNCONFIRMED = "rollback unconfirmed"  # some gateway never confirmed share 0
+    WAITING = "waiting"  # a webhook gate or a manual approval holds the next step
+    APPROVED = "approved"  # an operator released a manual gate (``distill-canary approve``)
+    GATE = "gate"  # a webhook gate's answer worth keeping (pre-rollout, rollback, post-rollout)
 
 
 class StateError(Exception):
@@ -128,6 +132,9 @@ class RolloutState:
     name: str | None = None  # run --name: one rollout per name
     student: dict[str, Any] | None = None  # run --student: the registry's id, name and lineage
     promote_when_confirmed: bool = False  # promote --full: ends promoted once 100 % is confirmed
+    # what holds the next step (webhook gates, manual approvals): see controller/approval.py
+    waiting: dict[str, Any] | None = None
+    approved: list[str] = field(default_factory=list)  # manual gates released for that wait
 
     def to_json(self) -> str:
         """Everything but the decisions, which the file keeps a row each (``decisions``): a tick
@@ -144,6 +151,11 @@ class RolloutState:
         data["history"] = [_decision(record) for record in data.get("history", [])]
         data.pop("history_offset", None)
         return cls(**data)
+
+
+def _sent(command_id: int, text: str, sender: str) -> SentCommand:
+    command, _, argument = text.partition(":")
+    return SentCommand(command_id, Command(command), sender, argument)
 
 
 def _decision(record: dict[str, Any]) -> DecisionRecord:
@@ -166,6 +178,7 @@ class SentCommand:
     id: int
     command: Command
     sender: str
+    argument: str = ""  # approve: the gate it releases
 
 
 @dataclass(frozen=True)
@@ -410,12 +423,16 @@ class StateStore:
 
     # -- operators' commands -------------------------------------------------------------------
 
-    def send(self, rollout_id: int, command: Command, sender: str, ttl: float, now: float) -> int:
+    def send(
+        self, rollout_id: int, command: Command, sender: str, ttl: float, now: float,
+        argument: str = "",
+    ) -> int:  # fmt: skip
+        text = f"{command.value}:{argument}" if argument else command.value
         with self._connect() as db:
             cursor = db.execute(
                 "insert into commands (rollout_id, command, sender, created_at, expires_at) "
                 "values (?, ?, ?, ?, ?)",
-                (rollout_id, command.value, sender, now, now + ttl),
+                (rollout_id, text, sender, now, now + ttl),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
@@ -442,7 +459,7 @@ class StateStore:
                 "where rollout_id = ? and taken_at is null order by id",
                 (rollout_id,),
             ).fetchall()
-        return [SentCommand(row[0], Command(row[1]), row[2]) for row in rows]
+        return [_sent(row[0], row[1], row[2]) for row in rows]
 
     def acknowledge(self, command_id: int, acted: bool, outcome: str, now: float) -> None:
         with self._connect() as db:

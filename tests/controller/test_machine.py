@@ -35,6 +35,10 @@ def command(which: Command) -> OperatorCommand:
     return OperatorCommand(which, "sre@host")
 
 
+def approve(gate: str) -> OperatorCommand:
+    return OperatorCommand(Command.APPROVE, "sre@host", gate)
+
+
 def judged(action: Action) -> Analysed:
     cause = "min_agreement" if action is Action.ROLLBACK else None
     return Analysed(Judgement(action, f"judged {action.value}", 0, cause))
@@ -101,6 +105,12 @@ ROWS = [
     Row(at(P), PAUSE_ON_DRIFT, at(Z, confirmed=False, paused_by="share drift"), Record.DRIFT),
     Row(at(Z, paused_by="x"), PAUSE_ON_DRIFT, at(Z, confirmed=False, paused_by="share drift"),
         Record.DRIFT),
+    # approve: releases a manual gate the next step waits for; refused otherwise
+    Row(at(P), command(Command.APPROVE), at(P), Record.REFUSED, acted=False),
+    Row(at(P, awaiting=("confirm-promotion",)), approve("confirm-promotion"),
+        at(P, awaiting=("confirm-promotion",), approved=("confirm-promotion",)), Record.APPROVED),
+    Row(at(Z, paused_by="x", awaiting=("confirm-promotion",)), approve("confirm-rollout"),
+        at(Z, paused_by="x", awaiting=("confirm-promotion",)), Record.REFUSED, acted=False),
     # SIGTERM
     Row(at(P), STOP_AND_ROLL_BACK, at(BACK), None, (RollBack,)),
     Row(at(Z, paused_by="x"), STOP_AND_ROLL_BACK, at(BACK), None, (RollBack,)),
