@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
+from gateway import bytes_tensors
 from gateway.errors import BadRequest
 from gateway.protocol import InferenceRequest, RequestInput
 from gateway.signature import NUMPY_TO_V2, Signature, TensorSpec
@@ -103,7 +104,14 @@ def encode_response(
             "datatype": _v2_datatype(array),
             "shape": list(array.shape),
         }
-        if wanted.binary:
+        if array.dtype == object:  # BYTES: length-prefixed elements, or JSON strings
+            if wanted.binary:
+                serialized = bytes_tensors.serialize(array)
+                description["parameters"] = {"binary_data_size": len(serialized)}
+                binary_parts.append(memoryview(serialized))
+            else:
+                description["data"] = bytes_tensors.to_json(array)
+        elif wanted.binary:
             description["parameters"] = {"binary_data_size": array.nbytes}
             binary_parts.append(array.data.cast("B"))
         else:
@@ -166,21 +174,25 @@ def _decode_inputs(
                     f"{len(chunk)} bytes of binary data remain in the body"
                 )
             offset += binary_size
-            decoded[given.name] = _from_binary(given, spec, chunk)
+            array = _from_binary(given, spec, chunk)
         elif given.data is not None:
-            decoded[given.name] = _from_json(given, spec)
+            array = _from_json(given, spec)
         else:
             raise BadRequest(
                 f"input '{given.name}' has no data: give 'data' or parameters.binary_data_size"
             )
+        decoded[given.name] = bytes_tensors.as_text(given.name, array) if spec.text else array
     if offset != len(binary):
         raise BadRequest(
             f"binary sizes do not add up: the inputs declare {offset} bytes of binary data "
             f"but the body carries {len(binary)}"
         )
-    missing = [spec.name for spec in signature.inputs if spec.name not in decoded]
+    missing = [spec for spec in signature.inputs if spec.name not in decoded]
     if missing:
-        raise BadRequest(f"missing input(s): {', '.join(missing)}")
+        wanted = ", ".join(
+            f"'{spec.name}' ({spec.datatype} {list(spec.shape)})" for spec in missing
+        )
+        raise BadRequest(f"missing input(s): {wanted}; the model takes every one of its inputs")
     return decoded
 
 
@@ -204,9 +216,18 @@ def _check_datatype_and_shape(given: RequestInput, spec: TensorSpec, max_batch_s
             f"input '{given.name}' has batch size {given.shape[0]}; "
             f"the gateway accepts 1 to {max_batch_size}"
         )
+    if spec.max_shape is not None:
+        for axis, (size, most) in enumerate(zip(given.shape, spec.max_shape, strict=True)):
+            if most != -1 and size > most:
+                raise BadRequest(
+                    f"input '{given.name}' has size {size} on axis {axis}; the gateway accepts at "
+                    f"most {most} there (inputs.{given.name}.max_shape: {list(spec.max_shape)})"
+                )
 
 
 def _from_binary(given: RequestInput, spec: TensorSpec, chunk: memoryview) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        return bytes_tensors.parse_elements(given.name, chunk, given.shape)
     expected_bytes = math.prod(given.shape) * spec.dtype.itemsize
     if len(chunk) != expected_bytes:
         raise BadRequest(
@@ -217,6 +238,8 @@ def _from_binary(given: RequestInput, spec: TensorSpec, chunk: memoryview) -> np
 
 
 def _from_json(given: RequestInput, spec: TensorSpec) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        return bytes_tensors.from_json(given.name, given.data or [], given.shape)
     try:
         array = np.asarray(given.data, dtype=spec.dtype)
     except (TypeError, ValueError) as exc:

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.roles import ROLES
+from gateway.task_config import TASK_KINDS, ClassificationTask, TaskConfig
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 from models import REGISTRY_PATH, STUDENT_PATH, TEACHER_PATH
 
@@ -33,6 +34,55 @@ class BatchingConfig(StrictModel):
     """Rows one call may carry; a single request with more runs alone."""
     max_delay_us: int = Field(default=500, ge=0, le=1_000_000)
     """How long a request may wait for others to join its call, in microseconds."""
+    pad: bool = False
+    """Batch requests whose shapes differ along the model's dynamic axes (a sequence length) by
+    padding each input to the longest in the batch with its ``inputs.<name>.pad_value`` (0 by
+    default, so attention masks are padded with 0); outputs that carry a padded axis are cut back
+    to each request's own length. Off: only requests of identical shapes join. Opt-in because a
+    model that reads no mask answers differently for a padded row."""
+    length_buckets: list[int] | None = Field(default=None, min_length=1)
+    """With ``pad``: bucket edges (ascending, e.g. [16, 32, 64, 128]). A batch pads its dynamic
+    axes up to the smallest edge that holds its longest request (past the last edge: the
+    longest), and only requests of one bucket join, so short requests are not padded to long
+    ones. None: pad to the longest in the batch."""
+
+    @model_validator(mode="after")
+    def _buckets_need_padding(self) -> BatchingConfig:
+        buckets = self.length_buckets
+        if buckets is not None:
+            if not self.pad:
+                raise ValueError("batching.length_buckets needs batching.pad: true")
+            if buckets != sorted(set(buckets)) or buckets[0] < 1:
+                raise ValueError("batching.length_buckets must be positive and ascending")
+        return self
+
+
+class InputConfig(StrictModel):
+    """What the gateway knows of one model input beyond its declared signature."""
+
+    max_shape: list[int] | None = None
+    """The most each axis may be, -1 for no maximum beyond the declared shape (``[-1, 128]``:
+    sequences of at most 128 for an input of shape [-1, -1]). A longer request is a 400."""
+    pad_value: float = 0
+    """What padded batching fills this input with (0: a padding token id 0, a mask of 0)."""
+    warmup_range: tuple[int, int] = (0, 0)
+    """Integer inputs: warm-up values are drawn from [low, high] (say [0, vocabulary size - 1]
+    for token ids); 0 by default, valid for any embedding table, mask or type id."""
+
+
+class WarmupConfig(StrictModel):
+    """The calls each backend makes before it serves, so the first requests do not pay for
+    allocation. Built from the signature: every input, at ``batch_sizes`` rows, each other
+    dynamic axis at ``length``, integers in ``inputs.<name>.warmup_range``, BYTES as short
+    text; or the ``examples`` given."""
+
+    length: int = Field(default=16, ge=1)
+    """The size warm-up gives every dynamic axis but the batch axis (a sequence length)."""
+    batch_sizes: list[int] = Field(default=[1, 64, 1], min_length=1)
+    """One warm-up call per entry, of this many rows (a Triton backend makes only the first)."""
+    examples: dict[str, list[Any]] | None = None
+    """Example tensors instead, by input name, as nested lists of one batch (strings for
+    BYTES), checked against the signature at start-up; run twice."""
 
 
 class OnnxBackendConfig(StrictModel):
@@ -390,8 +440,16 @@ class GatewaySettings(BaseSettings):
     """The logical model's one version (``/v2/models/{model}/versions/{version}``). It names the
     model clients see, not the backend that serves them, so it stays the same while a rollout
     moves traffic and a client that pins it keeps working."""
+    inputs: dict[str, InputConfig] = Field(default_factory=dict)
+    """Per input, by name: a maximum for its dynamic axes, its pad value, its warm-up range.
+    A name the model does not have fails start-up."""
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    """How both backends warm up before serving (and a student swapped in at run time)."""
     teacher: BackendConfig = Field(default_factory=_default_teacher)
     student: BackendConfig = Field(default_factory=_default_student)
+    task: TaskConfig = Field(default_factory=ClassificationTask)
+    """What the model's answers are (``classification``, ``multilabel``, ``regression``,
+    ``embedding``; ``gateway.task_config``): what the shadow compares and what a label is."""
     registry: Path = REGISTRY_PATH
     """The model registry ``PUT /admin/student`` looks ids up in (``distill-models sweep`` writes
     it); relative to the config file, as a model's ``path`` is (not to the working directory),
@@ -478,8 +536,9 @@ def load_settings(path: Path | None) -> GatewaySettings:
 
 def _describe(exc: ValidationError, path: Path | None) -> str:
     where = f"{path}: " if path else ""
-    # pydantic puts the backend union's tag in the path; users never wrote it
-    return where + "invalid config: " + describe_errors(exc, hidden=BACKEND_KINDS, limit=10)
+    # pydantic puts the backend's and the task's union tags in the path; users never wrote them
+    hidden = (*BACKEND_KINDS, *TASK_KINDS)
+    return where + "invalid config: " + describe_errors(exc, hidden=hidden, limit=10)
 
 
 def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySettings:

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import ValidationError
 from tritonclient.grpc import service_pb2 as pb
 
+from gateway import bytes_tensors
 from gateway.codec import DecodedRequest, decode_parsed, describe_request_errors
 from gateway.errors import BadRequest
 from gateway.protocol import (
@@ -60,6 +61,9 @@ def decode_grpc_request(
             parameters = TensorParameters.model_construct(binary_data_size=len(raw[index]))
         else:
             field = CONTENTS_FIELD.get(tensor.datatype)
+            if field is None and tensor.datatype in ("FP16", "BF16"):
+                raise BadRequest(f"input '{tensor.name}' is {tensor.datatype}, which has no typed "
+                                 "contents field: send it in raw_input_contents")  # fmt: skip
             data = list(getattr(tensor.contents, field)) if field else []
         inputs.append(RequestInput.model_construct(
             name=tensor.name, shape=list(tensor.shape), datatype=tensor.datatype,
@@ -101,5 +105,6 @@ def encode_grpc_response(
     for name, array in outputs.items():
         array = np.ascontiguousarray(array)
         response.outputs.add(name=name, datatype=NUMPY_TO_V2[array.dtype], shape=array.shape)
-        response.raw_output_contents.append(array.tobytes())
+        raw = bytes_tensors.serialize(array) if array.dtype == object else array.tobytes()
+        response.raw_output_contents.append(raw)
     return response

@@ -216,9 +216,10 @@ class GatewayService:
         Triton that cannot be read yet (Triton still starting, or down) does not stop the
         gateway: it serves the teacher and loads the student in the background."""
         shadow_threads = settings.shadow.workers
-        backends = {
-            "teacher": create_backend("teacher", settings.teacher, shadow_threads),
-            "student": create_backend("student", settings.student, shadow_threads),
+        backends: dict[str, Backend] = {
+            role: create_backend(role, getattr(settings, role), shadow_threads, settings.inputs,
+                                 settings.warmup)  # fmt: skip
+            for role in ROLES
         }
         lazy_student = settings.student.kind == "triton"
         try:

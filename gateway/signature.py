@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-# V2 datatype name -> little-endian numpy dtype (BYTES is not a fixed-size type; not served here).
+# V2 datatype name -> little-endian numpy dtype. BYTES elements are variable-length: in the gateway
+# they are numpy object arrays of ``bytes`` (or of ``str`` for an input that takes text).
 V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "BOOL": np.dtype("?"),
     "UINT8": np.dtype("<u1"),
@@ -21,6 +22,7 @@ V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
 }
 NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
 
@@ -32,6 +34,12 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    max_shape: tuple[int, ...] | None = None
+    """The most each axis may be (-1: no maximum), from the config (``inputs.<name>.max_shape``);
+    None: only the declared shape binds."""
+    text: bool = False
+    """A BYTES input the model reads as UTF-8 text (an ONNX string tensor): each element is
+    checked and decoded to ``str`` when the request is decoded."""
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
@@ -80,3 +88,23 @@ def _compare(kind: str, teacher: Sequence[TensorSpec], student: Sequence[TensorS
                 f"{kind} '{name}': teacher shape {list(t.shape)}, student shape {list(s.shape)}"
             )
     return problems
+
+
+def with_limits(signature: Signature, max_shapes: Mapping[str, Sequence[int] | None]) -> Signature:
+    """The signature with the configured maxima of its inputs' axes (``inputs.<name>.max_shape``);
+    ``ValueError`` naming what does not fit the model."""
+    names = {spec.name for spec in signature.inputs}
+    for name in max_shapes:
+        if name not in names:
+            raise ValueError(f"inputs.{name}: the model has no input '{name}'; its inputs are: "
+                             + ", ".join(sorted(names)))  # fmt: skip
+    inputs = []
+    for spec in signature.inputs:
+        most = max_shapes.get(spec.name)
+        if most is not None:
+            if len(most) != len(spec.shape):
+                raise ValueError(f"inputs.{spec.name}.max_shape has {len(most)} axes; the input "
+                                 f"has {len(spec.shape)} ({list(spec.shape)})")  # fmt: skip
+            spec = replace(spec, max_shape=tuple(most))
+        inputs.append(spec)
+    return replace(signature, inputs=tuple(inputs))

@@ -8,8 +8,10 @@ from typing import Literal
 
 import numpy as np
 
+from gateway.config import InputConfig, WarmupConfig
 from gateway.errors import BackendUnavailable
-from gateway.signature import Signature
+from gateway.signature import Signature, with_limits
+from gateway.warmup import warmup_calls
 
 Lane = Literal["live", "shadow"]
 """Who is waiting for a call: a client (live) or a background comparison (shadow). A backend
@@ -32,8 +34,17 @@ class Backend(ABC):
     measures_cpu = False
     """True when the backend measures the CPU time of its calls (``cpu_seconds``)."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(
+        self,
+        role: str,
+        inputs: Mapping[str, InputConfig] | None = None,
+        warmup: WarmupConfig | None = None,
+    ) -> None:
+        """``inputs`` and ``warmup``: the model's input settings (maxima, warm-up ranges) and
+        how to warm up, from the config."""
         self.role = role
+        self._inputs: Mapping[str, InputConfig] = inputs or {}
+        self._warmup = warmup or WarmupConfig()
         self._signature: Signature | None = None  # set by load()
         self.abandoned_total = 0
         """Calls whose caller gave up (a timeout) while they kept running, holding capacity;
@@ -52,6 +63,21 @@ class Backend(ABC):
         if self._signature is None:
             raise BackendUnavailable(f"{self.role} backend is not loaded")
         return self._signature
+
+    def limited(self, signature: Signature) -> Signature:
+        """The model's own signature with the configured maxima; ``BackendUnavailable`` when the
+        config names an input the model does not have."""
+        try:
+            return with_limits(signature, {n: c.max_shape for n, c in self._inputs.items()})
+        except ValueError as exc:
+            raise BackendUnavailable(f"{self.role}: {exc}") from exc
+
+    def warmup_calls(self) -> list[dict[str, np.ndarray]]:
+        """The warm-up calls for the loaded signature (see ``gateway.warmup``)."""
+        try:
+            return warmup_calls(self.signature, self._inputs, self._warmup)
+        except ValueError as exc:
+            raise BackendUnavailable(f"{self.role}: {exc}") from exc
 
     @property
     @abstractmethod

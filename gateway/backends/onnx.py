@@ -33,7 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from gateway.backends.base import Backend, Lane, batch_rows
-from gateway.config import OnnxBackendConfig
+from gateway.config import InputConfig, OnnxBackendConfig, WarmupConfig
 from gateway.errors import BackendUnavailable, InferenceFailed
 from gateway.signature import Signature, TensorSpec
 
@@ -54,6 +54,7 @@ _ORT_TYPES = {
     "tensor(float16)": "FP16",
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",  # UTF-8 text: ONNX Runtime takes and gives str elements
 }
 INLINE_MAX_ROWS = 8
 """Calls of more rows (a client's batch, a dynamic batch) always run on the backend's threads."""
@@ -80,8 +81,15 @@ class LoadedModel:
 class OnnxBackend(Backend):
     measures_cpu = True
 
-    def __init__(self, role: str, config: OnnxBackendConfig, shadow_threads: int = 1) -> None:
-        super().__init__(role)
+    def __init__(
+        self,
+        role: str,
+        config: OnnxBackendConfig,
+        shadow_threads: int = 1,
+        inputs: Mapping[str, InputConfig] | None = None,
+        warmup: WarmupConfig | None = None,
+    ) -> None:
+        super().__init__(role, inputs, warmup)
         self._config = config
         self._pools: dict[Lane, _ThreadPool] = {
             "live": _ThreadPool(f"onnx-{role}", config.max_concurrency),
@@ -104,7 +112,7 @@ class OnnxBackend(Backend):
         loop = asyncio.get_running_loop()
         before = _resident_bytes()
         self._session = await loop.run_in_executor(self._executor, self._open_session)
-        self._signature = _signature_of(self._session)
+        self._signature = self.limited(_signature_of(self._session))
         self._inline_candidate = self._small_on_cpu(self._config)
         await self._warm_up()
         self.cpu_seconds["live"] = 0.0  # traffic's, not the warm-up's
@@ -118,7 +126,7 @@ class OnnxBackend(Backend):
         config = self._config.model_copy(update={"path": path})
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._executor, self._open_session, config)
-        return LoadedModel(config, session, _signature_of(session))
+        return LoadedModel(config, session, self.limited(_signature_of(session)))
 
     async def adopt(self, loaded: LoadedModel) -> None:
         """Serves ``loaded`` from now on; calls already running finish on the old session."""
@@ -266,14 +274,12 @@ class OnnxBackend(Backend):
         return ort.InferenceSession(path, options, providers=[CPU])
 
     async def _warm_up(self) -> None:
-        """One small and one larger batch, so the first real requests do not pay for allocation;
-        then one small again, warm, for the first estimate of a call's time."""
-        spec = self.signature.inputs[0]
-        for batch in (1, 64, 1):
-            shape = [batch if size == -1 else size for size in spec.shape]
-            dummy = {spec.name: np.zeros(shape, dtype=spec.dtype)}
+        """The warm-up calls (by default one small and one larger batch, so the first real
+        requests do not pay for allocation, then one small again, warm, for the first estimate
+        of a call's time)."""
+        for call in self.warmup_calls():
             self._seconds_per_call = float("inf")  # learned afresh from the warm call
-            await self.infer(dummy, [output.name for output in self.signature.outputs])
+            await self.infer(call, [output.name for output in self.signature.outputs])
 
 
 _Timed = tuple[list[np.ndarray], float, float]
@@ -334,7 +340,8 @@ def _signature_of(session: ort.InferenceSession) -> Signature:
         if node.type not in _ORT_TYPES:
             raise BackendUnavailable(f"tensor '{node.name}' has unsupported type {node.type}")
         shape = tuple(size if isinstance(size, int) else -1 for size in node.shape)
-        return TensorSpec(node.name, _ORT_TYPES[node.type], shape)
+        datatype = _ORT_TYPES[node.type]
+        return TensorSpec(node.name, datatype, shape, text=datatype == "BYTES")
 
     return Signature(
         inputs=tuple(spec(node) for node in session.get_inputs()),

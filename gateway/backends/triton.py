@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.backends.base import Backend, Lane
 from gateway.backends.triton_metrics import compute_seconds
-from gateway.config import TritonBackendConfig
+from gateway.config import InputConfig, TritonBackendConfig, WarmupConfig
 from gateway.errors import BackendUnavailable, BadRequest, GatewayError, InferenceFailed
 from gateway.signature import V2_TO_NUMPY, Signature, TensorSpec
 
@@ -31,8 +31,14 @@ _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "503",
 
 
 class TritonBackend(Backend):
-    def __init__(self, role: str, config: TritonBackendConfig) -> None:
-        super().__init__(role)
+    def __init__(
+        self,
+        role: str,
+        config: TritonBackendConfig,
+        inputs: Mapping[str, InputConfig] | None = None,
+        warmup: WarmupConfig | None = None,
+    ) -> None:
+        super().__init__(role, inputs, warmup)
         self._config = config
         self._client: Any = None
         self._ready = False
@@ -66,7 +72,7 @@ class TritonBackend(Backend):
                 f"{self._config.url}: {_message(exc)}"
             ) from exc
         try:
-            self._signature = _signature_of(_as_dict(metadata))
+            self._signature = self.limited(_signature_of(_as_dict(metadata)))
         except (BackendUnavailable, KeyError, TypeError, ValueError) as exc:
             await self.close()
             why = exc.message if isinstance(exc, BackendUnavailable) else _message(exc)
@@ -74,11 +80,26 @@ class TritonBackend(Backend):
                 f"{self.role}: model '{self._config.model_name}' on Triton at "
                 f"{self._config.url} cannot be served: {why}"
             ) from exc
+        await self._warm_up()
         self._ready = True
         self._poller = asyncio.create_task(self._poll_readiness(), name=f"ready-{self.role}")
         if self._config.metrics_url and self._metrics_reader is None:
             reader = self._read_compute_time()
             self._metrics_reader = asyncio.create_task(reader, name=f"metrics-{self.role}")
+
+    async def _warm_up(self) -> None:
+        """The first warm-up call only: Triton warms its own models (its ``model_warmup``); this
+        one checks, before serving, that the model runs what the signature describes (all
+        inputs) and opens the connection. It may not exceed Triton's max_batch_size."""
+        try:
+            first = self.warmup_calls()[0]
+            await self.infer(first, [spec.name for spec in self.signature.outputs])
+        except GatewayError as exc:
+            await self.close()
+            raise BackendUnavailable(
+                f"{self.role}: model '{self._config.model_name}' on Triton at "
+                f"{self._config.url} failed its warm-up call: {exc.message}"
+            ) from exc
 
     async def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], lane: Lane = "live"
