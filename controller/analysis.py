@@ -2,15 +2,20 @@
 
 Every gate returns pass only when the data show, at the policy's confidence, that it holds; fail
 only when they show it is broken; inconclusive otherwise. No data is never a pass.
+
+The intervals are confidence sequences (``controller.sequences``): they hold at every look of
+the step, not just at one, so acting on the first look that clears a threshold keeps the error
+the policy names. ``Levels`` says how the step's error is split between the gates.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
-from controller import stats
+from controller import sequences, stats
 from controller.policy import LIVE_ONLY_GATES, Policy
 from controller.promtext import histogram_quantile
 
@@ -82,6 +87,7 @@ class GateResult:
     threshold: float
     samples: float
     reason: str
+    dry_run: bool = False  # measured and shown, never decides (the policy's ``dry_run``)
 
     def as_dict(self) -> dict[str, object]:
         record = asdict(self)
@@ -122,15 +128,56 @@ def observe(
     return observed
 
 
+RARE_FLOOR = 1e-6  # the rate sequence's prior mean when a threshold is 0 (a gate that never passes)
+MEASURED_GATES = frozenset({"max_cost_per_1k"})
+"""Gates compared by value, not by an interval: they spend none of the step's error."""
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The error each gate's confidence sequence may spend in a step (alpha = 1 - confidence).
+
+    A wrong promotion needs the gate the student truly breaks to pass wrongly; every gate must
+    pass to advance, so each gate's pass side at alpha keeps the step's chance of a wrong
+    promotion at alpha, however many gates there are. A wrong rollback needs any one gate to fail
+    wrongly: the fail side is split evenly (Bonferroni) over the deciding gates, so the step's
+    chance of a wrong rollback is at most alpha too. A gate built from several sequences (the
+    latency ratio, the per-class drop) splits its share again between them.
+    """
+
+    pass_alpha: float
+    fail_alpha: float
+    n_star: float  # where the sequences are tightest: the policy's min_requests
+
+    @classmethod
+    def of(cls, policy: Policy) -> Levels:
+        alpha = 1.0 - policy.confidence
+        deciding = [gate for gate in policy.gates.configured()
+                    if gate not in policy.dry_run and gate not in MEASURED_GATES]  # fmt: skip
+        return cls(alpha, alpha / max(len(deciding), 1), float(policy.min_requests))
+
+    def z(self, samples: float, alpha: float) -> float:
+        return sequences.mixture_z(samples, alpha, self.n_star)
+
+    def bounds(self, interval: Callable[[float], stats.Interval], at_most: bool,
+               fail_parts: int = 1, pass_parts: int = 1) -> stats.Interval:  # fmt: skip
+        """(low, high) from ``interval(alpha)``: the end that can pass the gate at the pass level,
+        the end that can fail it at the fail level, each shared by that many sequences."""
+        pass_low, pass_high = interval(self.pass_alpha / pass_parts)
+        fail_low, fail_high = interval(self.fail_alpha / fail_parts)
+        return (fail_low, pass_high) if at_most else (pass_low, fail_high)
+
+
 def assess(
     step: WindowMetrics, rollout: WindowMetrics, policy: Policy, dark_launch: bool
 ) -> list[GateResult]:
-    """Judges every configured gate on this step's window.
+    """Judges every configured gate on this step's window; gates in the policy's ``dry_run`` are
+    judged alike and marked, and ``decisions.judge`` leaves them out.
 
     The teacher's accuracy is the reference for ``max_accuracy_drop``; it is pooled over the whole
     rollout (``rollout``), since at 100 % the teacher serves no one in the step itself.
     """
-    z = stats.z_value(policy.confidence)
+    z = Levels.of(policy)
     student_volume = step.comparisons if dark_launch else step.student.requests
     results = []
     for gate, threshold in policy.gates.configured().items():
@@ -141,7 +188,8 @@ def assess(
             results.append(_result(gate, Verdict.INCONCLUSIVE, threshold, student_volume, reason))
         else:
             results.append(_GATES[gate](step, rollout, policy, threshold, z))
-    return results
+    dry = set(policy.dry_run)
+    return [replace(r, dry_run=True) if r.gate in dry else r for r in results]
 
 
 def _result(
@@ -174,18 +222,20 @@ def _at_least(gate: str, value: float, low: float, high: float, threshold: float
 
 
 def _error_rate(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
-                z: float) -> GateResult:  # fmt: skip
+                z: Levels) -> GateResult:  # fmt: skip
     n, errors = step.student.requests, step.student.errors
-    low, high = stats.wilson(errors, n, z)
+    low = sequences.proportion(errors, n, z.fail_alpha, z.n_star)[0]
+    # Errors are rare: the pass side is the exact rate sequence, its prior at half the threshold.
+    high = sequences.rate_upper(errors, n, z.pass_alpha, max(threshold / 2.0, RARE_FLOOR))
     return _at_most("max_error_rate", errors / n, low, high, threshold, n)
 
 
 def _agreement(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
-               z: float) -> GateResult:  # fmt: skip
+               z: Levels) -> GateResult:  # fmt: skip
     n = step.comparisons
     if n <= 0:
         return _result("min_agreement", Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
-    low, high = stats.wilson(step.agreements, n, z)
+    low, high = z.bounds(lambda a: sequences.proportion(step.agreements, n, a, z.n_star), False)
     return _at_least("min_agreement", step.agreements / n, low, high, threshold, n)
 
 
@@ -200,27 +250,30 @@ class _Drop:
     paired: bool
 
 
-def _drop(student: Labels, teacher: Labels, pairs: PairedLabels, z: float) -> _Drop | None:
+def _drop(student: Labels, teacher: Labels, pairs: PairedLabels, z: Levels,
+          classes: int = 1) -> _Drop | None:  # fmt: skip
     """Paired when shadow traffic gave at least as many labelled examples that both backends
     answered as the student's own live labels: the difference on the same requests (Newcombe's
     paired interval, the interval behind McNemar's test) is far tighter than two independent
     proportions, and at a 5 % step there are up to 20 times more of them. None without data."""
     if pairs.total > 0 and pairs.total >= student.total:
-        low, high = stats.newcombe_paired_difference(
-            pairs.both_correct, pairs.teacher_only, pairs.student_only, pairs.both_wrong, z
-        )
+        low, high = z.bounds(lambda alpha: stats.newcombe_paired_difference(
+            pairs.both_correct, pairs.teacher_only, pairs.student_only, pairs.both_wrong,
+            z.z(pairs.total, alpha), sequences.CONTINUITY), True, classes)  # fmt: skip
         value = (pairs.teacher_only - pairs.student_only) / pairs.total
         return _Drop(value, low, high, pairs.total, paired=True)
     if student.total <= 0 or teacher.total <= 0:
         return None
-    low, high = stats.newcombe_difference(teacher.correct, teacher.total, student.correct,
-                                          student.total, z)  # fmt: skip
+    fewer = min(teacher.total, student.total)  # the wider of the two sequences' z
+    low, high = z.bounds(lambda alpha: stats.newcombe_difference(
+        teacher.correct, teacher.total, student.correct, student.total, z.z(fewer, alpha),
+        sequences.CONTINUITY), True, classes)  # fmt: skip
     value = teacher.correct / teacher.total - student.correct / student.total
     return _Drop(value, low, high, student.total, paired=False)
 
 
 def _accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
-                   z: float) -> GateResult:  # fmt: skip
+                   z: Levels) -> GateResult:  # fmt: skip
     """The student's own labels are this step's; the teacher's are pooled over the rollout (at
     100 % the teacher serves no one in the step itself)."""
     gate = "max_accuracy_drop"
@@ -234,10 +287,11 @@ def _accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy, thres
 
 
 def _class_accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, policy: Policy,
-                         threshold: float, z: float) -> GateResult:  # fmt: skip
-    """The accuracy drop of every true class, each judged like ``max_accuracy_drop`` at a
-    Bonferroni-corrected confidence (1 - (1 - confidence) / classes): with ten classes, the
-    chance that any one of them fails by chance stays at the policy's, not ten times it. It
+                         threshold: float, z: Levels) -> GateResult:  # fmt: skip
+    """The accuracy drop of every true class, each judged like ``max_accuracy_drop``, its fail
+    side's error split over the classes (Bonferroni): with ten classes, the chance that any one
+    of them fails by chance stays at the gate's, not ten times it (a wrong pass needs the one bad
+    class to pass, so the pass side needs no split). It
     fails when some class's interval is above the threshold, passes when every class's is below,
     and names the class that decided."""
     gate = "max_class_accuracy_drop"
@@ -245,11 +299,10 @@ def _class_accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, policy: Po
                      | set(step.paired_by_class), key=_class_order)  # fmt: skip
     if not classes:
         return _result(gate, Verdict.INCONCLUSIVE, threshold, 0, "no feedback yet")
-    corrected = stats.z_value(1.0 - (1.0 - policy.confidence) / len(classes))
     drops: dict[str, _Drop | None] = {
         c: _drop(step.student.feedback_by_class.get(c, Labels()),
                  rollout.teacher.feedback_by_class.get(c, Labels()),
-                 step.paired_by_class.get(c, PairedLabels()), corrected)
+                 step.paired_by_class.get(c, PairedLabels()), z, len(classes))
         for c in classes
     }  # fmt: skip
     judged = {c: d for c, d in drops.items() if d is not None}
@@ -282,49 +335,88 @@ def _class_order(label: str) -> tuple[int, str]:
 
 
 def _kl(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
-        z: float) -> GateResult:  # fmt: skip
+        z: Levels) -> GateResult:  # fmt: skip
     if step.kl_count <= 0:
         return _result("max_kl", Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
-    mean, (low, high) = stats.mean_interval(step.kl_sum, step.kl_count, step.kl_buckets, z)
+    n = step.kl_count
+    mean = step.kl_sum / n
+    low, high = z.bounds(
+        lambda alpha: stats.mean_interval(step.kl_sum, n, step.kl_buckets, z.z(n, alpha))[1], True
+    )
     return _at_most("max_kl", mean, low, high, threshold, step.kl_count)
 
 
 def _latency(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
-         z: float) -> GateResult:  # fmt: skip
+         z: Levels) -> GateResult:  # fmt: skip
     latency = step.student.latency
-    low, high = stats.quantile_interval(latency, policy.latency_quantile, z)
+    n, q = stats.sample_count(latency), policy.latency_quantile
+    low, high = z.bounds(lambda alpha: stats.quantile_interval(latency, q, z.z(n, alpha)), True)
     value = histogram_quantile(policy.latency_quantile, latency) * 1000.0
     return _at_most("max_latency_ms", value, low * 1000.0, high * 1000.0, threshold,
                     stats.sample_count(latency))  # fmt: skip
 
 
+MEDIAN = 0.5
+
+
 def _latency_ratio(step: WindowMetrics, rollout: WindowMetrics, policy: Policy, threshold: float,
-               z: float) -> GateResult:  # fmt: skip
-    """The student's latency quantile over the teacher's. The teacher's comes from this step
-    while it serves enough live requests; at 100 % (and in a dark launch) it serves none, its
-    shadow calls are batched and timed apart, so the reference is the teacher's live latency
-    pooled over the rollout's earlier steps, never missing at the last step."""
-    q = policy.latency_quantile
+                   z: Levels) -> GateResult:  # fmt: skip
+    """The student's latency over the teacher's, at the median and at ``latency_quantile``: it
+    fails when either ratio is above the threshold, passes when both are below.
+
+    The median is what decides a slower student: it is the body of the distribution, where a
+    student's extra model time shows whole, while a busy gateway's stalls (event-loop pauses,
+    scheduling) land in the tail of both backends and put the teacher's p99 near the student's
+    (a student 40x slower passed a p99-only gate on a busy machine). The tail ratio still catches
+    a student whose tail alone is slower. Each ratio's interval divides the two backends'
+    order-statistic sequences, so the gate splits its error four ways.
+
+    The teacher's latency comes from this step while it serves enough live requests; at 100 %
+    (and in a dark launch) it serves none, its shadow calls are batched and timed apart, so the
+    reference is the teacher's live latency pooled over the rollout's earlier steps, never
+    missing at the last step."""
+    gate, q = "max_latency_ratio", policy.latency_quantile
     student, teacher = step.student.latency, step.teacher.latency
     reference = ""
     if stats.sample_count(teacher) < policy.min_requests:
         teacher, reference = rollout.teacher.latency, " (teacher: the rollout's earlier steps)"
-    s_low, s_high = stats.quantile_interval(student, q, z, interpolate=True)
-    t_low, t_high = stats.quantile_interval(teacher, q, z, interpolate=True)
     samples = min(stats.sample_count(student), stats.sample_count(teacher))
-    teacher_value = histogram_quantile(q, teacher)
-    if not teacher_value or math.isnan(teacher_value):
-        return _result("max_latency_ratio", Verdict.INCONCLUSIVE, threshold, samples,
-                       "no teacher latency")  # fmt: skip
-    value = histogram_quantile(q, student) / teacher_value
+    if not histogram_quantile(MEDIAN, teacher) or math.isnan(histogram_quantile(q, teacher)):
+        return _result(gate, Verdict.INCONCLUSIVE, threshold, samples, "no teacher latency")
+    ratios = {quantile: _quantile_ratio(student, teacher, quantile, z)
+              for quantile in (MEDIAN, q)}  # fmt: skip
+    failing = [k for k, (_, low, _) in ratios.items() if low > threshold]
+    if failing:
+        decides = max(failing, key=lambda k: ratios[k][1])
+    else:
+        decides = max(ratios, key=lambda k: ratios[k][2])
+    value, low, high = ratios[decides]
+    result = _at_most(gate, value, low, high, threshold, samples)
+    return replace(result, reason=f"{result.reason} at p{decides * 100:g}{reference}")
+
+
+def _quantile_ratio(student: stats.Buckets, teacher: stats.Buckets, quantile: float,
+                    z: Levels) -> tuple[float, float, float]:  # fmt: skip
+    """Student over teacher latency at one quantile: (estimate, low, high)."""
+
+    def interval(buckets: stats.Buckets) -> Callable[[float], stats.Interval]:
+        n = stats.sample_count(buckets)
+        return lambda alpha: stats.quantile_interval(buckets, quantile, z.z(n, alpha),
+                                                     interpolate=True)  # fmt: skip
+
+    # The ratio's low end is the student's low over the teacher's high, and the other way round.
+    # A wrong pass needs the one truly slower ratio's two sequences to miss; a wrong fail, any of
+    # the four.
+    s_low, s_high = z.bounds(interval(student), True, fail_parts=4, pass_parts=2)
+    t_low, t_high = z.bounds(interval(teacher), False, fail_parts=4, pass_parts=2)
+    value = histogram_quantile(quantile, student) / histogram_quantile(quantile, teacher)
     low = s_low / t_high if t_high > 0 and not math.isinf(t_high) else 0.0
     high = s_high / t_low if t_low > 0 else math.inf
-    result = _at_most("max_latency_ratio", value, low, high, threshold, samples)
-    return replace(result, reason=result.reason + reference) if reference else result
+    return value, low, high
 
 
 def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
-          ___: float) -> GateResult:  # fmt: skip
+          ___: Levels) -> GateResult:  # fmt: skip
     # Cost is measured, not sampled: the value itself is compared once there is enough traffic.
     n = step.student.requests
     value = step.student.cost_dollars / n * 1000.0

@@ -39,7 +39,8 @@ def judge(
     is_last_step: bool,
     paused: bool,
 ) -> Judgement:
-    """What one analysis means for the rollout."""
+    """What one analysis means for the rollout. Dry-run gates are left out: they never decide."""
+    results = [r for r in results if not r.dry_run]
     failed = [r for r in results if r.verdict is Verdict.FAIL]
     if failed:
         failures = consecutive_failures + 1

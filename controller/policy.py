@@ -91,6 +91,10 @@ class Policy(StrictModel):
     the rollout without touching the share. Either way, traffic at another share is never
     analysed as if it were the intended one."""
     gates: Gates = Field(default_factory=Gates)
+    dry_run: list[str] = Field(default_factory=list)
+    """Gates (configured under ``gates``) that are measured, shown, exported and reported like the
+    others but never decide: a new gate watched for a few rollouts before it is trusted (Argo
+    Rollouts' ``dryRun``). At least one gate must still decide."""
 
     @field_validator("steps")
     @classmethod
@@ -112,6 +116,11 @@ class Policy(StrictModel):
         configured = self.gates.configured()
         if not configured:
             raise ValueError("gates: set at least one gate")
+        unknown = [gate for gate in self.dry_run if gate not in configured]
+        if unknown:
+            raise ValueError(f"dry_run: {', '.join(unknown)} is not a configured gate")
+        if not configured.keys() - set(self.dry_run):
+            raise ValueError("dry_run: at least one gate must decide")
         if self.steps[0] == 0 and not configured.keys() - LIVE_ONLY_GATES:
             raise ValueError(
                 "gates: a dark-launch step (0) needs a gate it can judge from shadow traffic: "

@@ -37,12 +37,18 @@ def z_value(confidence: float) -> float:
     return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
 
 
-def wilson(successes: float, trials: float, z: float) -> Interval:
+def wilson(successes: float, trials: float, z: float, correction: float = 0.0) -> Interval:
+    """With ``correction`` (0.5: the continuity correction), each bound is read half a success
+    further out, which keeps the lower bound honest at a handful of successes."""
     if trials <= 0:
         return (0.0, 1.0)
     # PromQL's increase() extrapolates each series on its own, so a window can report a few more
     # successes than trials (or fewer than none): a proportion still lies in 0..1.
     successes = min(max(successes, 0.0), trials)
+    if correction:
+        low = wilson(max(successes - correction, 0.0), trials, z)[0] if successes > 0 else 0.0
+        high = wilson(min(successes + correction, trials), trials, z)[1]
+        return (low, 1.0 if successes >= trials else high)
     p = successes / trials
     denominator = 1.0 + z * z / trials
     centre = (p + z * z / (2.0 * trials)) / denominator
@@ -53,7 +59,12 @@ def wilson(successes: float, trials: float, z: float) -> Interval:
 
 
 def newcombe_difference(
-    successes_1: float, trials_1: float, successes_2: float, trials_2: float, z: float
+    successes_1: float,
+    trials_1: float,
+    successes_2: float,
+    trials_2: float,
+    z: float,
+    correction: float = 0.0,
 ) -> Interval:
     """Interval for p1 - p2."""
     if trials_1 <= 0 or trials_2 <= 0:
@@ -61,8 +72,8 @@ def newcombe_difference(
     successes_1 = min(max(successes_1, 0.0), trials_1)
     successes_2 = min(max(successes_2, 0.0), trials_2)
     p1, p2 = successes_1 / trials_1, successes_2 / trials_2
-    l1, u1 = wilson(successes_1, trials_1, z)
-    l2, u2 = wilson(successes_2, trials_2, z)
+    l1, u1 = wilson(successes_1, trials_1, z, correction)
+    l2, u2 = wilson(successes_2, trials_2, z, correction)
     difference = p1 - p2
     low = difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
     high = difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
@@ -70,7 +81,12 @@ def newcombe_difference(
 
 
 def newcombe_paired_difference(
-    both: float, first_only: float, second_only: float, neither: float, z: float
+    both: float,
+    first_only: float,
+    second_only: float,
+    neither: float,
+    z: float,
+    correction: float = 0.0,
 ) -> Interval:
     """Interval for p1 - p2 from a paired table: ``both`` successes, ``first_only`` (a success of
     the first alone), ``second_only`` and ``neither``."""
@@ -78,8 +94,8 @@ def newcombe_paired_difference(
     if n <= 0:
         return (-1.0, 1.0)
     p1, p2 = (both + first_only) / n, (both + second_only) / n
-    l1, u1 = wilson(both + first_only, n, z)
-    l2, u2 = wilson(both + second_only, n, z)
+    l1, u1 = wilson(both + first_only, n, z, correction)
+    l2, u2 = wilson(both + second_only, n, z, correction)
     margins = (both + first_only) * (second_only + neither) * (both + second_only) * (
         first_only + neither)  # fmt: skip
     # phi, the correlation of the two outcomes, with Newcombe's continuity correction.

@@ -207,3 +207,58 @@ def test_a_class_the_student_has_no_labels_for_keeps_the_gate_from_passing() -> 
     result = next(r for r in assess(step, step, CLASS_POLICY, False)
                   if r.gate == "max_class_accuracy_drop")  # fmt: skip
     assert result.verdict is Verdict.INCONCLUSIVE and "class 1" in result.reason
+
+
+def test_a_dry_run_gate_is_judged_and_shown_but_never_decides() -> None:
+    from controller.decisions import Action, judge
+
+    policy = Policy(min_requests=100, bake_seconds=0, gates=ALL_GATES, dry_run=["max_error_rate"])
+    bad = window(errors=500, cost=0.0005)
+    results = assess(bad, bad, policy, dark_launch=False)
+    by_gate = {r.gate: r for r in results}
+    assert by_gate["max_error_rate"].verdict is Verdict.FAIL
+    assert by_gate["max_error_rate"].dry_run and by_gate["max_error_rate"].as_dict()["dry_run"]
+    assert not by_gate["max_kl"].dry_run
+    judged = judge(results, 100.0, 5, policy, is_last_step=False, paused=False)
+    assert judged.action is Action.ADVANCE  # the failing gate is a dry run: the others pass
+    undecided = Policy(min_requests=100, bake_seconds=0, gates=ALL_GATES)
+    assert judge(assess(bad, bad, undecided, False), 100.0, 5,
+                 undecided, is_last_step=False, paused=False).action is Action.ROLLBACK  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "message"),
+    [(["max_kl"], "max_kl is not a configured gate"), (["max_error_rate"], "at least one gate")],
+)
+def test_a_dry_run_names_configured_gates_and_leaves_one_deciding(
+    dry_run: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Policy(gates=Gates(max_error_rate=0.01), dry_run=dry_run)
+
+
+def test_dry_run_gates_spend_none_of_the_steps_error() -> None:
+    from controller.analysis import Levels
+
+    policy = Policy(gates=ALL_GATES, confidence=0.95)
+    # Six gates with intervals (cost is measured): the fail side splits 0.05 six ways.
+    assert Levels.of(policy).fail_alpha == pytest.approx(0.05 / 6)
+    assert Levels.of(policy).pass_alpha == pytest.approx(0.05)
+    dry = Policy(gates=ALL_GATES, confidence=0.95, dry_run=["max_kl", "min_agreement"])
+    assert Levels.of(dry).fail_alpha == pytest.approx(0.05 / 4)
+
+
+def test_a_slower_student_fails_the_ratio_gate_on_its_median_when_the_teachers_tail_is_noise() -> (
+    None
+):
+    """The teacher's tail is stalls (a busy gateway): at p99 it is slower than a student 7x
+    slower at its median; the gate fails on the median and says so."""
+    teacher = [(0.001, 4900.0), (0.002, 4900.0), (0.004, 4900.0), (0.008, 4900.0),
+               (0.016, 4900.0), (0.032, 5000.0), (math.inf, 5000.0)]  # fmt: skip
+    student = latency(5000, 0.008)  # everything in (4, 8] ms: a median of 6 ms vs 0.5 ms
+    step = replace(window(), teacher=replace(window().teacher, latency=teacher),
+                   student=replace(window().student, latency=student))  # fmt: skip
+    policy = Policy(min_requests=100, gates=Gates(max_latency_ratio=2))
+    (result,) = assess(step, step, policy, dark_launch=False)
+    assert result.verdict is Verdict.FAIL
+    assert "at p50" in result.reason and result.low > 2
