@@ -7,7 +7,8 @@ request gets exactly its own rows. The gateway asks a backend for every output o
 requests that want different outputs never make a call compute something else. A failing call
 fails the requests of its batch and no others; a request whose caller gave up is left out of a
 batch not yet run, and its rows of one already running are dropped. Shadow calls are not batched
-here (``gateway.shadow`` batches the teacher's its own way).
+here (``gateway.shadow`` batches the teacher's its own way). With ``padding`` (``batching.pad``),
+requests whose shapes differ along the model's dynamic axes join too, padded (``gateway.padding``).
 
 At most ``max_in_flight`` batches run at once (the backend's capacity: its threads, or what a
 Triton is trusted with): while they all run, requests keep joining the next batch instead of
@@ -32,6 +33,7 @@ import numpy as np
 from gateway.backends.base import batch_rows
 from gateway.errors import DeadlineExceeded
 from gateway.overload import CallTime, Shed, shed_for_wait
+from gateway.padding import Padding
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -56,10 +58,16 @@ class Batcher:
         max_in_flight: int | None = None,
         retry_after_seconds: int = 1,
         observe_wait: Callable[[float], None] = lambda seconds: None,
+        padding: Padding | None = None,
+        observe_padding: Callable[[int, int], None] = lambda added, elements: None,
     ) -> None:
         """``run`` makes one call with a batch; ``observe`` hears each call's rows;
         ``max_in_flight`` bounds the calls running at once (None: no bound); ``observe_wait``
-        hears how long each request waited for its batch to start."""
+        hears how long each request waited for its batch to start; ``padding`` lets requests of
+        different lengths join, and ``observe_padding`` hears each padded call's padding and
+        input elements."""
+        self._padding = padding
+        self._observe_padding = observe_padding
         self._run = run
         self._retry_after = retry_after_seconds
         self._observe_wait = observe_wait
@@ -111,7 +119,7 @@ class Batcher:
             self._timer = None
         waiting = [w for w in self._waiting if not w.answer.done()]  # callers still there
         while waiting and len(self._calls) < self._max_in_flight:
-            batch, waiting = _take_batch(waiting, self._max_rows)
+            batch, waiting = _take_batch(waiting, self._max_rows, self._padding)
             for w in batch:  # taken now: no give-up may shed it before its call starts
                 w.started = True
                 if w.give_up is not None:
@@ -140,9 +148,16 @@ class Batcher:
             self._flush()
 
     async def _call(self, batch: list[_Waiting]) -> None:
-        inputs = batch[0].inputs if len(batch) == 1 else {
-            name: np.concatenate([w.inputs[name] for w in batch]) for name in batch[0].inputs
-        }  # fmt: skip
+        padded = None
+        if self._padding is not None:
+            padded = self._padding.pad([w.inputs for w in batch])
+            inputs: Tensors = padded.inputs
+            if padded.padding_elements or len(batch) > 1:
+                self._observe_padding(padded.padding_elements, padded.elements)
+        else:
+            inputs = batch[0].inputs if len(batch) == 1 else {
+                name: np.concatenate([w.inputs[name] for w in batch]) for name in batch[0].inputs
+            }  # fmt: skip
         self._observe(sum(w.rows for w in batch))
         started = time.perf_counter()
         for w in batch:
@@ -158,18 +173,29 @@ class Batcher:
         offset = 0
         for w in batch:
             if not w.answer.done():
-                w.answer.set_result({name: rows[offset : offset + w.rows]
-                                     for name, rows in outputs.items()})  # fmt: skip
+                if padded is not None and self._padding is not None:
+                    w.answer.set_result(self._padding.cut(outputs, padded, w.inputs, offset,
+                                                          w.rows))  # fmt: skip
+                else:
+                    w.answer.set_result({name: rows[offset : offset + w.rows]
+                                         for name, rows in outputs.items()})  # fmt: skip
             offset += w.rows
 
 
-def _take_batch(waiting: list[_Waiting], max_rows: int) -> tuple[list[_Waiting], list[_Waiting]]:
+def _take_batch(
+    waiting: list[_Waiting], max_rows: int, padding: Padding | None = None
+) -> tuple[list[_Waiting], list[_Waiting]]:
     """The first request, and the next ones that fit beside it (same inputs, same shapes past
-    the batch axis, within ``max_rows``); the rest, in order, for the next call."""
+    the batch axis, or with ``padding`` the same padding key; within ``max_rows``); the rest, in
+    order, for the next call."""
     first, rest = waiting[0], waiting[1:]
     batch, rows, later = [first], first.rows, []
+    key = padding.key(first.inputs) if padding is not None else None
     for w in rest:
-        if rows + w.rows <= max_rows and stackable(first.inputs, w.inputs):
+        fits = (
+            stackable(first.inputs, w.inputs) if padding is None else padding.key(w.inputs) == key
+        )
+        if rows + w.rows <= max_rows and fits:
             batch.append(w)
             rows += w.rows
         else:

@@ -177,6 +177,19 @@ class GatewayMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
+        self.padding_elements = Counter(
+            "gateway_batch_padding_elements",
+            "Input elements that padded batching (batching.pad) added to a backend's calls; over "
+            "gateway_batch_padded_call_elements_total, the share of the work spent on padding.",
+            mb,
+            registry=registry,
+        )
+        self.padded_call_elements = Counter(
+            "gateway_batch_padded_call_elements",
+            "Input elements of a backend's padded batched calls, padding included.",
+            mb,
+            registry=registry,
+        )
         self.shadow_batch_size = Histogram(
             "gateway_shadow_batch_size",
             "Rows per batched shadow call: comparisons for the teacher that queued together and "

@@ -47,6 +47,7 @@ from gateway.overload import (
     backend_capacity,
     shed_for_wait,
 )
+from gateway.padding import Padding
 from gateway.protocol import Feedback
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
@@ -218,9 +219,9 @@ class GatewayService:
         shadow_threads = settings.shadow.workers
         backends: dict[str, Backend] = {
             role: create_backend(role, getattr(settings, role), shadow_threads, settings.inputs,
-                                 settings.warmup)  # fmt: skip
+                                 settings.warmup)
             for role in ROLES
-        }
+        }  # fmt: skip
         lazy_student = settings.student.kind == "triton"
         try:
             await backends["teacher"].load()
@@ -498,10 +499,22 @@ class GatewayService:
             return self._backend_call(role, backend.infer(inputs, self._all_outputs),
                                       self._timeouts[role])  # fmt: skip
 
+        padding = None
+        if batching.pad:
+            pad_values = {name: c.pad_value for name, c in self.settings.inputs.items()}
+            padding = Padding(self.signature, pad_values, batching.length_buckets)
+        added = self._metrics.padding_elements.labels(self.model, role)
+        elements = self._metrics.padded_call_elements.labels(self.model, role)
+
+        def observe_padding(padding_elements: int, call_elements: int) -> None:
+            added.inc(padding_elements)
+            elements.inc(call_elements)
+
         return Batcher(run, batching.max_batch_size, batching.max_delay_us / 1e6,
                        observe=observed.observe, max_in_flight=backend_capacity(config),
                        retry_after_seconds=self._retry_after,
                        observe_wait=self._metrics.queue_delay.labels(self.model, role).observe,
+                       padding=padding, observe_padding=observe_padding,
                        )  # fmt: skip
 
     async def _call(
