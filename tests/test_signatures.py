@@ -204,3 +204,29 @@ def test_a_json_bytes_element_that_is_not_a_string_is_named(shapes: dict[str, Pa
     with pytest.raises(BadRequest, match=r"input 'text' is BYTES: element 1 must be a string"):
         _decode(backend.signature, [
             {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", 3]}])  # fmt: skip
+
+
+def test_grpc_bytes_contents_and_raw_length_prefixed_bytes(shapes: dict[str, Path]) -> None:
+    from tritonclient.grpc import service_pb2 as pb
+
+    from gateway.grpc_codec import decode_grpc_request, encode_grpc_response
+
+    backend = _loaded(shapes["strings"])
+    typed = pb.ModelInferRequest(model_name="m")
+    tensor = typed.inputs.add(name="text", datatype="BYTES", shape=[2])
+    tensor.contents.bytes_contents.extend([b"hello", "héllo".encode()])
+    raw = pb.ModelInferRequest(model_name="m")
+    raw.inputs.add(name="text", datatype="BYTES", shape=[2])
+    raw.raw_input_contents.append(_length_prefixed(b"hello", "héllo".encode()))
+    for request in (typed, raw):
+        decoded = decode_grpc_request(request, backend.signature, 64)
+        assert decoded.inputs["text"].tolist() == ["hello", "héllo"]
+    answer = asyncio.run(backend.infer(decoded.inputs, ["echo"]))
+    response = encode_grpc_response("m", "1", "r", answer)
+    assert response.outputs[0].datatype == "BYTES"
+    assert response.raw_output_contents[0] == _length_prefixed(b"hello", "héllo".encode())
+    broken = pb.ModelInferRequest(model_name="m")
+    broken.inputs.add(name="text", datatype="BYTES", shape=[2])
+    broken.raw_input_contents.append(_length_prefixed(b"hello") + struct.pack("<I", 9) + b"x")
+    with pytest.raises(BadRequest, match=r"input 'text': BYTES element 1 declares 9 bytes"):
+        decode_grpc_request(broken, backend.signature, 64)
