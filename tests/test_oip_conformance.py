@@ -267,3 +267,45 @@ def test_a_configured_version_is_the_one_listed_and_accepted(
     assert np.isfinite(result.as_numpy("logits")).all()
     old = httpx.get(f"{gateway.url}/v2/models/digits/versions/1/ready")
     assert old.status_code == 404 and "its versions are: 2026-11" in old.json()["error"]
+
+
+def test_bytes_tensors_follow_the_spec_in_json_and_in_the_binary_extension(
+    start_gateway: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """BYTES as the spec writes it: JSON strings in ``data``, and in the binary extension each
+    element a 4-byte little-endian length and its bytes, ``binary_data_size`` counting both."""
+    import struct
+
+    from tests import model_shapes
+
+    model = model_shapes.write_string_model(tmp_path_factory.mktemp("strings") / "strings.onnx")
+    gateway = start_gateway({"teacher": {"path": str(model)}, "student": {"path": str(model)},
+                             "shadow": {"sample_rate": 0.0},
+                             "task": {"kind": "regression", "output": "score"}})  # fmt: skip
+    metadata = _valid(httpx.get(f"{gateway.url}/v2/models/digits").json(), MODEL_METADATA)
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    words = ["hello", "naïve"]
+    text = {"name": "text", "shape": [2], "datatype": "BYTES", "data": words}
+    response = httpx.post(f"{gateway.url}/v2/models/digits/infer", json={"inputs": [text]})
+    payload = _valid(response.json(), INFERENCE_RESPONSE)
+    echo = next(o for o in payload["outputs"] if o["name"] == "echo")
+    assert echo == {"name": "echo", "datatype": "BYTES", "shape": [2], "data": words}
+    raw = b"".join(struct.pack("<I", len(w.encode())) + w.encode() for w in words)
+    binary_text = {"name": "text", "shape": [2], "datatype": "BYTES",
+                   "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+    echo_binary = {"name": "echo", "parameters": {"binary_data": True}}
+    header = json.dumps({"inputs": [binary_text], "outputs": [echo_binary]}).encode()
+
+    def post(tensors: bytes) -> httpx.Response:
+        length = {"Inference-Header-Content-Length": str(len(header))}
+        return httpx.post(f"{gateway.url}/v2/models/digits/infer", content=header + tensors,
+                          headers=length)  # fmt: skip
+
+    response = post(raw)
+    length = int(response.headers["inference-header-content-length"])
+    described = _valid(json.loads(response.content[:length]), INFERENCE_RESPONSE)["outputs"][0]
+    assert described["parameters"]["binary_data_size"] == len(raw)
+    assert response.content[length:] == raw
+    response = post(raw[:-3])  # the last element's bytes cut short: its prefix lies
+    assert response.status_code == 400
+    assert "input 'text'" in _valid(response.json(), ERROR)["error"]
