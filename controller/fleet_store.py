@@ -51,6 +51,7 @@ class StoreFleet:
         self._sleep = sleep
         self._clock = clock
         self._known: dict[str, str] = {}  # replica id -> URL, as last read
+        self._newest_seen = 0  # the highest generation any replica has reported to us
         self.replicas: list[dict[str, Any]] = []
 
     @property
@@ -75,9 +76,11 @@ class StoreFleet:
     def set_share(self, share: float) -> dict[str, TrafficState]:
         """Writes the share once, to the store, then waits (a few seconds at most) for every
         live replica to report its generation; raises naming those that did not."""
+        # Above every generation a replica ever reported: a store that lost its data restarts
+        # its count (and its registry), and replicas ignore a generation older than theirs.
         try:
             generation = int(self._set_share(keys=[self._keys.share, self._keys.share_changed],
-                                             args=[repr(share)]))  # fmt: skip
+                                             args=[repr(share), self._newest_seen]))  # fmt: skip
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
         wanted = TrafficState(student_share=share, generation=generation)
@@ -148,6 +151,7 @@ class StoreFleet:
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
         self.replicas = [json.loads(record) for record in raw if record is not None]
+        self._newest_seen = max([self._newest_seen, *(int(r["generation"]) for r in self.replicas)])
         current = {record["id"]: record.get("url", "") for record in self.replicas}
         for gone in self._known.keys() - current.keys():
             log.warning("replica %s (%s) left the fleet: its heartbeat expired; dropped",

@@ -131,6 +131,47 @@ def test_restarted_and_new_replicas_take_the_fleets_share_not_their_configs(
     assert 140 < served.count("student") < 260, served.count("student")
 
 
+def _lose_the_stores_data(redis: RedisProcess, prefix: str) -> None:
+    """Every key under ``prefix`` deleted, as a Redis restarted without persistence has it."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as client:
+        keys = list(client.scan_iter(f"{prefix}*"))
+        assert keys, f"no keys under {prefix}"
+        client.delete(*keys)
+
+
+@pytest.mark.parametrize("writer", ["controller", "admin"])
+def test_a_share_written_after_the_store_lost_its_data_is_applied_not_undone(
+    fleet: StartReplica, redis: RedisProcess, writer: str
+) -> None:
+    """The store's generation count restarts at 1 after data loss; a write must still land
+    above what the replicas hold, or they ignore it and re-seed the store with their older
+    share. A long heartbeat keeps the replicas from re-seeding first."""
+    prefix = f"lost-{writer}"
+    state = {"url": redis.url, "key_prefix": prefix, "heartbeat_seconds": 30.0,
+             "replica_ttl_seconds": 60.0}  # fmt: skip
+    replicas = [fleet(state=state), fleet(state=state)]
+    for share in (0.1, 0.2, 0.3):  # generation 3 or more on every replica
+        replicas[0].set_share(share)
+    wait_until(lambda: all(traffic(r)["student_share"] == 0.3 for r in replicas), 5, "the share")
+    held = max(traffic(r)["generation"] for r in replicas)
+    assert held >= 3
+    controller = StoreFleet(redis.url, "digits", key_prefix=prefix)
+    try:
+        controller.read()  # a running controller has read the registry at every tick
+        _lose_the_stores_data(redis, prefix)  # the share and the registry
+        if writer == "controller":
+            controller.set_share(0.7)
+        else:
+            replicas[1].set_share(0.7)
+    finally:
+        controller.close()
+    wait_until(lambda: all(traffic(r)["student_share"] == 0.7 for r in replicas), 5,
+               "every replica to apply the share written after the loss")  # fmt: skip
+    assert all(traffic(r)["generation"] > held for r in replicas)
+
+
 def test_labels_posted_to_other_replicas_join_their_predictions_once(
     fleet: StartReplica, test_split: Split
 ) -> None:

@@ -44,8 +44,8 @@ class FakeStore:
             return self.share, True
         return self.share, False
 
-    async def write_share(self, share: float) -> FleetShare:
-        generation = (self.share.generation if self.share else 0) + 1
+    async def write_share(self, share: float, above: int = 0) -> FleetShare:
+        generation = max(self.share.generation if self.share else 0, above) + 1
         self.share = FleetShare(share, generation, self.share.student if self.share else None)
         return self.share
 

@@ -100,7 +100,7 @@ class FleetMember:
     async def write_share(self, share: float) -> FleetShare:
         """``PUT /admin/traffic``: the fleet's new share, applied here at once (the others hear
         it published). Raises ``StoreUnavailable`` (503) when the store cannot take it."""
-        written = await self._write("share", self._store.write_share(share))
+        written = await self._write("share", self._store.write_share(share, self._applied()[1]))
         self.fleet_share = written
         if written.generation > self._applied()[1]:
             self._apply(written.share, written.generation)

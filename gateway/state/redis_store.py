@@ -37,8 +37,16 @@ classes, which a hash keeps in about twice their bytes: ``3 * id + 2 * classes +
 process's memory with ``state.url: memory`` (about 400 bytes there beyond the id and classes)."""
 
 SET_SHARE_SCRIPT = """
--- the controller writes the share with this script too (controller.fleet_store)
+-- the controller writes the share with this script too (controller.fleet_store). ARGV[2], the
+-- newest generation the writer knows a replica applies, is a floor: after Redis lost its data
+-- the counter restarts at 1, and a write below what the replicas hold would be ignored by them
+-- and then overwritten by their re-seeding with the older share.
 local generation = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+local floor = tonumber(ARGV[2] or '0')
+if generation <= floor then
+  generation = floor + 1
+  redis.call('HSET', KEYS[1], 'generation', generation)
+end
 redis.call('HSET', KEYS[1], 'share', ARGV[1])
 redis.call('PUBLISH', KEYS[2], generation)
 return generation
@@ -266,9 +274,11 @@ class RedisStore:
         student = values[2].decode() if isinstance(values[2], bytes) else values[2]
         return FleetShare(float(values[0]), int(values[1]), student), bool(values[3])
 
-    async def write_share(self, share: float) -> FleetShare:
+    async def write_share(self, share: float, above: int = 0) -> FleetShare:
+        """The fleet's new share, at a generation above both the store's and ``above`` (the
+        newest the writer has applied: a store that lost its data restarts its count)."""
         generation = await self._call("write_share", lambda: self._set_share(
-            keys=[self.share_key, self.channel], args=[repr(share)]))  # fmt: skip
+            keys=[self.share_key, self.channel], args=[repr(share), above]))  # fmt: skip
         return FleetShare(share, int(generation))
 
     async def write_student(self, model_id: str) -> float | None:
