@@ -14,6 +14,8 @@ Shapes (-1: a dynamic axis):
 - write_string_model: text BYTES [-1] -> echo BYTES [-1], is_hello BOOL [-1], score FP32 [-1]
 - write_multi_output_model: features FP32 [-1, n] -> label INT64 [-1], logits and
   probabilities FP32 [-1, classes]
+- write_transformer_classifier: input_ids, attention_mask INT64 [-1, -1] -> logits FP32
+  [-1, classes] (a masked multi-head attention encoder, for speed and padding)
 - write_regression_model: features FP32 [-1, n] -> value FP32 [-1, targets]
 - write_multilabel_model: features FP32 [-1, n] -> logits FP32 [-1, labels] (sigmoid each)
 """
@@ -140,6 +142,137 @@ def write_multilabel_model(
     return _save(path, "multilabel", _linear("features", "logits"), [_features(features)],
                  [_value("logits", TensorProto.FLOAT, [BATCH, labels])],
                  _linear_weights(features, labels, seed))  # fmt: skip
+
+
+def write_transformer_classifier(
+    path: Path,
+    *,
+    layers: int = 4,
+    width: int = 128,
+    heads: int = 4,
+    vocab: int = 1000,
+    classes: int = 4,
+    max_length: int = 128,
+    seed: int = 0,
+) -> Path:
+    """A BERT-shaped transformer encoder: ``input_ids`` and ``attention_mask`` INT64
+    [batch, seq] -> ``logits`` FP32 [batch, classes]. Token and position embeddings, ``layers``
+    post-norm blocks of masked multi-head self-attention (masked keys get -10000 before the
+    softmax: exactly 0 weight in FP32) and a 4x GELU feed-forward, then the masked mean and a
+    linear head, so padding with mask 0 leaves a row's logits unchanged up to float summation
+    order. Random seeded weights (for speed and padding tests, not accuracy); about
+    ``layers * 12 * width**2`` multiply-adds per token."""
+    rng = np.random.default_rng(seed)
+    head = width // heads
+
+    def weight(rows: int, cols: int, name: str) -> str:
+        tensors.append(_array((rng.standard_normal((rows, cols)) / np.sqrt(rows))
+                              .astype(np.float32), name))  # fmt: skip
+        return name
+
+    def constant(value: np.ndarray, name: str) -> str:
+        tensors.append(_array(value, name))
+        return name
+
+    tensors: list[onnx.TensorProto] = []
+    node = helper.make_node
+    nodes = [
+        node("Gather", [weight(vocab, width, "token_table"), "input_ids"], ["tok"]),
+        node("Shape", ["input_ids"], ["ids_shape"]),
+        node(
+            "Slice",
+            ["ids_shape", constant(np.array([1]), "one_i"), constant(np.array([2]), "two_i")],
+            ["seq_len"],
+        ),
+        node(
+            "Slice",
+            [weight(max_length, width, "positions"), constant(np.array([0]), "zero_i"), "seq_len"],
+            ["pos"],
+        ),
+        node("Add", ["tok", "pos"], ["h0"]),
+        node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+        # [b, s] -> [b, 1, 1, s]: (1 - mask) * -10000 on every masked key
+        node(
+            "Sub",
+            [constant(np.array(1.0, dtype=np.float32), "one_f"), "mask_float"],
+            ["unmasked_not"],
+        ),
+        node(
+            "Mul",
+            ["unmasked_not", constant(np.array(-10000.0, dtype=np.float32), "big")],
+            ["bias2"],
+        ),
+        node("Unsqueeze", ["bias2", constant(np.array([1, 2]), "axes12")], ["key_bias"]),
+    ]
+    split_heads = constant(np.array([0, 0, heads, head]), "split_heads")
+    merge_heads = constant(np.array([0, 0, width]), "merge_heads")
+    scale = constant(np.array(1.0 / np.sqrt(head), dtype=np.float32), "scale")
+    for layer in range(layers):
+        h, p = f"h{layer}", f"l{layer}_"
+        for name in ("q", "k", "v"):
+            nodes += [
+                node("MatMul", [h, weight(width, width, p + "w" + name)], [p + name]),
+                node("Reshape", [p + name, split_heads], [p + name + "4"]),
+                node(
+                    "Transpose",
+                    [p + name + "4"],
+                    [p + name + "t"],
+                    perm=[0, 2, 3, 1] if name == "k" else [0, 2, 1, 3],
+                ),
+            ]
+        nodes += [
+            node("MatMul", [p + "qt", p + "kt"], [p + "scores"]),  # [b, h, s, s]
+            node("Mul", [p + "scores", scale], [p + "scaled"]),
+            node("Add", [p + "scaled", "key_bias"], [p + "biased"]),
+            node("Softmax", [p + "biased"], [p + "weights"], axis=-1),
+            node("MatMul", [p + "weights", p + "vt"], [p + "context4"]),
+            node("Transpose", [p + "context4"], [p + "context_t"], perm=[0, 2, 1, 3]),
+            node("Reshape", [p + "context_t", merge_heads], [p + "context"]),
+            node("MatMul", [p + "context", weight(width, width, p + "wo")], [p + "attended"]),
+            node("Add", [h, p + "attended"], [p + "res1"]),
+            node(
+                "LayerNormalization",
+                [
+                    p + "res1",
+                    constant(np.ones(width, np.float32), p + "g1"),
+                    constant(np.zeros(width, np.float32), p + "b1"),
+                ],
+                [p + "n1"],
+                axis=-1,
+            ),
+            node("MatMul", [p + "n1", weight(width, 4 * width, p + "w_up")], [p + "up"]),
+            node("Gelu", [p + "up"], [p + "act"], domain="com.microsoft"),
+            node("MatMul", [p + "act", weight(4 * width, width, p + "w_down")], [p + "down"]),
+            node("Add", [p + "n1", p + "down"], [p + "res2"]),
+            node(
+                "LayerNormalization",
+                [
+                    p + "res2",
+                    constant(np.ones(width, np.float32), p + "g2"),
+                    constant(np.zeros(width, np.float32), p + "b2"),
+                ],
+                [f"h{layer + 1}"],
+                axis=-1,
+            ),
+        ]
+    nodes += [
+        node("Unsqueeze", ["mask_float", constant(np.array([2]), "axis2")], ["mask3"]),
+        node("Mul", [f"h{layers}", "mask3"], ["masked"]),
+        node(
+            "ReduceSum", ["masked", constant(np.array([1]), "seq_axis_t")], ["summed"], keepdims=0
+        ),
+        node("ReduceSum", ["mask_float", "seq_axis_t"], ["count"], keepdims=1),
+        node("Max", ["count", constant(np.array([1.0], dtype=np.float32), "one_f1")], ["count1"]),
+        node("Div", ["summed", "count1"], ["pooled"]),
+        node("MatMul", ["pooled", weight(width, classes, "w_out")], ["logits"]),
+    ]
+    outputs = [_value("logits", TensorProto.FLOAT, [BATCH, classes])]
+    graph = helper.make_graph(nodes, "transformer_classifier", _text_inputs(), outputs, tensors)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
 
 
 def text_rows(

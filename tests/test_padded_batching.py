@@ -114,3 +114,27 @@ def test_buckets_need_padding_and_ascending_edges() -> None:
         BatchingConfig(length_buckets=[8, 16])
     with pytest.raises(ValueError, match="ascending"):
         BatchingConfig(pad=True, length_buckets=[16, 8])
+
+
+def test_a_masked_attention_transformer_batched_with_padding_equals_it_alone(
+    tmp_path: Path,
+) -> None:
+    """Attention mixes positions: padding is harmless only because masked keys get no weight."""
+    path = model_shapes.write_transformer_classifier(tmp_path / "t.onnx", layers=2, width=32,
+                                                     heads=2, vocab=100)  # fmt: skip
+    loaded = OnnxBackend("teacher", OnnxBackendConfig(path=path, device="cpu"))
+    asyncio.run(loaded.load())
+    rng = np.random.default_rng(11)
+    requests = [model_shapes.text_rows(rng, [n], vocab=100) for n in (8, 100, 31, 64, 9)]
+    calls: list[int] = []
+
+    async def run() -> list[dict[str, np.ndarray]]:
+        batcher = Batcher(lambda inputs: loaded.infer(inputs, ["logits"]), 64, 0.05,
+                          observe=calls.append, padding=Padding(loaded.signature, {}))  # fmt: skip
+        return list(await asyncio.gather(*(batcher.infer(r) for r in requests)))
+
+    answers = asyncio.run(run())
+    assert calls == [5]
+    for request, answer in zip(requests, answers, strict=True):
+        alone = model_shapes.run_onnx(path, request)["logits"]
+        np.testing.assert_allclose(answer["logits"], alone, rtol=RTOL, atol=ATOL)
