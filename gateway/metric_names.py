@@ -18,3 +18,23 @@ SHADOW_COMPARISONS = "gateway_shadow_comparisons_total"  # model
 SHADOW_AGREEMENTS = "gateway_shadow_agreements_total"  # model
 SHADOW_KL = "gateway_shadow_kl_divergence"  # model; a histogram
 FALLBACKS = "gateway_fallbacks_total"  # model, from_backend, to_backend, reason
+TASK_INFO = "gateway_task_info"  # model, task (TASK_KINDS); 1: what the model's answers are
+# Per task (``gateway.tasks``): what fits a multilabel, a regression and an embedding model.
+SHADOW_LABEL_AGREEMENTS = "gateway_shadow_label_agreements_total"  # model, label (its index)
+"""Multilabel: compared examples on which the two backends agree about label ``label`` (over
+SHADOW_COMPARISONS: that label's agreement). SHADOW_AGREEMENTS counts exact-set agreement."""
+SHADOW_HAMMING_LOSS = "gateway_shadow_hamming_loss"  # model; a histogram, per example
+"""Multilabel: the share of labels on which the two backends disagree (1 - Hamming agreement)."""
+SHADOW_ABS_ERROR = "gateway_shadow_abs_error"  # model; a histogram, per example
+"""Regression: mean |student - teacher| over an example's output elements."""
+SHADOW_RELATIVE_ERROR = "gateway_shadow_relative_error"  # model; a histogram, per example
+"""Regression: that over the teacher's mean magnitude (capped at 10)."""
+SHADOW_COSINE_DISTANCE = "gateway_shadow_cosine_distance"  # model; a histogram, per example
+"""Embedding: 1 - cosine(student, teacher), 0..2."""
+FEEDBACK_HAMMING_LOSS = "gateway_feedback_hamming_loss"  # model, backend; a histogram
+"""Multilabel: per labelled example, the share of its labels the serving backend got wrong
+(1 - Hamming accuracy). FEEDBACK and FEEDBACK_CORRECT count per label (class = its index)."""
+FEEDBACK_ABS_ERROR = "gateway_feedback_abs_error"  # model, backend; a histogram
+"""Regression: per labelled example, mean |answer - label| of the serving backend."""
+FEEDBACK_RELATIVE_ERROR = "gateway_feedback_relative_error"  # model, backend; a histogram
+"""Regression: that over the label's mean magnitude (capped at 10)."""

@@ -72,6 +72,7 @@ def add_standard_collectors(registry: CollectorRegistry) -> None:
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry, model: str, cost_per_hour: dict[str, float]):
         self.model = model
+        self.registry = registry  # for the task's metrics (TaskMetrics), made once it is known
         if not MULTIPROCESS:  # process_* and python_gc_* describe one process, not a group
             add_standard_collectors(registry)
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
@@ -352,8 +353,8 @@ class GatewayMetrics:
         }
         # Create every series up front: a counter that appears only on its first event would
         # make rate() and absent() blind to its start.
-        for per_model in (self.shadow_comparisons, self.shadow_agreements, self.shadow_kl):
-            per_model.labels(model)
+        # agreements and KL: by the task that has them (gateway.tasks), so a regression shows none
+        self.shadow_comparisons.labels(model)
         for reason in SHADOW_DROP_REASONS:
             self.shadow_dropped.labels(model, reason)
         for reason in SHED_REASONS:
@@ -554,6 +555,109 @@ class _BackendAccounting(Collector):
                 dollars = self._metrics.live_wall_dollars(role)
             cost.add_metric([model, role, basis], dollars)
         yield from (abandoned, abandoned_running, cpu, memory, remote, cost)
+
+
+HAMMING_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+COSINE_DISTANCE_BUCKETS = (
+    1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+)  # fmt: skip
+RELATIVE_ERROR_BUCKETS = (
+    *(m * 10.0**e for e in range(-4, 1) for m in (1, 2, 5)), 10.0,
+)  # fmt: skip
+"""Relative errors are capped at 10 (``gateway.feedback.RELATIVE_ERROR_CAP``): +Inf stays empty."""
+
+
+class TaskMetrics:
+    """The comparison metrics that fit the model's task (``gateway.tasks``), made for that task
+    only: a regression gateway shows no class series, a classifier no error histograms. The
+    classification ones (agreement, KL, feedback by class) stay in ``GatewayMetrics``."""
+
+    def __init__(
+        self, metrics: GatewayMetrics, task: str, labels: int = 0,
+        abs_error_buckets: tuple[float, ...] = (),
+    ) -> None:  # fmt: skip
+        registry, model, m, mb = metrics.registry, metrics.model, ["model"], ["model", "backend"]
+        info = Gauge(names.TASK_INFO, "1, labelled by the model's task (task: in the config).",
+                     ["model", "task"], multiprocess_mode="livemax", registry=registry)  # fmt: skip
+        info.labels(model, task).set(1)
+        self.label_agreements: list[Counter] = []
+        if task == "multilabel":
+            per_label = Counter(names.SHADOW_LABEL_AGREEMENTS, "Multilabel: compared examples "
+                                "on which teacher and student agree about this label.",
+                                ["model", "label"], registry=registry)  # fmt: skip
+            self.label_agreements = [per_label.labels(model, str(i)) for i in range(labels)]
+            self.shadow_hamming = self._histogram(
+                names.SHADOW_HAMMING_LOSS,
+                "Multilabel: per compared example, the share of "
+                "labels on which teacher and student disagree.",
+                HAMMING_BUCKETS,
+                m,
+                registry,
+            )
+            self.feedback_hamming = self._histogram(
+                names.FEEDBACK_HAMMING_LOSS,
+                "Multilabel: per labelled example, the share of "
+                "its labels the serving backend got wrong.",
+                HAMMING_BUCKETS,
+                mb,
+                registry,
+            )
+        if task == "regression":
+            self.shadow_abs_error = self._histogram(
+                names.SHADOW_ABS_ERROR,
+                "Regression: per compared example, mean |student - "
+                "teacher| over its output elements.",
+                abs_error_buckets,
+                m,
+                registry,
+            )
+            self.shadow_relative_error = self._histogram(
+                names.SHADOW_RELATIVE_ERROR,
+                "Regression: per compared example, that over the "
+                "teacher's mean magnitude (capped at 10).",
+                RELATIVE_ERROR_BUCKETS,
+                m,
+                registry,
+            )
+            self.feedback_abs_error = self._histogram(
+                names.FEEDBACK_ABS_ERROR,
+                "Regression: per labelled example, mean |answer - label| of the serving backend.",
+                abs_error_buckets,
+                mb,
+                registry,
+            )
+            self.feedback_relative_error = self._histogram(
+                names.FEEDBACK_RELATIVE_ERROR,
+                "Regression: per labelled example, that over the "
+                "label's mean magnitude (capped at 10).",
+                RELATIVE_ERROR_BUCKETS,
+                mb,
+                registry,
+            )
+        if task == "embedding":
+            self.shadow_cosine_distance = self._histogram(
+                names.SHADOW_COSINE_DISTANCE,
+                "Embedding: per compared example, 1 - cosine similarity of student and teacher.",
+                COSINE_DISTANCE_BUCKETS,
+                m,
+                registry,
+            )
+        for family in (getattr(self, name, None) for name in ("shadow_hamming", "shadow_abs_error",
+                       "shadow_relative_error", "shadow_cosine_distance")):  # fmt: skip
+            if family is not None:
+                family.labels(model)  # every series at 0 from the start
+        for family in (getattr(self, name, None) for name in ("feedback_hamming",
+                       "feedback_abs_error", "feedback_relative_error")):  # fmt: skip
+            if family is not None:
+                for role in ROLES:
+                    family.labels(model, role)
+
+    @staticmethod
+    def _histogram(
+        name: str, doc: str, buckets: tuple[float, ...], labels: list[str],
+        registry: CollectorRegistry,
+    ) -> Histogram:  # fmt: skip
+        return Histogram(name, doc, labels, buckets=buckets, registry=registry)
 
 
 class _SampleFirst(Collector):

@@ -6,12 +6,10 @@ the model's signature.
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -109,26 +107,17 @@ class TrafficState(StrictModel):
     apart from ``admin.port``): the controller's scrape source reads it there."""
 
 
-def _label_or_labels(value: Any) -> Any:
-    """One message for both accepted forms, instead of pydantic's per-branch wording."""
-    is_class = isinstance(value, int) and not isinstance(value, bool)
-    if is_class or (isinstance(value, list) and value and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value)):  # fmt: skip
-        return value
-    raise ValueError(
-        "must be an integer class for a batch of one, or a list of integer classes with one "
-        f"per row (label: [3, 7]); got {json.dumps(value)}"
-    )
-
-
 class Feedback(StrictModel):
     """Body of ``POST /v2/models/{model}/feedback``: the true label(s) of an earlier request.
 
-    ``label`` is one class for a batch of one, or one class per row for a larger batch.
+    ``label`` is what the model's task takes (``gateway.feedback``'s ``LabelRules``): a class
+    per row (classification: ``3``, ``[3, 7]``), one 0/1 per label of each row (multilabel:
+    ``[0, 1, 1]``), a number per output element of each row (regression: ``2.5``, ``[2.5, 0.1]``);
+    an embedding takes none. Its type is checked against the task there (a 400 naming the task).
     """
 
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    label: Annotated[int | list[int], BeforeValidator(_label_or_labels)]
+    label: Any
     ticket: str | None = Field(default=None, max_length=128)
     """The answer's ``x-feedback-ticket``, when not sent as that header."""
 

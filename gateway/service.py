@@ -59,6 +59,7 @@ from gateway.state.health import StoreHealth
 from gateway.state.predictions import FleetPredictions, LocalPredictions, Predictions
 from gateway.state.redis_store import RedisStore
 from gateway.students import resolve_off_the_loop, served_id
+from gateway.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
 SLOTS_PER_CALL = 4
@@ -135,7 +136,8 @@ class GatewayService:
         self._backends = backends
         self._metrics = metrics
         self.signature: Signature = backends["teacher"].signature
-        self._logits = self.signature.outputs[0]
+        # what is compared and labelled: the task's output, never simply outputs[0]
+        self.task: Task = build_task(settings.task, self.signature, metrics)
         self._all_outputs = [spec.name for spec in self.signature.outputs]
         seed = settings.traffic.seed
         self.split = TrafficSplit(
@@ -190,20 +192,19 @@ class GatewayService:
         self.feedback = FeedbackStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
-            num_classes=self._logits.shape[-1],
+            self.task.labels,
             max_bytes=settings.feedback.max_bytes,
         )
         # In this process; in the fleet's store once ``join_fleet`` has run (state.url redis).
         self.predictions: Predictions = LocalPredictions(self.feedback)
         self.fleet: FleetMember | None = None
         self._store: RedisStore | None = None
-        metrics.start_classes(self._logits.shape[-1])
         metrics.watch(metrics.feedback_pending.labels(self.model),
                       lambda: self.predictions.pending()[0])  # fmt: skip
         metrics.watch(metrics.feedback_pending_bytes.labels(self.model),
                       lambda: self.predictions.pending()[1])  # fmt: skip
         # A shadow answer joins the remembered prediction: its label then scores both backends.
-        self.shadow = ShadowComparer(backends, self._breakers, metrics, self._logits.name,
+        self.shadow = ShadowComparer(backends, self._breakers, metrics, self.task,
                                      settings.shadow, on_answer=self._pair)  # fmt: skip
 
     def _pair(self, request_id: str, other_classes: np.ndarray) -> None:
@@ -254,8 +255,7 @@ class GatewayService:
         store = RedisStore(state.url, self.model, state.key_prefix, state.timeout_ms / 1000.0,
                            password)  # fmt: skip
         health = StoreHealth(metrics.state_store_up, metrics.state_store_errors, self.model)
-        classes = self._logits.shape[-1]
-        predictions = FleetPredictions(store, self.settings.feedback, classes, health,
+        predictions = FleetPredictions(store, self.settings.feedback, self.task.labels, health,
                                        metrics.state_store_fallbacks, self.model)  # fmt: skip
         split = self.split
 
@@ -425,9 +425,9 @@ class GatewayService:
             served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by
             self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
-            await self.predictions.remember(request.id, role,
-                                            outputs[self._logits.name].argmax(axis=-1),
-                                            deadline=deadline)  # fmt: skip
+            predicted = self.task.prediction(outputs[self.task.output])
+            if predicted is not None:  # an embedding's answers take no labels
+                await self.predictions.remember(request.id, role, predicted, deadline=deadline)
         except GatewayError as exc:
             if isinstance(exc, Shed):
                 self._metrics.shed.labels(self.model, exc.reason).inc()
@@ -637,21 +637,8 @@ class GatewayService:
         self.feedback_auth.check(feedback.id, feedback.ticket or ticket, authorization)
         await self.shadow.answered(feedback.id)  # so a quick label still scores both backends
         scored = await self.predictions.score(feedback.id, feedback.label)
-        metrics, model = self._metrics, self.model
-        for true_class, (examples, right) in ({} if scored.repeat else scored.by_class).items():
-            label = str(true_class)
-            metrics.feedback.labels(model, scored.backend, label).inc(examples)
-            metrics.feedback_correct.labels(model, scored.backend, label).inc(right)
-        for true_class, paired in ({} if scored.repeat else scored.paired or {}).items():
-            for outcome, count in paired.by_outcome().items():
-                metrics.feedback_paired.labels(model, outcome, str(true_class)).inc(count)
-        return {
-            "id": feedback.id,
-            "backend": scored.backend,
-            "correct": scored.correct,
-            "total": scored.total,
-            "paired": scored.paired is not None,
-        }
+        self.task.record_feedback(scored)
+        return {"id": feedback.id, "backend": scored.backend, **scored.summary()}
 
     async def load_student(self, model_id: str) -> None:
         """``PUT /admin/student``: serve the registry's model ``model_id`` as the student. Only at

@@ -1,5 +1,7 @@
 """Shadow traffic: a sample of live requests is run on the other backend in the background, and the
-two answers are compared (top-1 agreement, KL divergence), without ever delaying the client.
+two answers are compared as the model's task says (``gateway.tasks``: top-1 agreement and KL for
+a classifier, errors for a regression, cosine for an embedding...), without ever delaying the
+client.
 
 Shadow calls have their own lane in each backend (threads apart from live traffic's), their own
 timeout, and they skip a backend whose circuit is not closed: live traffic has a failing backend
@@ -32,39 +34,12 @@ from gateway.backends.base import batch_rows
 from gateway.batching import stackable
 from gateway.config import ShadowConfig
 from gateway.errors import BackendTimeout, GatewayError
-from gateway.metrics import KL_BUCKETS, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.resilience import CircuitBreaker, CircuitState
+from gateway.tasks import KL_CAP, ClassComparison, Task, compare_logits
 
+__all__ = ["KL_CAP", "ClassComparison", "ShadowComparer", "compare_logits"]
 log = logging.getLogger(__name__)
-KL_CAP = KL_BUCKETS[-1]
-"""A comparison's KL counts as at most this (10 nats: the student gives the teacher's answer a
-probability of e^-10 or less, as wrong as the gate needs to know)."""
-
-
-@dataclass(frozen=True)
-class Comparison:
-    examples: int
-    agreements: int
-    kl_per_example: np.ndarray
-
-
-def compare_logits(teacher_logits: np.ndarray, student_logits: np.ndarray) -> Comparison:
-    """Row-wise top-1 agreement and KL(softmax(teacher) || softmax(student)) in nats, each KL
-    capped at ``KL_CAP``: one outlier then moves the mean by at most its weight, and the
-    histogram's +Inf bucket stays empty, so the max_kl gate's variance bound stays finite."""
-    teacher_log_p = _log_softmax(teacher_logits.astype(np.float64))
-    student_log_p = _log_softmax(student_logits.astype(np.float64))
-    kl = (np.exp(teacher_log_p) * (teacher_log_p - student_log_p)).sum(axis=1)
-    agreements = int((teacher_logits.argmax(axis=1) == student_logits.argmax(axis=1)).sum())
-    # NaN (a model that answered NaN) counts as the cap too: it must not poison the KL sum
-    capped = np.clip(np.nan_to_num(kl, nan=KL_CAP, posinf=KL_CAP), 0.0, KL_CAP)
-    return Comparison(len(teacher_logits), agreements, capped)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return result
 
 
 @dataclass(frozen=True)
@@ -72,7 +47,7 @@ class _Job:
     served_by: str
     request_id: str
     inputs: Mapping[str, np.ndarray]
-    live_logits: np.ndarray
+    live_answer: np.ndarray  # the task's output, from the backend that served it
 
 
 class ShadowComparer:
@@ -81,17 +56,18 @@ class ShadowComparer:
         backends: Mapping[str, Backend],
         breakers: Mapping[str, CircuitBreaker],
         metrics: GatewayMetrics,
-        logits_name: str,
+        task: Task,
         config: ShadowConfig,
         rng: random.Random | None = None,
         on_answer: Callable[[str, np.ndarray], object] | None = None,
     ) -> None:
-        """``on_answer(request_id, classes)`` hears the shadow backend's top-1 classes for each
-        compared request (the feedback store keeps them, so a label scores both backends)."""
+        """``on_answer(request_id, prediction)`` hears what the shadow backend predicted for
+        each compared request (``Task.prediction``: the feedback store keeps it, so a label
+        scores both backends); never for a task that takes no labels."""
         self._backends = backends
         self._breakers = breakers
         self._metrics = metrics
-        self._logits_name = logits_name
+        self._task = task
         self._sample_rate = config.sample_rate
         self._max_batch_rows = config.max_batch_size
         self._delay = config.max_delay_ms / 1000.0
@@ -125,7 +101,7 @@ class ShadowComparer:
         if self._sample_rate <= 0 or self._rng.random() >= self._sample_rate:
             return
         try:
-            self._queue.put_nowait(_Job(served_by, request_id, inputs, outputs[self._logits_name]))
+            self._queue.put_nowait(_Job(served_by, request_id, inputs, outputs[self._task.output]))
         except asyncio.QueueFull:
             self._metrics.shadow_dropped.labels(self._metrics.model, "queue_full").inc()
             return
@@ -192,7 +168,7 @@ class ShadowComparer:
         }  # fmt: skip
         started = time.perf_counter()
         try:
-            call = backend.infer(inputs, [self._logits_name], lane="shadow")
+            call = backend.infer(inputs, [self._task.output], lane="shadow")
             if len(batch) == 1:
                 with self._metrics.shadow_call(shadow_role):
                     async with asyncio.timeout(self._timeout):
@@ -212,29 +188,26 @@ class ShadowComparer:
         except GatewayError:
             self._metrics.shadow_errors.labels(model, shadow_role).inc(len(batch))
             raise
-        self._record(batch, outputs[self._logits_name])
+        self._record(batch, outputs[self._task.output])
 
-    def _record(self, batch: list[_Job], shadow_logits: np.ndarray) -> None:
+    def _record(self, batch: list[_Job], shadow_answer: np.ndarray) -> None:
         """The batch compared in one go (its jobs served by one backend), then each job's own
         rows of the shadow answer handed on."""
-        live_logits = (batch[0].live_logits if len(batch) == 1
-                       else np.concatenate([job.live_logits for job in batch]))  # fmt: skip
+        live_answer = (batch[0].live_answer if len(batch) == 1
+                       else np.concatenate([job.live_answer for job in batch]))  # fmt: skip
+        task = self._task
         if batch[0].served_by == "teacher":
-            result = compare_logits(live_logits, shadow_logits)
+            task.record(task.compare(live_answer, shadow_answer))
         else:
-            result = compare_logits(shadow_logits, live_logits)
-        model = self._metrics.model
-        self._metrics.shadow_comparisons.labels(model).inc(result.examples)
-        self._metrics.shadow_agreements.labels(model).inc(result.agreements)
-        histogram = self._metrics.shadow_kl.labels(model)
-        for kl in result.kl_per_example.tolist():
-            histogram.observe(kl)
+            task.record(task.compare(shadow_answer, live_answer))
         if self._on_answer is None:
             return
-        classes, offset = shadow_logits.argmax(axis=-1), 0
+        predicted, offset = task.prediction(shadow_answer), 0
+        if predicted is None:
+            return
         for job in batch:
-            rows = len(job.live_logits)
-            self._on_answer(job.request_id, classes[offset : offset + rows])
+            rows = len(job.live_answer)
+            self._on_answer(job.request_id, predicted[offset : offset + rows])
             offset += rows
 
 

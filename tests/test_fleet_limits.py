@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.local.processes import RedisProcess
 from gateway.config import FeedbackConfig
+from gateway.feedback import ClassLabels
 from gateway.metrics import GatewayMetrics
 from gateway.state.health import StoreHealth
 from gateway.state.predictions import FleetPredictions
@@ -33,8 +34,8 @@ def replica(url: str, prefix: str) -> tuple[RedisStore, FleetPredictions]:
     store = RedisStore(url, "digits", prefix, timeout_seconds=2.0)
     health = StoreHealth(METRICS.state_store_up, METRICS.state_store_errors, "digits")
     config = FeedbackConfig(ttl_seconds=60)
-    predictions = FleetPredictions(store, config, 10, health, METRICS.state_store_fallbacks,
-                                   "digits")  # fmt: skip
+    predictions = FleetPredictions(store, config, ClassLabels(10), health,
+                                   METRICS.state_store_fallbacks, "digits")  # fmt: skip
     return store, predictions
 
 

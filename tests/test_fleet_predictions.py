@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import FeedbackConfig
 from gateway.errors import Conflict, NotFound
+from gateway.feedback import ClassLabels
 from gateway.metrics import GatewayMetrics
 from gateway.state import StoreUnavailable
 from gateway.state.health import StoreHealth
@@ -81,7 +82,7 @@ def kept_locally() -> float:
 
 def fleet_predictions(store: FakeStore, metrics: GatewayMetrics) -> FleetPredictions:
     health = StoreHealth(metrics.state_store_up, metrics.state_store_errors, "digits")
-    return FleetPredictions(store, FeedbackConfig(), 10, health,  # type: ignore[arg-type]
+    return FleetPredictions(store, FeedbackConfig(), ClassLabels(10), health,  # type: ignore[arg-type]
                             metrics.state_store_fallbacks, "digits")  # fmt: skip
 
 

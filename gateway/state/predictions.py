@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import Counter
@@ -22,10 +22,9 @@ from gateway.config import FeedbackConfig
 from gateway.errors import NotFound
 from gateway.feedback import (
     FeedbackStore,
+    LabelRules,
     Scored,
     already_labelled,
-    check_labels,
-    score_labels,
     wrong_label_count,
 )
 from gateway.state.errors import StoreUnavailable
@@ -48,7 +47,7 @@ class Predictions(Protocol):
 
     def pair(self, request_id: str, other_classes: np.ndarray) -> object: ...
 
-    async def score(self, request_id: str, label: int | list[int]) -> Scored: ...
+    async def score(self, request_id: str, label: Any) -> Scored: ...
 
     def pending(self) -> tuple[int, int]:
         """Predictions waiting, and the bytes they are charged."""
@@ -69,7 +68,7 @@ class LocalPredictions:
     def pair(self, request_id: str, other_classes: np.ndarray) -> bool:
         return self.store.pair(request_id, other_classes)
 
-    async def score(self, request_id: str, label: int | list[int]) -> Scored:
+    async def score(self, request_id: str, label: Any) -> Scored:
         return self.store.score(request_id, label)
 
     def pending(self) -> tuple[int, int]:
@@ -88,17 +87,17 @@ class FleetPredictions:
         self,
         store: RedisStore,
         config: FeedbackConfig,
-        num_classes: int,
+        labels: LabelRules,
         health: StoreHealth,
         kept_locally: Counter,
         model: str,
     ) -> None:
         self._store = store
         self._limits = Limits(config.ttl_seconds, config.max_entries, config.max_bytes)
-        self._num_classes = num_classes
+        self._rules = labels
         self._health = health
         self._kept_locally = kept_locally.labels(model, "remember")
-        self.local = FeedbackStore(config.ttl_seconds, config.max_entries, num_classes,
+        self.local = FeedbackStore(config.ttl_seconds, config.max_entries, labels,
                                    max_bytes=config.max_bytes)  # fmt: skip
         self._remembering: list[tuple[Pending, asyncio.Future[None]]] = []
         self._pairs: list[tuple[str, np.ndarray]] = []
@@ -134,8 +133,8 @@ class FleetPredictions:
             self._pairs.append((request_id, other_classes))
             self._schedule()
 
-    async def score(self, request_id: str, label: int | list[int]) -> Scored:
-        labels = check_labels(label, self._num_classes)
+    async def score(self, request_id: str, label: Any) -> Scored:
+        labels = self._rules.check(label)
         if request_id in self.local:  # made while the store was down
             return self.local.score(request_id, label)
         found: asyncio.Future[Labelled] = asyncio.get_running_loop().create_future()
@@ -153,10 +152,10 @@ class FleetPredictions:
         if taken.outcome == "labelled":
             raise already_labelled(request_id)
         if taken.outcome == "shape":
-            examples = int(np.prod([int(d) for d in taken.shape.split(",") if d]))
-            raise wrong_label_count(request_id, examples, labels.size)
+            examples = int(taken.shape.split(",")[0] or 1)
+            raise wrong_label_count(request_id, examples, len(labels))
         assert taken.classes is not None
-        scored = score_labels(taken.backend, taken.classes, taken.other, labels)
+        scored = self._rules.score(taken.backend, taken.classes, taken.other, labels)
         return replace(scored, repeat=True) if taken.outcome == "repeat" else scored
 
     @property
