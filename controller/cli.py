@@ -1,4 +1,5 @@
-"""`distill-canary`: run a rollout, and drive it (status, pause, resume, promote, abort, retry).
+"""`distill-canary`: run a rollout, and drive it (status, pause, resume, promote, approve, abort,
+retry).
 
 Commands reach the running controller through its state file (SQLite): access to that file is
 what authorises them, so it is created readable by its owner only. A command waits for the
@@ -25,6 +26,7 @@ from controller import students
 from controller.actuator import Fleet, GatewayFleet
 from controller.exporter import ControllerMetrics
 from controller.fleet_store import StoreFleet
+from controller.notify import NotifyError
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
 from controller.progress import make_reporter
@@ -32,6 +34,7 @@ from controller.rollout import EXIT_REFUSED, CanaryController, Launch, OnSigterm
 from controller.sources import create_source
 from controller.state import Command, Phase, RolloutState, StateError, StateStore
 from controller.status import render_status
+from controller.webhooks import WAITING_GATES, GateType
 from models import REGISTRY_PATH
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -209,14 +212,17 @@ def _run_controller(
                                    launch.prometheus_selector)  # fmt: skip
         except ValueError as exc:
             raise _fail(str(exc), EXIT_USAGE) from None
-        controller = CanaryController(
-            policy=rollout_policy,
-            fleet=fleet,
-            source=source,
-            store=store,
-            reporter=make_reporter(rollout_policy),
-            metrics=metrics,
-        )
+        try:
+            controller = CanaryController(
+                policy=rollout_policy,
+                fleet=fleet,
+                source=source,
+                store=store,
+                reporter=make_reporter(rollout_policy),
+                metrics=metrics,
+            )
+        except NotifyError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from None
         # PID 1 in a pod gets SIGTERM and nothing else before SIGKILL: stop as launch says.
         signal.signal(signal.SIGTERM, lambda *_: controller.request_stop())
         try:
@@ -299,7 +305,7 @@ def simulate(
     decisions, beside a Flagger-style threshold judge and a Kayenta-style Mann-Whitney judge."""
     from controller.simulation.report import print_table, write_json
     from controller.simulation.runner import run_scenarios
-    from controller.simulation.scenarios import standard_scenarios
+    from controller.simulation.scenarios import simulated_scenarios
 
     try:
         loaded = load_policy(policy)
@@ -307,7 +313,8 @@ def simulate(
         raise _fail(str(exc), EXIT_USAGE) from exc
     if share and any(not 0 < s <= 1 for s in share):
         raise _fail("--share is a fraction of live traffic, in (0, 1]", EXIT_USAGE)
-    scenarios = standard_scenarios(tuple(share) if share else (0.05, 0.25))
+    scenarios = simulated_scenarios(loaded.gates.configured(),
+                                    tuple(share) if share else (0.05, 0.25))  # fmt: skip
     console = Console(stderr=True)
     started = time.perf_counter()
     with Progress(console=console, transient=True) as progress:
@@ -328,14 +335,14 @@ def simulate(
         typer.echo(f"wrote {png}")
 
 
-def _operator_command(state: Path, command: Command) -> None:
+def _operator_command(state: Path, command: Command, argument: str = "") -> None:
     store = _open(state, read_only=False)
     rollout = _load(store, None)
     if rollout.phase.terminal:
         raise _fail(f"nothing to {command.value}: rollout {rollout.rollout_id} is "
                     f"{rollout.phase.value}")  # fmt: skip
     try:
-        outcome = send_and_wait(store, rollout, command)
+        outcome = send_and_wait(store, rollout, command, argument=argument)
     except NoLiveController as exc:
         hint = " (abort --now acts on the gateways directly)" if command is Command.ABORT else ""
         raise _fail(f"{command.value} not sent: {exc}{hint}") from None
@@ -363,6 +370,27 @@ def promote(
 ) -> None:
     """Skip the rest of this step's analysis and go to the next step (--full: to 100 %)."""
     _operator_command(state, Command.PROMOTE_FULL if full else Command.PROMOTE)
+
+
+@app.command()
+def approve(
+    gate: Annotated[
+        GateType,
+        typer.Option(
+            "--gate",
+            help="The gate to release: one the rollout waits at and its policy lists under "
+            "manual_approval (confirm-rollout, confirm-traffic-increase, confirm-promotion).",
+        ),
+    ],
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Release a manual gate the rollout waits at now; the history records which gate and who
+    approved it (user@host). Like pause and resume, it reaches the live controller through the
+    state file, which only its owner may write."""
+    if gate not in WAITING_GATES:
+        raise _fail(f"{gate.value} is not a gate a rollout waits at; approve one of: "
+                    + ", ".join(WAITING_GATES), EXIT_USAGE)  # fmt: skip
+    _operator_command(state, Command.APPROVE, gate.value)
 
 
 @app.command()

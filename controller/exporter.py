@@ -12,7 +12,8 @@ from controller.analysis import GateResult, Verdict
 from controller.state import Phase, RolloutState
 from gateway.metrics import add_standard_collectors
 
-ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm", "share_unconfirmed")
+ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm", "share_unconfirmed",
+                   "webhook_pre_rollout", "webhook_rollback")  # fmt: skip
 VERDICT_VALUES = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}
 """``canary_gate_verdict``: 1 pass, 0 inconclusive, -1 fail (skipped gates are not exported)."""
 
@@ -69,10 +70,26 @@ class ControllerMetrics:
             ["model"],
             registry=registry,
         ).labels(model)
+        self.notifications = Counter(
+            "canary_notifications_total",
+            "Rollout events per receiver, by outcome: delivered, retried (each retry), failed "
+            "(every attempt spent), rejected (a 4xx), dropped (its queue was full).",
+            ["model", "receiver", "outcome"],
+            registry=registry,
+        )
         # Every series exists from the start, so the first rollback is an increase (0 -> 1) and
         # not a new series that increase() cannot see.
         for cause in (*ROLLBACK_CAUSES, *(gates or [])):
             self.rollbacks.labels(model, cause)
+
+    def add_receivers(self, names: list[str], outcomes: tuple[str, ...]) -> None:
+        """Every receiver's outcomes start at 0, so the first drop is an increase."""
+        for name in names:
+            for outcome in outcomes:
+                self.notifications.labels(self.model, name, outcome)
+
+    def notified(self, receiver: str, outcome: str) -> None:
+        self.notifications.labels(self.model, receiver, outcome).inc()
 
     def rolled_back(self, cause: str) -> None:
         self.rollbacks.labels(self.model, cause).inc()

@@ -64,13 +64,15 @@ def send_and_wait(
     command: Command,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    argument: str = "",
 ) -> CommandOutcome:
-    """Sends ``command`` to the live controller and waits for its acknowledgement."""
+    """Sends ``command`` (with its ``argument``: approve's gate) to the live controller and waits
+    for its acknowledgement."""
     now = clock()
     if live_lease(store, now) is None:
         raise NoLiveController(describe_no_controller(store, now))
     ttl = command_seconds(rollout)
-    command_id = store.send(rollout.rollout_id, command, operator_name(), ttl, now)
+    command_id = store.send(rollout.rollout_id, command, operator_name(), ttl, now, argument)
     deadline = now + ttl
     while clock() < deadline:
         outcome = store.outcome(command_id)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from controller.notify.receiver import Receiver
+from controller.webhooks import WAITING_GATES, GateType, Webhook
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
 # Gates that need live student traffic, so a dark-launch step (share 0) cannot judge them.
@@ -55,14 +57,38 @@ class Gates(StrictModel):
     """Mean KL(teacher || student) on shadow traffic, in nats."""
     max_cost_per_1k: float | None = Field(default=None, ge=0)
     """Student dollars per 1,000 requests."""
+    max_mean_abs_error: float | None = Field(default=None, ge=0)
+    """Regression: mean |student - teacher| on shadow traffic, in the output's units; with labels,
+    also the student's mean absolute error against them less the teacher's."""
+    max_relative_error: float | None = Field(default=None, ge=0)
+    """Regression: the same relative to the reference's magnitude (0.05 = 5 %)."""
+    min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    """Embedding: mean cosine similarity of student and teacher vectors on shadow traffic."""
+    min_hamming_agreement: float | None = Field(default=None, ge=0, le=1)
+    """Multilabel: the mean share of labels on which student and teacher agree (shadow)."""
 
     def configured(self) -> dict[str, float]:
         return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
+TASK_GATES: dict[str, frozenset[str]] = {
+    "classification": frozenset({"min_agreement", "max_accuracy_drop", "max_class_accuracy_drop",
+                                 "max_kl"}),
+    # agreement: of the whole label set; the class gate: label by label; accuracy over all labels
+    # together is not judged (a row's labels are not independent trials)
+    "multilabel": frozenset({"min_agreement", "max_class_accuracy_drop", "min_hamming_agreement"}),
+    "regression": frozenset({"max_mean_abs_error", "max_relative_error"}),
+    "embedding": frozenset({"min_cosine"}),
+}  # fmt: skip
+"""The gates that fit each task (``task:`` in the gateway's config); the latency, error-rate and
+cost gates fit every task."""
+
+
 class Policy(StrictModel):
     model: str = "digits"
     """The logical model on the gateways."""
+    task: Literal["classification", "multilabel", "regression", "embedding"] = "classification"
+    """The model's task, as the gateways' ``task:`` says: which comparison gates fit it."""
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 100.0])
     """Student shares in percent; rising, ending at 100. A leading 0 is a dark-launch step."""
     bake_seconds: float = Field(default=60.0, ge=0)
@@ -85,6 +111,14 @@ class Policy(StrictModel):
     not seen."""
     latency_quantile: float = Field(default=0.99, gt=0.5, lt=1.0)
     """The quantile the latency gates read (p99 by default)."""
+    notify: list[Receiver] = Field(default_factory=list)
+    """Receivers of the rollout's events (README: "Rollout events and human gates")."""
+    webhooks: list[Webhook] = Field(default_factory=list)
+    """Webhook gates of Flagger's types: confirm-rollout, pre-rollout, confirm-traffic-increase,
+    confirm-promotion, rollout, post-rollout, rollback."""
+    manual_approval: list[GateType] = Field(default_factory=list)
+    """Gates that also wait for an operator's ``distill-canary approve --gate <gate>``:
+    confirm-rollout, confirm-traffic-increase or confirm-promotion."""
     on_drift: Literal["reassert", "pause"] = "reassert"
     """What to do when a gateway reports a share (or generation) the controller did not set:
     ``reassert`` sets the intended share again and restarts the step's analysis; ``pause`` pauses
@@ -116,6 +150,11 @@ class Policy(StrictModel):
         configured = self.gates.configured()
         if not configured:
             raise ValueError("gates: set at least one gate")
+        misfits = sorted(configured.keys() & (set().union(*TASK_GATES.values())
+                                              - TASK_GATES[self.task]))  # fmt: skip
+        if misfits:
+            raise ValueError(f"gates: {', '.join(misfits)} do not fit task {self.task} (its "
+                             f"gates: {', '.join(sorted(TASK_GATES[self.task]))})")  # fmt: skip
         unknown = [gate for gate in self.dry_run if gate not in configured]
         if unknown:
             raise ValueError(f"dry_run: {', '.join(unknown)} is not a configured gate")
@@ -126,6 +165,19 @@ class Policy(StrictModel):
                 "gates: a dark-launch step (0) needs a gate it can judge from shadow traffic: "
                 "min_agreement, max_kl, max_latency_ms or max_latency_ratio"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _receivers_and_gates(self) -> Policy:
+        manual = [gate.value for gate in self.manual_approval if gate not in WAITING_GATES]
+        if manual:
+            raise ValueError(f"manual_approval: {', '.join(manual)} is not a gate a rollout "
+                             f"waits at ({', '.join(WAITING_GATES)})")  # fmt: skip
+        for what, names in (("notify", [r.name for r in self.notify]),
+                            ("webhooks", [h.name for h in self.webhooks])):  # fmt: skip
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"{what}: names must differ ({', '.join(twice)} repeats)")
         return self
 
     @property

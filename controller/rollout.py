@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import httpx
+
 from controller import analysis, machine
 from controller.actuator import Fleet, FleetNotConfirmed, GatewaysUnreachable
-from controller.decisions import Judgement, judge
+from controller.approval import GateVerdict
+from controller.decisions import Action, Judgement, judge
+from controller.events import EVENT_OF_RECORD, EventType, RolloutEvent, rollout_fields
 from controller.exporter import ControllerMetrics
+from controller.gatekeeper import Gatekeeper
+from controller.notify import Notifications
+from controller.notify.delivery import OUTCOMES
 from controller.policy import Policy
 from controller.progress import Reporter
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
@@ -110,7 +117,11 @@ class CanaryController:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         holder: str | None = None,
+        notifications: Notifications | None = None,
+        gatekeeper: Gatekeeper | None = None,
     ) -> None:
+        """``notifications`` and ``gatekeeper`` default to the policy's ``notify`` and
+        ``webhooks`` (``NotifyError`` when a receiver's secret is unset)."""
         self.policy = policy
         self.fleet = fleet
         self.source = source
@@ -123,6 +134,15 @@ class CanaryController:
         self.state = RolloutState()
         self._last_heartbeat = 0.0
         self._stop_requested = False
+        metrics.add_receivers([r.name for r in policy.notify], OUTCOMES)
+        self.notifications = notifications or Notifications(
+            policy.notify, policy.interval_seconds, metrics.notified
+        )
+        self.gatekeeper = gatekeeper or Gatekeeper(
+            policy.webhooks, [g.value for g in policy.manual_approval], httpx.Client()
+        )
+        self._unanswered_rollback: list[str] = []  # rollback hooks nobody answered: they hold
+        self._rollback: tuple[str | None, float] = (None, 0.0)  # the cause, the share it left
 
     def request_stop(self) -> None:
         """From a signal handler: stop after the tick in hand, as ``Launch.on_sigterm`` says."""
@@ -133,7 +153,15 @@ class CanaryController:
     def run(self, launch: Launch) -> int:
         """Runs the rollout to its end: 0 promoted, 3 rolled back, 4 rollback unconfirmed, 5 when
         refused or when another controller took the lease (raises ``StartRefused``/``LeaseHeld``
-        before acting when starting is refused)."""
+        before acting when starting is refused). Queued events are sent before it returns,
+        for at most the slowest receiver's timeout."""
+        try:
+            return self._run(launch)
+        finally:
+            self.notifications.close(self.notifications.flush_seconds)
+            self.gatekeeper.client.close()
+
+    def _run(self, launch: Launch) -> int:
         self.state = self.start(launch)
         try:
             self._show()
@@ -145,8 +173,10 @@ class CanaryController:
                     return self._stop()
                 self._apply(machine.StopRequested(roll_back=True))
             confirmed = self._confirm_final_share()
+            self._after_end()
         except LeaseLost as exc:
             log.error("stopped acting on rollout %d: %s", self.state.rollout_id, exc)
+            self._notify(EventType.LEASE_LOST, self.clock(), str(exc))
             self.reporter.close()
             return EXIT_REFUSED
         self.store.release(self.holder)
@@ -159,8 +189,11 @@ class CanaryController:
         self._heartbeat(force=True)
         self._take_commands()
         if not self.state.phase.terminal:
+            self._poll_rollback_gates()
+        if not self.state.phase.terminal:
             if self.state.step_started_at is None:
-                if self.state.phase is not Phase.PAUSED:  # a pause leaves the share alone
+                # a pause leaves the share alone; the first step waits for its gates
+                if self.state.phase is not Phase.PAUSED and self._may_start():
                     self._enter_step()
             elif not self._drifted():
                 self._analyse_and_act()
@@ -289,7 +322,8 @@ class CanaryController:
 
     def _take_commands(self) -> None:
         for sent in self.store.take_commands(self.state.rollout_id, self.clock()):
-            moved = self._apply(machine.OperatorCommand(sent.command, sent.sender))
+            command = machine.OperatorCommand(sent.command, sent.sender, sent.argument)
+            moved = self._apply(command)
             # after its effects, the last record says how it ended (share 0 confirmed, ...)
             note = self.state.history[-1].reason if moved.effects else moved.note
             # What the operator is told has happened is on disk first: a controller killed right
@@ -405,6 +439,7 @@ class CanaryController:
         results = analysis.assess(
             step, rollout, self.policy, self.policy.is_dark_launch(self.state.step_index)
         )
+        results += self.gatekeeper.rollout_checks(self.state)
         self.metrics.record_analysis(results)
         self.state.last_analysis = [result.as_dict() for result in results]
         assert self.state.step_started_at is not None
@@ -417,8 +452,69 @@ class CanaryController:
             paused=self.state.phase is Phase.PAUSED,
         )
         self.state.consecutive_failures = judgement.consecutive_failures
+        if judgement.action is Action.ADVANCE and self.state.phase is Phase.PROGRESSING:
+            verdict = self._gates_before(self.state.step_index + 1, starting=False)
+            if not verdict.open:  # waits (a pre-rollout abort only happens at the start)
+                judgement = Judgement(Action.HOLD, verdict.reason, judgement.consecutive_failures)
         observations = analysis.observe(step, self.policy.latency_quantile, rollout)
         self._apply(machine.Analysed(judgement), self.state.last_analysis, observations)
+
+    # -- webhook gates and manual approvals (approval.py decides, gatekeeper.py calls) ---------
+
+    def _may_start(self) -> bool:
+        """Whether the rollout may set its first step's share: once its start gates are open
+        (a step entered before, a resumed rollout's, is not gated again)."""
+        if self.state.rollout_mark is not None:
+            return True
+        verdict = self._gates_before(self.state.step_index, starting=True)
+        if verdict.abort is not None:
+            judgement = Judgement(Action.ROLLBACK, verdict.abort, 0, "webhook_pre_rollout")
+            self._apply(machine.Analysed(judgement))
+            return False
+        if not verdict.open and self.state.history[-1].action is not Record.WAITING:
+            self._record(Record.HOLD, verdict.reason)
+        return verdict.open
+
+    def _gates_before(self, to_index: int, starting: bool) -> GateVerdict:
+        """Asks the gates of entering ``to_index``; a wait that begins is recorded (and sent)
+        once, with what it waits for; an open move clears the wait and its approvals."""
+        verdict = self.gatekeeper.before_step(self.state, to_index, starting)
+        if self._unanswered_rollback:
+            waits = tuple(f"rollback: webhook {name} unreachable"
+                          for name in self._unanswered_rollback)  # fmt: skip
+            unreachable = verdict.unreachable + tuple(self._unanswered_rollback)
+            verdict = GateVerdict(verdict.abort, verdict.waits + waits, verdict.manual, unreachable)
+        if verdict.open or verdict.abort is not None:
+            self.state.waiting, self.state.approved = None, []
+            return verdict
+        waiting = self.state.waiting
+        began = waiting is None or waiting.get("step_index") != to_index
+        self.state.waiting = {
+            "step_index": to_index,
+            "since": self.clock() if began or waiting is None else waiting["since"],
+            "reason": verdict.reason,
+            "manual": list(verdict.manual),
+            "unreachable": list(verdict.unreachable),
+        }
+        if began:
+            self.state.approved = []
+            self._record(Record.WAITING, verdict.reason)
+        return verdict
+
+    def _poll_rollback_gates(self) -> None:
+        opened, self._unanswered_rollback = self.gatekeeper.rollback_requested(self.state)
+        if opened is not None:
+            reason = f"rollback gate {opened.hook.name} answered {opened.detail}"
+            judgement = Judgement(Action.ROLLBACK, reason, 0, "webhook_rollback")
+            self._apply(machine.Analysed(judgement))
+
+    def _after_end(self) -> None:
+        """post-rollout hooks, once; their answers are recorded, nothing waits on them."""
+        answers = self.gatekeeper.after_end(self.state)
+        for answer in answers:
+            self._record(Record.GATE, f"post-rollout gate {answer.hook.name} {answer.detail}")
+        if answers:
+            self.store.save(self.state, self.holder)
 
     def _finish_promoted(self) -> None:
         self.state.ended_at = self.clock()
@@ -428,6 +524,7 @@ class CanaryController:
     def _roll_back(self, reason: str, cause: str) -> None:
         self._heartbeat(force=True)
         self.state.rollback_reason = reason
+        self._rollback = (cause, self.state.share)
         self.state.share = 0.0
         self.state.ended_at = self.clock()
         self.metrics.rolled_back(cause)
@@ -480,6 +577,30 @@ class CanaryController:
         )
         self.state.history.append(record)
         self.reporter.decision(record, self.state)
+        kind = EVENT_OF_RECORD[action]
+        if kind is not None:
+            self._notify(kind, record.at, reason, record)
+
+    def _notify(
+        self, kind: EventType, at: float, reason: str, record: DecisionRecord | None = None
+    ) -> None:
+        """One event for one transition; the shares before and after say what it moved."""
+        state, cause = self.state, None
+        before = after = state.share
+        if kind is EventType.STARTED:
+            before, after = 0.0, self.policy.share(state.step_index)
+        elif kind is EventType.STEP_ADVANCED:
+            last = record is not None and record.action is Record.PROMOTE_FULL
+            after = 1.0 if last else self.policy.share(state.step_index + 1)
+        elif kind is EventType.ROLLED_BACK:
+            cause, before = self._rollback
+        numbers: dict[str, Any] = {}
+        if record is not None and (record.gates or record.observations):
+            numbers = {"gates": record.gates, "observations": record.observations}
+        if kind is EventType.ROLLED_BACK:  # the analysis that failed, with its numbers
+            numbers = {"gates": list(state.last_analysis)}
+        self.notifications.emit(RolloutEvent(kind, at, self.holder, rollout_fields(state),
+                                             before, after, reason, cause, numbers))  # fmt: skip
 
     def _show(self) -> None:
         state, now = self.state, self.clock()

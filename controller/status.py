@@ -32,6 +32,8 @@ def render_status(
         f"next: {_next_event(rollout, now)}",
         f"controller: {_controller(rollout, store, now)}",
     ]
+    if rollout.waiting is not None and not rollout.phase.terminal:
+        lines.insert(5, waiting_line(rollout, now))
     if rollout.student is not None:
         lines.insert(1, f"student: {summary(rollout.student)}")
     if rollout.rollback_reason:
@@ -47,6 +49,21 @@ def render_status(
         lines += [f"  {short_decision_line(r, len(rollout.steps), width)}"
                   for r in rollout.history[-history:]]  # fmt: skip
     return "\n".join(lines)
+
+
+def waiting_line(rollout: RolloutState, now: float) -> str:
+    """What holds the next step (webhook gates, manual approvals) and since when."""
+    waiting = rollout.waiting or {}
+    since = float(waiting.get("since", now))
+    when = time.strftime("%H:%M:%S", time.localtime(since))
+    step = int(waiting.get("step_index", rollout.step_index)) + 1
+    line = (f"waiting since {when} ({now - since:.0f} s) to enter step {step}: "
+            f"{waiting.get('reason', '?')}")  # fmt: skip
+    if waiting.get("unreachable"):
+        line += f" [unreachable, holding: {', '.join(waiting['unreachable'])}]"
+    if rollout.approved:
+        line += f" (approved: {', '.join(rollout.approved)})"
+    return line
 
 
 def short_decision_line(record: DecisionRecord, step_count: int, width: int) -> str:

@@ -1,0 +1,129 @@
+"""Delivery to one receiver: a bounded queue and one worker thread, so events arrive in order
+and a slow or dead receiver never holds a tick (a full queue drops the new event, counted).
+
+Outcomes (``canary_notifications_total{outcome}``): ``delivered``; ``retried`` (each retry of
+a timeout, a refused connection, 429 or 5xx); ``failed`` (every attempt spent); ``rejected``
+(another 4xx: retrying would not help); ``dropped`` (the queue was full, or still held events
+when the controller stopped and its flush time ran out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from controller.events import RolloutEvent
+from controller.notify.formats import FORMATS
+from controller.notify.receiver import Receiver
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Distill-Signature"
+OUTCOMES = ("delivered", "retried", "failed", "rejected", "dropped")
+
+
+def signature(key: bytes, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class Delivery:
+    def __init__(
+        self,
+        receiver: Receiver,
+        key: bytes | None,
+        count: Callable[[str], None],
+        transport: httpx.BaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.receiver = receiver
+        self._key = key
+        self._count = count
+        self._encode, self._content_type = FORMATS[receiver.format]
+        # one place more than the limit, for close()'s end marker; put() keeps the limit
+        self._queue: queue.Queue[RolloutEvent | None] = queue.Queue(receiver.queue_size + 1)
+        self._rng = rng or random.Random()
+        self._stopping = threading.Event()  # set: no more backoff sleeps, drain and go
+        self._client = httpx.Client(timeout=receiver.timeout_seconds, transport=transport)
+        self._thread = threading.Thread(target=self._work, name=f"notify-{receiver.name}",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def put(self, event: RolloutEvent) -> None:
+        """Never blocks: a full queue drops ``event`` (one producer: the controller's thread)."""
+        if self._queue.qsize() < self.receiver.queue_size:
+            self._queue.put_nowait(event)
+        else:
+            log.warning("notifications to %s: queue full, dropped %s", self.receiver.name,
+                        event.type.value)  # fmt: skip
+            self._count("dropped")
+
+    def close(self, deadline: float) -> None:
+        """Delivers what is queued until ``deadline`` (``time.monotonic``), then drops the rest."""
+        self._queue.put(None)  # the worker ends after the events before it
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._stopping.set()
+            self._thread.join(self.receiver.timeout_seconds * 2 + 1.0)  # the call in hand
+        while True:
+            try:
+                left = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if left is not None:
+                self._count("dropped")
+        self._client.close()
+
+    def _work(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            if self._stopping.is_set():
+                self._count("dropped")
+                continue
+            self._deliver(event)
+
+    def _deliver(self, event: RolloutEvent) -> None:
+        body = json.dumps(self._encode(event), separators=(",", ":")).encode()
+        headers = {"Content-Type": self._content_type}
+        if self._key is not None:
+            headers[SIGNATURE_HEADER] = signature(self._key, body)
+        backoff = self.receiver.backoff_seconds
+        for attempt in range(1, self.receiver.max_attempts + 1):
+            try:
+                response = self._client.post(self.receiver.url, content=body, headers=headers)
+                if response.is_success:
+                    self._count("delivered")
+                    return
+                if not _retryable(response.status_code):
+                    log.warning("notifications to %s: %s refused with %d", self.receiver.name,
+                                event.type.value, response.status_code)  # fmt: skip
+                    self._count("rejected")
+                    return
+                why = f"answered {response.status_code}"
+            except httpx.HTTPError as exc:  # timeouts, refused connections, broken answers
+                why = exc.__class__.__name__
+            if attempt == self.receiver.max_attempts:
+                break
+            self._count("retried")
+            # full doubling, times 0.5-1 of it: receivers coming back are not hit all at once
+            if self._stopping.wait(backoff * self._rng.uniform(0.5, 1.0)):
+                break
+            backoff *= 2
+        log.warning("notifications to %s: gave up on %s after %d attempts (%s)",
+                    self.receiver.name, event.type.value, attempt, why)  # fmt: skip
+        self._count("failed")

@@ -1,0 +1,244 @@
+"""Rollout events reach real HTTP receivers on loopback: once each, in order, signed; in Slack's
+and CloudEvents' formats; and a receiver that is down or silent never holds a tick."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller.analysis import BackendWindow, WindowMetrics
+from controller.events import EventType, RolloutEvent, Severity, watch_alert
+from controller.exporter import ControllerMetrics
+from controller.notify import Notifications, NotifyError, Receiver
+from controller.notify.delivery import SIGNATURE_HEADER
+from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK, CanaryController, Launch
+from controller.state import RolloutState, StateStore
+from tests.controller.fakes import Clock, FakeFleet, make_controller
+from tests.controller.receivers import closed_port, http_receiver, silent_receiver
+
+GATEWAYS = ["http://gw-1", "http://gw-2"]
+HOLDER = "test-host-a:1:aaaa"
+SECRET = "s3cret-key-for-the-receiver"
+SCHEMA = json.loads((Path(__file__).parent / "data" / "cloudevents.json").read_text())
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+def failing_window() -> WindowMetrics:
+    """The student disagrees with the teacher on half the shadow traffic."""
+    return WindowMetrics(teacher=BackendWindow(requests=1000), student=BackendWindow(requests=1000),
+                         comparisons=1000, agreements=500)  # fmt: skip
+
+
+def controller_for(
+    tmp_path: Path, receivers: list[dict[str, Any]], **policy: object
+) -> tuple[CanaryController, Any, CollectorRegistry]:
+    store = StateStore.create(tmp_path / "rollout.db")
+    return make_controller(store, FakeFleet(GATEWAYS), Clock(), HOLDER, notify=receivers,
+                           **policy)  # fmt: skip
+
+
+def types(requests: list[Any]) -> list[str]:
+    return [r.json()["type"] for r in requests]
+
+
+def test_each_event_of_a_promoted_rollout_arrives_once_in_order_and_signed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOOK_KEY", SECRET)
+    with http_receiver() as receiver:
+        hooks = [{"url": f"{receiver.url}/all", "secret_env": "HOOK_KEY"}]
+        controller, _, registry = controller_for(tmp_path, hooks)
+        assert controller.run(Launch(GATEWAYS)) == EXIT_PROMOTED
+        got = receiver.on("/all")  # run() flushed the queue before it returned
+    sequence = [t for t in types(got) if t != "holding"]
+    assert sequence == ["rollout_started", "step_advanced", "step_advanced", "promoted"]
+    assert len({r.json()["id"] for r in got}) == len(got)  # nothing sent twice
+    for request in got:
+        expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(request.headers[SIGNATURE_HEADER], expected)
+    bodies = [r.json() for r in got if r.json()["type"] != "holding"]
+    assert [(b["share_before"], b["share_after"]) for b in bodies] == [
+        (0.0, 0.05), (0.05, 0.25), (0.25, 1.0), (1.0, 1.0)]  # fmt: skip
+    promoted = bodies[-1]
+    assert promoted["phase"] == "Promoted" and promoted["model"] == "digits"
+    assert promoted["controller"] == HOLDER and promoted["rollout_id"] == 1
+    assert promoted["step"] == 3 and promoted["severity"] == "info"
+    assert RFC3339.match(promoted["time"])
+    # a hold is sent again only after 10 intervals with the same reason: a 10 s bake at 1 s
+    # intervals holds ~10 times a step, so at most 2 holding events each of 3 steps
+    assert 1 <= types(got).count("holding") <= 6
+    delivered = registry.get_sample_value(
+        "canary_notifications_total",
+        {"model": "digits", "receiver": "127.0.0.1", "outcome": "delivered"},
+    )
+    assert delivered == len(got)
+
+
+def test_a_rolled_back_rollout_says_why_with_the_failing_gates_numbers(tmp_path: Path) -> None:
+    with http_receiver() as receiver:
+        everything = {"url": f"{receiver.url}/all"}
+        critical = {"url": f"{receiver.url}/pager", "name": "pager", "min_severity": "critical"}
+        only = {"url": f"{receiver.url}/ends", "name": "ends",
+                "events": ["promoted", "rolled_back"]}  # fmt: skip
+        controller, source, _ = controller_for(tmp_path, [everything, critical, only])
+        source.window = failing_window()
+        assert controller.run(Launch(GATEWAYS)) == EXIT_ROLLED_BACK
+        got, paged, ends = receiver.on("/all"), receiver.on("/pager"), receiver.on("/ends")
+    assert types(got) == ["rollout_started", "holding", "rolled_back"]
+    assert types(paged) == types(ends) == ["rolled_back"]
+    rolled = got[-1].json()
+    assert rolled["cause"] == "min_agreement" and rolled["severity"] == "critical"
+    assert rolled["share_before"] == 0.05 and rolled["share_after"] == 0.0
+    assert "min_agreement failed 2 analyses in a row" in rolled["reason"]
+    (gate,) = [g for g in rolled["numbers"]["gates"] if g["gate"] == "min_agreement"]
+    assert gate["verdict"] == "fail" and gate["value"] == pytest.approx(0.5)
+    assert gate["threshold"] == 0.9 and gate["high"] < 0.9
+
+
+def test_a_silent_receiver_never_holds_a_tick_and_every_event_is_counted(tmp_path: Path) -> None:
+    timeout = 0.5
+    with silent_receiver() as silent, closed_port() as refused, http_receiver() as healthy:
+        receivers: list[dict[str, Any]] = [
+            {"url": silent, "name": "silent", "timeout_seconds": timeout, "max_attempts": 2,
+             "backoff_seconds": 0.05, "queue_size": 3},
+            {"url": refused, "name": "down", "timeout_seconds": timeout, "max_attempts": 3,
+             "backoff_seconds": 0.01},
+            {"url": f"{healthy.url}/all", "name": "healthy"},
+        ]  # fmt: skip
+        controller, _, registry = controller_for(tmp_path, receivers)
+        controller.start(Launch(GATEWAYS))
+        ticks = []
+        while not controller.state.phase.terminal:
+            began = time.perf_counter()
+            controller.tick()
+            ticks.append(time.perf_counter() - began)
+            controller.clock.sleep(1)  # type: ignore[attr-defined]
+        closing = time.perf_counter()
+        controller.notifications.close(controller.notifications.flush_seconds)
+        closed = time.perf_counter() - closing
+        sent = len(healthy.on("/all"))
+
+    def count(receiver: str, outcome: str) -> float:
+        labels = {"model": "digits", "receiver": receiver, "outcome": outcome}
+        return registry.get_sample_value("canary_notifications_total", labels) or 0.0
+
+    assert len(ticks) > 30 and max(ticks) < timeout  # each tick: well under one attempt
+    assert closed < controller.notifications.flush_seconds + 2 * timeout + 1.5
+    assert count("healthy", "delivered") == sent > 0
+    assert count("silent", "delivered") == count("down", "delivered") == 0
+    for receiver in ("silent", "down"):  # every event ends failed or dropped, none lost
+        assert count(receiver, "failed") + count(receiver, "dropped") == sent
+    assert count("silent", "dropped") > 0  # its queue of 3 overflowed
+    assert count("down", "retried") == 2 * count("down", "failed")
+
+
+def test_the_slack_payload_is_an_incoming_webhook_message(tmp_path: Path) -> None:
+    with http_receiver() as receiver:
+        slack = {"url": f"{receiver.url}/services/T0/B0/XXXX", "format": "slack"}
+        controller, source, _ = controller_for(tmp_path, [slack], model="news-classifier")
+        source.window = failing_window()
+        controller.run(Launch(GATEWAYS))
+        got = receiver.on("/services/T0/B0/XXXX")
+    assert got and all(r.headers["Content-Type"] == "application/json" for r in got)
+    for message in (r.json() for r in got):
+        jsonschema.validate(message, SLACK_MESSAGE)
+    rolled = got[-1].json()
+    assert rolled["text"].startswith(":red_circle: news-classifier rollout 1: rolled back")
+    assert "min_agreement: 0.5 [" in rolled["blocks"][-1]["text"]["text"]
+
+
+def test_the_cloudevents_payload_validates_against_the_cloudevents_schema(tmp_path: Path) -> None:
+    with http_receiver() as receiver:
+        sink = {"url": f"{receiver.url}/events", "format": "cloudevents"}
+        controller, _, _ = controller_for(tmp_path, [sink])
+        controller.run(Launch(GATEWAYS))
+        got = receiver.on("/events")
+    assert got
+    for request in got:
+        assert request.headers["Content-Type"].startswith("application/cloudevents+json")
+        event = request.json()
+        jsonschema.validate(event, SCHEMA)
+        assert event["specversion"] == "1.0" and RFC3339.match(event["time"])
+        assert event["type"] == "io.distill-gateway.canary." + event["data"]["type"]
+        assert event["id"] == event["data"]["id"] and event["source"] == "/distill-canary/digits"
+    assert got[-1].json()["data"]["type"] == "promoted"
+    with pytest.raises(jsonschema.ValidationError):  # the schema is not one that passes anything
+        jsonschema.validate({**got[0].json(), "specversion": ""}, SCHEMA)
+
+
+def test_a_receiver_whose_secret_is_unset_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    receiver = Receiver(url="http://hooks.example/x", secret_env="NO_SUCH_KEY")
+    with pytest.raises(NotifyError, match=r"notify\[0\] \(hooks.example\): secret_env "
+                       "NO_SUCH_KEY is not set"):  # fmt: skip
+        Notifications([receiver], 1.0, lambda receiver, outcome: None)
+
+
+def test_holding_is_sent_again_only_when_its_reason_changes_or_after_n_intervals() -> None:
+    with http_receiver() as receiver:
+        hook = Receiver(url=f"{receiver.url}/h", holding_every_intervals=3)
+        counts: list[tuple[str, str]] = []
+        notifications = Notifications([hook], 10.0, lambda r, o: counts.append((r, o)))
+        state = RolloutState(steps=[5, 100], policy={"model": "digits"})
+        reasons = [(0, "baking 1 of 60 s"), (10, "baking 11 of 60 s"), (20, "baking 21 of 60 s"),
+                   (30, "baking 31 of 60 s"), (40, "inconclusive: min_agreement (12 samples)"),
+                   (50, "inconclusive: min_agreement (19 samples)")]  # fmt: skip
+        for at, reason in reasons:
+            notifications.emit(RolloutEvent(EventType.HOLDING, 1000.0 + at, HOLDER,
+                                            {"rollout_id": 1, "model": "digits"}, 0.05, 0.05,
+                                            reason))  # fmt: skip
+        notifications.emit(watch_alert(state, HOLDER, 2000.0, "accuracy fell", {"drop": 0.04}))
+        notifications.close(5.0)
+        got = receiver.on("/h")
+    assert [r.json()["reason"] for r in got] == [
+        "baking 1 of 60 s", "baking 31 of 60 s", "inconclusive: min_agreement (12 samples)",
+        "accuracy fell"]  # fmt: skip
+    alert = got[-1].json()
+    assert alert["type"] == "watch_alert" and alert["severity"] == Severity.CRITICAL
+    assert counts == [("127.0.0.1", "delivered")] * 4
+
+
+def test_the_exporter_starts_every_receivers_outcomes_at_zero() -> None:
+    registry = CollectorRegistry()
+    ControllerMetrics(registry, "digits").add_receivers(["ops"], ("delivered", "dropped"))
+    labels = {"model": "digits", "receiver": "ops", "outcome": "dropped"}
+    assert registry.get_sample_value("canary_notifications_total", labels) == 0.0
+
+
+# Slack's incoming-webhook message as far as we use it (https://api.slack.com/messaging/webhooks,
+# https://api.slack.com/reference/block-kit/blocks): a text, and blocks of kind section (a
+# mrkdwn or plain_text object of at most 3,000 characters) or context (at most 10 elements).
+_TEXT = {
+    "type": "object",
+    "required": ["type", "text"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": ["mrkdwn", "plain_text"]},
+        "text": {"type": "string", "minLength": 1, "maxLength": 3000},
+    },
+}
+SLACK_MESSAGE = {
+    "type": "object", "required": ["text"],
+    "properties": {
+        "text": {"type": "string", "minLength": 1},
+        "blocks": {"type": "array", "maxItems": 50, "items": {"oneOf": [
+            {"type": "object", "required": ["type", "text"], "additionalProperties": False,
+             "properties": {"type": {"const": "section"}, "text": _TEXT}},
+            {"type": "object", "required": ["type", "elements"], "additionalProperties": False,
+             "properties": {"type": {"const": "context"},
+                            "elements": {"type": "array", "minItems": 1, "maxItems": 10,
+                                         "items": _TEXT}}},
+        ]}},
+    },
+}  # fmt: skip
