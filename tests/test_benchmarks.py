@@ -35,6 +35,9 @@ def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Pat
                 assert measured[level]["rps"] > 0 and measured[level]["p99_ms"] > 0, (name, level)
                 assert 0 <= measured[level]["non_2xx_share"] <= 1
     assert len(result["ratios"]) == 8 and all(value == value for value in result["ratios"].values())
+    budget = result["batched_teacher_c64_cpu_us"]
+    assert budget["uvicorn's floor (raw ASGI no-op)"] > 0
+    assert budget["the teacher's own time per row (best batch of 8-64)"] > 0
 
 
 def test_bench_fleet_measures_both_stores_with_every_label_joined(tmp_path: Path) -> None:

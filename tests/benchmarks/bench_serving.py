@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 import orjson
 from rich.console import Console
 from rich.table import Table
@@ -88,6 +89,41 @@ class NaiveServer(ManagedProcess):
         return httpx.get(f"http://127.0.0.1:{self.port}/openapi.json").status_code == 200
 
 
+class RawNoopServer(NaiveServer):
+    """``raw_noop.py``: uvicorn and nothing else, pinned like the gateway."""
+
+    name = "raw ASGI no-op"
+
+    def __init__(self, work_dir: Path) -> None:
+        super().__init__(work_dir, TEACHER_PATH)
+
+    def command(self) -> list[str]:
+        pin = ["taskset", "-c", "0"] if PINNED else []
+        return [*pin, sys.executable, "-m", "uvicorn", "tests.benchmarks.raw_noop:app",
+                "--port", str(self.port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        return httpx.post(f"http://127.0.0.1:{self.port}/", content=b"{}").status_code == 200
+
+
+def model_seconds_per_row(path: Path) -> float:
+    """The model's own time per row in a batch, at the batch size where it is least (8 to 64:
+    what dynamic batching forms at c64), on one thread as the gateway runs it."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
+    best = float("inf")
+    for rows in (8, 16, 32, 64):
+        x = np.full((rows, 64), 0.5, dtype=np.float32)
+        for _ in range(20):
+            session.run(None, {"pixels": x})
+        started, calls = time.perf_counter(), 200
+        for _ in range(calls):
+            session.run(None, {"pixels": x})
+        best = min(best, (time.perf_counter() - started) / calls / rows)
+    return best
+
+
 def json_body(x: np.ndarray) -> bytes:
     tensor = {"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
               "data": x.reshape(-1).tolist()}  # fmt: skip
@@ -134,6 +170,7 @@ def wrk(port: int, path: str, connections: int, seconds: float, script: Path) ->
 # Each ratio's two sides are measured next to each other in every round.
 PLAN = (
     ("no-op route", "/noop", ("c1", "c16")),
+    ("raw ASGI no-op", "/", ("c64",)),
     ("naive student", "/v2/models/digits/infer", ("c1", "c16")),
     ("gateway student", "/v2/models/digits/infer", ("c1", "c16", "batch 64")),
     ("gateway student + 10 % shadow", "/v2/models/digits/infer", ("c1", "c16")),
@@ -164,6 +201,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     seconds = args.seconds
+    teacher_row_seconds = model_seconds_per_row(TEACHER_PATH)  # before any server competes
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         one = wrk_script(tmp, json_body(ONE_ROW), {"Content-Type": "application/json"})
@@ -173,6 +211,7 @@ def main() -> None:
         try:
             naive_student = servers["naive student"] = NaiveServer(tmp, STUDENT_PATH).start()
             servers["no-op route"] = naive_student
+            servers["raw ASGI no-op"] = RawNoopServer(tmp).start()
             servers["naive teacher"] = NaiveServer(tmp, TEACHER_PATH).start()
             for name, config in GATEWAYS.items():
                 servers[name] = PinnedGateway(tmp, config).start()  # the default overload
@@ -198,7 +237,14 @@ def main() -> None:
     # minute, so the two sides of a ratio are best compared within one round.
     per_round = [_ratios(_round(runs, r)) for r in range(args.rounds)]
     ratios = {key: statistics.median(each[key] for each in per_round) for key in per_round[0]}
+    budget = _cpu_budget(rows, teacher_row_seconds)
     _print(rows, ratios, seconds)
+    Console(width=170).print(
+        "the batched teacher at c64, in CPU microseconds a request (the "
+        "server's core is saturated there, so 1 / req/s):"
+    )
+    for name, value in budget.items():
+        print(f"  {name}: {value:.1f}")
     failures = _shedding_failures(rows)
     for failure in failures:
         print(f"FAILED: {failure}")
@@ -209,6 +255,7 @@ def main() -> None:
         "note": "same run: compare the ratios, not absolute numbers",
         "pinned": PINNED, "seconds": seconds, "rounds": args.rounds, "rows": rows,
         "ratios": ratios, "ratios_by_round": per_round, "shedding_failures": failures,
+        "batched_teacher_c64_cpu_us": budget,
     }, indent=2) + "\n")  # fmt: skip
     print(f"wrote {args.out}")
     if failures:
@@ -249,6 +296,24 @@ def _round(runs: dict[str, dict[str, list[dict[str, float]]]], r: int) -> dict[s
     }
     rows["batch 64"] = rows["gateway student"].pop("batch 64")
     return rows
+
+
+def _cpu_budget(rows: dict[str, dict[str, Any]], model_row_seconds: float) -> dict[str, float]:
+    """Where a batched request's CPU goes at c64, against what 3x the naive handler allows:
+    uvicorn's own floor (the raw no-op) and the model's time per row are spent whatever the
+    gateway does; the rest is the gateway's own work (decode, route, admit, batch, measure,
+    encode)."""
+    floor = 1e6 / rows["raw ASGI no-op"]["c64"]["rps"]
+    model = 1e6 * model_row_seconds
+    allowed = 1e6 / (3 * rows["naive teacher"]["c64"]["rps"])
+    spent = 1e6 / rows["gateway teacher, batched"]["c64"]["rps"]
+    return {
+        "a request at 3x the naive handler": allowed,
+        "uvicorn's floor (raw ASGI no-op)": floor,
+        "the teacher's own time per row (best batch of 8-64)": model,
+        "left for the gateway's own work at 3x": allowed - floor - model,
+        "the gateway's own work now": spent - floor - model,
+    }
 
 
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
