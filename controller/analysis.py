@@ -65,6 +65,28 @@ class PairedLabels:
 
 
 @dataclass(frozen=True)
+class Mean:
+    """Per-example values from a histogram: their sum, count and cumulative buckets."""
+
+    total: float = 0.0
+    count: float = 0.0
+    buckets: stats.Buckets = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TaskWindow:
+    """What the model's task measured (``gateway.tasks``): on shadow traffic (student against
+    teacher), and against labels by backend. Empty for a classifier."""
+
+    abs_error: Mean = field(default_factory=Mean)  # regression: mean |student - teacher|
+    relative_error: Mean = field(default_factory=Mean)  # regression: over |teacher|
+    cosine_distance: Mean = field(default_factory=Mean)  # embedding: 1 - cosine
+    hamming_loss: Mean = field(default_factory=Mean)  # multilabel: share of labels disagreeing
+    label_abs_error: dict[str, Mean] = field(default_factory=dict)  # regression, by backend
+    label_relative_error: dict[str, Mean] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class WindowMetrics:
     teacher: BackendWindow = field(default_factory=BackendWindow)
     student: BackendWindow = field(default_factory=BackendWindow)
@@ -75,6 +97,7 @@ class WindowMetrics:
     kl_sum: float = 0.0
     kl_count: float = 0.0
     kl_buckets: stats.Buckets = field(default_factory=list)
+    task: TaskWindow = field(default_factory=TaskWindow)
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,13 @@ def observe(
         "agreement": step.agreements / step.comparisons if step.comparisons else None,
         "mean_kl": step.kl_sum / step.kl_count if step.kl_count else None,
     }
+    task = step.task
+    for key, mean, flip in (("mean_abs_error", task.abs_error, False),
+                            ("mean_relative_error", task.relative_error, False),
+                            ("mean_cosine", task.cosine_distance, True),
+                            ("hamming_agreement", task.hamming_loss, True)):  # fmt: skip
+        if mean.count:  # only what the task measures
+            observed[key] = 1.0 - mean.total / mean.count if flip else mean.total / mean.count
     if rollout is not None:
         observed["rollout"] = {"teacher": backend(rollout.teacher),
                                "student": backend(rollout.student)}  # fmt: skip
@@ -424,6 +454,83 @@ def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
     return GateResult("max_cost_per_1k", verdict, value, value, value, threshold, n, "measured")
 
 
+def _mean_bounds(mean: Mean, z: Levels, fail_parts: int = 1,
+                 pass_parts: int = 1) -> tuple[float, float, float]:  # fmt: skip
+    """A histogram's mean (value, low, high) for a gate on its upper end (an error, a loss)."""
+    low, high = z.bounds(lambda alpha: stats.mean_interval(
+        mean.total, mean.count, mean.buckets, z.z(mean.count, alpha))[1], True, fail_parts,
+        pass_parts)  # fmt: skip
+    return mean.total / mean.count, low, high
+
+
+def _error_gate(gate: str, shadow: Mean, student: Mean, teacher: Mean, threshold: float,
+                z: Levels) -> GateResult:  # fmt: skip
+    """A regression's error gate, on what there is of two measures: the student's mean error
+    against the teacher (shadow traffic), and its mean error against labels less the teacher's
+    (the teacher's pooled over the rollout). It fails when either's interval is above the
+    threshold, passes when every one measured is below. A wrong pass needs the measure that is
+    truly over to pass, so each keeps the pass level; a wrong fail, any of them: the fail side
+    is split between them (and the label difference splits its share between its two
+    sequences, its pass side too)."""
+    measures: dict[str, tuple[float, float, float, float]] = {}
+    parts = int(shadow.count > 0) + int(student.count > 0 and teacher.count > 0)
+    if shadow.count > 0:
+        measures["against the teacher"] = (*_mean_bounds(shadow, z, parts), shadow.count)
+    if student.count > 0 and teacher.count > 0:
+        s_value, s_low, s_high = _mean_bounds(student, z, 2 * parts, 2)
+        t_low, t_high = z.bounds(lambda alpha: stats.mean_interval(
+            teacher.total, teacher.count, teacher.buckets, z.z(teacher.count, alpha))[1], False,
+            2 * parts, 2)  # fmt: skip
+        value = s_value - teacher.total / teacher.count
+        measures["against labels, over the teacher's"] = (value, s_low - t_high, s_high - t_low,
+                                                          student.count)  # fmt: skip
+    if not measures:
+        return _result(gate, Verdict.INCONCLUSIVE, threshold, 0, "no shadow data or labels")
+    failing = [k for k, m in measures.items() if m[1] > threshold]
+    decides = (max(failing, key=lambda k: measures[k][1]) if failing
+               else max(measures, key=lambda k: measures[k][2]))  # fmt: skip
+    value, low, high, samples = measures[decides]
+    result = _at_most(gate, value, low, high, threshold, samples)
+    return replace(result, reason=f"{result.reason} ({decides})")
+
+
+def _mean_abs_error(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
+                    z: Levels) -> GateResult:  # fmt: skip
+    task = step.task
+    return _error_gate("max_mean_abs_error", task.abs_error,
+                       task.label_abs_error.get("student", Mean()),
+                       rollout.task.label_abs_error.get("teacher", Mean()), threshold,
+                       z)  # fmt: skip
+
+
+def _relative_error(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
+                    z: Levels) -> GateResult:  # fmt: skip
+    task = step.task
+    return _error_gate("max_relative_error", task.relative_error,
+                       task.label_relative_error.get("student", Mean()),
+                       rollout.task.label_relative_error.get("teacher", Mean()), threshold,
+                       z)  # fmt: skip
+
+
+def _one_minus(gate: str, loss: Mean, threshold: float, z: Levels) -> GateResult:
+    """A gate on the least mean of ``1 - loss`` (a cosine from its distance, a Hamming
+    agreement from its loss), from the loss's interval."""
+    if loss.count <= 0:
+        return _result(gate, Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
+    value, low, high = _mean_bounds(loss, z)
+    return _at_least(gate, 1.0 - value, 1.0 - high, 1.0 - low, threshold, loss.count)
+
+
+def _cosine(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
+            z: Levels) -> GateResult:  # fmt: skip
+    return _one_minus("min_cosine", step.task.cosine_distance, threshold, z)
+
+
+def _hamming_agreement(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
+                       z: Levels) -> GateResult:  # fmt: skip
+    return _one_minus("min_hamming_agreement", step.task.hamming_loss, threshold, z)
+
+
 _GATES = {
     "max_latency_ms": _latency,
     "max_latency_ratio": _latency_ratio,
@@ -433,4 +540,8 @@ _GATES = {
     "max_class_accuracy_drop": _class_accuracy_drop,
     "max_kl": _kl,
     "max_cost_per_1k": _cost,
+    "max_mean_abs_error": _mean_abs_error,
+    "max_relative_error": _relative_error,
+    "min_cosine": _cosine,
+    "min_hamming_agreement": _hamming_agreement,
 }

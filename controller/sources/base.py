@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller import error_rate
-from controller.analysis import BackendWindow, Labels, PairedLabels, WindowMetrics
+from controller.analysis import (
+    BackendWindow,
+    Labels,
+    Mean,
+    PairedLabels,
+    TaskWindow,
+    WindowMetrics,
+)
 from controller.promtext import Snapshot, buckets, select
 from gateway import metric_names as names
 
@@ -99,6 +106,28 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
         kl_sum=select(increase, f"{names.SHADOW_KL}_sum", model=model),
         kl_count=select(increase, f"{names.SHADOW_KL}_count", model=model),
         kl_buckets=buckets(increase, names.SHADOW_KL, model=model),
+        task=task_window(increase, model),
+    )
+
+
+def task_window(increase: Snapshot, model: str) -> TaskWindow:
+    """The task's comparison histograms (``gateway.tasks``); empty where the task has none."""
+
+    def mean(name: str, **labels: str) -> Mean:
+        return Mean(select(increase, f"{name}_sum", model=model, **labels),
+                    select(increase, f"{name}_count", model=model, **labels),
+                    buckets(increase, name, model=model, **labels))  # fmt: skip
+
+    roles = ("teacher", "student")
+    return TaskWindow(
+        abs_error=mean(names.SHADOW_ABS_ERROR),
+        relative_error=mean(names.SHADOW_RELATIVE_ERROR),
+        cosine_distance=mean(names.SHADOW_COSINE_DISTANCE),
+        hamming_loss=mean(names.SHADOW_HAMMING_LOSS),
+        label_abs_error={role: mean(names.FEEDBACK_ABS_ERROR, backend=role) for role in roles},
+        label_relative_error={
+            role: mean(names.FEEDBACK_RELATIVE_ERROR, backend=role) for role in roles
+        },
     )
 
 

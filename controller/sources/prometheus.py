@@ -31,7 +31,12 @@ COUNTERS = (
     f"{names.SHADOW_KL}_sum",
     f"{names.SHADOW_KL}_count",
     names.FALLBACKS,
-)
+    *(f"{histogram}_{part}"
+      for histogram in (names.SHADOW_ABS_ERROR, names.SHADOW_RELATIVE_ERROR,
+                        names.SHADOW_COSINE_DISTANCE, names.SHADOW_HAMMING_LOSS,
+                        names.FEEDBACK_ABS_ERROR, names.FEEDBACK_RELATIVE_ERROR)
+      for part in ("bucket", "sum", "count")),  # the task's comparisons (gateway.tasks)
+)  # fmt: skip
 GROUP_BY = "model, backend, code, le, from_backend, path, outcome, class"
 # Extra label matchers, e.g. namespace="ml",job="distill-gateway": one Prometheus often scrapes
 # several namespaces and copies of the gateway, and a rollout must read its own fleet only.

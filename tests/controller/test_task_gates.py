@@ -1,0 +1,150 @@
+"""The controller's gates per task (issue 26): a regression, an embedding and a multilabel rollout
+judged from what the gateway's own task code measured (the real ``gateway.tasks`` comparisons,
+its real metrics, read back through ``/metrics`` text and the sources' ``window_metrics``): a
+good student passes, a bad one fails, too little data is inconclusive; and a policy refuses
+gates that do not fit its task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import TypeAdapter, ValidationError
+
+from controller.analysis import (
+    BackendWindow,
+    GateResult,
+    TaskWindow,
+    Verdict,
+    WindowMetrics,
+    assess,
+)
+from controller.policy import Policy
+from controller.promtext import parse
+from controller.sources.base import window_metrics
+from gateway.metrics import GatewayMetrics
+from gateway.signature import Signature, TensorSpec
+from gateway.task_config import TaskConfig
+from gateway.tasks import build_task
+
+MODEL = "m"
+FEATURES = (TensorSpec("x", "FP32", (-1, 4)),)
+
+
+def measured(task: Any, output: TensorSpec, teacher: np.ndarray, student: np.ndarray,
+             labels: np.ndarray | None = None) -> WindowMetrics:  # fmt: skip
+    """What a gateway of ``task`` shows after comparing ``student`` with ``teacher`` on shadow
+    traffic (and, given ``labels``, after each backend's answers were labelled), as the
+    controller reads it."""
+    metrics = GatewayMetrics(CollectorRegistry(), MODEL, {})
+    config = TypeAdapter(TaskConfig).validate_python(task)
+    built = build_task(config, Signature(FEATURES, (output,)), metrics)
+    built.record(built.compare(teacher, student))
+    if labels is not None:
+        for role, answer in (("teacher", teacher), ("student", student)):
+            prediction = built.prediction(answer)
+            assert prediction is not None
+            checked = built.labels.check(labels.tolist())
+            built.record_feedback(built.labels.score(role, prediction, None, checked))
+    text = generate_latest(metrics.registry).decode()
+    return window_metrics(parse(text), MODEL)
+
+
+def judged(window: WindowMetrics, task: str, gates: dict[str, float],
+           min_requests: int = 200, dark: bool = True) -> dict[str, GateResult]:  # fmt: skip
+    policy = Policy(model=MODEL, task=task, steps=[0, 100], gates=gates,  # type: ignore[arg-type]
+                    min_requests=min_requests)  # fmt: skip
+    return {r.gate: r for r in assess(window, window, policy, dark_launch=dark)}
+
+
+RNG = np.random.default_rng(11)
+TEACHER_VALUES = RNG.normal(5.0, 2.0, size=(2000, 2)).astype(np.float32)
+VALUE = TensorSpec("value", "FP32", (-1, 2))
+
+
+def test_a_regression_student_within_its_error_passes_and_one_off_by_more_fails() -> None:
+    gates = {"max_mean_abs_error": 0.05, "max_relative_error": 0.02}
+    close = TEACHER_VALUES + RNG.normal(0, 0.01, TEACHER_VALUES.shape).astype(np.float32)
+    good = judged(measured("regression", VALUE, TEACHER_VALUES, close), "regression", gates)
+    assert {g: r.verdict for g, r in good.items()} == dict.fromkeys(gates, Verdict.PASS)
+    mae = good["max_mean_abs_error"]
+    assert mae.value == pytest.approx(np.abs(close - TEACHER_VALUES).mean(), rel=1e-5)
+    assert mae.low <= mae.value <= mae.high <= 0.05 and mae.samples == 2000
+
+    off = TEACHER_VALUES + np.float32(0.2)  # every output 0.2 off: 4 % of a typical 5
+    bad = judged(measured("regression", VALUE, TEACHER_VALUES, off), "regression", gates)
+    assert {g: r.verdict for g, r in bad.items()} == dict.fromkeys(gates, Verdict.FAIL)
+    assert bad["max_mean_abs_error"].low > 0.05
+
+    few = judged(measured("regression", VALUE, TEACHER_VALUES[:50], off[:50]), "regression",
+                 gates)  # fmt: skip
+    assert {r.verdict for r in few.values()} == {Verdict.INCONCLUSIVE}
+
+
+def test_a_regression_students_error_against_labels_counts_beyond_the_teachers() -> None:
+    """Labels alone (no shadow comparisons in the window): the student's error over the
+    teacher's decides, so a teacher that is itself 0.3 off does not fail a student as good."""
+    truth = TEACHER_VALUES + np.float32(0.3)
+    as_good = TEACHER_VALUES + RNG.normal(0, 0.01, TEACHER_VALUES.shape).astype(np.float32)
+    window = measured("regression", VALUE, TEACHER_VALUES, as_good, labels=truth)
+    live = BackendWindow(requests=2000)  # a live step: the student's answers were labelled
+    labels_only = WindowMetrics(student=live, task=TaskWindow(
+        label_abs_error=window.task.label_abs_error))  # fmt: skip
+    # two means whose variance is bounded by 1-2-5 bucket edges: about +/- 0.05 at 2,000 each
+    result = judged(labels_only, "regression", {"max_mean_abs_error": 0.1}, dark=False)
+    gate = result["max_mean_abs_error"]
+    assert gate.verdict is Verdict.PASS and "against labels" in gate.reason
+    assert abs(gate.value) < 0.02  # about 0.3 for both: their difference is near 0
+    worse = measured("regression", VALUE, TEACHER_VALUES, TEACHER_VALUES - 0.2, labels=truth)
+    labels_only = WindowMetrics(student=live, task=TaskWindow(
+        label_abs_error=worse.task.label_abs_error))  # fmt: skip
+    failed = judged(labels_only, "regression", {"max_mean_abs_error": 0.1}, dark=False)
+    assert failed["max_mean_abs_error"].verdict is Verdict.FAIL  # 0.5 off against 0.3
+
+
+def test_an_embedding_student_is_judged_by_its_cosine_to_the_teacher() -> None:
+    spec = TensorSpec("embedding", "FP32", (-1, 16))
+    teacher = RNG.standard_normal((1000, 16)).astype(np.float32)
+    near = teacher + RNG.normal(0, 0.1, teacher.shape).astype(np.float32)  # cosine about 0.995
+    good = judged(measured("embedding", spec, teacher, near), "embedding", {"min_cosine": 0.98})
+    assert good["min_cosine"].verdict is Verdict.PASS
+    assert 0.98 <= good["min_cosine"].low <= good["min_cosine"].value < 1.0
+    far = teacher + RNG.normal(0, 0.6, teacher.shape).astype(np.float32)  # cosine about 0.86
+    bad = judged(measured("embedding", spec, teacher, far), "embedding", {"min_cosine": 0.98})
+    assert bad["min_cosine"].verdict is Verdict.FAIL and bad["min_cosine"].high < 0.98
+
+
+def test_a_multilabel_student_is_judged_by_its_hamming_agreement() -> None:
+    spec = TensorSpec("logits", "FP32", (-1, 8))
+    teacher = RNG.standard_normal((1000, 8)).astype(np.float32)
+    flips = RNG.random(teacher.shape) < 0.02  # the student disagrees on 2 % of labels
+    student = np.where(flips, -teacher, teacher)
+    task = {"kind": "multilabel"}
+    good = judged(measured(task, spec, teacher, student), "multilabel",
+                  {"min_hamming_agreement": 0.95})  # fmt: skip
+    assert good["min_hamming_agreement"].verdict is Verdict.PASS
+    assert good["min_hamming_agreement"].value == pytest.approx(1 - flips.mean())
+    bad = judged(measured(task, spec, teacher, student), "multilabel",
+                 {"min_hamming_agreement": 0.995})  # fmt: skip
+    assert bad["min_hamming_agreement"].verdict is Verdict.FAIL
+
+
+@pytest.mark.parametrize(
+    ("task", "gates", "refused"),
+    [
+        ("regression", {"max_kl": 0.1}, "max_kl"),
+        ("regression", {"min_agreement": 0.9, "max_mean_abs_error": 1}, "min_agreement"),
+        ("embedding", {"max_accuracy_drop": 0.02}, "max_accuracy_drop"),
+        ("multilabel", {"max_accuracy_drop": 0.02}, "max_accuracy_drop"),
+        ("classification", {"min_cosine": 0.9}, "min_cosine"),
+    ],
+)
+def test_a_policy_refuses_gates_that_do_not_fit_its_task(
+    task: str, gates: dict[str, float], refused: str
+) -> None:
+    with pytest.raises(ValidationError, match=f"{refused} do not fit task {task}"):
+        Policy(task=task, gates=gates)  # type: ignore[arg-type]
+    fits = {"max_error_rate": 0.01, "max_latency_ratio": 1.5}  # every task's
+    assert Policy(task=task, gates=fits).task == task  # type: ignore[arg-type]
