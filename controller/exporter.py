@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from controller import gate_metrics as gm
 from controller.analysis import GateResult, Verdict
 from controller.state import Phase, RolloutState
 from gateway.metrics import add_standard_collectors
 
 ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm", "share_unconfirmed",
                    "webhook_pre_rollout", "webhook_rollback")  # fmt: skip
-VERDICT_VALUES = {Verdict.PASS: 1.0, Verdict.INCONCLUSIVE: 0.0, Verdict.FAIL: -1.0}
-"""``canary_gate_verdict``: 1 pass, 0 inconclusive, -1 fail (skipped gates are not exported)."""
+VERDICT_VALUES = {Verdict(name): value for name, value in gm.VERDICT_VALUES.items()}
+"""``canary_gate_verdict`` (skipped gates are not exported)."""
 
 
 class ControllerMetrics:
@@ -47,12 +48,18 @@ class ControllerMetrics:
         self.consecutive_failures = gauge(
             "canary_consecutive_failures", "Failed analyses in a row at this step."
         )
-        self.gate_value = gauge("canary_gate_value", "Last measured value.", ("gate",))
-        self.gate_lower = gauge("canary_gate_lower", "Lower bound of its interval.", ("gate",))
-        self.gate_upper = gauge("canary_gate_upper", "Upper bound of its interval.", ("gate",))
-        self.gate_threshold = gauge("canary_gate_threshold", "Each gate's threshold.", ("gate",))
+        self.gate_value = gauge(
+            gm.GATE_VALUE,
+            "Each gate's last estimate and its confidence sequence's bounds (bound: lower, "
+            "estimate, upper).",
+            ("gate", gm.BOUND_LABEL),
+        )
+        self.gate_threshold = gauge(gm.GATE_THRESHOLD, "Each gate's threshold.", ("gate",))
         self.gate_verdict = gauge(
-            "canary_gate_verdict", "Last verdict: 1 pass, 0 inconclusive, -1 fail.", ("gate",)
+            gm.GATE_VERDICT, "Last verdict: 1 pass, 0 inconclusive, -1 fail.", ("gate",)
+        )
+        self.gate_dry_run = gauge(
+            gm.GATE_DRY_RUN, "1 for a dry-run gate: measured, never decides.", ("gate",)
         )
         self.analysis = Counter(
             "canary_analysis_total", "Gate verdicts.", ["model", "gate", "result"],
@@ -117,7 +124,8 @@ class ControllerMetrics:
                 continue
             gate = (self.model, result.gate)
             self.gate_threshold.labels(*gate).set(result.threshold)
-            self.gate_value.labels(*gate).set(result.value)
-            self.gate_lower.labels(*gate).set(result.low)
-            self.gate_upper.labels(*gate).set(result.high)
+            for bound, value in zip(gm.BOUNDS, (result.low, result.value, result.high),
+                                    strict=True):  # fmt: skip
+                self.gate_value.labels(*gate, bound).set(value)
+            self.gate_dry_run.labels(*gate).set(1.0 if result.dry_run else 0.0)
             self.gate_verdict.labels(*gate).set(VERDICT_VALUES[result.verdict])

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from controller import error_rate
+from controller import gate_metrics as gm
 
 OUT = Path(__file__).parent / "dashboards" / "distill-gateway.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -159,15 +160,20 @@ PANELS = [
         (f'({cost_per_request("teacher", "1d")} - {cost_per_request("student", "1d")})'
          f" * {rate('gateway_requests_total', SERVED)} * {SECONDS_PER_MONTH}", "saving"),
     ], "stat"),
-    # A value is never shown without its interval and verdict: it may be far from passing.
+    # The gates' row. A value is never shown without its interval and verdict: it may be far
+    # from passing. The second panel puts every gate on one scale: its threshold is 1.
+    Panel("Canary gates", "none", [], "row", 24),
     Panel("Canary gates: value, interval and threshold", "none", [
-        (f"max by (gate) (canary_gate_value{{{M}}})", "{{gate}} value"),
-        (f"max by (gate) (canary_gate_lower{{{M}}})", "{{gate}} lower bound"),
-        (f"max by (gate) (canary_gate_upper{{{M}}})", "{{gate}} upper bound"),
-        (f"max by (gate) (canary_gate_threshold{{{M}}})", "{{gate}} threshold"),
-    ], width=24),
+        (f"max by (gate, {gm.BOUND_LABEL}) ({gm.GATE_VALUE}{{{M}}})", "{{gate}} {{bound}}"),
+        (f"max by (gate) ({gm.GATE_THRESHOLD}{{{M}}})", "{{gate}} threshold"),
+    ]),
+    Panel("Canary gates against their thresholds (1 = the threshold)", "none", [
+        (f"max by (gate, {gm.BOUND_LABEL}) ({gm.GATE_VALUE}{{{M}}}) / on (gate) group_left "
+         f"max by (gate) ({gm.GATE_THRESHOLD}{{{M}}})", "{{gate}} {{bound}}"),
+    ]),
     Panel("Canary gate verdicts: 1 pass, 0 inconclusive, -1 fail", "none", [
-        (f"max by (gate) (canary_gate_verdict{{{M}}})", "{{gate}}"),
+        (f"max by (gate) ({gm.GATE_VERDICT}{{{M}}})", "{{gate}}"),
+        (f"max by (gate) ({gm.GATE_DRY_RUN}{{{M}}})", "{{gate}} dry run (1: never decides)"),
     ]),
     Panel("Canary step: bake elapsed, failures in a row, share drifts", "none", [
         (f"max(canary_step_bake_elapsed_seconds{{{M}}})", "bake elapsed (s)"),
@@ -190,19 +196,24 @@ ANNOTATIONS = [
 ]  # fmt: skip
 
 
+HEIGHTS = {"timeseries": 8, "row": 1}
+
+
 def panel(index: int, x: int, y: int, spec: Panel) -> dict[str, Any]:
     result: dict[str, Any] = {
         "id": index + 1,
         "type": spec.kind,
         "title": spec.title,
         "datasource": DS,
-        "gridPos": {"x": x, "y": y, "w": spec.width, "h": 8 if spec.kind == "timeseries" else 4},
+        "gridPos": {"x": x, "y": y, "w": spec.width, "h": HEIGHTS.get(spec.kind, 4)},
         "fieldConfig": {"defaults": {"unit": spec.unit}, "overrides": []},
         "targets": [
             {"refId": chr(ord("A") + n), "datasource": DS, "expr": expr, "legendFormat": legend}
             for n, (expr, legend) in enumerate(spec.queries)
         ],
     }
+    if spec.kind == "row":
+        result.update(collapsed=False, panels=[])
     if spec.kind == "stat":
         text_mode = "name" if spec.shows_name else "value"
         result["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": text_mode}

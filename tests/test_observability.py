@@ -302,6 +302,9 @@ def test_each_gateway_panel_shows_what_the_traffic_did(observed: Observed, panel
             series, shown[series], value)  # fmt: skip
 
 
+CANARY_SCALED = "Canary gates against their thresholds (1 = the threshold)"
+
+
 def _panel(title: str, index: int) -> str:
     panels = json.loads(DASHBOARD.read_text())["panels"]
     expr: str = next(p for p in panels if p["title"] == title)["targets"][index]["expr"]
@@ -327,14 +330,24 @@ def test_the_canary_panels_show_how_the_aborted_rollout_ended(observed: Observed
     gates = set(FAST_POLICY_GATES)
     verdicts = at_end("Canary gate verdicts: 1 pass, 0 inconclusive, -1 fail")
     assert set(verdicts) == gates and set(verdicts.values()) <= {-1.0, 0.0, 1.0}
-    values = at_end("Canary gates: value, interval and threshold", 0)
-    lows = at_end("Canary gates: value, interval and threshold", 1)
-    highs = at_end("Canary gates: value, interval and threshold", 2)
-    thresholds = at_end("Canary gates: value, interval and threshold", 3)
+    title = "Canary gates: value, interval and threshold"
+    bounds = {(s["metric"]["gate"], s["metric"]["bound"]): float(s["value"][1])
+              for s in prometheus.query(_panel(title, 0), time=last)}  # fmt: skip
+    thresholds = at_end(title, 1)
     assert thresholds == {gate: float(limit) for gate, limit in FAST_POLICY_GATES.items()}
-    for gate, value in values.items():
+    assert {gate for gate, _ in bounds} == gates
+    for gate in gates:
+        low, value, high = (bounds[(gate, b)] for b in ("lower", "estimate", "upper"))
         if not math.isnan(value):
-            assert lows[gate] <= value <= highs[gate], gate
+            assert low <= value <= high, gate
+    # The same on one scale: each bound over its gate's threshold.
+    scaled = {
+        (s["metric"]["gate"], s["metric"]["bound"]): float(s["value"][1])
+        for s in prometheus.query(_panel(CANARY_SCALED, 0), time=last)
+    }
+    for (gate, bound), value in bounds.items():
+        if not math.isnan(value):
+            assert scaled[(gate, bound)] == pytest.approx(value / thresholds[gate]), gate
     assert at_end("Canary step: bake elapsed, failures in a row, share drifts", 2) == {"": 0.0}
     (age,) = at_end("Seconds since the controller's last heartbeat").values()
     assert 0 <= age <= 10  # it ticked until shortly before its last scrape (3 s linger)

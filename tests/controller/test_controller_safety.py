@@ -278,9 +278,11 @@ def test_metrics_say_who_is_alive_and_what_each_gate_decided(
     labels = {"model": "digits", "gate": "min_agreement"}
     assert metric(registry, "canary_last_tick_timestamp_seconds") == clock.now
     assert registry.get_sample_value("canary_gate_verdict", labels) == 1.0
-    low = registry.get_sample_value("canary_gate_lower", labels)
-    high = registry.get_sample_value("canary_gate_upper", labels)
-    assert low is not None and high is not None and 0.9 < low <= high <= 1.0
+    low, estimate, high = (registry.get_sample_value("canary_gate_value", {**labels, "bound": b})
+                           for b in ("lower", "estimate", "upper"))  # fmt: skip
+    assert low is not None and estimate is not None and high is not None
+    assert 0.9 < low <= estimate <= high <= 1.0
+    assert registry.get_sample_value("canary_gate_dry_run", labels) == 0.0
     assert metric(registry, "canary_step_bake_elapsed_seconds") == 3
     assert (
         registry.get_sample_value(
