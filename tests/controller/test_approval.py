@@ -75,7 +75,7 @@ def test_approve_releases_a_manual_gate_and_the_history_says_who(tmp_path: Path)
         for _ in range(60):  # two 10 s bakes, then it waits
             controller.tick()
             clock.sleep(1)
-        assert controller.state.share == 0.25 and controller.state.phase is Phase.PROGRESSING
+        held = controller.state.share, controller.state.phase
         assert (controller.state.waiting or {})["manual"] == ["confirm-promotion"]
 
         def controller_ticks(seconds: float) -> None:  # the operator waits; the controller ticks
@@ -99,12 +99,14 @@ def test_approve_releases_a_manual_gate_and_the_history_says_who(tmp_path: Path)
             clock.sleep(1)
         controller.notifications.close(2.0)
         sent = [r.json() for r in receiver.on("/ops")]
+    assert held == (0.25, Phase.PROGRESSING)
     assert controller.state.phase is Phase.PROMOTED
     approved = [r for r in controller.state.history if r.action is Record.APPROVED]
     assert len(approved) == 1 and "@" in approved[0].reason  # user@host, as for pause
     assert [e["type"] for e in sent] == ["waiting_for_approval", "approved", "promoted"]
     assert "confirm-promotion: manual approval" in sent[0]["reason"]
-    assert store.load() is not None and store.load().approved == []  # type: ignore[union-attr]
+    saved = store.load()
+    assert saved is not None and saved.approved == [] and saved.waiting is None
 
 
 def test_approve_needs_a_gate_a_rollout_waits_at_and_a_live_controller(tmp_path: Path) -> None:
