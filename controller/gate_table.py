@@ -4,6 +4,7 @@ the report) or as a few words (the decision line a running controller prints).""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 UNITS = {
@@ -23,10 +24,15 @@ def amount(gate: dict[str, Any], value: float) -> str:
     return f"{value:.4g}{UNITS.get(str(gate['gate']), '')}"
 
 
+def verdict(gate: dict[str, Any]) -> str:
+    """The verdict, marked for a dry-run gate (it never decides)."""
+    return f"{gate['verdict']} (dry run)" if gate.get("dry_run") else str(gate["verdict"])
+
+
 def row(gate: dict[str, Any]) -> tuple[str, ...]:
     return (
         str(gate["gate"]),
-        str(gate["verdict"]),
+        verdict(gate),
         amount(gate, gate["value"]),
         f"[{amount(gate, gate['low'])}, {amount(gate, gate['high'])}]",
         amount(gate, gate["threshold"]),
@@ -45,9 +51,40 @@ def text_table(gates: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+MARKS = {"pass": "+", "fail": "x", "inconclusive": "?"}
+
+
+def interval_history(analyses: list[tuple[float, list[dict[str, Any]]]], last: int) -> list[str]:
+    """Each gate's interval over the step's latest ``last`` analyses (when, gate results), oldest
+    first, against its threshold: ``max_error_rate <= 0.001: 12:00:10 [0, 0.0031]? ...``, the mark
+    after each interval its verdict (+ pass, x fail, ? inconclusive)."""
+    shown = analyses[-last:]
+    gates = list(dict.fromkeys(g["gate"] for _, results in shown for g in results
+                               if g["verdict"] != "skipped"))  # fmt: skip
+    lines = []
+    for name in gates:
+        cells, threshold = [], None
+        for at, results in shown:
+            for g in results:
+                if g["gate"] == name and g["verdict"] != "skipped":
+                    threshold = g
+                    when = time.strftime("%H:%M:%S", time.localtime(at))
+                    cells.append(f"{when} [{amount(g, g['low'])}, {amount(g, g['high'])}]"
+                                 f"{MARKS.get(str(g['verdict']), '')}")  # fmt: skip
+        if threshold is None:
+            continue
+        sign = ">=" if name.startswith("min") else "<="
+        dry = " (dry run)" if threshold.get("dry_run") else ""
+        lines.append(f"{name}{dry} {sign} {amount(threshold, threshold['threshold'])}: "
+                     + "  ".join(cells))  # fmt: skip
+    return lines
+
+
 def deciding(gates: list[dict[str, Any]]) -> str:
     """The gates behind a decision in a few words: the failing ones with their value, else the
-    inconclusive ones, else how many passed; with the samples they rest on."""
+    inconclusive ones, else how many passed; with the samples they rest on. Dry-run gates never
+    decide, so they are left out."""
+    gates = [g for g in gates if not g.get("dry_run")]
     failed = [g for g in gates if g["verdict"] == "fail"]
     pending = [g for g in gates if g["verdict"] == "inconclusive"]
     judged = [g for g in gates if g["verdict"] != "skipped"]

@@ -60,7 +60,8 @@ def render(state: RolloutState) -> str:
 
     charts = [
         ("Student share", _chart(state, share, "share")),
-        *((f"Gate {gate}: what the judge saw", _chart(state, _gate_drawing(state, gate), unit))
+        *((f"Gate {gate}{_dry(state, gate)}: what the judge saw, its interval against the "
+           "threshold", _chart(state, _gate_drawing(state, gate), unit))
           for gate, unit in _judged_gates(state)),
         ("Backend latency p50 and p99", _chart(state, latency, "ms")),
         ("Shadow agreement with the teacher", _chart(state, agreement, "fraction")),
@@ -104,6 +105,13 @@ def gate_history(state: RolloutState, gate: str) -> list[GatePoint]:
                     )
                 )
     return points
+
+
+def _dry(state: RolloutState, gate: str) -> str:
+    """Marks a dry-run gate's chart: it was measured and shown, and never decided."""
+    dry = any(r.get("dry_run") for record in state.history for r in record.gates
+              if r["gate"] == gate)  # fmt: skip
+    return " (dry run: never decides)" if dry else ""
 
 
 def _judged_gates(state: RolloutState) -> list[tuple[str, str]]:

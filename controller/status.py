@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 
-from controller.gate_table import text_table
+from controller.gate_table import interval_history, text_table
 from controller.state import DecisionRecord, Phase, RolloutState, StateStore
 from controller.students import summary
+
+GATE_HISTORY = 6  # analyses of each gate's interval that status shows
 
 
 def render_status(
@@ -43,6 +45,10 @@ def render_status(
     if rollout.last_analysis:
         lines.append("last analysis:")
         lines += [f"  {line}" for line in text_table(rollout.last_analysis)]
+    this_step = [(r.at, r.gates) for r in rollout.history if r.step_index == rollout.step_index]
+    if this_step:
+        lines.append("gate intervals at this step, oldest first (+ pass, x fail, ? inconclusive):")
+        lines += [f"  {line}" for line in interval_history(this_step, GATE_HISTORY)]
     if history:
         lines.append(f"decisions (latest {min(history, len(rollout.history))}):")
         width = shutil.get_terminal_size((160, 24)).columns - 2

@@ -120,3 +120,27 @@ def test_each_gate_shows_its_interval_threshold_samples_and_the_decision_at_ever
             (at, value, low, high, samples))  # fmt: skip
         assert (point.verdict, point.threshold, point.decision) == (verdict, 0.9, "hold")
     assert gate_history(rolled_back_rollout(), "max_kl") == []
+
+
+def test_status_lines_show_each_gates_interval_over_time_against_its_threshold() -> None:
+    from controller.gate_table import interval_history
+
+    analyses = [(r.at, r.gates) for r in rolled_back_rollout().history if r.gates]
+    (line,) = interval_history(analyses, last=2)
+    assert line.startswith("min_agreement >= 0.9: ")
+    cells = line.split(": ", 1)[1].split("  ")
+    assert len(cells) == 2  # the latest two of three analyses, oldest first
+    assert cells[0].endswith("[0.55, 0.65]x") and cells[1].endswith("[0.5, 0.6]x")
+
+
+def test_a_dry_run_gate_is_reported_and_marked_and_never_named_as_deciding() -> None:
+    from controller.gate_table import deciding, interval_history, row
+
+    state = rolled_back_rollout()
+    dry = {**state.history[2].gates[0], "dry_run": True, "verdict": "fail"}
+    state.history[2] = DecisionRecord(105.0, 0, 0.05, Record.HOLD, "analysis", [dry])
+    assert "Gate min_agreement (dry run: never decides): what the judge saw" in render(state)
+    assert row(dry)[1] == "fail (dry run)"
+    assert interval_history([(105.0, [dry])], 6)[0].startswith("min_agreement (dry run) >= 0.9")
+    passing = {**LAST_ANALYSIS[1]}
+    assert deciding([dry, passing]) == "1 gates pass (300 samples)"
