@@ -11,7 +11,7 @@ from controller.policy import PolicyError, load_policy
 POLICIES = Path(__file__).resolve().parents[2] / "controller" / "policies"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml", "gated.yaml"])
 def test_shipped_policies_are_valid(name: str) -> None:
     policy = load_policy(POLICIES / name)
     assert policy.steps[-1] == 100
@@ -44,6 +44,17 @@ def test_defaults(tmp_path: Path) -> None:
         ("[1, 2]\n", "top level must be a mapping"),
         ("steps: [1,\n", "not valid YAML at line 2, column 1"),
         ("gates: {max_p99_ms: 50}\n", "gates: max_p99_ms is now max_latency_ms"),
+        ("manual_approval: [rollout]\ngates: {max_kl: 1}\n", "manual_approval: rollout is not"),
+        ("notify: [{url: ftp://x}]\ngates: {max_kl: 1}\n", "notify.0.url: String should match"),
+        (
+            "notify: [{url: 'http://a/1'}, {url: 'http://a/2'}]\ngates: {max_kl: 1}\n",
+            "notify: names must differ (a repeats)",
+        ),
+        ("notify: [{url: 'http://a', format: teams}]\ngates: {max_kl: 1}\n", "notify.0.format"),
+        (
+            "webhooks: [{name: g, type: event, url: 'http://a'}]\ngates: {max_kl: 1}\n",
+            "webhooks.0.type",
+        ),
     ],
 )
 def test_bad_policies_name_the_key(tmp_path: Path, text: str, named: str) -> None:
