@@ -100,6 +100,7 @@ bench: venv triton-env bench-tools
 	$(BIN)/python -m tests.benchmarks.bench_triton
 	$(BIN)/python -m tests.benchmarks.bench_reliability
 	$(BIN)/python -m tests.benchmarks.bench_serving
+	$(BIN)/python -m tests.benchmarks.bench_padded
 	$(BIN)/python -m tests.benchmarks.bench_fleet
 
 # Decision quality: simulated rollouts through the controller's own analysis (about 3 minutes).
