@@ -53,6 +53,26 @@ def build(
     run_build(out_dir, cache_dir, temperature, alpha, max_epochs, patience, enforce_targets, seeds)
 
 
+@app.command("build-text")
+def build_text(
+    out_dir: Annotated[
+        Path, typer.Option(help="Holds registry.json; the ONNX files go to its text/.")
+    ] = MODELS_DIR,
+    cache_dir: Annotated[Path, typer.Option(help="Soft-label cache.")] = MODELS_DIR / ".cache",
+    enforce_targets: Annotated[
+        bool, typer.Option(help="Exit 1 when a target is missed (off for quick trial builds).")
+    ] = True,
+    teacher_epochs: Annotated[int, typer.Option(min=1, help="Upper bound for the teacher.")] = 8,
+    student_epochs: Annotated[int, typer.Option(min=1, help="Upper bound per student.")] = 60,
+) -> None:
+    """The second pair: a transformer sequence classifier (input_ids, attention_mask) distilled
+    into a small one on the synthetic marker-order task; ONNX files, INT8 student and the
+    registry's pairs.text (models/text/)."""
+    from models.text.build import build as run_build
+
+    run_build(out_dir, cache_dir, enforce_targets, teacher_epochs, student_epochs)
+
+
 @app.command()
 def seeds(
     count: Annotated[int, typer.Option("--seeds", min=2, help="Seeds 0 .. N-1.")] = SEEDS,

@@ -1,6 +1,7 @@
 """``models/registry.json``: what was built, from what, and how good and fast it is.
 
 Its sections: ``dataset``; ``models`` (the shipped teacher, student and bad student, by role);
+``pairs`` (the other shipped pairs, each with its own ``dataset`` and ``models``);
 ``candidates`` (every file the sweep made, by content-hash id); ``sweep`` (how that sweep ran);
 ``history`` (what rollouts did with a candidate). Only the standard library: the gateway and the
 controller read it without torch.
@@ -48,8 +49,16 @@ def entries(registry: dict[str, Any]) -> Iterator[Entry]:
     yield from registry.get("candidates", {}).values()
 
 
+def pair_entries(registry: dict[str, Any]) -> Iterator[Entry]:
+    """The models of the other shipped pairs (``pairs.<name>.models``: the text pair's), each
+    scored on its own pair's test split; ``entries`` is the digits pair's and its sweep's."""
+    for pair in registry.get("pairs", {}).values():
+        yield from pair.get("models", {}).values()
+
+
 def find(registry: dict[str, Any], model_id: str) -> Entry | None:
-    return next((entry for entry in entries(registry) if entry["id"] == model_id), None)
+    every = (*entries(registry), *pair_entries(registry))
+    return next((entry for entry in every if entry["id"] == model_id), None)
 
 
 class UnreadableRegistry(LookupError):
