@@ -56,6 +56,10 @@ def ratio(numerator: str, denominator: str) -> str:
     return f"{numerator} / {denominator}"
 
 
+TASK_ROW = "Per task: regression, embedding, multilabel"
+TASK_PANELS = ("Regression:", "Embedding:", "Multilabel:")
+"""Title prefixes of the panels that fit one task only (empty for a model of another task)."""
+
 PANELS = [
     Panel("Student share", "percentunit", [
         (f'max by (instance) (gateway_traffic_share{{{M},backend="student"}})',
@@ -160,6 +164,28 @@ PANELS = [
         (f'({cost_per_request("teacher", "1d")} - {cost_per_request("student", "1d")})'
          f" * {rate('gateway_requests_total', SERVED)} * {SECONDS_PER_MONTH}", "saving"),
     ], "stat"),
+    # Per task (gateway/tasks.py): each panel has data only for a model of its task.
+    Panel(TASK_ROW, "none", [], "row", 24),
+    Panel("Regression: mean error, student vs teacher (shadow) and against labels", "none", [
+        (ratio(rate("gateway_shadow_abs_error_sum"), rate("gateway_shadow_abs_error_count")),
+         "|student - teacher|"),
+        (ratio(rate("gateway_shadow_relative_error_sum"),
+               rate("gateway_shadow_relative_error_count")), "relative to the teacher"),
+        (ratio(rate("gateway_feedback_abs_error_sum", by="backend"),
+               rate("gateway_feedback_abs_error_count", by="backend")), "|{{backend}} - label|"),
+    ], width=8),
+    Panel("Embedding: mean cosine similarity, student vs teacher (shadow)", "none", [
+        ("1 - " + ratio(rate("gateway_shadow_cosine_distance_sum"),
+                        rate("gateway_shadow_cosine_distance_count")), "cosine"),
+    ], width=8),
+    Panel("Multilabel: Hamming agreement (shadow) and accuracy by backend (labels)",
+          "percentunit", [
+        ("1 - " + ratio(rate("gateway_shadow_hamming_loss_sum"),
+                        rate("gateway_shadow_hamming_loss_count")), "agreement"),
+        ("1 - " + ratio(rate("gateway_feedback_hamming_loss_sum", by="backend"),
+                        rate("gateway_feedback_hamming_loss_count", by="backend")),
+         "accuracy {{backend}}"),
+    ], width=8),
     # The gates' row. A value is never shown without its interval and verdict: it may be far
     # from passing. The second panel puts every gate on one scale: its threshold is 1.
     Panel("Canary gates", "none", [], "row", 24),

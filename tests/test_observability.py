@@ -137,12 +137,18 @@ def _last_scrape(prometheus: PrometheusProcess | None, job: str = "distill-gatew
     return float(result[0]["value"][1]) if result else 0.0
 
 
-def _panel_queries() -> list[tuple[str, str]]:
+TASK_PANELS = ("Regression:", "Embedding:", "Multilabel:")
+TASK_RULES = "distill-gateway.tasks"
+"""The panels and rules of other tasks than this classifier's: tests/test_task_observability.py."""
+
+
+def _panel_queries(tasks: bool = False) -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     return [
         (panel["title"], target["expr"])
         for panel in dashboard["panels"]
         for target in panel["targets"]
+        if panel["title"].startswith(TASK_PANELS) == tasks
     ]
 
 
@@ -165,11 +171,12 @@ def test_every_panel_query_parses_and_returns_data(
     assert _has_data(observed, expr), f"{title}: no data for {_concrete(expr)}"
 
 
-def _recorded_rules() -> list[str]:
+def _recorded_rules(tasks: bool = False) -> list[str]:
     names = []
     for path in sorted(RULES.glob("*.yml")):
         for group in yaml.safe_load(path.read_text())["groups"]:
-            names += [rule["record"] for rule in group["rules"] if "record" in rule]
+            if (group["name"] == TASK_RULES) == tasks:
+                names += [rule["record"] for rule in group["rules"] if "record" in rule]
     return names
 
 
