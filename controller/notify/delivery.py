@@ -71,13 +71,23 @@ class Delivery:
                         event.type.value)  # fmt: skip
             self._count("dropped")
 
-    def close(self, deadline: float) -> None:
-        """Delivers what is queued until ``deadline`` (``time.monotonic``), then drops the rest."""
-        self._queue.put(None)  # the worker ends after the events before it
+    def finish(self) -> None:
+        """No more events: the worker ends after those queued (``close``)."""
+        self._queue.put(None)
+
+    def wait(self, deadline: float) -> None:
+        """Lets the worker deliver what is queued until ``deadline`` (``time.monotonic``)."""
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._thread.is_alive():
-            self._stopping.set()
-            self._thread.join(self.receiver.timeout_seconds * 2 + 1.0)  # the call in hand
+
+    def stop(self) -> None:
+        """No retry waits any more; the events still queued are dropped."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """After ``stop``: the call in hand ends within its timeout; what is left is counted
+        dropped."""
+        self._stopping.set()
+        self._thread.join(2 * self.receiver.timeout_seconds + 1.0)  # connect + read of one call
         while True:
             try:
                 left = self._queue.get_nowait()

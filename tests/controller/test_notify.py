@@ -20,8 +20,14 @@ from controller.events import EventType, RolloutEvent, Severity, watch_alert
 from controller.exporter import ControllerMetrics
 from controller.notify import Notifications, NotifyError, Receiver
 from controller.notify.delivery import SIGNATURE_HEADER
-from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK, CanaryController, Launch
-from controller.state import RolloutState, StateStore
+from controller.rollout import (
+    EXIT_PROMOTED,
+    EXIT_REFUSED,
+    EXIT_ROLLED_BACK,
+    CanaryController,
+    Launch,
+)
+from controller.state import Command, RolloutState, StateStore
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 from tests.controller.receivers import closed_port, http_receiver, silent_receiver
 
@@ -242,3 +248,51 @@ SLACK_MESSAGE = {
         ]}},
     },
 }  # fmt: skip
+
+
+def test_pause_resume_drift_and_the_lease_changing_hands_are_each_one_event(
+    tmp_path: Path,
+) -> None:
+    """Operators' commands, a share changed behind the controller's back, a takeover and the
+    old controller finding its lease gone."""
+    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    second_holder = "test-host-b:2:bbbb"
+    with http_receiver() as receiver:
+        quiet = {"url": f"{receiver.url}/ops", "events": [
+            "paused", "resumed", "share_drift", "lease_taken", "lease_lost"]}  # fmt: skip
+        first, _, _ = make_controller(store, fleet, clock, HOLDER, bake_seconds=1000,
+                                      max_step_seconds=1000, notify=[quiet])  # fmt: skip
+        first.start(Launch(GATEWAYS))
+        first.tick()
+        for command in (Command.PAUSE, Command.PAUSE, Command.RESUME):  # the 2nd is refused
+            store.send(first.state.rollout_id, command, "sre@host", 60, clock())
+            first.tick()
+        fleet.operator_put(GATEWAYS[0], 0.5)
+        first.tick()  # drift: set again
+        clock.now += 60  # the first controller hung past its lease
+        second, _, _ = make_controller(store, fleet, clock, second_holder, bake_seconds=1000,
+                                       max_step_seconds=1000, notify=[quiet])  # fmt: skip
+        second.start(Launch(GATEWAYS))
+        first.notifications.close(2.0)
+        second.notifications.close(2.0)
+        # a third, on a state file of its own, loses its lease mid-run to a fourth
+        other = StateStore.create(tmp_path / "other.db")
+        third, _, _ = make_controller(other, FakeFleet(GATEWAYS), clock, HOLDER,
+                                      bake_seconds=1000, max_step_seconds=1000,
+                                      notify=[quiet])  # fmt: skip
+
+        def taken_over(seconds: float) -> None:
+            clock.sleep(seconds)
+            other.acquire(second_holder, ttl=1000, now=clock.now + 100)  # as if it lapsed
+
+        third.sleep = taken_over
+        assert third.run(Launch(GATEWAYS)) == EXIT_REFUSED
+        got = receiver.on("/ops")
+    assert types(got) == ["paused", "resumed", "share_drift", "lease_taken", "lease_lost"]
+    by_type = {r.json()["type"]: r.json() for r in got}
+    assert by_type["paused"]["reason"] == "paused by an operator (sre@host)"
+    assert by_type["paused"]["severity"] == "warning"
+    assert by_type["lease_taken"]["controller"] == second_holder
+    assert HOLDER in by_type["lease_taken"]["reason"]
+    assert by_type["lease_lost"]["controller"] == HOLDER
+    assert "http://gw-1 reports share 0.5" in by_type["share_drift"]["reason"]
