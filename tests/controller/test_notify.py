@@ -296,3 +296,29 @@ def test_pause_resume_drift_and_the_lease_changing_hands_are_each_one_event(
     assert HOLDER in by_type["lease_taken"]["reason"]
     assert by_type["lease_lost"]["controller"] == HOLDER
     assert "http://gw-1 reports share 0.5" in by_type["share_drift"]["reason"]
+
+
+def test_run_refuses_a_receiver_whose_secret_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from controller.cli import app
+
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    policy = tmp_path / "policy.yaml"
+    receiver = "{url: 'http://127.0.0.1:9/x', name: ops, secret_env: NO_SUCH_KEY}"
+    policy.write_text(f"gates: {{min_agreement: 0.9}}\nnotify: [{receiver}]\n")
+    state = str(tmp_path / "s.db")
+    arguments = [
+        "run",
+        "--policy",
+        str(policy),
+        "--gateway",
+        "http://127.0.0.1:9",
+        "--state",
+        state,
+    ]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 2
+    assert "notify[0] (ops): secret_env NO_SUCH_KEY is not set" in result.stderr
