@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.drift_config import DriftConfig
 from gateway.roles import ROLES
 from gateway.task_config import TASK_KINDS, ClassificationTask, TaskConfig
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
@@ -456,6 +457,8 @@ class GatewaySettings(BaseSettings):
     and its files are relative to it."""
     traffic: TrafficConfig = Field(default_factory=TrafficConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    """Input and output distribution summaries for drift detection (``gateway.drift``)."""
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     resilience: ResilienceConfig = Field(default_factory=ResilienceConfig)
     overload: OverloadConfig = Field(default_factory=OverloadConfig)

@@ -38,3 +38,12 @@ FEEDBACK_ABS_ERROR = "gateway_feedback_abs_error"  # model, backend; a histogram
 """Regression: per labelled example, mean |answer - label| of the serving backend."""
 FEEDBACK_RELATIVE_ERROR = "gateway_feedback_relative_error"  # model, backend; a histogram
 """Regression: that over the label's mean magnitude (capped at 10)."""
+# Drift summaries (``gateway.drift``): counts per bin, not cumulative; ``bin`` is a bin's upper edge
+DRIFT_ROWS = "gateway_drift_rows_total"  # model: answered rows summarised
+DRIFT_STUDENT_ROWS = "gateway_drift_student_rows_total"  # model: of those, the student's
+DRIFT_INPUT_VALUES = "gateway_drift_input_values_total"  # model, input, block, bin
+DRIFT_SEQUENCE_LENGTH = "gateway_drift_sequence_length_total"  # model, input, bin
+DRIFT_TOKEN_IDS = "gateway_drift_token_ids_total"  # model, input, bin
+DRIFT_PREDICTIONS = "gateway_drift_predictions_total"  # model, output, block, bin (class)
+DRIFT_CONFIDENCE = "gateway_drift_confidence_total"  # model, bin: rows by top-1 confidence
+DRIFT_CONFIDENCE_SUM = "gateway_drift_confidence_sum_total"  # model: sum of top-1 confidence

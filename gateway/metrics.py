@@ -77,6 +77,7 @@ class GatewayMetrics:
             add_standard_collectors(registry)
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
         self._mirror: _Mirror | None = None
+        self._mirrors: list[_Mirror] = []  # add_collector's, in multiprocess mode
         self._cost_per_second = {role: cost / 3600.0 for role, cost in cost_per_hour.items()}
         m = ["model"]
         mb = ["model", "backend"]
@@ -415,6 +416,14 @@ class GatewayMetrics:
                 self.watch(self.circuit_state.labels(self.model, role, state.value),
                            _is_in(breaker, state))  # fmt: skip
 
+    def add_collector(self, collector: Collector) -> None:
+        """A collector read at scrape time (the drift summaries); in multiprocess mode mirrored
+        into files like the backends' accounting, so every worker's counts are summed."""
+        if MULTIPROCESS:
+            self._mirrors.append(_Mirror(collector))
+        else:
+            self._registry.register(collector)
+
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """A gauge (a labelled child) whose value is ``read()`` at scrape time; in multiprocess
         mode, written by ``sample`` instead (a function cannot be read from another process)."""
@@ -430,6 +439,8 @@ class GatewayMetrics:
             gauge.set(read())
         if self._mirror is not None:
             self._mirror.copy()
+        for mirror in self._mirrors:
+            mirror.copy()
 
     async def sample_forever(self, interval: float = 1.0) -> None:
         while True:

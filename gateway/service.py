@@ -36,6 +36,7 @@ from gateway.errors import (
     Overloaded,
     Unprocessable,
 )
+from gateway.drift import drift_summary
 from gateway.feedback import FeedbackStore
 from gateway.feedback_auth import FeedbackAuth, ticket_key
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
@@ -138,6 +139,7 @@ class GatewayService:
         self.signature: Signature = backends["teacher"].signature
         # what is compared and labelled: the task's output, never simply outputs[0]
         self.task: Task = build_task(settings.task, self.signature, metrics)
+        self.drift = drift_summary(settings, self.signature, self.task.output, metrics)
         self._all_outputs = [spec.name for spec in self.signature.outputs]
         seed = settings.traffic.seed
         self.split = TrafficSplit(
@@ -424,6 +426,8 @@ class GatewayService:
             deadline = request.decoded_at + min(self._deadline, 1e9 if client is None else client)
             served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by
+            if self.drift is not None:  # kept, binned in bulk: ~7 us (README: Drift summaries)
+                self.drift.observe(request.inputs, outputs, role == "student")
             self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             predicted = self.task.prediction(outputs[self.task.output])
             if predicted is not None:  # an embedding's answers take no labels
