@@ -91,8 +91,13 @@ class TritonProcess(ManagedProcess):
     name = "Triton"
     new_session = True  # tritonserver runs as a child of the pytriton script
 
-    def __init__(self, tmp_dir: Path, slow_ms: float = 300.0) -> None:
+    def __init__(
+        self, tmp_dir: Path, slow_ms: float = 300.0, extra: dict[str, Path] | None = None
+    ) -> None:
+        """``extra``: more ONNX files to serve, by model name, each with its own signature."""
         from models import MODELS_DIR
+
+        self.models = (*TRITON_MODELS, *(extra or {}))
 
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.http_url = f"127.0.0.1:{self.http_port}"
@@ -103,6 +108,7 @@ class TritonProcess(ManagedProcess):
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port), "--models-dir", str(MODELS_DIR),
             "--slow-ms", str(slow_ms),
+            *(f"--extra={name}={path}" for name, path in (extra or {}).items()),
         ]  # fmt: skip
 
     def start(self, timeout: float = 90.0) -> Self:
@@ -115,5 +121,5 @@ class TritonProcess(ManagedProcess):
         """Ready when every model is: Triton's server readiness comes before its models'."""
         return all(
             httpx.get(f"http://{self.http_url}/v2/models/{m}/ready", timeout=1).status_code == 200
-            for m in TRITON_MODELS
+            for m in self.models
         )

@@ -7,6 +7,8 @@ Runtime, since the bundled server has no ONNX Runtime backend:
 - teacher, student: the shipped models
 - student_slow: the student after a sleep of --slow-ms (to exceed a gateway's timeout)
 - student_five: a model whose signature differs (5 classes), for the signature check
+- any ``--extra NAME=PATH``: that ONNX file with its own signature (any inputs and outputs,
+  strings as BYTES), for the tests of other signatures
 
 Usage: python serve.py --http-port P --grpc-port Q --metrics-port R --models-dir DIR
 """
@@ -42,6 +44,38 @@ def onnx_callable(path: Path, delay_s: float = 0.0, keep: int | None = None):  #
     return infer
 
 
+_NUMPY = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+          "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_,
+          "tensor(string)": np.bytes_}  # fmt: skip
+
+
+def any_signature(path: Path):  # type: ignore[no-untyped-def]
+    """The callable and tensors for an ONNX file of any signature (batch axis first). A tensor
+    of the batch axis alone is [batch, 1] on Triton (which needs dims for strings)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    strings = {n.name for n in session.get_inputs() if n.type == "tensor(string)"}
+
+    def tensors(nodes: list) -> list[Tensor]:  # type: ignore[type-arg]
+        return [Tensor(name=n.name, dtype=_NUMPY[n.type],
+                       shape=tuple(d if isinstance(d, int) else -1 for d in n.shape[1:]) or (1,))
+                for n in nodes]  # fmt: skip
+
+    flat = {n.name for n in [*session.get_inputs(), *session.get_outputs()] if len(n.shape) == 1}
+
+    @batch
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        inputs = {name: a.reshape(-1) if name in flat else a for name, a in inputs.items()}
+        feed = {name: (np.vectorize(lambda b: b.decode(), otypes=[object])(a) if name in strings
+                       else a) for name, a in inputs.items()}  # fmt: skip
+        results = {name: r.reshape(-1, 1) if name in flat else r
+                   for name, r in zip(names, session.run(names, feed), strict=True)}  # fmt: skip
+        return {name: (np.vectorize(lambda t: t.encode(), otypes=[object])(r)
+                       if r.dtype == object else r) for name, r in results.items()}  # fmt: skip
+
+    return infer, tensors(session.get_inputs()), tensors(session.get_outputs())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http-port", type=int, required=True)
@@ -49,6 +83,7 @@ def main() -> None:
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--slow-ms", type=float, default=300.0)
+    parser.add_argument("--extra", action="append", default=[], help="NAME=PATH of an ONNX file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -73,6 +108,11 @@ def main() -> None:
                 config=ModelConfig(max_batch_size=MAX_BATCH),
                 strict=True,
             )
+        for extra in args.extra:
+            name, path = extra.split("=", 1)
+            infer, inputs, outputs = any_signature(Path(path))
+            triton.bind(model_name=name, infer_func=infer, inputs=inputs, outputs=outputs,
+                        config=ModelConfig(max_batch_size=MAX_BATCH), strict=True)  # fmt: skip
         triton.serve()
 
 
