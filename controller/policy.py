@@ -163,7 +163,9 @@ class Policy(StrictModel):
         if self.steps[0] == 0 and not configured.keys() - LIVE_ONLY_GATES:
             raise ValueError(
                 "gates: a dark-launch step (0) needs a gate it can judge from shadow traffic: "
-                "min_agreement, max_kl, max_latency_ms or max_latency_ratio"
+                "max_latency_ms, max_latency_ratio, or one of the task's (classification: "
+                "min_agreement, max_kl; multilabel: min_agreement, min_hamming_agreement; "
+                "regression: max_mean_abs_error, max_relative_error; embedding: min_cosine)"
             )
         return self
 
