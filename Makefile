@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: demo test lint models sweep bench bench-tools simulate fuzz soak stack venv triton-env system-tools clean locks images
+.PHONY: demo test lint models sweep bench bench-tools simulate cascade-simulation fuzz soak stack venv triton-env system-tools clean locks images
 
 DEMO_STAMP := $(VENV)/.demo-stamp
 # Every environment `make demo` and `make test` build installs exactly the versions in this lock
@@ -102,6 +102,10 @@ bench: venv triton-env bench-tools
 	$(BIN)/python -m tests.benchmarks.bench_serving
 	$(BIN)/python -m tests.benchmarks.bench_padded
 	$(BIN)/python -m tests.benchmarks.bench_fleet
+
+# The cascade's data-chosen threshold: how often it breaks its bound, 2,000 simulated runs (~20 s).
+cascade-simulation: venv
+	$(BIN)/python -m tests.cascade_simulation --runs 2000 --seed 1
 
 # Decision quality: simulated rollouts through the controller's own analysis (about 3 minutes).
 simulate: venv

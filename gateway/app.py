@@ -263,6 +263,8 @@ def _traffic(service: GatewayService) -> dict[str, object]:
     state = TrafficState(student_share=split.student_share, generation=split.generation,
                          student_id=service.student_id,
                          metrics_url=service.settings.state.advertise_metrics_url)  # fmt: skip
+    if service.cascade is not None:
+        state.mode, state.cascade = "cascade", service.cascade.status()
     if fleet is not None:
         wanted = fleet.fleet_share
         state.fleet = None if wanted is None else FleetTraffic(student_share=wanted.share,

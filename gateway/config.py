@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.cascade_config import CascadeConfig
 from gateway.drift_config import DriftConfig
 from gateway.roles import ROLES
 from gateway.task_config import TASK_KINDS, ClassificationTask, TaskConfig
@@ -194,6 +195,19 @@ class TrafficConfig(StrictModel):
     seed: int | None = None
     """Seeds the random split (requests without a routing key), for reproducible load tests;
     None draws from the system's entropy."""
+    mode: Literal["split", "cascade"] = "split"
+    """split: the student's share of requests is answered by the student. cascade: that share
+    goes through the cascade (the student answers when it is sure, else the teacher;
+    ``gateway.cascade``), the rest straight to the teacher."""
+    cascade: CascadeConfig | None = None
+    """The cascade's threshold (``traffic.mode: cascade``; required there)."""
+
+    @model_validator(mode="after")
+    def _cascade_configured(self) -> TrafficConfig:
+        if self.mode == "cascade" and self.cascade is None:
+            raise ValueError("traffic.mode cascade needs traffic.cascade (min_confidence or "
+                             "max_disagreement)")  # fmt: skip
+        return self
 
 
 class ListenerConfig(StrictModel):

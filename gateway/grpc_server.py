@@ -144,9 +144,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             except GatewayError as exc:
                 await context.send_initial_metadata((("x-request-id", request_id),))
                 await _abort(context, exc)
+        escalated = (("x-escalated", "true"),) if result.escalated else ()
         await context.send_initial_metadata(
             (("x-served-by", result.served_by), ("x-request-id", request_id),
-             (TICKET_HEADER, result.ticket))
+             (TICKET_HEADER, result.ticket), *escalated)
         )  # fmt: skip
         return encode_grpc_response(service.model, service.version, request_id, result.outputs)
 

@@ -38,6 +38,28 @@ FEEDBACK_ABS_ERROR = "gateway_feedback_abs_error"  # model, backend; a histogram
 """Regression: per labelled example, mean |answer - label| of the serving backend."""
 FEEDBACK_RELATIVE_ERROR = "gateway_feedback_relative_error"  # model, backend; a histogram
 """Regression: that over the label's mean magnitude (capped at 10)."""
+# The cascade (``traffic.mode: cascade``; ``gateway.cascade``), made in that mode only.
+CASCADE_REQUESTS = "gateway_cascade_requests_total"  # model, escalated (true, false)
+"""Requests answered through the cascade (the student's share of the traffic); escalated="true":
+the student was unsure and the teacher's answer was returned. Escalation rate: true over all."""
+CASCADE_DURATION = "gateway_cascade_request_duration_seconds"  # model, escalated; a histogram
+"""A cascade request's time in the gateway: an escalated one pays the student's call and the
+teacher's."""
+CASCADE_THRESHOLD = "gateway_cascade_threshold"  # model
+"""The confidence below which a request is escalated now."""
+CASCADE_THRESHOLD_SOURCE = "gateway_cascade_threshold_source"  # model, source; 1 for the one used
+CASCADE_SOURCES = ("fixed", "chosen", "no_evidence")
+"""fixed: min_confidence alone; chosen: from data (max_disagreement); no_evidence: waiting for
+enough shadowed requests (or none was shown safe), min_confidence or 1.0 meanwhile."""
+CASCADE_CALIBRATION_SAMPLES = "gateway_cascade_calibration_samples"  # model
+"""Shadowed requests (both answers known) the last choice was made from."""
+CASCADE_DISAGREEMENT_BOUND = "gateway_cascade_disagreement_bound"  # model
+"""The last choice's upper bound on the fraction of requests the cascade answers unlike the
+teacher (at that look's level), beside max_disagreement."""
+CASCADE_COMPARISONS = "gateway_cascade_comparisons_total"  # model
+CASCADE_AGREEMENTS = "gateway_cascade_agreements_total"  # model
+"""Shadowed cascade requests, and those whose returned answer equals the teacher's (an escalated
+one always does): the cascade's agreement with the teacher."""
 # Drift summaries (``gateway.drift``): counts per bin, not cumulative; ``bin`` is a bin's upper edge
 DRIFT_ROWS = "gateway_drift_rows_total"  # model: answered rows summarised
 DRIFT_STUDENT_ROWS = "gateway_drift_student_rows_total"  # model: of those, the student's

@@ -105,6 +105,12 @@ class TrafficState(StrictModel):
     metrics_url: str | None = None
     """Where this gateway's ``/metrics`` is, when it is not beside the admin API (``metrics.port``
     apart from ``admin.port``): the controller's scrape source reads it there."""
+    mode: str | None = None
+    """``traffic.mode: cascade`` (absent in split mode): the share is the fraction of requests
+    that goes through the cascade."""
+    cascade: dict[str, Any] | None = None
+    """In cascade mode: the threshold in use, where it comes from, and the evidence behind a
+    chosen one (``gateway.cascade.Cascade.status``)."""
 
 
 class Feedback(StrictModel):

@@ -22,8 +22,10 @@ import numpy as np
 from gateway.backends import Backend, create_backend
 from gateway.backends.onnx import LoadedModel, OnnxBackend
 from gateway.batching import Batcher
+from gateway.cascade import Cascade
 from gateway.codec import DecodedRequest
 from gateway.config import BackendConfig, GatewaySettings
+from gateway.drift import drift_summary
 from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -36,7 +38,6 @@ from gateway.errors import (
     Overloaded,
     Unprocessable,
 )
-from gateway.drift import drift_summary
 from gateway.feedback import FeedbackStore
 from gateway.feedback_auth import FeedbackAuth, ticket_key
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
@@ -121,6 +122,7 @@ class InferResult:
     served_by: Role
     request_id: str
     ticket: str  # x-feedback-ticket: what a label for this request must carry back
+    escalated: bool = False  # the cascade's student was unsure: the teacher's answer
 
 
 class GatewayService:
@@ -205,9 +207,16 @@ class GatewayService:
                       lambda: self.predictions.pending()[0])  # fmt: skip
         metrics.watch(metrics.feedback_pending_bytes.labels(self.model),
                       lambda: self.predictions.pending()[1])  # fmt: skip
+        traffic = settings.traffic
+        self.cascade: Cascade | None = None
+        if traffic.mode == "cascade" and traffic.cascade is not None:
+            self.cascade = Cascade(traffic.cascade, self.task, metrics, settings.shadow.sample_rate,
+                                   random.Random(seed) if seed is not None else None)  # fmt: skip
         # A shadow answer joins the remembered prediction: its label then scores both backends.
+        served = self.cascade.served if self.cascade else None
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self.task,
-                                     settings.shadow, on_answer=self._pair)  # fmt: skip
+                                     settings.shadow, on_answer=self._pair,
+                                     cascade=served)  # fmt: skip
 
     def _pair(self, request_id: str, other_classes: np.ndarray) -> None:
         self.predictions.pair(request_id, other_classes)
@@ -424,14 +433,23 @@ class GatewayService:
             served_by = request.role or self.split.choose(request.routing_key, request.forced)
             client = request.timeout_seconds
             deadline = request.decoded_at + min(self._deadline, 1e9 if client is None else client)
-            served_by, outputs = await self._run(served_by, request.inputs, deadline)
+            escalated, unsure = False, None
+            through_cascade = self.cascade is not None and served_by == "student"
+            if through_cascade:
+                served_by, outputs, unsure = await self._through_cascade(request, deadline)
+                escalated = unsure is not None
+            else:
+                served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by
             if self.drift is not None:  # kept, binned in bulk: ~7 us (README: Drift summaries)
                 self.drift.observe(request.inputs, outputs, role == "student")
-            self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
+            if not escalated:  # an escalated request ran on both: no shadow call needed
+                self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             predicted = self.task.prediction(outputs[self.task.output])
             if predicted is not None:  # an embedding's answers take no labels
                 await self.predictions.remember(request.id, role, predicted, deadline=deadline)
+                if unsure is not None:  # its label scores the student's answer too, paired
+                    self._escalated_pair(request.id, outputs, unsure)
         except GatewayError as exc:
             if isinstance(exc, Shed):
                 self._metrics.shed.labels(self.model, exc.reason).inc()
@@ -446,13 +464,51 @@ class GatewayService:
             self._count(served_by, 500, request)
             raise InferenceFailed(f"internal error while serving request {request.id}; it is in "
                                   "the gateway's log with its traceback") from exc  # fmt: skip
-        self._count(role, 200, request)
+        # A cascade request counts as the student's lane (what the controller's share moves and
+        # its gates judge: the cascade's latency includes its escalations); x-served-by and the
+        # labels say whose answer it was.
+        self._count("student" if through_cascade else role, 200, request,
+                    cascade=through_cascade, escalated=escalated)  # fmt: skip
         wanted = {name: outputs[name] for name in request.output_names}
-        return InferResult(wanted, role, request.id, self.feedback_auth.ticket(request.id))
+        return InferResult(wanted, role, request.id, self.feedback_auth.ticket(request.id),
+                           escalated)  # fmt: skip
 
-    def _count(self, backend: str, code: int, request: InferRequest) -> None:
+    def _count(self, backend: str, code: int, request: InferRequest, cascade: bool = False,
+               escalated: bool = False) -> None:  # fmt: skip
         seconds = time.perf_counter() - request.received_at
         self._metrics.count_request(backend, code, seconds, request.protocol)
+        if cascade and self.cascade is not None:
+            self.cascade.count(escalated, seconds)
+
+    async def _through_cascade(
+        self, request: InferRequest, deadline: float
+    ) -> tuple[Role, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """The student first; the teacher when the student is unsure (escalated: the student's
+        outputs come back third, else None). A student that failed fell back to the teacher
+        already: that is a fallback, not an escalation."""
+        assert self.cascade is not None
+        role, outputs = await self._run("student", request.inputs, deadline)
+        if role != "student":
+            return role, outputs, None
+        if not self.cascade.escalates(self.cascade.confidence(outputs[self.task.output])):
+            return role, outputs, None
+        _, answer = await self._run("teacher", request.inputs, deadline)
+        return "teacher", answer, outputs
+
+    def _escalated_pair(self, request_id: str, teacher: Mapping[str, np.ndarray],
+                        student: Mapping[str, np.ndarray]) -> None:  # fmt: skip
+        """An escalated request's student answer, which was not returned, paired with the
+        teacher's for its label, and (sampled at the shadow's rate) as the cascade's evidence."""
+        assert self.cascade is not None
+        name = self.task.output
+        predicted = self.task.prediction(student[name])
+        if predicted is not None:
+            self.predictions.pair(request_id, predicted)
+        if self.cascade.sampled():
+            confidence = self.cascade.confidence(student[name])
+            self.cascade.escalated_pair(teacher[name], student[name], confidence)
+            # what the shadow's gates read: the cascade answered the teacher's answer
+            self.task.record(self.task.compare(teacher[name], teacher[name]))
 
     async def _run(
         self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float

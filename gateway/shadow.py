@@ -60,10 +60,14 @@ class ShadowComparer:
         config: ShadowConfig,
         rng: random.Random | None = None,
         on_answer: Callable[[str, np.ndarray], object] | None = None,
+        cascade: Callable[[np.ndarray, np.ndarray, bool], np.ndarray] | None = None,
     ) -> None:
         """``on_answer(request_id, prediction)`` hears what the shadow backend predicted for
         each compared request (``Task.prediction``: the feedback store keeps it, so a label
-        scores both backends); never for a task that takes no labels."""
+        scores both backends); never for a task that takes no labels. ``cascade(teacher,
+        student, served_by_student)`` (``traffic.mode: cascade``: ``Cascade.served``) takes each
+        request's rows of both answers as evidence and gives what the cascade answers, which is
+        then compared with the teacher's in the student's place."""
         self._backends = backends
         self._breakers = breakers
         self._metrics = metrics
@@ -78,6 +82,7 @@ class ShadowComparer:
         self._workers: list[asyncio.Task[None]] = []
         self._rng = rng or random.Random()
         self._on_answer = on_answer
+        self._cascade = cascade
 
     def start(self) -> None:
         self._workers = [
@@ -196,10 +201,14 @@ class ShadowComparer:
         live_answer = (batch[0].live_answer if len(batch) == 1
                        else np.concatenate([job.live_answer for job in batch]))  # fmt: skip
         task = self._task
-        if batch[0].served_by == "teacher":
-            task.record(task.compare(live_answer, shadow_answer))
-        else:
-            task.record(task.compare(shadow_answer, live_answer))
+        by_student = batch[0].served_by != "teacher"
+        teacher, student = shadow_answer, live_answer
+        if not by_student:
+            teacher, student = student, teacher
+        if self._cascade is not None:
+            student = np.concatenate([self._cascade(teacher[rows], student[rows], by_student)
+                                      for rows in _rows_of(batch)])  # fmt: skip
+        task.record(task.compare(teacher, student))
         if self._on_answer is None:
             return
         predicted, offset = task.prediction(shadow_answer), 0
@@ -209,6 +218,15 @@ class ShadowComparer:
             rows = len(job.live_answer)
             self._on_answer(job.request_id, predicted[offset : offset + rows])
             offset += rows
+
+
+def _rows_of(batch: list[_Job]) -> list[slice]:
+    """Each job's rows in the batch's stacked answers."""
+    slices, offset = [], 0
+    for job in batch:
+        slices.append(slice(offset, offset + len(job.live_answer)))
+        offset += len(job.live_answer)
+    return slices
 
 
 def _shadow_role(job: _Job) -> str:

@@ -184,6 +184,11 @@ class Task(ABC):
         when the task takes no labels (nothing is remembered)."""
         return None
 
+    def confidence(self, answer: np.ndarray, measure: str) -> np.ndarray | None:
+        """Per row, how sure the answer is, 0..1 (``traffic.mode: cascade``): ``top`` or
+        ``margin``; None for a task that has no cascade (refused at start)."""
+        return None
+
     def record_feedback(self, scored: Any) -> None:
         """Puts a label's scores into the metrics (a retried label is counted once)."""
         if scored.repeat:
@@ -230,6 +235,17 @@ class Classification(Task):
     def prediction(self, answer: np.ndarray) -> np.ndarray:
         result: np.ndarray = answer.argmax(axis=-1)
         return result
+
+    def confidence(self, answer: np.ndarray, measure: str) -> np.ndarray:
+        """The top class's probability, or its lead over the second (one class: its own)."""
+        rows = answer.reshape(len(answer), -1).astype(np.float64)
+        log_p = _log_normalised(rows) if self._probabilities else _log_softmax(rows)
+        ranked = np.sort(np.exp(log_p), axis=1)
+        top: np.ndarray = ranked[:, -1]
+        if measure == "top" or ranked.shape[1] < 2:
+            return top
+        margin: np.ndarray = top - ranked[:, -2]
+        return margin
 
 
 class Multilabel(Task):

@@ -1,0 +1,195 @@
+"""The cascade (``traffic.mode: cascade``): the student answers when it is sure, the teacher when
+it is not.
+
+A request routed to the student (its share, ``student_share``, is now the fraction of traffic
+that goes through the cascade) runs on the student first; when the student's confidence (the
+task's: ``Task.confidence``) is below the threshold, the request is escalated: the teacher runs
+it and its answer is returned. The threshold is ``min_confidence``, or chosen from shadowed
+traffic (``gateway.thresholds``) when ``max_disagreement`` is set.
+
+Shadowed requests are the cascade's evidence: each gives the student's confidence and whether
+its answer equals the teacher's, whichever backend served it (a teacher-served request shadowed
+on the student, a cascade request shadowed on the teacher, an escalated one that ran on both
+anyway, sampled at the shadow's rate so that the sample stays the traffic's).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from gateway import metric_names as names
+from gateway.cascade_config import CascadeConfig
+from gateway.errors import GatewayError
+from gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
+from gateway.tasks import Task
+from gateway.thresholds import Choice, ThresholdSelector
+
+log = logging.getLogger(__name__)
+ESCALATED = ("false", "true")
+
+
+class CascadeRefused(GatewayError):
+    """The model's task has no confidence to cascade on (found at start-up)."""
+
+
+class CascadeMetrics:
+    """The cascade's own series (made in cascade mode only)."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        registry, model = metrics.registry, metrics.model
+        m, me = ["model"], ["model", "escalated"]
+        requests = Counter(names.CASCADE_REQUESTS, "Requests answered through the cascade; "
+                           "escalated='true': the teacher's answer was returned.", me,
+                           registry=registry)  # fmt: skip
+        duration = Histogram(names.CASCADE_DURATION, "Time of a cascade request in the gateway "
+                             "(an escalated one runs on the student, then the teacher).", me,
+                             buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        self.requests = {flag: requests.labels(model, flag) for flag in ESCALATED}
+        self.duration = {flag: duration.labels(model, flag) for flag in ESCALATED}
+        self.threshold = Gauge(names.CASCADE_THRESHOLD, "Confidence below which a request is "
+                               "escalated to the teacher.", m, multiprocess_mode="livemostrecent",
+                               registry=registry).labels(model)  # fmt: skip
+        source = Gauge(names.CASCADE_THRESHOLD_SOURCE, "1 for where the threshold comes from "
+                       "(fixed, chosen, no_evidence).", ["model", "source"],
+                       multiprocess_mode="livemostrecent", registry=registry)  # fmt: skip
+        self.source = {kind: source.labels(model, kind) for kind in names.CASCADE_SOURCES}
+        self.samples = Gauge(names.CASCADE_CALIBRATION_SAMPLES, "Shadowed requests the last "
+                             "threshold choice was made from.", m,
+                             multiprocess_mode="livemostrecent",
+                             registry=registry).labels(model)  # fmt: skip
+        self.bound = Gauge(names.CASCADE_DISAGREEMENT_BOUND, "Upper bound on the fraction of "
+                           "requests the cascade answers unlike the teacher, at the last choice.",
+                           m, multiprocess_mode="livemostrecent",
+                           registry=registry).labels(model)  # fmt: skip
+        self.comparisons = Counter(names.CASCADE_COMPARISONS, "Shadowed cascade requests.", m,
+                                   registry=registry).labels(model)  # fmt: skip
+        self.agreements = Counter(names.CASCADE_AGREEMENTS, "Shadowed cascade requests whose "
+                                  "returned answer equals the teacher's.", m,
+                                  registry=registry).labels(model)  # fmt: skip
+
+
+class Cascade:
+    def __init__(
+        self, config: CascadeConfig, task: Task, metrics: GatewayMetrics, sample_rate: float,
+        rng: random.Random | None = None,
+    ) -> None:  # fmt: skip
+        if task.confidence(np.zeros((1, 2)), config.confidence) is None:
+            raise CascadeRefused(f"traffic.mode cascade: the task {task.kind} has no confidence "
+                                 "to escalate on (a cascade is for classification)")  # fmt: skip
+        self.config = config
+        self._task = task
+        self._sample_rate = sample_rate
+        self._rng = rng or random.Random()
+        self._metrics = CascadeMetrics(metrics)
+        self.selector = (None if config.max_disagreement is None else ThresholdSelector(
+            config.max_disagreement, config.confidence_level, config.grid_step,
+            config.min_samples))  # fmt: skip
+        # until the data speaks: min_confidence if given, else escalate everything
+        self._fallback = 1.0 if config.min_confidence is None else config.min_confidence
+        self.threshold = self._fallback
+        self.source = "fixed" if self.selector is None else "no_evidence"
+        self._show()
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def confidence(self, answer: np.ndarray) -> float:
+        """A request's confidence: its least sure row's (a NaN answer is not sure at all)."""
+        rows = self._task.confidence(answer, self.config.confidence)
+        assert rows is not None  # refused at start otherwise
+        return float(np.nan_to_num(rows, nan=0.0).min()) if len(rows) else 1.0
+
+    def escalates(self, confidence: float) -> bool:
+        return not confidence >= self.threshold
+
+    def count(self, escalated: bool, seconds: float) -> None:
+        flag = ESCALATED[escalated]
+        self._metrics.requests[flag].inc()
+        self._metrics.duration[flag].observe(seconds)
+
+    def sampled(self) -> bool:
+        """Whether an escalated request (both answers known, no shadow call) is evidence: at the
+        shadow's rate, as every other request is."""
+        return self._sample_rate > 0 and self._rng.random() < self._sample_rate
+
+    # -- the evidence --------------------------------------------------------------------------
+
+    def served(self, teacher: np.ndarray, student: np.ndarray, by_student: bool) -> np.ndarray:
+        """One shadowed request's rows of both answers: observed as evidence, and returned as
+        what the cascade answers (``by_student``: the cascade served it, the student's answer;
+        else the student's when it is sure, the teacher's when not)."""
+        confidence = self.confidence(student)
+        agreed = self._agree(teacher, student)
+        cascade = student if by_student or not self.escalates(confidence) else teacher
+        if by_student:
+            self._compared(agreed)
+        self.observe(confidence, agreed)
+        return cascade
+
+    def escalated_pair(self, teacher: np.ndarray, student: np.ndarray, confidence: float) -> None:
+        """A sampled escalated request: its returned answer is the teacher's."""
+        self._compared(True)
+        self.observe(confidence, self._agree(teacher, student))
+
+    def _agree(self, teacher: np.ndarray, student: np.ndarray) -> bool:
+        task = self._task
+        a, b = task.prediction(teacher), task.prediction(student)
+        return a is not None and b is not None and bool(np.array_equal(a, b))
+
+    def _compared(self, agreed: bool) -> None:
+        self._metrics.comparisons.inc()
+        if agreed:
+            self._metrics.agreements.inc()
+
+    def observe(self, confidence: float, agreed: bool) -> None:
+        if self.selector is None:
+            return
+        choice = self.selector.observe(confidence, agreed)
+        if choice is None:
+            return
+        previous = self.threshold
+        if choice.threshold is None:
+            self.threshold, self.source = self._fallback, "no_evidence"
+        else:
+            self.threshold, self.source = choice.threshold, "chosen"
+        self._show(choice)
+        log.info("cascade threshold %.4g -> %.4g (%s; %d shadowed requests, disagreement at most "
+                 "%.4g at look %d)", previous, self.threshold, self.source, choice.samples,
+                 choice.upper_bound, choice.look)  # fmt: skip
+
+    def _show(self, choice: Choice | None = None) -> None:
+        metrics = self._metrics
+        metrics.threshold.set(self.threshold)
+        for kind, gauge in metrics.source.items():
+            gauge.set(int(kind == self.source))
+        if choice is not None:
+            metrics.samples.set(choice.samples)
+            metrics.bound.set(choice.upper_bound)
+
+    def status(self) -> dict[str, object]:
+        """What the admin API's traffic state shows of the cascade."""
+        config, selector = self.config, self.selector
+        shown: dict[str, object] = {
+            "threshold": self.threshold,
+            "source": self.source,
+            "confidence": config.confidence,
+            "min_confidence": config.min_confidence,
+            "max_disagreement": config.max_disagreement,
+            "confidence_level": config.confidence_level,
+        }
+        if selector is not None:
+            shown["samples_seen"] = selector.samples
+            choice = selector.choice
+            if choice is not None:
+                shown["evidence"] = {
+                    "samples": choice.samples,
+                    "disagreements": choice.disagreements,
+                    "upper_bound": choice.upper_bound,
+                    "escalation_rate": choice.escalation_rate,
+                    "look": choice.look,
+                    "chosen": choice.threshold,
+                }
+        return shown
