@@ -5,13 +5,21 @@ matters, counters read from a real gateway.drift exposition, and the label-free 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.analysis import Verdict
-from controller.drift import DriftCounts, judge_drift, judge_estimated_accuracy, noise_level, psi
+from controller.drift import (
+    DriftCounts,
+    FeatureKey,
+    judge_drift,
+    judge_estimated_accuracy,
+    noise_level,
+    psi,
+)
 from controller.promtext import parse
 from gateway.drift import DriftCollector, DriftSummary, OutputKind
 from gateway.drift_config import DriftConfig
@@ -39,10 +47,12 @@ def _windows(rng: np.random.Generator, probabilities: np.ndarray, rows: int, fea
 def _alarms(current: np.ndarray, reference: np.ndarray, rows: float, ref_rows: float, look: int,
             threshold: float = 0.0) -> bool:  # fmt: skip
     labels = [str(b) for b in range(current.shape[1])]
-    as_bins = lambda counts: {str(f): dict(zip(labels, row, strict=True))  # noqa: E731
-                              for f, row in enumerate(counts.tolist())}  # fmt: skip
-    now = {("input", "x", f): bins for f, bins in as_bins(current).items()}
-    ref = {("input", "x", f): bins for f, bins in as_bins(reference).items()}
+
+    def features(counts: np.ndarray) -> dict[FeatureKey, Mapping[str, float]]:
+        return {("input", "x", str(f)): dict(zip(labels, row, strict=True))
+                for f, row in enumerate(counts.tolist())}  # fmt: skip
+
+    now, ref = features(current), features(reference)
     result = judge_drift("max_input_psi", now, ref, rows, ref_rows, threshold, ALPHA, look, 1)
     return result.verdict is Verdict.FAIL
 
