@@ -6,6 +6,7 @@ below the threshold; the answer, its headers and metadata, the metrics and the l
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import httpx
@@ -15,7 +16,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from gateway import metric_names as names
+from gateway.thresholds import ThresholdSelector
 from models.data import Split
+from models.text import TEXT_STUDENT_PATH, TEXT_TEACHER_PATH, TEXT_TEST_SPLIT_PATH
+from models.text.data import load_test_split
+from tests import model_shapes
+from tests.model_shapes import run_onnx
 from tests.servers import LABELLER, TestGateway, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -141,3 +147,98 @@ def test_the_admin_api_shows_the_cascade(cascade_gateway: tuple[TestGateway, str
     state = httpx.get(f"{gateway.url}/admin/traffic", timeout=10).json()
     assert state["mode"] == "cascade"
     assert state["cascade"]["threshold"] == THRESHOLD and state["cascade"]["source"] == "fixed"
+
+
+def test_a_threshold_chosen_from_data_is_the_one_the_evidence_gives(
+    start_gateway: Callable[..., TestGateway], test_split: Split, teacher_direct: Model,
+    student_direct: Model,
+) -> None:  # fmt: skip
+    """Until the first look, every request escalates (no min_confidence); each escalated request
+    is evidence (both answers known). At 100 the gateway chooses exactly what the selector
+    chooses from ONNX Runtime's answers on the same rows, and stops escalating sure requests."""
+    config = {"max_disagreement": 0.05, "confidence_level": 0.9, "min_samples": 100}
+    gateway = start_gateway({
+        "traffic": {"student_share": 1.0, "mode": "cascade", "cascade": config},
+        "shadow": {"sample_rate": 1.0, "max_delay_ms": 0},
+    })  # fmt: skip
+    x = test_split.x[:100]
+    teacher, student = teacher_direct(x), student_direct(x)
+    expected = ThresholdSelector(0.05, 0.9, 0.01, 100)
+    for top, agreed in zip(_softmax(student).max(axis=1),
+                           teacher.argmax(1) == student.argmax(1), strict=True):  # fmt: skip
+        expected.observe(float(top), bool(agreed))
+    assert expected.choice is not None and expected.choice.threshold is not None
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for n, row in enumerate(x):
+            body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                "data": row.tolist()}]}  # fmt: skip
+            answer = client.post("/v2/models/digits/infer", json=body)
+            assert answer.headers["x-escalated"] == "true", n  # threshold 1.0 until the look
+        state = client.get("/admin/traffic").json()["cascade"]
+        assert state["source"] == "chosen"
+        assert state["threshold"] == expected.choice.threshold
+        evidence = state["evidence"]
+        assert evidence["samples"] == 100
+        assert evidence["disagreements"] == expected.choice.disagreements
+        assert evidence["upper_bound"] == pytest.approx(expected.choice.upper_bound)
+        assert evidence["upper_bound"] <= 0.05
+        sure = int(np.flatnonzero(_softmax(student).max(axis=1) >= state["threshold"])[0])
+        body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                            "data": x[sure].tolist()}]}  # fmt: skip
+        answer = client.post("/v2/models/digits/infer", json=body)
+        assert answer.headers["x-served-by"] == "student" and "x-escalated" not in answer.headers
+    assert gateway.metric(names.CASCADE_THRESHOLD, model="digits") == state["threshold"]
+    assert gateway.metric(names.CASCADE_THRESHOLD_SOURCE, model="digits", source="chosen") == 1
+    assert gateway.metric(names.CASCADE_CALIBRATION_SAMPLES, model="digits") == 100
+
+
+def test_the_text_pair_escalates_by_margin_exactly_where_onnx_runtime_says(
+    start_gateway: Callable[..., TestGateway],
+) -> None:
+    """Another signature (two INT64 inputs of a dynamic length, four classes) and the margin."""
+    split = load_test_split(TEXT_TEST_SPLIT_PATH)
+    rows = slice(0, 80)
+    inputs = {name: array[rows] for name, array in split.inputs().items()}
+    student = run_onnx(TEXT_STUDENT_PATH, inputs)["logits"]
+    teacher = run_onnx(TEXT_TEACHER_PATH, inputs)["logits"]
+    ranked = np.sort(_softmax(student), axis=1)
+    unsure = ranked[:, -1] - ranked[:, -2] < 0.99
+    assert 0 < unsure.sum() < len(unsure)
+    gateway = start_gateway({
+        "model": "text",
+        "teacher": {"path": str(TEXT_TEACHER_PATH)},
+        "student": {"path": str(TEXT_STUDENT_PATH)},
+        "inputs": {"input_ids": {"warmup_range": [0, 31]},
+                   "attention_mask": {"warmup_range": [1, 1]}},
+        "traffic": {"student_share": 1.0, "mode": "cascade",
+                    "cascade": {"confidence": "margin", "min_confidence": 0.99}},
+        "shadow": {"sample_rate": 0.0},
+    })  # fmt: skip
+    escalated, answers = [], []
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for n in range(len(unsure)):
+            length = int(inputs["attention_mask"][n].sum())  # each row at its own length
+            body = {"inputs": [{"name": name, "shape": [1, length], "datatype": "INT64",
+                                "data": inputs[name][n, :length].tolist()}
+                               for name in ("input_ids", "attention_mask")]}  # fmt: skip
+            answer = client.post("/v2/models/text/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            escalated.append(answer.headers.get("x-escalated") == "true")
+            answers.append(answer.json()["outputs"][0]["data"])
+    assert escalated == unsure.tolist()
+    expected = np.where(unsure[:, None], teacher, student)
+    np.testing.assert_allclose(np.asarray(answers), expected, rtol=1e-4, atol=1e-5)
+    assert gateway.metric(names.CASCADE_REQUESTS, model="text", escalated="true") == unsure.sum()
+
+
+def test_a_task_without_a_confidence_refuses_the_cascade_at_start(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path,
+) -> None:  # fmt: skip
+    teacher = model_shapes.write_regression_model(tmp_path / "teacher.onnx", seed=0)
+    student = model_shapes.write_regression_model(tmp_path / "student.onnx", seed=1)
+    with pytest.raises(RuntimeError, match="task regression has no confidence"):
+        start_gateway({
+            "model": "numbers", "task": "regression",
+            "teacher": {"path": str(teacher)}, "student": {"path": str(student)},
+            "traffic": {"mode": "cascade", "cascade": {"min_confidence": 0.9}},
+        })  # fmt: skip
