@@ -193,6 +193,13 @@ def _decode_inputs(
             f"'{spec.name}' ({spec.datatype} {list(spec.shape)})" for spec in missing
         )
         raise BadRequest(f"missing input(s): {wanted}; the model takes every one of its inputs")
+    for axis_name, pairs in signature.shared_axes.items():
+        sizes = {(name, axis): decoded[name].shape[axis] for name, axis in pairs}
+        if len(set(sizes.values())) > 1:
+            described = ", ".join(f"'{name}' has {size} on axis {axis}"
+                                  for (name, axis), size in sizes.items())  # fmt: skip
+            raise BadRequest(f"inputs disagree on the model's axis '{axis_name}': {described}; "
+                             "they must be equal")  # fmt: skip
     return decoded
 
 

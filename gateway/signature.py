@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -40,6 +41,9 @@ class TensorSpec:
     text: bool = False
     """A BYTES input the model reads as UTF-8 text (an ONNX string tensor): each element is
     checked and decoded to ``str`` when the request is decoded."""
+    axis_names: tuple[str | None, ...] | None = None
+    """The model's names of its dynamic axes (ONNX's ``seq``), None for a fixed or unnamed one:
+    inputs that name an axis alike must agree on its size (ids and their mask)."""
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
@@ -53,6 +57,16 @@ class TensorSpec:
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+    @cached_property  # read on every request's decode
+    def shared_axes(self) -> dict[str, list[tuple[str, int]]]:
+        """Each axis name that several inputs use past the batch axis -> (input, axis) pairs."""
+        named: dict[str, list[tuple[str, int]]] = {}
+        for spec in self.inputs:
+            for axis, name in enumerate(spec.axis_names or ()):
+                if axis > 0 and name is not None:
+                    named.setdefault(name, []).append((spec.name, axis))
+        return {name: pairs for name, pairs in named.items() if len(pairs) > 1}
 
     def input(self, name: str) -> TensorSpec | None:
         return next((spec for spec in self.inputs if spec.name == name), None)

@@ -155,6 +155,10 @@ BAD_TEXT: list[tuple[str, list[dict[str, Any]], str]] = [
     ("over the configured maximum", [_text_input("input_ids", 1, 33),
                                      _text_input("attention_mask", 1, 33)],
      "input 'input_ids' has size 33 on axis 1; the gateway accepts at most 32 there"),
+    ("mask of another length", [_text_input("input_ids", 1, 4),
+                                _text_input("attention_mask", 1, 5)],
+     "inputs disagree on the model's axis 'seq': 'input_ids' has 4 on axis 1, 'attention_mask' "
+     "has 5 on axis 1; they must be equal"),
     ("batch sizes disagree", [_text_input("input_ids", 1, 4), _text_input("attention_mask", 2, 4)],
      "inputs disagree on the batch size"),
 ]  # fmt: skip

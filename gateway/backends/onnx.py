@@ -340,8 +340,10 @@ def _signature_of(session: ort.InferenceSession) -> Signature:
         if node.type not in _ORT_TYPES:
             raise BackendUnavailable(f"tensor '{node.name}' has unsupported type {node.type}")
         shape = tuple(size if isinstance(size, int) else -1 for size in node.shape)
+        names = tuple(size if isinstance(size, str) else None for size in node.shape)
         datatype = _ORT_TYPES[node.type]
-        return TensorSpec(node.name, datatype, shape, text=datatype == "BYTES")
+        return TensorSpec(node.name, datatype, shape, text=datatype == "BYTES",
+                          axis_names=names if any(names) else None)  # fmt: skip
 
     return Signature(
         inputs=tuple(spec(node) for node in session.get_inputs()),
