@@ -4,11 +4,14 @@ Opt-in per backend (``batching: {max_batch_size: 64, max_delay_us: 500}``), for 
 Triton's dynamic batcher: a request waits at most ``max_delay_us`` for others to join it; the rows
 of those that did are concatenated along the batch axis, run in one call, and split back, so each
 request gets exactly its own rows. The gateway asks a backend for every output on every call, so
-requests that want different outputs never make a call compute something else. A failing call
-fails the requests of its batch and no others; a request whose caller gave up is left out of a
-batch not yet run, and its rows of one already running are dropped. Shadow calls are not batched
-here (``gateway.shadow`` batches the teacher's its own way). With ``padding`` (``batching.pad``),
-requests whose shapes differ along the model's dynamic axes join too, padded (``gateway.padding``).
+requests that want different outputs never make a call compute something else. A call the model
+fails (``InferenceFailed``: a token id past its vocabulary in one request) runs again request by
+request, so only the one that broke it fails; a call that fails otherwise (the backend away, a
+timeout) fails the requests of its batch and no others; a request whose caller gave up is left
+out of a batch not yet run, and its rows of one already running are dropped. Shadow calls are not
+batched here (``gateway.shadow`` batches the teacher's its own way). With ``padding``
+(``batching.pad``), requests whose shapes differ along the model's dynamic axes join too, padded
+(``gateway.padding``).
 
 At most ``max_in_flight`` batches run at once (the backend's capacity: its threads, or what a
 Triton is trusted with): while they all run, requests keep joining the next batch instead of
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends.base import batch_rows
-from gateway.errors import DeadlineExceeded
+from gateway.errors import DeadlineExceeded, InferenceFailed
 from gateway.overload import CallTime, Shed, shed_for_wait
 from gateway.padding import Padding
 
@@ -165,6 +168,11 @@ class Batcher:
         try:
             outputs = await self._run(inputs)
         except Exception as exc:
+            if isinstance(exc, InferenceFailed) and len(batch) > 1:
+                # The model failed on someone's values (a token id past its vocabulary): each
+                # runs alone, so only the request that broke it fails.
+                await asyncio.gather(*(_alone_call(self._run, w) for w in batch))
+                return
             for w in batch:
                 if not w.answer.done():
                     w.answer.set_exception(exc)
@@ -180,6 +188,21 @@ class Batcher:
                     w.answer.set_result({name: rows[offset : offset + w.rows]
                                          for name, rows in outputs.items()})  # fmt: skip
             offset += w.rows
+
+
+async def _alone_call(run: Callable[[Tensors], Awaitable[dict[str, np.ndarray]]],
+                      w: _Waiting) -> None:  # fmt: skip
+    """``w`` in a call of its own, answered with its outputs or its error."""
+    if w.answer.done():
+        return
+    try:
+        outputs = await run(w.inputs)
+    except Exception as exc:
+        if not w.answer.done():
+            w.answer.set_exception(exc)
+        return
+    if not w.answer.done():
+        w.answer.set_result(outputs)
 
 
 def _take_batch(

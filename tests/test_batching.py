@@ -85,16 +85,16 @@ def test_while_every_slot_runs_a_call_requests_gather_into_the_next_batch() -> N
     asyncio.run(scenario())
 
 
-def test_a_failing_call_fails_only_the_requests_of_its_batch() -> None:
+def test_a_request_that_fails_the_model_fails_alone_and_its_batch_is_answered() -> None:
     async def scenario() -> None:
         model = RecordingModel(poison=-1)
         batcher = Batcher(model, max_batch_size=4, max_delay_seconds=0.01)
         first = [batcher.infer(rows(v)) for v in (1, 2, -1, 4)]  # fills a batch: runs at once
         second = [batcher.infer(rows(v)) for v in (5, 6)]
         answers = await asyncio.gather(*first, *second, return_exceptions=True)
-        assert model.calls == [4, 2]
-        assert all(isinstance(a, InferenceFailed) for a in answers[:4])
-        assert [a["y"][0][0] for a in answers[4:]] == [10, 12]  # type: ignore[index]
+        assert model.calls == [4, 1, 1, 1, 1, 2]  # the failed call, then each of it alone
+        assert isinstance(answers[2], InferenceFailed)
+        assert [a["y"][0][0] for i, a in enumerate(answers) if i != 2] == [2, 4, 8, 10, 12]  # type: ignore[index]
 
     asyncio.run(scenario())
 

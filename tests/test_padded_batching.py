@@ -16,6 +16,7 @@ import pytest
 from gateway.backends.onnx import OnnxBackend
 from gateway.batching import Batcher
 from gateway.config import BatchingConfig, OnnxBackendConfig
+from gateway.errors import InferenceFailed
 from gateway.padding import Padding
 from tests import model_shapes
 
@@ -138,3 +139,26 @@ def test_a_masked_attention_transformer_batched_with_padding_equals_it_alone(
     for request, answer in zip(requests, answers, strict=True):
         alone = model_shapes.run_onnx(path, request)["logits"]
         np.testing.assert_allclose(answer["logits"], alone, rtol=RTOL, atol=ATOL)
+
+
+def test_a_request_that_breaks_the_model_fails_alone_and_its_batch_is_answered(
+    backend: OnnxBackend,
+) -> None:
+    requests = _requests([3, 9, 5])
+    poisoned = {**requests[1], "input_ids": requests[1]["input_ids"] + 1000}  # past the vocab
+    calls: list[int] = []
+
+    async def run() -> list[dict[str, np.ndarray] | BaseException]:
+        batcher = Batcher(lambda inputs: backend.infer(inputs, OUTPUTS), 64, 0.05,
+                          observe=calls.append, padding=Padding(backend.signature, {}))  # fmt: skip
+        batch = [requests[0], poisoned, requests[2]]
+        return list(await asyncio.gather(*(batcher.infer(r) for r in batch),
+                                         return_exceptions=True))  # fmt: skip
+
+    first, broken, last = asyncio.run(run())
+    assert calls == [3]  # one call of three, then each alone
+    assert isinstance(broken, InferenceFailed) and "Gather" in broken.message
+    for request, answer in ((requests[0], first), (requests[2], last)):
+        assert isinstance(answer, dict)
+        alone = asyncio.run(backend.infer(request, OUTPUTS))
+        np.testing.assert_allclose(answer["logits"], alone["logits"], rtol=RTOL, atol=ATOL)
