@@ -14,6 +14,7 @@ from typing import Any
 
 from controller import error_rate
 from controller import gate_metrics as gm
+from gateway import metric_names as names
 
 OUT = Path(__file__).parent / "dashboards" / "distill-gateway.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -40,6 +41,8 @@ def cost_per_request(backend: str, window: str = W) -> str:
 
 ROUTED = 'backend!="none"'
 SERVED = 'code="200"'
+TEACHER = 'backend="teacher"'
+TEACHER_LIVE = 'backend="teacher",path="live"'
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ def ratio(numerator: str, denominator: str) -> str:
 
 
 TASK_ROW = "Per task: regression, embedding, multilabel"
+CASCADE_ROW = "Cascade: the student answers when it is sure"
 TASK_PANELS = ("Regression:", "Embedding:", "Multilabel:")
 """Title prefixes of the panels that fit one task only (empty for a model of another task)."""
 
@@ -186,6 +190,32 @@ PANELS = [
                         rate("gateway_feedback_hamming_loss_count", by="backend")),
          "accuracy {{backend}}"),
     ], width=8),
+    # The cascade (traffic.mode: cascade, gateway/cascade.py): data only for a model in that mode.
+    Panel(CASCADE_ROW, "none", [], "row", 24),
+    Panel("Cascade: escalation rate (escalated to the teacher / through the cascade)",
+          "percentunit", [
+        (ratio(rate(names.CASCADE_REQUESTS, 'escalated="true"'), rate(names.CASCADE_REQUESTS)),
+         "escalated"),
+    ], width=8),
+    Panel("Cascade: latency p50 / p99, escalated (student + teacher) or not", "s", [
+        (quantile(0.5, names.CASCADE_DURATION, "escalated"), "p50 escalated={{escalated}}"),
+        (quantile(0.99, names.CASCADE_DURATION, "escalated"), "p99 escalated={{escalated}}"),
+    ], width=8),
+    Panel("Cascade: agreement with the teacher (shadow) and accuracy (labels)", "percentunit", [
+        (ratio(rate(names.CASCADE_AGREEMENTS), rate(names.CASCADE_COMPARISONS)), "agreement"),
+        (ratio(rate(names.FEEDBACK_CORRECT), rate(names.FEEDBACK)), "accuracy (all labels)"),
+    ], width=8),
+    Panel("Cascade: threshold, and the disagreement bound behind a chosen one", "none", [
+        (f"max({names.CASCADE_THRESHOLD}{{{M}}})", "threshold"),
+        (f"max({names.CASCADE_DISAGREEMENT_BOUND}{{{M}}})", "disagreement bound"),
+        (f"max by (source) ({names.CASCADE_THRESHOLD_SOURCE}{{{M}}}) == 1", "source: {{source}}"),
+    ]),
+    Panel("Cascade: dollars per 1,000 requests, against the teacher alone", "currencyUSD", [
+        (f"1000 * {rate(names.COST)} / {rate(names.REQUESTS, SERVED)}", "cascade"),
+        (f"1000 * {rate(names.COST, TEACHER)} / "
+         f"{rate(names.BACKEND_DURATION + '_count', TEACHER_LIVE)}",
+         "teacher only"),
+    ]),
     # The gates' row. A value is never shown without its interval and verdict: it may be far
     # from passing. The second panel puts every gate on one scale: its threshold is 1.
     Panel("Canary gates", "none", [], "row", 24),

@@ -138,17 +138,20 @@ def _last_scrape(prometheus: PrometheusProcess | None, job: str = "distill-gatew
 
 
 TASK_PANELS = ("Regression:", "Embedding:", "Multilabel:")
+CASCADE_PANELS = "Cascade:"
+"""A cascade gateway's panels (traffic.mode: cascade): tests/test_cascade_observability.py."""
 TASK_RULES = "distill-gateway.tasks"
 """The panels and rules of other tasks than this classifier's: tests/test_task_observability.py."""
 
 
-def _panel_queries(tasks: bool = False) -> list[tuple[str, str]]:
+def _panel_queries(tasks: bool = False, cascade: bool = False) -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     return [
         (panel["title"], target["expr"])
         for panel in dashboard["panels"]
         for target in panel["targets"]
         if panel["title"].startswith(TASK_PANELS) == tasks
+        and panel["title"].startswith(CASCADE_PANELS) == cascade
     ]
 
 
