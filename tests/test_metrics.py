@@ -55,6 +55,8 @@ def measured(start_gateway: Callable[..., TestGateway]) -> tuple[TestGateway, st
 EXPORTED_ELSEWHERE = {
     "gateway_backend_remote_compute_seconds_total": "tests/test_triton.py",
     "gateway_batch_size_bucket": "tests/test_batching.py",
+    "gateway_batch_padding_elements_total": "tests/test_signatures_e2e.py",
+    "gateway_batch_padded_call_elements_total": "tests/test_signatures_e2e.py",
     "gateway_shadow_batch_size_bucket": "tests/test_shadow.py",
     "gateway_shadow_batch_duration_seconds_bucket": "tests/test_shadow.py",
 }
