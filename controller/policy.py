@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.notify.receiver import Receiver
+from controller.watch_policy import WatchPolicy
 from controller.webhooks import WAITING_GATES, GateType, Webhook
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
@@ -130,6 +131,11 @@ class Policy(StrictModel):
     others but never decide: a new gate watched for a few rollouts before it is trusted (Argo
     Rollouts' ``dryRun``). At least one gate must still decide."""
 
+    watch: WatchPolicy | None = None
+    """After promotion, keep judging the student (``controller.watch``): drift of its inputs and
+    predictions against a reference, label-free accuracy, the gates in ``watch.gates``; absent:
+    the controller's work ends at promotion."""
+
     @field_validator("steps")
     @classmethod
     def _steps_rise_to_100(cls, steps: list[float]) -> list[float]:
@@ -180,6 +186,26 @@ class Policy(StrictModel):
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:
                 raise ValueError(f"{what}: names must differ ({', '.join(twice)} repeats)")
+        return self
+
+    @model_validator(mode="after")
+    def _watch_checks(self) -> Policy:
+        watch = self.watch
+        if watch is None:
+            return self
+        try:
+            gates = Gates.model_validate(watch.gates).configured()
+        except ValidationError as exc:
+            raise ValueError(f"watch.gates: {describe_errors(exc, limit=3)}") from None
+        misfits = sorted(gates.keys() & (set().union(*TASK_GATES.values()) - TASK_GATES[self.task]))
+        if misfits:
+            raise ValueError(f"watch.gates: {', '.join(misfits)} do not fit task {self.task}")
+        if watch.max_estimated_accuracy_drop is not None and self.task != "classification":
+            raise ValueError("watch.max_estimated_accuracy_drop: classification only (it reads "
+                             "the student's top-1 confidence)")  # fmt: skip
+        checks = (watch.max_input_psi, watch.max_prediction_psi, watch.max_estimated_accuracy_drop)
+        if not gates and all(check is None for check in checks):
+            raise ValueError("watch: set at least one check")
         return self
 
     @property

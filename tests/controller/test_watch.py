@@ -1,0 +1,208 @@
+"""The post-promotion watch (controller/watch.py) on real traffic summaries: the shipped digits
+student (ONNX Runtime) and a two-input text classifier answer rows that gateway.drift summarises,
+read as a scrape would; the fleet fakes only its HTTP calls. At a realistic rate
+(20 requests a second, drift.sample_rate 0.5, a look every 30 s: 300 summarised rows a look),
+shifted traffic (inverted pixels, noise, a changed class mix, longer texts, unseen tokens) is
+acted on at the first look that has ``min_rows``; unshifted traffic raises no alarm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller.events import EventType, RolloutEvent
+from controller.policy import Policy
+from controller.promtext import Snapshot, increase
+from controller.sources import Mark, MetricsSource
+from controller.watch import Outcome, Reference, Watch, promoted_rollout
+from gateway.drift import DriftCollector, DriftSummary, OutputKind
+from gateway.drift_config import DriftConfig
+from gateway.signature import Signature, TensorSpec
+from models import STUDENT_PATH, TEST_SPLIT_PATH
+from models.data import load_test_split
+from tests import model_shapes
+from tests.controller.fakes import FakeFleet
+
+INTERVAL = 30.0
+ROWS_PER_LOOK = 600  # 20 requests/s for 30 s, one row each; half of them summarised
+DIGITS = Signature((TensorSpec("pixels", "FP32", (-1, 64)),),
+                   (TensorSpec("logits", "FP32", (-1, 10)),))  # fmt: skip
+TEXT = Signature(
+    (TensorSpec("input_ids", "INT64", (-1, -1)), TensorSpec("attention_mask", "INT64", (-1, -1))),
+    (TensorSpec("logits", "FP32", (-1, 4)),),
+)
+
+
+class Traffic(MetricsSource):
+    """A gateway's drift summaries, fed rows by the test and scraped like /metrics."""
+
+    def __init__(self, model: str, signature: Signature, run: Callable[[dict[str, np.ndarray]],
+                 np.ndarray], clock: list[float]) -> None:  # fmt: skip
+        self.summary = DriftSummary(model, signature, OutputKind("logits", True),
+                                    DriftConfig(sample_rate=0.5), {})  # fmt: skip
+        self.registry = CollectorRegistry()
+        self.registry.register(DriftCollector(self.summary))
+        self._run, self._clock = run, clock
+
+    def send(self, requests: list[dict[str, np.ndarray]]) -> None:
+        for inputs in requests:
+            self.summary.observe(inputs, {"logits": self._run(inputs)}, True)
+
+    def _scrape(self) -> Snapshot:
+        """What parsing /metrics gives (test_drift_statistics checks that through the text),
+        read from the collector directly: an hour of looks parses 60,000 lines otherwise."""
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in self.registry.collect() for s in family.samples}  # fmt: skip
+
+    def mark(self) -> Mark:
+        return Mark(at=self._clock[0], counters={"g": self._scrape()})
+
+    def increase_since(self, mark: Mark) -> Snapshot:
+        return increase(self._scrape(), mark.counters["g"])
+
+
+def _policy(model: str, on_breach: str = "rollback", **checks: float) -> Policy:
+    watch = {"interval_seconds": INTERVAL, "min_rows": 200, "on_breach": on_breach, **checks}
+    return Policy.model_validate({"model": model, "gates": {"min_agreement": 0.9},
+                                  "watch": watch})  # fmt: skip
+
+
+def _watch(policy: Policy, traffic: Traffic,
+           clock: list[float]) -> tuple[Watch, FakeFleet, list[RolloutEvent]]:  # fmt: skip
+    fleet = FakeFleet(["http://g1", "http://g2"])
+    fleet.set_share(1.0)
+    events: list[RolloutEvent] = []
+    reference = Reference.of(traffic.increase_since(Mark(0.0, {"g": {}})), policy.model, 0.0)
+    watch = Watch(policy, traffic, fleet, events.append, promoted_rollout(policy.model), reference,
+                  clock=lambda: clock[0])  # fmt: skip
+    return watch, fleet, events
+
+
+def _looks(watch: Watch, traffic: Traffic, clock: list[float], make: Callable[[int], Rows],
+           looks: int) -> list[Outcome]:  # fmt: skip
+    """Starts the window, then ``looks`` looks, each after INTERVAL seconds of traffic."""
+    outcomes = [watch.tick().outcome]
+    for n in range(looks):
+        traffic.send(make(n))
+        clock[0] += INTERVAL
+        outcome = watch.tick().outcome
+        outcomes.append(outcome)
+        if outcome is Outcome.ROLLED_BACK:
+            break
+    return outcomes
+
+
+Digits = tuple[np.ndarray, np.ndarray, Callable[[dict[str, np.ndarray]], np.ndarray]]
+Rows = list[dict[str, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def digits() -> Digits:
+    """The test split, and the shipped student as a function (its answers on the split's own
+    rows computed once: an hour of looks sends 72,000 of them)."""
+    session = ort.InferenceSession(str(STUDENT_PATH), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    split = load_test_split(TEST_SPLIT_PATH)
+    logits: np.ndarray = session.run(None, {name: split.x})[0]
+    known = {row.tobytes(): logits[i : i + 1] for i, row in enumerate(split.x)}
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        row = inputs["pixels"]
+        if len(row) == 1 and row.tobytes() in known:
+            return known[row.tobytes()]
+        result: np.ndarray = session.run(None, {name: row})[0]
+        return result
+
+    return split.x, split.y, run
+
+
+def _digit_rows(x: np.ndarray, rng: np.random.Generator, rows: int,
+                change: Callable[[np.ndarray], np.ndarray] | None = None) -> Rows:  # fmt: skip
+    picked = x[rng.integers(0, len(x), rows)]
+    if change is not None:
+        picked = change(picked)
+    return [{"pixels": picked[i : i + 1].astype(np.float32)} for i in range(rows)]
+
+
+SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "inverted pixels": lambda r: 16.0 - r,
+    "noise": lambda r: np.clip(r + np.random.default_rng(0).normal(0, 4, r.shape), 0, 16),
+}
+
+
+@pytest.mark.parametrize("shift", SHIFTS)
+def test_shifted_digits_are_rolled_back_at_the_first_look(digits: Digits, shift: str) -> None:
+    x, _, run = digits
+    clock, rng = [0.0], np.random.default_rng(1)
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 2000))  # the last step's traffic: the reference
+    watch, fleet, events = _watch(_policy("digits"), traffic, clock)
+    outcomes = _looks(watch, traffic, clock, lambda _: _digit_rows(x, rng, ROWS_PER_LOOK,
+                                                                   SHIFTS[shift]), 5)  # fmt: skip
+    assert outcomes[-1] is Outcome.ROLLED_BACK and len(outcomes) == 2  # one look: 30 s
+    assert [share for _, share in fleet.puts[-2:]] == [0.0, 0.0]  # both gateways
+    (event,) = events
+    assert event.type is EventType.ROLLED_BACK and event.reason.startswith("drift: max_input_psi")
+    assert watch.rollout.rollback_reason == event.reason
+
+
+def test_unshifted_digits_raise_no_alarm_for_an_hour(digits: Digits) -> None:
+    x, _, run = digits
+    clock, rng = [0.0], np.random.default_rng(2)
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 2000))
+    policy = _policy("digits", max_estimated_accuracy_drop=0.05)
+    watch, fleet, events = _watch(policy, traffic, clock)
+    outcomes = _looks(watch, traffic, clock, lambda _: _digit_rows(x, rng, ROWS_PER_LOOK), 120)
+    assert set(outcomes) == {Outcome.WATCHING} and events == []
+    assert fleet.puts[-1][1] == 1.0
+
+
+def test_a_changed_class_mix_is_alerted_on_through_the_notifiers(digits: Digits) -> None:
+    x, y, run = digits
+    clock, rng = [0.0], np.random.default_rng(3)
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 2000))
+    # predictions only: inputs are not judged, so the class mix must show in what it predicts
+    policy = _policy("digits", on_breach="alert", max_input_psi=None)  # type: ignore[arg-type]
+    watch, fleet, events = _watch(policy, traffic, clock)
+    few = x[y <= 2]  # only zeros, ones and twos now
+    outcomes = _looks(watch, traffic, clock, lambda _: _digit_rows(few, rng, ROWS_PER_LOOK), 3)
+    assert outcomes[1] is Outcome.ALERTED  # every look of a new window alerts again
+    assert events[0].type is EventType.WATCH_ALERT
+    assert events[0].reason.startswith("drift: max_prediction_psi prediction logits 0 drifted")
+    assert fleet.puts[-1][1] == 1.0  # alert only: the student keeps its share
+
+
+@pytest.mark.parametrize("shift", ["longer texts", "unseen tokens"])
+def test_a_text_classifier_sees_longer_texts_and_unseen_tokens(tmp_path: Path, shift: str) -> None:
+    path = model_shapes.write_text_classifier(tmp_path / "student.onnx", seed=1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        result: np.ndarray = session.run(["logits"], inputs)[0]
+        return result
+
+    def rows(
+        count: int, lengths: tuple[int, int], ids: tuple[int, int]
+    ) -> list[dict[str, np.ndarray]]:
+        out = []
+        for length in rng.integers(*lengths, size=count).tolist():
+            tokens = rng.integers(*ids, size=(1, length))
+            out.append({"input_ids": tokens, "attention_mask": np.ones_like(tokens)})
+        return out
+
+    clock, rng = [0.0], np.random.default_rng(4)
+    traffic = Traffic("text", TEXT, run, clock)
+    traffic.send(rows(2000, (8, 17), (1, 48)))  # training-like: 8-16 tokens of the first 47 ids
+    watch, _, events = _watch(_policy("text"), traffic, clock)
+    lengths, ids = ((64, 101), (1, 48)) if shift == "longer texts" else ((8, 17), (48, 64))
+    outcomes = _looks(watch, traffic, clock, lambda _: rows(ROWS_PER_LOOK, lengths, ids), 5)
+    assert outcomes[-1] is Outcome.ROLLED_BACK and len(outcomes) == 2
+    worst = "length" if shift == "longer texts" else "tokens input_ids"
+    assert events[0].reason.startswith(f"drift: max_input_psi {worst}")
