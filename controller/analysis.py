@@ -379,8 +379,8 @@ def _kl(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
 def _latency(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
          z: Levels) -> GateResult:  # fmt: skip
     latency = step.student.latency
-    n, q = stats.sample_count(latency), policy.latency_quantile
-    low, high = z.bounds(lambda alpha: stats.quantile_interval(latency, q, z.z(n, alpha)), True)
+    low, high = _quantile_bounds(latency, policy.latency_quantile, z, upper_passes=True,
+                                 interpolate=False)  # fmt: skip
     value = histogram_quantile(policy.latency_quantile, latency) * 1000.0
     return _at_most("max_latency_ms", value, low * 1000.0, high * 1000.0, threshold,
                     stats.sample_count(latency))  # fmt: skip
@@ -429,20 +429,39 @@ def _quantile_ratio(student: stats.Buckets, teacher: stats.Buckets, quantile: fl
                     z: Levels) -> tuple[float, float, float]:  # fmt: skip
     """Student over teacher latency at one quantile: (estimate, low, high)."""
 
-    def interval(buckets: stats.Buckets) -> Callable[[float], stats.Interval]:
-        n = stats.sample_count(buckets)
-        return lambda alpha: stats.quantile_interval(buckets, quantile, z.z(n, alpha),
-                                                     interpolate=True)  # fmt: skip
-
     # The ratio's low end is the student's low over the teacher's high, and the other way round.
     # A wrong pass needs the one truly slower ratio's two sequences to miss; a wrong fail, any of
     # the four.
-    s_low, s_high = z.bounds(interval(student), True, fail_parts=4, pass_parts=2)
-    t_low, t_high = z.bounds(interval(teacher), False, fail_parts=4, pass_parts=2)
+    s_low, s_high = _quantile_bounds(student, quantile, z, upper_passes=True, interpolate=True,
+                                     fail_parts=4, pass_parts=2)  # fmt: skip
+    t_low, t_high = _quantile_bounds(teacher, quantile, z, upper_passes=False, interpolate=True,
+                                     fail_parts=4, pass_parts=2)  # fmt: skip
     value = histogram_quantile(quantile, student) / histogram_quantile(quantile, teacher)
     low = s_low / t_high if t_high > 0 and not math.isinf(t_high) else 0.0
     high = s_high / t_low if t_low > 0 else math.inf
     return value, low, high
+
+
+TAIL = 0.9
+"""From this quantile up, a quantile's upper bound is the exact exceedance sequence
+(``sequences.quantile_upper``): the samples above a p99 are a rare-event count."""
+
+
+def _quantile_bounds(buckets: stats.Buckets, quantile: float, z: Levels, upper_passes: bool,
+                     interpolate: bool, fail_parts: int = 1,
+                     pass_parts: int = 1) -> stats.Interval:  # fmt: skip
+    """A quantile's (low, high): the end that can pass at the pass level, the other at the fail
+    level. Lower bounds (and upper ones below ``TAIL``) are the order-statistic ranks at
+    ``mixture_z``; upper bounds of a tail quantile are exact (``sequences.quantile_upper``)."""
+    n = stats.sample_count(buckets)
+    pass_alpha, fail_alpha = z.pass_alpha / pass_parts, z.fail_alpha / fail_parts
+    high_alpha, low_alpha = (pass_alpha, fail_alpha) if upper_passes else (fail_alpha, pass_alpha)
+    low, high = stats.quantile_interval(buckets, quantile, z.z(n, low_alpha), interpolate)
+    if quantile >= TAIL:
+        high = sequences.quantile_upper(buckets, quantile, high_alpha, interpolate)
+    elif high_alpha != low_alpha:
+        high = stats.quantile_interval(buckets, quantile, z.z(n, high_alpha), interpolate)[1]
+    return (low, high)
 
 
 def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,

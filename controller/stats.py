@@ -139,6 +139,15 @@ def quantile_interval(
     return (low, high)
 
 
+def value_at_rank(buckets: Buckets, rank: float, interpolate: bool) -> float:
+    """The ``rank``-th smallest sample (1-based) read off a histogram: the upper edge of its
+    bucket, or by interpolation inside it."""
+    n = sample_count(buckets)
+    if interpolate:
+        return histogram_quantile(rank / n, buckets) if n > 0 else math.nan
+    return _upper_edge_at_rank(buckets, rank)
+
+
 def _upper_edge_at_rank(buckets: Buckets, rank: float) -> float:
     for bound, count in buckets:
         if count >= rank:

@@ -62,8 +62,10 @@ class ControllerJudge:
         elapsed = intervals * traffic.interval_seconds
         if self.enough_at is None and step.student.requests >= self.policy.min_requests:
             self.enough_at = elapsed
-        # The rollout's window is the step's: the simulated step is the rollout's first.
-        results = analysis.assess(step, step, self.policy, dark_launch=False)
+        # The rollout's window is the step's (the simulated step is the rollout's first), with the
+        # teacher's earlier latency at the last step.
+        rollout = traffic.rollout_window(intervals)
+        results = analysis.assess(step, rollout, self.policy, dark_launch=False)
         judgement = judge(results, elapsed, self.failures, self.policy, is_last_step=False,
                           paused=False)  # fmt: skip
         self.failures = judgement.consecutive_failures

@@ -42,9 +42,11 @@ def write_json(summaries: list[Summary], path: Path) -> None:
 
 
 README_SCENARIOS = ("good", "good, 1 point worse", "3 points worse", "10 points worse",
-                    "agreement 0.90", "p99 1.5x", "p99 2x", "1 % errors", "good, 10 % labelled",
-                    "3 points worse, 10 % labelled", "good, traffic gap",
-                    "good, slow traffic (6 req/s)")  # fmt: skip
+                    "agreement 0.90", "p99 1.5x", "p99 2x", "p99 7x", "good, noisy teacher",
+                    "p99 2x, noisy teacher", "p99 7x, noisy teacher", "1 % errors",
+                    "good, 10 % labelled", "3 points worse, 10 % labelled", "good, traffic gap",
+                    "good, slow traffic (6 req/s)", "good, last step (100 %)",
+                    "p99 2x, last step (100 %)")  # fmt: skip
 """The rows README.md shows, at each share; the JSON has every scenario."""
 
 
@@ -65,4 +67,33 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 rate, seconds = cell["right_decision_rate"], cell["median_time_to_decision_s"]
                 shown.append(f"{rate:.1%} ({seconds:.0f})")
             lines.append(f"| {scenario} | {share:.0%} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def before_after_table(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """README's before/after table for this controller: every scenario both runs share."""
+    old = {(r["scenario"], r["share"]): r for r in before if r["judge"] == "controller"}
+    lines = ["| student | share | before: right (median s) | after: right (median s) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for row in after:
+        if row["judge"] != "controller":
+            continue
+        key = (row["scenario"], row["share"])
+        was = old.get(key)
+        if was is None:
+            continue
+        cells = [f"{r['right_decision_rate']:.1%} ({r['median_time_to_decision_s']:.0f})"
+                 if r else "-" for r in (was, row)]  # fmt: skip
+        lines.append(f"| {key[0]} | {key[1]:.0%} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def at_threshold_table(after: list[dict[str, Any]]) -> str:
+    """Promoted at each gate's threshold: the error the policy's confidence bounds."""
+    lines = ["| gate at its threshold | share | promoted | runs |", "|---|---|---|---|"]
+    for row in after:
+        if row["judge"] == "controller" and row["scenario"].startswith("at threshold: "):
+            gate = row["scenario"].removeprefix("at threshold: ")
+            lines.append(f"| `{gate}` | {row['share']:.0%} | {row['promoted_rate']:.1%} | "
+                         f"{row['runs']} |")  # fmt: skip
     return "\n".join(lines)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Expected = Literal["promote", "rollback"]
+STALL_SHAPE = 1.5
+"""A stall's Pareto shape: a finite mean, an infinite variance."""
 
 # One z for the p99 of a lognormal: p99 = median * exp(Z99 * sigma).
 Z99 = 2.3263478740408408
@@ -51,6 +53,13 @@ class Scenario:
     gap_intervals: int = 0
     """Analysis intervals without any request, starting with the second."""
     student_cost_per_1k: float = 0.0001
+    teacher_stall_rate: float = 0.0
+    """Teacher calls hit by a stall (a busy gateway: event-loop pauses, scheduling): a heavy-tailed
+    extra time, Pareto with shape ``STALL_SHAPE`` from ``stall_ms``, on the teacher alone."""
+    stall_ms: float = 10.0
+    last_step: bool = False
+    """The step at 100 %: the teacher serves no live request and its shadow calls are batched and
+    timed apart, so its latency is only the rollout's earlier steps' (``earlier_teacher_calls``)."""
 
     @property
     def student_accuracy(self) -> float:
@@ -70,6 +79,11 @@ class Scenario:
         """The median of a backend's lognormal latency, in seconds."""
         p99 = self.teacher_p99_ms * (self.p99_ratio if backend == "student" else 1.0)
         return p99 / 1000.0 / math.exp(Z99 * self.latency_sigma)
+
+
+NOISY_TEACHER = {"teacher_stall_rate": 0.05, "stall_ms": 10.0}
+"""One teacher call in 20 stalls 10 ms or more (Pareto 1.5): its p99 is about 29 ms against 8 ms
+without, so a student 2x slower at every quantile (p99 16 ms) is faster than it at p99."""
 
 
 def _good(name: str, drop: float = 0.0) -> Scenario:
@@ -94,6 +108,10 @@ def standard_scenarios(shares: tuple[float, ...] = (0.05, 0.25)) -> list[Scenari
         _bad("agreement 0.80", agreement=0.80),
         _bad("p99 1.5x", p99_ratio=1.5),
         _bad("p99 2x", p99_ratio=2.0),
+        _bad("p99 7x", p99_ratio=7.0),
+        replace(_good("good, noisy teacher"), **NOISY_TEACHER),  # type: ignore[arg-type]
+        _bad("p99 2x, noisy teacher", p99_ratio=2.0, **NOISY_TEACHER),
+        _bad("p99 7x, noisy teacher", p99_ratio=7.0, **NOISY_TEACHER),
         _bad("1 % errors", error_rate=0.01),
         _bad("5 % errors", error_rate=0.05),
     ]
@@ -111,3 +129,46 @@ def standard_scenarios(shares: tuple[float, ...] = (0.05, 0.25)) -> list[Scenari
             scenarios += [replace(student, name=f"{student.name}, {what}", share=share, **how)
                           for what, how in conditions]  # fmt: skip
     return scenarios
+
+
+def last_step_scenarios() -> list[Scenario]:
+    """The step at 100 %, where the latency ratio reads the teacher's earlier steps."""
+    good = replace(_good("good, last step (100 %)"), share=1.0, last_step=True)
+    return [good, replace(good, name="p99 2x, last step (100 %)", expected="rollback",
+                          p99_ratio=2.0)]  # fmt: skip
+
+
+def at_threshold_scenarios(
+    gates: dict[str, float], shares: tuple[float, ...] = (0.05, 0.25)
+) -> list[Scenario]:
+    """For each statistical gate the policy sets, a student exactly at its threshold and good
+    everywhere else: "rollback" is right (a gate passes only when the data show it holds), and
+    the promoted rate is the gate's error at every look, to hold at 1 - confidence. The cost gate
+    compares a measured value, not an estimate, and has none."""
+    base = Scenario("", "rollback")
+    truths: dict[str, dict[str, Any]] = {
+        "max_error_rate": {"error_rate": gates.get("max_error_rate")},
+        "max_accuracy_drop": {"accuracy_drop": gates.get("max_accuracy_drop"),
+                              "agreement": 1.0 - gates.get("max_accuracy_drop", 0.0)},
+        "min_agreement": {"agreement": gates.get("min_agreement")},
+        "max_kl": {"mean_kl": gates.get("max_kl")},
+        "max_latency_ratio": {"p99_ratio": gates.get("max_latency_ratio")},
+        # The teacher as slow as the limit, so the ratio gate stays good.
+        "max_latency_ms": {"teacher_p99_ms": gates.get("max_latency_ms")},
+    }  # fmt: skip
+    scenarios = []
+    for gate, truth in truths.items():
+        if truth[next(iter(truth))] is None:
+            continue
+        for share in shares:
+            scenarios.append(replace(base, name=f"at threshold: {gate}", share=share, **truth))
+    return scenarios
+
+
+def simulated_scenarios(
+    gates: dict[str, float], shares: tuple[float, ...] = (0.05, 0.25)
+) -> list[Scenario]:
+    """What ``distill-canary simulate`` runs: the standard set, a student at each gate's
+    threshold, and the last step."""
+    return [*standard_scenarios(shares), *at_threshold_scenarios(gates, shares),
+            *last_step_scenarios()]  # fmt: skip

@@ -9,14 +9,14 @@ the analysis sees what it sees in production, histogram resolution included.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from statistics import NormalDist
 
 import numpy as np
 
 from controller.analysis import BackendWindow, PairedLabels, WindowMetrics
-from controller.simulation.scenarios import Scenario
+from controller.simulation.scenarios import STALL_SHAPE, Scenario
 from gateway.metrics import KL_BUCKETS, LATENCY_BUCKETS
 
 _NORMAL = NormalDist()
@@ -26,6 +26,23 @@ def _lognormal_bucket_probabilities(median: float, sigma: float) -> np.ndarray:
     """P(latency in each bucket), the last one being (highest bound, +Inf)."""
     cdf = [_NORMAL.cdf(math.log(bound / median) / sigma) for bound in LATENCY_BUCKETS]
     return np.diff([0.0, *cdf, 1.0])
+
+
+def _stalled_bucket_probabilities(median: float, sigma: float, stall_rate: float,
+                                  stall: float) -> np.ndarray:  # fmt: skip
+    """The lognormal, with a share ``stall_rate`` of calls replaced by a Pareto stall from
+    ``stall`` seconds (the stall dominates the call it hits)."""
+    calm = _lognormal_bucket_probabilities(median, sigma)
+    if stall_rate <= 0:
+        return calm
+    cdf = [0.0 if bound < stall else 1.0 - (stall / bound) ** STALL_SHAPE
+           for bound in LATENCY_BUCKETS]  # fmt: skip
+    return (1.0 - stall_rate) * calm + stall_rate * np.diff([0.0, *cdf, 1.0])
+
+
+EARLIER_STEPS_SECONDS = (0.95 + 0.75) * 900.0
+"""At the last step, the teacher's live calls of the rollout's earlier steps: 15 minutes at 5 %
+and at 25 % (the teacher serving 95 % and 75 %), in seconds of the whole fleet's traffic."""
 
 
 def _exponential_bucket_probabilities(mean: float) -> np.ndarray:
@@ -57,6 +74,8 @@ class RunTraffic:
     kl_sum: np.ndarray
     kl_buckets: np.ndarray  # [intervals, buckets]
     paired: np.ndarray  # [intervals, 4]: labelled examples both answered, by PairedLabels field
+    earlier_teacher_latency: np.ndarray | None = None  # [buckets]: the earlier steps' (last step)
+    earlier_teacher_labels: tuple[float, float] = (0.0, 0.0)  # their labels: total, correct
 
     @property
     def intervals(self) -> int:
@@ -103,6 +122,20 @@ class RunTraffic:
             kl_buckets=_cumulative(KL_BUCKETS, kl_counts),
         )
 
+    def rollout_window(self, end: int) -> WindowMetrics:
+        """The rollout so far: this step, and at the last step the teacher's earlier latency and
+        labels."""
+        step = self.window(0, end)
+        if self.earlier_teacher_latency is None:
+            return step
+        running = self._running["teacher.latency"]
+        counts = running[end] - running[0] + self.earlier_teacher_latency
+        total, correct = self.earlier_teacher_labels
+        teacher = replace(step.teacher, latency=_cumulative(LATENCY_BUCKETS, counts),
+                          feedback_total=step.teacher.feedback_total + total,
+                          feedback_correct=step.teacher.feedback_correct + correct)  # fmt: skip
+        return replace(step, teacher=teacher)
+
 
 def _cumulative(bounds: tuple[float, ...], counts: np.ndarray) -> list[tuple[float, float]]:
     running = np.cumsum(counts).tolist()
@@ -133,8 +166,19 @@ def draw(scenario: Scenario, intervals: int, interval_seconds: float,
     kl_sum = np.where(comparisons > 0, rng.gamma(np.maximum(comparisons, 1), s.mean_kl), 0.0)
 
     def latency(backend: str, calls: np.ndarray) -> np.ndarray:
-        p = _lognormal_bucket_probabilities(s.median_seconds(backend), s.latency_sigma)
+        stalls = s.teacher_stall_rate if backend == "teacher" else 0.0
+        p = _stalled_bucket_probabilities(s.median_seconds(backend), s.latency_sigma, stalls,
+                                          s.stall_ms / 1000.0)  # fmt: skip
         return rng.multinomial(calls, p)
+
+    # The teacher's shadow calls at the last step are batched and timed apart (not in its
+    # histogram); its reference is the earlier steps' live calls.
+    teacher_timed = teacher_served if s.last_step else teacher_served + shadow_on_teacher
+    earlier_calls = round(s.requests_per_second * EARLIER_STEPS_SECONDS) if s.last_step else 0
+    earlier = latency("teacher", np.array(earlier_calls)) if s.last_step else None
+    earlier_labelled = rng.binomial(earlier_calls, s.label_fraction)
+    earlier_labels = (float(earlier_labelled),
+                      float(rng.binomial(earlier_labelled, s.teacher_accuracy)))  # fmt: skip
 
     def labels(served: np.ndarray, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
         labelled = rng.binomial(served, s.label_fraction)
@@ -152,7 +196,7 @@ def draw(scenario: Scenario, intervals: int, interval_seconds: float,
         interval_seconds=interval_seconds,
         teacher=BackendCounts(
             requests=teacher_live, errors=np.zeros(intervals),
-            latency=latency("teacher", teacher_served + shadow_on_teacher),
+            latency=latency("teacher", teacher_timed),
             feedback_total=teacher_total, feedback_correct=teacher_correct,
             cost_dollars=teacher_served * s.student_cost_per_1k * 4 / 1000.0,
         ),
@@ -163,7 +207,7 @@ def draw(scenario: Scenario, intervals: int, interval_seconds: float,
             cost_dollars=student_live * s.student_cost_per_1k / 1000.0,
         ),
         comparisons=comparisons, agreements=agreements, kl_sum=kl_sum, kl_buckets=kl_buckets,
-        paired=paired,
+        paired=paired, earlier_teacher_latency=earlier, earlier_teacher_labels=earlier_labels,
     )  # fmt: skip
 
 

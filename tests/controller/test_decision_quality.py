@@ -56,3 +56,71 @@ def test_no_verdict_on_fewer_requests_than_min_requests(results: dict[str, Summa
 
 def test_no_traffic_never_passes(results: dict[str, Summary]) -> None:
     assert results["no traffic at all"].promoted_rate == 0
+
+
+AT_THRESHOLD_RUNS = 200
+# One gate at a time, its step half an hour long: a student exactly at the threshold is promoted at
+# most 1 - confidence of the time (plus three Monte Carlo standard errors); fixed 1.96 intervals
+# promoted 10-12 % here.
+ONE_GATE = {"max_error_rate": 0.001, "max_accuracy_drop": 0.01, "min_agreement": 0.97,
+            "max_latency_ratio": 1.2}  # fmt: skip
+
+
+@pytest.mark.parametrize("gate", list(ONE_GATE))
+@pytest.mark.parametrize("share", [0.05, 0.25])
+def test_a_student_at_a_gates_threshold_is_promoted_at_most_1_minus_confidence(
+    gate: str, share: float
+) -> None:
+    from controller.policy import Gates, Policy
+    from controller.simulation.scenarios import at_threshold_scenarios
+
+    threshold = {gate: ONE_GATE[gate]}
+    policy = Policy(bake_seconds=300, interval_seconds=60, min_requests=1000,
+                    max_step_seconds=1800, gates=Gates(**threshold))  # fmt: skip
+    (scenario,) = at_threshold_scenarios(threshold, (share,))
+    (summary,) = run_scenarios([scenario], policy, AT_THRESHOLD_RUNS, seed=29,
+                               judges=("controller",))  # fmt: skip
+    slack = 3 * (0.05 * 0.95 / AT_THRESHOLD_RUNS) ** 0.5
+    assert summary.promoted_rate <= 0.05 + slack
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        Scenario("7x, noisy teacher", "rollback", p99_ratio=7.0, teacher_stall_rate=0.05),
+        Scenario("2x, noisy teacher", "rollback", p99_ratio=2.0, teacher_stall_rate=0.05),
+        Scenario("2x, last step", "rollback", share=1.0, p99_ratio=2.0, last_step=True),
+    ],
+    ids=lambda s: s.name,
+)
+def test_slower_students_are_rolled_back_on_latency_within_two_intervals_of_enough_data(
+    scenario: Scenario,
+) -> None:
+    """A teacher whose tail is stalls makes a 2x slower student look faster at p99: the ratio's
+    median decides. At the last step the teacher's reference is the rollout's earlier steps."""
+    from controller.policy import Gates, Policy
+
+    policy = Policy(bake_seconds=300, interval_seconds=60, min_requests=300,
+                    max_step_seconds=1800, failure_limit=2,
+                    gates=Gates(max_latency_ratio=1.2))  # fmt: skip
+    (summary,) = run_scenarios([scenario], policy, 100, seed=7, judges=("controller",))
+    assert summary.rolled_back_rate == 1.0
+    assert summary.max_intervals_after_enough is not None
+    assert summary.max_intervals_after_enough <= 2
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [Scenario("good, noisy teacher", "promote", teacher_stall_rate=0.05),
+     Scenario("good, last step", "promote", share=1.0, last_step=True)],
+    ids=lambda s: s.name,
+)  # fmt: skip
+def test_a_good_student_passes_the_latency_gate_beside_a_noisy_teacher_and_at_the_last_step(
+    scenario: Scenario,
+) -> None:
+    from controller.policy import Gates, Policy
+
+    policy = Policy(bake_seconds=300, interval_seconds=60, min_requests=300,
+                    max_step_seconds=3600, gates=Gates(max_latency_ratio=1.2))  # fmt: skip
+    (summary,) = run_scenarios([scenario], policy, 100, seed=8, judges=("controller",))
+    assert summary.promoted_rate >= 0.99

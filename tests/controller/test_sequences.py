@@ -108,3 +108,32 @@ def test_the_rate_sequence_clears_a_threshold_about_as_soon_as_one_look_did() ->
 def test_bounded_mean_refuses_an_empty_range() -> None:
     with pytest.raises(ValueError, match="high > low"):
         sequences.bounded_mean(1.0, 2.0, 1.0, 1.0, 0.05, 100)
+
+
+def test_a_p99s_exact_upper_sequence_is_below_the_true_p99_at_some_look_at_most_alpha() -> None:
+    """Exponential latencies (true p99 = ln 100) in a fine histogram, 300 paths, 30 looks each:
+    a wrong pass of a latency gate at its threshold is an upper bound below the true p99."""
+    rng = np.random.default_rng(5)
+    true_p99 = math.log(100.0)
+    edges = np.linspace(0.05, 10.0, 200)
+    looks = np.arange(400, 12_001, 400)
+    missed = 0
+    for _ in range(300):
+        bucket = np.searchsorted(edges, rng.exponential(1.0, int(looks[-1])))
+        for n in looks:
+            counts = np.bincount(bucket[:n], minlength=len(edges) + 1).cumsum()[:-1]
+            buckets = [*zip(edges.tolist(), counts.astype(float).tolist(), strict=True),
+                       (math.inf, float(n))]  # fmt: skip
+            if sequences.quantile_upper(buckets, 0.99, 0.05) < true_p99:
+                missed += 1
+                break
+    assert missed / 300 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+
+
+def test_a_p99_has_a_finite_upper_bound_after_about_400_samples() -> None:
+    def buckets(n: int) -> list[tuple[float, float]]:
+        return [(0.001, n * 0.5), (0.002, n * 0.995), (0.004, float(n)), (math.inf, float(n))]
+
+    assert sequences.quantile_upper(buckets(380), 0.99, 0.05) == math.inf
+    assert sequences.quantile_upper(buckets(400), 0.99, 0.05) == 0.004
+    assert sequences.quantile_upper(buckets(20_000), 0.99, 0.05) == 0.002

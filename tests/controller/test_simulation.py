@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from controller.cli import app
-from controller.policy import Gates, Policy
-from controller.simulation.report import markdown_table
+from controller.cli import PRODUCTION_POLICY, app
+from controller.policy import Gates, Policy, load_policy
+from controller.simulation.report import at_threshold_table, before_after_table, markdown_table
 from controller.simulation.runner import run_scenarios
-from controller.simulation.scenarios import Scenario, standard_scenarios
+from controller.simulation.scenarios import Scenario, simulated_scenarios, standard_scenarios
 from controller.simulation.traffic import draw
 
 JSON_KEYS = {
@@ -74,7 +74,7 @@ def test_simulate_writes_a_row_per_scenario_and_judge(tmp_path: Path) -> None:
                                       "--png", str(png)])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
-    scenarios = standard_scenarios((0.25,))
+    scenarios = simulated_scenarios(load_policy(policy).gates.configured(), (0.25,))
     assert len(rows) == 3 * len(scenarios)
     assert {row["judge"] for row in rows} == {"controller", "threshold", "mann_whitney"}
     for row in rows:
@@ -93,8 +93,13 @@ def test_simulate_refuses_a_share_outside_0_to_1(tmp_path: Path) -> None:
 def test_the_readme_shows_the_committed_simulation() -> None:
     root = Path(__file__).resolve().parents[2]
     rows = json.loads((root / "tests/benchmarks/results/simulation.json").read_text())
-    assert markdown_table(rows) in (root / "README.md").read_text()
-    assert len(rows) == 3 * len(standard_scenarios())
+    readme = (root / "README.md").read_text()
+    assert markdown_table(rows) in readme
+    before = json.loads((root / "tests/benchmarks/results/simulation.before.json").read_text())
+    assert before_after_table(before, rows) in readme
+    assert at_threshold_table(rows) in readme
+    production = load_policy(PRODUCTION_POLICY).gates.configured()
+    assert len(rows) == 3 * len(simulated_scenarios(production))
 
 
 def test_the_other_judges_behave_as_their_models_do() -> None:
