@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.notify.receiver import Receiver
+from controller.watch_policy import WatchPolicy
 from controller.webhooks import WAITING_GATES, GateType, Webhook
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
@@ -131,6 +132,11 @@ class Policy(StrictModel):
     others but never decide: a new gate watched for a few rollouts before it is trusted (Argo
     Rollouts' ``dryRun``). At least one gate must still decide."""
 
+    watch: WatchPolicy | None = None
+    """After promotion, keep judging the student (``controller.watch``): drift of its inputs and
+    predictions against a reference, label-free accuracy, the gates in ``watch.gates``; absent:
+    the controller's work ends at promotion."""
+
     @field_validator("steps")
     @classmethod
     def _steps_rise_to_100(cls, steps: list[float]) -> list[float]:
@@ -164,7 +170,9 @@ class Policy(StrictModel):
         if self.steps[0] == 0 and not configured.keys() - LIVE_ONLY_GATES:
             raise ValueError(
                 "gates: a dark-launch step (0) needs a gate it can judge from shadow traffic: "
-                "min_agreement, max_kl, max_latency_ms or max_latency_ratio"
+                "max_latency_ms, max_latency_ratio, or one of the task's (classification: "
+                "min_agreement, max_kl; multilabel: min_agreement, min_hamming_agreement; "
+                "regression: max_mean_abs_error, max_relative_error; embedding: min_cosine)"
             )
         return self
 
@@ -179,6 +187,26 @@ class Policy(StrictModel):
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:
                 raise ValueError(f"{what}: names must differ ({', '.join(twice)} repeats)")
+        return self
+
+    @model_validator(mode="after")
+    def _watch_checks(self) -> Policy:
+        watch = self.watch
+        if watch is None:
+            return self
+        try:
+            gates = Gates.model_validate(watch.gates).configured()
+        except ValidationError as exc:
+            raise ValueError(f"watch.gates: {describe_errors(exc, limit=3)}") from None
+        misfits = sorted(gates.keys() & (set().union(*TASK_GATES.values()) - TASK_GATES[self.task]))
+        if misfits:
+            raise ValueError(f"watch.gates: {', '.join(misfits)} do not fit task {self.task}")
+        if watch.max_estimated_accuracy_drop is not None and self.task != "classification":
+            raise ValueError("watch.max_estimated_accuracy_drop: classification only (it reads "
+                             "the student's top-1 confidence)")  # fmt: skip
+        checks = (watch.max_input_psi, watch.max_prediction_psi, watch.max_estimated_accuracy_drop)
+        if not gates and all(check is None for check in checks):
+            raise ValueError("watch: set at least one check")
         return self
 
     @property
