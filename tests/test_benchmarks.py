@@ -55,3 +55,19 @@ def test_bench_fleet_measures_both_stores_with_every_label_joined(tmp_path: Path
         assert abs(row["labels_per_s"] - row["inferences_per_s"]) <= 16 + 0.01 * row[
             "inferences_per_s"]  # fmt: skip
     assert "redis_throughput_cost (target < 0.10)" in result
+
+
+def test_gpu_padding_times_every_plan_and_padded_answers_equal_unpadded(tmp_path: Path) -> None:
+    """Runs on the CPU here (the committed results are from a lent H200)."""
+    out = tmp_path / "gpu_padding.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.gpu_padding", "--requests", "24", "--rounds",
+         "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"unbatched", "padded to the longest", "length buckets 16/32/64/128"}
+    for row in rows.values():
+        assert row["requests_per_s"] > 0 and row["max_abs_difference"] < 1e-4
+    assert rows["padded to the longest"]["padding_waste"] > rows["length buckets 16/32/64/128"][
+        "padding_waste"] > 0  # fmt: skip
