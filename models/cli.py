@@ -12,6 +12,7 @@ from rich.console import Console
 
 from models import MODELS_DIR, REGISTRY_PATH, TEACHER_PATH
 from models import registry as reg
+from models.text import STUDENT_EPOCHS, TEACHER_EPOCHS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(width=max(Console().width, 132))  # the frontier table is wide
@@ -62,8 +63,12 @@ def build_text(
     enforce_targets: Annotated[
         bool, typer.Option(help="Exit 1 when a target is missed (off for quick trial builds).")
     ] = True,
-    teacher_epochs: Annotated[int, typer.Option(min=1, help="Upper bound for the teacher.")] = 8,
-    student_epochs: Annotated[int, typer.Option(min=1, help="Upper bound per student.")] = 60,
+    teacher_epochs: Annotated[
+        int, typer.Option(min=1, help="Upper bound for the teacher.")
+    ] = TEACHER_EPOCHS,
+    student_epochs: Annotated[
+        int, typer.Option(min=1, help="Upper bound per student.")
+    ] = STUDENT_EPOCHS,
 ) -> None:
     """The second pair: a transformer sequence classifier (input_ids, attention_mask) distilled
     into a small one on the synthetic marker-order task; ONNX files, INT8 student and the

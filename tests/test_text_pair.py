@@ -19,9 +19,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from gateway.config import load_settings
 from models import REGISTRY_PATH
 from models import registry as reg
-from models.text import PAIR, TEXT_TEST_SPLIT_PATH
+from models.text import (
+    PAIR,
+    TEXT_GATEWAY_CONFIG_PATH,
+    TEXT_STUDENT_PATH,
+    TEXT_TEACHER_PATH,
+    TEXT_TEST_SPLIT_PATH,
+)
 from models.text.build import multiply_adds
 from models.text.data import (
     ATTENTION_MASK,
@@ -164,6 +171,18 @@ def test_the_teacher_costs_over_ten_times_the_student() -> None:
                 if round_ > 0:
                     fastest[name] = min(fastest[name], time.perf_counter() - start)
     assert fastest["teacher"] >= 5 * fastest["student"], fastest
+
+
+def test_the_shipped_gateway_config_serves_the_pair_with_a_length_bound() -> None:
+    """models/text/gateway.yaml, as `distill-gateway --config` reads it (the demo's --pair text
+    runs it): the pair's files, warm-up ids inside the vocabulary, at most 128 tokens."""
+    settings = load_settings(TEXT_GATEWAY_CONFIG_PATH)
+    assert settings.model == PAIR
+    assert getattr(settings.teacher, "path", None) == TEXT_TEACHER_PATH
+    assert getattr(settings.student, "path", None) == TEXT_STUDENT_PATH
+    assert settings.inputs[INPUT_IDS].warmup_range == (0, VOCAB_SIZE - 1)
+    for name in (INPUT_IDS, ATTENTION_MASK):
+        assert settings.inputs[name].max_shape == [-1, 128]
 
 
 def _build(out: Path, *options: str) -> subprocess.CompletedProcess[str]:

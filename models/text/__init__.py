@@ -12,3 +12,5 @@ TEXT_STUDENT_PATH = TEXT_DIR / "student.onnx"
 TEXT_BAD_STUDENT_PATH = TEXT_DIR / "student_bad.onnx"
 TEXT_INT8_STUDENT_PATH = TEXT_DIR / "student.int8.onnx"
 PAIR = "text"
+TEXT_GATEWAY_CONFIG_PATH = TEXT_DIR / "gateway.yaml"
+TEACHER_EPOCHS, STUDENT_EPOCHS = 8, 60  # the build's upper bounds (early stopping on validation)

@@ -35,7 +35,7 @@ from models.distill import (
 )
 from models.nets import parameter_count
 from models.quantize import quantize
-from models.text import PAIR
+from models.text import PAIR, STUDENT_EPOCHS, TEACHER_EPOCHS
 from models.text.data import NUM_CLASSES, VOCAB_SIZE, TextSplit, load_splits, save_test_split
 from models.text.nets import SelfAttention, SequenceClassifier, student_net, teacher_net
 from models.text.onnx_io import (
@@ -48,8 +48,8 @@ from models.text.onnx_io import (
 
 ONNX_TOLERANCE = 1e-4
 CHECK_SHAPES = ((1, 3), (2, 8), (7, 40), (16, 77), (64, 128))  # (batch, seq) beyond training's
-TEACHER_CONFIG = TrainConfig(epochs=8, patience=3, learning_rate=1e-3)
-STUDENT_CONFIG = TrainConfig(epochs=60, patience=15, learning_rate=3e-3)
+TEACHER_CONFIG = TrainConfig(epochs=TEACHER_EPOCHS, patience=3, learning_rate=1e-3)
+STUDENT_CONFIG = TrainConfig(epochs=STUDENT_EPOCHS, patience=15, learning_rate=3e-3)
 BAD_STUDENT_EPOCHS = 1
 TEACHER_MIN_ACCURACY = 0.97
 TARGET_ACCURACY_GAP = 0.05
