@@ -101,6 +101,7 @@ bench: venv triton-env bench-tools
 	$(BIN)/python -m tests.benchmarks.bench_reliability
 	$(BIN)/python -m tests.benchmarks.bench_serving
 	$(BIN)/python -m tests.benchmarks.bench_padded
+	$(BIN)/python -m tests.benchmarks.bench_cascade
 	$(BIN)/python -m tests.benchmarks.bench_fleet
 
 # The cascade's data-chosen threshold: how often it breaks its bound, 2,000 simulated runs (~20 s).
