@@ -76,14 +76,19 @@ def bounded_mean(total: float, count: float, low: float, high: float, alpha: flo
     return (low + span * scaled_low, low + span * scaled_high)
 
 
-def _rate_log_ratio(successes: float, trials: float, p: float, b: float) -> float:
-    """log of the Beta(1, b) mixture (cut at ``p``) over the likelihood at ``p``."""
+def _rate_log_ratio(successes: float, trials: float, p: float, b: float,
+                    log_posterior: float | None = None) -> float:  # fmt: skip
+    """log of the Beta(1, b) mixture (cut at ``p``) over the likelihood at ``p``;
+    ``log_posterior`` is ``betaln(1 + successes, b + failures)`` when the caller has it."""
     failures = trials - successes
     inside = float(betainc(1.0 + successes, b + failures, p))
     if inside <= 0.0:
         return -math.inf
-    return (float(betaln(1.0 + successes, b + failures)) - float(betaln(1.0, b))
-            + math.log(inside) - math.log(float(betainc(1.0, b, p)))
+    if log_posterior is None:
+        log_posterior = float(betaln(1.0 + successes, b + failures))
+    prior_below = -math.expm1(b * math.log1p(-p))  # Beta(1, b) mass below p: 1 - (1 - p)^b
+    # betaln(1, b) = -log(b)
+    return (log_posterior + math.log(b) + math.log(inside) - math.log(prior_below)
             - successes * math.log(p) - failures * math.log1p(-p))  # fmt: skip
 
 
@@ -107,12 +112,13 @@ def rate_upper(successes: float, trials: float, alpha: float, prior_mean: float)
         return 1.0
     successes = min(max(successes, 0.0), trials)
     b, target = 1.0 / prior_mean - 1.0, math.log(1.0 / alpha)
+    posterior = float(betaln(1.0 + successes, b + trials - successes))
     low, high = max(successes / trials, 1e-12), 1.0 - 1e-12
-    if _rate_log_ratio(successes, trials, low, b) >= target:
+    if _rate_log_ratio(successes, trials, low, b, posterior) >= target:
         return low
-    while high - low > 1e-4 * low:  # bisection; geometric while the bracket spans decades
+    while high - low > 1e-3 * low:  # bisection (to 0.1 %); geometric while it spans decades
         middle = math.sqrt(low * high) if high > 4.0 * low else (low + high) / 2.0
-        if _rate_log_ratio(successes, trials, middle, b) >= target:
+        if _rate_log_ratio(successes, trials, middle, b, posterior) >= target:
             high = middle
         else:
             low = middle
