@@ -26,14 +26,22 @@ from controller import students
 from controller.actuator import Fleet, GatewayFleet
 from controller.exporter import ControllerMetrics
 from controller.fleet_store import StoreFleet
-from controller.notify import NotifyError
+from controller.notify import Notifications, NotifyError
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
 from controller.progress import make_reporter
 from controller.rollout import EXIT_REFUSED, CanaryController, Launch, OnSigterm, Start
-from controller.sources import create_source
+from controller.sources import MetricsSource, create_source
 from controller.state import Command, Phase, RolloutState, StateError, StateStore
 from controller.status import render_status
+from controller.watch import (
+    Look,
+    Outcome,
+    Reference,
+    Watch,
+    promoted_rollout,
+    reference_of_last_step,
+)
 from controller.webhooks import WAITING_GATES, GateType
 from models import REGISTRY_PATH
 
@@ -229,6 +237,11 @@ def _run_controller(
             code = controller.run(launch)
         except StateError as exc:
             raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
+        if rollout_policy.watch is not None and controller.state.phase is Phase.PROMOTED:
+            # the policy's watch: stay, judging the student against its last step's traffic
+            reference = reference_of_last_step(source, controller.state, rollout_policy.model,
+                                               time.time())  # fmt: skip
+            code = _watch(rollout_policy, source, fleet, controller.state, reference, None)
     students.record_outcome(controller.state)
     if metrics_port and metrics_linger > 0:
         time.sleep(metrics_linger)
@@ -236,6 +249,68 @@ def _run_controller(
     reason = f": {final.rollback_reason}" if final.rollback_reason else ""
     typer.echo(f"rollout {final.phase.value}{reason} (rollout {final.rollout_id})")
     raise typer.Exit(code)
+
+
+@app.command()
+def watch(
+    model: Annotated[str, typer.Option("--model", help="The promoted model to watch.")],
+    policy: Annotated[Path, typer.Option("--policy", help="A policy with a watch: section.")],
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option("--gateway", help="A gateway's base URL; repeat for replicas."),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="The reference (JSON): read when the file exists, else recorded from the first "
+            "watch.reference_seconds of traffic and written there."
+        ),
+    ] = None,
+) -> None:
+    """Watch a promoted student: drift of its inputs and predictions, label-free accuracy and
+    the policy's watch.gates against a reference; roll back or alert (watch.on_breach). Exit 3
+    after a rollback."""
+    try:
+        watched = load_policy(policy).model_copy(update={"model": model})
+    except PolicyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    if watched.watch is None or not gateway:
+        raise _fail("watch needs a policy with a watch: section and at least one --gateway",
+                    EXIT_USAGE)  # fmt: skip
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    known = Reference.load(reference) if reference is not None and reference.exists() else None
+    token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
+    with httpx.Client(timeout=5.0) as client:
+        fleet = GatewayFleet([url.rstrip("/") for url in gateway], token, client)
+        source = create_source(fleet.scrape_targets, None, model, client)
+        code = _watch(watched, source, fleet, promoted_rollout(model), known, reference)
+    raise typer.Exit(code)
+
+
+def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: RolloutState,
+           reference: Reference | None, save_to: Path | None) -> int:  # fmt: skip
+    """Runs the watch until a rollback (3) or SIGTERM (0)."""
+    assert policy.watch is not None
+    try:
+        notifications = Notifications(policy.notify, policy.watch.interval_seconds,
+                                      lambda *_: None)  # fmt: skip
+    except NotifyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    watcher = Watch(policy, source, fleet, notifications.emit, rollout, reference)
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+
+    def show(look: Look) -> None:
+        typer.echo(f"watch {look.outcome.value}: {look.reason}")
+        if save_to is not None and watcher.reference is not None and not save_to.exists():
+            watcher.reference.save(save_to)
+
+    try:
+        last = watcher.run(lambda: bool(stop), on_look=show)
+    finally:
+        notifications.close(notifications.flush_seconds)
+    return 3 if last.outcome is Outcome.ROLLED_BACK else 0
 
 
 @app.command()

@@ -225,3 +225,12 @@ def promoted_rollout(model: str, share: float = 1.0) -> RolloutState:
 def _finite(record: dict[str, object]) -> dict[str, object]:
     """NaN is not JSON: a number without a value is None in an event."""
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
+
+
+def reference_of_last_step(source: MetricsSource, rollout: RolloutState, model: str,
+                           now: float) -> Reference | None:  # fmt: skip
+    """The reference a promoted rollout leaves: its last step's window (the student at 100 %,
+    judged good), read at promotion; None when the rollout kept no mark of it."""
+    if rollout.step_mark is None:
+        return None
+    return Reference.of(source.increase_since(Mark.from_json(rollout.step_mark)), model, now)
