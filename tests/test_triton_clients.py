@@ -39,10 +39,28 @@ class CountingModule:
             async def is_model_ready(self, name: str, version: str) -> bool:
                 return True
 
+            async def infer(self, name: str, inputs: Any, version: str, outputs: Any) -> Any:
+                return WarmAnswer()  # the warm-up call
+
             async def close(self) -> None:
                 module.closed += 1
 
         self.InferenceServerClient = InferenceServerClient
+        self.InferInput = TensorStub
+        self.InferRequestedOutput = TensorStub
+
+
+class TensorStub:
+    def __init__(self, *_: Any) -> None:
+        pass
+
+    def set_data_from_numpy(self, _: Any) -> None:
+        pass
+
+
+class WarmAnswer:
+    def as_numpy(self, name: str) -> None:
+        return None
 
 
 def backend(module: CountingModule) -> TritonBackend:
@@ -54,7 +72,7 @@ def backend(module: CountingModule) -> TritonBackend:
 
 
 @pytest.mark.parametrize("metadata", [
-    {"inputs": [{**FP32, "datatype": "BYTES"}], "outputs": [LOGITS]},  # a type it cannot serve
+    {"inputs": [{**FP32, "datatype": "BF16"}], "outputs": [LOGITS]},  # a type it cannot serve
     {"inputs": [{"name": "pixels"}], "outputs": [LOGITS]},  # metadata it cannot read
     ConnectionError("Triton is away"),
 ], ids=["unsupported type", "malformed", "unreachable"])  # fmt: skip
