@@ -14,6 +14,8 @@ Shapes (-1: a dynamic axis):
 - write_string_model: text BYTES [-1] -> echo BYTES [-1], is_hello BOOL [-1], score FP32 [-1]
 - write_multi_output_model: features FP32 [-1, n] -> label INT64 [-1], logits and
   probabilities FP32 [-1, classes]
+- write_every_datatype_model: in_<datatype> [-1, 3] of every V2 datatype -> out_<datatype>
+  (Identity), and score FP32 [-1, 1]
 - write_transformer_classifier: input_ids, attention_mask INT64 [-1, -1] -> logits FP32
   [-1, classes] (a masked multi-head attention encoder, for speed and padding)
 - write_regression_model: features FP32 [-1, n] -> value FP32 [-1, targets]
@@ -142,6 +144,31 @@ def write_multilabel_model(
     return _save(path, "multilabel", _linear("features", "logits"), [_features(features)],
                  [_value("logits", TensorProto.FLOAT, [BATCH, labels])],
                  _linear_weights(features, labels, seed))  # fmt: skip
+
+
+DATATYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}  # fmt: skip
+"""Every V2 datatype ONNX Runtime serves, and its ONNX element type."""
+
+
+def write_every_datatype_model(path: Path) -> Path:
+    """One input ``in_<datatype>`` [batch, 3] of each of ``DATATYPES`` and an output
+    ``out_<datatype>`` that is its Identity, plus ``score`` FP32 [batch, 1] (the FP32 input's
+    first column, a numeric output to compare): every datatype in and out of one model."""
+    nodes = [helper.make_node("Identity", [f"in_{d}"], [f"out_{d}"]) for d in DATATYPES]
+    nodes.append(helper.make_node("Slice", ["in_FP32", "zero_one", "one_one", "one_one"],
+                                  ["score"]))  # fmt: skip
+    inputs = [_value(f"in_{d}", t, [BATCH, 3]) for d, t in DATATYPES.items()]
+    outputs = [_value("score", TensorProto.FLOAT, [BATCH, 1]),
+               *(_value(f"out_{d}", t, [BATCH, 3]) for d, t in DATATYPES.items())]  # fmt: skip
+    constants = [_array(np.array([0], dtype=np.int64), "zero_one"),
+                 _array(np.array([1], dtype=np.int64), "one_one")]  # fmt: skip
+    return _save(path, "every_datatype", nodes, inputs, outputs, constants)
 
 
 def write_transformer_classifier(
