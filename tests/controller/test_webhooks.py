@@ -55,23 +55,24 @@ def test_a_confirm_promotion_gate_answering_403_holds_before_the_last_step_until
 ) -> None:
     with http_receiver() as server:
         server.status["/confirm-promotion"] = 403
-        controller, store, fleet = controller_with(tmp_path, [hook(server, "confirm-promotion")])
+        gate = hook(server, "confirm-promotion")
+        controller, store, fleet = controller_with(tmp_path, [gate], bake_seconds=3)
         controller.start(Launch(GATEWAYS))
-        tick_for(controller, 60)  # step 1 and 2 pass their 10 s bakes well inside this
+        tick_for(controller, 30)  # step 1 and 2 pass their 3 s bakes well inside this
         state = controller.state
         assert state.phase is Phase.PROGRESSING and state.share == 0.25
         assert {t.student_share for t in fleet.traffic.values()} == {0.25}  # never 100 %
         asked = len(server.on("/confirm-promotion"))
-        assert asked >= 30  # asked at every analysis that would have advanced
+        assert asked >= 15  # asked at every analysis that would have advanced
         text = status_of(controller, store)
         assert ("to enter step 3: waiting for confirm-promotion: webhook confirm-promotion "
                 "answered 403") in text  # fmt: skip
         waited = re.search(r"waiting since \S+ \((\d+) s\)", text)
-        assert waited is not None and int(waited[1]) >= 30  # the step-2 bake ended long ago
+        assert waited is not None and int(waited[1]) >= 15  # the step-2 bake ended long ago
         waits = [r for r in state.history if r.action is Record.WAITING]
         assert len(waits) == 1  # recorded (and sent) once, while it kept holding
         server.status["/confirm-promotion"] = 200
-        tick_for(controller, 30)
+        tick_for(controller, 10)
         controller.notifications.close(1.0)
     assert controller.state.phase is Phase.PROMOTED
     assert {t.student_share for t in fleet.traffic.values()} == {1.0}
