@@ -1,10 +1,10 @@
 """Benchmark: padded batching of a transformer teacher, in one run beside its references.
 
-The pair: a transformer built here (``tests.model_shapes.write_transformer_classifier``: teacher
-4 layers x 128 wide, student 1 layer x 32, over 60x less compute a token; the shipped text pair
-takes at most 40 tokens). Requests are V2 JSON
-of one row whose length is drawn uniformly from 8-128 (seeded; 256 bodies that ``wrk`` picks from
-at random), so no two neighbours need share a length.
+The pair: the shipped text pair (``models/text``: a 4-layer, 128-wide transformer teacher and its
+distilled student; sequences up to 128 tokens), else a transformer built here
+(``tests.model_shapes.write_transformer_classifier``, the same teacher shape, random weights).
+Requests are V2 JSON of one row whose length is drawn uniformly from 8-128 (seeded; 256 bodies
+that ``wrk`` picks from at random), so no two neighbours need share a length.
 
 - teacher at c64: the gateway without batching, the gateway with padded batching (pad to the
   longest in the batch), and with length buckets (edges 16/32/64/128); the naive handler as the
@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.local.processes import ManagedProcess, free_port
+from models import MODELS_DIR
 from tests import model_shapes
 from tests.benchmarks.bench_protocols import PINNED, PinnedGateway, median_of
 from tests.benchmarks.bench_serving import REPORT, wrk
@@ -47,6 +48,7 @@ RESULTS = Path(__file__).parent / "results" / "bench_padded.json"
 LENGTHS = (8, 128)
 BODIES = 256
 VOCAB = 1000
+SHIPPED_VOCAB = 32  # models/text/data.py: VOCAB_SIZE
 BUCKETS = [16, 32, 64, 128]
 BATCHING = {"max_batch_size": 16, "max_delay_us": 2000}
 """16 rows: a padded call of 64 rows of ~120 tokens runs longer than the queue target (100 ms) on
@@ -76,23 +78,30 @@ class NaiveTextServer(ManagedProcess):
         return httpx.get(f"http://127.0.0.1:{self.port}/openapi.json").status_code == 200
 
 
-def text_pair(tmp: Path) -> tuple[Path, Path, str]:
-    """A transformer teacher and student built here, and what they are. The shipped text pair
-    (``distill-models``) reads sequences of at most 40 tokens from a vocabulary of 32, so it
-    cannot take the 8-128 tokens this benchmark sends."""
+def text_pair(tmp: Path) -> tuple[Path, Path, int, str]:
+    """The shipped text pair (``models/text``, ``distill-models``), else a transformer built
+    here; its vocabulary size; and which it is."""
+    shipped = MODELS_DIR / "text"
+    if (shipped / "teacher.onnx").is_file() and (shipped / "student.onnx").is_file():
+        return (
+            shipped / "teacher.onnx",
+            shipped / "student.onnx",
+            SHIPPED_VOCAB,
+            "shipped text pair",
+        )
     teacher = model_shapes.write_transformer_classifier(tmp / "teacher.onnx", vocab=VOCAB)
     student = model_shapes.write_transformer_classifier(
         tmp / "student.onnx", layers=1, width=32, heads=2, vocab=VOCAB, seed=1
     )
-    return teacher, student, "built in tests: 4 x 128 teacher, 1 x 32 student (random weights)"
+    return teacher, student, VOCAB, "built in tests: 4 x 128 teacher, 1 x 32 student"
 
 
-def random_bodies_script(tmp: Path, lengths: list[int]) -> Path:
+def random_bodies_script(tmp: Path, lengths: list[int], vocab: int) -> Path:
     """A wrk script that posts one of the bodies at random (seeded) per request."""
     rng = np.random.default_rng(0)
     bodies = []
     for length in lengths:
-        rows = model_shapes.text_rows(rng, [length], vocab=VOCAB)
+        rows = model_shapes.text_rows(rng, [length], vocab=vocab)
         body = orjson.dumps({"inputs": [
             {"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
             for n, a in rows.items()]})  # fmt: skip
@@ -140,8 +149,8 @@ def main() -> None:
     servers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        teacher, student, pair = text_pair(tmp)
-        script = random_bodies_script(tmp, lengths)
+        teacher, student, vocab, pair = text_pair(tmp)
+        script = random_bodies_script(tmp, lengths, vocab)
         try:
             servers["naive teacher"] = NaiveTextServer(tmp, teacher).start()
             servers["naive student"] = NaiveTextServer(tmp, student).start()
