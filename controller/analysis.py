@@ -84,6 +84,7 @@ class TaskWindow:
     hamming_loss: Mean = field(default_factory=Mean)  # multilabel: share of labels disagreeing
     label_abs_error: dict[str, Mean] = field(default_factory=dict)  # regression, by backend
     label_relative_error: dict[str, Mean] = field(default_factory=dict)
+    label_hamming_loss: dict[str, Mean] = field(default_factory=dict)  # multilabel, by backend
 
 
 @dataclass(frozen=True)
@@ -531,6 +532,17 @@ def _relative_error(step: WindowMetrics, rollout: WindowMetrics, _: Policy, thre
                        z)  # fmt: skip
 
 
+def _hamming_accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy,
+                           threshold: float, z: Levels) -> GateResult:  # fmt: skip
+    """Multilabel: the teacher's Hamming accuracy on labels less the student's, each a mean over
+    labelled examples (the student's this step, the teacher's pooled over the rollout), which is
+    the student's mean Hamming loss less the teacher's."""
+    return _error_gate("max_hamming_accuracy_drop", Mean(),
+                       step.task.label_hamming_loss.get("student", Mean()),
+                       rollout.task.label_hamming_loss.get("teacher", Mean()), threshold,
+                       z)  # fmt: skip
+
+
 def _one_minus(gate: str, loss: Mean, threshold: float, z: Levels) -> GateResult:
     """A gate on the least mean of ``1 - loss`` (a cosine from its distance, a Hamming
     agreement from its loss), from the loss's interval."""
@@ -563,4 +575,5 @@ _GATES = {
     "max_relative_error": _relative_error,
     "min_cosine": _cosine,
     "min_hamming_agreement": _hamming_agreement,
+    "max_hamming_accuracy_drop": _hamming_accuracy_drop,
 }

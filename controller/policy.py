@@ -15,8 +15,9 @@ from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
 # Gates that need live student traffic, so a dark-launch step (share 0) cannot judge them.
 LIVE_ONLY_GATES = frozenset(
-    {"max_error_rate", "max_accuracy_drop", "max_class_accuracy_drop", "max_cost_per_1k"}
-)
+    {"max_error_rate", "max_accuracy_drop", "max_class_accuracy_drop", "max_cost_per_1k",
+     "max_hamming_accuracy_drop"}
+)  # fmt: skip
 
 
 class PolicyError(Exception):
@@ -68,6 +69,9 @@ class Gates(StrictModel):
     """Embedding: mean cosine similarity of student and teacher vectors on shadow traffic."""
     min_hamming_agreement: float | None = Field(default=None, ge=0, le=1)
     """Multilabel: the mean share of labels on which student and teacher agree (shadow)."""
+    max_hamming_accuracy_drop: float | None = Field(default=None, ge=0, le=1)
+    """Multilabel: the teacher's Hamming accuracy on labels (the mean share of an example's
+    labels it gets right) less the student's."""
 
     def configured(self) -> dict[str, float]:
         return {name: value for name, value in self.model_dump().items() if value is not None}
@@ -78,7 +82,8 @@ TASK_GATES: dict[str, frozenset[str]] = {
                                  "max_kl"}),
     # agreement: of the whole label set; the class gate: label by label; accuracy over all labels
     # together is not judged (a row's labels are not independent trials)
-    "multilabel": frozenset({"min_agreement", "max_class_accuracy_drop", "min_hamming_agreement"}),
+    "multilabel": frozenset({"min_agreement", "max_class_accuracy_drop", "min_hamming_agreement",
+                             "max_hamming_accuracy_drop"}),
     "regression": frozenset({"max_mean_abs_error", "max_relative_error"}),
     "embedding": frozenset({"min_cosine"}),
 }  # fmt: skip
@@ -220,7 +225,11 @@ class Policy(StrictModel):
         """The least time a step runs before it can pass: its bake, and when accuracy is gated,
         the time for the bake's labels to arrive."""
         gates = self.gates
-        waits_for_labels = (gates.max_accuracy_drop, gates.max_class_accuracy_drop) != (None, None)
+        waits_for_labels = (
+            gates.max_accuracy_drop,
+            gates.max_class_accuracy_drop,
+            gates.max_hamming_accuracy_drop,
+        ) != (None, None, None)
         return self.bake_seconds + (self.label_delay_seconds if waits_for_labels else 0.0)
 
     def share(self, step_index: int) -> float:

@@ -128,6 +128,9 @@ def task_window(increase: Snapshot, model: str) -> TaskWindow:
         label_relative_error={
             role: mean(names.FEEDBACK_RELATIVE_ERROR, backend=role) for role in roles
         },
+        label_hamming_loss={
+            role: mean(names.FEEDBACK_HAMMING_LOSS, backend=role) for role in roles
+        },
     )
 
 

@@ -34,7 +34,8 @@ COUNTERS = (
     *(f"{histogram}_{part}"
       for histogram in (names.SHADOW_ABS_ERROR, names.SHADOW_RELATIVE_ERROR,
                         names.SHADOW_COSINE_DISTANCE, names.SHADOW_HAMMING_LOSS,
-                        names.FEEDBACK_ABS_ERROR, names.FEEDBACK_RELATIVE_ERROR)
+                        names.FEEDBACK_ABS_ERROR, names.FEEDBACK_RELATIVE_ERROR,
+                        names.FEEDBACK_HAMMING_LOSS)
       for part in ("bucket", "sum", "count")),  # the task's comparisons (gateway.tasks)
 )  # fmt: skip
 GROUP_BY = "model, backend, code, le, from_backend, path, outcome, class"

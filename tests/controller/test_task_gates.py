@@ -54,7 +54,8 @@ def measured(task: Any, output: TensorSpec, teacher: np.ndarray, student: np.nda
 
 def judged(window: WindowMetrics, task: str, gates: dict[str, float],
            min_requests: int = 200, dark: bool = True) -> dict[str, GateResult]:  # fmt: skip
-    policy = Policy(model=MODEL, task=task, steps=[0, 100], gates=gates,  # type: ignore[arg-type]
+    steps = [0, 100] if dark else [5, 100]
+    policy = Policy(model=MODEL, task=task, steps=steps, gates=gates,  # type: ignore[arg-type]
                     min_requests=min_requests)  # fmt: skip
     return {r.gate: r for r in assess(window, window, policy, dark_launch=dark)}
 
@@ -148,3 +149,26 @@ def test_a_policy_refuses_gates_that_do_not_fit_its_task(
         Policy(task=task, gates=gates)  # type: ignore[arg-type]
     fits = {"max_error_rate": 0.01, "max_latency_ratio": 1.5}  # every task's
     assert Policy(task=task, gates=fits).task == task  # type: ignore[arg-type]
+
+
+def test_a_multilabel_student_is_judged_by_its_hamming_accuracy_on_labels() -> None:
+    """Labels alone: the student's mean Hamming loss on labelled examples less the teacher's."""
+    spec = TensorSpec("logits", "FP32", (-1, 8))
+    teacher = RNG.standard_normal((2000, 8)).astype(np.float32)
+    truth = (teacher >= 0).astype(int)
+    truth[:, 0] = 1 - truth[:, 0]  # the teacher is wrong about label 0 on every row: 7/8 right
+    live = BackendWindow(requests=2000)
+
+    def drop(flip_rate: float) -> GateResult:
+        flips = RNG.random(teacher.shape) < flip_rate
+        student = np.where(flips, -teacher, teacher)
+        window = measured({"kind": "multilabel"}, spec, teacher, student, labels=truth)
+        labels_only = WindowMetrics(student=live, task=TaskWindow(
+            label_hamming_loss=window.task.label_hamming_loss))  # fmt: skip
+        gates = {"max_hamming_accuracy_drop": 0.05}
+        return judged(labels_only, "multilabel", gates, dark=False)["max_hamming_accuracy_drop"]
+
+    close = drop(0.005)  # about half a point of Hamming accuracy
+    assert close.verdict is Verdict.PASS and close.value == pytest.approx(0.005, abs=0.004)
+    far = drop(0.2)  # about 15 points (flips of the wrong label 0 help it)
+    assert far.verdict is Verdict.FAIL and far.low > 0.05
