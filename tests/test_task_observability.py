@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,9 +42,11 @@ def scraped(
     start_gateway: Callable[..., TestGateway], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[PrometheusProcess, float, float]]:
     tmp = tmp_path_factory.mktemp("task-observed")
-    writers = {"prices": (model_shapes.write_regression_model, "regression"),
-               "vectors": (model_shapes.write_text_embedder, "embedding"),
-               "tags": (model_shapes.write_multilabel_model, "multilabel")}  # fmt: skip
+    writers: dict[str, tuple[Callable[..., Path], str]] = {
+        "prices": (model_shapes.write_regression_model, "regression"),
+        "vectors": (model_shapes.write_text_embedder, "embedding"),
+        "tags": (model_shapes.write_multilabel_model, "multilabel"),
+    }
     gateways = {}
     for model, (write, task) in writers.items():
         paths = [write(tmp / f"{model}-{seed}.onnx", seed=seed) for seed in (0, 1)]
