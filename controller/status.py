@@ -131,6 +131,9 @@ def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
         share, generation = float(actual["student_share"]), actual["generation"]
         agrees = abs(share - rollout.share) < 1e-9 and generation == rollout.generations.get(url)
         mark = "ok" if agrees else "DIFFERS"
+        cascade = actual.get("cascade")  # traffic.mode cascade: the share goes through it
+        through = (f"; cascade escalates below {cascade['threshold']:.2f} ({cascade['source']})"
+                   if cascade else "")  # fmt: skip
         lines.append(f"{url}: intended {intended}, actual {share:.0%} "
-                     f"(generation {generation}) {mark}")  # fmt: skip
+                     f"(generation {generation}) {mark}{through}")  # fmt: skip
     return lines or ["(none recorded)"]

@@ -4,10 +4,13 @@ often a chosen threshold breaks its bound against the stated confidence."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 from scipy import stats
 
+from controller.state import RolloutState
+from controller.status import _gateways
 from gateway.cascade_config import CascadeConfig
 from gateway.thresholds import (
     ThresholdSelector,
@@ -72,3 +75,24 @@ def test_the_chosen_threshold_holds_its_bound_far_more_often_than_the_confidence
     assert outcome.violated / outcome.runs <= 0.05  # the guarantee (measured 0 of 2,000 runs)
     assert outcome.plug_in_violated / outcome.runs > 0.5  # the check can see a violation
     assert np.median(outcome.final_thresholds) <= outcome.best + 0.1  # and is not useless
+
+
+def test_distill_canary_status_says_a_gateway_is_in_cascade_mode() -> None:
+    """What `distill-canary status` prints of a gateway's traffic JSON (the HTTP seam faked)."""
+    cascade = {"threshold": 0.87, "source": "chosen", "evidence": {"samples": 1600}}
+    answers = {"http://a": {"student_share": 0.25, "generation": 3, "mode": "cascade",
+                            "cascade": cascade},
+               "http://b": {"student_share": 0.25, "generation": 3}}  # fmt: skip
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[f"http://{request.url.host}"])
+
+    rollout = RolloutState(share=0.25, gateways=list(answers),
+                           generations={"http://a": 3, "http://b": 3})  # fmt: skip
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        lines = _gateways(rollout, client)
+    assert lines == [
+        "http://a: intended 25% (generation 3), actual 25% (generation 3) ok; cascade escalates "
+        "below 0.87 (chosen)",
+        "http://b: intended 25% (generation 3), actual 25% (generation 3) ok",
+    ]
