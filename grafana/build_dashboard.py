@@ -61,6 +61,7 @@ def ratio(numerator: str, denominator: str) -> str:
 
 TASK_ROW = "Per task: regression, embedding, multilabel"
 CASCADE_ROW = "Cascade: the student answers when it is sure"
+DRIFT_ROW = "Drift: the student's predictions after promotion"
 TASK_PANELS = ("Regression:", "Embedding:", "Multilabel:")
 """Title prefixes of the panels that fit one task only (empty for a model of another task)."""
 
@@ -216,6 +217,22 @@ PANELS = [
          f"{rate(names.BACKEND_DURATION + '_count', TEACHER_LIVE)}",
          "teacher only"),
     ]),
+    # Drift (issue 31, gateway/drift.py): the student's predictions against the last day, from
+    # the recording rules the DistillStudentDrift alert reads; the watch judges inputs too.
+    Panel(DRIFT_ROW, "none", [], "row", 24),
+    Panel("Drift: PSI of the student's predicted classes, last hour against the last day", "none", [
+        (f"max by (output, block) (model_output:gateway_drift_prediction_psi:1h{{{M}}})",
+         "{{output}} {{block}}"),
+    ], width=8),
+    Panel("Drift: the student's predicted-class shares over the last hour", "percentunit", [
+        (f"max by (bin) (model_output_bin:gateway_drift_prediction_share:1h{{{M}}})",
+         "class {{bin}}"),
+    ], width=8),
+    Panel("Drift: rows summarised per second (every answer's inputs, the student's answers)",
+          "none", [
+        (rate(names.DRIFT_ROWS), "inputs"),
+        (rate(names.DRIFT_STUDENT_ROWS), "student answers"),
+    ], width=8),
     # The gates' row. A value is never shown without its interval and verdict: it may be far
     # from passing. The second panel puts every gate on one scale: its threshold is 1.
     Panel("Canary gates", "none", [], "row", 24),
