@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scipy.stats import chi2
 
@@ -218,3 +218,30 @@ def judge_estimated_accuracy(
     else:
         verdict, what = Verdict.INCONCLUSIVE, "interval straddles threshold"
     return GateResult(gate, verdict, drop, drop_low, drop_high, threshold, n, f"{what}: {numbers}")
+
+
+def judge_drift_recent(
+    gate: str,
+    window: tuple[Mapping[FeatureKey, Mapping[str, float]], float],
+    recent: tuple[Mapping[FeatureKey, Mapping[str, float]], float] | None,
+    reference: tuple[Mapping[FeatureKey, Mapping[str, float]], float],
+    threshold: float,
+    alpha: float,
+    look: int,
+    min_rows: float,
+) -> GateResult:
+    """``judge_drift`` on the whole window and on its most recent part (the last few looks), each
+    at half the look's alpha (Bonferroni): a shift that starts late in a long window is found in
+    the recent part before the window's older traffic stops diluting it; a small one still adds
+    up over the whole window. Without a recent part, the window alone at the full alpha."""
+    (features, rows), (ref_features, ref_rows) = window, reference
+    parts = 1 if recent is None else 2
+    result = judge_drift(gate, features, ref_features, rows, ref_rows, threshold, alpha / parts,
+                         look, min_rows)  # fmt: skip
+    if recent is None or result.verdict is Verdict.FAIL:
+        return result
+    latest = judge_drift(gate, recent[0], ref_features, recent[1], ref_rows, threshold,
+                         alpha / parts, look, min_rows)  # fmt: skip
+    if latest.verdict is Verdict.FAIL:
+        return replace(latest, reason=f"recently {latest.reason}")
+    return result

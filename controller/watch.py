@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,10 +30,10 @@ from typing import Any
 from controller import analysis
 from controller.actuator import Fleet, FleetNotConfirmed
 from controller.analysis import GateResult, Verdict
-from controller.drift import DriftCounts, judge_drift, judge_estimated_accuracy
+from controller.drift import DriftCounts, judge_drift_recent, judge_estimated_accuracy
 from controller.events import EventType, RolloutEvent, rollout_fields, watch_alert
 from controller.policy import Gates, Policy
-from controller.promtext import Snapshot
+from controller.promtext import Snapshot, increase
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
 from controller.sources.base import window_metrics
 from controller.state import Phase, RolloutState
@@ -68,25 +69,29 @@ class Reference:
         return cls(DriftCounts.from_json(data["counts"]), data["accuracy"], float(data["at"]))
 
 
-def judge_window(snapshot: Snapshot, reference: Reference, policy: Policy,
-                 look: int) -> list[GateResult]:  # fmt: skip
-    """Every configured check on one window's counter increases, at its ``look``-th look."""
+def judge_window(snapshot: Snapshot, reference: Reference, policy: Policy, look: int,
+                 recent: Snapshot | None = None) -> list[GateResult]:  # fmt: skip
+    """Every configured check on one window's counter increases, at its ``look``-th look; the
+    drift checks also on ``recent``, the increases of the window's last ``recent_seconds``."""
     watch = policy.watch
     assert watch is not None
     counts = DriftCounts.of(snapshot, policy.model)
+    latest = DriftCounts.of(recent, policy.model) if recent is not None else None
     drift_checks = [c for c in (watch.max_input_psi, watch.max_prediction_psi,
                                 watch.max_estimated_accuracy_drop) if c is not None]  # fmt: skip
     alpha = (1.0 - policy.confidence) / max(len(drift_checks), 1)
     ref, results = reference.counts, []
     if watch.max_input_psi is not None:
-        results.append(judge_drift("max_input_psi", counts.inputs, ref.inputs, counts.rows,
-                                   ref.rows, watch.max_input_psi, alpha, look,
-                                   watch.min_rows))  # fmt: skip
+        results.append(judge_drift_recent(
+            "max_input_psi", (counts.inputs, counts.rows),
+            None if latest is None else (latest.inputs, latest.rows), (ref.inputs, ref.rows),
+            watch.max_input_psi, alpha, look, watch.min_rows))  # fmt: skip
     if watch.max_prediction_psi is not None:
-        results.append(judge_drift("max_prediction_psi", counts.predictions, ref.predictions,
-                                   counts.student_rows, ref.student_rows,
-                                   watch.max_prediction_psi, alpha, look,
-                                   watch.min_rows))  # fmt: skip
+        results.append(judge_drift_recent(
+            "max_prediction_psi", (counts.predictions, counts.student_rows),
+            None if latest is None else (latest.predictions, latest.student_rows),
+            (ref.predictions, ref.student_rows), watch.max_prediction_psi, alpha, look,
+            watch.min_rows))  # fmt: skip
     if watch.max_estimated_accuracy_drop is not None:
         results.append(judge_estimated_accuracy(counts, ref, reference.accuracy,
                                                 watch.max_estimated_accuracy_drop, alpha,
@@ -143,6 +148,10 @@ class Watch:
         self.clock, self.holder = clock, holder
         self._window: Mark | None = None
         self._look = 0
+        # the window's increases at its last looks, for the drift checks' recent part
+        recent_looks = round(self.watch.recent_seconds / self.watch.interval_seconds)
+        self._history: deque[Snapshot] = deque(maxlen=max(recent_looks, 1))
+        self._recent_looks = recent_looks
 
     def tick(self) -> Look:
         """One look; starts the first window (or the reference's recording) on its first call."""
@@ -167,7 +176,10 @@ class Watch:
             rows = self.reference.counts.rows
             return Look(now, Outcome.WATCHING, f"reference recorded: {rows:.0f} rows")
         self._look += 1
-        results = judge_window(snapshot, self.reference, self.policy, self._look)
+        full = self._recent_looks and len(self._history) == self._recent_looks
+        recent = increase(snapshot, self._history[0]) if full else None
+        self._history.append(snapshot)
+        results = judge_window(snapshot, self.reference, self.policy, self._look, recent)
         failed = [r for r in results if r.verdict is Verdict.FAIL]
         if failed:
             self._restart()
@@ -192,6 +204,7 @@ class Watch:
     def _restart(self) -> None:
         self._window = self.source.mark()
         self._look = 0
+        self._history.clear()
 
     def _breach(self, now: float, failed: list[GateResult], results: list[GateResult]) -> Look:
         reason = "drift: " + "; ".join(f"{r.gate} {r.reason}" for r in failed)

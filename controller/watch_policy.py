@@ -17,6 +17,10 @@ class WatchPolicy(StrictModel):
     """A window with no breach ends after this long and a new one starts (old traffic must not
     dilute a new shift); a breach ends its window too. Each window spends the policy's alpha
     once, over all its looks."""
+    recent_seconds: float = Field(default=300.0, ge=0)
+    """Each look also judges the window's last this many seconds (at half the look's alpha, the
+    whole window the other half): a shift late in a long window is found within about this long
+    instead of once it outweighs the window's older traffic. 0: the whole window only."""
     min_rows: int = Field(default=200, ge=1)
     """Rows a window needs (and the student's rows, for the prediction checks) before a drift
     check can judge."""

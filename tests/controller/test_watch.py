@@ -19,7 +19,7 @@ from controller.events import EventType, RolloutEvent
 from controller.policy import Policy
 from controller.promtext import Snapshot, increase
 from controller.sources import Mark, MetricsSource
-from controller.watch import Outcome, Reference, Watch, promoted_rollout
+from controller.watch import Outcome, Reference, Watch, promoted_rollout, reference_of_last_step
 from gateway.drift import DriftCollector, DriftSummary, OutputKind
 from gateway.drift_config import DriftConfig
 from gateway.signature import Signature, TensorSpec
@@ -206,3 +206,42 @@ def test_a_text_classifier_sees_longer_texts_and_unseen_tokens(tmp_path: Path, s
     assert outcomes[-1] is Outcome.ROLLED_BACK and len(outcomes) == 2
     worst = "length" if shift == "longer texts" else "tokens input_ids"
     assert events[0].reason.startswith(f"drift: max_input_psi {worst}")
+
+
+@pytest.mark.parametrize("recent_seconds", [300.0, 0.0])
+def test_a_shift_late_in_a_long_window_is_found_in_its_recent_part(
+    digits: Digits, recent_seconds: float
+) -> None:
+    """20 minutes of unshifted traffic in the window, then inverted pixels: the last 5 minutes
+    see the shift once it is about half of them; the whole window alone waits until it outweighs
+    a good part of 40 looks of old traffic."""
+    x, _, run = digits
+    clock, rng = [0.0], np.random.default_rng(5)
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 2000))
+    policy = _policy("digits", max_prediction_psi=None, recent_seconds=recent_seconds)  # type: ignore[arg-type]
+    watch, _, _ = _watch(policy, traffic, clock)
+
+    def rows(n: int) -> Rows:
+        return _digit_rows(x, rng, ROWS_PER_LOOK, SHIFTS["inverted pixels"] if n >= 40 else None)
+
+    outcomes = _looks(watch, traffic, clock, rows, 80)
+    assert outcomes[-1] is Outcome.ROLLED_BACK
+    looks_after_shift = len(outcomes) - 1 - 40
+    if recent_seconds:
+        assert looks_after_shift <= 6, looks_after_shift  # measured: 5 (150 s)
+    else:
+        assert looks_after_shift >= 20, looks_after_shift  # measured: 28 (14 min)
+
+
+def test_a_promoted_rollout_leaves_its_last_step_as_the_reference(digits: Digits) -> None:
+    x, _, run = digits
+    clock, rng = [0.0], np.random.default_rng(6)
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 100))  # earlier steps: not the reference
+    rollout = promoted_rollout("digits")
+    rollout.step_mark = traffic.mark().to_json()
+    traffic.send(_digit_rows(x, rng, 1000))  # the last step, at 100 %
+    reference = reference_of_last_step(traffic, rollout, "digits", 60.0)
+    assert reference is not None and reference.counts.rows == 500  # half summarised
+    assert reference_of_last_step(traffic, promoted_rollout("digits"), "digits", 60.0) is None
