@@ -36,7 +36,7 @@ class DriftConfig(StrictModel):
     """Off: no drift counters at all."""
     sample_rate: float = Field(default=0.5, gt=0.0, le=1.0)
     """Fraction of answered requests summarised: every ``round(1 / sample_rate)``-th, counted
-    deterministically (a summarised batch-1 request costs about 7 us; README: "Drift
+    deterministically (a summarised batch-1 request costs 2-8 us; README: "Drift
     summaries")."""
     max_blocks: int = Field(default=16, ge=1, le=256)
     """A float input (or a regression output) of more fixed features than this is summarised in
