@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -70,12 +72,18 @@ class CascadeMetrics:
         self.agreements = Counter(names.CASCADE_AGREEMENTS, "Shadowed cascade requests whose "
                                   "returned answer equals the teacher's.", m,
                                   registry=registry).labels(model)  # fmt: skip
+        labelled = Counter(names.CASCADE_FEEDBACK, "Labelled rows of cascade requests.", me,
+                           registry=registry)  # fmt: skip
+        right = Counter(names.CASCADE_FEEDBACK_CORRECT, "Labelled rows of cascade requests "
+                        "whose returned answer was right.", me, registry=registry)  # fmt: skip
+        self.labelled = {flag: labelled.labels(model, flag) for flag in ESCALATED}
+        self.right = {flag: right.labels(model, flag) for flag in ESCALATED}
 
 
 class Cascade:
     def __init__(
         self, config: CascadeConfig, task: Task, metrics: GatewayMetrics, sample_rate: float,
-        rng: random.Random | None = None,
+        rng: random.Random | None = None, remembered: int = 100_000,
     ) -> None:  # fmt: skip
         if task.confidence(np.zeros((1, 2)), config.confidence) is None:
             raise CascadeRefused(f"traffic.mode cascade: the task {task.kind} has no confidence "
@@ -91,6 +99,9 @@ class Cascade:
         # until the data speaks: min_confidence if given, else escalate everything
         self._fallback = 1.0 if config.min_confidence is None else config.min_confidence
         self.threshold = self._fallback
+        # request id -> escalated, for its label; the oldest forgotten past ``remembered``
+        self._lanes: OrderedDict[str, bool] = OrderedDict()
+        self._remembered = remembered
         self.source = "fixed" if self.selector is None else "no_evidence"
         self._show()
 
@@ -109,6 +120,23 @@ class Cascade:
         flag = ESCALATED[escalated]
         self._metrics.requests[flag].inc()
         self._metrics.duration[flag].observe(seconds)
+
+    def remember(self, request_id: str, escalated: bool) -> None:
+        """A cascade request, so that its label counts toward the cascade's accuracy (in this
+        process: a label that reaches another replica of a fleet counts only by backend)."""
+        self._lanes[request_id] = escalated
+        if len(self._lanes) > self._remembered:
+            self._lanes.popitem(last=False)
+
+    def labelled(self, request_id: str, scored: Any) -> None:
+        """A label's scores (``gateway.feedback.Scored``) for a cascade request; a retried label
+        finds nothing left and is counted once."""
+        escalated = self._lanes.pop(request_id, None)
+        if escalated is None or scored.repeat:
+            return
+        flag = ESCALATED[escalated]
+        self._metrics.labelled[flag].inc(sum(n for n, _ in scored.by_class.values()))
+        self._metrics.right[flag].inc(sum(right for _, right in scored.by_class.values()))
 
     def sampled(self) -> bool:
         """Whether an escalated request (both answers known, no shadow call) is evidence: at the

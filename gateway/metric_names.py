@@ -69,3 +69,7 @@ DRIFT_TOKEN_IDS = "gateway_drift_token_ids_total"  # model, input, bin
 DRIFT_PREDICTIONS = "gateway_drift_predictions_total"  # model, output, block, bin (class)
 DRIFT_CONFIDENCE = "gateway_drift_confidence_total"  # model, bin: rows by top-1 confidence
 DRIFT_CONFIDENCE_SUM = "gateway_drift_confidence_sum_total"  # model: sum of top-1 confidence
+CASCADE_FEEDBACK = "gateway_cascade_feedback_total"  # model, escalated
+CASCADE_FEEDBACK_CORRECT = "gateway_cascade_feedback_correct_total"  # model, escalated
+"""Labelled rows of requests answered through the cascade, and those whose returned answer was
+right: the cascade's accuracy, escalated or not (labels that reach the replica that answered)."""

@@ -211,7 +211,8 @@ class GatewayService:
         self.cascade: Cascade | None = None
         if traffic.mode == "cascade" and traffic.cascade is not None:
             self.cascade = Cascade(traffic.cascade, self.task, metrics, settings.shadow.sample_rate,
-                                   random.Random(seed) if seed is not None else None)  # fmt: skip
+                                   random.Random(seed) if seed is not None else None,
+                                   settings.feedback.max_entries)  # fmt: skip
         # A shadow answer joins the remembered prediction: its label then scores both backends.
         served = self.cascade.served if self.cascade else None
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self.task,
@@ -450,6 +451,8 @@ class GatewayService:
                 await self.predictions.remember(request.id, role, predicted, deadline=deadline)
                 if unsure is not None:  # its label scores the student's answer too, paired
                     self._escalated_pair(request.id, outputs, unsure)
+                if through_cascade and self.cascade is not None:
+                    self.cascade.remember(request.id, escalated)
         except GatewayError as exc:
             if isinstance(exc, Shed):
                 self._metrics.shed.labels(self.model, exc.reason).inc()
@@ -698,6 +701,8 @@ class GatewayService:
         await self.shadow.answered(feedback.id)  # so a quick label still scores both backends
         scored = await self.predictions.score(feedback.id, feedback.label)
         self.task.record_feedback(scored)
+        if self.cascade is not None:
+            self.cascade.labelled(feedback.id, scored)
         return {"id": feedback.id, "backend": scored.backend, **scored.summary()}
 
     async def load_student(self, model_id: str) -> None:

@@ -204,7 +204,9 @@ PANELS = [
     ], width=8),
     Panel("Cascade: agreement with the teacher (shadow) and accuracy (labels)", "percentunit", [
         (ratio(rate(names.CASCADE_AGREEMENTS), rate(names.CASCADE_COMPARISONS)), "agreement"),
-        (ratio(rate(names.FEEDBACK_CORRECT), rate(names.FEEDBACK)), "accuracy (all labels)"),
+        (ratio(rate(names.CASCADE_FEEDBACK_CORRECT), rate(names.CASCADE_FEEDBACK)), "accuracy"),
+        (ratio(rate(names.CASCADE_FEEDBACK_CORRECT, by="escalated"),
+               rate(names.CASCADE_FEEDBACK, by="escalated")), "accuracy escalated={{escalated}}"),
     ], width=8),
     Panel("Cascade: threshold, and the disagreement bound behind a chosen one", "none", [
         (f"max({names.CASCADE_THRESHOLD}{{{M}}})", "threshold"),

@@ -139,6 +139,10 @@ def test_a_label_for_an_escalated_request_scores_the_teachers_answer_and_the_stu
     after = {backend: gateway.total(names.FEEDBACK_CORRECT, model="digits", backend=backend)
              for backend in ("teacher", "student")}  # fmt: skip
     assert after == {"teacher": before["teacher"] + 1, "student": before["student"]}
+    # and the cascade's own accuracy: one labelled row of an escalated request, right
+    assert gateway.metric(names.CASCADE_FEEDBACK, model="digits", escalated="true") == 1
+    assert gateway.metric(names.CASCADE_FEEDBACK_CORRECT, model="digits", escalated="true") == 1
+    assert gateway.metric(names.CASCADE_FEEDBACK, model="digits", escalated="false") == 0
 
 
 def test_the_admin_api_shows_the_cascade(cascade_gateway: tuple[TestGateway, str]) -> None:
