@@ -246,3 +246,35 @@ def test_a_task_without_a_confidence_refuses_the_cascade_at_start(
             "teacher": {"path": str(teacher)}, "student": {"path": str(student)},
             "traffic": {"mode": "cascade", "cascade": {"min_confidence": 0.9}},
         })  # fmt: skip
+
+
+def test_the_shadow_compares_the_cascades_answers_with_the_teachers_whoever_served_them(
+    start_gateway: Callable[..., TestGateway], test_split: Split, teacher_direct: Model,
+    student_direct: Model,
+) -> None:  # fmt: skip
+    """Half the requests go through the cascade, half straight to the teacher, every one
+    shadowed: the agreement the controller's gate reads counts what the cascade answers (the
+    student's answer where it is sure, the teacher's where not), whichever way a request went,
+    so it equals ONNX Runtime's count on the same rows exactly."""
+    threshold = 0.5  # low enough that the cascade answers a few rows unlike the teacher
+    gateway = start_gateway({
+        "traffic": {"student_share": 0.5, "seed": 3, "mode": "cascade",
+                    "cascade": {"min_confidence": threshold}},
+        "shadow": {"sample_rate": 1.0, "max_delay_ms": 0},
+    })  # fmt: skip
+    x = test_split.x
+    teacher, student = teacher_direct(x).argmax(1), student_direct(x).argmax(1)
+    sure = _softmax(student_direct(x)).max(axis=1) >= threshold
+    disagreeing = int((sure & (teacher != student)).sum())
+    assert disagreeing > 0
+    served = []
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for row in x:
+            body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                "data": row.tolist()}]}  # fmt: skip
+            answer = client.post("/v2/models/digits/infer", json=body)
+            served.append(answer.headers.get("x-escalated", answer.headers["x-served-by"]))
+    assert {"student", "teacher", "true"} <= set(served)  # every path was taken
+    wait_until(lambda: gateway.metric(names.SHADOW_COMPARISONS, model="digits") == len(x),
+               timeout=30, what="every request's comparison")  # fmt: skip
+    assert gateway.metric(names.SHADOW_AGREEMENTS, model="digits") == len(x) - disagreeing
