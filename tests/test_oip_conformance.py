@@ -188,7 +188,10 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
      "headers": LABELLER}, 404, "never-seen"),
     ("POST", "/v2/models/digits/feedback", {"json": {"id": "never-seen", "label": 1}}, 401,
      "x-feedback-ticket"),
-    ("POST", "/v2/models/digits/feedback", {"json": {"id": "x", "label": "7"}}, 422, "label"),
+    ("POST", "/v2/models/digits/feedback", {"json": {"id": "x", "label": "7"},
+     "headers": LABELLER}, 400, "classification"),
+    ("POST", "/v2/models/digits/feedback", {"json": {"id": "x", "label": "7"}}, 401,
+     "x-feedback-ticket"),  # who asks is checked before what they sent
     ("GET", "/v2/models/digits/infer", {}, 405, "Method Not Allowed: GET /v2/models/digits/infer"),
     ("GET", "/v3/models", {}, 404, "Not Found: GET /v3/models"),
     ("PUT", "/admin/traffic", {"json": {"student_share": 0.5}}, 401, "bearer token"),
