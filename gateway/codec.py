@@ -181,6 +181,8 @@ def _decode_inputs(
             raise BadRequest(
                 f"input '{given.name}' has no data: give 'data' or parameters.binary_data_size"
             )
+        if spec.value_range is not None:
+            _check_values(given.name, array, spec.value_range)
         decoded[given.name] = bytes_tensors.as_text(given.name, array) if spec.text else array
     if offset != len(binary):
         raise BadRequest(
@@ -230,6 +232,17 @@ def _check_datatype_and_shape(given: RequestInput, spec: TensorSpec, max_batch_s
                     f"input '{given.name}' has size {size} on axis {axis}; the gateway accepts at "
                     f"most {most} there (inputs.{given.name}.max_shape: {list(spec.max_shape)})"
                 )
+
+
+def _check_values(name: str, array: np.ndarray, bounds: tuple[float, float]) -> None:
+    if array.size == 0:
+        return
+    low, high = array.min(), array.max()
+    if low < bounds[0] or high > bounds[1] or np.isnan(low) or np.isnan(high):
+        raise BadRequest(
+            f"input '{name}' holds values from {low} to {high}; the gateway accepts "
+            f"{bounds[0]:g} to {bounds[1]:g} there (inputs.{name}.value_range)"
+        )
 
 
 def _from_binary(given: RequestInput, spec: TensorSpec, chunk: memoryview) -> np.ndarray:

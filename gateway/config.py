@@ -67,6 +67,10 @@ class InputConfig(StrictModel):
     sequences of at most 128 for an input of shape [-1, -1]). A longer request is a 400."""
     pad_value: float = 0
     """What padded batching fills this input with (0: a padding token id 0, a mask of 0)."""
+    value_range: tuple[float, float] | None = None
+    """The values this input may hold, inclusive (``[0, 31]``: token ids of a 32-token
+    vocabulary); a request with any value outside is a 400 naming the input before any model
+    runs. Unset: the model itself is the judge (ONNX Runtime's refusal is a 400 too)."""
     warmup_range: tuple[int, int] = (0, 0)
     """Integer inputs: warm-up values are drawn from [low, high] (say [0, vocabulary size - 1]
     for token ids); 0 by default, valid for any embedding table, mask or type id."""

@@ -34,6 +34,13 @@ class BadRequest(GatewayError):
     status_code = 400
 
 
+class ModelRejectedInput(BadRequest):
+    """The model itself refused the request's input (ONNX Runtime's INVALID_ARGUMENT: a token id
+    past the embedding table, say) after every check the gateway knows of passed. The teacher's
+    refusal is the request's fault (400); a student's falls back to the teacher, which may take
+    what the student cannot (``gateway.service``)."""
+
+
 class Unauthorized(GatewayError):
     status_code = 401
 

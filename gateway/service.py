@@ -34,6 +34,7 @@ from gateway.errors import (
     DeadlineExceeded,
     GatewayError,
     InferenceFailed,
+    ModelRejectedInput,
     NotFound,
     Overloaded,
     Unprocessable,
@@ -535,6 +536,11 @@ class GatewayService:
                 if probing:  # a shed, a deadline or a client gone before any verdict: let the
                     breaker.release_probe()  # next request probe (settled calls: no change)
                 raise
+        except ModelRejectedInput:
+            if role == "teacher":
+                raise
+            self._metrics.count_fallback("student", "teacher", "error")  # it may take it
+            return await self._run("teacher", inputs, deadline)
         except (BadRequest, Overloaded, DeadlineExceeded):  # the request's: no fallback
             raise
         except GatewayError as exc:

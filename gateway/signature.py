@@ -41,6 +41,9 @@ class TensorSpec:
     text: bool = False
     """A BYTES input the model reads as UTF-8 text (an ONNX string tensor): each element is
     checked and decoded to ``str`` when the request is decoded."""
+    value_range: tuple[float, float] | None = None
+    """The values the input may hold, inclusive, from the config (``inputs.<name>.value_range``);
+    None: the model is the judge."""
     axis_names: tuple[str | None, ...] | None = None
     """The model's names of its dynamic axes (ONNX's ``seq``), None for a fixed or unnamed one:
     inputs that name an axis alike must agree on its size (ids and their mask)."""
@@ -104,11 +107,17 @@ def _compare(kind: str, teacher: Sequence[TensorSpec], student: Sequence[TensorS
     return problems
 
 
-def with_limits(signature: Signature, max_shapes: Mapping[str, Sequence[int] | None]) -> Signature:
-    """The signature with the configured maxima of its inputs' axes (``inputs.<name>.max_shape``);
-    ``ValueError`` naming what does not fit the model."""
+def with_limits(
+    signature: Signature,
+    max_shapes: Mapping[str, Sequence[int] | None],
+    value_ranges: Mapping[str, tuple[float, float] | None] | None = None,
+) -> Signature:
+    """The signature with the configured maxima of its inputs' axes (``inputs.<name>.max_shape``)
+    and ranges of their values (``inputs.<name>.value_range``); ``ValueError`` naming what does
+    not fit the model."""
+    value_ranges = value_ranges or {}
     names = {spec.name for spec in signature.inputs}
-    for name in max_shapes:
+    for name in [*max_shapes, *value_ranges]:
         if name not in names:
             raise ValueError(f"inputs.{name}: the model has no input '{name}'; its inputs are: "
                              + ", ".join(sorted(names)))  # fmt: skip
@@ -120,5 +129,11 @@ def with_limits(signature: Signature, max_shapes: Mapping[str, Sequence[int] | N
                 raise ValueError(f"inputs.{spec.name}.max_shape has {len(most)} axes; the input "
                                  f"has {len(spec.shape)} ({list(spec.shape)})")  # fmt: skip
             spec = replace(spec, max_shape=tuple(most))
+        bounds = value_ranges.get(spec.name)
+        if bounds is not None:
+            if spec.datatype in ("BYTES", "BOOL") or bounds[0] > bounds[1]:
+                raise ValueError(f"inputs.{spec.name}.value_range {list(bounds)}: needs low <= "
+                                 f"high on a numeric input (it is {spec.datatype})")  # fmt: skip
+            spec = replace(spec, value_range=bounds)
         inputs.append(spec)
     return replace(signature, inputs=tuple(inputs))

@@ -16,7 +16,7 @@ import pytest
 from gateway.backends.onnx import OnnxBackend
 from gateway.batching import Batcher
 from gateway.config import BatchingConfig, OnnxBackendConfig
-from gateway.errors import InferenceFailed
+from gateway.errors import ModelRejectedInput
 from gateway.padding import Padding
 from tests import model_shapes
 
@@ -157,7 +157,7 @@ def test_a_request_that_breaks_the_model_fails_alone_and_its_batch_is_answered(
 
     first, broken, last = asyncio.run(run())
     assert calls == [3]  # one call of three, then each alone
-    assert isinstance(broken, InferenceFailed) and "Gather" in broken.message
+    assert isinstance(broken, ModelRejectedInput) and "Gather" in broken.message  # a 400
     for request, answer in ((requests[0], first), (requests[2], last)):
         assert isinstance(answer, dict)
         alone = asyncio.run(backend.infer(request, OUTPUTS))

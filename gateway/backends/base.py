@@ -68,7 +68,8 @@ class Backend(ABC):
         """The model's own signature with the configured maxima; ``BackendUnavailable`` when the
         config names an input the model does not have."""
         try:
-            return with_limits(signature, {n: c.max_shape for n, c in self._inputs.items()})
+            return with_limits(signature, {n: c.max_shape for n, c in self._inputs.items()},
+                               {n: c.value_range for n, c in self._inputs.items()})  # fmt: skip
         except ValueError as exc:
             raise BackendUnavailable(f"{self.role}: {exc}") from exc
 

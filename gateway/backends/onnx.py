@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from gateway.backends.base import Backend, Lane, batch_rows
 from gateway.config import InputConfig, OnnxBackendConfig, WarmupConfig
-from gateway.errors import BackendUnavailable, InferenceFailed
+from gateway.errors import BackendUnavailable, GatewayError, InferenceFailed, ModelRejectedInput
 from gateway.signature import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,20 @@ class OnnxBackend(Backend):
                 self._abandon(pool, lane, future)
             raise
         except Exception as exc:  # ORT raises its own pybind types; convert at the boundary
-            raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
+            raise self._failure(exc) from exc
         self.cpu_seconds[lane] += cpu
         if lane == "live":
             self._learn(wall, rows)
         return dict(zip(names, results, strict=True))
+
+    def _failure(self, exc: Exception) -> GatewayError:
+        """ONNX Runtime's error as ours: INVALID_ARGUMENT is the model refusing this input (a
+        token id past its vocabulary), anything else the backend failing."""
+        if isinstance(exc, InvalidArgument):
+            detail = str(exc).split("INVALID_ARGUMENT : ", 1)[-1]
+            return ModelRejectedInput(f"the {self.role} model refused this request's input: "
+                                      f"{detail}")  # fmt: skip
+        return InferenceFailed(f"{self.role} backend failed: {exc}")
 
     def run_inline(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
@@ -182,7 +192,7 @@ class OnnxBackend(Backend):
         try:
             results, cpu, wall = _run_timed(session, names, inputs, self.clock)
         except Exception as exc:
-            raise InferenceFailed(f"{self.role} backend failed: {exc}") from exc
+            raise self._failure(exc) from exc
         self.inline_calls += 1
         self.cpu_seconds["live"] += cpu
         self._learn(wall, rows)
