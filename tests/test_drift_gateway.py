@@ -4,6 +4,9 @@ same requests give when summarised directly (gateway.drift on ONNX Runtime's own
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controller.local.processes import RedisProcess
 from gateway import metric_names as names
 from gateway.drift import DriftCollector, DriftSummary, OutputKind
 from gateway.drift_config import DriftConfig
@@ -20,7 +24,7 @@ from gateway.signature import Signature, TensorSpec
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
 from tests import model_shapes
-from tests.servers import TestGateway, read_metric
+from tests.servers import ADMIN_TOKEN, BIN, TestGateway, free_port, read_metric, wait_until
 
 pytestmark = pytest.mark.e2e
 Start = Callable[..., TestGateway]
@@ -108,3 +112,45 @@ def test_a_two_input_text_classifier_counts_lengths_and_tokens(
                and dict(labels)["input"] == "input_ids"}  # fmt: skip
     # lengths 3 | 8 2 | 17 | 1 30 5, in buckets 1, 2-3, 4-7, 8-15, 16-31
     assert [lengths[b] for b in ("1", "3", "7", "15", "31")] == [1, 2, 1, 1, 2]
+
+
+def test_two_workers_summaries_add_up_in_one_metrics_page(
+    redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    """--workers 2: each worker's counts reach the files every /metrics reads (the mirror), so
+    the page counts every summarised row once whichever worker answered."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environment = {**os.environ, "DISTILL_GATEWAY_STATE__URL": redis_server.url,
+                   "DISTILL_GATEWAY_STATE__KEY_PREFIX": "test-drift-workers",
+                   "DISTILL_GATEWAY_DRIFT__SAMPLE_RATE": "1.0",
+                   "DISTILL_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}  # fmt: skip
+    with (tmp_path / "workers.log").open("wb") as log:
+        process = subprocess.Popen([str(BIN / "distill-gateway"), "--port", str(port),
+                                    "--workers", "2"], env=environment, stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_until(lambda: _ready(url), 60, "the workers")
+        body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                            "data": [16.0] * 64}]}  # fmt: skip
+        for _ in range(40):
+            with httpx.Client() as fresh:  # a new connection lands on either worker
+                assert fresh.post(f"{url}/v2/models/digits/infer", json=body).status_code == 200
+
+        def counted() -> float:
+            text = httpx.get(f"{url}/metrics").text
+            return read_metric(text, names.DRIFT_INPUT_VALUES, model="digits", input="pixels",
+                               block="0", bin="31.6228")  # fmt: skip
+
+        # 40 rows x 4 features of block 0, all 16.0: in (10, 31.6]
+        wait_until(lambda: counted() == 160, 15, "both workers' counts on one page")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
