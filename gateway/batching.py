@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.backends.base import batch_rows
-from gateway.errors import DeadlineExceeded, InferenceFailed
+from gateway.errors import DeadlineExceeded, InferenceFailed, ModelRejectedInput
 from gateway.overload import CallTime, Shed, shed_for_wait
 from gateway.padding import Padding
 
@@ -168,7 +168,7 @@ class Batcher:
         try:
             outputs = await self._run(inputs)
         except Exception as exc:
-            if isinstance(exc, InferenceFailed) and len(batch) > 1:
+            if isinstance(exc, InferenceFailed | ModelRejectedInput) and len(batch) > 1:
                 # The model failed on someone's values (a token id past its vocabulary): each
                 # runs alone, so only the request that broke it fails.
                 await asyncio.gather(*(_alone_call(self._run, w) for w in batch))
