@@ -5,6 +5,7 @@ the input and the element."""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable
 
@@ -16,11 +17,19 @@ _LENGTH = struct.Struct("<I")
 
 
 def parse_elements(name: str, chunk: memoryview | bytes, shape: list[int]) -> np.ndarray:
-    """The binary form of input ``name`` as an object array of ``bytes`` of ``shape``."""
-    expected = int(np.prod(shape)) if shape else 1
+    """The binary form of input ``name`` as an object array of ``bytes`` of ``shape``. Stops at
+    the shape's element count, so a body cannot make the gateway build more elements than the
+    shape asks for (an 8 MiB chunk of 1-byte elements is 1.6 M Python objects)."""
+    expected = math.prod(shape)
+    size = len(chunk)
+    if size < _LENGTH.size * expected:  # every element needs its 4-byte length
+        raise BadRequest(
+            f"input '{name}' has {size} bytes of BYTES data, too few for the {expected} elements "
+            f"of shape {shape} (each is a 4-byte little-endian length, then that many bytes)"
+        )
     elements: list[bytes] = []
-    offset, size = 0, len(chunk)
-    while offset < size:
+    offset = 0
+    while len(elements) < expected:
         if offset + 4 > size:
             raise BadRequest(
                 f"input '{name}': BYTES element {len(elements)} has a broken length prefix: "
@@ -36,9 +45,10 @@ def parse_elements(name: str, chunk: memoryview | bytes, shape: list[int]) -> np
             )
         elements.append(bytes(chunk[offset : offset + length]))
         offset += length
-    if len(elements) != expected:
+    if offset != size:
         raise BadRequest(
-            f"input '{name}' has {len(elements)} BYTES elements, but shape {shape} needs {expected}"
+            f"input '{name}': {size - offset} bytes follow the {expected} BYTES elements of shape "
+            f"{shape}; the data must hold exactly that many elements"
         )
     return _object_array(elements, shape)
 

@@ -186,7 +186,11 @@ BAD_BYTES: list[tuple[str, list[dict[str, Any]], bytes, str]] = [
      struct.pack("<I", 2) + b"hi" + struct.pack("<I", 50) + b"a",
      "BYTES element 1 declares 50 bytes but only 1 remain"),
     ("too few elements", [_bytes_input(6)], _length_prefixed(b"hi"),
-     "input 'text' has 1 BYTES elements, but shape [2] needs 2"),
+     "input 'text' has 6 bytes of BYTES data, too few for the 2 elements of shape [2]"),
+    ("one element, the rest empty", [_bytes_input(8)], _length_prefixed(b"abcd"),
+     "BYTES element 1 has a broken length prefix: 0 bytes left"),
+    ("more elements than the shape", [_bytes_input(15)], _length_prefixed(b"a", b"b", b"c"),
+     "input 'text': 5 bytes follow the 2 BYTES elements of shape [2]"),
     ("not UTF-8", [_bytes_input(12)], _length_prefixed(b"ok", b"\xff\xfe"),
      "input 'text': element 1 is not UTF-8 text"),
 ]  # fmt: skip
@@ -201,6 +205,27 @@ def test_a_broken_bytes_tensor_is_a_400_naming_the_input_and_element(
     with pytest.raises(BadRequest) as caught:
         _decode(backend.signature, inputs, raw)
     assert message in caught.value.message
+
+
+def test_a_huge_bytes_body_for_a_small_shape_is_refused_without_building_its_elements(
+    shapes: dict[str, Path],
+) -> None:
+    """8 MiB of 1-byte elements sent as shape [1]: refused after one element, so the decode
+    allocates about what one element needs, not 1.6 M ``bytes`` objects (67 MiB before)."""
+    import tracemalloc
+
+    backend = _loaded(shapes["strings"])
+    raw = _length_prefixed(b"x") * (8 * 1024 * 1024 // 5)
+    body, length = _body([{"name": "text", "shape": [1], "datatype": "BYTES",
+                           "parameters": {"binary_data_size": len(raw)}}], raw)  # fmt: skip
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadRequest, match=r"bytes follow the 1 BYTES elements of shape \[1\]"):
+            decode_request(body, length, backend.signature, 64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024  # the body itself is not traced: it was allocated before
 
 
 def test_a_json_bytes_element_that_is_not_a_string_is_named(shapes: dict[str, Path]) -> None:
