@@ -5,9 +5,10 @@ The statistic is the population stability index, PSI = sum_i (p_i - q_i) ln(p_i 
 bins (p: now, q: the reference; each bin's count plus half a count, over the bins either window
 has seen). PSI is Jeffreys' divergence, so when nothing changed it is noise of a known size:
 with ``n`` rows now and ``m`` in the reference, PSI ~ (1/n + 1/m) chi^2_(B-1) for B bins (the
-two-sample Pearson statistic it equals to second order). A feature **drifts** when its PSI is
-both above the policy's threshold (the size of shift that matters: ``max_input_psi``,
-``max_prediction_psi``) and above that noise's quantile at level
+two-sample Pearson statistic it equals to second order), whose mean (B-1)(1/n + 1/m) is the
+upward bias of a sample's PSI. A feature **drifts** when its PSI less that bias is above the
+policy's threshold (the size of shift that matters: ``max_input_psi``, ``max_prediction_psi``)
+and its PSI is above the noise's quantile at level
 
     alpha_look / F,   alpha_look = alpha / (k (k + 1)) at the k-th look of a window,
 
@@ -142,9 +143,12 @@ class FeatureDrift:
     feature: FeatureKey
     psi: float
     noise: float  # the noise level at this look's per-feature alpha
+    bias: float  # what noise adds to PSI on average: (B - 1)(1/n + 1/m)
 
     def alarm_level(self, threshold: float) -> float:
-        return max(threshold, self.noise)
+        """Above the noise, and above the threshold once the noise's mean is taken off: a
+        small sample's PSI runs high, and a shift under the threshold must not pass it."""
+        return max(threshold + self.bias, self.noise)
 
     def describe(self) -> str:
         return " ".join(self.feature)
@@ -172,8 +176,9 @@ def judge_drift(
     drifts = []
     for key in features:
         value, bins = psi(current.get(key, {}), reference.get(key, {}))
+        bias = max(bins - 1, 0) * (1.0 / rows + 1.0 / reference_rows)
         drifts.append(FeatureDrift(key, value, noise_level(bins, rows, reference_rows,
-                                                           per_feature)))  # fmt: skip
+                                                           per_feature), bias))  # fmt: skip
     worst = max(drifts, key=lambda d: d.psi / d.alarm_level(threshold))
     level = worst.alarm_level(threshold)
     rule = f"alpha {alpha:g} over {len(features)} features and look {look}"
