@@ -209,9 +209,24 @@ def _numbers(label: Any, task: str, what: str, whole: bool) -> np.ndarray:
             raise wrong(f"got {value!r}")
         if isinstance(value, float) and not np.isfinite(value):
             raise wrong(f"got {value!r}")
+        # past these a class overflows int64, a number float32 (what predictions are kept as):
+        # refused here, not a 500 or an inf in the error sums
+        if not (_INT64_MIN <= value <= _INT64_MAX if whole else abs(value) <= _FLOAT32_MAX):
+            raise wrong(f"got {_short(value)}, outside {'int64' if whole else 'float32'}'s range")
     if array.size == 0:
         raise wrong("got none")
     return np.atleast_1d(array.astype(np.int64 if whole else np.float64))
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _short(value: float) -> str:
+    """A number for a message: a 400-digit integer as its magnitude, not its digits."""
+    if isinstance(value, int) and abs(value) > 10**15:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return f"{value:.3g}" if abs(value) > 1e15 else repr(value)
 
 
 @dataclass(frozen=True)
@@ -277,6 +292,7 @@ class NumberLabels:
 
     floor: float  # the relative error's least denominator (task.relative_floor)
     per_row: int | None  # output elements per row, when the output's shape fixes them
+    cap: float  # the absolute error's most (the top finite edge of task.abs_error_buckets)
     task: str = "regression"
 
     def check(self, label: Any) -> np.ndarray:
@@ -291,7 +307,7 @@ class NumberLabels:
         self, backend: str, predicted: np.ndarray, other: np.ndarray | None, labels: np.ndarray
     ) -> Scored:
         truth, answer = from_words(labels), from_words(predicted)
-        abs_errors, relative = row_errors(answer, truth, self.floor)
+        abs_errors, relative = row_errors(answer, truth, self.floor, self.cap)
         return Scored(backend, 0, len(abs_errors), {}, abs_errors=abs_errors,
                       relative_errors=relative)  # fmt: skip
 
@@ -318,15 +334,23 @@ most its weight, and the histogram's +Inf bucket stays empty (as the KL's cap do
 
 
 def row_errors(
-    answer: np.ndarray, reference: np.ndarray, floor: float
+    answer: np.ndarray, reference: np.ndarray, floor: float, cap: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the mean absolute error, and that over the reference's mean magnitude (or
-    ``floor``), capped at ``RELATIVE_ERROR_CAP``. A NaN answer counts as infinitely wrong."""
+    """Per row: the mean absolute error, capped at ``cap``, and that over the reference's mean
+    magnitude (or ``floor``), capped at ``RELATIVE_ERROR_CAP``. A row with a NaN or an infinity
+    counts as both caps (as wrong as can be): an uncapped error would make the histogram's
+    ``_sum`` inf, or swallow every later increment (a float64 sum of 1e30 no longer grows by
+    0.5), for the rest of the process's life."""
     rows = max(len(answer), 1) if answer.ndim else 1
-    difference = np.abs(answer.astype(np.float64) - reference.astype(np.float64)).reshape(rows, -1)
-    abs_errors = np.nan_to_num(difference.mean(axis=1), nan=np.inf)
-    scale = np.maximum(np.abs(reference.astype(np.float64)).reshape(rows, -1).mean(axis=1), floor)
-    relative = np.minimum(abs_errors / scale, RELATIVE_ERROR_CAP)
+    with np.errstate(invalid="ignore", over="ignore"):
+        difference = np.abs(answer.astype(np.float64) - reference.astype(np.float64))
+        raw = difference.reshape(rows, -1).mean(axis=1)
+        scale = np.maximum(np.abs(reference.astype(np.float64)).reshape(rows, -1).mean(axis=1),
+                           floor)  # fmt: skip
+        broken = ~np.isfinite(raw)
+        abs_errors = np.where(broken, cap, np.minimum(raw, cap))
+        relative = np.where(broken, RELATIVE_ERROR_CAP,
+                            np.minimum(raw / scale, RELATIVE_ERROR_CAP))  # fmt: skip
     return abs_errors, relative
 
 

@@ -55,7 +55,15 @@ class RegressionTask(StrictModel):
     reference near 0 does not make every difference infinite."""
     abs_error_buckets: tuple[float, ...] = ABS_ERROR_BUCKETS
     """Histogram edges of the absolute errors, in the output's units. The ``max_mean_abs_error``
-    gate bounds the variance by these edges: an error past the last one leaves it unjudged."""
+    gate bounds the variance by these edges. A row's absolute error counts as at most the last
+    edge (``abs_error_cap``), so the +Inf bucket stays empty and one huge (or NaN) answer or
+    label moves a window's mean by at most its weight, and never a later window's."""
+
+    @property
+    def abs_error_cap(self) -> float:
+        """The most one row's absolute error counts as: the top finite bucket edge (one knob,
+        so the cap and the histogram cannot disagree)."""
+        return self.abs_error_buckets[-1]
 
     @field_validator("abs_error_buckets")
     @classmethod

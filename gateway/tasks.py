@@ -132,9 +132,10 @@ def compare_multilabel(teacher: np.ndarray, student: np.ndarray) -> MultilabelCo
 
 
 def compare_regression(
-    teacher: np.ndarray, student: np.ndarray, floor: float
+    teacher: np.ndarray, student: np.ndarray, floor: float, cap: float
 ) -> RegressionComparison:
-    abs_errors, relative = row_errors(student, teacher, floor)
+    """Each row's errors capped (``row_errors``): ``cap`` is ``task.abs_error_cap``."""
+    abs_errors, relative = row_errors(student, teacher, floor, cap)
     return RegressionComparison(len(abs_errors), abs_errors, relative)
 
 
@@ -299,13 +300,14 @@ class Regression(Task):
                  task_metrics: TaskMetrics) -> None:  # fmt: skip
         super().__init__(config, spec, metrics, task_metrics)
         self._floor = config.relative_floor
+        self._cap = config.abs_error_cap
         fixed = all(d > 0 for d in spec.shape[1:])
         per_row = int(np.prod(spec.shape[1:])) if fixed else None
-        self.labels = NumberLabels(config.relative_floor, per_row)
+        self.labels = NumberLabels(config.relative_floor, per_row, self._cap)
         self._comparisons = metrics.shadow_comparisons.labels(metrics.model)
 
     def compare(self, teacher: np.ndarray, student: np.ndarray) -> RegressionComparison:
-        return compare_regression(teacher, student, self._floor)
+        return compare_regression(teacher, student, self._floor, self._cap)
 
     def record(self, comparison: RegressionComparison) -> None:
         model, task = self._metrics.model, self._task_metrics

@@ -4,6 +4,7 @@ the task picked from the config against real model signatures (tests/model_shape
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,31 @@ from gateway.tasks import (
     compare_regression,
 )
 from tests import model_shapes
+from tests.fake_backend import in_process_gateway, ticket_of
 
 
 def test_regression_errors_are_the_mean_absolute_difference_per_row_and_its_share() -> None:
     teacher = np.array([[1.0, 3.0], [0.0, 0.0], [-2.0, 2.0]], dtype=np.float32)
     student = np.array([[1.5, 2.0], [0.0, 1e-3], [-2.0, 2.0]], dtype=np.float32)
-    result = compare_regression(teacher, student, floor=1e-6)
+    result = compare_regression(teacher, student, floor=1e-6, cap=100.0)
     assert result.examples == 3
     np.testing.assert_allclose(result.abs_errors, [0.75, 0.0005, 0.0], rtol=1e-6)
     # over the teacher's mean magnitude: 0.75 / 2; a reference of 0 hits the cap, not infinity
     np.testing.assert_allclose(result.relative_errors, [0.375, 10.0, 0.0], rtol=1e-6)
-    nan = compare_regression(teacher[:1], np.array([[np.nan, 0.0]], dtype=np.float32), 1e-6)
-    assert nan.abs_errors[0] == np.inf and nan.relative_errors[0] == 10.0
+
+
+def test_a_huge_or_broken_regression_error_counts_as_the_cap() -> None:
+    """The top finite bucket edge caps a row's absolute error (and a NaN or infinite answer is
+    both caps): never inf, never a 1e30 that swallows every later increment of the sum."""
+    teacher = np.zeros((4, 2), dtype=np.float32)
+    student = np.array([[1e30, 0.0], [np.nan, 0.0], [np.inf, 1.0], [0.5, 0.5]], dtype=np.float32)
+    result = compare_regression(teacher, student, floor=1e-6, cap=100.0)
+    assert result.abs_errors.tolist() == [100.0, 100.0, 100.0, 0.5]
+    assert result.relative_errors.tolist() == [10.0, 10.0, 10.0, 10.0]
+    both_inf = compare_regression(np.full((1, 1), np.inf), np.full((1, 1), np.inf), 1e-6, 7.0)
+    assert both_inf.abs_errors.tolist() == [7.0] and both_inf.relative_errors.tolist() == [10.0]
+    assert RegressionTask(kind="regression").abs_error_cap == 10_000.0  # the top finite edge
+    assert RegressionTask(kind="regression", abs_error_buckets=(1, 5)).abs_error_cap == 5.0
 
 
 def test_cosine_distance_of_embeddings() -> None:
@@ -103,9 +117,9 @@ def test_what_a_label_is_for_each_task() -> None:
     assert ClassLabels(4).check([3, 0]).tolist() == [3, 0]
     assert MultiLabels(3).check([0, 1, 1]).tolist() == [[0, 1, 1]]
     assert MultiLabels(3).check([[0, 1, 1], [1, 0, 0]]).shape == (2, 3)
-    two_targets = NumberLabels(1e-6, per_row=2)
+    two_targets = NumberLabels(1e-6, per_row=2, cap=1e4)
     assert two_targets.check([1.5, 2, 0.5, 0]).shape == (2, 2)  # flat: cut into rows
-    one_target = NumberLabels(1e-6, per_row=1)
+    one_target = NumberLabels(1e-6, per_row=1, cap=1e4)
     assert one_target.check(2.5).shape == (1, 1)
     with pytest.raises(Unprocessable, match=r"classes 0\.\.3"):
         ClassLabels(4).check(4)  # the right type, out of range: 422 as before
@@ -121,9 +135,14 @@ def test_what_a_label_is_for_each_task() -> None:
         (MultiLabels(3), [0, 2, 1], "multilabel"),
         (MultiLabels(3), [0, 1], "multilabel"),
         (MultiLabels(3), [0.5, 1, 0], "multilabel"),
-        (NumberLabels(1e-6, 1), "1.5", "regression"),
-        (NumberLabels(1e-6, 1), [1.0, None], "regression"),
-        (NumberLabels(1e-6, 1), True, "regression"),
+        (ClassLabels(4), 2**70, "classification"),  # past int64: not an OverflowError's 500
+        (ClassLabels(4), [1, -(2**63) - 1], "classification"),
+        (MultiLabels(3), [0, 2**64, 1], "multilabel"),
+        (NumberLabels(1e-6, 1, 1e4), "1.5", "regression"),
+        (NumberLabels(1e-6, 1, 1e4), [1.0, None], "regression"),
+        (NumberLabels(1e-6, 1, 1e4), True, "regression"),
+        (NumberLabels(1e-6, 1, 1e4), [1e39, 1.0], "regression"),  # inf as float32
+        (NumberLabels(1e-6, 1, 1e4), -(10**400), "regression"),  # too big for a float64 too
         (NoLabels(), 3, "embedding"),
     ],
 )
@@ -135,7 +154,7 @@ def test_a_label_of_the_wrong_type_is_a_400_naming_the_task(
 
 
 def test_a_regression_label_scores_the_answer_it_joins_exactly() -> None:
-    store = FeedbackStore(60, 100, labels=NumberLabels(1e-6, per_row=2))
+    store = FeedbackStore(60, 100, labels=NumberLabels(1e-6, per_row=2, cap=1e4))
     answer = np.array([[1.0, -3.0]], dtype=np.float32)
     store.remember("r", "student", as_words(answer))
     scored = store.score("r", [2.0, -1.0])
@@ -203,3 +222,33 @@ def test_a_task_config_error_names_the_key() -> None:
         )  # not a regression key
     with pytest.raises(ValidationError):
         GatewaySettings.model_validate({"task": "ranking"})
+
+
+@pytest.mark.parametrize(
+    ("task", "label", "shown"),
+    [
+        ("classification", "1" + "0" * 30, "an integer of about 31 digits, outside int64's range"),
+        ("classification", "[3, -9223372036854775809]", "outside int64's range"),
+        ("multilabel", "[[0, 1, 0, 0, 0, 0, 0, 0, 0, 18446744073709551616]]", "int64's range"),
+        ("regression", "[1e39, 0, 0, 0, 0, 0, 0, 0, 0, 0]", "1e+39, outside float32's range"),
+        ("regression", "-1" + "0" * 400, "outside float32's range"),
+    ],
+)
+def test_a_label_past_its_number_type_is_a_400_from_the_app(task: str, label: str,
+                                                             shown: str) -> None:  # fmt: skip
+    """Through the real app (in process): what the JSON parser gives as a big integer or a float
+    past float32 is refused naming the task, not a 500 (and not stored as inf)."""
+
+    async def main() -> None:
+        async with in_process_gateway(task=task) as gateway:
+            served = await gateway.infer()
+            assert served.status_code == 200
+            request_id = served.headers["x-request-id"]
+            answer = await gateway.client.post(
+                "/v2/models/digits/feedback", content=f'{{"id": "{request_id}", "label": {label}}}',
+                headers={**ticket_of(served), "content-type": "application/json"})  # fmt: skip
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert error.startswith(f"this model's task is {task}: a label is") and shown in error
+
+    asyncio.run(main())
