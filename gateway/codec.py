@@ -261,7 +261,12 @@ def _from_json(given: RequestInput, spec: TensorSpec) -> np.ndarray:
     if spec.datatype == "BYTES":
         return bytes_tensors.from_json(given.name, given.data or [], given.shape)
     try:
-        array = np.asarray(given.data, dtype=spec.dtype)
+        with np.errstate(over="raise"):  # 1e39 as FP32 is an error, not a silent inf
+            array = np.asarray(given.data, dtype=spec.dtype)
+    except (OverflowError, FloatingPointError) as exc:
+        raise BadRequest(
+            f"input '{given.name}' holds a number beyond the range of {spec.datatype} ({exc})"
+        ) from exc
     except (TypeError, ValueError) as exc:
         raise BadRequest(
             f"input '{given.name}': data must be a flat or nested list of numbers ({exc})"

@@ -46,6 +46,11 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("not numbers", _with_input(data=["a"] * 64), 400, "must be a flat or nested list"),
     ("ragged nested", _with_input(data=[[0.0] * 64, [1.0]]), 400, "must be a flat or nested"),
     ("no data", _with_input(data=None), 400, "has no data"),
+    # an integer of 401 digits, and a float past FP32's 3.4e38: never a silent inf, nor a 500
+    ("integer beyond FP32", _with_input(data=[10**400] + [0.0] * 63), 400,
+     "input 'pixels' holds a number beyond the range of FP32"),
+    ("float beyond FP32", _with_input(data=[0.0] * 63 + [1e39]), 400,
+     "input 'pixels' holds a number beyond the range of FP32"),
     (
         "unknown output",
         {"json": {"inputs": [GOOD_INPUT], "outputs": [{"name": "probs"}]}},

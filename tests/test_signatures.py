@@ -6,6 +6,7 @@ the real codec and run by the real ONNX backend (no server: the end-to-end tests
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def text_backend(shapes: dict[str, Path]) -> OnnxBackend:
 
 
 def _body(inputs: list[dict[str, Any]], binary: bytes = b"") -> tuple[bytes, str | None]:
-    header = orjson.dumps({"inputs": inputs})
+    header = json.dumps({"inputs": inputs}).encode()  # not orjson: it refuses ints past 64 bits
     return header + binary, (str(len(header)) if binary else None)
 
 
@@ -161,6 +162,12 @@ BAD_TEXT: list[tuple[str, list[dict[str, Any]], str]] = [
      "has 5 on axis 1; they must be equal"),
     ("batch sizes disagree", [_text_input("input_ids", 1, 4), _text_input("attention_mask", 2, 4)],
      "inputs disagree on the batch size"),
+    ("an id past int64", [_text_input("input_ids", 1, 2, data=[1, 2**64]),
+                          _text_input("attention_mask", 1, 2)],
+     "input 'input_ids' holds a number beyond the range of INT64"),
+    ("a float past int64", [_text_input("input_ids", 1, 1), _text_input("attention_mask", 1, 1,
+                                                                         data=[1e30])],
+     "input 'attention_mask' holds a number beyond the range of INT64"),
 ]  # fmt: skip
 
 
