@@ -89,3 +89,42 @@ def test_watch_keeps_quiet_on_unshifted_traffic_and_rolls_back_inverted_pixels(
                         backend="student")  # fmt: skip
     assert share == 0.0
     assert took < 15  # measured: 1-2 s at a look a second
+
+
+def test_run_with_a_watch_stays_after_promotion_and_rolls_back_a_drift(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """`distill-canary run` with a policy's watch: promotes, then judges the student against the
+    last step's traffic (no reference to record) and rolls back inverted pixels, exit 3."""
+    gateway = start_gateway({"shadow": {"sample_rate": 0.5}, "drift": {"sample_rate": 1.0}})
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({
+        "model": "digits", "steps": [50, 100], "bake_seconds": 2, "interval_seconds": 0.5,
+        "min_requests": 60, "max_step_seconds": 90,
+        "gates": {"min_agreement": 0.8, "max_error_rate": 0.05},
+        "watch": {"interval_seconds": 1.0, "min_rows": 100, "on_breach": "rollback"}}))  # fmt: skip
+    traffic = Traffic(gateway.url)
+    traffic.start()
+    lines: list[str] = []
+    command = [str(BIN / "distill-canary"), "run", "--policy", str(policy), "--state",
+               str(tmp_path / "rollout.db"), "--gateway", gateway.url]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=canary_env()) as run:  # fmt: skip
+        reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")),  # type: ignore[union-attr]
+                                  daemon=True)  # fmt: skip
+        reader.start()
+        try:
+            wait_until(lambda: sum(line.strip() == "watch watching: no breach" for line in lines)
+                       >= 3, 120, "the watch judging the promoted student")  # fmt: skip
+            assert not any("recording" in line for line in lines)  # the last step is the reference
+            traffic.shifted = True
+            code = run.wait(timeout=60)
+        finally:
+            traffic.stopped.set()
+            if run.poll() is None:
+                run.terminate()
+    reader.join(timeout=5)
+    assert code == 3, "".join(lines[-20:])
+    assert any(line.startswith("watch rolled_back: drift: ") for line in lines)
+    assert read_metric(gateway.metrics_text(), "gateway_traffic_share", model="digits",
+                       backend="student") == 0.0  # fmt: skip
