@@ -108,9 +108,9 @@ def rate_upper(successes: float, trials: float, alpha: float, prior_mean: float)
     Values in [0, 1] rather than 0/1 are covered too: each factor of the likelihood ratio is
     convex in the value, so its mean is at most the Bernoulli's (1) and the product stays a
     supermartingale."""
-    if trials <= 0:
+    if trials <= 0 or successes >= trials:  # every request an error: nothing below 1 holds
         return 1.0
-    successes = min(max(successes, 0.0), trials)
+    successes = max(successes, 0.0)
     b, target = 1.0 / prior_mean - 1.0, math.log(1.0 / alpha)
     posterior = float(betaln(1.0 + successes, b + trials - successes))
     low, high = max(successes / trials, 1e-12), 1.0 - 1e-12

@@ -103,6 +103,9 @@ def test_the_rate_sequence_clears_a_threshold_about_as_soon_as_one_look_did() ->
     assert sequences.rate_upper(0, 3900, 0.05, 0.0005) > 0.001
     assert sequences.rate_upper(0, 4000, 0.05, 0.0005) < 0.001
     assert sequences.rate_upper(10, 4000, 0.05, 0.0005) > 0.0025  # errors move it up
+    assert sequences.rate_upper(80, 80, 0.05, 0.025) == 1.0  # every request failed
+    assert sequences.rate_upper(80.5, 80, 0.05, 0.025) == 1.0  # PromQL's extrapolation
+    assert 0.0 < sequences.rate_upper(79, 80, 0.05, 0.025) < 1.0
 
 
 def test_bounded_mean_refuses_an_empty_range() -> None:
