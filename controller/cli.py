@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,11 +27,19 @@ from controller import students
 from controller.actuator import Fleet, GatewayFleet
 from controller.exporter import ControllerMetrics
 from controller.fleet_store import StoreFleet
+from controller.machine import SKIP_GATES
 from controller.notify import Notifications, NotifyError
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
 from controller.progress import make_reporter
-from controller.rollout import EXIT_REFUSED, CanaryController, Launch, OnSigterm, Start
+from controller.rollout import (
+    EXIT_REFUSED,
+    EXIT_ROLLED_BACK,
+    CanaryController,
+    Launch,
+    OnSigterm,
+    Start,
+)
 from controller.sources import MetricsSource, create_source
 from controller.state import Command, Phase, RolloutState, StateError, StateStore
 from controller.status import render_status
@@ -241,7 +250,10 @@ def _run_controller(
             # the policy's watch: stay, judging the student against its last step's traffic
             reference = reference_of_last_step(source, controller.state, rollout_policy.model,
                                                time.time())  # fmt: skip
-            code = _watch(rollout_policy, source, fleet, controller.state, reference, None)
+            code = _watch(rollout_policy, source, fleet, controller.state, reference, None,
+                          metrics.notified)  # fmt: skip
+            if code == EXIT_ROLLED_BACK:  # the watch rolled back: `status` shows it
+                _keep(store, controller.state, controller.holder, rollout_policy.lease_seconds)
     students.record_outcome(controller.state)
     if metrics_port and metrics_linger > 0:
         time.sleep(metrics_linger)
@@ -288,13 +300,25 @@ def watch(
     raise typer.Exit(code)
 
 
+def _keep(store: StateStore, rollout: RolloutState, holder: str, lease_seconds: float) -> None:
+    """Saves a rollout the watch rolled back after its promotion (the lease taken again)."""
+    try:
+        store.acquire(holder, lease_seconds, time.time())
+        store.save(rollout, holder)
+        store.release(holder)
+    except StateError as exc:
+        typer.echo(f"distill-canary: the watch's rollback is not in the state file: {exc}",
+                   err=True)  # fmt: skip
+
+
 def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: RolloutState,
-           reference: Reference | None, save_to: Path | None) -> int:  # fmt: skip
-    """Runs the watch until a rollback (3) or SIGTERM (0)."""
+           reference: Reference | None, save_to: Path | None,
+           count: Callable[[str, str], None] = lambda *_: None) -> int:  # fmt: skip
+    """Runs the watch until a rollback (3) or SIGTERM (0); ``count(receiver, outcome)`` counts
+    its notifications (after ``run``: in the rollout's exporter)."""
     assert policy.watch is not None
     try:
-        notifications = Notifications(policy.notify, policy.watch.interval_seconds,
-                                      lambda *_: None)  # fmt: skip
+        notifications = Notifications(policy.notify, policy.watch.interval_seconds, count)
     except NotifyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     watcher = Watch(policy, source, fleet, notifications.emit, rollout, reference)
@@ -310,7 +334,7 @@ def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: Rollout
         last = watcher.run(lambda: bool(stop), on_look=show)
     finally:
         notifications.close(notifications.flush_seconds)
-    return 3 if last.outcome is Outcome.ROLLED_BACK else 0
+    return EXIT_ROLLED_BACK if last.outcome is Outcome.ROLLED_BACK else 0
 
 
 @app.command()
@@ -442,9 +466,18 @@ def resume(state: StateOption = DEFAULT_STATE) -> None:
 def promote(
     state: StateOption = DEFAULT_STATE,
     full: Annotated[bool, typer.Option("--full", help="Go straight to 100 %.")] = False,
+    skip_gates: Annotated[
+        bool,
+        typer.Option(
+            "--skip-gates",
+            help="Pass the move's waiting gates (manual approvals, confirm-* webhooks) too; "
+            "without it, a move a gate guards is refused. Recorded in the history and the event.",
+        ),
+    ] = False,
 ) -> None:
     """Skip the rest of this step's analysis and go to the next step (--full: to 100 %)."""
-    _operator_command(state, Command.PROMOTE_FULL if full else Command.PROMOTE)
+    _operator_command(state, Command.PROMOTE_FULL if full else Command.PROMOTE,
+                      SKIP_GATES if skip_gates else "")  # fmt: skip
 
 
 @app.command()
@@ -460,8 +493,9 @@ def approve(
     state: StateOption = DEFAULT_STATE,
 ) -> None:
     """Release a manual gate the rollout waits at now; the history records which gate and who
-    approved it (user@host). Like pause and resume, it reaches the live controller through the
-    state file, which only its owner may write."""
+    approved it (user@host, the user from the caller's uid). Like pause and resume, it reaches
+    the live controller through the state file, which only its owner may write: write access
+    to that file is what authorises an approval."""
     if gate not in WAITING_GATES:
         raise _fail(f"{gate.value} is not a gate a rollout waits at; approve one of: "
                     + ", ".join(WAITING_GATES), EXIT_USAGE)  # fmt: skip

@@ -18,7 +18,7 @@ import yaml
 
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
-from tests.rollouts import canary_env
+from tests.rollouts import canary_env, saved
 from tests.servers import BIN, TestGateway, read_metric, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -126,5 +126,7 @@ def test_run_with_a_watch_stays_after_promotion_and_rolls_back_a_drift(
     reader.join(timeout=5)
     assert code == 3, "".join(lines[-20:])
     assert any(line.startswith("watch rolled_back: drift: ") for line in lines)
+    rollout = saved(tmp_path / "rollout.db")  # what `distill-canary status` reads
+    assert rollout.phase.value == "RolledBack" and rollout.rollback_reason.startswith("drift: ")
     assert read_metric(gateway.metrics_text(), "gateway_traffic_share", model="digits",
                        backend="student") == 0.0  # fmt: skip
