@@ -182,8 +182,7 @@ class Batcher:
         for w in batch:
             if not w.answer.done():
                 if padded is not None and self._padding is not None:
-                    w.answer.set_result(self._padding.cut(outputs, padded, w.inputs, offset,
-                                                          w.rows))  # fmt: skip
+                    w.answer.set_result(self._padding.cut(outputs, w.inputs, offset, w.rows))
                 else:
                     w.answer.set_result({name: rows[offset : offset + w.rows]
                                          for name, rows in outputs.items()})  # fmt: skip

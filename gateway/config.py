@@ -76,6 +76,17 @@ class InputConfig(StrictModel):
     for token ids); 0 by default, valid for any embedding table, mask or type id."""
 
 
+class OutputConfig(StrictModel):
+    """What the gateway knows of one model output beyond its declared signature."""
+
+    padded_axes: dict[int, tuple[str, int]] | None = None
+    """Padded batching: which axes of this output carry a padded input axis, output axis ->
+    [input, input axis] (``{1: [input_ids, 1]}``: cut back to each request's own length of
+    ``input_ids``); ``{}``: none does, the output is returned whole. Unset: read from the
+    model's axis names (an ONNX output axis named like an input's, ``seq``); a dynamic output
+    axis tied to nothing fails start-up with ``batching.pad`` (Triton reports no axis names)."""
+
+
 class WarmupConfig(StrictModel):
     """The calls each backend makes before it serves, so the first requests do not pay for
     allocation. Built from the signature: every input, at ``batch_sizes`` rows, each other
@@ -462,6 +473,9 @@ class GatewaySettings(BaseSettings):
     inputs: dict[str, InputConfig] = Field(default_factory=dict)
     """Per input, by name: a maximum for its dynamic axes, its pad value, its warm-up range.
     A name the model does not have fails start-up."""
+    outputs: dict[str, OutputConfig] = Field(default_factory=dict)
+    """Per output, by name: the input axes it carries, for padded batching (a name the model
+    does not have fails start-up with ``batching.pad``)."""
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     """How both backends warm up before serving (and a student swapped in at run time)."""
     teacher: BackendConfig = Field(default_factory=_default_teacher)

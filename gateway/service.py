@@ -252,7 +252,11 @@ class GatewayService:
             await asyncio.gather(*(backend.close() for backend in backends.values()))
             raise
         log.info("loaded %s", backends["teacher"].description)
-        service = cls(settings, backends, metrics)
+        try:
+            service = cls(settings, backends, metrics)
+        except BaseException:  # a config the loaded model refuses (batching.pad's checks)
+            await asyncio.gather(*(backend.close() for backend in backends.values()))
+            raise
         if settings.state.shared:
             await service.join_fleet()
         if lazy_student:
@@ -571,7 +575,12 @@ class GatewayService:
         padding = None
         if batching.pad:
             pad_values = {name: c.pad_value for name, c in self.settings.inputs.items()}
-            padding = Padding(self.signature, pad_values, batching.length_buckets)
+            links = {name: c.padded_axes for name, c in self.settings.outputs.items()
+                     if c.padded_axes is not None}  # fmt: skip
+            try:
+                padding = Padding(self.signature, pad_values, batching.length_buckets, links)
+            except ValueError as exc:  # a start-up error naming the key to set
+                raise BackendUnavailable(f"{role}: {exc}") from exc
         added = self._metrics.padding_elements.labels(self.model, role)
         elements = self._metrics.padded_call_elements.labels(self.model, role)
 

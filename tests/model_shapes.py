@@ -8,7 +8,8 @@ answers with ONNX Runtime directly, the reference a gateway's answers are compar
 
 Shapes (-1: a dynamic axis):
 - write_text_classifier: input_ids, attention_mask INT64 [-1, -1] -> logits FP32 [-1, classes]
-  (token_output=True adds token_scores FP32 [-1, -1], an output carrying the sequence axis)
+  (token_output=True adds token_scores FP32 [-1, -1], an output carrying the sequence axis;
+  class_axis="labels" makes logits [-1, -1], its class axis dynamic though fixed in size)
 - write_text_embedder: input_ids, attention_mask INT64 [-1, -1] -> embedding FP32 [-1, width]
 - write_fp16_model: x FP16 [-1, features] -> y FP16 [-1, classes]
 - write_string_model: text BYTES [-1] -> echo BYTES [-1], is_hello BOOL [-1], score FP32 [-1]
@@ -43,20 +44,31 @@ def write_text_classifier(
     width: int = 16,
     seed: int = 0,
     token_output: bool = False,
+    class_axis: str | None = None,
 ) -> Path:
     """A BERT-shaped classifier: ``input_ids`` and ``attention_mask`` INT64 [batch, seq] ->
     ``logits`` FP32 [batch, classes]. Token embeddings are mean-pooled over the positions whose
     mask is 1, then a linear layer: padding a row with any ids and mask 0 leaves its logits
     unchanged (up to float summation order). ``token_output`` adds ``token_scores`` FP32
-    [batch, seq] (a score per token, 0 where masked), an output that carries the padded axis."""
+    [batch, seq] (a score per token, 0 where masked), an output that carries the padded axis.
+    ``class_axis`` declares the class axis of ``logits`` dynamic under that name (as exports
+    with symbolic dimensions do), though it is always ``classes`` long."""
     rng = np.random.default_rng(seed)
     embedding = rng.standard_normal((vocab, width)).astype(np.float32)
     weights = (rng.standard_normal((width, classes)) / np.sqrt(width)).astype(np.float32)
     bias = rng.standard_normal(classes).astype(np.float32) * 0.1
     nodes = [*_masked_mean_pool("pooled"), helper.make_node("MatMul", ["pooled", "w"], ["wx"]),
              helper.make_node("Add", ["wx", "b"], ["logits"])]  # fmt: skip
-    outputs = [_value("logits", TensorProto.FLOAT, [BATCH, classes])]
+    outputs = [_value("logits", TensorProto.FLOAT, [BATCH, class_axis or classes])]
     initializers = [_array(embedding, "token_table"), _array(weights, "w"), _array(bias, "b")]
+    if class_axis is not None:  # a reshape to [batch, -1] computed at run time: ONNX Runtime
+        nodes[-1].output[0] = "logits_fixed"  # cannot infer the class axis, so keeps the name
+        nodes += [
+            helper.make_node("Shape", ["input_ids"], ["ids_shape"], start=0, end=1),
+            helper.make_node("Concat", ["ids_shape", "minus_one"], ["flat_shape"], axis=0),
+            helper.make_node("Reshape", ["logits_fixed", "flat_shape"], ["logits"]),
+        ]
+        initializers.append(_array(np.array([-1], dtype=np.int64), "minus_one"))
     if token_output:
         per_token = (rng.standard_normal((width, 1)) / np.sqrt(width)).astype(np.float32)
         nodes += [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,16 @@ import pytest
 
 from gateway.backends.onnx import OnnxBackend
 from gateway.batching import Batcher
-from gateway.config import BatchingConfig, OnnxBackendConfig
+from gateway.config import BatchingConfig, InputConfig, OnnxBackendConfig
 from gateway.errors import ModelRejectedInput
 from gateway.padding import Padding
+from gateway.signature import Signature
 from tests import model_shapes
 
 RTOL, ATOL = 1e-5, 1e-6
 OUTPUTS = ["logits", "token_scores"]
+# padding needs a maximum for the sequence axis; the mask shares its name ``seq``
+BOUNDED = {"input_ids": InputConfig(max_shape=[-1, 128])}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,8 @@ def text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def backend(text_model: Path) -> OnnxBackend:
-    loaded = OnnxBackend("teacher", OnnxBackendConfig(path=text_model, device="cpu",
-                                                      max_concurrency=1))  # fmt: skip
+    config = OnnxBackendConfig(path=text_model, device="cpu", max_concurrency=1)
+    loaded = OnnxBackend("teacher", config, inputs=BOUNDED)
     asyncio.run(loaded.load())
     return loaded
 
@@ -123,7 +127,7 @@ def test_a_masked_attention_transformer_batched_with_padding_equals_it_alone(
     """Attention mixes positions: padding is harmless only because masked keys get no weight."""
     path = model_shapes.write_transformer_classifier(tmp_path / "t.onnx", layers=2, width=32,
                                                      heads=2, vocab=100)  # fmt: skip
-    loaded = OnnxBackend("teacher", OnnxBackendConfig(path=path, device="cpu"))
+    loaded = OnnxBackend("teacher", OnnxBackendConfig(path=path, device="cpu"), inputs=BOUNDED)
     asyncio.run(loaded.load())
     rng = np.random.default_rng(11)
     requests = [model_shapes.text_rows(rng, [n], vocab=100) for n in (8, 100, 31, 64, 9)]
@@ -162,3 +166,74 @@ def test_a_request_that_breaks_the_model_fails_alone_and_its_batch_is_answered(
         assert isinstance(answer, dict)
         alone = asyncio.run(backend.infer(request, OUTPUTS))
         np.testing.assert_allclose(answer["logits"], alone["logits"], rtol=RTOL, atol=ATOL)
+
+
+def _loaded(path: Path, inputs: dict[str, InputConfig] | None = None) -> OnnxBackend:
+    loaded = OnnxBackend("teacher", OnnxBackendConfig(path=path, device="cpu"),
+                         inputs=BOUNDED if inputs is None else inputs)  # fmt: skip
+    asyncio.run(loaded.load())
+    return loaded
+
+
+def test_padding_without_a_maximum_for_a_padded_axis_is_refused_naming_the_key(
+    text_model: Path,
+) -> None:
+    """Else one request of 1 M tokens pads 63 one-token requests to 1 M each (64x its size)."""
+    unbounded = _loaded(text_model, inputs={})
+    with pytest.raises(ValueError, match=r"input 'input_ids' axis 1: set inputs\.input_ids\."
+                                         r"max_shape \(e\.g\. \[-1, 512\]\)"):  # fmt: skip
+        Padding(unbounded.signature, {})
+    # the mask's maximum bounds the ids too: the two share the model's axis 'seq'
+    Padding(_loaded(text_model, {"attention_mask": InputConfig(max_shape=[-1, 64])}).signature, {})
+
+
+def test_a_dynamic_class_axis_as_long_as_the_padded_length_is_never_cut(tmp_path: Path) -> None:
+    """logits [batch, labels] with 4 classes, a batch padded to 4 tokens: before, the request of
+    2 tokens got 2 of its 4 logits. Now an output axis is cut only when tied to an input axis."""
+    path = model_shapes.write_text_classifier(tmp_path / "labels.onnx", token_output=True,
+                                              class_axis="labels")  # fmt: skip
+    loaded = _loaded(path)
+    assert [s.shape for s in loaded.signature.outputs] == [(-1, -1), (-1, -1)]
+    with pytest.raises(ValueError, match=r"output 'logits' axis 1 \(named 'labels' in the model\)"
+                                         r".*set outputs\.logits\.padded_axes"):  # fmt: skip
+        Padding(loaded.signature, {})
+    requests = _requests([2, 4])
+    answers, calls, _ = _batched(loaded, requests, Padding(loaded.signature, {}, links={
+        "logits": {}}))  # fmt: skip
+    assert calls == [2]
+    for request, answer, length in zip(requests, answers, [2, 4], strict=True):
+        alone = model_shapes.run_onnx(path, request)
+        assert answer["logits"].shape == (1, 4)  # every class, though the batch was 4 long
+        assert answer["token_scores"].shape == (1, length)  # tied by the name 'seq': cut
+        for name in OUTPUTS:
+            np.testing.assert_allclose(answer[name], alone[name], rtol=RTOL, atol=ATOL)
+
+
+def test_without_axis_names_as_from_triton_outputs_are_cut_only_as_configured(
+    backend: OnnxBackend, text_model: Path
+) -> None:
+    """Triton's metadata names no axis: token_scores [-1, -1] is refused until
+    ``outputs.token_scores.padded_axes`` ties its axis 1 to input_ids' axis 1."""
+    nameless = Signature(
+        inputs=tuple(replace(s, axis_names=None) for s in backend.signature.inputs),
+        outputs=tuple(replace(s, axis_names=None) for s in backend.signature.outputs),
+    )
+    with pytest.raises(ValueError, match=r"input 'attention_mask' axis 1"):
+        Padding(nameless, {})  # no shared name: each padded input needs its own maximum
+    bounded = Signature(
+        inputs=tuple(replace(s, max_shape=(-1, 128)) for s in nameless.inputs),
+        outputs=nameless.outputs,
+    )
+    with pytest.raises(ValueError, match=r"output 'token_scores' axis 1 \(unnamed"):
+        Padding(bounded, {})
+    with pytest.raises(ValueError, match=r"outputs\.token_scores\.padded_axes: \{1: \['logits'"):
+        Padding(bounded, {}, links={"token_scores": {1: ("logits", 1)}})
+    padding = Padding(bounded, {}, links={"token_scores": {1: ("input_ids", 1)}})
+    requests = _requests([3, 7, 5])
+    answers, calls, _ = _batched(backend, requests, padding)
+    assert calls == [3]
+    for request, answer in zip(requests, answers, strict=True):
+        alone = model_shapes.run_onnx(text_model, request)
+        for name in OUTPUTS:
+            assert answer[name].shape == alone[name].shape
+            np.testing.assert_allclose(answer[name], alone[name], rtol=RTOL, atol=ATOL)

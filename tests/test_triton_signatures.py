@@ -57,6 +57,10 @@ def test_a_text_model_on_triton_pads_mixed_lengths_into_one_call(
         "teacher": _backend(triton, "text", protocol, batching=batching),
         "student": _backend(triton, "text", protocol), "shadow": {"sample_rate": 0.0},
         "overload": {"max_queue_ms": 60_000}, "resilience": {"request_timeout_ms": 60_000},
+        # Triton names no axis: each padded input needs its maximum, and the output carrying
+        # the sequence its tie to the input (else the gateway refuses to start)
+        "inputs": {name: {"max_shape": [-1, 64]} for name in ("input_ids", "attention_mask")},
+        "outputs": {"token_scores": {"padded_axes": {1: ["input_ids", 1]}}},
     })  # fmt: skip
     rng = np.random.default_rng(9)
     requests = [model_shapes.text_rows(rng, [n]) for n in (4, 21, 9, 1, 30, 12)]
