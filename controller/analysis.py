@@ -369,12 +369,8 @@ def _kl(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
         z: Levels) -> GateResult:  # fmt: skip
     if step.kl_count <= 0:
         return _result("max_kl", Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
-    n = step.kl_count
-    mean = step.kl_sum / n
-    low, high = z.bounds(
-        lambda alpha: stats.mean_interval(step.kl_sum, n, step.kl_buckets, z.z(n, alpha))[1], True
-    )
-    return _at_most("max_kl", mean, low, high, threshold, step.kl_count)
+    value, low, high = _mean_bounds(Mean(step.kl_sum, step.kl_count, step.kl_buckets), z)
+    return _at_most("max_kl", value, low, high, threshold, step.kl_count)
 
 
 def _latency(step: WindowMetrics, _: WindowMetrics, policy: Policy, threshold: float,
@@ -476,11 +472,13 @@ def _cost(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
 
 def _mean_bounds(mean: Mean, z: Levels, fail_parts: int = 1,
                  pass_parts: int = 1) -> tuple[float, float, float]:  # fmt: skip
-    """A histogram's mean (value, low, high) for a gate on its upper end (an error, a loss)."""
+    """A histogram's mean (value, low, high) for a gate on its upper end (an error, a loss).
+    Every gate on a histogram's mean reads it here: a window whose sum disagrees with its
+    buckets (a broken ``_sum``) is judged from the buckets alone (``stats.mean_interval``)."""
     low, high = z.bounds(lambda alpha: stats.mean_interval(
         mean.total, mean.count, mean.buckets, z.z(mean.count, alpha))[1], True, fail_parts,
         pass_parts)  # fmt: skip
-    return mean.total / mean.count, low, high
+    return stats.mean_interval(mean.total, mean.count, mean.buckets, 0.0)[0], low, high
 
 
 def _error_gate(gate: str, shadow: Mean, student: Mean, teacher: Mean, threshold: float,
@@ -501,7 +499,8 @@ def _error_gate(gate: str, shadow: Mean, student: Mean, teacher: Mean, threshold
         t_low, t_high = z.bounds(lambda alpha: stats.mean_interval(
             teacher.total, teacher.count, teacher.buckets, z.z(teacher.count, alpha))[1], False,
             2 * parts, 2)  # fmt: skip
-        value = s_value - teacher.total / teacher.count
+        t_value = stats.mean_interval(teacher.total, teacher.count, teacher.buckets, 0.0)[0]
+        value = s_value - t_value
         measures["against labels, over the teacher's"] = (value, s_low - t_high, s_high - t_low,
                                                           student.count)  # fmt: skip
     if not measures:

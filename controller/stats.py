@@ -17,8 +17,10 @@
   both histograms share their bucket edges, so edge-based bounds would put one bucket's width
   (about 25 %) into the ratio twice, and a student exactly as fast as its teacher could never
   pass a 1.2 ratio however many samples it had (``distill-canary simulate`` showed it).
-- ``mean_interval``: a mean from a histogram's sum and count; its variance is bounded above by the
-  buckets' upper edges, which makes the interval conservative.
+- ``mean_interval``: a mean from a histogram's sum and count, checked against the range its
+  buckets allow, with a CLT interval whose variance is the most the window's own values can
+  spread given their buckets. That bounds the window's (sample) variance, not the distribution's:
+  it is an estimate plugged in as if known, so the interval is asymptotic, not exact.
 """
 
 from __future__ import annotations
@@ -164,21 +166,46 @@ def _lower_edge_at_rank(buckets: Buckets, rank: float) -> float:
     return previous
 
 
+SUM_TOLERANCE = 1e-6
+"""How far (relative to the buckets' upper end) a window's mean may lie outside the range its
+buckets allow and still be used: float rounding of the sums, not a broken sum."""
+
+
 def mean_interval(total: float, count: float, buckets: Buckets, z: float) -> tuple[float, Interval]:
-    """Mean, and an interval from the CLT with a variance bounded by the bucket upper edges."""
+    """Mean, and an interval around it, of ``count`` values >= 0 counted in ``buckets``.
+
+    Each value lies in its bucket, between the edge below (0 for the first) and its own: the
+    mean must lie between sum(lower x count) / n and sum(upper x count) / n, and the window's
+    variance is at most sum(upper^2 x count) / n less the mean squared. That bounds the window's
+    own (sample) variance given its buckets; the interval uses it as the distribution's (a CLT),
+    so it is asymptotic, not exact.
+
+    A mean outside that range is a broken sum, not data (a float64 ``_sum`` that once took 1e30
+    has swallowed every increment since; inf or NaN after one infinite value): it is not used.
+    The mean is then only known to lie in the buckets' range, so the interval is that range
+    widened by the spread (with the variance bound at its lower end), and the value its middle.
+    """
     if count <= 0:
         return (math.nan, (0.0, math.inf))
-    mean = total / count
-    second_moment = 0.0
-    previous_count = 0.0
+    counted = buckets[-1][1] if buckets else 0.0
+    if counted <= 0:
+        return (total / count, (0.0, math.inf))  # no buckets: no variance bound
+    lowest = highest = second_moment = 0.0
+    previous_bound = previous_count = 0.0
     for bound, cumulative in buckets:
         in_bucket = cumulative - previous_count
-        previous_count = cumulative
-        if in_bucket <= 0:
-            continue
-        if math.isinf(bound):
-            return (mean, (0.0, math.inf))  # unbounded values: no honest variance bound
-        second_moment += in_bucket * bound * bound
-    variance = max(second_moment / count - mean * mean, 0.0)
-    spread = z * math.sqrt(variance / count)
-    return (mean, (max(0.0, mean - spread), mean + spread))
+        if in_bucket > 0:
+            if math.isinf(bound):
+                return (total / count, (0.0, math.inf))  # unbounded values: no variance bound
+            lowest += in_bucket * previous_bound
+            highest += in_bucket * bound
+            second_moment += in_bucket * bound * bound
+        previous_bound, previous_count = bound, cumulative
+    lowest, highest, second_moment = lowest / counted, highest / counted, second_moment / counted
+    mean = total / count
+    slack = SUM_TOLERANCE * highest
+    if lowest - slack <= mean <= highest + slack:  # False for NaN
+        spread = z * math.sqrt(max(second_moment - mean * mean, 0.0) / count)
+        return (mean, (max(0.0, mean - spread), mean + spread))
+    spread = z * math.sqrt(max(second_moment - lowest * lowest, 0.0) / count)
+    return ((lowest + highest) / 2.0, (max(0.0, lowest - spread), highest + spread))

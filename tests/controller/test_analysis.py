@@ -50,7 +50,8 @@ def window(
     )
     return WindowMetrics(
         teacher=teacher, student=student, comparisons=5000, agreements=agreements,
-        kl_sum=kl * 5000, kl_count=5000, kl_buckets=[(0.1, 5000.0), (math.inf, 5000.0)],
+        kl_sum=kl * 5000, kl_count=5000,  # buckets that agree with the sum (else it is unused)
+        kl_buckets=[(0.1, 5000.0 if kl <= 0.1 else 0.0), (1.0, 5000.0), (math.inf, 5000.0)],
     )  # fmt: skip
 
 

@@ -6,6 +6,10 @@ gates that do not fit its task."""
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,13 +20,14 @@ from pydantic import TypeAdapter, ValidationError
 from controller.analysis import (
     BackendWindow,
     GateResult,
+    Mean,
     TaskWindow,
     Verdict,
     WindowMetrics,
     assess,
 )
 from controller.policy import Policy
-from controller.promtext import parse
+from controller.promtext import Snapshot, increase, parse
 from controller.sources.base import window_metrics
 from gateway.metrics import GatewayMetrics
 from gateway.signature import Signature, TensorSpec
@@ -172,3 +177,84 @@ def test_a_multilabel_student_is_judged_by_its_hamming_accuracy_on_labels() -> N
     assert close.verdict is Verdict.PASS and close.value == pytest.approx(0.005, abs=0.004)
     far = drop(0.2)  # about 15 points (flips of the wrong label 0 help it)
     assert far.verdict is Verdict.FAIL and far.low > 0.05
+
+
+def test_one_wild_answer_earlier_in_the_gateways_life_does_not_pass_a_bad_student() -> None:
+    """The reviewer's probe: a student answered 1e30 once on a shadowed row, long before the
+    rollout; then every one of 5,000 rows is 0.5 off. Before the cap, the float64 ``_sum`` of
+    1e30 swallowed every later increment: the window's mean read 0 and the gate passed."""
+    metrics = GatewayMetrics(CollectorRegistry(), MODEL, {})
+    config = TypeAdapter(TaskConfig).validate_python("regression")
+    task = build_task(config, Signature(FEATURES, (TensorSpec("y", "FP32", (-1, 1)),)), metrics)
+    task.record(task.compare(np.zeros((1, 1), np.float32), np.full((1, 1), 1e30, np.float32)))
+    task.record(task.compare(np.zeros((1, 1), np.float32), np.full((1, 1), np.nan, np.float32)))
+
+    def snapshot() -> Snapshot:
+        return parse(generate_latest(metrics.registry).decode())
+
+    before = snapshot()
+    truth = RNG.normal(size=(5000, 1)).astype(np.float32)
+    task.record(task.compare(truth, truth + np.float32(0.5)))
+    window = window_metrics(increase(snapshot(), before), MODEL)
+    assert window.task.abs_error.total == pytest.approx(2500.0, rel=1e-5)  # not 0, not NaN
+    gate = judged(window, "regression", {"max_mean_abs_error": 0.1})["max_mean_abs_error"]
+    assert gate.verdict is Verdict.FAIL and gate.value == pytest.approx(0.5, rel=1e-5)
+
+
+def _broken(mean: Mean, total: float) -> Mean:
+    return replace(mean, total=total)
+
+
+@functools.cache
+def _bad_windows() -> dict[str, tuple[str, WindowMetrics, Callable[[WindowMetrics, float],
+                                                                   WindowMetrics]]]:  # fmt: skip
+    """Per gate on a histogram's mean: a bad student's window, and how to break its sum."""
+    off = TEACHER_VALUES + np.float32(0.2)
+    regression = measured("regression", VALUE, TEACHER_VALUES, off)
+    scores = TensorSpec("logits", "FP32", (-1, 8))
+    teacher = RNG.standard_normal((2000, 8)).astype(np.float32)
+    student = np.where(RNG.random(teacher.shape) < 0.05, -teacher, teacher)
+    spread = teacher + RNG.normal(0, 1.5, teacher.shape).astype(np.float32)
+    truth = (teacher >= 0).astype(int)
+    multilabel = measured({"kind": "multilabel"}, scores, teacher, student, labels=truth)
+    labelled = WindowMetrics(student=BackendWindow(requests=2000), task=TaskWindow(
+        label_hamming_loss=multilabel.task.label_hamming_loss))  # fmt: skip
+    return {
+        "max_kl": ("classification", measured("classification", scores, teacher, spread),
+                   lambda w, t: replace(w, kl_sum=t)),
+        "max_mean_abs_error": ("regression", regression, lambda w, t: replace(w, task=replace(
+            w.task, abs_error=_broken(w.task.abs_error, t)))),
+        "max_relative_error": ("regression", regression, lambda w, t: replace(w, task=replace(
+            w.task, relative_error=_broken(w.task.relative_error, t)))),
+        "min_cosine": ("embedding", measured("embedding", scores, teacher, spread),
+                       lambda w, t: replace(w, task=replace(
+                           w.task, cosine_distance=_broken(w.task.cosine_distance, t)))),
+        "min_hamming_agreement": ("multilabel", multilabel, lambda w, t: replace(w, task=replace(
+            w.task, hamming_loss=_broken(w.task.hamming_loss, t)))),
+        "max_hamming_accuracy_drop": ("multilabel", labelled, lambda w, t: replace(w, task=replace(
+            w.task, label_hamming_loss={**w.task.label_hamming_loss, "student": _broken(
+                w.task.label_hamming_loss["student"], t)}))),
+    }  # fmt: skip
+
+
+BAD_THRESHOLDS = {"max_kl": 0.05, "max_mean_abs_error": 0.05, "max_relative_error": 0.02,
+                  "min_cosine": 0.98, "min_hamming_agreement": 0.99,
+                  "max_hamming_accuracy_drop": 0.01}  # fmt: skip
+
+
+@pytest.mark.parametrize("gate", sorted(BAD_THRESHOLDS))
+@pytest.mark.parametrize("total", [0.0, math.inf, math.nan])
+def test_a_window_whose_sum_its_buckets_rule_out_is_judged_from_the_buckets(
+    gate: str, total: float
+) -> None:
+    """Every gate that reads a histogram's mean: a sum of 0 (swallowed by an earlier 1e30), inf
+    or NaN is not the mean. The buckets still bound it (each value lies between its bucket's
+    edges), so a bad student still fails, and the value shown lies in that range."""
+    task, window, breaking = _bad_windows()[gate]
+    gates = {gate: BAD_THRESHOLDS[gate]}
+    intact = judged(window, task, gates, dark=gate != "max_hamming_accuracy_drop")[gate]
+    broken = judged(breaking(window, total), task, gates,
+                    dark=gate != "max_hamming_accuracy_drop")[gate]  # fmt: skip
+    assert intact.verdict is Verdict.FAIL and broken.verdict is Verdict.FAIL, broken
+    assert broken.low <= intact.value <= broken.high  # wider, and still around the true mean
+    assert math.isfinite(broken.value)
