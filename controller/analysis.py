@@ -144,19 +144,26 @@ def observe(
         "teacher": backend(step.teacher),
         "student": backend(step.student),
         "agreement": step.agreements / step.comparisons if step.comparisons else None,
-        "mean_kl": step.kl_sum / step.kl_count if step.kl_count else None,
+        "mean_kl": _mean_of(Mean(step.kl_sum, step.kl_count, step.kl_buckets)),
     }
     task = step.task
     for key, mean, flip in (("mean_abs_error", task.abs_error, False),
                             ("mean_relative_error", task.relative_error, False),
                             ("mean_cosine", task.cosine_distance, True),
                             ("hamming_agreement", task.hamming_loss, True)):  # fmt: skip
-        if mean.count:  # only what the task measures
-            observed[key] = 1.0 - mean.total / mean.count if flip else mean.total / mean.count
+        value = _mean_of(mean)
+        if value is not None:  # only what the task measures
+            observed[key] = 1.0 - value if flip else value
     if rollout is not None:
         observed["rollout"] = {"teacher": backend(rollout.teacher),
                                "student": backend(rollout.student)}  # fmt: skip
     return observed
+
+
+def _mean_of(mean: Mean) -> float | None:
+    """The mean the gates judge (a broken sum is not used: ``stats.mean_interval``); None
+    without data."""
+    return stats.mean_interval(mean.total, mean.count, mean.buckets, 0.0)[0] if mean.count else None
 
 
 RARE_FLOOR = 1e-6  # the rate sequence's prior mean when a threshold is 0 (a gate that never passes)
