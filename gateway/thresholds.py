@@ -23,12 +23,14 @@ price small: by n = 100 x 2^10 the look's level is delta / 132.
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
+
+from scipy.special import bdtr, bdtri  # scipy.special only: scipy.stats is kept out of serving
 
 
 def binomial_cdf(x: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= x), summed in log space (exact for the n and x a gateway sees)."""
+    """P(Binomial(n, p) <= x), through the regularised incomplete beta (``scipy.special.bdtr``):
+    O(1) at any n, where summing x + 1 terms took 0.16 s at n = 1 M and stalled the event loop."""
     if x >= n:
         return 1.0
     if x < 0:
@@ -37,22 +39,15 @@ def binomial_cdf(x: int, n: int, p: float) -> float:
         return 1.0
     if p >= 1.0:
         return 0.0
-    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    terms = [log_n - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
-             for k in range(x + 1)]  # fmt: skip
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+    return float(bdtr(x, n, p))
 
 
 def upper_bound(x: int, n: int, delta: float) -> float:
-    """The one-sided Clopper-Pearson upper bound: the p at which P(Binomial(n, p) <= x) = delta."""
+    """The one-sided Clopper-Pearson upper bound: the p at which P(Binomial(n, p) <= x) = delta
+    (``bdtri``, the incomplete beta's inverse: Beta(x + 1, n - x)'s 1 - delta quantile)."""
     if n <= 0 or x >= n:
         return 1.0
-    low, high = x / n, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2.0
-        low, high = (middle, high) if binomial_cdf(x, n, middle) > delta else (low, middle)
-    return high
+    return float(bdtri(x, n, delta))
 
 
 def look_delta(look: int, delta: float) -> float:
