@@ -237,3 +237,35 @@ def test_without_axis_names_as_from_triton_outputs_are_cut_only_as_configured(
         for name in OUTPUTS:
             assert answer[name].shape == alone[name].shape
             np.testing.assert_allclose(answer[name], alone[name], rtol=RTOL, atol=ATOL)
+
+
+def test_the_gateway_does_not_start_with_padding_it_cannot_bound_or_cut(tmp_path: Path) -> None:
+    """GatewayService.start on real ONNX models: each refusal names the key that fixes it."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway.config import GatewaySettings
+    from gateway.errors import BackendUnavailable
+    from gateway.metrics import GatewayMetrics
+    from gateway.service import GatewayService
+
+    path = model_shapes.write_text_classifier(tmp_path / "labels.onnx", token_output=True,
+                                              class_axis="labels")  # fmt: skip
+    batching = {"max_batch_size": 8, "pad": True}
+    backend = {"path": str(path), "device": "cpu", "batching": batching}
+
+    def start(**settings: object) -> GatewayService:
+        config = GatewaySettings(**{"teacher": backend, "student": backend,  # type: ignore[arg-type]
+                                    "task": {"kind": "regression"}, **settings})  # fmt: skip
+        metrics = GatewayMetrics(CollectorRegistry(), config.model, {})
+        return asyncio.run(GatewayService.start(config, metrics))
+
+    with pytest.raises(BackendUnavailable, match=r"teacher: batching\.pad needs a maximum for "
+                                                 r"input 'input_ids' axis 1"):  # fmt: skip
+        start()
+    bounded = {"input_ids": {"max_shape": [-1, 64]}}
+    with pytest.raises(BackendUnavailable, match=r"outputs\.logits\.padded_axes"):
+        start(inputs=bounded)
+    with pytest.raises(BackendUnavailable, match=r"outputs\.scores: the model has no output"):
+        start(inputs=bounded, outputs={"scores": {"padded_axes": {}}})
+    service = start(inputs=bounded, outputs={"logits": {"padded_axes": {}}})
+    asyncio.run(service.close())
