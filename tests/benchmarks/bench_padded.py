@@ -126,7 +126,11 @@ PLAN = (
 
 
 def gateways(teacher: Path, student: Path) -> dict[str, dict[str, Any]]:
-    both = {"student": {"path": str(student)}, "shadow": {"sample_rate": 0.0}}
+    both = {
+        "student": {"path": str(student)},
+        "shadow": {"sample_rate": 0.0},
+        "inputs": {"input_ids": {"max_shape": [-1, LENGTHS[1]]}},
+    }  # padding needs a maximum
     pad = {**BATCHING, "pad": True}
     return {
         "gateway teacher": {**both, "teacher": {"path": str(teacher)}},
