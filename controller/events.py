@@ -9,6 +9,8 @@ receiver format builds on (``controller/notify/``).
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -95,6 +97,24 @@ EVENT_OF_RECORD: dict[Record, EventType | None] = {
     Record.APPROVED: EventType.APPROVED,
     Record.GATE: EventType.GATE,
 }
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and ±inf, at any depth, as None: RFC 8259 JSON has no NaN or
+    Infinity, and strict parsers (Go's encoding/json, ``JSON.parse``, jq) refuse the body."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def strict_json(value: Any) -> bytes:
+    """The one encoding of every event body: compact, strict JSON (``finite`` first, and
+    ``allow_nan=False`` so a value that slipped past it fails here rather than at a receiver)."""
+    return json.dumps(finite(value), separators=(",", ":"), allow_nan=False).encode()
 
 
 def iso_time(at: float) -> str:

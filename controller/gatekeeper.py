@@ -10,21 +10,28 @@ from controller import approval
 from controller.analysis import GateResult, Verdict
 from controller.events import rollout_fields
 from controller.state import RolloutState
-from controller.webhooks import Answer, GateAnswer, GateType, Webhook, call
+from controller.webhooks import Answer, GateAnswer, GateType, Webhook, call_all
 
 WEBHOOK_GATE_PREFIX = "webhook:"
 """A ``rollout`` webhook's check in an analysis is the gate ``webhook:<name>``."""
 
 
 class Gatekeeper:
-    def __init__(self, hooks: list[Webhook], manual: list[str], client: httpx.Client) -> None:
+    def __init__(
+        self,
+        hooks: list[Webhook],
+        manual: list[str],
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.hooks = hooks
         self.manual = manual
-        self.client = client
+        self.transport = transport
 
     def _call(self, types: list[GateType], state: RolloutState) -> list[GateAnswer]:
-        fields = rollout_fields(state)
-        return [call(self.client, hook, fields) for hook in self.hooks if hook.type in types]
+        """The hooks of ``types``, concurrently: the slowest one's timeout bounds the batch
+        (``Policy`` keeps a tick's batches together under its lease)."""
+        hooks = [hook for hook in self.hooks if hook.type in types]
+        return call_all(hooks, rollout_fields(state), self.transport) if hooks else []
 
     def before_step(
         self, state: RolloutState, to_index: int, starting: bool

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.notify.receiver import Receiver
 from controller.watch_policy import WatchPolicy
-from controller.webhooks import WAITING_GATES, GateType, Webhook
+from controller.webhooks import WAITING_GATES, GateType, Webhook, longest_tick
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
 
 # Gates that need live student traffic, so a dark-launch step (share 0) cannot judge them.
@@ -89,6 +89,10 @@ TASK_GATES: dict[str, frozenset[str]] = {
 }  # fmt: skip
 """The gates that fit each task (``task:`` in the gateway's config); the latency, error-rate and
 cost gates fit every task."""
+
+
+TICK_ROOM_SECONDS = 5.0
+"""What a tick keeps of its lease for its other work (the metrics query, saving the state)."""
 
 
 class Policy(StrictModel):
@@ -192,6 +196,15 @@ class Policy(StrictModel):
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:
                 raise ValueError(f"{what}: names must differ ({', '.join(twice)} repeats)")
+        # A tick blocked in webhook calls past the lease lets a standby take the rollout over
+        # while this controller still acts, and drops operator commands (abort) that expire.
+        seconds, tick = longest_tick(self.webhooks)
+        room = self.lease_seconds - TICK_ROOM_SECONDS
+        if seconds > room:
+            raise ValueError(f"webhooks: {tick} = {seconds:g} s of calls in one tick, more than "
+                             f"the lease ({self.lease_seconds:g} s: 3 intervals, at least 15 s) "
+                             f"less {TICK_ROOM_SECONDS:g} s for the rest of the tick: lower their "
+                             "timeout_seconds or raise interval_seconds")  # fmt: skip
         return self
 
     @model_validator(mode="after")

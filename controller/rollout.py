@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import httpx
-
 from controller import analysis, machine
 from controller.actuator import Fleet, FleetNotConfirmed, GatewaysUnreachable
 from controller.approval import GateVerdict
@@ -139,7 +137,7 @@ class CanaryController:
             policy.notify, policy.interval_seconds, metrics.notified
         )
         self.gatekeeper = gatekeeper or Gatekeeper(
-            policy.webhooks, [g.value for g in policy.manual_approval], httpx.Client()
+            policy.webhooks, [g.value for g in policy.manual_approval]
         )
         self._unanswered_rollback: list[str] = []  # rollback hooks nobody answered: they hold
         self._rollback: tuple[str | None, float] = (None, 0.0)  # the cause, the share it left
@@ -159,7 +157,6 @@ class CanaryController:
             return self._run(launch)
         finally:
             self.notifications.close(self.notifications.flush_seconds)
-            self.gatekeeper.client.close()
 
     def _run(self, launch: Launch) -> int:
         self.state = self.start(launch)

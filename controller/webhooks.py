@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 from pydantic import Field
 
+from controller.events import strict_json
+from controller.http_deadline import Post, post_all
 from gateway.validation import StrictModel
 
 
@@ -49,9 +51,36 @@ class Webhook(StrictModel):
     url: str = Field(pattern=r"^https?://")
     """Where it is POSTed to."""
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    """How long one call may take; no answer in time leaves the gate unreachable (it holds)."""
+    """How long one call may take in all (connecting, sending, the whole answer); no complete
+    answer in time leaves the gate unreachable (it holds)."""
     metadata: dict[str, str] = Field(default_factory=dict)
     """Passed as is in the payload's ``metadata``."""
+
+
+TICKS: dict[str, tuple[tuple[GateType, ...], ...]] = {
+    "the first tick": ((GateType.ROLLBACK,), (GateType.CONFIRM_ROLLOUT, GateType.PRE_ROLLOUT)),
+    "an advancing tick": ((GateType.ROLLBACK,), (GateType.ROLLOUT,),
+                          (GateType.CONFIRM_TRAFFIC_INCREASE, GateType.CONFIRM_PROMOTION)),
+    "the end": ((GateType.POST_ROLLOUT,),),
+}  # fmt: skip
+"""The batches of hooks one tick calls, one after another (the hooks of a batch at once)."""
+
+
+def longest_tick(hooks: list[Webhook]) -> tuple[float, str]:
+    """The most seconds one tick can spend in webhook calls (each batch takes its slowest hook's
+    timeout), and which tick that is, with its batches."""
+    worst, what = 0.0, ""
+    for tick, batches in TICKS.items():
+        parts = []
+        for batch in batches:
+            timeouts = [(hook.timeout_seconds, hook.name) for hook in hooks if hook.type in batch]
+            if timeouts:
+                parts.append(max(timeouts))
+        total = sum(seconds for seconds, _ in parts)
+        if total > worst:
+            shown = " + ".join(f"{seconds:g} s ({name})" for seconds, name in parts)
+            worst, what = total, f"{tick}: {shown}"
+    return worst, what
 
 
 class Answer(StrEnum):
@@ -85,15 +114,22 @@ def payload(hook: Webhook, rollout: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def call(client: httpx.Client, hook: Webhook, rollout: dict[str, Any]) -> GateAnswer:
-    """One POST; connecting and reading the answer are each bounded by the hook's timeout."""
-    try:
-        response = client.post(
-            hook.url, json=payload(hook, rollout), timeout=httpx.Timeout(hook.timeout_seconds)
-        )
-    except httpx.HTTPError as exc:
+def call_all(
+    hooks: list[Webhook],
+    rollout: dict[str, Any],
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[GateAnswer]:
+    """One POST to each hook, all at once, each bounded in total (connect, send, the whole
+    answer) by its ``timeout_seconds``: the batch ends within the slowest hook's timeout."""
+    posts = [Post(hook.url, strict_json(payload(hook, rollout)), hook.timeout_seconds,
+                  {"Content-Type": "application/json"}) for hook in hooks]  # fmt: skip
+    return [_answer(hook, got) for hook, got in zip(hooks, post_all(posts, transport), strict=True)]
+
+
+def _answer(hook: Webhook, got: httpx.Response | httpx.HTTPError) -> GateAnswer:
+    if isinstance(got, httpx.HTTPError):
         return GateAnswer(hook, Answer.UNREACHABLE,
-                          f"unreachable ({exc.__class__.__name__}: {exc})")  # fmt: skip
-    if response.is_success:
-        return GateAnswer(hook, Answer.OPEN, f"{response.status_code}")
-    return GateAnswer(hook, Answer.CLOSED, f"answered {response.status_code}")
+                          f"unreachable ({got.__class__.__name__}: {got})")  # fmt: skip
+    if got.is_success:
+        return GateAnswer(hook, Answer.OPEN, f"{got.status_code}")
+    return GateAnswer(hook, Answer.CLOSED, f"answered {got.status_code}")

@@ -2,16 +2,16 @@
 and a slow or dead receiver never holds a tick (a full queue drops the new event, counted).
 
 Outcomes (``canary_notifications_total{outcome}``): ``delivered``; ``retried`` (each retry of
-a timeout, a refused connection, 429 or 5xx); ``failed`` (every attempt spent); ``rejected``
-(another 4xx: retrying would not help); ``dropped`` (the queue was full, or still held events
-when the controller stopped and its flush time ran out).
+a timeout, a refused connection, 429 or 5xx); ``failed`` (every attempt spent, or the event could
+not be encoded); ``rejected`` (another 4xx: retrying would not help); ``dropped`` (the queue was
+full, or still held events, or a call in hand, when the controller stopped and its flush time ran
+out). Every event put ends in exactly one of delivered, failed, rejected or dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import queue
 import random
@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import httpx
 
-from controller.events import RolloutEvent
+from controller.events import RolloutEvent, strict_json
+from controller.http_deadline import Post, post
 from controller.notify.formats import FORMATS
 from controller.notify.receiver import Receiver
 
@@ -31,9 +32,11 @@ SIGNATURE_HEADER = "X-Distill-Signature"
 OUTCOMES = ("delivered", "retried", "failed", "rejected", "dropped")
 
 
-def signature(key: bytes, body: bytes) -> str:
-    """``sha256=<hex>``: HMAC-SHA256 of the exact body bytes."""
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+def signature(key: bytes, body: bytes, at: int) -> str:
+    """``t=<unix seconds>,sha256=<hex>``: HMAC-SHA256 of ``<t>.<body>`` (Slack's and Stripe's
+    scheme), so a receiver that refuses an old ``t`` cannot be sent a captured event again."""
+    signed = str(at).encode() + b"." + body
+    return f"t={at},sha256=" + hmac.new(key, signed, hashlib.sha256).hexdigest()
 
 
 def _retryable(status: int) -> bool:
@@ -46,7 +49,7 @@ class Delivery:
         receiver: Receiver,
         key: bytes | None,
         count: Callable[[str], None],
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.receiver = receiver
@@ -57,7 +60,12 @@ class Delivery:
         self._queue: queue.Queue[RolloutEvent | None] = queue.Queue(receiver.queue_size + 1)
         self._rng = rng or random.Random()
         self._stopping = threading.Event()  # set: no more backoff sleeps, drain and go
-        self._client = httpx.Client(timeout=receiver.timeout_seconds, transport=transport)
+        self._transport = transport
+        # the event in hand is counted once: by the worker when it ends, or by close() if the
+        # worker outlives its join (then the worker's own count is skipped)
+        self._settle = threading.Lock()
+        self._in_hand = False
+        self._abandoned = False
         self._thread = threading.Thread(target=self._work, name=f"notify-{receiver.name}",
                                         daemon=True)  # fmt: skip
         self._thread.start()
@@ -87,7 +95,12 @@ class Delivery:
         """After ``stop``: the call in hand ends within its timeout; what is left is counted
         dropped."""
         self._stopping.set()
-        self._thread.join(2 * self.receiver.timeout_seconds + 1.0)  # connect + read of one call
+        self._thread.join(self.receiver.timeout_seconds + 1.0)  # one call's total deadline
+        with self._settle:
+            self._abandoned = True
+            if self._in_hand:
+                self._in_hand = False
+                self._count("dropped")
         while True:
             try:
                 left = self._queue.get_nowait()
@@ -95,7 +108,7 @@ class Delivery:
                 break
             if left is not None:
                 self._count("dropped")
-        self._client.close()
+        self._queue.put_nowait(None)  # a worker still in a call ends after it
 
     def _work(self) -> None:
         while True:
@@ -105,28 +118,42 @@ class Delivery:
             if self._stopping.is_set():
                 self._count("dropped")
                 continue
-            self._deliver(event)
+            with self._settle:
+                if self._abandoned:  # close() gave up on this worker meanwhile
+                    self._count("dropped")
+                    continue
+                self._in_hand = True
+            try:
+                outcome = self._deliver(event)
+            except Exception:  # an encoder's surprise: this event fails, the worker goes on
+                log.exception("notifications to %s: could not send %s", self.receiver.name,
+                              event.type.value)  # fmt: skip
+                outcome = "failed"
+            with self._settle:
+                if self._in_hand and not self._abandoned:
+                    self._count(outcome)
+                self._in_hand = False
 
-    def _deliver(self, event: RolloutEvent) -> None:
-        body = json.dumps(self._encode(event), separators=(",", ":")).encode()
-        headers = {"Content-Type": self._content_type}
-        if self._key is not None:
-            headers[SIGNATURE_HEADER] = signature(self._key, body)
+    def _deliver(self, event: RolloutEvent) -> str:
+        """Sends ``event`` until delivered or given up; returns the outcome to count."""
+        body = strict_json(self._encode(event))
         backoff = self.receiver.backoff_seconds
         for attempt in range(1, self.receiver.max_attempts + 1):
-            try:
-                response = self._client.post(self.receiver.url, content=body, headers=headers)
-                if response.is_success:
-                    self._count("delivered")
-                    return
-                if not _retryable(response.status_code):
-                    log.warning("notifications to %s: %s refused with %d", self.receiver.name,
-                                event.type.value, response.status_code)  # fmt: skip
-                    self._count("rejected")
-                    return
-                why = f"answered {response.status_code}"
-            except httpx.HTTPError as exc:  # timeouts, refused connections, broken answers
-                why = exc.__class__.__name__
+            headers = {"Content-Type": self._content_type}
+            if self._key is not None:  # signed at each attempt: its t is when it was sent
+                headers[SIGNATURE_HEADER] = signature(self._key, body, int(time.time()))
+            got = post(Post(self.receiver.url, body, self.receiver.timeout_seconds, headers),
+                       self._transport)  # fmt: skip
+            if isinstance(got, httpx.HTTPError):  # timeouts, refused connections, broken answers
+                why = got.__class__.__name__
+            elif got.is_success:
+                return "delivered"
+            elif not _retryable(got.status_code):
+                log.warning("notifications to %s: %s refused with %d", self.receiver.name,
+                            event.type.value, got.status_code)  # fmt: skip
+                return "rejected"
+            else:
+                why = f"answered {got.status_code}"
             if attempt == self.receiver.max_attempts:
                 break
             self._count("retried")
@@ -136,4 +163,4 @@ class Delivery:
             backoff *= 2
         log.warning("notifications to %s: gave up on %s after %d attempts (%s)",
                     self.receiver.name, event.type.value, attempt, why)  # fmt: skip
-        self._count("failed")
+        return "failed"

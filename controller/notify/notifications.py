@@ -24,7 +24,7 @@ class Notifications:
         receivers: list[Receiver],
         interval_seconds: float,
         count: Callable[[str, str], None],
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """``count(receiver, outcome)`` counts each delivery's outcome."""
         self._every = interval_seconds

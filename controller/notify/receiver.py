@@ -25,10 +25,11 @@ class Receiver(StrictModel):
     min_severity: Severity = Severity.INFO
     """Events below this severity (info < warning < critical) are not sent."""
     secret_env: str | None = None
-    """An environment variable holding an HMAC key: each body is signed, HMAC-SHA256 in
-    ``X-Distill-Signature: sha256=<hex>``. Read when the controller starts (unset: it refuses)."""
+    """An environment variable holding an HMAC key: each attempt is signed,
+    ``X-Distill-Signature: t=<unix seconds>,sha256=<hex>``, HMAC-SHA256 of ``<t>.<body>``. Read
+    when the controller starts (unset: it refuses)."""
     timeout_seconds: float = Field(default=2.0, gt=0, le=30)
-    """One delivery attempt's limit (connect and read each)."""
+    """One delivery attempt's limit in all (connecting, sending, the whole answer)."""
     max_attempts: int = Field(default=4, ge=1, le=10)
     """Attempts per event; timeouts, refused connections, 429 and 5xx are retried after
     exponential backoff with jitter, any other 4xx is not."""

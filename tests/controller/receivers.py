@@ -1,10 +1,10 @@
-"""A real HTTP receiver on loopback for notification and webhook-gate tests: a threaded
+"""Real HTTP receivers on loopback for notification and webhook-gate tests: a threaded
 ``http.server`` on an ephemeral port that keeps every request it got, in order, and answers
-each path with the status a test sets (200 by default)."""
+each path with the status a test sets (200 by default), and the bad ones: silent, refusing,
+trickling its answer a byte at a time."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True)
 class Received:
@@ -22,7 +24,8 @@ class Received:
     body: bytes
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        """Strict RFC 8259, as Go's encoding/json or JSON.parse: NaN or Infinity is an error."""
+        return orjson.loads(self.body)
 
 
 class Receiver:
@@ -97,3 +100,53 @@ def closed_port() -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         host, port = probe.getsockname()
     yield f"http://{host}:{port}"
+
+
+@contextmanager
+def trickling_receiver(every: float = 0.05) -> Iterator[str]:
+    """A server that reads each request, then answers one byte every ``every`` seconds and never
+    finishes (an endless header): no single read ever waits long, so only a deadline on the
+    whole call ends it."""
+    stop = threading.Event()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.05)
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(1.0)
+            try:
+                seen = b""
+                while b"\r\n\r\n" not in seen:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    seen += chunk
+                answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"." * 1_000_000
+                for byte in answer:
+                    if stop.wait(every):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:  # the caller gave up and closed: what a deadline should do
+                return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    host, port = listener.getsockname()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        stop.set()
+        thread.join(1.0)
+        listener.close()

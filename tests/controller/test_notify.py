@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
@@ -29,7 +32,12 @@ from controller.rollout import (
 )
 from controller.state import Command, RolloutState, StateStore
 from tests.controller.fakes import Clock, FakeFleet, make_controller
-from tests.controller.receivers import closed_port, http_receiver, silent_receiver
+from tests.controller.receivers import (
+    closed_port,
+    http_receiver,
+    silent_receiver,
+    trickling_receiver,
+)
 
 GATEWAYS = ["http://gw-1", "http://gw-2"]
 HOLDER = "test-host-a:1:aaaa"
@@ -53,6 +61,17 @@ def controller_for(
                            **settings)  # fmt: skip
 
 
+def verified(header: str, body: bytes, now: float, window: float = 300.0) -> bool:
+    """What a receiver does (README): ``t=<unix>,sha256=<hex>``, the HMAC of ``<t>.<body>``, and
+    ``t`` within ``window`` seconds of now."""
+    match = re.fullmatch(r"t=(\d+),sha256=([0-9a-f]{64})", header)
+    if match is None:
+        return False
+    signed = match[1].encode() + b"." + body
+    expected = hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(match[2], expected) and abs(now - int(match[1])) <= window
+
+
 def types(requests: list[Any]) -> list[str]:
     return [r.json()["type"] for r in requests]
 
@@ -70,8 +89,11 @@ def test_each_event_of_a_promoted_rollout_arrives_once_in_order_and_signed(
     assert sequence == ["rollout_started", "step_advanced", "step_advanced", "promoted"]
     assert len({r.json()["id"] for r in got}) == len(got)  # nothing sent twice
     for request in got:
-        expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(request.headers[SIGNATURE_HEADER], expected)
+        assert verified(request.headers[SIGNATURE_HEADER], request.body, time.time())
+    first = got[0]
+    assert not verified(first.headers[SIGNATURE_HEADER], first.body + b" ", time.time())
+    # a captured event replayed later: its t is too old for a receiver's 5-minute window
+    assert not verified(first.headers[SIGNATURE_HEADER], first.body, time.time() + 301)
     bodies = [r.json() for r in got if r.json()["type"] != "holding"]
     assert [(b["share_before"], b["share_after"]) for b in bodies] == [
         (0.0, 0.05), (0.05, 0.25), (0.25, 1.0), (1.0, 1.0)]  # fmt: skip
@@ -323,3 +345,101 @@ def test_run_refuses_a_receiver_whose_secret_is_unset(
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2
     assert "notify[0] (ops): secret_env NO_SUCH_KEY is not set" in result.stderr
+
+
+def test_a_rollback_with_gates_that_have_no_data_reaches_a_strict_parser_in_every_format(
+    tmp_path: Path,
+) -> None:
+    """No traffic: every gate's value and bounds are NaN, and an abort sends them. The receiver
+    parses like Go's encoding/json (orjson: NaN or Infinity is an error): each value arrives as
+    null, in each format, and nothing is refused."""
+    with http_receiver() as receiver:
+        sinks = [{"url": f"{receiver.url}/{kind}", "name": kind, "format": kind}
+                 for kind in ("json", "cloudevents", "slack")]  # fmt: skip
+        gates = {"min_agreement": 0.9, "max_latency_ms": 50}
+        controller, source, registry = controller_for(tmp_path, sinks, gates=gates)
+        source.window = WindowMetrics()  # nothing served: no gate has data
+        controller.start(Launch(GATEWAYS))
+        for _ in range(3):
+            controller.tick()
+            controller.clock.sleep(1)  # type: ignore[attr-defined]
+        assert [g["value"] for g in controller.state.last_analysis] != [None, None]
+        controller.store.send(1, Command.ABORT, "ops@host", 60.0, controller.clock())
+        controller.tick()
+        controller.notifications.close(5.0)
+        plain, wrapped, slack = (
+            receiver.on(f"/{kind}") for kind in ("json", "cloudevents", "slack")
+        )
+    rolled = plain[-1].json()  # strict: a NaN would raise here
+    assert rolled["type"] == "rolled_back" and rolled["cause"] == "abort"
+    numbers = {g["gate"]: g for g in rolled["numbers"]["gates"]}
+    assert set(numbers) == {"min_agreement", "max_latency_ms"}
+    for gate in numbers.values():
+        assert gate["value"] is None and gate["low"] is None and gate["high"] is None
+    assert wrapped[-1].json()["data"]["numbers"] == rolled["numbers"]
+    assert slack[-1].json()["text"].startswith(":red_circle: digits rollout 1: rolled back")
+
+    def count(receiver: str, outcome: str) -> float:
+        labels = {"model": "digits", "receiver": receiver, "outcome": outcome}
+        return registry.get_sample_value("canary_notifications_total", labels) or 0.0
+
+    for kind, got in (("json", plain), ("cloudevents", wrapped), ("slack", slack)):
+        assert count(kind, "delivered") == len(got) and count(kind, "rejected") == 0
+
+
+def test_infinite_bounds_are_null_and_an_event_that_cannot_be_encoded_fails_alone() -> None:
+    """A watch alert with an infinite bound arrives with null there; an event whose numbers are
+    not JSON is counted failed, and the worker goes on to deliver the next one."""
+    with http_receiver() as receiver:
+        counts: list[str] = []
+        notifications = Notifications([Receiver(url=f"{receiver.url}/h")], 10.0,
+                                      lambda r, o: counts.append(o))  # fmt: skip
+        state = RolloutState(steps=[5, 100], policy={"model": "digits"})
+        bounds = {"low": -math.inf, "high": math.inf, "value": [1.5, math.nan]}
+        notifications.emit(watch_alert(state, HOLDER, 2000.0, "bad", {"unjsonable": object()}))
+        notifications.emit(watch_alert(state, HOLDER, 2001.0, "unbounded", bounds))
+        notifications.close(5.0)
+        got = receiver.on("/h")
+    assert [r.json()["reason"] for r in got] == ["unbounded"]
+    assert got[0].json()["numbers"] == {"low": None, "high": None, "value": [1.5, None]}
+    assert counts == ["failed", "delivered"]
+
+
+def test_a_receiver_trickling_its_answer_is_cut_at_the_timeout_and_counted() -> None:
+    """One byte every 50 ms for ever: each attempt ends at its 0.3 s total deadline, so the
+    event fails after its 2 attempts and close() returns soon after, with the event counted."""
+    with trickling_receiver() as slow:
+        counts: list[str] = []
+        hook = Receiver(url=slow, timeout_seconds=0.3, max_attempts=2, backoff_seconds=0.05)
+        notifications = Notifications([hook], 10.0, lambda r, o: counts.append(o))
+        state = RolloutState(steps=[5, 100], policy={"model": "digits"})
+        began = time.perf_counter()
+        notifications.emit(watch_alert(state, HOLDER, 2000.0, "slow", {}))
+        notifications.close(5.0)
+        took = time.perf_counter() - began
+    assert counts == ["retried", "failed"]
+    assert 2 * 0.3 <= took < 2 * 0.3 + 0.05 + 1.0
+
+
+def test_close_counts_the_call_in_hand_when_the_worker_outlives_it() -> None:
+    """A transport that ignores cancellation (it blocks its thread) holds the worker past
+    close()'s join: close counts that event dropped, and the worker does not count it again."""
+    release = threading.Event()
+
+    def stuck(request: httpx.Request) -> httpx.Response:
+        release.wait(10.0)
+        return httpx.Response(200)
+
+    counts: list[str] = []
+    hook = Receiver(url="http://stuck.example/h", timeout_seconds=0.1, max_attempts=1)
+    notifications = Notifications([hook], 10.0, lambda r, o: counts.append(o),
+                                  transport=httpx.MockTransport(stuck))  # fmt: skip
+    state = RolloutState(steps=[5, 100], policy={"model": "digits"})
+    notifications.emit(watch_alert(state, HOLDER, 2000.0, "stuck", {}))
+    notifications.emit(watch_alert(state, HOLDER, 2001.0, "queued", {}))
+    notifications.close(0.0)  # joins the worker for timeout + 1 s, then gives up on it
+    assert sorted(counts) == ["dropped", "dropped"]  # the call in hand and the queued one
+    release.set()
+    worker = notifications._deliveries[0]._thread
+    worker.join(5.0)
+    assert not worker.is_alive() and sorted(counts) == ["dropped", "dropped"]

@@ -9,12 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
+from controller.policy import Policy
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK, CanaryController, Launch
 from controller.state import Phase, Record, StateStore
 from controller.status import render_status
 from tests.controller.fakes import Clock, FakeFleet, make_controller
-from tests.controller.receivers import Receiver, closed_port, http_receiver, silent_receiver
+from tests.controller.receivers import (
+    Receiver,
+    closed_port,
+    http_receiver,
+    silent_receiver,
+    trickling_receiver,
+)
 
 GATEWAYS = ["http://gw-1", "http://gw-2"]
 HOLDER = "test-host-a:1:aaaa"
@@ -25,7 +34,7 @@ def hook(
 ) -> dict[str, Any]:
     base = receiver if isinstance(receiver, str) else receiver.url
     return {"name": name or kind, "type": kind, "url": f"{base}/{name or kind}",
-            "timeout_seconds": 0.5, **extra}  # fmt: skip
+            "timeout_seconds": 2.0, **extra}  # fmt: skip
 
 
 def controller_with(
@@ -166,6 +175,51 @@ def test_a_gate_answers_within_its_timeout_or_holds(tmp_path: Path) -> None:
         controller.tick()
         took = time.perf_counter() - began
     assert 0.3 <= took < 0.3 * 2 + 0.5 and fleet.puts == []
-    assert "confirm-rollout: webhook confirm-rollout unreachable (ReadTimeout" in (
+    assert "confirm-rollout: webhook confirm-rollout unreachable (DeadlineExceeded" in (
         controller.state.waiting or {}
     ).get("reason", "")
+
+
+def test_a_gate_trickling_its_answer_is_cut_at_its_timeout_and_a_ticks_hooks_run_at_once(
+    tmp_path: Path,
+) -> None:
+    """Each gate sends a byte every 50 ms for ever, so no single read times out: only the
+    call's total deadline ends it. The tick's two rollback hooks run at once, then its
+    confirm-rollout: two timeouts, not three."""
+    timeout = 0.4
+    with trickling_receiver() as slow:
+        hooks = [hook(slow, "rollback", "kill-a", timeout_seconds=timeout),
+                 hook(slow, "rollback", "kill-b", timeout_seconds=timeout),
+                 hook(slow, "confirm-rollout", timeout_seconds=timeout)]  # fmt: skip
+        controller, _, fleet = controller_with(tmp_path, hooks)
+        controller.start(Launch(GATEWAYS))
+        began = time.perf_counter()
+        controller.tick()
+        took = time.perf_counter() - began
+    assert 2 * timeout <= took < 3 * timeout - 0.05 and fleet.puts == []
+    reason = (controller.state.waiting or {}).get("reason", "")
+    assert (
+        f"confirm-rollout unreachable (DeadlineExceeded: no complete answer within {timeout:g} s)"
+        in reason
+    )
+    assert "rollback: webhook kill-a unreachable" in reason and "kill-b unreachable" in reason
+
+
+def test_a_policy_whose_hooks_could_outlast_the_lease_in_one_tick_is_refused() -> None:
+    """interval 5 s: a 15 s lease, 10 s of it for hooks. An advancing tick calls the rollback
+    hooks, then the rollout hooks, then the confirm hooks: 4 + 4 + 4 s is too long; the same
+    hooks at 3 s each fit, and two rollback hooks at 4 s count once (they run at once)."""
+    base = {"steps": [5, 100], "interval_seconds": 5, "gates": {"min_agreement": 0.9}}
+
+    def hooks(seconds: float) -> list[dict[str, Any]]:
+        kinds = (("rollback", "kill-a"), ("rollback", "kill-b"), ("rollout", "smoke"),
+                 ("confirm-promotion", "board"))  # fmt: skip
+        return [hook("http://h", kind, name, timeout_seconds=seconds) for kind, name in kinds]
+
+    with pytest.raises(ValidationError) as refused:
+        Policy.model_validate({**base, "webhooks": hooks(4)})
+    assert (
+        "webhooks: an advancing tick: 4 s (kill-b) + 4 s (smoke) + 4 s (board) = 12 s of "
+        "calls in one tick, more than the lease (15 s"
+    ) in str(refused.value)
+    assert Policy.model_validate({**base, "webhooks": hooks(3)}).lease_seconds == 15
