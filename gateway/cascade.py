@@ -9,14 +9,19 @@ traffic (``gateway.thresholds``) when ``max_disagreement`` is set.
 
 Shadowed requests are the cascade's evidence: each gives the student's confidence and whether
 its answer equals the teacher's, whichever backend served it (a teacher-served request shadowed
-on the student, a cascade request shadowed on the teacher, an escalated one that ran on both
-anyway, sampled at the shadow's rate so that the sample stays the traffic's).
+on the student, a cascade request shadowed on the teacher). A cascade request is drawn once, at
+the shadow's rate, escalated or not, and its evidence counts only once its shadow call to the
+teacher has answered: an escalated one makes that call too (although its teacher answer is
+known), so that a full queue, an open circuit or a failed call drops sure and unsure requests
+alike and the evidence stays a random sample of the traffic (the test assumes one; recording
+escalated requests always and sure ones only when their shadow call got through made the chosen
+threshold too low). What is dropped is counted (``gateway_cascade_evidence_dropped_total``).
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -31,7 +36,9 @@ from gateway.tasks import Task
 from gateway.thresholds import Choice, ThresholdSelector
 
 log = logging.getLogger(__name__)
-ESCALATED = ("false", "true")
+ESCALATED = names.CASCADE_ESCALATED  # false, true, failed (the teacher failed: the student's)
+# What a lane costs in memory besides its id (an OrderedDict entry, a str flag shared by all)
+_LANE_OVERHEAD = 100
 
 
 class CascadeRefused(GatewayError):
@@ -45,7 +52,8 @@ class CascadeMetrics:
         registry, model = metrics.registry, metrics.model
         m, me = ["model"], ["model", "escalated"]
         requests = Counter(names.CASCADE_REQUESTS, "Requests answered through the cascade; "
-                           "escalated='true': the teacher's answer was returned.", me,
+                           "escalated='true': the teacher's answer was returned; 'failed': the "
+                           "teacher failed, the student's was.", me,
                            registry=registry)  # fmt: skip
         duration = Histogram(names.CASCADE_DURATION, "Time of a cascade request in the gateway "
                              "(an escalated one runs on the student, then the teacher).", me,
@@ -78,20 +86,26 @@ class CascadeMetrics:
                         "whose returned answer was right.", me, registry=registry)  # fmt: skip
         self.labelled = {flag: labelled.labels(model, flag) for flag in ESCALATED}
         self.right = {flag: right.labels(model, flag) for flag in ESCALATED}
+        dropped = Counter(names.CASCADE_EVIDENCE_DROPPED, "Cascade requests drawn as evidence "
+                          "whose shadow call did not answer, by why.", ["model", "reason"],
+                          registry=registry)  # fmt: skip
+        self.dropped = {why: dropped.labels(model, why) for why in names.CASCADE_DROP_REASONS}
+        self.reused = Counter(names.CASCADE_REUSED_IDS, "Requests whose id an earlier one, still "
+                              "remembered for its label, had: the later one's lane (or none) "
+                              "replaces it, as its prediction does.", m,
+                              registry=registry).labels(model)  # fmt: skip
 
 
 class Cascade:
     def __init__(
-        self, config: CascadeConfig, task: Task, metrics: GatewayMetrics, sample_rate: float,
-        rng: random.Random | None = None, remembered: int = 100_000,
+        self, config: CascadeConfig, task: Task, metrics: GatewayMetrics,
+        remembered: int = 100_000, max_bytes: int | None = None,
     ) -> None:  # fmt: skip
         if task.confidence(np.zeros((1, 2)), config.confidence) is None:
             raise CascadeRefused(f"traffic.mode cascade: the task {task.kind} has no confidence "
                                  "to escalate on (a cascade is for classification)")  # fmt: skip
         self.config = config
         self._task = task
-        self._sample_rate = sample_rate
-        self._rng = rng or random.Random()
         self._metrics = CascadeMetrics(metrics)
         self.selector = (None if config.max_disagreement is None else ThresholdSelector(
             config.max_disagreement, config.confidence_level, config.grid_step,
@@ -99,9 +113,11 @@ class Cascade:
         # until the data speaks: min_confidence if given, else escalate everything
         self._fallback = 1.0 if config.min_confidence is None else config.min_confidence
         self.threshold = self._fallback
-        # request id -> escalated, for its label; the oldest forgotten past ``remembered``
-        self._lanes: OrderedDict[str, bool] = OrderedDict()
-        self._remembered = remembered
+        # request id -> its lane (ESCALATED), for its label; the oldest forgotten past
+        # ``remembered`` entries or ``max_bytes`` (feedback's limits: one lane per prediction)
+        self._lanes: OrderedDict[str, str] = OrderedDict()
+        self._remembered, self._max_bytes = remembered, max_bytes
+        self.lane_bytes = 0
         self.source = "fixed" if self.selector is None else "no_evidence"
         self._show()
 
@@ -116,51 +132,63 @@ class Cascade:
     def escalates(self, confidence: float) -> bool:
         return not confidence >= self.threshold
 
-    def count(self, escalated: bool, seconds: float) -> None:
-        flag = ESCALATED[escalated]
-        self._metrics.requests[flag].inc()
-        self._metrics.duration[flag].observe(seconds)
+    def count(self, lane: str, seconds: float) -> None:
+        self._metrics.requests[lane].inc()
+        self._metrics.duration[lane].observe(seconds)
 
-    def remember(self, request_id: str, escalated: bool) -> None:
+    def remember(self, request_id: str, lane: str) -> None:
         """A cascade request, so that its label counts toward the cascade's accuracy (in this
-        process: a label that reaches another replica of a fleet counts only by backend)."""
-        self._lanes[request_id] = escalated
-        if len(self._lanes) > self._remembered:
-            self._lanes.popitem(last=False)
+        process: a label that reaches another replica of a fleet counts only by backend). A
+        reused id replaces the earlier lane, as the feedback store replaces its prediction (the
+        label scores the later answer), and is counted."""
+        self.forget(request_id)
+        self._lanes[request_id] = lane
+        self.lane_bytes += _lane_size(request_id)
+        while self._lanes and (len(self._lanes) > self._remembered or (
+                self._max_bytes is not None and self.lane_bytes > self._max_bytes)):  # fmt: skip
+            oldest, _ = self._lanes.popitem(last=False)
+            self.lane_bytes -= _lane_size(oldest)
+
+    def forget(self, request_id: str) -> None:
+        """A request answered outside the cascade (or a reused id): any earlier cascade lane of
+        its id is no longer what its label scores."""
+        if self._lanes.pop(request_id, None) is not None:
+            self.lane_bytes -= _lane_size(request_id)
+            self._metrics.reused.inc()
 
     def labelled(self, request_id: str, scored: Any) -> None:
         """A label's scores (``gateway.feedback.Scored``) for a cascade request; a retried label
         finds nothing left and is counted once."""
-        escalated = self._lanes.pop(request_id, None)
-        if escalated is None or scored.repeat:
+        lane = self._lanes.pop(request_id, None)
+        if lane is None or scored.repeat:
             return
-        flag = ESCALATED[escalated]
-        self._metrics.labelled[flag].inc(sum(n for n, _ in scored.by_class.values()))
-        self._metrics.right[flag].inc(sum(right for _, right in scored.by_class.values()))
+        self.lane_bytes -= _lane_size(request_id)
+        self._metrics.labelled[lane].inc(sum(n for n, _ in scored.by_class.values()))
+        self._metrics.right[lane].inc(sum(right for _, right in scored.by_class.values()))
 
-    def sampled(self) -> bool:
-        """Whether an escalated request (both answers known, no shadow call) is evidence: at the
-        shadow's rate, as every other request is."""
-        return self._sample_rate > 0 and self._rng.random() < self._sample_rate
+    def dropped(self, reason: str, requests: int) -> None:
+        """Cascade requests drawn as evidence whose shadow call did not answer (the shadow's)."""
+        self._metrics.dropped[reason].inc(requests)
 
     # -- the evidence --------------------------------------------------------------------------
 
-    def served(self, teacher: np.ndarray, student: np.ndarray, by_student: bool) -> np.ndarray:
+    def served(self, teacher: np.ndarray, student: np.ndarray, lane: str) -> np.ndarray:
         """One shadowed request's rows of both answers: observed as evidence, and returned as
-        what the cascade answers (``by_student``: the cascade served it, the student's answer;
-        else the student's when it is sure, the teacher's when not)."""
+        what the cascade answers. ``lane``: "student", the cascade returned the student's answer;
+        "escalated", the teacher's (both count toward the cascade's agreement); "teacher", a
+        teacher-served request, whose cascade answer is the student's when it is sure."""
         confidence = self.confidence(student)
         agreed = self._agree(teacher, student)
-        cascade = student if by_student or not self.escalates(confidence) else teacher
-        if by_student:
-            self._compared(agreed)
+        if lane == "student":
+            cascade = student
+        elif lane == "escalated":
+            cascade = teacher
+        else:
+            cascade = teacher if self.escalates(confidence) else student
+        if lane != "teacher":
+            self._compared(agreed or lane == "escalated")
         self.observe(confidence, agreed)
         return cascade
-
-    def escalated_pair(self, teacher: np.ndarray, student: np.ndarray, confidence: float) -> None:
-        """A sampled escalated request: its returned answer is the teacher's."""
-        self._compared(True)
-        self.observe(confidence, self._agree(teacher, student))
 
     def _agree(self, teacher: np.ndarray, student: np.ndarray) -> bool:
         task = self._task
@@ -221,3 +249,7 @@ class Cascade:
                     "chosen": choice.threshold,
                 }
         return shown
+
+
+def _lane_size(request_id: str) -> int:
+    return sys.getsizeof(request_id) + _LANE_OVERHEAD

@@ -144,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             except GatewayError as exc:
                 await context.send_initial_metadata((("x-request-id", request_id),))
                 await _abort(context, exc)
-        escalated = (("x-escalated", "true"),) if result.escalated else ()
+        escalated = (("x-escalated", result.escalated),) if result.escalated else ()
         await context.send_initial_metadata(
             (("x-served-by", result.served_by), ("x-request-id", request_id),
              (TICKET_HEADER, result.ticket), *escalated)

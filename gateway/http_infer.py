@@ -119,8 +119,8 @@ class InferEndpoint:
             (b"x-request-id", request_id.encode()),
             (TICKET_HEADER_BYTES, result.ticket.encode()),
         ]
-        if result.escalated:  # the cascade's student was unsure: the teacher answered
-            extra.append((b"x-escalated", b"true"))
+        if result.escalated:  # the cascade's student was unsure: true, the teacher answered;
+            extra.append((b"x-escalated", result.escalated.encode()))  # failed: the student
         if header_length is not None:
             extra.append((HEADER_LENGTH.encode(), str(header_length).encode()))
         await _send(send, 200, BINARY if header_length is not None else JSON, answer, extra)

@@ -39,9 +39,12 @@ FEEDBACK_ABS_ERROR = "gateway_feedback_abs_error"  # model, backend; a histogram
 FEEDBACK_RELATIVE_ERROR = "gateway_feedback_relative_error"  # model, backend; a histogram
 """Regression: that over the label's mean magnitude (capped at 10)."""
 # The cascade (``traffic.mode: cascade``; ``gateway.cascade``), made in that mode only.
-CASCADE_REQUESTS = "gateway_cascade_requests_total"  # model, escalated (true, false)
-"""Requests answered through the cascade (the student's share of the traffic); escalated="true":
-the student was unsure and the teacher's answer was returned. Escalation rate: true over all."""
+CASCADE_REQUESTS = "gateway_cascade_requests_total"  # model, escalated (CASCADE_ESCALATED)
+CASCADE_ESCALATED = ("false", "true", "failed")
+"""Requests answered through the cascade (the student's share of the traffic, less requests the
+student failed: those fell back and count as the teacher's); escalated="true": the student was
+unsure and the teacher's answer was returned; "failed": it was unsure, the teacher failed, and
+the student's answer was returned (x-escalated: failed). Escalation rate: not "false" over all."""
 CASCADE_DURATION = "gateway_cascade_request_duration_seconds"  # model, escalated; a histogram
 """A cascade request's time in the gateway: an escalated one pays the student's call and the
 teacher's."""
@@ -60,6 +63,14 @@ CASCADE_COMPARISONS = "gateway_cascade_comparisons_total"  # model
 CASCADE_AGREEMENTS = "gateway_cascade_agreements_total"  # model
 """Shadowed cascade requests, and those whose returned answer equals the teacher's (an escalated
 one always does): the cascade's agreement with the teacher."""
+CASCADE_EVIDENCE_DROPPED = "gateway_cascade_evidence_dropped_total"  # model, reason
+CASCADE_DROP_REASONS = ("queue_full", "circuit_open", "timeout", "error")
+"""Requests drawn as the cascade's evidence whose shadow call did not answer (the shadow queue
+full, the shadow backend's circuit not closed, its call timed out or failed): left out of the
+evidence, escalated or not, so that it stays a random sample of the traffic."""
+CASCADE_REUSED_IDS = "gateway_cascade_reused_ids_total"  # model
+"""Requests whose id an earlier cascade request, not yet labelled, had: its label scores the later
+one (as the feedback store does), so the earlier lane is replaced."""
 # Drift summaries (``gateway.drift``): counts per bin, not cumulative; ``bin`` is a bin's upper edge
 DRIFT_ROWS = "gateway_drift_rows_total"  # model: answered rows summarised
 DRIFT_STUDENT_ROWS = "gateway_drift_student_rows_total"  # model: of those, the student's

@@ -123,7 +123,7 @@ class InferResult:
     served_by: Role
     request_id: str
     ticket: str  # x-feedback-ticket: what a label for this request must carry back
-    escalated: bool = False  # the cascade's student was unsure: the teacher's answer
+    escalated: str | None = None  # x-escalated: true (the teacher's answer), failed (the student's)
 
 
 class GatewayService:
@@ -211,14 +211,13 @@ class GatewayService:
         traffic = settings.traffic
         self.cascade: Cascade | None = None
         if traffic.mode == "cascade" and traffic.cascade is not None:
-            self.cascade = Cascade(traffic.cascade, self.task, metrics, settings.shadow.sample_rate,
-                                   random.Random(seed) if seed is not None else None,
-                                   settings.feedback.max_entries)  # fmt: skip
+            self.cascade = Cascade(traffic.cascade, self.task, metrics,
+                                   settings.feedback.max_entries,
+                                   settings.feedback.max_bytes)  # fmt: skip
         # A shadow answer joins the remembered prediction: its label then scores both backends.
-        served = self.cascade.served if self.cascade else None
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self.task,
                                      settings.shadow, on_answer=self._pair,
-                                     cascade=served)  # fmt: skip
+                                     cascade=self.cascade)  # fmt: skip
 
     def _pair(self, request_id: str, other_classes: np.ndarray) -> None:
         self.predictions.pair(request_id, other_classes)
@@ -439,25 +438,31 @@ class GatewayService:
             served_by = request.role or self.split.choose(request.routing_key, request.forced)
             client = request.timeout_seconds
             deadline = request.decoded_at + min(self._deadline, 1e9 if client is None else client)
-            escalated, unsure = False, None
-            through_cascade = self.cascade is not None and served_by == "student"
-            if through_cascade:
-                served_by, outputs, unsure = await self._through_cascade(request, deadline)
-                escalated = unsure is not None
+            lane, unsure = None, None  # the cascade's lane (ESCALATED), the unreturned answer
+            if self.cascade is not None and served_by == "student":
+                served_by, outputs, unsure, lane = await self._through_cascade(request, deadline)
             else:
                 served_by, outputs = await self._run(served_by, request.inputs, deadline)
             role = served_by
             if self.drift is not None:  # kept, binned in bulk: 2-8 us (README: Drift summaries)
-                self.drift.observe(request.inputs, outputs, role == "student")
-            if not escalated:  # an escalated request ran on both: no shadow call needed
+                # the student's answer whenever it gave one (escalated too): what the watch
+                # reads must not move with the cascade's threshold
+                student = unsure if unsure is not None else outputs
+                self.drift.observe(request.inputs, student, unsure is not None or role == "student")
+            if lane == "true" and unsure is not None:  # shadowed on the teacher like a sure
+                # one (its teacher answer known): a dropped shadow call drops both alike
+                self.shadow.maybe_submit("escalated", request.id, request.inputs, unsure)
+            else:
                 self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             predicted = self.task.prediction(outputs[self.task.output])
             if predicted is not None:  # an embedding's answers take no labels
                 await self.predictions.remember(request.id, role, predicted, deadline=deadline)
                 if unsure is not None:  # its label scores the student's answer too, paired
-                    self._escalated_pair(request.id, outputs, unsure)
-                if through_cascade and self.cascade is not None:
-                    self.cascade.remember(request.id, escalated)
+                    self._escalated_pair(request.id, unsure)
+                if self.cascade is not None and lane is not None:
+                    self.cascade.remember(request.id, lane)
+                elif self.cascade is not None:  # an earlier cascade request's id: not its lane now
+                    self.cascade.forget(request.id)
         except GatewayError as exc:
             if isinstance(exc, Shed):
                 self._metrics.shed.labels(self.model, exc.reason).inc()
@@ -474,49 +479,46 @@ class GatewayService:
                                   "the gateway's log with its traceback") from exc  # fmt: skip
         # A cascade request counts as the student's lane (what the controller's share moves and
         # its gates judge: the cascade's latency includes its escalations); x-served-by and the
-        # labels say whose answer it was.
-        self._count("student" if through_cascade else role, 200, request,
-                    cascade=through_cascade, escalated=escalated)  # fmt: skip
+        # labels say whose answer it was. One the student failed fell back (lane None): the
+        # teacher's, as in split mode, so a failing student reads 100 % errors, not half.
+        self._count("student" if lane is not None else role, 200, request, lane)
         wanted = {name: outputs[name] for name in request.output_names}
         return InferResult(wanted, role, request.id, self.feedback_auth.ticket(request.id),
-                           escalated)  # fmt: skip
+                           None if lane in (None, "false") else lane)  # fmt: skip
 
-    def _count(self, backend: str, code: int, request: InferRequest, cascade: bool = False,
-               escalated: bool = False) -> None:  # fmt: skip
+    def _count(self, backend: str, code: int, request: InferRequest,
+               lane: str | None = None) -> None:  # fmt: skip
         seconds = time.perf_counter() - request.received_at
         self._metrics.count_request(backend, code, seconds, request.protocol)
-        if cascade and self.cascade is not None:
-            self.cascade.count(escalated, seconds)
+        if lane is not None and self.cascade is not None:
+            self.cascade.count(lane, seconds)
 
     async def _through_cascade(
         self, request: InferRequest, deadline: float
-    ) -> tuple[Role, dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    ) -> tuple[Role, dict[str, np.ndarray], dict[str, np.ndarray] | None, str | None]:
         """The student first; the teacher when the student is unsure (escalated: the student's
-        outputs come back third, else None). A student that failed fell back to the teacher
-        already: that is a fallback, not an escalation."""
+        outputs come back third, else None), and the lane: "false", "true", "failed" (the
+        teacher failed on the escalation: the student's answer, which the client would rather
+        have than a 503/504), or None: a student that failed fell back to the teacher already,
+        a fallback, not a cascade answer. A teacher refusing the input (400) is still a 400."""
         assert self.cascade is not None
         role, outputs = await self._run("student", request.inputs, deadline)
         if role != "student":
-            return role, outputs, None
+            return role, outputs, None, None
         if not self.cascade.escalates(self.cascade.confidence(outputs[self.task.output])):
-            return role, outputs, None
-        _, answer = await self._run("teacher", request.inputs, deadline)
-        return "teacher", answer, outputs
+            return role, outputs, None, "false"
+        try:
+            _, answer = await self._run("teacher", request.inputs, deadline)
+        except (BackendUnavailable, Overloaded, DeadlineExceeded):
+            return role, outputs, None, "failed"
+        return "teacher", answer, outputs, "true"
 
-    def _escalated_pair(self, request_id: str, teacher: Mapping[str, np.ndarray],
-                        student: Mapping[str, np.ndarray]) -> None:  # fmt: skip
+    def _escalated_pair(self, request_id: str, student: Mapping[str, np.ndarray]) -> None:
         """An escalated request's student answer, which was not returned, paired with the
-        teacher's for its label, and (sampled at the shadow's rate) as the cascade's evidence."""
-        assert self.cascade is not None
-        name = self.task.output
-        predicted = self.task.prediction(student[name])
+        teacher's for its label (its evidence comes from its shadow call, as a sure one's)."""
+        predicted = self.task.prediction(student[self.task.output])
         if predicted is not None:
             self.predictions.pair(request_id, predicted)
-        if self.cascade.sampled():
-            confidence = self.cascade.confidence(student[name])
-            self.cascade.escalated_pair(teacher[name], student[name], confidence)
-            # what the shadow's gates read: the cascade answered the teacher's answer
-            self.task.record(self.task.compare(teacher[name], teacher[name]))
 
     async def _run(
         self, role: Role, inputs: Mapping[str, np.ndarray], deadline: float

@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -42,12 +43,20 @@ __all__ = ["KL_CAP", "ClassComparison", "ShadowComparer", "compare_logits"]
 log = logging.getLogger(__name__)
 
 
+class CascadeEvidence(Protocol):
+    """What the shadow hands the cascade (``gateway.cascade.Cascade``)."""
+
+    def served(self, teacher: np.ndarray, student: np.ndarray, lane: str) -> np.ndarray: ...
+
+    def dropped(self, reason: str, requests: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class _Job:
-    served_by: str
+    served_by: str  # teacher, student, or escalated (a cascade request the teacher answered)
     request_id: str
     inputs: Mapping[str, np.ndarray]
-    live_answer: np.ndarray  # the task's output, from the backend that served it
+    live_answer: np.ndarray  # the task's output: the serving backend's (escalated: the student's)
 
 
 class ShadowComparer:
@@ -60,14 +69,16 @@ class ShadowComparer:
         config: ShadowConfig,
         rng: random.Random | None = None,
         on_answer: Callable[[str, np.ndarray], object] | None = None,
-        cascade: Callable[[np.ndarray, np.ndarray, bool], np.ndarray] | None = None,
+        cascade: CascadeEvidence | None = None,
     ) -> None:
         """``on_answer(request_id, prediction)`` hears what the shadow backend predicted for
         each compared request (``Task.prediction``: the feedback store keeps it, so a label
-        scores both backends); never for a task that takes no labels. ``cascade(teacher,
-        student, served_by_student)`` (``traffic.mode: cascade``: ``Cascade.served``) takes each
-        request's rows of both answers as evidence and gives what the cascade answers, which is
-        then compared with the teacher's in the student's place."""
+        scores both backends); never for a task that takes no labels. ``cascade``
+        (``traffic.mode: cascade``) takes each request's rows of both answers as evidence and
+        gives what the cascade answers, which is then compared with the teacher's in the
+        student's place; it hears of every job whose shadow call did not answer. An escalated
+        request (``served_by`` "escalated", the student's answer as its live answer) is shadowed
+        on the teacher like a sure one, so that both are dropped alike."""
         self._backends = backends
         self._breakers = breakers
         self._metrics = metrics
@@ -109,6 +120,7 @@ class ShadowComparer:
             self._queue.put_nowait(_Job(served_by, request_id, inputs, outputs[self._task.output]))
         except asyncio.QueueFull:
             self._metrics.shadow_dropped.labels(self._metrics.model, "queue_full").inc()
+            self._evidence_dropped("queue_full", 1)
             return
         if request_id not in self._pending:
             self._pending[request_id] = asyncio.get_running_loop().create_future()
@@ -166,6 +178,7 @@ class ShadowComparer:
         model = self._metrics.model
         if self._breakers[shadow_role].state is not CircuitState.CLOSED:
             self._metrics.shadow_dropped.labels(model, "circuit_open").inc(len(batch))
+            self._evidence_dropped("circuit_open", len(batch))
             return
         backend = self._backends[shadow_role]
         inputs = batch[0].inputs if len(batch) == 1 else {
@@ -187,13 +200,19 @@ class ShadowComparer:
                     batch_rows(inputs))  # fmt: skip
         except TimeoutError as exc:
             self._metrics.shadow_errors.labels(model, shadow_role).inc(len(batch))
+            self._evidence_dropped("timeout", len(batch))
             raise BackendTimeout(
                 f"{shadow_role} did not answer within {self._timeout * 1000:.0f} ms"
             ) from exc
         except GatewayError:
             self._metrics.shadow_errors.labels(model, shadow_role).inc(len(batch))
+            self._evidence_dropped("error", len(batch))
             raise
         self._record(batch, outputs[self._task.output])
+
+    def _evidence_dropped(self, reason: str, requests: int) -> None:
+        if self._cascade is not None:
+            self._cascade.dropped(reason, requests)
 
     def _record(self, batch: list[_Job], shadow_answer: np.ndarray) -> None:
         """The batch compared in one go (its jobs served by one backend), then each job's own
@@ -206,8 +225,9 @@ class ShadowComparer:
         if not by_student:
             teacher, student = student, teacher
         if self._cascade is not None:
-            student = np.concatenate([self._cascade(teacher[rows], student[rows], by_student)
-                                      for rows in _rows_of(batch)])  # fmt: skip
+            served, jobs = self._cascade.served, zip(batch, _rows_of(batch), strict=True)
+            student = np.concatenate([served(teacher[rows], student[rows], job.served_by)
+                                      for job, rows in jobs])  # fmt: skip
         task.record(task.compare(teacher, student))
         if self._on_answer is None:
             return
@@ -216,7 +236,8 @@ class ShadowComparer:
             return
         for job in batch:
             rows = len(job.live_answer)
-            self._on_answer(job.request_id, predicted[offset : offset + rows])
+            if job.served_by != "escalated":  # paired already, with the student's answer
+                self._on_answer(job.request_id, predicted[offset : offset + rows])
             offset += rows
 
 
