@@ -19,6 +19,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from controller.local.demo import run_demo
+from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
 from gateway.config import load_settings
 from models import REGISTRY_PATH
 from models import registry as reg
@@ -44,6 +46,7 @@ from models.text.data import (
 )
 from models.text.nets import student_net, teacher_net
 from models.text.onnx_io import accuracy_by_class
+from tests.rollouts import write_policy
 
 SECTION: dict[str, Any] = reg.load(REGISTRY_PATH)["pairs"][PAIR]
 MODELS: dict[str, Any] = SECTION["models"]
@@ -214,3 +217,22 @@ def test_two_text_builds_write_identical_files_and_a_short_one_says_it_missed(
         for entry in section["models"].values():
             del entry["latency_ms"]
     assert sections[0] == sections[1]
+
+
+@pytest.mark.e2e  # the demo's own code path: gateways and two rollouts by the real controller
+def test_the_demo_on_the_text_pair_promotes_its_student_and_rolls_back_the_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`distill-demo --pair text` with a faster policy: the text split's rows, each at its own
+    length, through a real gateway on models/text/gateway.yaml at every share, none failing;
+    then the student promoted to 100 % and the bad student rolled back by its gates."""
+    outcomes = run_demo(write_policy(tmp_path), requests_per_share=200, pair_name="text")
+    printed = capsys.readouterr().out
+    assert [(o.student, o.exit_code, o.final_share) for o in outcomes] == [
+        ("student.onnx", EXIT_PROMOTED, 1.0),
+        ("student_bad.onnx", EXIT_ROLLED_BACK, 0.0),
+    ]
+    assert outcomes[1].last_line.startswith("rollout RolledBack")
+    assert "min_agreement" in outcomes[1].last_line
+    assert "replaying the text test split" in printed
+    assert printed.count("200 requests, 0 errors") == 4  # shares 0, 5, 25 and 100 %

@@ -4,6 +4,8 @@ Part 1 replays the saved test split through a real gateway with tritonclient at 
 shares and shows, per backend, what the gateway measured. Part 2 runs two canary rollouts with the
 real `distill-canary` CLI while a traffic generator replays the split and posts labels: the shipped
 student is promoted 5 -> 25 -> 100 %; a deliberately bad one is rolled back at the first step.
+``--pair text`` tells the same story on the text pair (models/text/: two INT64 inputs of any
+length): its gateway config, its test split, its student and its bad student.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import httpx
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -29,10 +32,53 @@ from controller.local.processes import BIN, GatewayProcess
 from controller.local.traffic import TrafficGenerator
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
 from gateway.roles import Protocol
-from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH
+from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
+from models.text import (
+    TEXT_BAD_STUDENT_PATH,
+    TEXT_GATEWAY_CONFIG_PATH,
+    TEXT_STUDENT_PATH,
+    TEXT_TEST_SPLIT_PATH,
+)
 
 BAD_STUDENT_PATH = MODELS_DIR / "student_bad.onnx"
 DEMO_POLICY = Path(__file__).parents[1] / "policies" / "demo.yaml"
+PairName = Literal["digits", "text"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """What the demo runs on: the gateway's config (teacher, student, inputs), the model name
+    clients use, the test split the traffic replays, and the two students it rolls out."""
+
+    config: dict[str, Any]
+    model: str
+    split: Path
+    student: Path
+    bad_student: Path
+
+
+def pair(name: PairName) -> Pair:
+    if name == "digits":
+        config = {"teacher": {"path": str(TEACHER_PATH), "cost_per_hour": 3.0},
+                  "student": {"path": str(STUDENT_PATH), "cost_per_hour": 0.5}}  # fmt: skip
+        return Pair(config, "digits", TEST_SPLIT_PATH, STUDENT_PATH, BAD_STUDENT_PATH)
+    # models/text/gateway.yaml, its model paths made absolute (the demo's config lives elsewhere)
+    config = yaml.safe_load(TEXT_GATEWAY_CONFIG_PATH.read_text())
+    for role in ("teacher", "student"):
+        config[role]["path"] = str(TEXT_GATEWAY_CONFIG_PATH.parent / config[role]["path"])
+    return Pair(config, config["model"], TEXT_TEST_SPLIT_PATH, TEXT_STUDENT_PATH,
+                TEXT_BAD_STUDENT_PATH)  # fmt: skip
+
+
+def policy_for(chosen: Pair, policy: Path, work_dir: Path) -> Path:
+    """The policy, naming the pair's model: the controller reads that model's metrics."""
+    settings = yaml.safe_load(policy.read_text())
+    if settings.get("model") == chosen.model:
+        return policy
+    path = work_dir / f"policy-{chosen.model}.yaml"
+    path.write_text(yaml.safe_dump({**settings, "model": chosen.model}))
+    return path
+
 
 # Wide enough for the tables when the output is a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -68,20 +114,25 @@ def backend_row(window: promtext.Snapshot, share: float, backend: str) -> Backen
     )
 
 
-def traffic_for(gateway: GatewayProcess) -> TrafficGenerator:
+def traffic_for(gateway: GatewayProcess, chosen: Pair | None = None) -> TrafficGenerator:
     """Over gRPC when the gateway serves it (the demo's --protocol grpc), else HTTP."""
-    return TrafficGenerator(gateway.url, grpc_address=gateway.grpc_address)
+    chosen = chosen or pair("digits")
+    return TrafficGenerator(gateway.url, model=chosen.model, split_path=chosen.split,
+                            grpc_address=gateway.grpc_address)  # fmt: skip
 
 
-def replay_at_fixed_shares(gateway: GatewayProcess, requests: int = REQUESTS_PER_SHARE) -> None:
+def replay_at_fixed_shares(
+    gateway: GatewayProcess, requests: int = REQUESTS_PER_SHARE, chosen: Pair | None = None
+) -> None:
+    chosen = chosen or pair("digits")
     console.rule("[bold]Part 1: the split, at fixed student shares")
     protocol = "gRPC" if gateway.grpc_address else "HTTP"
-    table = Table(title=f"replaying the digits test split with tritonclient over {protocol}, "
-                  "labels as feedback")  # fmt: skip
+    table = Table(title=f"replaying the {chosen.model} test split with tritonclient over "
+                  f"{protocol}, labels as feedback")  # fmt: skip
     for column in ("share", "backend", "requests", "accuracy", "agreement (shadow)", "p50 ms",
                    "p99 ms", "$ per 1k req"):  # fmt: skip
         table.add_column(column, justify="right")
-    generator = traffic_for(gateway)
+    generator = traffic_for(gateway, chosen)
     for share in SHARES:
         gateway.set_share(share)
         before = promtext.parse(httpx.get(f"{gateway.url}/metrics").text)
@@ -115,12 +166,10 @@ class RolloutOutcome:
     last_line: str
 
 
-def gateway_config(student: Path) -> dict[str, object]:
-    return {
-        "shadow": {"sample_rate": 0.25},
-        "teacher": {"path": str(TEACHER_PATH), "cost_per_hour": 3.0},
-        "student": {"path": str(student), "cost_per_hour": 0.5},
-    }
+def gateway_config(student: Path, chosen: Pair | None = None) -> dict[str, object]:
+    config = (chosen or pair("digits")).config
+    return {**config, "shadow": {"sample_rate": 0.25},
+            "student": {**config["student"], "path": str(student)}}  # fmt: skip
 
 
 def canary_scenario(
@@ -130,13 +179,14 @@ def canary_scenario(
     token: str,
     policy: Path = DEMO_POLICY,
     protocol: str = "http",
+    chosen: Pair | None = None,
 ) -> RolloutOutcome:
     console.rule(f"[bold]Part 2: {name}")
-    gateway = GatewayProcess(work_dir, gateway_config(student), admin_token=token,
+    gateway = GatewayProcess(work_dir, gateway_config(student, chosen), admin_token=token,
                              grpc=protocol == "grpc").start()  # fmt: skip
     stop = threading.Event()
     traffic = threading.Thread(
-        target=lambda: traffic_for(gateway).run(stop=stop, workers=3), daemon=True
+        target=lambda: traffic_for(gateway, chosen).run(stop=stop, workers=3), daemon=True
     )
     traffic.start()
     command = [
@@ -182,26 +232,29 @@ def run_demo(
     policy: Path = DEMO_POLICY,
     protocol: str = "http",
     requests_per_share: int = REQUESTS_PER_SHARE,
+    pair_name: PairName = "digits",
 ) -> list[RolloutOutcome]:
     """Part 1, then the two rollouts of part 2, then the summary table; the traffic goes over
-    ``protocol`` (http or grpc)."""
+    ``protocol`` (http or grpc), on the ``pair_name`` pair."""
     token = secrets.token_urlsafe(16)
+    chosen = pair(pair_name)
     with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
         work_dir = Path(tmp)
-        gateway = GatewayProcess(work_dir, {"shadow": {"sample_rate": 0.25}}, admin_token=token,
-                                 grpc=protocol == "grpc")  # fmt: skip
-        console.print("starting the gateway on the shipped teacher/student pair ...")
+        policy = policy_for(chosen, policy, work_dir)
+        gateway = GatewayProcess(work_dir, {**chosen.config, "shadow": {"sample_rate": 0.25}},
+                                 admin_token=token, grpc=protocol == "grpc")  # fmt: skip
+        console.print(f"starting the gateway on the shipped {pair_name} teacher/student pair ...")
         gateway.start()
         try:
             console.print(f"gateway ready at {gateway.url}")
-            replay_at_fixed_shares(gateway, requests_per_share)
+            replay_at_fixed_shares(gateway, requests_per_share, chosen)
         finally:
             gateway.stop()
         outcomes = [
-            canary_scenario("a good student is promoted", STUDENT_PATH, work_dir, token, policy,
-                            protocol),
-            canary_scenario("a bad student is rolled back", BAD_STUDENT_PATH, work_dir, token,
-                            policy, protocol),
+            canary_scenario("a good student is promoted", chosen.student, work_dir, token, policy,
+                            protocol, chosen),
+            canary_scenario("a bad student is rolled back", chosen.bad_student, work_dir, token,
+                            policy, protocol, chosen),
         ]  # fmt: skip
     summary(outcomes)
     return outcomes
@@ -211,10 +264,14 @@ def demo(
     protocol: Annotated[
         Protocol, typer.Option(help="How the traffic reaches the gateway: http or grpc.")
     ] = "http",
+    pair_name: Annotated[
+        PairName,
+        typer.Option("--pair", help="The shipped pair: digits (an MLP) or text (a transformer)."),
+    ] = "digits",
 ) -> None:
     """The end-to-end demo: the split at fixed shares, then a good student promoted and a bad
     one rolled back by the real controller."""
-    outcomes = run_demo(protocol=protocol)
+    outcomes = run_demo(protocol=protocol, pair_name=pair_name)
     expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]
     if [outcome.exit_code for outcome in outcomes] != expected:
         console.print("[red]the demo did not end as expected")

@@ -1,6 +1,7 @@
-"""A traffic generator: replays the saved digits test split through a gateway with tritonclient
-(over HTTP, or gRPC when given the gateway's gRPC address), and posts each true label back as
-feedback (which also tells which backend served the request).
+"""A traffic generator: replays a saved test split (the digits', or the text pair's: each row
+its own length) through a gateway with tritonclient (over HTTP, or gRPC when given the gateway's
+gRPC address), and posts each true label back as feedback (which also tells which backend served
+the request).
 
 Used by the demo, the stack, the tests and the benchmarks. Each worker thread has its own clients.
 """
@@ -19,11 +20,12 @@ import httpx
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from controller.local.processes import LOCAL_FEEDBACK_TOKEN
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
+from models.text.data import load_test_split as load_text_split
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,24 @@ class TrafficReport:
         return [s for s in self.samples if not s.ok]
 
 
+def request_rows(split_path: Path) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Each row of a saved test split as one request's named inputs, and the labels: the digits'
+    ``pixels``, or a text split's ``input_ids`` and ``attention_mask`` cut to the row's own
+    length (no padding travels: the gateway pads if it batches)."""
+    with np.load(split_path) as data:
+        text = "input_ids" in data.files
+    if not text:
+        split = load_test_split(split_path)
+        return [{"pixels": split.x[i : i + 1]} for i in range(len(split.y))], split.y
+    sequences = load_text_split(split_path)
+    lengths = sequences.attention_mask.sum(1)
+    rows = [
+        {name: array[i : i + 1, : lengths[i]] for name, array in sequences.inputs().items()}
+        for i in range(len(sequences.y))
+    ]
+    return rows, sequences.y
+
+
 def host_port(url: str) -> str:
     """tritonclient wants ``host:port``; accept a full URL too."""
     return urlsplit(url).netloc if "://" in url else url
@@ -72,8 +92,7 @@ class TrafficGenerator:
         # labels to another replica of a fleet, which joins them through the state store
         self._base_url = f"http://{host_port(feedback_url or gateway_url)}"
         self._model = model
-        split = load_test_split(split_path)
-        self._x, self._y = split.x, split.y
+        self._rows, self._y = request_rows(split_path)
         self._send_feedback = send_feedback
         self._headers = headers or (lambda _: {})
         self._counter = 0
@@ -124,13 +143,16 @@ class TrafficGenerator:
         client.close()
 
     def _one(self, client: Any, http: httpx.Client, number: int) -> Sample:
-        row = number % len(self._x)
+        row = number % len(self._y)
         protocol = triton_grpc if self._grpc_address else triton_http
-        pixels = protocol.InferInput("pixels", [1, self._x.shape[1]], "FP32")
-        pixels.set_data_from_numpy(self._x[row : row + 1])
+        inputs = []
+        for name, array in self._rows[row].items():
+            tensor = protocol.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
         start = time.perf_counter()
         try:
-            result = client.infer(self._model, [pixels], headers=self._headers(number))
+            result = client.infer(self._model, inputs, headers=self._headers(number))
         except InferenceServerException as exc:
             return Sample(row, "", False, time.perf_counter() - start, error=str(exc))
         latency = time.perf_counter() - start
