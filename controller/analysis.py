@@ -99,6 +99,15 @@ class WindowMetrics:
     kl_count: float = 0.0
     kl_buckets: stats.Buckets = field(default_factory=list)
     task: TaskWindow = field(default_factory=TaskWindow)
+    cascade_requests: float = 0.0  # answered through a gateway's cascade (traffic.mode cascade)
+
+
+# A cascade's labels by backend score only its sure student answers (an escalated request's label
+# scores the teacher): they overstate the cascade's accuracy, so these gates do not judge one.
+CASCADE_REFUSED_GATES = frozenset({"max_accuracy_drop", "max_class_accuracy_drop"})
+CASCADE_REFUSAL = ("refused in cascade mode: per-backend labels score only the student's sure "
+                   "answers; gate the cascade on min_agreement (its answers against the "
+                   "teacher's)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -221,6 +230,8 @@ def assess(
     for gate, threshold in policy.gates.configured().items():
         if dark_launch and gate in LIVE_ONLY_GATES:
             results.append(_result(gate, Verdict.SKIPPED, threshold, 0, "dark launch"))
+        elif step.cascade_requests > 0 and gate in CASCADE_REFUSED_GATES:  # never passes
+            results.append(_result(gate, Verdict.INCONCLUSIVE, threshold, 0, CASCADE_REFUSAL))
         elif student_volume < policy.min_requests:
             reason = f"{student_volume:.0f} of {policy.min_requests} student requests"
             results.append(_result(gate, Verdict.INCONCLUSIVE, threshold, student_volume, reason))

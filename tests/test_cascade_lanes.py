@@ -2,7 +2,8 @@
 scripted backends (the faults are the seam): a student that fails falls back and counts like split
 mode, a teacher that fails an escalation leaves the student's answer marked ``x-escalated:
 failed``, the evidence is dropped alike for sure and escalated requests when the teacher's shadow
-calls fail, and the drift summaries see the student's answers of escalated requests."""
+calls fail, the drift summaries see the student's answers of escalated requests, and the
+controller's accuracy gates refuse to judge a cascade."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from controller import error_rate
+from controller.analysis import CASCADE_REFUSAL, Verdict, assess
+from controller.policy import Policy
 from controller.promtext import parse
+from controller.sources.base import window_metrics
 from gateway import metric_names as names
 from gateway.backends.base import Lane
 from gateway.errors import BackendUnavailable
@@ -130,3 +134,28 @@ async def test_drift_summaries_see_the_students_answer_of_an_escalated_request()
         drift.flush()
         assert gw.metric(names.DRIFT_ROWS) == 4
         assert gw.metric(names.DRIFT_STUDENT_ROWS) == 4  # was 0: the teacher's answers
+
+
+@run
+async def test_the_controllers_accuracy_gates_refuse_to_judge_a_cascade() -> None:
+    """Per-backend labels score only a cascade's sure answers (an escalated request's label
+    scores the teacher): max_accuracy_drop would judge the wrong answers, so it says to use
+    min_agreement and never passes; the same page from split mode is judged."""
+    pages = {}
+    for mode in ("split", "cascade"):
+        traffic: dict[str, object] = {"student_share": 1.0}
+        if mode == "cascade":
+            traffic.update({"mode": "cascade", "cascade": {"min_confidence": NEVER}})
+        async with in_process_gateway(traffic=traffic) as gw:
+            for _ in range(12):
+                assert (await gw.infer()).status_code == 200
+            pages[mode] = parse(generate_latest(gw.registry).decode())
+    policy = Policy(model="digits", steps=[5, 100], min_requests=10,
+                    gates={"max_accuracy_drop": 0.02, "max_error_rate": 0.5})  # type: ignore[arg-type]  # fmt: skip
+    for mode, page in pages.items():
+        window = window_metrics(page, "digits")
+        results = {r.gate: r for r in assess(window, window, policy, dark_launch=False)}
+        refused = results["max_accuracy_drop"].reason == CASCADE_REFUSAL
+        assert refused == (mode == "cascade")
+        assert results["max_error_rate"].verdict is Verdict.PASS  # the others judge as before
+    assert "min_agreement" in CASCADE_REFUSAL

@@ -107,6 +107,7 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
         kl_count=select(increase, f"{names.SHADOW_KL}_count", model=model),
         kl_buckets=buckets(increase, names.SHADOW_KL, model=model),
         task=task_window(increase, model),
+        cascade_requests=select(increase, names.CASCADE_REQUESTS, model=model),
     )
 
 
