@@ -7,6 +7,12 @@ gateway does. A run is violated when any look chose a threshold whose true risk 
 max_disagreement. The same runs judged by the plug-in choice (the lowest threshold whose observed
 rate is within the bound) show what the guarantee buys.
 
+Dropped shadow calls (``--keep q``: each drawn request's shadow call answers with probability q):
+the gateway drops sure and escalated requests alike (``path_independent``); before, an escalated
+request (below the threshold in force) was evidence whatever became of the shadow lane, and only
+sure ones were dropped (``escalated_always``), which over-represents escalated rows and makes
+the observed risk of every threshold above the current one too low by about a factor q.
+
 ``make cascade-simulation`` runs the full count; ``tests/test_cascade_thresholds.py`` a reduced
 one."""
 
@@ -33,25 +39,52 @@ class Outcome:
     best: float  # the lowest grid threshold whose true risk is within the bound
 
 
+POLICIES = ("path_independent", "escalated_always")
+
+
+def _evidence(rng: np.random.Generator, wanted: int, threshold: float, keep: float,
+              policy: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """``wanted`` evidence rows (confidence, wrong) from traffic whose threshold in force is
+    ``threshold``: each request's shadow call answers with probability ``keep``."""
+    confidence, wrong = [], []
+    got = 0
+    while got < wanted:
+        c = rng.uniform(0.1, 1.0, 4 * wanted)
+        w = rng.random(len(c)) < 0.6 * (1.0 - c) ** 2
+        kept = rng.random(len(c)) < keep
+        if policy == "escalated_always":
+            kept |= c < threshold
+        c, w = c[kept][: wanted - got], w[kept][: wanted - got]
+        confidence.append(c)
+        wrong.append(w)
+        got += len(c)
+    return np.concatenate(confidence), np.concatenate(wrong)
+
+
 def simulate(runs: int, max_disagreement: float = 0.002, confidence_level: float = 0.95,
              min_samples: int = 200, looks: int = 7, step: float = 0.01,
-             seed: int = 0) -> Outcome:  # fmt: skip
+             seed: int = 0, keep: float = 1.0,
+             policy: str = "path_independent") -> Outcome:  # fmt: skip
     rng = np.random.default_rng(seed)
     thresholds = np.asarray(grid(step))
     risks = np.asarray([true_risk(t) for t in thresholds])
     delta = 1.0 - confidence_level
-    n_max = min_samples * 2 ** (looks - 1)
     violated = plug_in = 0
     finals = []
     for _ in range(runs):
-        confidence = rng.uniform(0.1, 1.0, n_max)
-        wrong = rng.random(n_max) < 0.6 * (1.0 - confidence) ** 2
-        cells = np.searchsorted(thresholds, confidence, side="right") - 1
+        if keep <= 0.0 and policy == "path_independent":  # no evidence ever: 1.0 stands
+            finals.append(1.0)
+            continue
+        confidence, wrong = np.empty(0), np.empty(0, dtype=bool)
         bad = bad_plug = False
-        final = 1.0
+        final = 1.0  # the threshold in force (1.0: everything escalates until a choice)
         for look in range(looks):
             n = min_samples * 2**look
-            counts = np.bincount(cells[:n][wrong[:n]], minlength=len(thresholds))
+            more = _evidence(rng, n - len(confidence), final, keep, policy)
+            confidence = np.concatenate([confidence, more[0]])
+            wrong = np.concatenate([wrong, more[1]])
+            cells = np.searchsorted(thresholds, confidence, side="right") - 1
+            counts = np.bincount(cells[wrong], minlength=len(thresholds))
             wrong_at = np.cumsum(counts[::-1])[::-1].tolist()  # at or above each threshold
             index = fixed_sequence(wrong_at, n, max_disagreement, look_delta(look, delta))
             if index is not None:
@@ -71,9 +104,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", type=float, nargs="*", default=[1.0, 0.5, 0.2, 0.0],
+                        help="chances that a drawn request's shadow call answers")  # fmt: skip
     args = parser.parse_args()
-    outcome = simulate(args.runs, seed=args.seed)
+    for keep in args.keep:
+        for policy in POLICIES[: 1 if keep >= 1.0 else 2]:
+            report(simulate(args.runs, seed=args.seed, keep=keep, policy=policy), keep, policy)
+
+
+def report(outcome: Outcome, keep: float, policy: str) -> None:
     finals = np.asarray(outcome.final_thresholds)
+    print(f"shadow calls answered: q = {keep:g}; evidence: {policy}")
     print(f"{outcome.runs} runs of 200 x 2^0..6 shadowed requests (12,800 at the last look), "
           "max_disagreement 0.002 at confidence 0.95")  # fmt: skip
     print(f"  Learn-then-Test (fixed sequence, Clopper-Pearson, delta spent over looks): "

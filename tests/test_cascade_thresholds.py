@@ -103,6 +103,19 @@ def test_the_chosen_threshold_holds_its_bound_far_more_often_than_the_confidence
     assert np.median(outcome.final_thresholds) <= outcome.best + 0.1  # and is not useless
 
 
+def test_dropped_shadow_calls_leave_the_guarantee_when_they_drop_every_path_alike() -> None:
+    """Half or four fifths of the shadow calls dropped, sure and escalated requests alike: the
+    evidence is still a random sample, so the bound still holds; none answering: no choice."""
+    for keep in (0.5, 0.2):
+        outcome = simulate(runs=150, seed=5, keep=keep, policy="path_independent")
+        assert outcome.violated / outcome.runs <= 0.05
+        assert np.median(outcome.final_thresholds) <= outcome.best + 0.1
+    assert set(simulate(runs=20, seed=5, keep=0.0).final_thresholds) == {1.0}
+    # escalated rows kept whatever happens: evidence from them alone still chooses (and lower)
+    biased = simulate(runs=150, seed=5, keep=0.0, policy="escalated_always")
+    assert np.median(biased.final_thresholds) < 1.0
+
+
 def test_distill_canary_status_says_a_gateway_is_in_cascade_mode() -> None:
     """What `distill-canary status` prints of a gateway's traffic JSON (the HTTP seam faked)."""
     cascade = {"threshold": 0.87, "source": "chosen", "evidence": {"samples": 1600}}
