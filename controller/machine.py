@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from controller.approval import entry_gates
 from controller.decisions import Action, Judgement
 from controller.state import Command, Phase, Record, RolloutState
+
+SKIP_GATES = "skip-gates"
+"""promote's argument (``--skip-gates``): move past the waiting gates of the move."""
 
 
 @dataclass(frozen=True)
@@ -26,9 +30,16 @@ class Position:
     promote_when_confirmed: bool = False  # promote --full, waiting for 100 % to be confirmed
     awaiting: tuple[str, ...] = ()  # manual gates the next step waits for (approval.py)
     approved: tuple[str, ...] = ()  # those an operator released
+    steps: tuple[float, ...] = ()  # the policy's shares in %, to know which gates a move crosses
+    guards: tuple[tuple[str, str], ...] = ()  # (waiting gate type, "manual approval"/"webhook x")
+    started: bool = True  # the first step's gates were passed (the rollout has its marks)
 
     @classmethod
     def of(cls, state: RolloutState) -> Position:
+        policy = state.policy
+        guards = [(str(gate), "manual approval") for gate in policy.get("manual_approval", [])]
+        guards += [(str(hook["type"]), f"webhook {hook['name']}")
+                   for hook in policy.get("webhooks", [])]  # fmt: skip
         return cls(
             phase=state.phase,
             step_index=state.step_index,
@@ -38,11 +49,16 @@ class Position:
             promote_when_confirmed=state.promote_when_confirmed,
             awaiting=tuple((state.waiting or {}).get("manual", ())),
             approved=tuple(state.approved),
+            steps=tuple(state.steps),
+            guards=tuple(guards),
+            started=state.rollout_mark is not None,
         )
 
     def apply_to(self, state: RolloutState) -> None:
         if state.step_index != self.step_index:
             state.step_entered_at = None  # another step: its deadline starts when it is confirmed
+        if state.step_index != self.step_index or self.phase.terminal:
+            state.waiting = None  # a wait (and its approvals) is for one move, now made or moot
         state.phase, state.step_index = self.phase, self.step_index
         state.paused_by = self.paused_by
         state.promote_when_confirmed = self.promote_when_confirmed
@@ -58,7 +74,7 @@ class Position:
 class OperatorCommand:
     command: Command
     sender: str
-    argument: str = ""  # approve: the gate
+    argument: str = ""  # approve: the gate; promote: SKIP_GATES or nothing
 
 
 @dataclass(frozen=True)
@@ -160,30 +176,61 @@ def _command(position: Position, event: OperatorCommand) -> Transition:
         if position.phase is not Phase.PAUSED:
             return _refused(position, "resume ignored: the rollout is not paused")
         return Transition(progressing, Record.RESUME, f"resumed by an operator {by}")
-    if command is Command.PROMOTE:
-        if not position.confirmed:
-            return _refused(position, f"promote refused: step {position.step_index + 1}'s share "
-                            "is not yet confirmed on every gateway (promote --full or abort "
-                            "still work)")  # fmt: skip
-        note = f"promoted by an operator {by}"
-        if position.step_index == position.last_step:
-            done = replace(progressing, phase=Phase.PROMOTED)
-            return Transition(done, Record.PROMOTE, note, (FinishPromoted(),))
-        advanced = replace(progressing, step_index=position.step_index + 1, confirmed=False)
-        return Transition(advanced, Record.ADVANCE, note, (EnterStep(),))
-    if command is Command.PROMOTE_FULL:
-        note = f"fully promoted by an operator {by}"
-        if position.confirmed and position.step_index == position.last_step:
-            done = replace(progressing, phase=Phase.PROMOTED)
-            return Transition(done, Record.PROMOTE_FULL, note, (FinishPromoted(),))
-        last = replace(progressing, step_index=position.last_step, confirmed=False,
-                       promote_when_confirmed=True)  # fmt: skip
-        return Transition(last, Record.PROMOTE_FULL, note, (EnterStep(),))
+    if command in (Command.PROMOTE, Command.PROMOTE_FULL):
+        return _promote(position, progressing, event)
     if command is Command.APPROVE:
         return _approve(position, event.argument, by)
     reason = f"aborted by an operator {by}"
     ended = replace(position, phase=Phase.ROLLED_BACK, paused_by=None)
     return Transition(ended, Record.ROLLBACK, reason, (RollBack(reason, "abort"),))
+
+
+def _crossed(position: Position, to_index: int) -> list[str]:
+    """The waiting gates (manual or webhook) a move from here to ``to_index`` would pass, but
+    for manual ones an operator already released: "confirm-promotion (manual approval)"."""
+    if not position.guards:
+        return []
+    steps, crossed = list(position.steps), []
+    first = position.step_index if not position.started else position.step_index + 1
+    for index in range(first, to_index + 1):
+        before = steps[index - 1] / 100.0 if index > first or position.started else 0.0
+        for gate in entry_gates(index, steps, not position.started and index == first, before):
+            crossed += [f"{gate} ({what})" for kind, what in position.guards
+                        if kind == gate and not (what == "manual approval"
+                                                 and gate in position.approved)]  # fmt: skip
+    return list(dict.fromkeys(crossed))
+
+
+def _promote(position: Position, progressing: Position, event: OperatorCommand) -> Transition:
+    """promote (the next step) and promote --full (100 %): an operator's move never passes a
+    waiting gate silently: refused while one guards it, unless sent with ``--skip-gates``, and
+    then the history and the event name the gates it skipped."""
+    full, by = event.command is Command.PROMOTE_FULL, f"({event.sender})"
+    what = "promote --full" if full else "promote"
+    if not full and not position.confirmed:
+        return _refused(position, f"promote refused: step {position.step_index + 1}'s share "
+                        "is not yet confirmed on every gateway (promote --full or abort "
+                        "still work)")  # fmt: skip
+    at_end = position.confirmed and position.step_index == position.last_step
+    to_index = position.last_step if full else position.step_index + 1
+    crossed = [] if at_end else _crossed(position, to_index)
+    if crossed and event.argument != SKIP_GATES:
+        return _refused(position, f"{what} refused: it would pass {', '.join(crossed)}; approve "
+                        f"or wait for them, or send {what} --skip-gates")  # fmt: skip
+    note = f"{'fully promoted' if full else 'promoted'} by an operator {by}"
+    if crossed:
+        note += f", skipping gates: {', '.join(crossed)} (--skip-gates)"
+    # the move is made: the wait it replaces and that wait's approvals are gone
+    moved = replace(progressing, approved=(), awaiting=())
+    record = Record.PROMOTE_FULL if full else Record.PROMOTE
+    if at_end:
+        return Transition(replace(moved, phase=Phase.PROMOTED), record, note, (FinishPromoted(),))
+    if full:
+        last = replace(moved, step_index=position.last_step, confirmed=False,
+                       promote_when_confirmed=True)  # fmt: skip
+        return Transition(last, Record.PROMOTE_FULL, note, (EnterStep(),))
+    advanced = replace(moved, step_index=to_index, confirmed=False)
+    return Transition(advanced, Record.ADVANCE, note, (EnterStep(),))
 
 
 def _approve(position: Position, gate: str, by: str) -> Transition:

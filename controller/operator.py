@@ -7,7 +7,8 @@ command that nobody takes in time is closed as expired, so it can never fire lat
 
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 import socket
 import time
 import uuid
@@ -37,7 +38,15 @@ class NoLiveController(StateError):
 
 
 def operator_name() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    """``user@host``, the user from the process's real uid (not ``USER``/``LOGNAME``, which the
+    caller sets at will). Only someone who can write the 0600 state file can send a command at
+    all: the uid names who it was among those."""
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (containers)
+        user = f"uid {uid}"
+    return f"{user}@{socket.gethostname()}"
 
 
 def live_lease(store: StateStore, now: float) -> Lease | None:

@@ -10,6 +10,7 @@ Every rollout is kept (``rollouts``, one row each), so a new rollout never erase
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 STATE_FILE_MODE = 0o600  # access to the state file is what authorises operators' commands
 HISTORY_IN_MEMORY = 500
@@ -153,8 +156,11 @@ class RolloutState:
         return cls(**data)
 
 
-def _sent(command_id: int, text: str, sender: str) -> SentCommand:
+def _sent(command_id: int, text: str, sender: str) -> SentCommand | None:
+    """None for a command this controller does not know (a newer CLI's, during an upgrade)."""
     command, _, argument = text.partition(":")
+    if command not in set(Command):
+        return None
     return SentCommand(command_id, Command(command), sender, argument)
 
 
@@ -459,7 +465,19 @@ class StateStore:
                 "where rollout_id = ? and taken_at is null order by id",
                 (rollout_id,),
             ).fetchall()
-        return [_sent(row[0], row[1], row[2]) for row in rows]
+            known = []
+            for row in rows:
+                sent = _sent(row[0], row[1], row[2])
+                if sent is None:  # closed, so its sender hears at once rather than at expiry
+                    log.warning("ignored command %r from %s: unknown to this controller",
+                                row[1], row[2])  # fmt: skip
+                    db.execute(
+                        "update commands set taken_at = ?, acted = 0, outcome = ? where id = ?",
+                        (now, f"ignored: this controller does not know {row[1]!r}", row[0]),
+                    )
+                else:
+                    known.append(sent)
+        return known
 
     def acknowledge(self, command_id: int, acted: bool, outcome: str, now: float) -> None:
         with self._connect() as db:

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,8 @@ from typer.testing import CliRunner
 
 from controller.approval import decide, entry_gates
 from controller.cli import app
-from controller.operator import send_and_wait
+from controller.machine import SKIP_GATES, OperatorCommand, Position, transition
+from controller.operator import operator_name, send_and_wait
 from controller.rollout import Launch
 from controller.state import Command, Phase, Record, StateStore
 from controller.webhooks import Answer, GateAnswer, GateType, Webhook
@@ -121,3 +126,115 @@ def test_approve_needs_a_gate_a_rollout_waits_at_and_a_live_controller(tmp_path:
                                 "--state", str(tmp_path / "r.db")])  # fmt: skip
     assert alone.exit_code == 1
     assert "approve not sent: no controller is running this rollout" in alone.stderr
+
+
+def test_promote_never_passes_a_waiting_gate_unless_told_to_and_then_says_so(
+    tmp_path: Path,
+) -> None:
+    """A change board (confirm-traffic-increase, answering 403) and a manual confirm-promotion:
+    promote and promote --full are refused while a gate guards the move; --skip-gates moves,
+    names the gates it passed in the history and the event, and leaves no stale wait."""
+    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    with http_receiver() as receiver:
+        board = {"name": "change-board", "type": "confirm-traffic-increase",
+                 "url": f"{receiver.url}/board", "timeout_seconds": 2.0}  # fmt: skip
+        controller, _, _ = make_controller(
+            store, fleet, clock, HOLDER, manual_approval=["confirm-promotion"], webhooks=[board],
+            notify=[{"url": f"{receiver.url}/ops", "events": ["step_advanced", "promoted"]}],
+        )  # fmt: skip
+        controller.start(Launch(GATEWAYS))
+        controller.tick()  # the board lets 5 % start
+        receiver.status["/board"] = 403
+        for _ in range(15):  # a 10 s bake, then the board holds the move to 25 %
+            controller.tick()
+            clock.sleep(1)
+        assert (controller.state.waiting or {})["step_index"] == 1
+
+        def controller_ticks(seconds: float) -> None:
+            clock.sleep(seconds)
+            controller.tick()
+
+        def send(command: Command, argument: str = "") -> tuple[bool, str]:
+            outcome = send_and_wait(store, controller.state, command, clock, controller_ticks,
+                                    argument=argument)  # fmt: skip
+            return outcome.acted, outcome.note
+
+        acted, note = send(Command.PROMOTE)
+        assert not acted and note == (
+            "promote refused: it would pass confirm-traffic-increase (webhook change-board); "
+            "approve or wait for them, or send promote --skip-gates"
+        )
+        acted, note = send(Command.PROMOTE, SKIP_GATES)
+        assert acted and controller.state.share == 0.25
+        assert controller.state.waiting is None and controller.state.approved == []
+        acted, note = send(Command.PROMOTE_FULL)
+        assert (
+            not acted
+            and "it would pass confirm-traffic-increase (webhook change-board), "
+            "confirm-promotion (manual approval)"
+            in note
+        )
+        acted, note = send(Command.PROMOTE_FULL, SKIP_GATES)
+        assert acted
+        for _ in range(5):
+            if controller.state.phase.terminal:
+                break
+            controller.tick()
+            clock.sleep(1)
+        controller.notifications.close(2.0)
+        sent = [r.json() for r in receiver.on("/ops")]
+    assert controller.state.phase is Phase.PROMOTED
+    skipped = [r.reason for r in controller.state.history if "skipping gates" in r.reason]
+    assert len(skipped) == 2
+    assert skipped[1].startswith("fully promoted by an operator (")
+    assert skipped[1].endswith(", skipping gates: confirm-traffic-increase (webhook change-board), "
+                               "confirm-promotion (manual approval) (--skip-gates)")  # fmt: skip
+    advanced = [e["reason"] for e in sent if e["type"] == "step_advanced"]
+    assert [reason for reason in advanced if "skipping gates" in reason] == skipped
+    saved = store.load()
+    assert saved is not None and saved.waiting is None and saved.approved == []
+
+
+def test_a_command_this_controller_does_not_know_is_closed_not_a_crash(tmp_path: Path) -> None:
+    """A newer CLI's command during an upgrade: the controller closes it as ignored (its sender
+    hears at once) and goes on taking the commands after it."""
+    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    controller, _, _ = make_controller(store, fleet, clock, HOLDER)
+    controller.start(Launch(GATEWAYS))
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        newer = db.execute(
+            "insert into commands (rollout_id, command, sender, created_at, expires_at) "
+            "values (1, 'rewind:2', 'ops@host', ?, ?)", (clock(), clock() + 60),
+        ).lastrowid  # fmt: skip
+    assert newer is not None
+    pause = store.send(1, Command.PAUSE, "ops@host", 60.0, clock())
+    controller.tick()
+    ignored = store.outcome(newer)
+    assert ignored.taken and not ignored.acted
+    assert ignored.note == "ignored: this controller does not know 'rewind:2'"
+    assert store.outcome(pause).acted and controller.state.phase is Phase.PAUSED
+
+
+def test_who_sent_a_command_is_the_callers_uid_not_what_USER_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("USER", "someone-else")
+    monkeypatch.setenv("LOGNAME", "someone-else")
+    assert operator_name().split("@")[0] == pwd.getpwuid(os.getuid()).pw_name != "someone-else"
+
+
+def test_promote_full_before_the_start_names_the_start_gates_too() -> None:
+    """Not started yet (a confirm-rollout webhook holds the first step): promote --full would
+    pass it as well as every later gate."""
+    unstarted = Position(Phase.PROGRESSING, 0, 2, confirmed=False, steps=(5.0, 25.0, 100.0),
+                         guards=(("confirm-rollout", "webhook board"),
+                                 ("confirm-promotion", "manual approval")),
+                         started=False)  # fmt: skip
+    refused = transition(unstarted, OperatorCommand(Command.PROMOTE_FULL, "ops@host"))
+    assert not refused.acted and refused.note.startswith(
+        "promote --full refused: it would pass confirm-rollout (webhook board), "
+        "confirm-promotion (manual approval);"
+    )
+    released = replace(unstarted, approved=("confirm-promotion",), guards=unstarted.guards[1:])
+    moved = transition(released, OperatorCommand(Command.PROMOTE_FULL, "ops@host"))
+    assert moved.acted and "skipping" not in moved.note  # an approval given is not bypassed
