@@ -41,7 +41,14 @@ from controller.rollout import (
     Start,
 )
 from controller.sources import MetricsSource, create_source
-from controller.state import Command, Phase, RolloutState, StateError, StateStore
+from controller.state import (
+    Command,
+    Phase,
+    RolloutState,
+    StateError,
+    StateStore,
+    new_holder_id,
+)
 from controller.status import render_status
 from controller.watch import (
     Look,
@@ -245,15 +252,21 @@ def _run_controller(
         try:
             code = controller.run(launch)
         except StateError as exc:
-            raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
+            raise _fail(f"refused: {_watched(store) or exc}", EXIT_REFUSED) from None
         if rollout_policy.watch is not None and controller.state.phase is Phase.PROMOTED:
-            # the policy's watch: stay, judging the student against its last step's traffic
+            # the policy's watch: stay, judging the student against its last step's traffic,
+            # under the lease the rollout just gave back (a rollout started since refuses)
+            try:
+                store.acquire(controller.holder, rollout_policy.lease_seconds, time.time())
+            except StateError as exc:
+                raise _fail(f"promoted, but not watched: {exc}", EXIT_REFUSED) from None
             reference = reference_of_last_step(source, controller.state, rollout_policy.model,
                                                time.time())  # fmt: skip
-            code = _watch(rollout_policy, source, fleet, controller.state, reference, None,
-                          metrics.notified)  # fmt: skip
-            if code == EXIT_ROLLED_BACK:  # the watch rolled back: `status` shows it
-                _keep(store, controller.state, controller.holder, rollout_policy.lease_seconds)
+            try:
+                code = _watch(rollout_policy, source, fleet, controller.state, reference, None,
+                              (store, controller.holder), metrics.notified)  # fmt: skip
+            finally:
+                store.release(controller.holder)
     students.record_outcome(controller.state)
     if metrics_port and metrics_linger > 0:
         time.sleep(metrics_linger)
@@ -278,10 +291,20 @@ def watch(
             "watch.reference_seconds of traffic and written there."
         ),
     ] = None,
+    state: Annotated[
+        Path,
+        typer.Option(
+            "--state",
+            help="The state file whose lease the watch holds (refused while a rollout or "
+            "another watch holds it; `run` is refused while the watch does); its looks go "
+            "into the latest rollout's history when that promoted this model, else a new one.",
+        ),
+    ] = DEFAULT_STATE,
 ) -> None:
     """Watch a promoted student: drift of its inputs and predictions, label-free accuracy and
     the policy's watch.gates against a reference; roll back or alert (watch.on_breach). Exit 3
-    after a rollback."""
+    after a confirmed rollback, 4 when stopped before every gateway confirmed share 0, 5 when
+    refused (the state file's lease is held) or when the lease was lost."""
     try:
         watched = load_policy(policy).model_copy(update={"model": model})
     except PolicyError as exc:
@@ -296,32 +319,66 @@ def watch(
     with httpx.Client(timeout=5.0) as client:
         fleet = GatewayFleet([url.rstrip("/") for url in gateway], token, client)
         source = create_source(fleet.scrape_targets, None, model, client)
-        code = _watch(watched, source, fleet, promoted_rollout(model), known, reference)
+        store, holder = _create(state), new_holder_id()
+        try:
+            store.acquire(holder, watched.lease_seconds, time.time())
+        except StateError as exc:
+            raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
+        try:
+            rollout = _watched_rollout(store, model, holder)
+            code = _watch(watched, source, fleet, rollout, known, reference, (store, holder))
+        except StateError as exc:
+            raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
+        finally:
+            store.release(holder)
     raise typer.Exit(code)
 
 
-def _keep(store: StateStore, rollout: RolloutState, holder: str, lease_seconds: float) -> None:
-    """Saves a rollout the watch rolled back after its promotion (the lease taken again)."""
-    try:
-        store.acquire(holder, lease_seconds, time.time())
-        store.save(rollout, holder)
-        store.release(holder)
-    except StateError as exc:
-        typer.echo(f"distill-canary: the watch's rollback is not in the state file: {exc}",
-                   err=True)  # fmt: skip
+def _watched(store: StateStore) -> str:
+    """Why a watch refuses a new rollout ('' when no watch holds the state file's lease)."""
+    lease, latest = store.lease(), store.load()
+    if lease is None or not lease.alive(time.time()) or latest is None:
+        return ""
+    if not latest.phase.terminal:
+        return ""
+    model = latest.policy.get("model", "?")
+    return (
+        f"a post-promotion watch ({lease.holder}) holds model {model} after rollout "
+        f"{latest.rollout_id}; stop it (SIGTERM) before a new rollout, so the two do not "
+        "both set the share"
+    )
+
+
+def _watched_rollout(store: StateStore, model: str, holder: str) -> RolloutState:
+    """The rollout ``distill-canary watch`` records its looks in: the latest, when it promoted
+    this model; else a new record of the promoted model."""
+    latest = store.load()
+    if latest is not None and not latest.phase.terminal:
+        raise StateError(
+            f"rollout {latest.rollout_id} is {latest.phase.value}: resume it with run, which "
+            "watches it after promotion when its policy says so"
+        )
+    promoted = latest is not None and latest.phase is Phase.PROMOTED
+    if latest is not None and promoted and latest.policy.get("model") == model:
+        return latest
+    return store.add(promoted_rollout(model), holder)
 
 
 def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: RolloutState,
-           reference: Reference | None, save_to: Path | None,
+           reference: Reference | None, save_to: Path | None, lease: tuple[StateStore, str],
            count: Callable[[str, str], None] = lambda *_: None) -> int:  # fmt: skip
-    """Runs the watch until a rollback (3) or SIGTERM (0); ``count(receiver, outcome)`` counts
-    its notifications (after ``run``: in the rollout's exporter)."""
+    """Runs the watch, under ``lease`` (the state file and the holder that took it), until a
+    confirmed rollback (3), a lost lease (5) or SIGTERM (0; 4 while share 0 is unconfirmed);
+    ``count(receiver, outcome)`` counts its notifications (after ``run``: in the rollout's
+    exporter)."""
     assert policy.watch is not None
     try:
         notifications = Notifications(policy.notify, policy.watch.interval_seconds, count)
     except NotifyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    watcher = Watch(policy, source, fleet, notifications.emit, rollout, reference)
+    store, holder = lease
+    watcher = Watch(policy, source, fleet, notifications.emit, rollout, reference,
+                    holder=holder, store=store)  # fmt: skip
     stop: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
 
@@ -334,7 +391,9 @@ def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: Rollout
         last = watcher.run(lambda: bool(stop), on_look=show)
     finally:
         notifications.close(notifications.flush_seconds)
-    return EXIT_ROLLED_BACK if last.outcome is Outcome.ROLLED_BACK else 0
+    codes = {Outcome.ROLLED_BACK: EXIT_ROLLED_BACK, Outcome.LEASE_LOST: EXIT_REFUSED,
+             Outcome.ROLLBACK_UNCONFIRMED: EXIT_UNCONFIRMED}  # fmt: skip
+    return codes.get(last.outcome, 0)
 
 
 @app.command()

@@ -79,6 +79,7 @@ class Record(StrEnum):
     WAITING = "waiting"  # a webhook gate or a manual approval holds the next step
     APPROVED = "approved"  # an operator released a manual gate (``distill-canary approve``)
     GATE = "gate"  # a webhook gate's answer worth keeping (pre-rollout, rollback, post-rollout)
+    WATCH = "watch"  # a look of the post-promotion watch (controller/watch.py), and its verdict
 
 
 class StateError(Exception):

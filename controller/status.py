@@ -113,7 +113,9 @@ def _controller(rollout: RolloutState, store: StateStore, now: float) -> str:
         return "none running"
     beat = f"last heartbeat {now - lease.heartbeat_at:.1f} s ago"
     if lease.alive(now):
-        return f"{lease.holder}, {beat} (lease expires in {lease.expires_at - now:.0f} s)"
+        # a live lease on an ended rollout is its post-promotion watch (controller/watch.py)
+        what = "post-promotion watch " if rollout.phase.terminal else ""
+        return f"{what}{lease.holder}, {beat} (lease expires in {lease.expires_at - now:.0f} s)"
     return f"none alive ({lease.holder} was the last: {beat})"
 
 

@@ -36,7 +36,7 @@ from controller.policy import Gates, Policy
 from controller.promtext import Snapshot, increase
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
 from controller.sources.base import window_metrics
-from controller.state import Phase, RolloutState
+from controller.state import DecisionRecord, LeaseLost, Phase, Record, RolloutState, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +107,27 @@ def judge_window(snapshot: Snapshot, reference: Reference, policy: Policy, look:
 
 class Outcome(StrEnum):
     RECORDING = "recording"
-    """Recording the reference (``distill-canary watch`` with none)."""
+    """Recording the reference (none given, or one with fewer than ``min_rows`` rows)."""
     WATCHING = "watching"
     """No breach (yet) in this window."""
     ALERTED = "alerted"
-    """A breach, alerted on; a new window starts."""
+    """A breach (or drift checks blind for ``blind_looks``), alerted on; a breach starts a new
+    window."""
     ROLLED_BACK = "rolled_back"
-    """A breach, rolled back: share 0; the watch ends."""
+    """A breach, rolled back: share 0 confirmed on every gateway; the watch ends."""
+    ROLLBACK_UNCONFIRMED = "rollback_unconfirmed"
+    """A breach, rolled back, but some gateway has not confirmed share 0: retried at every look
+    until it does; the watch ends here only when stopped (gave up)."""
+    LEASE_LOST = "lease_lost"
+    """Another controller took the model's lease: the watch stops without touching the fleet."""
     UNAVAILABLE = "unavailable"
     """The metrics could not be read: no verdict (never a pass)."""
+
+
+FINAL = (Outcome.ROLLED_BACK, Outcome.LEASE_LOST)
+RECORD_OF = {Outcome.ROLLED_BACK: Record.ROLLED_BACK,
+             Outcome.ROLLBACK_UNCONFIRMED: Record.ROLLBACK_UNCONFIRMED}  # fmt: skip
+"""The history's record of a look (``Record.WATCH`` for every other outcome)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,16 @@ class Look:
     outcome: Outcome
     reason: str
     results: list[GateResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Rollback:
+    """A breach rolled back, for the retries of share 0 until every gateway confirms it."""
+
+    reason: str
+    cause: str
+    numbers: dict[str, Any]
+    before: float
 
 
 class Watch:
@@ -137,44 +159,76 @@ class Watch:
         reference: Reference | None,
         clock: Callable[[], float] = time.time,
         holder: str = "watch",
+        store: StateStore | None = None,
     ) -> None:
         """``rollout``: the promoted rollout (or one made for the model), whose fields every
-        event carries; the watch sets its phase and reason when it rolls back."""
+        event carries; the watch sets its phase and reason when it rolls back. ``store``: the
+        state file whose lease ``holder`` holds (taken by the caller): renewed at every look,
+        which is also saved in the rollout's history; a lost lease stops the watch at once."""
         if policy.watch is None:
             raise ValueError("the policy has no watch: section")
         self.policy, self.watch = policy, policy.watch
         self.source, self.fleet, self._notify = source, fleet, notify
         self.rollout, self.reference = rollout, reference
-        self.clock, self.holder = clock, holder
+        self.clock, self.holder, self.store = clock, holder, store
         self._window: Mark | None = None
         self._look = 0
         # the window's increases at its last looks, for the drift checks' recent part
         recent_looks = round(self.watch.recent_seconds / self.watch.interval_seconds)
         self._history: deque[Snapshot] = deque(maxlen=max(recent_looks, 1))
         self._recent_looks = recent_looks
+        self._rollback: _Rollback | None = None  # share 0 sent, not yet confirmed everywhere
+        self._told = False  # the rollback_unconfirmed event sent for this rollback
+        self._blind = 0  # looks in a row with no drift rows in the window
+        self._note = ""  # why the reference is being recorded
+        if reference is not None and (short := self._too_small(reference.counts)):
+            self.reference, self._note = None, f"the given reference {short}"
 
     def tick(self) -> Look:
-        """One look; starts the first window (or the reference's recording) on its first call."""
+        """One look (renewing the lease first, saved in the history after); starts the first
+        window (or the reference's recording) on its first call."""
         now = self.clock()
+        try:
+            if self.store is not None:
+                self.store.renew(self.holder, self.policy.lease_seconds, now)
+            look = self._confirm_share_0(now, []) if self._rollback else self._look_at(now)
+            self._save(look)
+        except LeaseLost as exc:
+            log.error("watch stopped: %s", exc)
+            return Look(now, Outcome.LEASE_LOST, str(exc))
+        return look
+
+    def run(self, stopped: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
+            on_look: Callable[[Look], None] | None = None) -> Look:  # fmt: skip
+        """Looks every ``interval_seconds`` until a confirmed rollback, a lost lease or
+        ``stopped()``; the last look. Stopped before share 0 was confirmed, it gives up: a last
+        ``rollback_unconfirmed`` event and record say so."""
+        while True:
+            look = self.tick()
+            if on_look is not None:
+                on_look(look)
+            if look.outcome in FINAL:
+                return look
+            if stopped():
+                if self._rollback is None:
+                    return look
+                return self._give_up(look)
+            sleep(self.watch.interval_seconds)
+
+    def _look_at(self, now: float) -> Look:
         try:
             if self._window is None:
                 self._restart()
-                what = "recording the reference" if self.reference is None else "window started"
-                return Look(now, Outcome.RECORDING if self.reference is None else
-                            Outcome.WATCHING, what)  # fmt: skip
+                if self.reference is None:
+                    return Look(now, Outcome.RECORDING, self._recording(0.0))
+                return Look(now, Outcome.WATCHING, "window started")
             assert self._window is not None
             snapshot = self.source.increase_since(self._window)
         except MetricsUnavailable as exc:
             return Look(now, Outcome.UNAVAILABLE, str(exc))
         elapsed = now - self._window.at
         if self.reference is None:
-            if elapsed < self.watch.reference_seconds:
-                return Look(now, Outcome.RECORDING, f"recording the reference, {elapsed:.0f} of "
-                            f"{self.watch.reference_seconds:.0f} s")  # fmt: skip
-            self.reference = Reference.of(snapshot, self.policy.model, now)
-            self._restart()
-            rows = self.reference.counts.rows
-            return Look(now, Outcome.WATCHING, f"reference recorded: {rows:.0f} rows")
+            return self._record_reference(now, snapshot, elapsed)
         self._look += 1
         full = self._recent_looks and len(self._history) == self._recent_looks
         recent = increase(snapshot, self._history[0]) if full else None
@@ -186,20 +240,60 @@ class Watch:
             return self._breach(now, failed, results)
         if elapsed >= self.watch.window_seconds:
             self._restart()
+        if blind := self._blindness(DriftCounts.of(snapshot, self.policy.model)):
+            self._notify(watch_alert(self.rollout, self.holder, now, blind, {}))
+            log.warning("watch alert: %s", blind)
+            return Look(now, Outcome.ALERTED, blind, results)
         pending = [r.gate for r in results if r.verdict is Verdict.INCONCLUSIVE]
         reason = "no breach" + (f" (inconclusive: {', '.join(pending)})" if pending else "")
         return Look(now, Outcome.WATCHING, reason, results)
 
-    def run(self, stopped: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
-            on_look: Callable[[Look], None] | None = None) -> Look:  # fmt: skip
-        """Looks every ``interval_seconds`` until a rollback or ``stopped()``; the last look."""
-        while True:
-            look = self.tick()
-            if on_look is not None:
-                on_look(look)
-            if look.outcome is Outcome.ROLLED_BACK or stopped():
-                return look
-            sleep(self.watch.interval_seconds)
+    def _recording(self, elapsed: float) -> str:
+        note = f"{self._note}; " if self._note else ""
+        return (f"{note}recording the reference, {elapsed:.0f} of "
+                f"{self.watch.reference_seconds:.0f} s")  # fmt: skip
+
+    def _record_reference(self, now: float, snapshot: Snapshot, elapsed: float) -> Look:
+        if elapsed < self.watch.reference_seconds:
+            return Look(now, Outcome.RECORDING, self._recording(elapsed))
+        recorded = Reference.of(snapshot, self.policy.model, now)
+        self._restart()
+        if short := self._too_small(recorded.counts):
+            self._note = f"the recorded reference {short}"  # more traffic: record again, longer
+            return Look(now, Outcome.RECORDING, self._recording(0.0))
+        self.reference, self._note = recorded, ""
+        return Look(now, Outcome.WATCHING, f"reference recorded: {recorded.counts.rows:.0f} rows")
+
+    def _drift_checks(self) -> tuple[bool, bool]:
+        """Whether the drift checks read the inputs' rows, and the student's."""
+        watch = self.watch
+        students = (watch.max_prediction_psi, watch.max_estimated_accuracy_drop)
+        return watch.max_input_psi is not None, any(c is not None for c in students)
+
+    def _too_small(self, counts: DriftCounts) -> str:
+        """Why a reference cannot serve the drift checks ('' when it can)."""
+        inputs, students = self._drift_checks()
+        least = self.watch.min_rows
+        if inputs and counts.rows < least:
+            return f"has {counts.rows:.0f} rows, under min_rows {least}"
+        if students and counts.student_rows < least:
+            return f"has {counts.student_rows:.0f} student rows, under min_rows {least}"
+        return ""
+
+    def _blindness(self, counts: DriftCounts) -> str:
+        """An alert when the drift checks have had no rows for ``blind_looks`` looks."""
+        inputs, students = self._drift_checks()
+        if not (inputs or students):
+            return ""
+        self._blind = self._blind + 1 if (counts.student_rows if students and not inputs
+                                          else counts.rows) <= 0 else 0  # fmt: skip
+        if self._blind < self.watch.blind_looks:
+            return ""
+        self._blind = 0
+        return (
+            f"blind: no drift rows for {self.watch.blind_looks} looks (drift: off on the "
+            "gateways, a metrics source without gateway_drift_* counters, or no traffic)"
+        )
 
     def _restart(self) -> None:
         self._window = self.source.mark()
@@ -213,20 +307,61 @@ class Watch:
             self._notify(watch_alert(self.rollout, self.holder, now, reason, numbers))
             log.warning("watch alert: %s", reason)
             return Look(now, Outcome.ALERTED, reason, results)
-        before = self.rollout.share
+        self._rollback = _Rollback(reason, failed[0].gate, numbers, self.rollout.share)
+        self.rollout.phase, self.rollout.share = Phase.ROLLED_BACK, 0.0
+        self.rollout.rollback_reason, self.rollout.ended_at = reason, now
+        return self._confirm_share_0(now, results)
+
+    def _confirm_share_0(self, now: float, results: list[GateResult]) -> Look:
+        """Sends share 0 and checks every gateway serves it; a gateway that missed it gets it
+        again at the next look (as the rollout controller's ``_confirm_final_share``)."""
+        rollback = self._rollback
+        assert rollback is not None
         try:
             self.fleet.set_share(0.0)
             self.fleet.verify(0.0)
-            outcome = "share 0 on every gateway"
         except FleetNotConfirmed as exc:
             outcome = f"share 0 not confirmed everywhere ({exc})"
-        self.rollout.phase, self.rollout.share = Phase.ROLLED_BACK, 0.0
-        self.rollout.rollback_reason, self.rollout.ended_at = reason, now
-        self._notify(RolloutEvent(EventType.ROLLED_BACK, now, self.holder,
-                                  rollout_fields(self.rollout), before, 0.0, reason,
-                                  cause=failed[0].gate, numbers=numbers))  # fmt: skip
-        log.warning("watch rolled back: %s; %s", reason, outcome)
-        return Look(now, Outcome.ROLLED_BACK, f"{reason}; {outcome}", results)
+            if not self._told:  # once; the history has every retry
+                self._told = True
+                self._event(EventType.ROLLBACK_UNCONFIRMED, now, f"{rollback.reason}; {outcome}",
+                            rollback)  # fmt: skip
+            log.error("watch rollback: %s; retrying every %.0f s", outcome,
+                      self.watch.interval_seconds)  # fmt: skip
+            return Look(now, Outcome.ROLLBACK_UNCONFIRMED,
+                        f"{rollback.reason}; {outcome}; retrying", results)  # fmt: skip
+        self._rollback = None
+        self._event(EventType.ROLLED_BACK, now, rollback.reason, rollback)
+        log.warning("watch rolled back: %s; share 0 on every gateway", rollback.reason)
+        return Look(now, Outcome.ROLLED_BACK, f"{rollback.reason}; share 0 on every gateway",
+                    results)  # fmt: skip
+
+    def _give_up(self, look: Look) -> Look:
+        assert self._rollback is not None
+        reason = f"{self._rollback.reason}; gave up confirming share 0 (stopped): {look.reason}"
+        self._event(EventType.ROLLBACK_UNCONFIRMED, look.at, reason, self._rollback)
+        last = Look(look.at, Outcome.ROLLBACK_UNCONFIRMED, reason, look.results)
+        try:
+            self._save(last)
+        except LeaseLost as exc:
+            log.error("the watch's last record is not saved: %s", exc)
+        return last
+
+    def _event(self, kind: EventType, now: float, reason: str, rollback: _Rollback) -> None:
+        self._notify(RolloutEvent(kind, now, self.holder, rollout_fields(self.rollout),
+                                  rollback.before, 0.0, reason, cause=rollback.cause,
+                                  numbers=rollback.numbers))  # fmt: skip
+
+    def _save(self, look: Look) -> None:
+        """The look in the rollout's history (and the state file, when the watch has one)."""
+        action = RECORD_OF.get(look.outcome, Record.WATCH)
+        reason = look.reason if action is not Record.WATCH else f"{look.outcome}: {look.reason}"
+        self.rollout.history.append(DecisionRecord(
+            at=look.at, step_index=self.rollout.step_index, share=self.rollout.share,
+            action=action, reason=reason,
+            gates=[r.as_dict() for r in look.results]))  # fmt: skip
+        if self.store is not None:
+            self.store.save(self.rollout, self.holder)
 
 
 def promoted_rollout(model: str, share: float = 1.0) -> RolloutState:

@@ -25,8 +25,13 @@ class WatchPolicy(StrictModel):
     """Rows a window needs (and the student's rows, for the prediction checks) before a drift
     check can judge."""
     reference_seconds: float = Field(default=600.0, gt=0)
-    """``distill-canary watch`` with no recorded reference: the first this many seconds of
-    traffic become the reference (traffic the operator vouches for)."""
+    """With no reference, or one under ``min_rows`` rows (a last step promoted early, ``promote
+    --full``): the first this many seconds of traffic become the reference (traffic the operator
+    vouches for), recorded again while it has fewer rows than ``min_rows``."""
+    blind_looks: int = Field(default=10, ge=1)
+    """Looks in a row whose window has no drift rows (the gateways' ``drift:`` off, a metrics
+    source without the drift counters, or no traffic) before the watch alerts that its drift
+    checks are blind (a ``watch_alert``, whatever ``on_breach`` says); then again every as many."""
     max_input_psi: float | None = Field(default=0.25, gt=0)
     """The largest input PSI, per feature (block, sequence length, token ids), accepted against
     the reference; 0.1-0.25 is the usual "moderate shift" band. None: inputs not judged."""

@@ -37,8 +37,17 @@ COUNTERS = (
                         names.FEEDBACK_ABS_ERROR, names.FEEDBACK_RELATIVE_ERROR,
                         names.FEEDBACK_HAMMING_LOSS)
       for part in ("bucket", "sum", "count")),  # the task's comparisons (gateway.tasks)
+    # the post-promotion watch's drift summaries (gateway.drift, controller.drift.DriftCounts)
+    names.DRIFT_ROWS,
+    names.DRIFT_STUDENT_ROWS,
+    names.DRIFT_INPUT_VALUES,
+    names.DRIFT_SEQUENCE_LENGTH,
+    names.DRIFT_TOKEN_IDS,
+    names.DRIFT_PREDICTIONS,
+    names.DRIFT_CONFIDENCE,
+    names.DRIFT_CONFIDENCE_SUM,
 )  # fmt: skip
-GROUP_BY = "model, backend, code, le, from_backend, path, outcome, class"
+GROUP_BY = "model, backend, code, le, from_backend, path, outcome, class, input, output, block, bin"
 # Extra label matchers, e.g. namespace="ml",job="distill-gateway": one Prometheus often scrapes
 # several namespaces and copies of the gateway, and a rollout must read its own fleet only.
 _MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'

@@ -7,19 +7,26 @@ acted on at the first look that has ``min_rows``; unshifted traffic raises no al
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controller.cli import _watched
 from controller.events import EventType, RolloutEvent
 from controller.policy import Policy
 from controller.promtext import Snapshot, increase
 from controller.sources import Mark, MetricsSource
+from controller.sources.prometheus import COUNTERS, GROUP_BY
+from controller.state import LeaseHeld, Phase, Record, StateStore
+from controller.status import render_status
 from controller.watch import Outcome, Reference, Watch, promoted_rollout, reference_of_last_step
+from gateway import metric_names as names
 from gateway.drift import DriftCollector, DriftSummary, OutputKind
 from gateway.drift_config import DriftConfig
 from gateway.signature import Signature, TensorSpec
@@ -245,3 +252,155 @@ def test_a_promoted_rollout_leaves_its_last_step_as_the_reference(digits: Digits
     reference = reference_of_last_step(traffic, rollout, "digits", 60.0)
     assert reference is not None and reference.counts.rows == 500  # half summarised
     assert reference_of_last_step(traffic, promoted_rollout("digits"), "digits", 60.0) is None
+
+
+def _shifted_watch(digits: Digits, tmp_path: Path) -> tuple[
+        Watch, Traffic, FakeFleet, list[RolloutEvent], list[float], StateStore, str]:  # fmt: skip
+    """A watch of digits under the lease of a state file, over 2,000 reference rows."""
+    x, _, run = digits
+    clock, rng = [time.time()], np.random.default_rng(7)  # the lease's expiry is in real time
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 2000))
+    store, holder = StateStore.create(tmp_path / "state.db"), "host:1:watch"
+    store.acquire(holder, 30.0, clock[0])
+    rollout = store.add(promoted_rollout("digits"), holder)
+    watch, fleet, events = _watch(_policy("digits"), traffic, clock)
+    watch.rollout, watch.store, watch.holder = rollout, store, holder
+    return watch, traffic, fleet, events, clock, store, holder
+
+
+def _inverted(digits: Digits) -> Callable[[int], Rows]:
+    rng = np.random.default_rng(8)
+    return lambda _: _digit_rows(digits[0], rng, ROWS_PER_LOOK, SHIFTS["inverted pixels"])
+
+
+def test_a_rollback_no_gateway_confirms_is_retried_at_every_look_not_reported_done(
+    digits: Digits, tmp_path: Path
+) -> None:
+    watch, traffic, fleet, events, clock, store, _ = _shifted_watch(digits, tmp_path)
+    fleet.down.add("http://g2")  # g2 misses share 0 and keeps serving the student
+    outcomes = _looks(watch, traffic, clock, _inverted(digits), 3)
+    assert outcomes[1:] == [Outcome.ROLLBACK_UNCONFIRMED] * 3
+    assert [e.type for e in events] == [EventType.ROLLBACK_UNCONFIRMED]  # once, not per retry
+    assert "share 0 not confirmed everywhere" in events[0].reason
+    assert fleet.traffic["http://g2"].student_share == 1.0
+    fleet.down.clear()  # g2 is back: the next look's retry reaches it
+    clock[0] += INTERVAL
+    assert watch.tick().outcome is Outcome.ROLLED_BACK
+    assert fleet.traffic["http://g2"].student_share == 0.0
+    assert [e.type for e in events][-1] is EventType.ROLLED_BACK
+    history = [r.action for r in store.load().history]  # type: ignore[union-attr]
+    assert history[-4:] == [Record.ROLLBACK_UNCONFIRMED] * 3 + [Record.ROLLED_BACK]
+
+
+def test_a_watch_stopped_before_share_0_is_confirmed_gives_up_unconfirmed(
+    digits: Digits, tmp_path: Path
+) -> None:
+    watch, traffic, fleet, events, clock, store, _ = _shifted_watch(digits, tmp_path)
+    watch.tick()  # the window starts
+    traffic.send(_inverted(digits)(0))
+    fleet.down.add("http://g1")
+    looks: list[Outcome] = []
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    last = watch.run(lambda: len(looks) >= 3, sleep, lambda look: looks.append(look.outcome))
+    assert last.outcome is Outcome.ROLLBACK_UNCONFIRMED and "gave up" in last.reason
+    assert [e.type for e in events] == [EventType.ROLLBACK_UNCONFIRMED] * 2
+    saved = store.load()
+    assert saved is not None and saved.phase is Phase.ROLLED_BACK
+    assert "gave up confirming share 0" in saved.history[-1].reason
+
+
+def test_the_watch_holds_the_lease_records_its_looks_and_refuses_a_new_rollout(
+    digits: Digits, tmp_path: Path
+) -> None:
+    x, _, _ = digits
+    watch, traffic, fleet, _, clock, store, holder = _shifted_watch(digits, tmp_path)
+    rng = np.random.default_rng(9)
+    outcomes = _looks(watch, traffic, clock, lambda _: _digit_rows(x, rng, ROWS_PER_LOOK), 2)
+    assert outcomes == [Outcome.WATCHING] * 3
+    saved = store.load()
+    assert saved is not None
+    assert [(r.action, r.reason) for r in saved.history][-3:] == [
+        (Record.WATCH, "watching: window started"), (Record.WATCH, "watching: no breach"),
+        (Record.WATCH, "watching: no breach")]  # fmt: skip
+    assert saved.history[-1].gates  # the numbers of each look
+    with pytest.raises(LeaseHeld):  # a new rollout's controller
+        store.acquire("host:2:rollout", 30.0, clock[0])
+    assert "post-promotion watch (host:1:watch) holds model digits" in _watched(store)
+    with httpx.Client() as client:  # no gateways in this rollout: nothing is asked
+        shown = render_status(store.load(), store, client, clock[0], history=3)  # type: ignore[arg-type]
+    assert "controller: post-promotion watch host:1:watch" in shown
+    assert "watch: watching: no breach" in shown
+    # the lease taken over (the watch's lapsed): the watch stops before touching the fleet
+    store.release(holder)
+    store.acquire("host:2:rollout", 30.0, clock[0])
+    puts = len(fleet.puts)
+    traffic.send(_inverted(digits)(0))
+    clock[0] += INTERVAL
+    assert watch.tick().outcome is Outcome.LEASE_LOST
+    assert len(fleet.puts) == puts
+
+
+def test_a_reference_under_min_rows_is_recorded_again_and_then_judges(digits: Digits) -> None:
+    x, _, run = digits
+    clock, rng = [0.0], np.random.default_rng(10)
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, rng, 40))  # promote --full: the last step saw almost nothing
+    policy = _policy("digits", reference_seconds=2 * INTERVAL)
+    watch, _, events = _watch(policy, traffic, clock)
+    assert watch.reference is None
+    first = watch.tick()
+    assert first.outcome is Outcome.RECORDING
+    assert first.reason.startswith("the given reference has ")  # 20 of 40 rows summarised
+    assert "under min_rows 200; recording the reference, 0 of 60 s" in first.reason
+    outcomes: list[Outcome] = [first.outcome]
+    for _ in range(2):  # 60 s of unshifted traffic: the reference
+        traffic.send(_digit_rows(x, rng, ROWS_PER_LOOK))
+        clock[0] += INTERVAL
+        outcomes.append(watch.tick().outcome)
+    assert outcomes == [Outcome.RECORDING, Outcome.RECORDING, Outcome.WATCHING]
+    assert watch.reference is not None and watch.reference.counts.rows >= 200
+    outcomes = _looks(watch, traffic, clock, _inverted(digits), 3)
+    assert outcomes[-1] is Outcome.ROLLED_BACK and events[-1].type is EventType.ROLLED_BACK
+
+
+class NoDrift(MetricsSource):
+    """A metrics source that never has the drift counters (drift off on the gateways)."""
+
+    def mark(self) -> Mark:
+        return Mark(at=0.0, counters={"g": {}})
+
+    def increase_since(self, mark: Mark) -> Snapshot:
+        return {}
+
+
+def test_drift_checks_without_rows_for_blind_looks_are_alerted_on(digits: Digits) -> None:
+    x, _, run = digits
+    clock = [0.0]
+    traffic = Traffic("digits", DIGITS, run, clock)
+    traffic.send(_digit_rows(x, np.random.default_rng(11), 2000))
+    reference = Reference.of(traffic.increase_since(Mark(0.0, {"g": {}})), "digits", 0.0)
+    events: list[RolloutEvent] = []
+    policy = _policy("digits", blind_looks=3)
+    watch = Watch(policy, NoDrift(), FakeFleet(["http://g1"]), events.append,
+                  promoted_rollout("digits"), reference, clock=lambda: clock[0])  # fmt: skip
+    looks = [watch.tick() for _ in range(7)]
+    assert [look.outcome for look in looks] == [Outcome.WATCHING] * 3 + [Outcome.ALERTED] + [
+        Outcome.WATCHING] * 2 + [Outcome.ALERTED]  # fmt: skip
+    assert looks[3].reason.startswith("blind: no drift rows for 3 looks")
+    assert [e.type for e in events] == [EventType.WATCH_ALERT] * 2
+
+
+def test_the_prometheus_source_reads_every_drift_counter_by_its_labels() -> None:
+    """PromQL sums away any label not in GROUP_BY: each drift counter and label must be in it."""
+    read = {names.DRIFT_ROWS: (), names.DRIFT_STUDENT_ROWS: (),
+            names.DRIFT_CONFIDENCE_SUM: (), names.DRIFT_INPUT_VALUES: ("input", "block", "bin"),
+            names.DRIFT_SEQUENCE_LENGTH: ("input", "bin"), names.DRIFT_TOKEN_IDS: ("input", "bin"),
+            names.DRIFT_PREDICTIONS: ("output", "block", "bin")}  # fmt: skip
+    grouped = {label.strip() for label in GROUP_BY.split(",")}
+    for counter, labels in read.items():
+        assert counter in COUNTERS
+        assert set(labels) <= grouped, counter

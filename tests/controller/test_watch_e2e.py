@@ -58,7 +58,8 @@ def test_watch_keeps_quiet_on_unshifted_traffic_and_rolls_back_inverted_pixels(
     traffic.start()
     lines: list[str] = []
     command = [str(BIN / "distill-canary"), "watch", "--model", "digits", "--policy", str(policy),
-               "--gateway", gateway.url, "--reference", str(reference)]  # fmt: skip
+               "--gateway", gateway.url, "--reference", str(reference),
+               "--state", str(tmp_path / "watch.db")]  # fmt: skip
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=canary_env()) as watch:  # fmt: skip
         reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")),  # type: ignore[union-attr]
