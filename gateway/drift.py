@@ -53,9 +53,12 @@ POWERS_OF_TWO = tuple(float(2**k) for k in range(32))
 CONFIDENCE_EDGES = tuple(k / 10 for k in range(1, 10))
 MAX_CLASS_BINS = 64
 FLUSH_REQUESTS = 64
-FLUSH_ELEMENTS = 1 << 20
-"""Pending requests are binned when there are this many, or this many elements (a bound on the
-memory their arrays hold)."""
+FLUSH_BYTES = 1 << 20
+"""Pending requests are binned when there are this many, or when the copies kept of them hold
+this many bytes."""
+BIN_AT_ONCE_BYTES = 64 << 10
+"""A request whose summarised inputs and answer exceed this is binned at once (with what is
+pending), never copied: nothing of it outlives ``observe``."""
 _FLOATS = ("FP16", "FP32", "FP64")
 _INTEGERS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 
@@ -188,7 +191,7 @@ class DriftSummary:
         self._period = max(1, round(1.0 / config.sample_rate))
         self._seen = 0
         self._pending: list[tuple[Mapping[str, np.ndarray], np.ndarray, bool]] = []
-        self._pending_elements = 0
+        self.pending_bytes = 0  # held by the copies in _pending
         self.floats: dict[str, _Histogram] = {}
         self.tokens: dict[str, _Tokens] = {}
         for spec in signature.inputs:
@@ -213,24 +216,31 @@ class DriftSummary:
                 student: bool) -> None:  # fmt: skip
         """One answered request, summarised when it is the sample's turn: its inputs whoever
         answered, its answer when the student gave it (the watched model's predictions; a
-        fallback's teacher answer is not the student's). Only kept here: binned in bulk every
-        ``FLUSH_REQUESTS`` requests (or ``FLUSH_ELEMENTS`` elements) and before a scrape, which
-        costs a fraction of binning each request on its own."""
+        fallback's teacher answer is not the student's). Only copies of the summarised inputs
+        and the answer are kept (a binary request's arrays are views of its whole body, a
+        batch's answer of the whole batch's output), binned in bulk every ``FLUSH_REQUESTS``
+        requests (or ``FLUSH_BYTES``) and before a scrape, which costs a fraction of binning each
+        request on its own; a request over ``BIN_AT_ONCE_BYTES`` is binned at once."""
         self._seen += 1
         if self._seen < self._period:
             return
         self._seen = 0
         answer = outputs[self.output]
-        self._pending.append((inputs, answer, student))
-        self._pending_elements += answer.size
-        for name in self._summarised:
-            self._pending_elements += inputs[name].size
-        if len(self._pending) >= FLUSH_REQUESTS or self._pending_elements >= FLUSH_ELEMENTS:
+        kept = {name: inputs[name] for name in self._summarised}
+        size = answer.nbytes + sum(array.nbytes for array in kept.values())
+        if size > BIN_AT_ONCE_BYTES:
+            self._pending.append((kept, answer, student))
+            self.flush()
+            return
+        copies = {name: array.copy() for name, array in kept.items()}
+        self._pending.append((copies, answer.copy(), student))
+        self.pending_bytes += size
+        if len(self._pending) >= FLUSH_REQUESTS or self.pending_bytes >= FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
         """Bins what is pending into the counts."""
-        pending, self._pending, self._pending_elements = self._pending, [], 0
+        pending, self._pending, self.pending_bytes = self._pending, [], 0
         if not pending:
             return
         self.rows += sum(len(answer) for _, answer, _ in pending)

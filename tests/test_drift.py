@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from gateway import metric_names as names
 from gateway.config import GatewaySettings
 from gateway.drift import (
+    BIN_AT_ONCE_BYTES,
     SIGNED_LOG_EDGES,
     DriftCollector,
     DriftMismatch,
@@ -193,3 +194,40 @@ def test_the_drift_config_is_checked_against_the_model(tmp_path: object) -> None
         drift_summary(settings, DIGITS, "logits", metrics)
     off = GatewaySettings.model_validate({"drift": {"enabled": False}})
     assert drift_summary(off, DIGITS, "logits", metrics) is None
+
+
+def test_pending_requests_keep_copies_of_the_summarised_inputs_never_the_request_body() -> None:
+    """A binary request's arrays are views of its whole body (here 8 MiB of BYTES beside 64
+    floats), a batch's answer a view of the batch's output: neither stays alive until a flush."""
+    signature = Signature(
+        (TensorSpec("pixels", "FP32", (-1, 64)), TensorSpec("blob", "BYTES", (-1,))),
+        (TensorSpec("logits", "FP32", (-1, 10)),),
+    )
+    summary = DriftSummary(
+        "m", signature, OutputKind("logits", True), DriftConfig(sample_rate=1.0), {}
+    )
+    body = np.zeros(8 << 20, dtype=np.uint8)  # the decoded body the arrays point into
+    batch = np.ones((32, 10), dtype=np.float32)  # a dynamic batch's output
+    for i in range(3):
+        pixels = body[: 64 * 4].view(np.float32).reshape(1, 64)
+        summary.observe({"pixels": pixels, "blob": body[256:]}, {"logits": batch[i : i + 1]}, True)
+    assert summary.pending_bytes == 3 * (64 + 10) * 4  # what is kept, counted
+    for inputs, answer, _ in summary._pending:
+        assert set(inputs) == {"pixels"}
+        assert not np.shares_memory(inputs["pixels"], body)
+        assert not np.shares_memory(answer, batch)
+    summary.flush()
+    assert summary.rows == 3 and summary.pending_bytes == 0
+
+
+def test_a_request_past_the_bound_is_binned_at_once() -> None:
+    summary = DriftSummary(
+        "m", DIGITS, OutputKind("logits", True), DriftConfig(sample_rate=1.0), {}
+    )
+    small = {"input": np.ones((1, 64), dtype=np.float32)}
+    summary.observe(small, {"logits": np.ones((1, 10), dtype=np.float32)}, True)
+    assert summary.rows == 0 and summary.pending_bytes > 0  # one small request: kept
+    rows = BIN_AT_ONCE_BYTES // (64 * 4) + 1
+    large = {"input": np.ones((rows, 64), dtype=np.float32)}
+    summary.observe(large, {"logits": np.ones((rows, 10), dtype=np.float32)}, True)
+    assert summary.rows == rows + 1 and summary.pending_bytes == 0  # both binned, none copied
