@@ -1,0 +1,33 @@
+"""The students at each gate's threshold, on their own, at 500 rollouts each (the controller
+judge only): the error ``confidence`` bounds, measured to about one point of Monte Carlo error.
+``python -m tests.benchmarks.simulate_at_threshold`` writes
+``tests/benchmarks/results/simulation.at_threshold.json`` (README's second at-threshold table)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from controller.cli import PRODUCTION_POLICY
+from controller.policy import load_policy
+from controller.simulation.report import write_json
+from controller.simulation.runner import run_scenarios
+from controller.simulation.scenarios import at_threshold_scenarios
+
+OUT = Path(__file__).parent / "results" / "simulation.at_threshold.json"
+RUNS = 500
+
+
+def main() -> None:
+    policy = load_policy(PRODUCTION_POLICY)
+    started = time.perf_counter()
+    summaries = run_scenarios(at_threshold_scenarios(policy.gates.configured()), policy, RUNS,
+                              seed=29, judges=("controller",), workers=2)  # fmt: skip
+    write_json(summaries, OUT)
+    for s in summaries:
+        print(f"{s.scenario:40s} {s.share:.0%}  promoted {s.promoted_rate:.1%} of {s.runs}")
+    print(f"{len(summaries) * RUNS} rollouts in {time.perf_counter() - started:.0f} s; wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
