@@ -200,7 +200,10 @@ def judge_estimated_accuracy(
     min_rows: float,
 ) -> GateResult:
     """``max_estimated_accuracy_drop``: the reference's accuracy minus the accuracy its
-    calibration predicts from the student's confidence now."""
+    calibration predicts from the student's confidence now. The reference's mean confidence is
+    a sample too (often fewer rows than the window): it gets its own interval, at half of
+    ``alpha`` (the window's mean the other half), and the drop's interval spans both. The
+    reference's accuracy (from labels or agreement) is taken as known: its count is not kept."""
     gate = "max_estimated_accuracy_drop"
     n, m = current.student_rows, reference.student_rows
     if n < min_rows or m <= 0:
@@ -210,9 +213,16 @@ def judge_estimated_accuracy(
     reference_confidence = reference.confidence_sum / m
     accuracy = reference_confidence if reference_accuracy is None else reference_accuracy
     scale = accuracy / max(reference_confidence, 1e-12)
-    low, high = sequences.bounded_mean(current.confidence_sum, n, 0.0, 1.0, alpha, n_star)
+    low, high = sequences.bounded_mean(current.confidence_sum, n, 0.0, 1.0, alpha / 2, n_star)
+    ref_low, ref_high = sequences.bounded_mean(reference.confidence_sum, m, 0.0, 1.0, alpha / 2,
+                                               n_star)  # fmt: skip
     estimate = scale * current.confidence_sum / n
-    drop, drop_low, drop_high = accuracy - estimate, accuracy - scale * high, accuracy - scale * low
+    drop = accuracy - estimate
+    if reference_accuracy is None:  # the drop is the reference's confidence less the window's
+        drop_low, drop_high = ref_low - high, ref_high - low
+    else:  # accuracy x (1 - window / reference confidence), at the ratio's extremes
+        drop_low = accuracy * (1.0 - high / max(ref_low, 1e-12))
+        drop_high = accuracy * (1.0 - low / max(ref_high, 1e-12))
     confidence = current.confidence_sum / n
     numbers = (f"estimated {estimate:.3f} against {accuracy:.3f} (confidence {confidence:.3f}, "
                f"reference {reference_confidence:.3f})")  # fmt: skip

@@ -6,12 +6,16 @@ predictions (``controller.drift``: PSI per feature, Bonferroni over features, al
 the window's looks), label-free accuracy (classification), and the rollout's own gates from
 ``watch.gates`` with the decisions' anytime-valid sequences (``controller.analysis.assess``).
 The drift checks share the policy's alpha (Bonferroni over them). A FAIL is a breach: rollback
-sets share 0 with reason "drift: ...", and the watch ends; alert sends a ``watch_alert`` event.
+sets share 0 with reason "drift: ...", retried at every look until every gateway confirms it
+(``rollback_unconfirmed`` meanwhile), and the watch ends; alert sends a ``watch_alert`` event.
 The window then restarts, as it does after ``window_seconds`` without a breach.
 
+The watch holds the state file's lease, as a rollout's controller does (a new rollout is refused
+meanwhile), and records every look in the rollout's history.
+
 The reference is the last step's window of the rollout (``Reference.of`` on its counters), or,
-for ``distill-canary watch`` on a student promoted without it, the first ``reference_seconds``
-of watching.
+when there is none or it has fewer than ``min_rows`` rows, the first ``reference_seconds`` of
+watching.
 """
 
 from __future__ import annotations

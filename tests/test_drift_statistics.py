@@ -129,3 +129,17 @@ def test_accuracy_without_labels_follows_the_confidence() -> None:
     result = judge_estimated_accuracy(lower, reference, 0.95, 0.05, ALPHA, 500, 200)
     assert result.value == pytest.approx(0.95 - 0.95 / 0.9 * 0.7)
     assert verdict(DriftCounts(student_rows=50, confidence_sum=10)) is Verdict.INCONCLUSIVE
+
+
+def test_the_reference_confidence_s_own_sampling_error_widens_the_interval() -> None:
+    """A 10-minute reference of 250 rows beside an hour's 100,000: the interval is at least as
+    wide as the reference's own (before: only the window's, about 0.01 wide at this size)."""
+    window = DriftCounts(student_rows=100_000, confidence_sum=0.86 * 100_000)
+    small = DriftCounts(student_rows=250, confidence_sum=0.9 * 250)
+    large = DriftCounts(student_rows=100_000, confidence_sum=0.9 * 100_000)
+    judged = {name: judge_estimated_accuracy(window, reference, None, 0.03, ALPHA, 500, 200)
+              for name, reference in (("small", small), ("large", large))}  # fmt: skip
+    assert judged["large"].verdict is Verdict.FAIL  # 0.04 down, measured closely
+    assert judged["small"].verdict is Verdict.INCONCLUSIVE  # 0.04 down, give or take 0.05
+    width = judged["small"].high - judged["small"].low
+    assert width > 0.05
