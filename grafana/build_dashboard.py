@@ -195,7 +195,7 @@ PANELS = [
     Panel(CASCADE_ROW, "none", [], "row", 24),
     Panel("Cascade: escalation rate (escalated to the teacher / through the cascade)",
           "percentunit", [
-        (ratio(rate(names.CASCADE_REQUESTS, 'escalated="true"'), rate(names.CASCADE_REQUESTS)),
+        (ratio(rate(names.CASCADE_REQUESTS, 'escalated!="false"'), rate(names.CASCADE_REQUESTS)),
          "escalated"),
     ], width=8),
     Panel("Cascade: latency p50 / p99, escalated (student + teacher) or not", "s", [
