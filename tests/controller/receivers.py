@@ -5,6 +5,9 @@ trickling its answer a byte at a time."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 import socket
 import threading
 import time
@@ -52,6 +55,18 @@ class Receiver:
                 raise AssertionError(f"{path}: {len(self.on(path))} of {count} requests")
             time.sleep(0.01)
         return self.on(path)
+
+
+def signed_by(key: str, header: str, body: bytes, now: float, window: float = 300.0) -> bool:
+    """What a receiver does with ``X-Distill-Signature: t=<unix>,sha256=<hex>`` (README): the
+    HMAC-SHA256 of ``<t>.<body>`` under ``key``, compared in constant time, and ``t`` within
+    ``window`` seconds of ``now`` (older is a replay)."""
+    match = re.fullmatch(r"t=(\d+),sha256=([0-9a-f]{64})", header)
+    if match is None:
+        return False
+    signed = match[1].encode() + b"." + body
+    expected = hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(match[2], expected) and abs(now - int(match[1])) <= window
 
 
 @contextmanager
