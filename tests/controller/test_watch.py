@@ -16,8 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
-from controller.cli import _watched
+from controller.cli import _watched, app
 from controller.events import EventType, RolloutEvent
 from controller.policy import Policy
 from controller.promtext import Snapshot, increase
@@ -404,3 +405,18 @@ def test_the_prometheus_source_reads_every_drift_counter_by_its_labels() -> None
     for counter, labels in read.items():
         assert counter in COUNTERS
         assert set(labels) <= grouped, counter
+
+
+def test_run_and_a_second_watch_are_refused_while_a_watch_holds_the_model(tmp_path: Path) -> None:
+    path, policy = tmp_path / "state.db", tmp_path / "policy.yaml"
+    policy.write_text("model: digits\ngates: {max_kl: 1}\nwatch: {on_breach: rollback}\n")
+    store = StateStore.create(path)
+    store.acquire("elsewhere:1:watch", 300.0, time.time())  # a live watch's lease
+    store.add(promoted_rollout("digits"), "elsewhere:1:watch")
+    gateway = ["--gateway", "http://127.0.0.1:9", "--policy", str(policy), "--state", str(path)]
+    result = CliRunner().invoke(app, ["run", "--new", *gateway])
+    assert result.exit_code == 5, result.output
+    assert "a post-promotion watch (elsewhere:1:watch) holds model digits" in result.stderr
+    result = CliRunner().invoke(app, ["watch", "--model", "digits", *gateway])
+    assert result.exit_code == 5 and "elsewhere:1:watch holds" in result.stderr
+    assert store.lease() is not None and store.lease().holder == "elsewhere:1:watch"  # type: ignore[union-attr]
