@@ -5,6 +5,7 @@ judge only): the error ``confidence`` bounds, measured to about one point of Mon
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -19,14 +20,24 @@ RUNS = 500
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=RUNS, help="rollouts per scenario")
+    parser.add_argument("--workers", type=int, default=2, help="processes")
+    parser.add_argument("--seed", type=int, default=29)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
     policy = load_policy(PRODUCTION_POLICY)
     started = time.perf_counter()
-    summaries = run_scenarios(at_threshold_scenarios(policy.gates.configured()), policy, RUNS,
-                              seed=29, judges=("controller",), workers=2)  # fmt: skip
-    write_json(summaries, OUT)
+    summaries = run_scenarios(at_threshold_scenarios(policy.gates.configured()), policy,
+                              args.runs, seed=args.seed, judges=("controller",),
+                              workers=args.workers)  # fmt: skip
+    write_json(summaries, args.out)
     for s in summaries:
         print(f"{s.scenario:40s} {s.share:.0%}  promoted {s.promoted_rate:.1%} of {s.runs}")
-    print(f"{len(summaries) * RUNS} rollouts in {time.perf_counter() - started:.0f} s; wrote {OUT}")
+    print(
+        f"{len(summaries) * args.runs} rollouts in {time.perf_counter() - started:.0f} s; "
+        f"wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":
