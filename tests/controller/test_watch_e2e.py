@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
+from controller.drift import DriftCounts
+from controller.sources.prometheus import PrometheusSource
+from controller.sources.scrape import ScrapeSource
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
 from tests.rollouts import canary_env, saved
-from tests.servers import BIN, TestGateway, read_metric, wait_until
+from tests.servers import BIN, PrometheusProcess, TestGateway, read_metric, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +134,45 @@ def test_run_with_a_watch_stays_after_promotion_and_rolls_back_a_drift(
     assert rollout.phase.value == "RolledBack" and rollout.rollback_reason.startswith("drift: ")
     assert read_metric(gateway.metrics_text(), "gateway_traffic_share", model="digits",
                        backend="student") == 0.0  # fmt: skip
+
+
+def test_the_prometheus_source_reads_the_same_drift_counts_as_a_scrape(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """`run --prometheus-url` hands the watch the Prometheus source: its drift counts are the
+    gateway's own (within PromQL's extrapolation), not empty (before: no gateway_drift_* queried,
+    a watch blind for as long as it ran)."""
+    gateway = start_gateway({"traffic": {"student_share": 1.0}, "shadow": {"sample_rate": 0.0},
+                             "drift": {"sample_rate": 1.0}})  # fmt: skip
+    prometheus = PrometheusProcess(tmp_path, {"gateway": [gateway.address]}).start()
+
+    def last_scrape() -> float:
+        result = prometheus.query("timestamp(up)")
+        return float(result[0]["value"][1]) if result else 0.0
+
+    try:
+        with httpx.Client(timeout=10) as client:
+            direct = ScrapeSource([gateway.url], client)
+            promql = PrometheusSource(prometheus.url, "digits", client)
+            direct_mark, promql_mark = direct.mark(), promql.mark()
+            marked = time.time()
+            wait_until(lambda: last_scrape() > marked, 30, "a scrape before traffic")
+            traffic = Traffic(gateway.url)
+            traffic.start()
+            wait_until(lambda: DriftCounts.of(direct.increase_since(direct_mark), "digits").rows
+                       >= 400, 120, "drift rows")  # fmt: skip
+            traffic.stopped.set()
+            traffic.join(10)
+            stopped = time.time()
+            wait_until(lambda: last_scrape() > stopped + 1, 30, "a scrape after traffic")
+            exact = DriftCounts.of(direct.increase_since(direct_mark), "digits")
+            seen = DriftCounts.of(promql.increase_since(promql_mark), "digits")
+    finally:
+        prometheus.stop()
+    assert seen.rows == pytest.approx(exact.rows, rel=0.15)
+    assert seen.student_rows == pytest.approx(exact.student_rows, rel=0.15)
+    assert seen.confidence_sum == pytest.approx(exact.confidence_sum, rel=0.15)
+    assert set(seen.inputs) == set(exact.inputs) and set(seen.predictions) == set(exact.predictions)
+    for key, bins in exact.predictions.items():  # per class, as the prediction PSI reads them
+        for label, count in bins.items():
+            assert seen.predictions[key].get(label, 0.0) == pytest.approx(count, rel=0.2, abs=5)
