@@ -57,6 +57,7 @@ from controller.watch import (
     Watch,
     promoted_rollout,
     reference_of_last_step,
+    watch_lease_seconds,
 )
 from controller.webhooks import WAITING_GATES, GateType
 from models import REGISTRY_PATH
@@ -257,7 +258,7 @@ def _run_controller(
             # the policy's watch: stay, judging the student against its last step's traffic,
             # under the lease the rollout just gave back (a rollout started since refuses)
             try:
-                store.acquire(controller.holder, rollout_policy.lease_seconds, time.time())
+                store.acquire(controller.holder, watch_lease_seconds(rollout_policy), time.time())
             except StateError as exc:
                 raise _fail(f"promoted, but not watched: {exc}", EXIT_REFUSED) from None
             reference = reference_of_last_step(source, controller.state, rollout_policy.model,
@@ -321,7 +322,7 @@ def watch(
         source = create_source(fleet.scrape_targets, None, model, client)
         store, holder = _create(state), new_holder_id()
         try:
-            store.acquire(holder, watched.lease_seconds, time.time())
+            store.acquire(holder, watch_lease_seconds(watched), time.time())
         except StateError as exc:
             raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
         try:

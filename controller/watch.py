@@ -194,7 +194,7 @@ class Watch:
         now = self.clock()
         try:
             if self.store is not None:
-                self.store.renew(self.holder, self.policy.lease_seconds, now)
+                self.store.renew(self.holder, watch_lease_seconds(self.policy), now)
             look = self._confirm_share_0(now, []) if self._rollback else self._look_at(now)
             self._save(look)
         except LeaseLost as exc:
@@ -366,6 +366,13 @@ class Watch:
             gates=[r.as_dict() for r in look.results]))  # fmt: skip
         if self.store is not None:
             self.store.save(self.rollout, self.holder)
+
+
+def watch_lease_seconds(policy: Policy) -> float:
+    """The watch's lease: the rollout's, or 3 of the watch's (longer) intervals, so it never
+    lapses between two looks."""
+    assert policy.watch is not None
+    return max(policy.lease_seconds, 3 * policy.watch.interval_seconds)
 
 
 def promoted_rollout(model: str, share: float = 1.0) -> RolloutState:

@@ -420,3 +420,15 @@ def test_run_and_a_second_watch_are_refused_while_a_watch_holds_the_model(tmp_pa
     result = CliRunner().invoke(app, ["watch", "--model", "digits", *gateway])
     assert result.exit_code == 5 and "elsewhere:1:watch holds" in result.stderr
     assert store.lease() is not None and store.lease().holder == "elsewhere:1:watch"  # type: ignore[union-attr]
+
+
+def test_the_watch_s_lease_outlasts_the_time_between_its_looks(digits: Digits,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    """A rollout ticking every 5 s leases for 15 s; a watch looking every 30 s must not let that
+    lapse between looks (a new rollout could take it in the gap)."""
+    watch, _, _, _, clock, store, _ = _shifted_watch(digits, tmp_path)
+    watch.policy = watch.policy.model_copy(update={"interval_seconds": 5.0})
+    assert watch.policy.lease_seconds == 15.0
+    watch.tick()
+    lease = store.lease()
+    assert lease is not None and lease.expires_at - clock[0] == 3 * INTERVAL
