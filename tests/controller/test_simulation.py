@@ -99,7 +99,7 @@ def test_the_readme_shows_the_committed_simulation() -> None:
     assert before_after_table(before, rows) in readme
     assert at_threshold_table(rows) in readme
     alone = json.loads((root / "tests/benchmarks/results/simulation.at_threshold.json").read_text())
-    assert len(alone) == 12 and {row["runs"] for row in alone} == {500}
+    assert len(alone) == 12 and min(row["runs"] for row in alone) >= 500
     assert at_threshold_table(alone) in readme
     production = load_policy(PRODUCTION_POLICY).gates.configured()
     assert len(rows) == 3 * len(simulated_scenarios(production))
