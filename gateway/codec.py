@@ -17,10 +17,11 @@ from pydantic import ValidationError
 from gateway import bytes_tensors
 from gateway.errors import BadRequest
 from gateway.protocol import InferenceRequest, RequestInput
-from gateway.signature import NUMPY_TO_V2, Signature, TensorSpec
+from gateway.signature import NUMPY_TO_V2, V2_TO_NUMPY, Signature, TensorSpec
 from gateway.validation import describe_body_errors, is_invalid_json
 
 HEADER_LENGTH = "inference-header-content-length"
+_BF16 = V2_TO_NUMPY["BF16"]
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,12 @@ def encode_response(
                 description["data"] = bytes_tensors.to_json(array)
         elif wanted.binary:
             description["parameters"] = {"binary_data_size": array.nbytes}
-            binary_parts.append(array.data.cast("B"))
-        else:
-            description["data"] = array.reshape(-1)
+            # BF16's buffer format is not one memoryview knows: its bits, as uint16
+            data = array.data if array.dtype != _BF16 else array.view(np.uint16).data
+            binary_parts.append(data.cast("B"))
+        else:  # BF16 as FP64 numbers, the exact values (orjson writes no bfloat16)
+            flat = array.reshape(-1)
+            description["data"] = flat if array.dtype != _BF16 else flat.astype(np.float64)
         descriptions.append(description)
     header = orjson.dumps(
         {
@@ -262,7 +266,9 @@ def _from_json(given: RequestInput, spec: TensorSpec) -> np.ndarray:
         return bytes_tensors.from_json(given.name, given.data or [], given.shape)
     try:
         with np.errstate(over="raise"):  # 1e39 as FP32 is an error, not a silent inf
-            array = np.asarray(given.data, dtype=spec.dtype)
+            array = np.asarray(given.data, dtype=spec.dtype if spec.datatype != "BF16" else "<f4")
+        if spec.datatype == "BF16":
+            array = _to_bf16(array)
     except (OverflowError, FloatingPointError) as exc:
         raise BadRequest(
             f"input '{given.name}' holds a number beyond the range of {spec.datatype} ({exc})"
@@ -278,6 +284,17 @@ def _from_json(given: RequestInput, spec: TensorSpec) -> np.ndarray:
             f"but shape {given.shape} needs {expected}"
         )
     return array.reshape(given.shape)
+
+
+def _to_bf16(array: np.ndarray) -> np.ndarray:
+    """FP32 numbers rounded to the nearest BF16 (ties to even, ml_dtypes' cast, as torch's):
+    ml_dtypes sets no floating-point flag on overflow, so a finite number that became an
+    infinity is found here."""
+    with np.errstate(over="ignore"):
+        rounded = array.astype(V2_TO_NUMPY["BF16"])
+    if np.isinf(rounded).any() and not np.isinf(array[np.isinf(rounded)]).all():
+        raise FloatingPointError("overflow encountered in the cast to BF16")
+    return rounded
 
 
 def _requested_outputs(

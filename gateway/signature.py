@@ -6,10 +6,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+import ml_dtypes
 import numpy as np
 
 # V2 datatype name -> little-endian numpy dtype. BYTES elements are variable-length: in the gateway
-# they are numpy object arrays of ``bytes`` (or of ``str`` for an input that takes text).
+# they are numpy object arrays of ``bytes`` (or of ``str`` for an input that takes text). BF16 is
+# ml_dtypes' bfloat16 (numpy has none; tritonclient uses the same), 2 bytes little-endian.
 V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "BOOL": np.dtype("?"),
     "UINT8": np.dtype("<u1"),
@@ -23,6 +25,7 @@ V2_TO_NUMPY: dict[str, np.dtype[np.generic]] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
     "BYTES": np.dtype(object),
 }
 NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}

@@ -12,11 +12,12 @@ Shapes (-1: a dynamic axis):
   class_axis="labels" makes logits [-1, -1], its class axis dynamic though fixed in size)
 - write_text_embedder: input_ids, attention_mask INT64 [-1, -1] -> embedding FP32 [-1, width]
 - write_fp16_model: x FP16 [-1, features] -> y FP16 [-1, classes]
+- write_bf16_model: x BF16 [-1, features] -> y BF16 [-1, classes], echo BF16 [-1, features]
 - write_string_model: text BYTES [-1] -> echo BYTES [-1], is_hello BOOL [-1], score FP32 [-1]
 - write_multi_output_model: features FP32 [-1, n] -> label INT64 [-1], logits and
   probabilities FP32 [-1, classes]
 - write_every_datatype_model: in_<datatype> [-1, 3] of every V2 datatype -> out_<datatype>
-  (Identity), and score FP32 [-1, 1]
+  (Identity), and score FP32 [-1, 1]; bf16=True: BF16 in place of BYTES
 - write_transformer_classifier: input_ids, attention_mask INT64 [-1, -1] -> logits FP32
   [-1, classes] (a masked multi-head attention encoder, for speed and padding)
 - write_regression_model: features FP32 [-1, n] -> value FP32 [-1, targets]
@@ -25,9 +26,11 @@ Shapes (-1: a dynamic axis):
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -105,6 +108,26 @@ def write_fp16_model(path: Path, *, features: int = 8, classes: int = 3, seed: i
     )  # fmt: skip
 
 
+def write_bf16_model(path: Path, *, features: int = 8, classes: int = 3, seed: int = 0) -> Path:
+    """``x`` BF16 [batch, features] -> ``y`` BF16 [batch, classes] (class logits: x cast to FP32,
+    a matrix product and a bias, cast back to BF16, as a mixed-precision export computes) and
+    ``echo`` BF16 [batch, features] (x itself, every bit of the input back)."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal((features, classes)) / np.sqrt(features)).astype(np.float32)
+    bias = (rng.standard_normal(classes) * 0.1).astype(np.float32)
+    node = helper.make_node
+    return _save(
+        path, "bf16",
+        [node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT), node("MatMul", ["x32", "w"], ["wx"]),
+         node("Add", ["wx", "b"], ["y32"]), node("Cast", ["y32"], ["y"], to=TensorProto.BFLOAT16),
+         node("Identity", ["x"], ["echo"])],
+        [_value("x", TensorProto.BFLOAT16, [BATCH, features])],
+        [_value("y", TensorProto.BFLOAT16, [BATCH, classes]),
+         _value("echo", TensorProto.BFLOAT16, [BATCH, features])],
+        [_array(weights, "w"), _array(bias, "b")],
+    )  # fmt: skip
+
+
 def write_string_model(path: Path, *, word: str = "hello") -> Path:
     """``text`` BYTES [batch] (an ONNX string tensor) -> ``echo`` BYTES [batch] (the same
     strings), ``is_hello`` BOOL [batch] (equal to ``word``) and ``score`` FP32 [batch] (1.0
@@ -165,19 +188,25 @@ DATATYPES = {
     "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
     "BYTES": TensorProto.STRING,
 }  # fmt: skip
-"""Every V2 datatype ONNX Runtime serves, and its ONNX element type."""
+"""Every V2 datatype but BF16, and its ONNX element type: the ones ``session.run`` takes."""
+BF16_DATATYPES = {**{d: t for d, t in DATATYPES.items() if d != "BYTES"},
+                  "BF16": TensorProto.BFLOAT16}  # fmt: skip
+"""Every numeric V2 datatype, BF16 included: ONNX Runtime's Python API cannot feed a string
+tensor beside a BF16 one (strings only through ``session.run``, BF16 only as OrtValues)."""
 
 
-def write_every_datatype_model(path: Path) -> Path:
-    """One input ``in_<datatype>`` [batch, 3] of each of ``DATATYPES`` and an output
-    ``out_<datatype>`` that is its Identity, plus ``score`` FP32 [batch, 1] (the FP32 input's
-    first column, a numeric output to compare): every datatype in and out of one model."""
-    nodes = [helper.make_node("Identity", [f"in_{d}"], [f"out_{d}"]) for d in DATATYPES]
+def write_every_datatype_model(path: Path, *, bf16: bool = False) -> Path:
+    """One input ``in_<datatype>`` [batch, 3] of each of ``DATATYPES`` (``BF16_DATATYPES`` with
+    ``bf16``) and an output ``out_<datatype>`` that is its Identity, plus ``score`` FP32
+    [batch, 1] (the FP32 input's first column, a numeric output to compare): every datatype in
+    and out of one model."""
+    datatypes = BF16_DATATYPES if bf16 else DATATYPES
+    nodes = [helper.make_node("Identity", [f"in_{d}"], [f"out_{d}"]) for d in datatypes]
     nodes.append(helper.make_node("Slice", ["in_FP32", "zero_one", "one_one", "one_one"],
                                   ["score"]))  # fmt: skip
-    inputs = [_value(f"in_{d}", t, [BATCH, 3]) for d, t in DATATYPES.items()]
+    inputs = [_value(f"in_{d}", t, [BATCH, 3]) for d, t in datatypes.items()]
     outputs = [_value("score", TensorProto.FLOAT, [BATCH, 1]),
-               *(_value(f"out_{d}", t, [BATCH, 3]) for d, t in DATATYPES.items())]  # fmt: skip
+               *(_value(f"out_{d}", t, [BATCH, 3]) for d, t in datatypes.items())]  # fmt: skip
     constants = [_array(np.array([0], dtype=np.int64), "zero_one"),
                  _array(np.array([1], dtype=np.int64), "one_one")]  # fmt: skip
     return _save(path, "every_datatype", nodes, inputs, outputs, constants)
@@ -329,10 +358,27 @@ def text_rows(
 
 
 def run_onnx(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every output of the model for ``inputs``, by name, from ONNX Runtime directly."""
+    """Every output of the model for ``inputs``, by name, from ONNX Runtime directly (a model
+    with BF16 tensors through OrtValues: ``session.run`` takes no bfloat16)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+    tensors = [*session.get_inputs(), *session.get_outputs()]
+    if all(node.type != "tensor(bfloat16)" for node in tensors):
+        return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+    feeds = {name: ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                 np.ascontiguousarray(array).view(np.uint16), TensorProto.BFLOAT16)
+             if array.dtype == ml_dtypes.bfloat16 else ort.OrtValue.ortvalue_from_numpy(array)
+             for name, array in inputs.items()}  # fmt: skip
+    results = session.run_with_ort_values(names, feeds)
+    return {name: _bf16_bits(value) if value.data_type() == "tensor(bfloat16)" else value.numpy()
+            for name, value in zip(names, results, strict=True)}  # fmt: skip
+
+
+def _bf16_bits(value: ort.OrtValue) -> np.ndarray:
+    """A BF16 OrtValue's elements (it has no ``.numpy()``), read through its data pointer."""
+    size = value.tensor_size_in_bytes()
+    raw = (ctypes.c_uint8 * size).from_address(value.data_ptr())
+    return np.frombuffer(bytes(raw), dtype=ml_dtypes.bfloat16).reshape(value.shape())
 
 
 def _masked_mean_pool(output: str) -> list[onnx.NodeProto]:

@@ -1,6 +1,7 @@
 """Real ONNX models of several signatures (``tests.model_shapes``) behind a real gateway, reached
 with tritonclient unchanged: HTTP with JSON tensors, HTTP with binary tensors, and gRPC. Every
-answer equals ONNX Runtime's on the same file bit for bit (13 datatypes among them); padded
+answer equals ONNX Runtime's on the same file bit for bit (all 14 datatypes among them, BF16
+through OrtValues); padded
 batching of mixed lengths equals the unbatched answers (1e-5 relative, 1e-6 absolute: padding
 changes the sums' blocking); bad input is a 400 naming the input, and never costs a good request
 its answer.
@@ -51,10 +52,10 @@ def _features(n: int) -> Callable[[], dict[str, tuple[np.ndarray, str]]]:
     return make
 
 
-def _every_datatype() -> dict[str, tuple[np.ndarray, str]]:
+def _every_datatype(bf16: bool = False) -> dict[str, tuple[np.ndarray, str]]:
     rng = np.random.default_rng(4)
     given = {}
-    for datatype in model_shapes.DATATYPES:
+    for datatype in model_shapes.BF16_DATATYPES if bf16 else model_shapes.DATATYPES:
         if datatype == "BYTES":
             array = np.array([["a", "bé", ""], ["x", "y z", "!"]], dtype=object)
         elif datatype == "BOOL":
@@ -86,6 +87,11 @@ SHAPES = {
                         _features(6)),
     "every-datatype": Shape(model_shapes.write_every_datatype_model,
                             {"task": {"kind": "regression", "output": "score"}}, _every_datatype),
+    "every-datatype-bf16": Shape(lambda p: model_shapes.write_every_datatype_model(p, bf16=True),
+                                 {"task": {"kind": "regression", "output": "score"}},
+                                 lambda: _every_datatype(bf16=True)),
+    "bf16": Shape(model_shapes.write_bf16_model, {"task": {"output": "y"}}, lambda: {"x": (
+        np.random.default_rng(6).standard_normal((5, 8)).astype(V2_TO_NUMPY["BF16"]), "BF16")}),
 }  # fmt: skip
 
 
@@ -128,8 +134,8 @@ def test_every_output_equals_onnx_runtime_through_tritonclient(
     inputs = []
     for name, (array, datatype) in given.items():
         tensor = module.InferInput(name, list(array.shape), datatype)
-        if module is triton_http:
-            tensor.set_data_from_numpy(array, binary_data=binary)
+        if module is triton_http:  # tritonclient sends BF16 in binary only; answers in JSON
+            tensor.set_data_from_numpy(array, binary_data=binary or datatype == "BF16")
         else:
             tensor.set_data_from_numpy(array)
         inputs.append(tensor)
@@ -148,9 +154,45 @@ def test_every_output_equals_onnx_runtime_through_tritonclient(
         if reference.dtype == object:  # strings: bytes from binary, str from JSON, as Triton's
             texts = [a.decode() if isinstance(a, bytes) else a for a in answer.ravel()]
             assert texts == reference.ravel().tolist()
-        else:
+        else:  # bit for bit: BF16 compared as its bits (NaN == NaN there too)
             assert answer.dtype == reference.dtype, name
+            if reference.dtype == V2_TO_NUMPY["BF16"]:
+                answer, reference = answer.view(np.uint16), reference.view(np.uint16)
             np.testing.assert_array_equal(answer, reference, err_msg=name)
+
+
+def test_bf16_as_json_numbers_in_and_out(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """JSON numbers in, rounded to the nearest BF16 (ties to even); answers as the BF16 values'
+    exact numbers; a number past BF16's range is a 400 naming the input."""
+    model = model_shapes.write_bf16_model(tmp_path / "bf16.onnx")
+    gateway = start_gateway({"teacher": {"path": str(model)}, "student": {"path": str(model)},
+                             "shadow": {"sample_rate": 0.0}, "task": {"output": "y"}})  # fmt: skip
+    # 1.00390625 lies halfway between BF16's 1 and 1.0078125: it rounds to the even one, 1.
+    given = [1.00390625, -2.5, 0.1, 3.0e38, 1e-40, 0.0, 7.0, 1.01171875]
+    url = f"{gateway.url}/v2/models/digits/infer"
+
+    def body(data: list[float]) -> dict[str, Any]:
+        return {"inputs": [{"name": "x", "shape": [1, 8], "datatype": "BF16", "data": data}],
+                "outputs": [{"name": "echo"}, {"name": "y"}]}  # fmt: skip
+
+    answer = httpx.post(url, json=body(given), timeout=30)
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o for o in answer.json()["outputs"]}
+    rounded = np.asarray(given, dtype=np.float32).astype(V2_TO_NUMPY["BF16"]).reshape(1, 8)
+    assert outputs["echo"]["datatype"] == "BF16"
+    assert outputs["echo"]["data"][:2] == [1.0, -2.5]  # the tie went to the even neighbour
+    # Each number reads back (as FP32, then BF16) to exactly the BF16 the model saw and gave.
+    echoed = np.asarray(outputs["echo"]["data"], np.float32).astype(V2_TO_NUMPY["BF16"])
+    np.testing.assert_array_equal(echoed.view(np.uint16), rounded.ravel().view(np.uint16))
+    expected = model_shapes.run_onnx(model, {"x": rounded})["y"].ravel()
+    answered = np.asarray(outputs["y"]["data"], np.float32).astype(V2_TO_NUMPY["BF16"])
+    np.testing.assert_array_equal(answered.view(np.uint16), expected.view(np.uint16))
+    beyond = [3.4e38, *given[1:]]  # past BF16's 3.39e38, within FP32's
+    refused = httpx.post(url, json=body(beyond), timeout=30)
+    assert refused.status_code == 400
+    assert "input 'x' holds a number beyond the range of BF16" in refused.json()["error"]
 
 
 # -- padded batching and bad input, on the text classifier ----------------------------------

@@ -6,6 +6,7 @@ file, and pads requests of mixed lengths into one Triton call, each answer as th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,9 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from gateway.backends.triton import TritonBackend
+from gateway.config import TritonBackendConfig
+from gateway.errors import BackendUnavailable
 from tests import model_shapes
 from tests.servers import TestGateway, TritonProcess
 
@@ -30,6 +34,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "text": model_shapes.write_text_classifier(tmp / "text.onnx", token_output=True),
         "strings": model_shapes.write_string_model(tmp / "strings.onnx"),
+        "bf16": model_shapes.write_bf16_model(tmp / "bf16.onnx"),
     }
 
 
@@ -110,3 +115,20 @@ def test_bytes_through_the_gateway_and_triton_both_ways(
     tensor.set_data_from_numpy(sent, binary_data=True)  # length-prefixed, both hops
     answer = client.infer("digits", [tensor])
     assert answer.as_numpy("echo").tolist() == sent.tolist()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_bf16_model_on_triton_fails_start_up_naming_the_tensor(
+    triton: TritonProcess, protocol: str
+) -> None:
+    """Triton declares the BF16 model (metadata BF16) but this Triton cannot run it, so the
+    Triton backend refuses BF16 at start-up rather than serve what no test has seen answer."""
+    config = TritonBackendConfig.model_validate(_backend(triton, "bf16", protocol))
+    backend = TritonBackend("teacher", config)
+    with pytest.raises(
+        BackendUnavailable,
+        match=r"model 'bf16' on Triton at .* cannot be "
+        r"served: tensor 'x' is BF16, which the Triton backend does not serve",
+    ):
+        asyncio.run(backend.load())
+    assert not backend.is_ready()

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
@@ -55,6 +58,7 @@ _ORT_TYPES = {
     "tensor(float16)": "FP16",
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",  # fed and read as OrtValues: see _run_ort_values
     "tensor(string)": "BYTES",  # UTF-8 text: ONNX Runtime takes and gives str elements
 }
 INLINE_MAX_ROWS = 8
@@ -304,8 +308,53 @@ def _run_timed(
     """The call, the CPU time it took, and its wall time: with intra_op_threads 1, ONNX Runtime
     computes in the calling thread, so that thread's CPU time is the call's."""
     started, cpu_started = clock(), time.thread_time()
-    results = session.run(names, inputs)
+    if _has_bf16(session):
+        results = _run_ort_values(session, names, inputs)
+    else:
+        results = session.run(names, inputs)
     return results, time.thread_time() - cpu_started, clock() - started
+
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16 in ONNX's enum (the onnx package is not a dependency)
+_BF16_SESSIONS: weakref.WeakSet[ort.InferenceSession] = weakref.WeakSet()
+"""The sessions with a BF16 input or output (decided at load): only those take the OrtValue
+path, so every other model's call is one ``session.run`` as before."""
+
+
+def _has_bf16(session: ort.InferenceSession) -> bool:
+    return session in _BF16_SESSIONS
+
+
+def _run_ort_values(
+    session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
+    """``session.run`` for a model with BF16 tensors. ONNX Runtime's Python API takes no
+    ml_dtypes array ("Numpy_type 256 can't be converted") and gives no numpy view of a BF16
+    output, so BF16 inputs go in as their uint16 bits typed BFLOAT16, and each output is bound
+    to the CPU and copied out once (BF16 by its bytes)."""
+    binding = session.io_binding()
+    for name, array in inputs.items():
+        array = np.ascontiguousarray(array)
+        if array.dtype == _BF16:
+            value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                array.view(np.uint16), onnx_element_type=_ONNX_BFLOAT16
+            )
+        else:
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+        binding.bind_ortvalue_input(name, value)
+    for name in names:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    return [_bf16_copy(value) if value.data_type() == "tensor(bfloat16)" else value.numpy()
+            for value in binding.get_outputs()]  # fmt: skip
+
+
+def _bf16_copy(value: ort.OrtValue) -> np.ndarray:
+    out = np.empty(value.shape(), dtype=np.uint16)
+    if out.nbytes:
+        ctypes.memmove(out.ctypes.data, value.data_ptr(), out.nbytes)
+    return out.view(_BF16)
 
 
 def _resident_bytes() -> int | None:
@@ -355,7 +404,19 @@ def _signature_of(session: ort.InferenceSession) -> Signature:
         return TensorSpec(node.name, datatype, shape, text=datatype == "BYTES",
                           axis_names=names if any(names) else None)  # fmt: skip
 
-    return Signature(
+    signature = Signature(
         inputs=tuple(spec(node) for node in session.get_inputs()),
         outputs=tuple(spec(node) for node in session.get_outputs()),
     )
+    tensors = [*signature.inputs, *signature.outputs]
+    if any(spec.datatype == "BF16" for spec in tensors):
+        texts = [spec.name for spec in signature.inputs if spec.text]
+        if texts:  # OrtValues hold no strings, and session.run takes no BF16
+            bf16 = [spec.name for spec in tensors if spec.datatype == "BF16"]
+            raise BackendUnavailable(
+                f"BF16 tensor(s) {bf16} beside string input(s) {texts}: ONNX Runtime's Python "
+                "API cannot feed both in one call (strings only through session.run, BF16 only "
+                "as OrtValues)"
+            )
+        _BF16_SESSIONS.add(session)
+    return signature

@@ -8,7 +8,9 @@ Runtime, since the bundled server has no ONNX Runtime backend:
 - student_slow: the student after a sleep of --slow-ms (to exceed a gateway's timeout)
 - student_five: a model whose signature differs (5 classes), for the signature check
 - any ``--extra NAME=PATH``: that ONNX file with its own signature (any inputs and outputs,
-  strings as BYTES), for the tests of other signatures
+  strings as BYTES), for the tests of other signatures. A BF16 model is declared (its
+  metadata reads BF16) but cannot answer: Triton's Python backend, which PyTriton's proxy
+  runs, refuses ``as_numpy()`` on a BF16 tensor ("Use to_dlpack() and from_dlpack()")
 
 Usage: python serve.py --http-port P --grpc-port Q --metrics-port R --models-dir DIR
 """
@@ -20,6 +22,7 @@ import logging
 import time
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
@@ -44,9 +47,13 @@ def onnx_callable(path: Path, delay_s: float = 0.0, keep: int | None = None):  #
     return infer
 
 
+class _Bf16:  # pytriton reads a dtype as ``dtype().dtype``; bfloat16() needs a number
+    dtype = np.dtype(ml_dtypes.bfloat16)
+
+
 _NUMPY = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
           "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_,
-          "tensor(string)": np.bytes_}  # fmt: skip
+          "tensor(string)": np.bytes_, "tensor(bfloat16)": _Bf16}  # fmt: skip
 
 
 def any_signature(path: Path):  # type: ignore[no-untyped-def]
