@@ -312,3 +312,44 @@ def test_bytes_tensors_follow_the_spec_in_json_and_in_the_binary_extension(
     response = post(raw[:-3])  # the last element's bytes cut short: its prefix lies
     assert response.status_code == 400
     assert "input 'text'" in _valid(response.json(), ERROR)["error"]
+
+
+def test_bf16_tensors_follow_the_spec_in_json_and_in_the_binary_extension(
+    start_gateway: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """BF16 as the spec lists it: numbers in ``data`` (JSON has no BF16: each is rounded to the
+    nearest BF16, and answered as that value), and in the binary extension 2-byte little-endian
+    elements, ``binary_data_size`` twice the element count."""
+    import ml_dtypes
+
+    from tests import model_shapes
+
+    model = model_shapes.write_bf16_model(tmp_path_factory.mktemp("bf16") / "bf16.onnx")
+    gateway = start_gateway({"teacher": {"path": str(model)}, "student": {"path": str(model)},
+                             "shadow": {"sample_rate": 0.0}, "task": {"output": "y"}})  # fmt: skip
+    metadata = _valid(httpx.get(f"{gateway.url}/v2/models/digits").json(), MODEL_METADATA)
+    assert metadata["inputs"] == [{"name": "x", "datatype": "BF16", "shape": [-1, 8]}]
+    values = [0.5, -1.25, 3.0, 0.0, 1.0, 2.0, -0.75, 1.00390625]  # the last rounds to 1.0
+    x = {"name": "x", "shape": [1, 8], "datatype": "BF16", "data": values}
+    response = httpx.post(f"{gateway.url}/v2/models/digits/infer", json={"inputs": [x]})
+    payload = _valid(response.json(), INFERENCE_RESPONSE)
+    echo = next(o for o in payload["outputs"] if o["name"] == "echo")
+    assert echo == {"name": "echo", "datatype": "BF16", "shape": [1, 8],
+                    "data": [*values[:-1], 1.0]}  # fmt: skip
+    bits = np.array([values], dtype=ml_dtypes.bfloat16).view(np.uint16)
+    raw = bits.astype("<u2").tobytes()
+    binary_x = {"name": "x", "shape": [1, 8], "datatype": "BF16",
+                "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+    header = json.dumps({"inputs": [binary_x], "outputs": [
+        {"name": "echo", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    length = {"Inference-Header-Content-Length": str(len(header))}
+    response = httpx.post(f"{gateway.url}/v2/models/digits/infer", content=header + raw,
+                          headers=length)  # fmt: skip
+    size = int(response.headers["inference-header-content-length"])
+    described = _valid(json.loads(response.content[:size]), INFERENCE_RESPONSE)["outputs"][0]
+    assert described["datatype"] == "BF16" and described["parameters"]["binary_data_size"] == 16
+    assert response.content[size:] == raw
+    wrong = httpx.post(f"{gateway.url}/v2/models/digits/infer",
+                       json={"inputs": [{**x, "data": ["half", *values[1:]]}]})  # fmt: skip
+    assert wrong.status_code == 400
+    assert "input 'x'" in _valid(wrong.json(), ERROR)["error"]
