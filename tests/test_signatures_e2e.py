@@ -22,9 +22,10 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from gateway import metric_names as names
 from gateway.signature import V2_TO_NUMPY
 from tests import model_shapes
-from tests.servers import TestGateway, free_port
+from tests.servers import TestGateway, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 RTOL, ATOL = 1e-5, 1e-6
@@ -193,6 +194,30 @@ def test_bf16_as_json_numbers_in_and_out(
     refused = httpx.post(url, json=body(beyond), timeout=30)
     assert refused.status_code == 400
     assert "input 'x' holds a number beyond the range of BF16" in refused.json()["error"]
+
+
+def test_bf16_logits_are_compared_in_the_shadow(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """A BF16 teacher and student: every request compared, agreements as their argmaxes say."""
+    teacher = model_shapes.write_bf16_model(tmp_path / "teacher.onnx", features=8, classes=3)
+    student = model_shapes.write_bf16_model(tmp_path / "student.onnx", features=8, classes=3,
+                                            seed=1)  # fmt: skip
+    gateway = start_gateway({"teacher": {"path": str(teacher)}, "student": {"path": str(student)},
+                             "shadow": {"sample_rate": 1.0}, "task": {"output": "y"}})  # fmt: skip
+    x = np.random.default_rng(8).standard_normal((24, 8)).astype(V2_TO_NUMPY["BF16"])
+    client = triton_http.InferenceServerClient(gateway.address)
+    for row in x:
+        tensor = triton_http.InferInput("x", [1, 8], "BF16")
+        tensor.set_data_from_numpy(row[None])
+        client.infer("digits", [tensor])
+    agree = int((model_shapes.run_onnx(teacher, {"x": x})["y"].argmax(1)
+                 == model_shapes.run_onnx(student, {"x": x})["y"].argmax(1)).sum())  # fmt: skip
+    assert 0 < agree < len(x)  # both outcomes occur, so the count can be wrong either way
+    wait_until(lambda: gateway.metric(names.SHADOW_COMPARISONS, model="digits") == len(x),
+               timeout=30, what="every request's comparison")  # fmt: skip
+    assert gateway.metric(names.SHADOW_AGREEMENTS, model="digits") == agree
+    assert gateway.total(names.SHADOW_KL + "_count", model="digits") == len(x)
 
 
 # -- padded batching and bad input, on the text classifier ----------------------------------
