@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2 as pb
@@ -159,8 +160,8 @@ def test_only_a_model_with_bf16_takes_the_ortvalue_path(
 ) -> None:
     fp16 = _loaded(model_shapes.write_fp16_model(tmp_path / "fp16.onnx"))
     bf16 = _loaded(models["bf16"])
-    assert not onnx_backend._has_bf16(fp16._session)  # one session.run, as before BF16
-    assert onnx_backend._has_bf16(bf16._session)
+    assert type(fp16._session) is ort.InferenceSession  # its own run, as before BF16
+    assert isinstance(bf16._session, onnx_backend.Bf16Session)
 
 
 def test_a_bf16_model_with_a_string_input_fails_start_up_naming_both(tmp_path: Path) -> None:

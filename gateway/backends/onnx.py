@@ -25,11 +25,11 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import ml_dtypes
 import numpy as np
@@ -79,7 +79,7 @@ class _ThreadPool:
 @dataclass(frozen=True)
 class LoadedModel:
     config: OnnxBackendConfig
-    session: ort.InferenceSession
+    session: Session
     signature: Signature
 
 
@@ -101,7 +101,7 @@ class OnnxBackend(Backend):
             "shadow": _ThreadPool(f"onnx-{role}-shadow", shadow_threads),
         }
         self._executor = self._pools["live"].executor  # loading and warm-up
-        self._session: ort.InferenceSession | None = None
+        self._session: Session | None = None
         self.device = "unloaded"
         self._inline_below = config.inline_below_us / 1e6
         self._seconds_per_call = float("inf")  # learned from live calls; none inline until then
@@ -190,7 +190,7 @@ class OnnxBackend(Backend):
         return self._run_inline(session, list(output_names), inputs, rows)
 
     def _run_inline(
-        self, session: ort.InferenceSession, names: list[str], inputs: Mapping[str, np.ndarray],
+        self, session: Session, names: list[str], inputs: Mapping[str, np.ndarray],
         rows: int,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         try:
@@ -252,7 +252,7 @@ class OnnxBackend(Backend):
         for pool in self._pools.values():
             pool.executor.shutdown(wait=False, cancel_futures=True)
 
-    def _open_session(self, config: OnnxBackendConfig | None = None) -> ort.InferenceSession:
+    def _open_session(self, config: OnnxBackendConfig | None = None) -> Session:
         config = config or self._config
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -266,7 +266,7 @@ class OnnxBackend(Backend):
             session = self._session_on_best_device(path, options)
         except Exception as exc:
             raise BackendUnavailable(f"{self.role}: cannot load {path}: {exc}") from exc
-        return session
+        return _for_its_types(session)
 
     def _session_on_best_device(
         self, path: str, options: ort.SessionOptions
@@ -300,7 +300,7 @@ _Timed = tuple[list[np.ndarray], float, float]
 
 
 def _run_timed(
-    session: ort.InferenceSession,
+    session: Session,
     names: list[str],
     inputs: Mapping[str, np.ndarray],
     clock: Callable[[], float],
@@ -308,22 +308,49 @@ def _run_timed(
     """The call, the CPU time it took, and its wall time: with intra_op_threads 1, ONNX Runtime
     computes in the calling thread, so that thread's CPU time is the call's."""
     started, cpu_started = clock(), time.thread_time()
-    if _has_bf16(session):
-        results = _run_ort_values(session, names, inputs)
-    else:
-        results = session.run(names, inputs)
+    results = session.run(names, inputs)
     return results, time.thread_time() - cpu_started, clock() - started
 
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16 in ONNX's enum (the onnx package is not a dependency)
-_BF16_SESSIONS: weakref.WeakSet[ort.InferenceSession] = weakref.WeakSet()
-"""The sessions with a BF16 input or output (decided at load): only those take the OrtValue
-path, so every other model's call is one ``session.run`` as before."""
 
 
-def _has_bf16(session: ort.InferenceSession) -> bool:
-    return session in _BF16_SESSIONS
+class Bf16Session:
+    """A session of a model with a BF16 input or output, whose ``run`` goes through OrtValues.
+    Chosen once, at load: every other model keeps its own ``InferenceSession.run``, untouched."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+
+    def run(self, names: list[str], inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return _run_ort_values(self.session, names, inputs)
+
+    def get_inputs(self) -> list[ort.NodeArg]:
+        return list(self.session.get_inputs())
+
+    def get_outputs(self) -> list[ort.NodeArg]:
+        return list(self.session.get_outputs())
+
+
+Session: TypeAlias = "ort.InferenceSession | Bf16Session"
+
+
+def _for_its_types(session: ort.InferenceSession) -> Session:
+    """The session, or for a model with BF16 tensors its ``Bf16Session``; ``BackendUnavailable``
+    for BF16 beside a string input (OrtValues hold no strings, ``session.run`` takes no BF16)."""
+    nodes = [*session.get_inputs(), *session.get_outputs()]
+    bf16 = [node.name for node in nodes if node.type == "tensor(bfloat16)"]
+    if not bf16:
+        return session
+    texts = [node.name for node in session.get_inputs() if node.type == "tensor(string)"]
+    if texts:
+        raise BackendUnavailable(
+            f"BF16 tensor(s) {bf16} beside string input(s) {texts}: ONNX Runtime's Python API "
+            "cannot feed both in one call (strings only through session.run, BF16 only as "
+            "OrtValues)"
+        )
+    return Bf16Session(session)
 
 
 def _run_ort_values(
@@ -394,7 +421,7 @@ def _try_cuda_session(path: str, options: ort.SessionOptions) -> ort.InferenceSe
         return None
 
 
-def _signature_of(session: ort.InferenceSession) -> Signature:
+def _signature_of(session: Session) -> Signature:
     def spec(node: ort.NodeArg) -> TensorSpec:
         if node.type not in _ORT_TYPES:
             raise BackendUnavailable(f"tensor '{node.name}' has unsupported type {node.type}")
@@ -404,19 +431,7 @@ def _signature_of(session: ort.InferenceSession) -> Signature:
         return TensorSpec(node.name, datatype, shape, text=datatype == "BYTES",
                           axis_names=names if any(names) else None)  # fmt: skip
 
-    signature = Signature(
+    return Signature(
         inputs=tuple(spec(node) for node in session.get_inputs()),
         outputs=tuple(spec(node) for node in session.get_outputs()),
     )
-    tensors = [*signature.inputs, *signature.outputs]
-    if any(spec.datatype == "BF16" for spec in tensors):
-        texts = [spec.name for spec in signature.inputs if spec.text]
-        if texts:  # OrtValues hold no strings, and session.run takes no BF16
-            bf16 = [spec.name for spec in tensors if spec.datatype == "BF16"]
-            raise BackendUnavailable(
-                f"BF16 tensor(s) {bf16} beside string input(s) {texts}: ONNX Runtime's Python "
-                "API cannot feed both in one call (strings only through session.run, BF16 only "
-                "as OrtValues)"
-            )
-        _BF16_SESSIONS.add(session)
-    return signature
