@@ -220,6 +220,41 @@ def test_bf16_logits_are_compared_in_the_shadow(
     assert gateway.total(names.SHADOW_KL + "_count", model="digits") == len(x)
 
 
+def test_bf16_requests_batched_into_one_call_each_get_their_own_rows(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """Eight BF16 requests of 1-3 rows joined into one call: each gets its own rows back, its
+    echo bit for bit, its logits within one BF16 step of the model alone (a larger matrix
+    product may sum in another order before the cast to BF16)."""
+    model = model_shapes.write_bf16_model(tmp_path / "bf16.onnx")
+    batching = {"max_batch_size": 16, "max_delay_us": 1_000_000}
+    gateway = start_gateway({
+        "teacher": {"path": str(model), "batching": batching}, "student": {"path": str(model)},
+        "shadow": {"sample_rate": 0.0}, "task": {"output": "y"},
+        "overload": {"max_queue_ms": 60_000}, "resilience": {"request_timeout_ms": 60_000},
+    })  # fmt: skip
+    rng = np.random.default_rng(10)
+    requests = [rng.standard_normal((rows, 8)).astype(V2_TO_NUMPY["BF16"])
+                for rows in (1, 3, 2, 1, 2, 3, 1, 3)]  # 16 rows: one full call  # fmt: skip
+
+    def infer(x: np.ndarray) -> Any:
+        tensor = triton_http.InferInput("x", list(x.shape), "BF16")
+        tensor.set_data_from_numpy(x)
+        return triton_http.InferenceServerClient(gateway.address).infer("digits", [tensor])
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        answers = list(pool.map(infer, requests))
+    calls = gateway.total("gateway_batch_size_count")  # the warm-up calls are not batched
+    assert (calls, gateway.total("gateway_batch_size_sum")) == (1, 16)
+    for x, answer in zip(requests, answers, strict=True):
+        alone = model_shapes.run_onnx(model, {"x": x})
+        assert answer.as_numpy("echo").view(np.uint16).tolist() == x.view(np.uint16).tolist()
+        y = answer.as_numpy("y")
+        assert y.dtype == V2_TO_NUMPY["BF16"] and y.shape == alone["y"].shape
+        step = np.abs(alone["y"].astype(np.float32)) * 2.0**-7  # one BF16 step (8-bit mantissa)
+        assert (np.abs(y.astype(np.float32) - alone["y"].astype(np.float32)) <= step).all()
+
+
 # -- padded batching and bad input, on the text classifier ----------------------------------
 
 BATCH = 8  # requests that fill one call: it leaves when they are all in, whatever the timing
