@@ -172,6 +172,7 @@ def test_the_error_rate_has_one_definition_everywhere() -> None:
         "$__rate_interval", 'model="$model"', "backend")  # fmt: skip
 
 
+@pytest.mark.e2e  # runs promtool, a real process, over every rule file
 def test_promtool_unit_tests_cover_every_alert() -> None:
     result = _promtool("test", "rules", "tests/alerts_test.yml")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -38,6 +38,8 @@ from tests.controller.receivers import (
     trickling_receiver,
 )
 
+pytestmark = pytest.mark.e2e  # real HTTP receivers on loopback, real timeouts
+
 GATEWAYS = ["http://gw-1", "http://gw-2"]
 HOLDER = "test-host-a:1:aaaa"
 SECRET = "s3cret-key-for-the-receiver"
