@@ -66,6 +66,7 @@ ONE_GATE = {"max_error_rate": 0.001, "max_accuracy_drop": 0.01, "min_agreement":
             "max_latency_ratio": 1.2}  # fmt: skip
 
 
+@pytest.mark.e2e  # 800 rollouts a gate, in worker processes: CI's run, not the inner loop's
 @pytest.mark.parametrize("gate", list(ONE_GATE))
 def test_a_student_at_a_gates_threshold_is_promoted_at_most_1_minus_confidence(gate: str) -> None:
     from controller.policy import Gates, Policy
