@@ -34,7 +34,7 @@ class DriftConfig(StrictModel):
 
     enabled: bool = True
     """Off: no drift counters at all."""
-    sample_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    sample_rate: float = Field(default=0.1, gt=0.0, le=1.0)
     """Fraction of answered requests summarised: every ``round(1 / sample_rate)``-th, counted
     deterministically (a summarised batch-1 request costs 2-8 us; README: "Drift
     summaries")."""
