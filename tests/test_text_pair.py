@@ -188,11 +188,19 @@ def test_the_shipped_gateway_config_serves_the_pair_with_a_length_bound() -> Non
         assert settings.inputs[name].max_shape == [-1, 128]
 
 
-def _build(out: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+class _Build(subprocess.Popen[str]):
+    def wait_done(self) -> subprocess.CompletedProcess[str]:
+        stdout, stderr = self.communicate(timeout=600)
+        return subprocess.CompletedProcess(self.args, self.returncode, stdout, stderr)
+
+
+def _start_build(out: Path, *options: str) -> _Build:
+    """``distill-models build-text`` into ``out``, started, not awaited: two builds share the
+    machine's two cores (each trains on one thread)."""
+    return _Build(
         [sys.executable, "-m", "models.cli", "build-text", "--out-dir", str(out),
          "--cache-dir", str(out / "cache"), *options],
-        capture_output=True, text=True, timeout=600,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
@@ -203,9 +211,10 @@ def test_two_text_builds_write_identical_files_and_a_short_one_says_it_missed(
     """A short recipe (1 teacher epoch, 2 per student): the same code paths as the real one."""
     torch.set_num_threads(1)
     recipe = ("--teacher-epochs", "1", "--student-epochs", "2")
-    short = _build(tmp_path / "a", *recipe)
+    first, second = (_start_build(tmp_path / "a", *recipe),
+                     _start_build(tmp_path / "b", *recipe, "--no-enforce-targets"))  # fmt: skip
+    short, again = first.wait_done(), second.wait_done()
     assert short.returncode == 1 and "NO" in short.stdout, short.stdout + short.stderr
-    again = _build(tmp_path / "b", *recipe, "--no-enforce-targets")
     assert again.returncode == 0, again.stdout + again.stderr
     a, b = tmp_path / "a" / PAIR, tmp_path / "b" / PAIR
     names = ("teacher.onnx", "student.onnx", "student_bad.onnx", "student.int8.onnx", "test.npz")
