@@ -54,6 +54,11 @@ def post_all(
             results[index] = DeadlineExceeded(f"no complete answer within {post.seconds:g} s")
         except httpx.HTTPError as exc:  # refused, reset, not HTTP
             results[index] = exc
+        except Exception as exc:
+            # a URL the policy took that cannot be reached at all (a port past 65535 fails inside
+            # the connect's own task group, as an ExceptionGroup): this call's failure, never the
+            # tick's or the other calls'
+            results[index] = httpx.ConnectError(f"cannot post to {post.url}: {exc!r}")
 
     async def main() -> None:
         # timeout=None: the deadline above is the only limit, so it is the one reported

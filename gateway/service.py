@@ -545,8 +545,13 @@ class GatewayService:
         except ModelRejectedInput:
             if role == "teacher":
                 raise
-            self._metrics.count_fallback("student", "teacher", "error")  # it may take it
-            return await self._run("teacher", inputs, deadline)
+            try:  # the teacher may take what the student cannot
+                answered = await self._run("teacher", inputs, deadline)
+            except ModelRejectedInput as refused:  # neither takes it: the input's fault alone,
+                refused.backend = "teacher"  # so not the student's error, nor a fallback
+                raise
+            self._metrics.count_fallback("student", "teacher", "error")
+            return answered
         except (BadRequest, Overloaded, DeadlineExceeded):  # the request's: no fallback
             raise
         except GatewayError as exc:

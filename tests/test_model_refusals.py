@@ -89,6 +89,29 @@ def test_a_token_only_the_teacher_knows_falls_back_from_the_student_to_the_teach
         gateway.stop()
 
 
+def test_input_both_models_refuse_is_the_clients_400_and_never_the_students_error(
+    tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
+    """A token neither model can embed, sent to the student's share: the 400 is counted as the
+    teacher's (the last to refuse), with no fallback, so no client can raise the student's error
+    rate (and have a good student rolled back) by sending bad input."""
+    gateway = start(tmp_path, pair, share=1.0)
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            for _ in range(10):
+                refused = client.post(INFER, json=body([3, 70, 5]))
+                assert refused.status_code == 400, refused.text
+                assert "teacher model refused" in refused.json()["error"]
+            for _ in range(10):
+                assert client.post(INFER, json=body([3, 7, 5])).status_code == 200
+        assert gateway.total("gateway_fallbacks_total", from_backend="student") == 0
+        assert gateway.total("gateway_requests_total", backend="student", code="400") == 0
+        assert gateway.total("gateway_requests_total", backend="teacher", code="400") == 10
+        assert gateway.total("gateway_requests_total", backend="student", code="200") == 10
+    finally:
+        gateway.stop()
+
+
 def test_a_configured_value_range_refuses_the_token_before_any_model_runs(
     tmp_path: Path, pair: tuple[Path, Path]
 ) -> None:

@@ -186,6 +186,8 @@ def test_the_shipped_gateway_config_serves_the_pair_with_a_length_bound() -> Non
     assert settings.inputs[INPUT_IDS].warmup_range == (0, VOCAB_SIZE - 1)
     for name in (INPUT_IDS, ATTENTION_MASK):
         assert settings.inputs[name].max_shape == [-1, 128]
+    assert settings.inputs[INPUT_IDS].value_range == (0, VOCAB_SIZE - 1)
+    assert settings.inputs[ATTENTION_MASK].value_range == (0, 1)
 
 
 class _Build(subprocess.Popen[str]):
