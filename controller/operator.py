@@ -28,6 +28,7 @@ from controller.state import (
     StateError,
     StateStore,
 )
+from controller.webhooks import Webhook, longest_tick
 
 ACK_POLL_SECONDS = 0.1
 DEFAULT_COMMAND_SECONDS = 5.0
@@ -63,8 +64,13 @@ def describe_no_controller(store: StateStore, now: float) -> str:
 
 
 def command_seconds(rollout: RolloutState) -> float:
-    """Two analysis intervals of the rollout's policy, at least 5 s."""
-    return max(DEFAULT_COMMAND_SECONDS, 2 * float(rollout.policy.get("interval_seconds", 0.0)))
+    """Two analysis intervals of the rollout's policy, at least 5 s, and longer than the longest
+    tick its webhook calls can hold: a controller reads commands between ticks, so an `abort`
+    sent while a tick waits on its hooks must outlive that wait."""
+    interval = float(rollout.policy.get("interval_seconds", 0.0))
+    hooks = [Webhook.model_validate(hook) for hook in rollout.policy.get("webhooks", [])]
+    blocked, _ = longest_tick(hooks)
+    return max(DEFAULT_COMMAND_SECONDS, 2 * interval, blocked + 2 * interval)
 
 
 def send_and_wait(
