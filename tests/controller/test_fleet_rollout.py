@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from controller.local.processes import RedisProcess
-from controller.state import Phase
+from controller.state import Phase, StateError
 from models import MODELS_DIR
 from tests.rollouts import canary_env, gateway_config, saved, share_of, traffic, write_policy
 from tests.servers import BIN, TestGateway, wait_until
@@ -50,7 +50,10 @@ def fleet_canary(redis: RedisProcess, prefix: str, policy: Path, state: Path) ->
 
 
 def step_confirmed(state: Path) -> bool:
-    rollout = saved(state) if state.exists() else None
+    try:  # the controller may have created the file and not yet its tables
+        rollout = saved(state) if state.exists() else None
+    except StateError:
+        return False
     return rollout is not None and rollout.step_started_at is not None
 
 
