@@ -1,6 +1,7 @@
 """HTTP: the Open Inference Protocol (KServe V2) endpoints, feedback, admin and metrics.
 
-Every route translates HTTP into one call on ``GatewayService``; errors become ``{"error": ...}``.
+Every route finds its model's ``GatewayService`` in the ``Runtime`` and translates HTTP into one
+call on it; errors become ``{"error": ...}``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import __version__
 from gateway.errors import (
     BadRequest,
+    Conflict,
     Forbidden,
     GatewayError,
     Unauthorized,
@@ -30,14 +32,24 @@ from gateway.feedback_auth import TICKET_HEADER
 from gateway.http_body import read_body
 from gateway.http_infer import InferEndpoint, infer_path
 from gateway.http_responses import JSON, error_response, json_response
+from gateway.metrics import MULTIPROCESS
 from gateway.protocol import (
+    ADMIN_MODEL_SHADOW,
+    ADMIN_MODEL_STUDENT,
+    ADMIN_MODEL_TRAFFIC,
+    MODELS,
     Feedback,
     FleetTraffic,
     InferenceRequest,
+    ModelListEntry,
+    RepositoryIndexEntry,
+    RepositoryIndexRequest,
+    ShadowRate,
     StudentUpdate,
     TrafficState,
     TrafficUpdate,
 )
+from gateway.runtime import Runtime
 from gateway.service import GatewayService
 from gateway.validation import describe_body_errors, is_invalid_json
 
@@ -56,9 +68,10 @@ UNSUPPORTED_EXTENSIONS: dict[str, tuple[tuple[str, ...], str]] = {
         tuple(prefix + "/config" for prefix in _VERSIONED),
         "the signature is in the model metadata, GET /v2/models/<model>",
     ),
-    "model repository": (
-        ("/v2/repository/{rest:path}",),
-        "the gateway serves one logical model, fixed by its config",
+    "model repository's load and unload": (
+        ("/v2/repository/models/{rest:path}",),
+        "the models served are fixed by the gateway's config (models:); POST "
+        "/v2/repository/index lists them",
     ),
     "system shared memory": (
         ("/v2/systemsharedmemory/{rest:path}",),
@@ -98,30 +111,32 @@ ALL_PARTS = frozenset({"v2", "admin", "metrics"})
 
 
 def create_app(
-    service: GatewayService,
+    runtime: Runtime,
     registry: CollectorRegistry,
     admin_token: SecretStr | None,
     parts: frozenset[str] = ALL_PARTS,
 ) -> GatewayApp:
-    """The app for one listener. The one that serves the V2 API owns the service's lifecycle;
+    """The app for one listener. The one that serves the V2 API owns the models' lifecycle;
     the admin and metrics listeners, when they have ports of their own, only serve."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        service.start_background()
+        runtime.start_background()
         yield
-        await service.close()
+        await runtime.close()
 
     app = GatewayApp(
         title="distill-gateway", version=__version__, lifespan=lifespan if "v2" in parts else None
     )
     if "v2" in parts:
-        app.infer_endpoint = InferEndpoint(service)
+        app.infer_endpoint = InferEndpoint(runtime)
     _install_error_handlers(app)
     if "v2" in parts:
-        _add_v2_routes(app, service)
+        _add_v2_routes(app, runtime)
+    if "v2" in parts or "admin" in parts:  # the controller knows only admin URLs
+        _add_model_list(app, runtime)
     if "admin" in parts:
-        _add_admin_routes(app, service, admin_token)
+        _add_admin_routes(app, runtime, admin_token)
     if "metrics" in parts:
 
         @app.get("/metrics")
@@ -131,8 +146,8 @@ def create_app(
     return app
 
 
-def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
-    limit = service.settings.max_request_bytes
+def _add_v2_routes(app: FastAPI, runtime: Runtime) -> None:
+    limit = runtime.settings.max_request_bytes
 
     @app.get("/v2/health/live")
     async def live() -> Response:
@@ -140,7 +155,7 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        is_ready = service.is_ready()
+        is_ready = runtime.is_ready()
         return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     @app.get("/v2")
@@ -160,13 +175,36 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
         for path in paths:
             _answer_unsupported(app, path, extension, hint)
 
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> Response:
+        """The repository extension's index, in Triton's shape (its ``ready`` filter too)."""
+        body = await read_body(request, limit)
+        wanted = _parse(RepositoryIndexRequest, body or b"{}")
+        return json_response([
+            RepositoryIndexEntry(name=each.name, version=each.version, state=each.state,
+                                 reason=each.reason).model_dump()
+            for each in runtime.statuses(ready_only=wanted.ready)
+        ])  # fmt: skip
+
+    def service_of(request: Request, model: str) -> GatewayService:
+        service = runtime.service_for(model)
+        service.check_version(request.path_params.get("version"))
+        return service
+
     async def model_metadata(request: Request, model: str) -> Response:
-        service.check_model(model, request.path_params.get("version"))
-        return json_response(service.model_metadata())
+        metadata = service_of(request, model).model_metadata()
+        return json_response({
+            "name": metadata.name,
+            "versions": [metadata.version],
+            "platform": metadata.platform,
+            "inputs": [spec.as_metadata() for spec in metadata.inputs],
+            "outputs": [spec.as_metadata() for spec in metadata.outputs],
+            # beyond the V2 fields (clients ignore what they do not know): which student serves
+            "student_id": metadata.student_id,
+        })  # fmt: skip
 
     async def model_ready(request: Request, model: str) -> Response:
-        service.check_model(model, request.path_params.get("version"))
-        is_ready = service.is_ready()
+        is_ready = service_of(request, model).is_ready()
         return json_response({"name": model, "ready": is_ready}, 200 if is_ready else 503)
 
     async def infer(request: Request, model: str) -> Response:
@@ -175,7 +213,7 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
         raise AssertionError("POST /infer is served by gateway.http_infer")  # pragma: no cover
 
     async def feedback(request: Request, model: str) -> Response:
-        service.check_model(model, request.path_params.get("version"))
+        service = service_of(request, model)
         body = _parse(Feedback, await read_body(request, limit))
         headers = request.headers
         scored = await service.record_feedback(body, headers.get(TICKET_HEADER),
@@ -194,27 +232,96 @@ def _add_v2_routes(app: FastAPI, service: GatewayService) -> None:
                               openapi_extra=_documented_body(body))  # fmt: skip
 
 
-def _add_admin_routes(app: FastAPI, service: GatewayService, admin_token: SecretStr | None) -> None:
-    limit = service.settings.max_request_bytes
+def _add_model_list(app: FastAPI, runtime: Runtime) -> None:
+    @app.get(MODELS)
+    async def list_models() -> Response:
+        """Every model served (a convenience beside the repository index, as KServe's)."""
+        listed = [
+            ModelListEntry(name=each.name, versions=[each.version], ready=each.ready,
+                           student_id=each.student_id)
+            for each in runtime.statuses()
+        ]  # fmt: skip
+        return json_response({"models": [entry.model_dump() for entry in listed]})
 
-    @app.get("/admin/traffic")
-    async def get_traffic() -> Response:
-        return json_response(_traffic(service))
 
-    @app.put("/admin/traffic", openapi_extra=_documented_body(TrafficUpdate))
-    async def put_traffic(request: Request) -> Response:
-        _authorize(request, admin_token, service)
+def _add_admin_routes(app: FastAPI, runtime: Runtime, admin_token: SecretStr | None) -> None:
+    """Per model under ``/admin/models/{model}/``; ``/admin/traffic`` and ``/admin/student`` name
+    no model and serve only a gateway of one (409 otherwise, naming the models)."""
+    limit = runtime.settings.max_request_bytes
+
+    def authorized(request: Request, model: str) -> None:
+        # a refusal is counted under the model the route names (the first model's for an unknown
+        # one: a client never picks a label value)
+        counted = runtime.services.get(model) or next(iter(runtime.services.values()))
+        _authorize(request, admin_token, counted)
+
+    async def get_traffic(model: str) -> Response:
+        return json_response(_traffic(runtime.service_for(model)))
+
+    async def set_share(request: Request, model: str) -> GatewayService:
+        authorized(request, model)
+        service = runtime.service_for(model)
         update = _parse(TrafficUpdate, await read_body(request, limit))
         await service.set_student_share(update.student_share)
-        return json_response(_traffic(service))
+        return service
 
-    @app.put("/admin/student", openapi_extra=_documented_body(StudentUpdate))
-    async def put_student(request: Request) -> Response:
+    async def set_student(request: Request, model: str) -> GatewayService:
         """Serve a registered model as the student; only at share 0 (409 otherwise)."""
-        _authorize(request, admin_token, service)
+        authorized(request, model)
+        service = runtime.service_for(model)
         update = _parse(StudentUpdate, await read_body(request, limit))
         await service.load_student(update.model_id)
-        return json_response(_traffic(service))
+        return service
+
+    async def put_traffic(request: Request, model: str) -> Response:
+        return json_response(_traffic(await set_share(request, model)))
+
+    async def put_student(request: Request, model: str) -> Response:
+        return json_response(_traffic(await set_student(request, model)))
+
+    async def get_shadow(model: str) -> Response:
+        service = runtime.service_for(model)
+        answer = ShadowRate(model=model, sample_rate=service.shadow.sample_rate,
+                            configured=service.settings.shadow.sample_rate)  # fmt: skip
+        return json_response(answer.model_dump())
+
+    async def put_shadow(request: Request, model: str) -> Response:
+        authorized(request, model)
+        service = runtime.service_for(model)
+        update = _parse(ShadowRate, await read_body(request, limit))
+        if MULTIPROCESS:  # it would move one worker's rate of N, and read back as all of them
+            raise Conflict("the shadow sample rate is each worker's own with --workers: set "
+                           "shadow.sample_rate in the config instead")  # fmt: skip
+        if update.model not in (None, model):
+            raise BadRequest(f"the body names model '{update.model}', the path '{model}'")
+        previous, service.shadow.sample_rate = service.shadow.sample_rate, update.sample_rate
+        log.info("model %s: shadow sample rate %.4g -> %.4g", model, previous, update.sample_rate)
+        return await get_shadow(model)
+
+    app.add_api_route(ADMIN_MODEL_TRAFFIC, get_traffic, methods=["GET"])
+    app.add_api_route(ADMIN_MODEL_SHADOW, get_shadow, methods=["GET"])
+    app.add_api_route(ADMIN_MODEL_SHADOW, put_shadow, methods=["PUT"],
+                      openapi_extra=_documented_body(ShadowRate))  # fmt: skip
+    app.add_api_route(ADMIN_MODEL_TRAFFIC, put_traffic, methods=["PUT"],
+                      openapi_extra=_documented_body(TrafficUpdate))  # fmt: skip
+    app.add_api_route(ADMIN_MODEL_STUDENT, put_student, methods=["PUT"],
+                      openapi_extra=_documented_body(StudentUpdate))  # fmt: skip
+
+    # The unnamed routes answer as they did before several models, without ``model``: a
+    # controller of that version reads the answer strictly, and would refuse the key.
+    @app.get("/admin/traffic")
+    async def get_only_traffic() -> Response:
+        return json_response(_traffic(runtime.only_service("traffic"), named=False))
+
+    @app.put("/admin/traffic", openapi_extra=_documented_body(TrafficUpdate))
+    async def put_only_traffic(request: Request) -> Response:
+        service = await set_share(request, runtime.only_service("traffic").model)
+        return json_response(_traffic(service, named=False))
+
+    @app.put("/admin/student", openapi_extra=_documented_body(StudentUpdate))
+    async def put_only_student(request: Request) -> Response:
+        service = await set_student(request, runtime.only_service("student").model)
+        return json_response(_traffic(service, named=False))
 
 
 def _documented_body(model: type[BaseModel] | None) -> dict[str, Any] | None:
@@ -257,10 +364,13 @@ def _answer_unsupported(app: FastAPI, path: str, extension: str, hint: str) -> N
     app.add_api_route(path, unsupported, methods=["GET", "POST"])
 
 
-def _traffic(service: GatewayService) -> dict[str, object]:
-    """What this replica applies; in a fleet, also what the fleet wants and who this is."""
+def _traffic(service: GatewayService, named: bool = True) -> dict[str, object]:
+    """What this replica applies; in a fleet, also what the fleet wants and who this is; the
+    model's name unless ``named`` is False (the unnamed routes)."""
     split, fleet = service.split, service.fleet
-    state = TrafficState(student_share=split.student_share, generation=split.generation,
+    state = TrafficState(model=service.model if named else None,
+                         student_share=split.student_share,
+                         generation=split.generation,
                          student_id=service.student_id,
                          metrics_url=service.settings.state.advertise_metrics_url)  # fmt: skip
     if service.cascade is not None:

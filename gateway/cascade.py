@@ -21,24 +21,37 @@ threshold too low). What is dropped is counted (``gateway_cascade_evidence_dropp
 from __future__ import annotations
 
 import logging
-import sys
-from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Gauge, Histogram
 
 from gateway import metric_names as names
 from gateway.cascade_config import CascadeConfig
 from gateway.errors import GatewayError
+from gateway.feedback import LabelRules, Scored
+from gateway.metric_families import shared_counter, shared_gauge, shared_histogram
+from gateway.metric_names import (
+    CASCADE_ESCALATION_CALLS,
+    CASCADE_FEEDBACK_PAIRED,
+    ESCALATION_REASONS,
+)
 from gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
+from gateway.roles import NO_BACKEND
 from gateway.tasks import Task
 from gateway.thresholds import Choice, ThresholdSelector
 
 log = logging.getLogger(__name__)
 ESCALATED = names.CASCADE_ESCALATED  # false, true, failed (the teacher failed: the student's)
-# What a lane costs in memory besides its id (an OrderedDict entry, a str flag shared by all)
-_LANE_OVERHEAD = 100
+STUDENT_ANSWERED = ("false", "failed")  # the lanes whose returned answer is the student's
+# An escalation's teacher call: (backend, code) by reason; shed and deadline are no backend's
+_CALL_OUTCOMES = {"ok": ("teacher", "200"), "error": ("teacher", "503"),
+                  "timeout": ("teacher", "504"), "shed": (NO_BACKEND, "503"),
+                  "deadline": (NO_BACKEND, "504")}  # fmt: skip
+# A cascade request's lane travels in its remembered prediction's backend, "student@cascade:
+# false" (the one field a fleet's store keeps besides the classes), so a label posted to any
+# replica finds it; ``LaneRules`` scores it as the plain backend.
+_LANE_MARK = "@cascade:"
 
 
 class CascadeRefused(GatewayError):
@@ -51,56 +64,104 @@ class CascadeMetrics:
     def __init__(self, metrics: GatewayMetrics) -> None:
         registry, model = metrics.registry, metrics.model
         m, me = ["model"], ["model", "escalated"]
-        requests = Counter(names.CASCADE_REQUESTS, "Requests answered through the cascade; "
-                           "escalated='true': the teacher's answer was returned; 'failed': the "
-                           "teacher failed, the student's was.", me,
-                           registry=registry)  # fmt: skip
-        duration = Histogram(names.CASCADE_DURATION, "Time of a cascade request in the gateway "
-                             "(an escalated one runs on the student, then the teacher).", me,
-                             buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+        requests = shared_counter(
+            names.CASCADE_REQUESTS,
+            "Requests answered through the cascade; "
+            "escalated='true': the teacher's answer was returned; 'failed': the "
+            "teacher failed, the student's was.",
+            me,
+            registry=registry,
+        )
+        duration = shared_histogram(
+            names.CASCADE_DURATION,
+            "Time of a cascade request in the gateway "
+            "(an escalated one runs on the student, then the teacher).",
+            me,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.requests = {flag: requests.labels(model, flag) for flag in ESCALATED}
         self.duration = {flag: duration.labels(model, flag) for flag in ESCALATED}
-        self.threshold = Gauge(names.CASCADE_THRESHOLD, "Confidence below which a request is "
-                               "escalated to the teacher.", m, multiprocess_mode="livemostrecent",
-                               registry=registry).labels(model)  # fmt: skip
-        source = Gauge(names.CASCADE_THRESHOLD_SOURCE, "1 for where the threshold comes from "
-                       "(fixed, chosen, no_evidence).", ["model", "source"],
-                       multiprocess_mode="livemostrecent", registry=registry)  # fmt: skip
+        self.threshold = shared_gauge(
+            names.CASCADE_THRESHOLD,
+            "Confidence below which a request is escalated to the teacher.",
+            m,
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        ).labels(model)
+        source = shared_gauge(
+            names.CASCADE_THRESHOLD_SOURCE,
+            "1 for where the threshold comes from (fixed, chosen, no_evidence).",
+            ["model", "source"],
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        )
         self.source = {kind: source.labels(model, kind) for kind in names.CASCADE_SOURCES}
-        self.samples = Gauge(names.CASCADE_CALIBRATION_SAMPLES, "Shadowed requests the last "
-                             "threshold choice was made from.", m,
-                             multiprocess_mode="livemostrecent",
-                             registry=registry).labels(model)  # fmt: skip
-        self.bound = Gauge(names.CASCADE_DISAGREEMENT_BOUND, "Upper bound on the fraction of "
-                           "requests the cascade answers unlike the teacher, at the last choice.",
-                           m, multiprocess_mode="livemostrecent",
-                           registry=registry).labels(model)  # fmt: skip
-        self.comparisons = Counter(names.CASCADE_COMPARISONS, "Shadowed cascade requests.", m,
-                                   registry=registry).labels(model)  # fmt: skip
-        self.agreements = Counter(names.CASCADE_AGREEMENTS, "Shadowed cascade requests whose "
-                                  "returned answer equals the teacher's.", m,
-                                  registry=registry).labels(model)  # fmt: skip
-        labelled = Counter(names.CASCADE_FEEDBACK, "Labelled rows of cascade requests.", me,
-                           registry=registry)  # fmt: skip
-        right = Counter(names.CASCADE_FEEDBACK_CORRECT, "Labelled rows of cascade requests "
-                        "whose returned answer was right.", me, registry=registry)  # fmt: skip
+        self.samples = shared_gauge(
+            names.CASCADE_CALIBRATION_SAMPLES,
+            "Shadowed requests the last threshold choice was made from.",
+            m,
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        ).labels(model)
+        self.bound = shared_gauge(
+            names.CASCADE_DISAGREEMENT_BOUND,
+            "Upper bound on the fraction of "
+            "requests the cascade answers unlike the teacher, at the last choice.",
+            m,
+            multiprocess_mode="livemostrecent",
+            registry=registry,
+        ).labels(model)
+        self.comparisons = shared_counter(
+            names.CASCADE_COMPARISONS, "Shadowed cascade requests.", m, registry=registry
+        ).labels(model)
+        self.agreements = shared_counter(
+            names.CASCADE_AGREEMENTS,
+            "Shadowed cascade requests whose returned answer equals the teacher's.",
+            m,
+            registry=registry,
+        ).labels(model)
+        labelled = shared_counter(
+            names.CASCADE_FEEDBACK, "Labelled rows of cascade requests.", me, registry=registry
+        )
+        right = shared_counter(
+            names.CASCADE_FEEDBACK_CORRECT,
+            "Labelled rows of cascade requests whose returned answer was right.",
+            me,
+            registry=registry,
+        )
         self.labelled = {flag: labelled.labels(model, flag) for flag in ESCALATED}
         self.right = {flag: right.labels(model, flag) for flag in ESCALATED}
-        dropped = Counter(names.CASCADE_EVIDENCE_DROPPED, "Cascade requests drawn as evidence "
-                          "whose shadow call did not answer, by why.", ["model", "reason"],
-                          registry=registry)  # fmt: skip
+        dropped = shared_counter(
+            names.CASCADE_EVIDENCE_DROPPED,
+            "Cascade requests drawn as evidence whose shadow call did not answer, by why.",
+            ["model", "reason"],
+            registry=registry,
+        )
         self.dropped = {why: dropped.labels(model, why) for why in names.CASCADE_DROP_REASONS}
-        self.reused = Counter(names.CASCADE_REUSED_IDS, "Requests whose id an earlier one, still "
-                              "remembered for its label, had: the later one's lane (or none) "
-                              "replaces it, as its prediction does.", m,
-                              registry=registry).labels(model)  # fmt: skip
+        calls = shared_counter(
+            CASCADE_ESCALATION_CALLS,
+            "Escalations' calls to the teacher, by the status a teacher-only request would "
+            "have had (backend 'none': shed or out of time, no backend's failure).",
+            ["model", "backend", "code", "reason"],
+            registry=registry,
+        )
+        self.calls = {why: calls.labels(model, *_CALL_OUTCOMES[why], why)
+                      for why in ESCALATION_REASONS}  # fmt: skip
+        paired = shared_counter(
+            CASCADE_FEEDBACK_PAIRED,
+            "Labelled rows of cascade requests answered by the student whose teacher answer is "
+            "known too (shadowed), by which was right.",
+            ["model", "escalated", "outcome"],
+            registry=registry,
+        )
+        outcomes = names.PAIRED_OUTCOMES
+        self.paired = {(flag, outcome): paired.labels(model, flag, outcome)
+                       for flag in STUDENT_ANSWERED for outcome in outcomes}  # fmt: skip
 
 
 class Cascade:
-    def __init__(
-        self, config: CascadeConfig, task: Task, metrics: GatewayMetrics,
-        remembered: int = 100_000, max_bytes: int | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, config: CascadeConfig, task: Task, metrics: GatewayMetrics) -> None:
         if task.confidence(np.zeros((1, 2)), config.confidence) is None:
             raise CascadeRefused(f"traffic.mode cascade: the task {task.kind} has no confidence "
                                  "to escalate on (a cascade is for classification)")  # fmt: skip
@@ -113,11 +174,6 @@ class Cascade:
         # until the data speaks: min_confidence if given, else escalate everything
         self._fallback = 1.0 if config.min_confidence is None else config.min_confidence
         self.threshold = self._fallback
-        # request id -> its lane (ESCALATED), for its label; the oldest forgotten past
-        # ``remembered`` entries or ``max_bytes`` (feedback's limits: one lane per prediction)
-        self._lanes: OrderedDict[str, str] = OrderedDict()
-        self._remembered, self._max_bytes = remembered, max_bytes
-        self.lane_bytes = 0
         self.source = "fixed" if self.selector is None else "no_evidence"
         self._show()
 
@@ -136,35 +192,22 @@ class Cascade:
         self._metrics.requests[lane].inc()
         self._metrics.duration[lane].observe(seconds)
 
-    def remember(self, request_id: str, lane: str) -> None:
-        """A cascade request, so that its label counts toward the cascade's accuracy (in this
-        process: a label that reaches another replica of a fleet counts only by backend). A
-        reused id replaces the earlier lane, as the feedback store replaces its prediction (the
-        label scores the later answer), and is counted."""
-        self.forget(request_id)
-        self._lanes[request_id] = lane
-        self.lane_bytes += _lane_size(request_id)
-        while self._lanes and (len(self._lanes) > self._remembered or (
-                self._max_bytes is not None and self.lane_bytes > self._max_bytes)):  # fmt: skip
-            oldest, _ = self._lanes.popitem(last=False)
-            self.lane_bytes -= _lane_size(oldest)
+    def escalation_call(self, reason: str) -> None:
+        """An escalation's call to the teacher: ``ok``, or why it gave no answer."""
+        self._metrics.calls[reason].inc()
 
-    def forget(self, request_id: str) -> None:
-        """A request answered outside the cascade (or a reused id): any earlier cascade lane of
-        its id is no longer what its label scores."""
-        if self._lanes.pop(request_id, None) is not None:
-            self.lane_bytes -= _lane_size(request_id)
-            self._metrics.reused.inc()
-
-    def labelled(self, request_id: str, scored: Any) -> None:
-        """A label's scores (``gateway.feedback.Scored``) for a cascade request; a retried label
-        finds nothing left and is counted once."""
-        lane = self._lanes.pop(request_id, None)
-        if lane is None or scored.repeat:
+    def labelled(self, lane: str, scored: Scored) -> None:
+        """A label's scores for a cascade request (its lane from ``lane_of``); a retried label
+        is counted once. Where the student's answer was returned and the teacher's is known
+        (shadowed), the pair counts too: the cascade's accuracy gate reads it."""
+        if scored.repeat:
             return
-        self.lane_bytes -= _lane_size(request_id)
         self._metrics.labelled[lane].inc(sum(n for n, _ in scored.by_class.values()))
         self._metrics.right[lane].inc(sum(right for _, right in scored.by_class.values()))
+        if lane in STUDENT_ANSWERED and scored.paired:
+            for table in scored.paired.values():
+                for outcome, rows in table.by_outcome().items():
+                    self._metrics.paired[lane, outcome].inc(rows)
 
     def dropped(self, reason: str, requests: int) -> None:
         """Cascade requests drawn as evidence whose shadow call did not answer (the shadow's)."""
@@ -251,5 +294,40 @@ class Cascade:
         return shown
 
 
-def _lane_size(request_id: str) -> int:
-    return sys.getsizeof(request_id) + _LANE_OVERHEAD
+def carried(backend: str, lane: str | None) -> str:
+    """What a prediction remembers as its backend: the backend, and a cascade request's lane."""
+    return backend if lane is None else _CARRIED[backend, lane]
+
+
+def lane_of(remembered: str) -> tuple[str, str | None]:
+    """A remembered backend's (backend, lane); a request outside the cascade has no lane."""
+    backend, marked, lane = remembered.partition(_LANE_MARK)
+    return (backend, lane) if marked and lane in ESCALATED else (remembered, None)
+
+
+# one str per (backend, lane): a remembered lane costs a process no bytes of its own
+_CARRIED = {(backend, lane): f"{backend}{_LANE_MARK}{lane}"
+            for backend in ("teacher", "student") for lane in ESCALATED}  # fmt: skip
+
+
+class LaneRules:
+    """A task's label rules, for predictions whose backend carries a cascade lane: scored as
+    the plain backend (whose answer it was decides the paired table), the lane kept in
+    ``Scored.backend`` for the service to read (``lane_of``) and strip."""
+
+    def __init__(self, rules: LabelRules) -> None:
+        self.rules = rules
+
+    @property
+    def task(self) -> str:
+        return self.rules.task
+
+    def check(self, label: Any) -> np.ndarray:
+        return self.rules.check(label)
+
+    def score(
+        self, backend: str, predicted: np.ndarray, other: np.ndarray | None, labels: np.ndarray
+    ) -> Scored:
+        plain, lane = lane_of(backend)
+        scored = self.rules.score(plain, predicted, other, labels)
+        return scored if lane is None else replace(scored, backend=backend)

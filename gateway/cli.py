@@ -36,8 +36,7 @@ from gateway.app import create_app
 from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.errors import GatewayError
 from gateway.grpc_server import PortUnavailable, attach, create_grpc_server
-from gateway.metrics import GatewayMetrics
-from gateway.service import GatewayService
+from gateway.runtime import Runtime
 from gateway.workers import inherited_sockets, is_worker, supervise
 
 log = logging.getLogger("gateway")
@@ -142,10 +141,8 @@ async def _serve(
                                          settings.tls, shared=is_worker())  # fmt: skip
     grace = settings.shutdown.grace_seconds
     registry = CollectorRegistry()
-    costs = {"teacher": settings.teacher.cost_per_hour, "student": settings.student.cost_per_hour}
-    metrics = GatewayMetrics(registry, settings.model, costs)
-    service = await GatewayService.start(settings, metrics)
-    exposed = metrics.exposition_registry()
+    runtime = await Runtime.start(settings, registry)
+    exposed = runtime.exposition_registry()
     # Everything made so far (modules, models, settings: ~90,000 objects) lives as long as the
     # process: moved out of the collector's reach, full collections stop walking it on the
     # request path (they were the p99 tail: 64 ms -> 21 ms in issue 9's measurement).
@@ -155,7 +152,7 @@ async def _serve(
         log.warning("DISTILL_GATEWAY_ADMIN_TOKEN is not set: the admin API answers 403")
 
     def config(address: tuple[str, int]) -> uvicorn.Config:
-        app = create_app(service, exposed, settings.admin_token, listeners[address])
+        app = create_app(runtime, exposed, settings.admin_token, listeners[address])
         # log_config None: uvicorn's loggers go through ours (one format), at our level
         return uvicorn.Config(app, host=address[0], port=address[1], log_level=log_level,
                               log_config=None, access_log=access_log,
@@ -175,13 +172,13 @@ async def _serve(
             await grpc_server.stop(grace=grace)
         await asyncio.gather(*side)
 
-    server = _MainServer(config(main), companions, stop_the_others, service,
+    server = _MainServer(config(main), companions, stop_the_others, runtime,
                          settings.shutdown.drain_seconds)  # fmt: skip
     scheme, over = ("https", " over TLS") if settings.tls.enabled else ("http", "")
     for address, parts in listeners.items():
         log.info("listening on %s://%s:%d (%s)", scheme, *address, ", ".join(sorted(parts)))
     if grpc_server is not None:
-        attach(grpc_server, service)
+        attach(grpc_server, runtime)
         await grpc_server.start()
         log.info("listening on grpc://%s:%d (v2, health)%s", grpc_host, settings.grpc.port, over)
     try:
@@ -240,13 +237,13 @@ class _MainServer(uvicorn.Server):
         config: uvicorn.Config,
         companions: list[_Companion],
         stop_the_others: Callable[[], Awaitable[None]],
-        service: GatewayService,
+        runtime: Runtime,
         drain_seconds: float,
     ) -> None:
         super().__init__(config)
         self._companions = companions
         self._stop_the_others = stop_the_others
-        self._service = service
+        self._runtime = runtime
         self._drain_seconds = drain_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -262,8 +259,8 @@ class _MainServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         drain = sig == signal.SIGTERM and self._drain_seconds > 0
-        if drain and not self._service.draining and self._loop is not None:
-            self._service.start_draining()
+        if drain and not self._runtime.draining and self._loop is not None:
+            self._runtime.start_draining()
             self._loop.call_soon_threadsafe(self._loop.call_later, self._drain_seconds,
                                             self._stop_accepting)  # fmt: skip
             log.info("SIGTERM: draining for %g s (readiness 503, still serving); "
@@ -274,7 +271,7 @@ class _MainServer(uvicorn.Server):
         self._stop_accepting()
 
     def _stop_accepting(self) -> None:
-        self._service.start_draining()
+        self._runtime.start_draining()
         for companion in self._companions:
             companion.should_exit = True
         self.should_exit = True

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from pydantic import (
     Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
     Tag,
     ValidationError,
@@ -382,7 +383,8 @@ class StateConfig(StrictModel):
     awaiting labels are the fleet's, not each process's: ``feedback.ttl_seconds``,
     ``max_entries`` and ``max_bytes`` bound them in the store for every replica together (with
     ``memory``, each process has its own), they expire by Redis's clock (never a replica's),
-    ``max_bytes`` charges what Redis spends on each (``3 x id + 2 x classes + 370`` bytes, against
+    ``max_bytes`` charges what Redis spends on each (``3 x key + 2 x classes + backend + 343``
+    bytes, the key ``<prefix>:<model>:p:<id>``, against
     about ``id + classes + 450`` in a process), and gateway_feedback_pending(_bytes) report the
     store's count on every replica (take the max over replicas, never the sum)."""
     username: str | None = None
@@ -457,6 +459,54 @@ def _default_student() -> OnnxBackendConfig:
     return OnnxBackendConfig(path=STUDENT_PATH, cost_per_hour=0.5)
 
 
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+"""A model's name is a URL path segment (``/v2/models/{name}``) and a Redis key part."""
+
+
+RESERVED_MODEL_NAMES = ("stats",)
+"""``/v2/models/stats`` is the statistics extension's route, not a model's."""
+
+
+def _model_name(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError(f"'{name}' is not a model name: it is not a path segment a URL can carry")
+    if name in RESERVED_MODEL_NAMES:
+        raise ValueError(f"'{name}' is not a model name: /v2/models/{name} is a V2 route")
+    return name
+
+
+class ModelEntry(StrictModel):
+    """One entry of ``models:``: a logical model the gateway serves beside others. Every key is
+    optional but ``name``: an unset key takes the top-level value (the defaults); a section set
+    here overrides the top-level section key by key, except ``teacher``, ``student``, ``task``,
+    ``inputs`` and ``outputs``, which describe one model and replace it whole."""
+
+    name: str = Field(min_length=1, pattern=MODEL_NAME_PATTERN)
+    """The logical model name clients use in ``/v2/models/{name}``."""
+    version: str | None = Field(default=None, min_length=1, pattern=MODEL_NAME_PATTERN)
+    inputs: dict[str, InputConfig] | None = None
+    outputs: dict[str, OutputConfig] | None = None
+    warmup: WarmupConfig | None = None
+    teacher: BackendConfig | None = None
+    student: BackendConfig | None = None
+    task: TaskConfig | None = None
+    registry: Path | None = None
+    traffic: TrafficConfig | None = None
+    shadow: ShadowConfig | None = None
+    drift: DriftConfig | None = None
+    feedback: FeedbackConfig | None = None
+    resilience: ResilienceConfig | None = None
+    cost: CostConfig | None = None
+
+    _checked_name = field_validator("name")(_model_name)
+
+
+PER_MODEL_KEYS = tuple(key for key in ModelEntry.model_fields if key not in ("name", "version"))
+"""The keys a ``models:`` entry may set; every other key is the gateway's, top-level only."""
+REPLACED_WHOLE = ("inputs", "outputs", "teacher", "student", "task")
+"""Sections an entry replaces whole rather than key by key (they describe one model)."""
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway reads at start-up."""
 
@@ -464,9 +514,11 @@ class GatewaySettings(BaseSettings):
         env_prefix="DISTILL_GATEWAY_", env_nested_delimiter="__", extra="forbid"
     )
 
-    model: str = Field(default="digits", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    """The logical model name clients use in ``/v2/models/{model}``."""
-    model_version: str = Field(default="1", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    model: str = Field(default="digits", min_length=1, pattern=MODEL_NAME_PATTERN)
+    """The logical model name clients use in ``/v2/models/{model}`` (without ``models:``)."""
+
+    _checked_model = field_validator("model")(_model_name)
+    model_version: str = Field(default="1", min_length=1, pattern=MODEL_NAME_PATTERN)
     """The logical model's one version (``/v2/models/{model}/versions/{version}``). It names the
     model clients see, not the backend that serves them, so it stays the same while a rollout
     moves traffic and a client that pins it keeps working."""
@@ -510,6 +562,10 @@ class GatewaySettings(BaseSettings):
     """Larger request bodies are refused with 413."""
     max_batch_size: int = Field(default=1024, ge=1)
     """Larger batches are refused with 400."""
+    models: list[ModelEntry] | None = Field(default=None, min_length=1)
+    """Several logical models behind this gateway, each with its own backends, share, rollout,
+    admission, breakers and metrics (``model`` label). Unset: the top-level keys are the one
+    model. Set: the top-level per-model keys (``PER_MODEL_KEYS``) are every entry's defaults."""
     admin_token: SecretStr | None = None
     """Bearer token for ``PUT /admin/traffic``; from ``DISTILL_GATEWAY_ADMIN_TOKEN`` only, at least
     ``MIN_TOKEN_LENGTH`` characters (``openssl rand -hex 16`` makes a good one)."""
@@ -519,16 +575,52 @@ class GatewaySettings(BaseSettings):
     def _token_is_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
         return checked_secret(token, "DISTILL_GATEWAY_ADMIN_TOKEN")
 
+    _served: list[GatewaySettings] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> GatewaySettings:
+        names = [entry.name for entry in self.models or ()]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"models: the name {', '.join(map(repr, repeated))} is given to "
+                             "more than one entry; each model needs a name of its own")  # fmt: skip
+        return self
+
     @model_validator(mode="after")
     def _student_leaves_time_to_fall_back(self) -> GatewaySettings:
-        deadline = self.resilience.request_timeout_ms
-        if self.student.timeout_ms >= deadline:
-            raise ValueError(
-                f"student.timeout_ms ({self.student.timeout_ms:g}) must be below "
-                f"resilience.request_timeout_ms ({deadline:g}): a student that times out must "
-                "leave the request time to be answered by the teacher"
-            )
+        if self.models is None:
+            _check_student_timeout(self)
+        else:
+            for index, entry in enumerate(self.models):
+                try:
+                    _check_student_timeout(self._merged(entry))
+                except ValueError as exc:
+                    raise ValueError(f"models.{index} ({entry.name}): {exc}") from exc
         return self
+
+    def served(self) -> list[GatewaySettings]:
+        """One settings object per model served, in the config's order: the top-level keys with
+        its ``models:`` entry merged over them (the gateway-wide keys are the same in each)."""
+        if self._served is None:
+            entries = self.models
+            self._served = [self] if entries is None else [self._merged(e) for e in entries]
+        return self._served
+
+    def _merged(self, entry: ModelEntry) -> GatewaySettings:
+        update: dict[str, Any] = {"model": entry.name, "models": None}
+        if entry.version is not None:
+            update["model_version"] = entry.version
+        for key in entry.model_fields_set & set(PER_MODEL_KEYS):
+            given, default = getattr(entry, key), getattr(self, key)
+            if key in REPLACED_WHOLE or not isinstance(given, StrictModel):
+                update[key] = given
+            else:  # key by key over the default, checked again as a whole
+                fields = {
+                    **default.__dict__,
+                    **{k: given.__dict__[k] for k in given.model_fields_set},
+                }
+                update[key] = type(given).model_validate(fields)
+        return self.model_copy(update=update)
 
     @classmethod
     def settings_customise_sources(
@@ -541,6 +633,16 @@ class GatewaySettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The YAML file arrives as init kwargs; the environment overrides it.
         return env_settings, init_settings
+
+
+def _check_student_timeout(settings: GatewaySettings) -> None:
+    deadline = settings.resilience.request_timeout_ms
+    if settings.student.timeout_ms >= deadline:
+        raise ValueError(
+            f"student.timeout_ms ({settings.student.timeout_ms:g}) must be below "
+            f"resilience.request_timeout_ms ({deadline:g}): a student that times out must "
+            "leave the request time to be answered by the teacher"
+        )
 
 
 class ConfigError(Exception):
@@ -556,17 +658,25 @@ def load_settings(path: Path | None) -> GatewaySettings:
                 f"{path}: admin_token: not allowed in a file; "
                 "set DISTILL_GATEWAY_ADMIN_TOKEN instead"
             )
-        feedback = data.get("feedback")
-        for secret in ("token", "ticket_key"):
-            if isinstance(feedback, dict) and secret in feedback:
-                variable = f"DISTILL_GATEWAY_FEEDBACK__{secret.upper()}"
-                raise ConfigError(f"{path}: feedback.{secret}: not allowed in a file; set "
-                                  f"{variable} instead")  # fmt: skip
+        entries = data.get("models")
+        sections = [("", data)] + [(f"models.{i}.", entry) for i, entry in
+                                   enumerate(entries if isinstance(entries, list) else ())
+                                   if isinstance(entry, dict)]  # fmt: skip
+        for where, section in sections:
+            feedback = section.get("feedback")
+            for secret in ("token", "ticket_key"):
+                if isinstance(feedback, dict) and secret in feedback:
+                    variable = f"DISTILL_GATEWAY_FEEDBACK__{secret.upper()}"
+                    raise ConfigError(f"{path}: {where}feedback.{secret}: not allowed in a file; "
+                                      f"set {variable} instead")  # fmt: skip
     try:
         settings = GatewaySettings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc
-    return _resolve_paths(settings, path)
+    several = settings.models is not None
+    for served in settings.served():
+        _resolve_paths(served, path, f"models ({served.model}): " if several else "")
+    return settings
 
 
 def _describe(exc: ValidationError, path: Path | None) -> str:
@@ -576,7 +686,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
     return where + "invalid config: " + describe_errors(exc, hidden=hidden, limit=10)
 
 
-def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySettings:
+def _resolve_paths(settings: GatewaySettings, config: Path | None, entry: str) -> None:
     """Relative model paths are relative to the config file; missing files fail here."""
     base = config.parent if config else Path.cwd()
     where = f"{config}: " if config else ""
@@ -587,7 +697,7 @@ def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySet
         if not backend.path.is_absolute():
             backend.path = (base / backend.path).resolve()
         if not backend.path.is_file():
-            raise ConfigError(f"{where}{role}.path: no such file: {backend.path}")
+            raise ConfigError(f"{where}{entry}{role}.path: no such file: {backend.path}")
     if not settings.registry.is_absolute():
         settings.registry = (base / settings.registry).resolve()
     tls = settings.tls
@@ -599,4 +709,3 @@ def _resolve_paths(settings: GatewaySettings, config: Path | None) -> GatewaySet
         if not path.is_file():
             raise ConfigError(f"{where}tls.{key}: no such file: {path}")
         setattr(tls, key, path)
-    return settings

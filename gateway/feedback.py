@@ -92,7 +92,7 @@ class LabelRules(Protocol):
     ) -> Scored: ...
 
 
-class FeedbackStore:
+class PredictionStore:
     def __init__(
         self,
         ttl_seconds: float,

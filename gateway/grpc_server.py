@@ -1,6 +1,6 @@
 """The Open Inference Protocol over gRPC: ``inference.GRPCInferenceService`` (the stubs that ship
 with tritonclient) on grpc.aio, and ``grpc.health.v1`` for Kubernetes probes, both over the same
-``GatewayService`` as HTTP.
+``GatewayService`` of each model as HTTP.
 
 Routing comes from the ``x-routing-key`` and ``x-canary`` metadata, exactly as the HTTP headers;
 answers carry ``x-served-by`` and ``x-request-id`` in their initial metadata. Errors map to gRPC
@@ -23,6 +23,7 @@ from gateway.errors import GatewayError, Overloaded
 from gateway.feedback_auth import TICKET_HEADER
 from gateway.grpc_codec import decode_grpc_request, echoable, encode_grpc_response
 from gateway.request_ids import new_request_id
+from gateway.runtime import Runtime
 from gateway.service import GatewayService, InferRequest
 
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -45,9 +46,8 @@ UNIMPLEMENTED = {
     "ModelStreamInfer": "streaming inference: send one ModelInfer per request",
     "ModelConfig": "model configuration: ModelMetadata has the signature",
     "ModelStatistics": "statistics: per-backend metrics are Prometheus metrics at /metrics",
-    "RepositoryIndex": "the model repository: the gateway serves one logical model",
-    "RepositoryModelLoad": "the model repository: the gateway serves one logical model",
-    "RepositoryModelUnload": "the model repository: the gateway serves one logical model",
+    "RepositoryModelLoad": "the model repository's load: the models are fixed by the config",
+    "RepositoryModelUnload": "the model repository's unload: the models are fixed by the config",
     "SystemSharedMemoryStatus": "system shared memory: send tensors in the request",
     "SystemSharedMemoryRegister": "system shared memory: send tensors in the request",
     "SystemSharedMemoryUnregister": "system shared memory: send tensors in the request",
@@ -68,23 +68,39 @@ async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> NoRetu
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, service: GatewayService) -> None:
-        self._service = service
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def _service(
+        self, context: grpc.aio.ServicerContext, model: str, version: str
+    ) -> GatewayService:
+        try:
+            service = self._runtime.service_for(model)
+            service.check_version(version or None)
+        except GatewayError as exc:
+            await _abort(context, exc)
+        return service
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self._service.is_ready())
+        return pb.ServerReadyResponse(ready=self._runtime.is_ready())
 
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
-        try:
-            self._service.check_model(request.name, request.version or None)
-        except GatewayError as exc:
-            await _abort(context, exc)
-        return pb.ModelReadyResponse(ready=self._service.is_ready())
+        service = await self._service(context, request.name, request.version)
+        return pb.ModelReadyResponse(ready=service.is_ready())
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[
+            entry(name=each.name, version=each.version, state=each.state, reason=each.reason)
+            for each in self._runtime.statuses(ready_only=request.ready)
+        ])  # fmt: skip
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
@@ -94,32 +110,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        service = self._service
-        try:
-            service.check_model(request.name, request.version or None)
-        except GatewayError as exc:
-            await _abort(context, exc)
+        service = await self._service(context, request.name, request.version)
+        metadata = service.model_metadata()
+        # which student serves (HTTP's student_id), where a V2 message has no field for it
+        await context.send_initial_metadata((("x-student-id", metadata.student_id or ""),))
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=service.model,
-            versions=[service.version],
-            platform="distill-gateway",
+            name=metadata.name,
+            versions=[metadata.version],
+            platform=metadata.platform,
             inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                    for s in service.signature.inputs],
+                    for s in metadata.inputs],
             outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape)
-                     for s in service.signature.outputs],
+                     for s in metadata.outputs],
         )  # fmt: skip
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         received_at = time.perf_counter()
-        service = self._service
         # a made-up id where the client's cannot go back in metadata (decoding then refuses it)
         request_id = request.id if request.id and echoable(request.id) else new_request_id()
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        service = self._runtime.services.get(request.model_name)
+        if service is None:  # not counted: a client never picks a label value
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            await _abort(context, self._runtime.unknown(request.model_name))
         try:
-            service.check_model(request.model_name, request.model_version or None)
+            service.check_version(request.model_version or None)
             role = service.route(metadata, "grpc")
             decoded = decode_grpc_request(
                 request, service.signature, service.settings.max_batch_size
@@ -171,15 +189,15 @@ class ReadinessHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     """``grpc.health.v1``: SERVING while the gateway is ready (the teacher is), for the whole
     server ("") and for the inference service by name."""
 
-    def __init__(self, service: GatewayService) -> None:
-        self._service = service
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         if request.service not in ("", SERVICE_NAME):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
-        serving = self._service.is_ready()
+        serving = self._runtime.is_ready()
         status = health_pb2.HealthCheckResponse.SERVING if serving else (
             health_pb2.HealthCheckResponse.NOT_SERVING)  # fmt: skip
         return health_pb2.HealthCheckResponse(status=status)
@@ -221,6 +239,6 @@ def create_grpc_server(
     return server
 
 
-def attach(server: grpc.aio.Server, service: GatewayService) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
-    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(service), server)
+def attach(server: grpc.aio.Server, runtime: Runtime) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(runtime), server)
+    health_pb2_grpc.add_HealthServicer_to_server(ReadinessHealth(runtime), server)

@@ -24,7 +24,8 @@ from gateway.feedback_auth import TICKET_HEADER
 from gateway.http_body import ClientGone, off_loop_if_big, read_asgi_body
 from gateway.http_responses import error_response
 from gateway.request_ids import new_request_id
-from gateway.service import GatewayService, InferRequest
+from gateway.runtime import Runtime
+from gateway.service import InferRequest
 
 log = logging.getLogger(__name__)
 JSON = b"application/json"
@@ -44,10 +45,10 @@ def infer_path(path: str) -> tuple[str, str | None] | None:
 
 
 class InferEndpoint:
-    def __init__(self, service: GatewayService) -> None:
-        self._service = service
-        self._limit = service.settings.max_request_bytes
-        self._body_timeout = service.settings.overload.body_timeout_ms / 1000.0
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._limit = runtime.settings.max_request_bytes
+        self._body_timeout = runtime.settings.overload.body_timeout_ms / 1000.0
 
     @staticmethod
     async def _error(
@@ -60,12 +61,15 @@ class InferEndpoint:
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
         received_at = time.perf_counter()
-        service = self._service
         request_id = new_request_id()  # unless the request names its own
+        service = self._runtime.services.get(model)
+        if service is None:  # not counted: a client never picks a label value
+            await self._error(scope, receive, send, self._runtime.unknown(model), request_id)
+            return
         headers = Headers(scope=scope)
         # Nothing is held while the body arrives: a request counts once it is complete.
         try:
-            service.check_model(model, version)
+            service.check_version(version)
             reserved = service.take_body(headers.get("content-length"), "http")
             try:
                 body = await read_asgi_body(receive, headers, self._limit, self._body_timeout)

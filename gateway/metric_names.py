@@ -4,6 +4,17 @@ cannot leave a reader behind. The metrics themselves are defined in ``gateway.me
 
 from __future__ import annotations
 
+from gateway.roles import NO_BACKEND, ROLES
+
+# Label values the readers select on (the roles themselves are ``gateway.roles``'s).
+MODEL = "model"
+"""The label every gateway_* series carries: the served model's name (a gateway serves several)."""
+TEACHER, STUDENT = ROLES
+BACKEND_NONE = NO_BACKEND
+"""``backend`` of a request refused before routing (shed, bad input): no backend's call."""
+LIVE, SHADOW = "live", "shadow"
+"""``path`` of BACKEND_DURATION and CPU: a call that answered a client, or a shadow comparison."""
+
 REQUESTS = "gateway_requests_total"  # model, backend, code, protocol
 REQUEST_DURATION = "gateway_request_duration_seconds"  # model, backend, protocol
 BACKEND_DURATION = "gateway_backend_duration_seconds"  # model, backend, path (live, shadow)
@@ -68,10 +79,6 @@ CASCADE_DROP_REASONS = ("queue_full", "circuit_open", "timeout", "error")
 """Requests drawn as the cascade's evidence whose shadow call did not answer (the shadow queue
 full, the shadow backend's circuit not closed, its call timed out or failed): left out of the
 evidence, escalated or not, so that it stays a random sample of the traffic."""
-CASCADE_REUSED_IDS = "gateway_cascade_reused_ids_total"  # model
-"""Requests whose id an earlier cascade request, not yet labelled, had: its label scores the later
-one (as the feedback store does), so the earlier lane is replaced."""
-# Drift summaries (``gateway.drift``): counts per bin, not cumulative; ``bin`` is a bin's upper edge
 DRIFT_ROWS = "gateway_drift_rows_total"  # model: answered rows summarised
 DRIFT_STUDENT_ROWS = "gateway_drift_student_rows_total"  # model: of those, the student's
 DRIFT_INPUT_VALUES = "gateway_drift_input_values_total"  # model, input, block, bin
@@ -84,3 +91,51 @@ CASCADE_FEEDBACK = "gateway_cascade_feedback_total"  # model, escalated
 CASCADE_FEEDBACK_CORRECT = "gateway_cascade_feedback_correct_total"  # model, escalated
 """Labelled rows of requests answered through the cascade, and those whose returned answer was
 right: the cascade's accuracy, escalated or not (labels that reach the replica that answered)."""
+# Routing, the student served, shadowing and batching (``gateway.metrics``).
+TRAFFIC_SHARE = "gateway_traffic_share"  # model, backend: 0..1
+TRAFFIC_GENERATION = "gateway_traffic_generation"  # model: the share's version
+STUDENT_INFO = "gateway_student_info"  # model, student_id: 1 for the student served
+SHADOW_DROPPED = "gateway_shadow_dropped_total"  # model, reason
+SHADOW_ERRORS = "gateway_shadow_errors_total"  # model, backend
+BATCH_SIZE = "gateway_batch_size"  # model, backend; a histogram
+BATCH_PADDING = "gateway_batch_padding_elements_total"  # model, backend
+BATCH_PADDED_CALL = "gateway_batch_padded_call_elements_total"  # model, backend
+SHADOW_BATCH_SIZE = "gateway_shadow_batch_size"  # model, backend; a histogram
+SHADOW_BATCH_DURATION = "gateway_shadow_batch_duration_seconds"  # model, backend; a histogram
+# The backends' health and what they cost in the process.
+BACKEND_UP = "gateway_backend_up"  # model, backend: ready and its circuit not open
+SIGNATURE_MISMATCH = "gateway_backend_signature_mismatch"  # model, backend
+CIRCUIT_STATE = "gateway_circuit_state"  # model, backend, state
+BACKEND_ABANDONED = "gateway_backend_abandoned_calls_total"  # model, backend
+BACKEND_ABANDONED_RUNNING = "gateway_backend_abandoned_calls_running"  # model, backend, lane
+BACKEND_MEMORY = "gateway_backend_memory_bytes"  # model, backend
+BACKEND_REMOTE_COMPUTE = "gateway_backend_remote_compute_seconds_total"  # model, backend
+# Admission and overload.
+SHED = "gateway_shed_total"  # model, reason
+QUEUE_DELAY = "gateway_queue_delay_seconds"  # model, backend; a histogram
+QUEUE_TARGET = "gateway_queue_target_seconds"  # model: overload.max_queue_ms
+BODY_TIMEOUTS = "gateway_body_timeouts_total"  # model
+INFLIGHT = "gateway_inflight_requests"  # model
+MAX_INFLIGHT = "gateway_max_inflight_requests"  # model: overload.max_inflight
+EVENT_LOOP_LAG = "gateway_event_loop_lag_seconds"  # model; a histogram
+ADMIN_AUTH_FAILURES = "gateway_admin_auth_failures_total"  # model, reason
+# Feedback kept waiting for its label.
+FEEDBACK_PENDING = "gateway_feedback_pending"  # model
+FEEDBACK_PENDING_BYTES = "gateway_feedback_pending_bytes"  # model
+# The fleet's state store (Redis).
+STATE_STORE_UP = "gateway_state_store_up"  # model
+STATE_STORE_ERRORS = "gateway_state_store_errors_total"  # model, op
+STATE_STORE_FALLBACKS = "gateway_state_store_fallbacks_total"  # model, op
+FLEET_REPLICAS = "gateway_fleet_replicas"  # model: live replicas in the registry
+CASCADE_ESCALATION_CALLS = "gateway_cascade_escalation_calls_total"  # model, backend, code, reason
+"""Each escalation's call to the teacher, by the status a teacher-only request would have had:
+``backend="teacher"`` 200 (answered), 503 (``error``, an open circuit too) or 504 (``timeout``);
+``backend="none"`` 503 (``shed``) or 504 (``deadline``), which, as in split mode, are no
+backend's failure. The request itself is counted once, in gateway_requests_total, as the cascade
+lane's (``backend="student"``) 200: a failed escalation returns the student's answer. So the
+teacher's error rate is its live requests plus these calls (``controller.error_rate``)."""
+ESCALATION_REASONS = ("ok", "error", "timeout", "shed", "deadline")
+CASCADE_FEEDBACK_PAIRED = "gateway_cascade_feedback_paired_total"  # model, escalated, outcome
+"""Labelled rows of cascade requests that returned the student's answer (escalated ``false`` or
+``failed``) whose teacher answer is known too (shadowed on the teacher), by which was right
+(``gateway.metric_names.PAIRED_OUTCOMES``): the paired half of the cascade's accuracy gate."""

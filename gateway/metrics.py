@@ -28,6 +28,12 @@ from prometheus_client.registry import Collector
 
 from gateway import metric_names as names
 from gateway.config import CostConfig
+from gateway.metric_families import (
+    register_collector,
+    shared_counter,
+    shared_gauge,
+    shared_histogram,
+)
 from gateway.overload import SHED_REASONS
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, PROTOCOLS, ROLES, Protocol
@@ -72,16 +78,17 @@ def add_standard_collectors(registry: CollectorRegistry) -> None:
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry, model: str, cost_per_hour: dict[str, float]):
         self.model = model
-        self.registry = registry  # for the task's metrics (TaskMetrics), made once it is known
-        if not MULTIPROCESS:  # process_* and python_gc_* describe one process, not a group
-            add_standard_collectors(registry)
+        self.registry = registry  # also for TaskMetrics, made once the task is known
         self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
+        # count_request's series; backends, codes and protocols are the gateway's, never a client's
+        self._request_series: dict[tuple[str, int, str], Counter] = {}
+        self._duration_series: dict[tuple[str, str], Histogram] = {}
         self._mirror: _Mirror | None = None
         self._mirrors: list[_Mirror] = []  # add_collector's, in multiprocess mode
         self._cost_per_second = {role: cost / 3600.0 for role, cost in cost_per_hour.items()}
         m = ["model"]
         mb = ["model", "backend"]
-        self.requests = Counter(
+        self.requests = shared_counter(
             names.REQUESTS,
             "Inference requests answered, by the backend that served them ('none' when refused "
             "before routing), the HTTP status code (gRPC answers by their HTTP equivalent) and "
@@ -89,14 +96,14 @@ class GatewayMetrics:
             [*mb, "code", "protocol"],
             registry=registry,
         )
-        self.request_duration = Histogram(
+        self.request_duration = shared_histogram(
             names.REQUEST_DURATION,
             "Time a request spent in the gateway, from its arrival to its answer's tensors.",
             [*mb, "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.backend_duration = Histogram(
+        self.backend_duration = shared_histogram(
             names.BACKEND_DURATION,
             "Time of the backend inference call alone; "
             "path='live' answers a client, path='shadow' is a background comparison.",
@@ -104,15 +111,15 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.traffic_share = Gauge(
-            "gateway_traffic_share",
+        self.traffic_share = shared_gauge(
+            names.TRAFFIC_SHARE,
             "Share of requests routed to each backend (0..1).",
             mb,
             multiprocess_mode="livemostrecent",
             registry=registry,
         )
-        self.student_info = Gauge(
-            "gateway_student_info",
+        self.student_info = shared_gauge(
+            names.STUDENT_INFO,
             "1 for the student this gateway serves, by its model registry id (the content hash "
             "of its file; 'unknown' on Triton); 0 for one it served before.",
             [*m, "student_id"],
@@ -120,95 +127,95 @@ class GatewayMetrics:
             registry=registry,
         )
         self._student_shown: str | None = None
-        self.traffic_generation = Gauge(
-            "gateway_traffic_generation",
+        self.traffic_generation = shared_gauge(
+            names.TRAFFIC_GENERATION,
             "Increments on every change of the traffic split.",
             m,
             multiprocess_mode="livemin",
             registry=registry,
         )
-        self.shadow_comparisons = Counter(
+        self.shadow_comparisons = shared_counter(
             names.SHADOW_COMPARISONS,
             "Examples (batch rows) compared between teacher and student on shadow traffic.",
             m,
             registry=registry,
         )
-        self.shadow_agreements = Counter(
+        self.shadow_agreements = shared_counter(
             names.SHADOW_AGREEMENTS,
             "Compared examples whose top-1 classes agree.",
             m,
             registry=registry,
         )
-        self.shadow_dropped = Counter(
-            "gateway_shadow_dropped_total",
+        self.shadow_dropped = shared_counter(
+            names.SHADOW_DROPPED,
             "Sampled requests not compared: the shadow queue was full (queue_full), or the "
             "backend to compare with had its circuit open (circuit_open).",
             ["model", "reason"],
             registry=registry,
         )
-        self.shadow_errors = Counter(
-            "gateway_shadow_errors_total",
+        self.shadow_errors = shared_counter(
+            names.SHADOW_ERRORS,
             "Shadow calls that failed, by the backend called.",
             mb,
             registry=registry,
         )
-        self.shadow_kl = Histogram(
+        self.shadow_kl = shared_histogram(
             names.SHADOW_KL,
             "KL(teacher || student) of the softmax distributions, per compared example, in nats.",
             m,
             buckets=KL_BUCKETS,
             registry=registry,
         )
-        self.feedback = Counter(
+        self.feedback = shared_counter(
             names.FEEDBACK,
             "Examples labelled through the feedback API, by their true class.",
             [*mb, "class"],
             registry=registry,
         )
-        self.feedback_correct = Counter(
+        self.feedback_correct = shared_counter(
             names.FEEDBACK_CORRECT,
             "Labelled examples the serving backend got right, by their true class.",
             [*mb, "class"],
             registry=registry,
         )
-        self.batch_size = Histogram(
-            "gateway_batch_size",
+        self.batch_size = shared_histogram(
+            names.BATCH_SIZE,
             "Rows per call of a backend with dynamic batching: how many requests' rows each "
             "batched call carried.",
             mb,
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
-        self.padding_elements = Counter(
-            "gateway_batch_padding_elements",
+        self.padding_elements = shared_counter(
+            names.BATCH_PADDING,
             "Input elements that padded batching (batching.pad) added to a backend's calls; over "
             "gateway_batch_padded_call_elements_total, the share of the work spent on padding.",
             mb,
             registry=registry,
         )
-        self.padded_call_elements = Counter(
-            "gateway_batch_padded_call_elements",
+        self.padded_call_elements = shared_counter(
+            names.BATCH_PADDED_CALL,
             "Input elements of a backend's padded batched calls, padding included.",
             mb,
             registry=registry,
         )
-        self.shadow_batch_size = Histogram(
-            "gateway_shadow_batch_size",
+        self.shadow_batch_size = shared_histogram(
+            names.SHADOW_BATCH_SIZE,
             "Rows per batched shadow call: comparisons for the teacher that queued together and "
             "ran as one call (a call of one request is not counted here).",
             mb,
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
-        self.shadow_batch_duration = Histogram(
-            "gateway_shadow_batch_duration_seconds",
+        self.shadow_batch_duration = shared_histogram(
+            names.SHADOW_BATCH_DURATION,
             "Time of a batched shadow call. Kept out of gateway_backend_duration_seconds, whose "
             "samples are one request's call each: a batch's time is not a request's latency.",
             mb,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.feedback_paired = Counter(
+        self.feedback_paired = shared_counter(
             names.FEEDBACK_PAIRED,
             "Labelled examples whose request both backends answered (one live, one on shadow "
             "traffic), by which was right and by true class: the paired sample behind the "
@@ -216,37 +223,36 @@ class GatewayMetrics:
             ["model", "outcome", "class"],
             registry=registry,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = shared_counter(
             names.FALLBACKS,
             "Requests meant for one backend and served by another.",
             ["model", "from_backend", "to_backend", "reason"],
             registry=registry,
         )
-        self.backend_up = Gauge(
-            "gateway_backend_up",
+        self.backend_up = shared_gauge(
+            names.BACKEND_UP,
             "1 when the backend is ready and its circuit is not open.",
             mb,
             multiprocess_mode="livemin",
             registry=registry,
         )
-        self._registry = registry
-        self.signature_mismatch = Gauge(
-            "gateway_backend_signature_mismatch",
+        self.signature_mismatch = shared_gauge(
+            names.SIGNATURE_MISMATCH,
             "1 while a backend that appeared later (a Triton student) is refused because its "
             "signature differs from the teacher's.",
             mb,
             multiprocess_mode="livemax",
             registry=registry,
         )
-        self.circuit_state = Gauge(
-            "gateway_circuit_state",
+        self.circuit_state = shared_gauge(
+            names.CIRCUIT_STATE,
             "1 for each backend's current circuit-breaker state.",
             [*mb, "state"],
             multiprocess_mode="livemax",
             registry=registry,
         )
-        self.shed = Counter(
-            "gateway_shed_total",
+        self.shed = shared_counter(
+            names.SHED,
             "Inference requests refused with 503 and Retry-After before their backend was "
             "called, by reason: queue_full (the line ahead would pass overload.max_queue_ms), "
             "queue_timeout (waited that long), deadline (the request's deadline passed first), "
@@ -254,94 +260,94 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=registry,
         )
-        self.queue_delay = Histogram(
-            "gateway_queue_delay_seconds",
+        self.queue_delay = shared_histogram(
+            names.QUEUE_DELAY,
             "Time a live request waited for its backend (a free slot, or its batch to start).",
             mb,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.queue_target = Gauge(
-            "gateway_queue_target_seconds",
+        self.queue_target = shared_gauge(
+            names.QUEUE_TARGET,
             "overload.max_queue_ms in seconds: the longest a request waits for its backend.",
             m,
             multiprocess_mode="livemax",
             registry=registry,
         )
-        self.body_timeouts = Counter(
-            "gateway_body_timeouts_total",
+        self.body_timeouts = shared_counter(
+            names.BODY_TIMEOUTS,
             "Requests answered 408 because their body did not arrive within "
             "overload.body_timeout_ms (slow or stalled uploads).",
             m,
             registry=registry,
         )
-        self.inflight = Gauge(
-            "gateway_inflight_requests",
+        self.inflight = shared_gauge(
+            names.INFLIGHT,
             "Inference requests held now, from a complete body to the answer (HTTP and gRPC).",
             m,
             multiprocess_mode="livesum",
             registry=registry,
         )
-        self.max_inflight = Gauge(
-            "gateway_max_inflight_requests",
+        self.max_inflight = shared_gauge(
+            names.MAX_INFLIGHT,
             "overload.max_inflight: a memory bound; more requests than this held at once are shed.",
             m,
             multiprocess_mode="livesum",
             registry=registry,
         )
-        self.feedback_pending = Gauge(
-            "gateway_feedback_pending",
+        self.feedback_pending = shared_gauge(
+            names.FEEDBACK_PENDING,
             "Predictions remembered and waiting for their label (bounded by feedback.max_entries, "
             "feedback.max_bytes and feedback.ttl_seconds).",
             m,
             multiprocess_mode="livemax",
             registry=registry,
         )
-        self.feedback_pending_bytes = Gauge(
-            "gateway_feedback_pending_bytes",
+        self.feedback_pending_bytes = shared_gauge(
+            names.FEEDBACK_PENDING_BYTES,
             "What those predictions are charged against feedback.max_bytes.",
             m,
             multiprocess_mode="livemax",
             registry=registry,
         )
-        self.loop_lag = Histogram(
-            "gateway_event_loop_lag_seconds",
+        self.loop_lag = shared_histogram(
+            names.EVENT_LOOP_LAG,
             "How late the event loop ran a timer due every 100 ms: time that every request on "
             "the loop waited for whatever held it (a big decode, a slow callback, CPU contention).",
             m,
             buckets=LAG_BUCKETS,
             registry=registry,
         )
-        self.admin_auth_failures = Counter(
-            "gateway_admin_auth_failures_total",
+        self.admin_auth_failures = shared_counter(
+            names.ADMIN_AUTH_FAILURES,
             "Admin API requests refused for a missing or wrong bearer token (reason: missing, "
             "invalid); a rising rate is someone guessing.",
             ["model", "reason"],
             registry=registry,
         )
-        self.state_store_up = Gauge(
-            "gateway_state_store_up",
+        self.state_store_up = shared_gauge(
+            names.STATE_STORE_UP,
             "1 while the state store (state.url) answers; 0 while it does not, and the replica "
             "serves at its last applied share. Always 1 for state.url: memory.",
             m,
             multiprocess_mode="livemin",
             registry=registry,
         )
-        self.state_store_errors = Counter(
-            "gateway_state_store_errors_total",
+        self.state_store_errors = shared_counter(
+            names.STATE_STORE_ERRORS,
             "State store operations that failed (unreachable, too slow), by operation.",
             ["model", "op"],
             registry=registry,
         )
-        self.state_store_fallbacks = Counter(
-            "gateway_state_store_fallbacks_total",
+        self.state_store_fallbacks = shared_counter(
+            names.STATE_STORE_FALLBACKS,
             "What was kept in this process because the state store could not take it "
             "(op=remember: predictions, which only this replica can then join with a label).",
             ["model", "op"],
             registry=registry,
         )
-        self.fleet_replicas = Gauge(
-            "gateway_fleet_replicas",
+        self.fleet_replicas = shared_gauge(
+            names.FLEET_REPLICAS,
             "Live replicas in the fleet's registry as this replica last read it (1 for "
             "state.url: memory).",
             m,
@@ -350,7 +356,7 @@ class GatewayMetrics:
         )
         self._live_wall_seconds: dict[str, float] = dict.fromkeys(ROLES, 0.0)  # wall_seconds basis
         self._live_duration: dict[str, Histogram] = {
-            role: self.backend_duration.labels(model, role, "live") for role in ROLES
+            role: self.backend_duration.labels(model, role, names.LIVE) for role in ROLES
         }
         # Create every series up front: a counter that appears only on its first event would
         # make rate() and absent() blind to its start.
@@ -358,8 +364,7 @@ class GatewayMetrics:
         self.shadow_comparisons.labels(model)
         for reason in SHADOW_DROP_REASONS:
             self.shadow_dropped.labels(model, reason)
-        for reason in SHED_REASONS:
-            self.shed.labels(model, reason)
+        self._shed = {reason: self.shed.labels(model, reason) for reason in SHED_REASONS}
         for role in ROLES:
             self.queue_delay.labels(model, role)
         self.body_timeouts.labels(model)
@@ -377,7 +382,7 @@ class GatewayMetrics:
             for protocol in PROTOCOLS:
                 self.requests.labels(model, role, "200", protocol)
                 self.request_duration.labels(model, role, protocol)
-            for path in ("live", "shadow"):
+            for path in (names.LIVE, names.SHADOW):
                 self.backend_duration.labels(model, role, path)
             self.shadow_errors.labels(model, role)
             self.signature_mismatch.labels(model, role)
@@ -408,7 +413,7 @@ class GatewayMetrics:
         if MULTIPROCESS:
             self._mirror = _Mirror(accounting)
         else:
-            self._registry.register(accounting)
+            register_collector(self.registry, accounting)
         for role, backend in backends.items():
             breaker = breakers[role]
             self.watch(self.backend_up.labels(self.model, role), _is_up(backend, breaker))
@@ -422,7 +427,7 @@ class GatewayMetrics:
         if MULTIPROCESS:
             self._mirrors.append(_Mirror(collector))
         else:
-            self._registry.register(collector)
+            register_collector(self.registry, collector)
 
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """A gauge (a labelled child) whose value is ``read()`` at scrape time; in multiprocess
@@ -447,23 +452,26 @@ class GatewayMetrics:
             self.sample()
             await asyncio.sleep(interval)
 
-    def exposition_registry(self) -> CollectorRegistry:
-        """What ``/metrics`` serves: this registry, or in multiprocess mode every worker's files
-        (this one's sampled first)."""
-        if not MULTIPROCESS:
-            return self._registry
-        group = CollectorRegistry()
-        group.register(_SampleFirst(self))
-        MultiProcessCollector(group)
-        return group
-
     def count_fallback(self, from_backend: str, to_backend: str, reason: str) -> None:
         self.fallbacks.labels(self.model, from_backend, to_backend, reason).inc()
 
     def count_request(self, backend: str, code: int, seconds: float, protocol: Protocol) -> None:
-        self.requests.labels(self.model, backend, str(code), protocol).inc()
+        # Every request comes here: its series are looked up once each, not labels() each time
+        # (a lock and a label tuple; a third of the counting's cost).
+        counter = self._request_series.get((backend, code, protocol))
+        if counter is None:
+            counter = self.requests.labels(self.model, backend, str(code), protocol)
+            self._request_series[(backend, code, protocol)] = counter
+        counter.inc()
         if backend != NO_BACKEND:
-            self.request_duration.labels(self.model, backend, protocol).observe(seconds)
+            timer = self._duration_series.get((backend, protocol))
+            if timer is None:
+                timer = self.request_duration.labels(self.model, backend, protocol)
+                self._duration_series[(backend, protocol)] = timer
+            timer.observe(seconds)
+
+    def count_shed(self, reason: str) -> None:
+        self._shed[reason].inc()
 
     def live_wall_dollars(self, backend: str) -> float:
         return self._live_wall_seconds[backend] * self._cost_per_second[backend]
@@ -476,7 +484,7 @@ class GatewayMetrics:
             yield
         finally:
             seconds = time.perf_counter() - start
-            self.backend_duration.labels(self.model, backend, "shadow").observe(seconds)
+            self.backend_duration.labels(self.model, backend, names.SHADOW).observe(seconds)
 
     def observe_live_call(self, backend: str, seconds: float) -> None:
         """A live call's time, which also accrues its backend's cost; timed by the caller (a
@@ -495,6 +503,18 @@ class GatewayMetrics:
         self.traffic_share.labels(self.model, "student").set(student_share)
         self.traffic_share.labels(self.model, "teacher").set(1.0 - student_share)
         self.traffic_generation.labels(self.model).set(generation)
+
+
+def exposition_registry(every: list[GatewayMetrics]) -> CollectorRegistry:
+    """What ``/metrics`` serves: the models' registry, or in multiprocess mode every worker's
+    files (this worker's sampled values written first, for every model)."""
+    if not MULTIPROCESS:
+        return every[0].registry
+    group = CollectorRegistry()
+    for metrics in every:
+        group.register(_SampleFirst(metrics))
+    MultiProcessCollector(group)
+    return group
 
 
 class _BackendAccounting(Collector):
@@ -516,30 +536,30 @@ class _BackendAccounting(Collector):
     def collect(self) -> Iterator[Metric]:
         model, mb = self._metrics.model, ["model", "backend"]
         abandoned = CounterMetricFamily(
-            "gateway_backend_abandoned_calls",
+            names.BACKEND_ABANDONED,
             "Backend calls given up by a timeout while their thread kept running them.",
             labels=mb,
         )
         abandoned_running = GaugeMetricFamily(
-            "gateway_backend_abandoned_calls_running",
+            names.BACKEND_ABANDONED_RUNNING,
             "Timed-out calls still running in an in-process backend's threads (ONNX Runtime "
             "cannot stop a call), by lane; when they fill a lane, it refuses new work.",
             labels=[*mb, "lane"],
         )
         cpu = CounterMetricFamily(
-            "gateway_backend_cpu_seconds",
+            names.CPU,
             "CPU time of an in-process backend's calls (thread CPU time around each call), by "
             "path (live, shadow); 0 for a remote backend.",
             labels=[*mb, "path"],
         )
         memory = GaugeMetricFamily(
-            "gateway_backend_memory_bytes",
+            names.BACKEND_MEMORY,
             "Resident memory an in-process backend's model took to load and warm up (session, "
             "weights, arena), measured once at load.",
             labels=mb,
         )
         remote = CounterMetricFamily(
-            "gateway_backend_remote_compute_seconds",
+            names.BACKEND_REMOTE_COMPUTE,
             "A remote backend's compute time for its model as its server reports it "
             "(Triton's nv_inference_compute_infer_duration_us: every client's calls).",
             labels=mb,
@@ -584,18 +604,30 @@ class TaskMetrics:
     classification ones (agreement, KL, feedback by class) stay in ``GatewayMetrics``."""
 
     def __init__(
-        self, metrics: GatewayMetrics, task: str, labels: int = 0,
+        self,
+        metrics: GatewayMetrics,
+        task: str,
+        labels: int = 0,
         abs_error_buckets: tuple[float, ...] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         registry, model, m, mb = metrics.registry, metrics.model, ["model"], ["model", "backend"]
-        info = Gauge(names.TASK_INFO, "1, labelled by the model's task (task: in the config).",
-                     ["model", "task"], multiprocess_mode="livemax", registry=registry)  # fmt: skip
+        info = shared_gauge(
+            names.TASK_INFO,
+            "1, labelled by the model's task (task: in the config).",
+            ["model", "task"],
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
         info.labels(model, task).set(1)
         self.label_agreements: list[Counter] = []
         if task == "multilabel":
-            per_label = Counter(names.SHADOW_LABEL_AGREEMENTS, "Multilabel: compared examples "
-                                "on which teacher and student agree about this label.",
-                                ["model", "label"], registry=registry)  # fmt: skip
+            per_label = shared_counter(
+                names.SHADOW_LABEL_AGREEMENTS,
+                "Multilabel: compared examples "
+                "on which teacher and student agree about this label.",
+                ["model", "label"],
+                registry=registry,
+            )
             self.label_agreements = [per_label.labels(model, str(i)) for i in range(labels)]
             self.shadow_hamming = self._histogram(
                 names.SHADOW_HAMMING_LOSS,
@@ -668,7 +700,7 @@ class TaskMetrics:
         name: str, doc: str, buckets: tuple[float, ...], labels: list[str],
         registry: CollectorRegistry,
     ) -> Histogram:  # fmt: skip
-        return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+        return shared_histogram(name, doc, labels, buckets=buckets, registry=registry)
 
 
 class _SampleFirst(Collector):

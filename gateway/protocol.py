@@ -6,7 +6,7 @@ the model's signature.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -66,6 +66,52 @@ class InferenceRequest(_V2):
     outputs: list[RequestOutput] | None = None
 
 
+MODELS = "/v2/models"
+"""``GET``: the models served, {"models": [...]} (a ``ModelListEntry`` each)."""
+ADMIN_MODEL_TRAFFIC = "/admin/models/{model}/traffic"
+"""``GET`` a model's share (what ``TrafficState`` says), ``PUT`` it (a ``TrafficUpdate``)."""
+ADMIN_MODEL_STUDENT = "/admin/models/{model}/student"
+"""``PUT`` a registry id as the model's student (a ``StudentUpdate``)."""
+ADMIN_MODEL_SHADOW = "/admin/models/{model}/shadow"
+"""``GET`` the model's shadow sample rate, ``PUT`` it (a ``ShadowRate``), on this replica: what a
+post-promotion watch samples to the teacher. Not shared through a fleet's store, and not kept
+across a restart (the config's ``shadow.sample_rate`` again): the watch sets it on every replica."""
+
+
+class ShadowRate(StrictModel):
+    """Body of ``PUT /admin/models/{model}/shadow`` and what it and ``GET`` answer."""
+
+    model: str | None = None
+    sample_rate: float = Field(ge=0.0, le=1.0)
+    configured: float | None = None
+    """In answers: the config's ``shadow.sample_rate``, what a watch puts back when it ends (a
+    watch restarted after a crash reads its own rate as the current one)."""
+
+
+class ModelListEntry(StrictModel):
+    """One model in ``GET /v2/models``."""
+
+    name: str
+    versions: list[str]
+    ready: bool
+    student_id: str | None = None
+
+
+class RepositoryIndexRequest(StrictModel):
+    """Body of ``POST /v2/repository/index`` (may be empty): ``ready`` lists only ready ones."""
+
+    ready: bool = False
+
+
+class RepositoryIndexEntry(StrictModel):
+    """One model in the repository index, in Triton's shape."""
+
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str = ""
+
+
 class TrafficUpdate(StrictModel):
     """Body of ``PUT /admin/traffic``."""
 
@@ -88,8 +134,14 @@ class FleetTraffic(StrictModel):
 
 class TrafficState(StrictModel):
     """What ``GET`` and ``PUT /admin/traffic`` answer: the share and its generation, which every
-    change increments (the controller reads both back to confirm its own change)."""
+    change increments (the controller reads both back to confirm its own change). Read with
+    extra keys ignored: a controller reads gateways of the next version too, which may say more
+    (the other way round, the unnamed routes answer without ``model``, as before it existed)."""
 
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    """The logical model this is the traffic of."""
     student_share: float
     generation: int
     student_id: str | None = None

@@ -15,14 +15,13 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gateway.backends import Backend, create_backend
-from gateway.backends.onnx import LoadedModel, OnnxBackend
 from gateway.batching import Batcher
-from gateway.cascade import Cascade
+from gateway.cascade import Cascade, LaneRules, carried, lane_of
 from gateway.codec import DecodedRequest
 from gateway.config import BackendConfig, GatewaySettings
 from gateway.drift import drift_summary
@@ -30,16 +29,14 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
-    Conflict,
     DeadlineExceeded,
     GatewayError,
     InferenceFailed,
     ModelRejectedInput,
     NotFound,
     Overloaded,
-    Unprocessable,
 )
-from gateway.feedback import FeedbackStore
+from gateway.feedback import PredictionStore
 from gateway.feedback_auth import FeedbackAuth, ticket_key
 from gateway.metrics import MULTIPROCESS, GatewayMetrics
 from gateway.overload import (
@@ -56,12 +53,13 @@ from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
 from gateway.routing import TrafficSplit
 from gateway.shadow import ShadowComparer
-from gateway.signature import Signature, signature_mismatches
+from gateway.signature import Signature, TensorSpec, signature_mismatches
 from gateway.state.fleet import FleetMember, StudentHooks
 from gateway.state.health import StoreHealth
 from gateway.state.predictions import FleetPredictions, LocalPredictions, Predictions
 from gateway.state.redis_store import RedisStore
-from gateway.students import resolve_off_the_loop, served_id
+from gateway.student_files import served_id
+from gateway.student_swap import StudentSlot
 from gateway.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -126,6 +124,18 @@ class InferResult:
     escalated: str | None = None  # x-escalated: true (the teacher's answer), failed (the student's)
 
 
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model is, for HTTP's and gRPC's model metadata (each maps it to its wire shape)."""
+
+    name: str
+    version: str
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
+    student_id: str | None  # which student serves (beyond the V2 fields)
+    platform: str = "distill-gateway"
+
+
 class GatewayService:
     def __init__(
         self,
@@ -138,7 +148,7 @@ class GatewayService:
         self.model = settings.model
         self.version = settings.model_version
         self._backends = backends
-        self._metrics = metrics
+        self._metrics = self.metrics = metrics
         self.signature: Signature = backends["teacher"].signature
         # what is compared and labelled: the task's output, never simply outputs[0]
         self.task: Task = build_task(settings.task, self.signature, metrics)
@@ -179,14 +189,12 @@ class GatewayService:
         metrics.queue_target.labels(self.model).set(self._max_queue)
         metrics.watch(metrics.inflight.labels(self.model), lambda: self._held.inflight)
         self.draining = False  # set on SIGTERM: readiness turns false, serving goes on
-        self._student_loaded = True  # False until a lazily loaded student is read and checked
         self._student_loader: asyncio.Task[None] | None = None
         self._lag_watcher: asyncio.Task[None] | None = None
         self._sampler: asyncio.Task[None] | None = None
-        self._student_refused = False
-        self.student_id: str | None = served_id(settings.student)
-        """The registry id (content hash) of the student's file; None for a student on Triton."""
-        metrics.set_student(self.student_id)
+        self.student = StudentSlot(backends["student"], self.signature, served_id(settings.student),
+                                   settings.registry, metrics, lambda: self.split.student_share,
+                                   lambda: self.fleet)  # fmt: skip
         feedback = settings.feedback
         key = ticket_key(feedback.ticket_key, settings.admin_token)
         if key is None and settings.state.shared and not feedback.open:
@@ -194,16 +202,21 @@ class GatewayService:
                         "that reaches another replica is refused (403); give every replica "
                         "DISTILL_GATEWAY_FEEDBACK__TICKET_KEY or the same admin token")  # fmt: skip
         self.feedback_auth = FeedbackAuth(self.model, key, feedback.token, feedback.open)
-        self.feedback = FeedbackStore(
+        # a cascade request's lane travels in its prediction's backend (``gateway.cascade``)
+        cascading = settings.traffic.mode == "cascade"
+        self._label_rules = LaneRules(self.task.labels) if cascading else self.task.labels
+        self.feedback = PredictionStore(
             settings.feedback.ttl_seconds,
             settings.feedback.max_entries,
-            self.task.labels,
+            self._label_rules,
             max_bytes=settings.feedback.max_bytes,
         )
-        # In this process; in the fleet's store once ``join_fleet`` has run (state.url redis).
+        # In this process, or (state.url redis) in the fleet's store, shared with the replicas
         self.predictions: Predictions = LocalPredictions(self.feedback)
         self.fleet: FleetMember | None = None
         self._store: RedisStore | None = None
+        if settings.state.shared:
+            self._store, self.predictions, self.fleet = self._fleet_state()
         metrics.watch(metrics.feedback_pending.labels(self.model),
                       lambda: self.predictions.pending()[0])  # fmt: skip
         metrics.watch(metrics.feedback_pending_bytes.labels(self.model),
@@ -211,9 +224,7 @@ class GatewayService:
         traffic = settings.traffic
         self.cascade: Cascade | None = None
         if traffic.mode == "cascade" and traffic.cascade is not None:
-            self.cascade = Cascade(traffic.cascade, self.task, metrics,
-                                   settings.feedback.max_entries,
-                                   settings.feedback.max_bytes)  # fmt: skip
+            self.cascade = Cascade(traffic.cascade, self.task, metrics)
         # A shadow answer joins the remembered prediction: its label then scores both backends.
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self.task,
                                      settings.shadow, on_answer=self._pair,
@@ -256,22 +267,22 @@ class GatewayService:
         except BaseException:  # a config the loaded model refuses (batching.pad's checks)
             await asyncio.gather(*(backend.close() for backend in backends.values()))
             raise
-        if settings.state.shared:
+        if service.fleet is not None:
             await service.join_fleet()
         if lazy_student:
-            await service._try_loading_student()
+            await service.student.try_loading()
         else:
             log.info("loaded %s", backends["student"].description)
         return service
 
-    async def join_fleet(self) -> None:
-        """Shares the share and the predictions with the other replicas through the store."""
+    def _fleet_state(self) -> tuple[RedisStore, FleetPredictions, FleetMember]:
+        """The store, the fleet's predictions and this replica's membership (joined at start)."""
         state, metrics = self.settings.state, self._metrics
         password = state.password.get_secret_value() if state.password else None
         store = RedisStore(state.url, self.model, state.key_prefix, state.timeout_ms / 1000.0,
                            password)  # fmt: skip
         health = StoreHealth(metrics.state_store_up, metrics.state_store_errors, self.model)
-        predictions = FleetPredictions(store, self.settings.feedback, self.task.labels, health,
+        predictions = FleetPredictions(store, self.settings.feedback, self._label_rules, health,
                                        metrics.state_store_fallbacks, self.model)  # fmt: skip
         split = self.split
 
@@ -281,11 +292,17 @@ class GatewayService:
 
         fleet = FleetMember(store, state, health, lambda: (split.student_share, split.generation),
                             self._apply_fleet_share, after_heartbeat,
-                            StudentHooks(lambda: self.student_id, self._serve_student))  # fmt: skip
-        self._store, self.predictions, self.fleet = store, predictions, fleet
+                            StudentHooks(lambda: self.student.id,
+                                         self.student.follow_fleet))  # fmt: skip
+        return store, predictions, fleet
+
+    async def join_fleet(self) -> None:
+        """Shares the share and the predictions with the other replicas through the store."""
+        assert self.fleet is not None and self._store is not None
+        fleet, split = self.fleet, self.split
         await fleet.join()
         log.info("fleet %s: replica %s at %s, student share %.4g (generation %d)",
-                 store.url_for_humans, fleet.replica_id, fleet.advertise_url or "(no URL)",
+                 self._store.url_for_humans, fleet.replica_id, fleet.advertise_url or "(no URL)",
                  split.student_share, split.generation)  # fmt: skip
 
     def _apply_fleet_share(self, share: float, generation: int) -> None:
@@ -301,9 +318,10 @@ class GatewayService:
         self._lag_watcher = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
         if MULTIPROCESS:
             self._sampler = asyncio.create_task(self._metrics.sample_forever(), name="sampler")
-        if not self._student_loaded:
+        if not self.student.loaded:
+            poll = getattr(self.settings.student, "ready_poll_seconds", 1.0)
             self._student_loader = asyncio.create_task(
-                self._load_student_when_it_appears(), name="load-student"
+                self.student.load_when_it_appears(poll), name="load-student"
             )
 
     async def _watch_loop_lag(self, interval: float = 0.1) -> None:
@@ -330,36 +348,6 @@ class GatewayService:
             await self._store.close()
         await asyncio.gather(*(backend.close() for backend in self._backends.values()))
 
-    async def _try_loading_student(self) -> bool:
-        """One attempt to read the student and check it against the teacher's signature."""
-        student = self._backends["student"]
-        try:
-            await student.load()
-        except BackendUnavailable as exc:
-            if self._student_loaded or self._student_loader is None:  # say it once, not per poll
-                log.warning("%s; serving the teacher only until it appears", exc.message)
-            self._student_loaded = False
-            return False
-        problems = signature_mismatches(self.signature, student.signature)
-        refused = bool(problems)
-        if refused:
-            await student.close()
-            if not self._student_refused:  # loudly, once per refusal rather than per poll
-                log.error("student REFUSED: its signature differs from the teacher's: %s; "
-                          "serving the teacher only", "; ".join(problems))  # fmt: skip
-        self._student_refused = refused
-        self._metrics.signature_mismatch.labels(self.model, "student").set(int(refused))
-        self._student_loaded = not refused
-        if refused:
-            return False
-        log.info("loaded %s", student.description)
-        return True
-
-    async def _load_student_when_it_appears(self) -> None:
-        poll = getattr(self.settings.student, "ready_poll_seconds", 1.0)
-        while not await self._try_loading_student():
-            await asyncio.sleep(poll)
-
     def is_ready(self) -> bool:
         """Both backends must load to start; after that a failing student is ridden out with
         fallbacks, so readiness follows the teacher, which has nowhere to fall back to. A
@@ -371,13 +359,12 @@ class GatewayService:
         if self.fleet is not None:
             self.fleet.draining = True  # the controller stops waiting for it
 
-    def check_model(self, model: str, version: str | None = None) -> None:
+    def check_version(self, version: str | None) -> None:
         """``version`` is None when the request names none: the spec lets the server choose."""
-        if model != self.model:
-            raise NotFound(f"unknown model '{model}'; this gateway serves '{self.model}'")
         if version is not None and version != self.version:
             raise NotFound(
-                f"unknown version '{version}' of model '{model}'; its versions are: {self.version}"
+                f"unknown version '{version}' of model '{self.model}'; "
+                f"its versions are: {self.version}"
             )
 
     # -- inference ---------------------------------------------------------------------------
@@ -390,7 +377,7 @@ class GatewayService:
         try:
             return self._held.enter()
         except Shed as exc:
-            self._metrics.shed.labels(self.model, exc.reason).inc()
+            self._metrics.count_shed(exc.reason)
             self.count_rejected(503, protocol)
             raise
 
@@ -404,7 +391,7 @@ class GatewayService:
                     else self._queues[role].expected_wait())  # fmt: skip
         refusal = shed_for_wait(expected, self._max_queue, self._retry_after)
         if refusal is not None:
-            self._metrics.shed.labels(self.model, refusal.reason).inc()
+            self._metrics.count_shed(refusal.reason)
             self.count_rejected(503, protocol)  # no backend's answer, nor its error
             raise refusal
         return role
@@ -418,7 +405,7 @@ class GatewayService:
         try:
             self._bodies.take(size)
         except Shed as exc:
-            self._metrics.shed.labels(self.model, exc.reason).inc()
+            self._metrics.count_shed(exc.reason)
             self.count_rejected(503, protocol)
             raise
         return size
@@ -456,16 +443,15 @@ class GatewayService:
                 self.shadow.maybe_submit(role, request.id, request.inputs, outputs)
             predicted = self.task.prediction(outputs[self.task.output])
             if predicted is not None:  # an embedding's answers take no labels
-                await self.predictions.remember(request.id, role, predicted, deadline=deadline)
+                # with its lane, so a label posted to any replica of a fleet counts for the
+                # cascade (a reused id's later prediction, lane or none, replaces the earlier)
+                await self.predictions.remember(request.id, carried(role, lane), predicted,
+                                                deadline=deadline)  # fmt: skip
                 if unsure is not None:  # its label scores the student's answer too, paired
                     self._escalated_pair(request.id, unsure)
-                if self.cascade is not None and lane is not None:
-                    self.cascade.remember(request.id, lane)
-                elif self.cascade is not None:  # an earlier cascade request's id: not its lane now
-                    self.cascade.forget(request.id)
         except GatewayError as exc:
             if isinstance(exc, Shed):
-                self._metrics.shed.labels(self.model, exc.reason).inc()
+                self._metrics.count_shed(exc.reason)
             # A shed request and one its own deadline ended are no backend's answer or error:
             # counted with no backend, so the error-rate gate and alert never see them.
             unjudged = isinstance(exc, Overloaded | DeadlineExceeded)
@@ -500,17 +486,24 @@ class GatewayService:
         outputs come back third, else None), and the lane: "false", "true", "failed" (the
         teacher failed on the escalation: the student's answer, which the client would rather
         have than a 503/504), or None: a student that failed fell back to the teacher already,
-        a fallback, not a cascade answer. A teacher refusing the input (400) is still a 400."""
-        assert self.cascade is not None
+        a fallback, not a cascade answer. A teacher refusing the input (400) is still a 400.
+
+        Each escalation's teacher call is counted (``Cascade.escalation_call``): a failed one
+        is the teacher's failure (its breaker has it already, and the teacher's error rate
+        reads the count) but not a second count of the request, which is the lane's 200."""
+        cascade = self.cascade
+        assert cascade is not None
         role, outputs = await self._run("student", request.inputs, deadline)
         if role != "student":
             return role, outputs, None, None
-        if not self.cascade.escalates(self.cascade.confidence(outputs[self.task.output])):
+        if not cascade.escalates(cascade.confidence(outputs[self.task.output])):
             return role, outputs, None, "false"
         try:
             _, answer = await self._run("teacher", request.inputs, deadline)
-        except (BackendUnavailable, Overloaded, DeadlineExceeded):
+        except (BackendUnavailable, Overloaded, DeadlineExceeded) as exc:
+            cascade.escalation_call(_why_the_teacher_failed(exc))
             return role, outputs, None, "failed"
+        cascade.escalation_call("ok")
         return "teacher", answer, outputs, "true"
 
     def _escalated_pair(self, request_id: str, student: Mapping[str, np.ndarray]) -> None:
@@ -525,7 +518,7 @@ class GatewayService:
     ) -> tuple[Role, dict[str, np.ndarray]]:
         """Runs the request on ``role``; a failing student falls back to the teacher, within the
         request's deadline, so the client still gets an answer."""
-        if role == "student" and not self._student_loaded:
+        if role == "student" and not self.student.loaded:
             self._metrics.count_fallback("student", "teacher", "not_loaded")
             role = "teacher"
         elif role == "student" and not self._breakers["student"].allow():
@@ -722,78 +715,33 @@ class GatewayService:
         self.feedback_auth.check(feedback.id, feedback.ticket or ticket, authorization)
         await self.shadow.answered(feedback.id)  # so a quick label still scores both backends
         scored = await self.predictions.score(feedback.id, feedback.label)
+        backend, lane = lane_of(scored.backend)
+        if lane is not None:  # a cascade request's: counted by its backend, and by its lane
+            scored = replace(scored, backend=backend)
+            if self.cascade is not None:
+                self.cascade.labelled(lane, scored)
         self.task.record_feedback(scored)
-        if self.cascade is not None:
-            self.cascade.labelled(feedback.id, scored)
         return {"id": feedback.id, "backend": scored.backend, **scored.summary()}
 
+    @property
+    def student_id(self) -> str | None:
+        return self.student.id
+
     async def load_student(self, model_id: str) -> None:
-        """``PUT /admin/student``: serve the registry's model ``model_id`` as the student. Only at
-        share 0, so no user is answered by a model nobody judged; in a fleet, through the store,
-        for every replica to load. Checked here (registry, file, signature) before the store
-        hears of it, so a bad id never reaches the other replicas."""
-        share = self.split.student_share
-        fleet_share = self.fleet.fleet_share if self.fleet is not None else None
-        fleet_student = fleet_share.student if fleet_share is not None else model_id
-        if model_id == self.student_id and fleet_student == model_id:
-            return  # already served (a controller resuming its rollout asks again): no change
-        self._refuse_unless_share_0(share, fleet_share.share if fleet_share else None)
-        loaded = await self._open_student(model_id)
-        # Again: the share may have moved while the file was read.
-        self._refuse_unless_share_0(self.split.student_share, None)
-        if self.fleet is not None:
-            await self.fleet.write_student(model_id)  # the store checks the fleet's share
-        await self._adopt_student(model_id, loaded)
+        """``PUT /admin/models/{model}/student``: ``StudentSlot.swap``."""
+        await self.student.swap(model_id)
 
-    @staticmethod
-    def _refuse_unless_share_0(share: float, fleet_share: float | None) -> None:
-        serving = next((each for each in (share, fleet_share) if each), None)
-        if serving is not None:
-            raise Conflict(f"the student share is {serving:.4g}: a student is changed only at "
-                           "share 0 (set it to 0 first, or let a rollback do it)")  # fmt: skip
+    def model_metadata(self) -> ModelMetadata:
+        return ModelMetadata(self.model, self.version, self.signature.inputs,
+                             self.signature.outputs, self.student_id)  # fmt: skip
 
-    async def _serve_student(self, model_id: str) -> None:
-        """A replica following its fleet: the store checked the fleet's share; this replica's
-        own applied share must be 0 too, after the file is read."""
-        loaded = await self._open_student(model_id)
-        self._refuse_unless_share_0(self.split.student_share, None)
-        await self._adopt_student(model_id, loaded)
 
-    async def _open_student(self, model_id: str) -> LoadedModel:
-        student = self._backends["student"]
-        if not isinstance(student, OnnxBackend):
-            raise Conflict(
-                "the student is served by Triton (student.kind: triton), which loads its own "
-                "files; a registry id is served with student.kind: onnx"
-            )
-        path = await resolve_off_the_loop(self.settings.registry, model_id)
-        try:
-            loaded = await student.open(path)
-        except BackendUnavailable as exc:
-            raise Conflict(f"model '{model_id}': {exc.message}") from exc
-        problems = signature_mismatches(self.signature, loaded.signature)
-        if problems:
-            raise Unprocessable(f"model '{model_id}' cannot be the student: its signature "
-                                "differs from the teacher's: " + "; ".join(problems))  # fmt: skip
-        return loaded
-
-    async def _adopt_student(self, model_id: str, loaded: LoadedModel) -> None:
-        previous = self.student_id
-        student = self._backends["student"]
-        assert isinstance(student, OnnxBackend)
-        await student.adopt(loaded)
-        self.student_id = model_id
-        self._student_loaded, self._student_refused = True, False
-        self._metrics.set_student(model_id)
-        log.info("student %s -> %s (%s)", previous, model_id, loaded.config.path)
-
-    def model_metadata(self) -> dict[str, object]:
-        return {
-            "name": self.model,
-            "versions": [self.version],
-            "platform": "distill-gateway",
-            "inputs": [spec.as_metadata() for spec in self.signature.inputs],
-            "outputs": [spec.as_metadata() for spec in self.signature.outputs],
-            # beyond the V2 fields (clients ignore what they do not know): which student serves
-            "student_id": self.student_id,
-        }
+def _why_the_teacher_failed(exc: GatewayError) -> str:
+    """An escalation's teacher call that gave no answer: shed or out of the request's time (no
+    backend's failure, as in split mode), or the teacher's own: a timeout, or an error (an open
+    circuit among them, as its breaker counts it)."""
+    if isinstance(exc, Overloaded):
+        return "shed"
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline"
+    return "timeout" if isinstance(exc.__cause__, BackendTimeout) else "error"

@@ -83,7 +83,7 @@ class ShadowComparer:
         self._breakers = breakers
         self._metrics = metrics
         self._task = task
-        self._sample_rate = config.sample_rate
+        self.sample_rate = config.sample_rate  # PUT /admin/models/{model}/shadow moves it
         self._max_batch_rows = config.max_batch_size
         self._delay = config.max_delay_ms / 1000.0
         self._pending: dict[str, asyncio.Future[None]] = {}  # request id -> its comparison done
@@ -114,7 +114,7 @@ class ShadowComparer:
         outputs: Mapping[str, np.ndarray],
     ) -> None:
         """Called on the request path: O(1), never waits."""
-        if self._sample_rate <= 0 or self._rng.random() >= self._sample_rate:
+        if self.sample_rate <= 0 or self._rng.random() >= self.sample_rate:
             return
         try:
             self._queue.put_nowait(_Job(served_by, request_id, inputs, outputs[self._task.output]))

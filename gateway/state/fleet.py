@@ -24,6 +24,7 @@ from gateway.errors import Conflict, GatewayError
 from gateway.state.errors import StoreUnavailable
 from gateway.state.health import StoreHealth
 from gateway.state.redis_store import FleetShare, RedisStore
+from gateway.state.registration import ReplicaRegistration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +40,10 @@ class StudentHooks:
 
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+LEAVE_SECONDS = 2.0
+"""How long leaving waits for the listener and the heartbeat to end once cancelled."""
 
 
 class FleetMember:
@@ -69,7 +74,7 @@ class FleetMember:
             f"{self.advertise_url}/metrics" if self.advertise_url else ""
         )
         self.fleet_share: FleetShare | None = None  # what the store held, last we read it
-        self.replicas: list[dict[str, Any]] = []  # the live registrations, last we read them
+        self.replicas: list[ReplicaRegistration] = []  # the live ones, last we read them
         self._started = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self.draining = False
@@ -92,8 +97,14 @@ class FleetMember:
     async def leave(self) -> None:
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # bounded: a listener cancelled while redis-py reads its subscription may wait on
+            # that connection in its pubsub close (a replica once held its shutdown 30 s, until
+            # SIGKILL); what is left then ends with the process
+            _, pending = await asyncio.wait(self._tasks, timeout=LEAVE_SECONDS)
+            if pending:
+                log.warning("fleet tasks still closing after %.0f s: %s", LEAVE_SECONDS,
+                            ", ".join(task.get_name() for task in pending))  # fmt: skip
         with contextlib.suppress(StoreUnavailable):  # else its registration expires by itself
             await self._store.deregister(self.replica_id)
 
@@ -210,20 +221,20 @@ class FleetMember:
 
     async def _register(self) -> None:
         share, generation = self._applied()
-        record = {
-            "id": self.replica_id,
-            "url": self.advertise_url,
-            "metrics_url": self.metrics_url,
-            "student_share": share,
-            "generation": generation,
-            "pid": os.getpid(),
-            "started_at": self._started,
-            "heartbeat_at": time.time(),
-            "draining": self.draining,
-            "student_id": self._student.served() if self._student is not None else None,
-            "student_error": self.student_error,
-        }
-        await self._store.register(self.replica_id, record, self._config.replica_ttl_seconds)
+        registration = ReplicaRegistration(
+            id=self.replica_id,
+            url=self.advertise_url,
+            metrics_url=self.metrics_url,
+            student_share=share,
+            generation=generation,
+            pid=os.getpid(),
+            started_at=self._started,
+            heartbeat_at=time.time(),
+            draining=self.draining,
+            student_id=self._student.served() if self._student is not None else None,
+            student_error=self.student_error,
+        )
+        await self._store.register(registration, self._config.replica_ttl_seconds)
 
     async def _register_quietly(self) -> None:
         try:

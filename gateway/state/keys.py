@@ -32,21 +32,33 @@ class StoreKeys:
         return self.prefix + "replicas"
 
     def replica(self, replica_id: str) -> str:
-        """One replica's registration (JSON, with a TTL)."""
+        """One replica's registration (``ReplicaRegistration``'s JSON), with a TTL."""
         return self.prefix + "replica:" + replica_id
 
-    # The predictions' keys are built from ``prefix`` inside the exchange script (redis_store):
-    # ``p:<request id>``, and these two.
+    def prediction(self, request_id: str) -> str:
+        """One prediction awaiting its label: hash {b: backend, c: classes (int32 bytes), s:
+        shape, o: the other backend's classes, l: the labels it was given}, with the TTL."""
+        return self.prefix + "p:" + request_id
+
+    # The three below index the predictions by their keys (``prediction``), not their request
+    # ids: the exchange script evicts the oldest by the key it finds there, never building one.
+    # Earlier versions kept ids under p-index, p-size and p-bytes; these are other keys so that
+    # neither version's script reads the other's members during a rolling upgrade.
 
     @property
     def prediction_index(self) -> str:
-        """Sorted set of waiting request ids by expiry."""
-        return self.prefix + "p-index"
+        """Sorted set of the waiting predictions' keys by expiry (Redis's clock, in ms)."""
+        return self.prefix + "predictions-by-expiry"
+
+    @property
+    def prediction_sizes(self) -> str:
+        """Hash: a waiting prediction's key -> what it is charged against feedback.max_bytes."""
+        return self.prefix + "prediction-sizes"
 
     @property
     def prediction_bytes(self) -> str:
-        """What the waiting predictions are charged against feedback.max_bytes."""
-        return self.prefix + "p-bytes"
+        """What the waiting predictions are charged in all (the sum of ``prediction_sizes``)."""
+        return self.prefix + "prediction-bytes"
 
 
 def without_password(url: str) -> str:

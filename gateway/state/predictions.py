@@ -21,8 +21,8 @@ from prometheus_client import Counter
 from gateway.config import FeedbackConfig
 from gateway.errors import NotFound
 from gateway.feedback import (
-    FeedbackStore,
     LabelRules,
+    PredictionStore,
     Scored,
     already_labelled,
     wrong_label_count,
@@ -57,7 +57,7 @@ class Predictions(Protocol):
 class LocalPredictions:
     """This process's memory alone (``state.url: memory``)."""
 
-    def __init__(self, store: FeedbackStore) -> None:
+    def __init__(self, store: PredictionStore) -> None:
         self.store = store
 
     async def remember(
@@ -97,7 +97,7 @@ class FleetPredictions:
         self._rules = labels
         self._health = health
         self._kept_locally = kept_locally.labels(model, "remember")
-        self.local = FeedbackStore(config.ttl_seconds, config.max_entries, labels,
+        self.local = PredictionStore(config.ttl_seconds, config.max_entries, labels,
                                    max_bytes=config.max_bytes)  # fmt: skip
         self._remembering: list[tuple[Pending, asyncio.Future[None]]] = []
         self._pairs: list[tuple[str, np.ndarray]] = []
