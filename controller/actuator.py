@@ -9,6 +9,7 @@ from typing import Protocol
 
 import httpx
 
+from controller.gateway_paths import student_path, traffic_path
 from gateway.protocol import TrafficState
 
 
@@ -29,7 +30,9 @@ class Fleet(Protocol):
     a state store's registry lists (``controller.fleet_store.StoreFleet``)."""
 
     @property
-    def urls(self) -> list[str]: ...
+    def replica_ids(self) -> list[str]:
+        """The gateways it acts on, by id: their URLs, or the ids in the store's registry (what
+        ``ShareConfirmed`` counts)."""
 
     def set_share(self, share: float) -> dict[str, TrafficState]: ...
 
@@ -47,10 +50,24 @@ class Fleet(Protocol):
         """Each gateway (as the metrics marks name it) -> where its ``/metrics`` is: what it
         advertises, since ``metrics.port`` may put it apart from the admin API."""
 
+    def admin_urls(self) -> list[str]:
+        """Each gateway's admin base URL (the keys of ``scrape_targets``), without asking the
+        gateways where their metrics are."""
+
 
 class GatewayFleet:
-    def __init__(self, urls: Sequence[str], admin_token: str | None, client: httpx.Client) -> None:
+    """One model's share and student on a fixed list of gateways (each may serve others too,
+    which this never touches)."""
+
+    @property
+    def replica_ids(self) -> list[str]:
+        return self.urls
+
+    def __init__(
+        self, urls: Sequence[str], admin_token: str | None, client: httpx.Client, model: str
+    ) -> None:
         self.urls = list(urls)
+        self.model = model
         self._token = admin_token
         self._client = client
         self._metrics_urls: dict[str, str] = {}  # as each gateway last advertised it
@@ -92,12 +109,15 @@ class GatewayFleet:
             raise GatewaysDisagree("; ".join(problems))
 
     def scrape_targets(self) -> dict[str, str]:
-        """``GET /admin/traffic`` says where a gateway's ``/metrics`` is when it has a port of
-        its own (``metrics_url``); else it is beside the admin API. A gateway that does not
+        """``GET`` of the model's traffic says where a gateway's ``/metrics`` is when it has a
+        port of its own (``metrics_url``); else it is beside the admin API. A gateway that does not
         answer keeps what it said last (its scrape then fails or not on its own)."""
         for url, traffic in self.read_reachable().items():
             self._metrics_urls[url] = traffic.metrics_url or f"{url}/metrics"
         return {url: self._metrics_urls.get(url, f"{url}/metrics") for url in self.urls}
+
+    def admin_urls(self) -> list[str]:
+        return self.urls
 
     def _on_all(self, call: Callable[[str], TrafficState]) -> dict[str, TrafficState]:
         with ThreadPoolExecutor(max_workers=max(1, len(self.urls))) as pool:
@@ -123,7 +143,7 @@ class GatewayFleet:
     def _put(self, url: str, share: float) -> TrafficState:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         response = self._client.put(
-            f"{url}/admin/traffic", json={"student_share": share}, headers=headers
+            f"{url}{traffic_path(self.model)}", json={"student_share": share}, headers=headers
         )
         response.raise_for_status()
         return TrafficState.model_validate_json(response.content)
@@ -131,12 +151,15 @@ class GatewayFleet:
     def _put_student(self, url: str, model_id: str) -> TrafficState:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         response = self._client.put(
-            f"{url}/admin/student", json={"model_id": model_id}, headers=headers, timeout=30.0
+            f"{url}{student_path(self.model)}",
+            json={"model_id": model_id},
+            headers=headers,
+            timeout=30.0,
         )
         response.raise_for_status()
         return TrafficState.model_validate_json(response.content)
 
     def _get(self, url: str) -> TrafficState:
-        response = self._client.get(f"{url}/admin/traffic")
+        response = self._client.get(f"{url}{traffic_path(self.model)}")
         response.raise_for_status()
         return TrafficState.model_validate_json(response.content)

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 from controller import sequences, stats
+from controller.cascade_window import CascadeWindow
+from controller.labels import Labels, PairedLabels
 from controller.policy import LIVE_ONLY_GATES, Policy
 from controller.promtext import histogram_quantile
 
@@ -39,29 +41,6 @@ class BackendWindow:
     cost_dollars: float = 0.0
     cpu_seconds: float = 0.0  # measured in process (0 for a backend on Triton)
     feedback_by_class: dict[str, Labels] = field(default_factory=dict)  # true class -> labels
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Labelled examples, and how many of them the backend got right."""
-
-    total: float = 0.0
-    correct: float = 0.0
-
-
-@dataclass(frozen=True)
-class PairedLabels:
-    """Labelled examples that both backends answered (one live, one on shadow traffic), by which
-    was right: the order of ``gateway.metric_names.PAIRED_OUTCOMES``."""
-
-    both_correct: float = 0.0
-    teacher_only: float = 0.0
-    student_only: float = 0.0
-    both_wrong: float = 0.0
-
-    @property
-    def total(self) -> float:
-        return self.both_correct + self.teacher_only + self.student_only + self.both_wrong
 
 
 @dataclass(frozen=True)
@@ -99,12 +78,13 @@ class WindowMetrics:
     kl_count: float = 0.0
     kl_buckets: stats.Buckets = field(default_factory=list)
     task: TaskWindow = field(default_factory=TaskWindow)
-    cascade_requests: float = 0.0  # answered through a gateway's cascade (traffic.mode cascade)
+    cascade: CascadeWindow = field(default_factory=CascadeWindow)  # traffic.mode cascade's lanes
 
 
 # A cascade's labels by backend score only its sure student answers (an escalated request's label
-# scores the teacher): they overstate the cascade's accuracy, so these gates do not judge one.
-CASCADE_REFUSED_GATES = frozenset({"max_accuracy_drop", "max_class_accuracy_drop"})
+# scores the teacher), so a per-class drop does not judge one; the accuracy drop and latency gates
+# judge the cascade's own answers (controller.cascade_gates).
+CASCADE_REFUSED_GATES = frozenset({"max_class_accuracy_drop"})
 CASCADE_REFUSAL = ("refused in cascade mode: per-backend labels score only the student's sure "
                    "answers; gate the cascade on min_agreement (its answers against the "
                    "teacher's)")  # fmt: skip
@@ -178,6 +158,10 @@ def _mean_of(mean: Mean) -> float | None:
 RARE_FLOOR = 1e-6  # the rate sequence's prior mean when a threshold is 0 (a gate that never passes)
 MEASURED_GATES = frozenset({"max_cost_per_1k"})
 """Gates compared by value, not by an interval: they spend none of the step's error."""
+LABEL_GATES = frozenset({"max_accuracy_drop", "max_class_accuracy_drop",
+                         "max_hamming_accuracy_drop"})  # fmt: skip
+LABEL_SHARE = 0.5
+"""The share of a step's fail side that the gates judged on labels split (``Levels``)."""
 
 
 @dataclass(frozen=True)
@@ -187,9 +171,15 @@ class Levels:
     A wrong promotion needs the gate the student truly breaks to pass wrongly; every gate must
     pass to advance, so each gate's pass side at alpha keeps the step's chance of a wrong
     promotion at alpha, however many gates there are. A wrong rollback needs any one gate to fail
-    wrongly: the fail side is split evenly (Bonferroni) over the deciding gates, so the step's
-    chance of a wrong rollback is at most alpha too. A gate built from several sequences (the
-    latency ratio, the per-class drop) splits its share again between them.
+    wrongly: the fail side is split over the deciding gates (weighted Bonferroni: any split
+    fixed before the data keeps the step's chance of a wrong rollback at most alpha; Holm would
+    not help, the rollback needs only the first failure, which Holm judges as Bonferroni does).
+    The gates judged on labels (``LABEL_GATES``) share half of it, the others the other half:
+    labels are the scarcest data (a fraction of requests, often late), so those gates are the
+    ones still waiting for evidence when every other gate could already fail; evenly, a student
+    3 points worse with a tenth of its requests labelled was rolled back a look later. A gate
+    built from several sequences (the latency ratio, the per-class drop) splits its share again
+    between them.
     """
 
     pass_alpha: float
@@ -197,14 +187,26 @@ class Levels:
     n_star: float  # where the sequences are tightest: the policy's min_requests
 
     @classmethod
-    def of(cls, policy: Policy) -> Levels:
+    def of(cls, policy: Policy, gate: str, dark_launch: bool = False) -> Levels:
+        """``gate``'s levels. At a dark launch the live-only gates are skipped: they cannot fail
+        there, so the fail side is split over the gates that can. A dry-run gate is judged at
+        the share it would have among gates of its kind."""
         alpha = 1.0 - policy.confidence
-        deciding = [gate for gate in policy.gates.configured()
-                    if gate not in policy.dry_run and gate not in MEASURED_GATES]  # fmt: skip
-        return cls(alpha, alpha / max(len(deciding), 1), float(policy.min_requests))
+        deciding = [g for g in policy.gates.configured()
+                    if g not in policy.dry_run and g not in MEASURED_GATES
+                    and not (dark_launch and g in LIVE_ONLY_GATES)]  # fmt: skip
+        counted = deciding if gate in deciding else [*deciding, gate]
+        labelled = [g for g in counted if g in LABEL_GATES]
+        if not labelled or len(labelled) == len(counted):
+            share = 1.0 / len(counted)
+        else:
+            kind = labelled if gate in LABEL_GATES else [g for g in counted if g not in labelled]
+            share = LABEL_SHARE / len(kind)
+        return cls(alpha, alpha * share, float(policy.min_requests))
 
     def z(self, samples: float, alpha: float) -> float:
-        return sequences.mixture_z(samples, alpha, self.n_star)
+        """One end's z: every bound a gate reads is its own one-sided sequence at its alpha."""
+        return sequences.one_sided_z(samples, alpha, self.n_star)
 
     def bounds(self, interval: Callable[[float], stats.Interval], at_most: bool,
                fail_parts: int = 1, pass_parts: int = 1) -> stats.Interval:  # fmt: skip
@@ -224,17 +226,19 @@ def assess(
     The teacher's accuracy is the reference for ``max_accuracy_drop``; it is pooled over the whole
     rollout (``rollout``), since at 100 % the teacher serves no one in the step itself.
     """
-    z = Levels.of(policy)
     student_volume = step.comparisons if dark_launch else step.student.requests
     results = []
     for gate, threshold in policy.gates.configured().items():
+        z = Levels.of(policy, gate, dark_launch)
         if dark_launch and gate in LIVE_ONLY_GATES:
             results.append(_result(gate, Verdict.SKIPPED, threshold, 0, "dark launch"))
-        elif step.cascade_requests > 0 and gate in CASCADE_REFUSED_GATES:  # never passes
+        elif step.cascade.requests > 0 and gate in CASCADE_REFUSED_GATES:  # never passes
             results.append(_result(gate, Verdict.INCONCLUSIVE, threshold, 0, CASCADE_REFUSAL))
         elif student_volume < policy.min_requests:
             reason = f"{student_volume:.0f} of {policy.min_requests} student requests"
             results.append(_result(gate, Verdict.INCONCLUSIVE, threshold, student_volume, reason))
+        elif step.cascade.requests > 0 and gate in cascade_gates.GATES:
+            results.append(cascade_gates.judge(gate, step, rollout, policy, threshold, z))
         else:
             results.append(_GATES[gate](step, rollout, policy, threshold, z))
     dry = set(policy.dry_run)
@@ -273,7 +277,7 @@ def _at_least(gate: str, value: float, low: float, high: float, threshold: float
 def _error_rate(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: float,
                 z: Levels) -> GateResult:  # fmt: skip
     n, errors = step.student.requests, step.student.errors
-    low = sequences.proportion(errors, n, z.fail_alpha, z.n_star)[0]
+    low = sequences.proportion(errors, n, z.fail_alpha, z.n_star, one_sided=True)[0]
     # Errors are rare: the pass side is the exact rate sequence, its prior at half the threshold.
     high = sequences.rate_upper(errors, n, z.pass_alpha, max(threshold / 2.0, RARE_FLOOR))
     return _at_most("max_error_rate", errors / n, low, high, threshold, n)
@@ -284,7 +288,8 @@ def _agreement(step: WindowMetrics, _: WindowMetrics, __: Policy, threshold: flo
     n = step.comparisons
     if n <= 0:
         return _result("min_agreement", Verdict.INCONCLUSIVE, threshold, 0, "no shadow data")
-    low, high = z.bounds(lambda a: sequences.proportion(step.agreements, n, a, z.n_star), False)
+    low, high = z.bounds(lambda a: sequences.proportion(step.agreements, n, a, z.n_star, True),
+                         False)  # fmt: skip
     return _at_least("min_agreement", step.agreements / n, low, high, threshold, n)
 
 
@@ -302,23 +307,39 @@ class _Drop:
 def _drop(student: Labels, teacher: Labels, pairs: PairedLabels, z: Levels,
           classes: int = 1) -> _Drop | None:  # fmt: skip
     """Paired when shadow traffic gave at least as many labelled examples that both backends
-    answered as the student's own live labels: the difference on the same requests (Newcombe's
-    paired interval, the interval behind McNemar's test) is far tighter than two independent
-    proportions, and at a 5 % step there are up to 20 times more of them. None without data."""
+    answered as the student's own live labels: the difference on the same requests is far
+    tighter than two independent proportions, and at a 5 % step there are up to 20 times more
+    of them. Its pass end is Tango's score interval (the interval behind McNemar's test) at the
+    mixture's z; its fail end the betting sequence (``sequences.paired_difference_lower``),
+    which a student worse where its teacher is right, and almost never right where it is
+    wrong, clears with far fewer pairs. None without data."""
     if pairs.total > 0 and pairs.total >= student.total:
-        low, high = z.bounds(lambda alpha: stats.newcombe_paired_difference(
-            pairs.both_correct, pairs.teacher_only, pairs.student_only, pairs.both_wrong,
-            z.z(pairs.total, alpha), sequences.CONTINUITY), True, classes)  # fmt: skip
+        high = stats.tango_paired_difference(
+            pairs.teacher_only, pairs.student_only, pairs.total,
+            z.z(pairs.total, z.pass_alpha), sequences.CONTINUITY)[1]  # fmt: skip
+        low = sequences.paired_difference_lower(pairs.teacher_only, pairs.student_only,
+                                                pairs.total, z.fail_alpha / classes)  # fmt: skip
         value = (pairs.teacher_only - pairs.student_only) / pairs.total
         return _Drop(value, low, high, pairs.total, paired=True)
     if student.total <= 0 or teacher.total <= 0:
         return None
-    fewer = min(teacher.total, student.total)  # the wider of the two sequences' z
-    low, high = z.bounds(lambda alpha: stats.newcombe_difference(
-        teacher.correct, teacher.total, student.correct, student.total, z.z(fewer, alpha),
-        sequences.CONTINUITY), True, classes)  # fmt: skip
-    value = teacher.correct / teacher.total - student.correct / student.total
+    value, interval = _unpaired_drop(student, teacher, z)
+    low, high = z.bounds(interval, True, classes)
     return _Drop(value, low, high, student.total, paired=False)
+
+
+def _unpaired_drop(student: Labels, teacher: Labels,
+                   z: Levels) -> tuple[float, Callable[[float], stats.Interval]]:  # fmt: skip
+    """Teacher minus student accuracy on labels of different requests (both totals above 0),
+    and its interval at a given alpha: Newcombe's, at the wider of the two sequences' z."""
+    fewer = min(teacher.total, student.total)
+
+    def interval(alpha: float) -> stats.Interval:
+        return stats.newcombe_difference(teacher.correct, teacher.total, student.correct,
+                                         student.total, z.z(fewer, alpha),
+                                         sequences.CONTINUITY)  # fmt: skip
+
+    return teacher.correct / teacher.total - student.correct / student.total, interval
 
 
 def _accuracy_drop(step: WindowMetrics, rollout: WindowMetrics, _: Policy, threshold: float,
@@ -594,3 +615,5 @@ _GATES = {
     "min_hamming_agreement": _hamming_agreement,
     "max_hamming_accuracy_drop": _hamming_accuracy_drop,
 }
+
+from controller import cascade_gates  # noqa: E402  (it builds on this module's gates)

@@ -12,8 +12,8 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,11 +23,17 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 from rich.progress import Progress
 
-from controller import students
-from controller.actuator import Fleet, GatewayFleet
+from controller import registry_records
+from controller.actuator import Fleet, FleetNotConfirmed, GatewayFleet
 from controller.exporter import ControllerMetrics
-from controller.fleet_store import StoreFleet
+from controller.fleet_store import StoreFleet, fleet_models
 from controller.machine import SKIP_GATES
+from controller.model_choice import (
+    ModelChoiceError,
+    choose_rollout_model,
+    choose_run_model,
+    gateway_models,
+)
 from controller.notify import Notifications, NotifyError
 from controller.operator import NoLiveController, abort_now, send_and_wait
 from controller.policy import Policy, PolicyError, load_policy
@@ -40,16 +46,17 @@ from controller.rollout import (
     OnSigterm,
     Start,
 )
-from controller.sources import MetricsSource, create_source
-from controller.state import (
+from controller.rollout_store import (
     Command,
     Phase,
     RolloutState,
+    RolloutStore,
     StateError,
-    StateStore,
     new_holder_id,
 )
-from controller.status import render_status
+from controller.shadow_rate import ShadowRateSetter
+from controller.sources import MetricsSource, create_source
+from controller.status import render_models, render_status
 from controller.watch import (
     Look,
     Outcome,
@@ -57,6 +64,8 @@ from controller.watch import (
     Watch,
     promoted_rollout,
     reference_of_last_step,
+    registry_reference,
+    served_student,
     watch_lease_seconds,
 )
 from controller.webhooks import WAITING_GATES, GateType
@@ -67,6 +76,14 @@ DEFAULT_STATE = Path("distill-canary.db")
 StateOption = Annotated[Path, typer.Option("--state", help="The rollout's state file.")]
 RolloutOption = Annotated[
     int | None, typer.Option("--rollout", help="A rollout's id (default: the latest).")
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="The model whose rollout to act on (default: the one model the state file holds "
+        "rollouts of; required when it holds several).",
+    ),
 ]
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -81,6 +98,15 @@ def _fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 @app.command()
 def run(
     policy: Annotated[Path, typer.Option("--policy", help="The rollout policy (YAML).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="The model to roll out (overrides the policy's model:); required when the "
+            "gateways serve several and the policy names none. One rollout per model at a time: "
+            "rollouts of other models run beside it on the same state file.",
+        ),
+    ] = None,
     gateway: Annotated[
         list[str] | None,
         typer.Option("--gateway", help="A gateway's base URL; repeat for replicas."),
@@ -179,27 +205,39 @@ def run(
         rollout_policy = load_policy(policy)
     except PolicyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
+    gateways = [url.rstrip("/") for url in gateway or []]
+    store_url = _with_prefix(state_url, state_key_prefix)
+    try:
+        chosen_model = choose_run_model(
+            model,
+            rollout_policy.model if "model" in rollout_policy.model_fields_set else None,
+            lambda: _served_models(gateways, store_url),
+        )
+    except ModelChoiceError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    rollout_policy = rollout_policy.model_copy(update={"model": chosen_model})
     start = Start.FROM_CURRENT if from_current else Start.RESET if reset else Start.FRESH
     try:
-        chosen = students.describe(registry, student) if student else None
+        chosen = registry_records.describe(registry, student) if student else None
     except LookupError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
-    launch = Launch([url.rstrip("/") for url in gateway or []], prometheus, new, start, name,
-                    on_sigterm, wait_for_lease, prometheus_selector,
-                    _with_prefix(state_url, state_key_prefix), chosen)  # fmt: skip
+    launch = Launch(gateways, prometheus, new, start, name, on_sigterm, wait_for_lease,
+                    prometheus_selector, store_url, chosen)  # fmt: skip
     _run_controller(rollout_policy, launch, state, (metrics_host, metrics_port), metrics_linger)
 
 
 @app.command()
 def retry(
     state: StateOption = DEFAULT_STATE,
+    model: ModelOption = None,
     metrics_port: Annotated[int, typer.Option(help="As for run.")] = 0,
     metrics_host: Annotated[str, typer.Option(help="As for run.")] = "127.0.0.1",
     metrics_linger: Annotated[float, typer.Option(help="As for run.")] = 15.0,
 ) -> None:
     """Start a rolled-back rollout again from its first step, with the same policy, gateways,
     metrics source and student (a new rollout; the rolled-back one stays in the history)."""
-    rollout = _load(_open(state), None)
+    store = _open(state)
+    rollout = _load(store, None, _rollout_model(store, model))
     if rollout.phase is not Phase.ROLLED_BACK:
         raise _fail(f"rollout {rollout.rollout_id} is {rollout.phase.value}; retry restarts a "
                     "rolled-back rollout")  # fmt: skip
@@ -253,22 +291,27 @@ def _run_controller(
         try:
             code = controller.run(launch)
         except StateError as exc:
-            raise _fail(f"refused: {_watched(store) or exc}", EXIT_REFUSED) from None
+            raise _fail(f"refused: {_watched(store, rollout_policy.model) or exc}",
+                        EXIT_REFUSED) from None  # fmt: skip
         if rollout_policy.watch is not None and controller.state.phase is Phase.PROMOTED:
             # the policy's watch: stay, judging the student against its last step's traffic,
             # under the lease the rollout just gave back (a rollout started since refuses)
             try:
-                store.acquire(controller.holder, watch_lease_seconds(rollout_policy), time.time())
+                store.acquire(controller.holder, watch_lease_seconds(rollout_policy), time.time(),
+                              rollout_policy.model)  # fmt: skip
             except StateError as exc:
                 raise _fail(f"promoted, but not watched: {exc}", EXIT_REFUSED) from None
-            reference = reference_of_last_step(source, controller.state, rollout_policy.model,
+            last_step = reference_of_last_step(source, controller.state, rollout_policy.model,
                                                time.time())  # fmt: skip
+            reference, note = _reference(rollout_policy, fleet, controller.state, REGISTRY_PATH,
+                                         last_step)  # fmt: skip
             try:
                 code = _watch(rollout_policy, source, fleet, controller.state, reference, None,
-                              (store, controller.holder), metrics.notified)  # fmt: skip
+                              (store, controller.holder), metrics, (client, token),
+                              note)  # fmt: skip
             finally:
                 store.release(controller.holder)
-    students.record_outcome(controller.state)
+    registry_records.record_outcome(controller.state)
     if metrics_port and metrics_linger > 0:
         time.sleep(metrics_linger)
     final = controller.state
@@ -301,6 +344,19 @@ def watch(
             "into the latest rollout's history when that promoted this model, else a new one.",
         ),
     ] = DEFAULT_STATE,
+    registry: Annotated[
+        Path,
+        typer.Option(help="The model registry whose profile watch.reference: registry reads."),
+    ] = REGISTRY_PATH,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Serve the watch's metrics (canary_watch_*, notifications) on this port (0: off)."
+        ),
+    ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics port binds (0.0.0.0 in a pod).")
+    ] = "127.0.0.1",
 ) -> None:
     """Watch a promoted student: drift of its inputs and predictions, label-free accuracy and
     the policy's watch.gates against a reference; roll back or alert (watch.on_breach). Exit 3
@@ -318,16 +374,22 @@ def watch(
     known = Reference.load(reference) if reference is not None and reference.exists() else None
     token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
     with httpx.Client(timeout=5.0) as client:
-        fleet = GatewayFleet([url.rstrip("/") for url in gateway], token, client)
+        fleet = GatewayFleet([url.rstrip("/") for url in gateway], token, client, model)
         source = create_source(fleet.scrape_targets, None, model, client)
         store, holder = _create(state), new_holder_id()
         try:
-            store.acquire(holder, watch_lease_seconds(watched), time.time())
+            store.acquire(holder, watch_lease_seconds(watched), time.time(), model)
         except StateError as exc:
             raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
+        exported = CollectorRegistry()
+        metrics = ControllerMetrics(exported, model)
+        if metrics_port:
+            start_http_server(metrics_port, addr=metrics_host, registry=exported)
         try:
             rollout = _watched_rollout(store, model, holder)
-            code = _watch(watched, source, fleet, rollout, known, reference, (store, holder))
+            chosen, note = _reference(watched, fleet, rollout, registry, known)
+            code = _watch(watched, source, fleet, rollout, chosen, reference, (store, holder),
+                          metrics, (client, token), note)  # fmt: skip
         except StateError as exc:
             raise _fail(f"refused: {exc}", EXIT_REFUSED) from None
         finally:
@@ -335,14 +397,13 @@ def watch(
     raise typer.Exit(code)
 
 
-def _watched(store: StateStore) -> str:
-    """Why a watch refuses a new rollout ('' when no watch holds the state file's lease)."""
-    lease, latest = store.lease(), store.load()
+def _watched(store: RolloutStore, model: str) -> str:
+    """Why a watch refuses a new rollout of ``model`` ('' when no watch holds its lease)."""
+    lease, latest = store.lease(model), store.load(model=model)
     if lease is None or not lease.alive(time.time()) or latest is None:
         return ""
     if not latest.phase.terminal:
         return ""
-    model = latest.policy.get("model", "?")
     return (
         f"a post-promotion watch ({lease.holder}) holds model {model} after rollout "
         f"{latest.rollout_id}; stop it (SIGTERM) before a new rollout, so the two do not "
@@ -350,48 +411,83 @@ def _watched(store: StateStore) -> str:
     )
 
 
-def _watched_rollout(store: StateStore, model: str, holder: str) -> RolloutState:
+def _watched_rollout(store: RolloutStore, model: str, holder: str) -> RolloutState:
     """The rollout ``distill-canary watch`` records its looks in: the latest, when it promoted
     this model; else a new record of the promoted model."""
-    latest = store.load()
+    latest = store.load(model=model)
     if latest is not None and not latest.phase.terminal:
         raise StateError(
             f"rollout {latest.rollout_id} is {latest.phase.value}: resume it with run, which "
             "watches it after promotion when its policy says so"
         )
     promoted = latest is not None and latest.phase is Phase.PROMOTED
-    if latest is not None and promoted and latest.policy.get("model") == model:
+    if latest is not None and promoted:
         return latest
     return store.add(promoted_rollout(model), holder)
 
 
+def _reference(policy: Policy, fleet: Fleet, rollout: RolloutState, registry: Path,
+               otherwise: Reference | None) -> tuple[Reference | None, str]:  # fmt: skip
+    """The watch's reference: with ``watch.reference: registry`` the student's profile (the
+    rollout's student, else the one the gateways serve), else ``otherwise``; and why the
+    registry's was not used ('' when it was, or was not asked for)."""
+    assert policy.watch is not None
+    if policy.watch.reference != "registry":
+        return otherwise, ""
+    student = rollout.student
+    if student is not None:
+        registry, student_id = Path(student.get("registry", registry)), student.get("id")
+    else:
+        student_id = served_student(fleet)
+    found, why = registry_reference(registry, student_id)
+    if found is None:
+        typer.echo(f"watch: {why}; the production reference serves instead", err=True)
+        return otherwise, why
+    return found, ""
+
+
 def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: RolloutState,
-           reference: Reference | None, save_to: Path | None, lease: tuple[StateStore, str],
-           count: Callable[[str, str], None] = lambda *_: None) -> int:  # fmt: skip
+           reference: Reference | None, save_to: Path | None, lease: tuple[RolloutStore, str],
+           metrics: ControllerMetrics, gateways: tuple[httpx.Client, str | None],
+           note: str = "") -> int:  # fmt: skip
     """Runs the watch, under ``lease`` (the state file and the holder that took it), until a
-    confirmed rollback (3), a lost lease (5) or SIGTERM (0; 4 while share 0 is unconfirmed);
-    ``count(receiver, outcome)`` counts its notifications (after ``run``: in the rollout's
-    exporter)."""
+    confirmed rollback (3), a lost lease (5) or SIGTERM (0; 4 while share 0 is unconfirmed),
+    counted in ``metrics`` (its looks, verdicts, window and notifications); SIGTERM wakes it at
+    once, not at the next look. ``gateways``: the client and admin token that set the watch's
+    shadow sample rate."""
     assert policy.watch is not None
     try:
-        notifications = Notifications(policy.notify, policy.watch.interval_seconds, count)
+        notifications = Notifications(policy.notify, policy.watch.interval_seconds,
+                                      metrics.notified)  # fmt: skip
     except NotifyError as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
     store, holder = lease
+    shadow = None
+    if policy.watch.shadow_sample_rate is not None:
+        client, token = gateways
+        shadow = ShadowRateSetter(policy.model, policy.watch.shadow_sample_rate, client,
+                                  fleet.admin_urls, token)  # fmt: skip
     watcher = Watch(policy, source, fleet, notifications.emit, rollout, reference,
-                    holder=holder, store=store)  # fmt: skip
-    stop: list[bool] = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+                    holder=holder, store=store, metrics=metrics, shadow=shadow,
+                    reference_note=note)  # fmt: skip
+    stop = threading.Event()  # set by SIGTERM: ends the wait between looks at once
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def show(look: Look) -> None:
         typer.echo(f"watch {look.outcome.value}: {look.reason}")
         if save_to is not None and watcher.reference is not None and not save_to.exists():
             watcher.reference.save(save_to)
 
+    last: Look | None = None
     try:
-        last = watcher.run(lambda: bool(stop), on_look=show)
+        last = watcher.run(stop.is_set, sleep=stop.wait, on_look=show)
     finally:
         notifications.close(notifications.flush_seconds)
+        # put the gateways' rate back, unless another controller has taken the model over
+        lost = last is not None and last.outcome is Outcome.LEASE_LOST
+        for problem in shadow.restore() if shadow is not None and not lost else []:
+            typer.echo(f"watch: the shadow sample rate before the watch is not restored on "
+                       f"{problem}", err=True)  # fmt: skip
     codes = {Outcome.ROLLED_BACK: EXIT_ROLLED_BACK, Outcome.LEASE_LOST: EXIT_REFUSED,
              Outcome.ROLLBACK_UNCONFIRMED: EXIT_UNCONFIRMED}  # fmt: skip
     return codes.get(last.outcome, 0)
@@ -401,6 +497,10 @@ def _watch(policy: Policy, source: MetricsSource, fleet: Fleet, rollout: Rollout
 def status(
     state: StateOption = DEFAULT_STATE,
     rollout: RolloutOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Show this model's latest rollout (default: every model's)."),
+    ] = None,
     history: Annotated[
         int, typer.Option(min=0, help="How many past decisions to show (0: none).")
     ] = 20,
@@ -410,17 +510,29 @@ def status(
     every: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
 ) -> None:
     """Phase, step, intended and actual share per gateway, the controller's heartbeat, what
-    happens next and when, the last analysis, and the latest decisions."""
+    happens next and when, the last analysis, and the latest decisions: of each model's latest
+    rollout (a table of them first when the state file holds several models'), or of one."""
     store = _open(state)
     console = Console(width=None if sys.stdout.isatty() else 160)
+    if model is not None:
+        _rollout_model(store, model)  # refused unless the file holds a rollout of it
     while True:
-        shown = _load(store, rollout)
-        with httpx.Client(timeout=2.0) as client:
-            text = render_status(shown, store, client, time.time(), history)
+        if rollout is not None or model is not None:
+            shown = [_load(store, rollout, model)]
+        else:
+            shown = [_load(store, None, each) for each in store.models()] or [_load(store, None)]
+        now = time.time()
         if watch and sys.stdout.isatty():
             console.clear()
-        console.print(text, highlight=False, soft_wrap=False)
-        if not watch or shown.phase.terminal:
+        if len(shown) > 1:
+            console.print(render_models(shown, store, now))
+        with httpx.Client(timeout=2.0) as client:
+            for each in shown:
+                if len(shown) > 1:
+                    console.rule(f"model {each.model}")
+                text = render_status(each, store, client, now, history)
+                console.print(text, highlight=False, soft_wrap=False)
+        if not watch or all(each.phase.terminal for each in shown):
             return
         time.sleep(every)
 
@@ -429,10 +541,13 @@ def status(
 def report(
     state: StateOption = DEFAULT_STATE,
     rollout: RolloutOption = None,
+    model: ModelOption = None,
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("rollout.html"),
 ) -> None:
-    """Write a self-contained HTML report of a rollout (PNG charts inlined)."""
-    shown = _load(_open(state), rollout)
+    """Write a self-contained HTML report of a rollout (PNG charts inlined): --rollout's, else
+    the model's latest."""
+    store = _open(state)
+    shown = _load(store, rollout, None if rollout is not None else _rollout_model(store, model))
     from controller.report import write_report
 
     write_report(shown, out)
@@ -447,7 +562,14 @@ def simulate(
     policy: Annotated[
         Path, typer.Option("--policy", help="The rollout policy (YAML) to judge with.")
     ] = PRODUCTION_POLICY,
-    runs: Annotated[int, typer.Option(min=1, help="Rollouts per scenario and judge.")] = 300,
+    runs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rollouts per scenario and judge (300); --post-promotion: "
+            "runs per shift size (20).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seeds every draw: the same seed, the same table.")] = 1,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write one object per scenario and judge here.")
@@ -459,9 +581,27 @@ def simulate(
     workers: Annotated[int, typer.Option(min=1, help="Processes to run scenarios in.")] = (
         os.cpu_count() or 1
     ),
+    post_promotion: Annotated[
+        bool,
+        typer.Option(
+            "--post-promotion",
+            help="Simulate the policy's watch instead (its input-drift rule, on 16 features of "
+            "28 bins at --rows-per-second): false alarms per day over --days unshifted days, "
+            "and the detection delay per shift size over --runs runs each.",
+        ),
+    ] = False,
+    days: Annotated[float, typer.Option(min=0.01, help="--post-promotion: unshifted days.")] = 2.0,
+    rows_per_second: Annotated[
+        float, typer.Option(min=0.1, help="--post-promotion: summarised rows a second.")
+    ] = 10.0,
 ) -> None:
     """Measure decision quality: simulated rollouts through this controller's own analysis and
-    decisions, beside a Flagger-style threshold judge and a Kayenta-style Mann-Whitney judge."""
+    decisions, beside a Flagger-style threshold judge and a Kayenta-style Mann-Whitney judge;
+    with --post-promotion, the watch's false alarms per day and detection delays."""
+    if post_promotion:
+        _simulate_watch(policy, days, runs or 20, seed, rows_per_second)
+        return
+    runs = runs or 300
     from controller.simulation.report import print_table, write_json
     from controller.simulation.runner import run_scenarios
     from controller.simulation.scenarios import simulated_scenarios
@@ -494,9 +634,30 @@ def simulate(
         typer.echo(f"wrote {png}")
 
 
-def _operator_command(state: Path, command: Command, argument: str = "") -> None:
+def _simulate_watch(policy: Path, days: float, runs: int, seed: int,
+                    rows_per_second: float) -> None:  # fmt: skip
+    from controller.watch_policy import WatchPolicy
+    from controller.watch_simulation import Setting, report
+
+    try:
+        loaded = load_policy(policy)
+    except PolicyError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    watch = loaded.watch or WatchPolicy()
+    if watch.max_input_psi is None:
+        raise _fail(f"{policy.name}'s watch judges no input drift (max_input_psi: null): "
+                    "nothing to simulate", EXIT_USAGE)  # fmt: skip
+    started = time.perf_counter()
+    setting = Setting.of(watch, loaded.confidence, rows_per_second=rows_per_second)
+    report(setting, days, runs, seed, typer.echo)
+    source = "its watch: section" if loaded.watch else "the default watch: (none in the policy)"
+    typer.echo(f"simulated in {time.perf_counter() - started:.1f} s ({policy.name}, {source}, "
+               f"seed {seed})")  # fmt: skip
+
+
+def _operator_command(state: Path, model: str | None, command: Command, argument: str = "") -> None:
     store = _open(state, read_only=False)
-    rollout = _load(store, None)
+    rollout = _load(store, None, _rollout_model(store, model))
     if rollout.phase.terminal:
         raise _fail(f"nothing to {command.value}: rollout {rollout.rollout_id} is "
                     f"{rollout.phase.value}")  # fmt: skip
@@ -511,20 +672,21 @@ def _operator_command(state: Path, command: Command, argument: str = "") -> None
 
 
 @app.command()
-def pause(state: StateOption = DEFAULT_STATE) -> None:
+def pause(state: StateOption = DEFAULT_STATE, model: ModelOption = None) -> None:
     """Hold the rollout at its step (it still rolls back on a failing gate)."""
-    _operator_command(state, Command.PAUSE)
+    _operator_command(state, model, Command.PAUSE)
 
 
 @app.command()
-def resume(state: StateOption = DEFAULT_STATE) -> None:
+def resume(state: StateOption = DEFAULT_STATE, model: ModelOption = None) -> None:
     """Let a paused rollout progress again."""
-    _operator_command(state, Command.RESUME)
+    _operator_command(state, model, Command.RESUME)
 
 
 @app.command()
 def promote(
     state: StateOption = DEFAULT_STATE,
+    model: ModelOption = None,
     full: Annotated[bool, typer.Option("--full", help="Go straight to 100 %.")] = False,
     skip_gates: Annotated[
         bool,
@@ -536,7 +698,7 @@ def promote(
     ] = False,
 ) -> None:
     """Skip the rest of this step's analysis and go to the next step (--full: to 100 %)."""
-    _operator_command(state, Command.PROMOTE_FULL if full else Command.PROMOTE,
+    _operator_command(state, model, Command.PROMOTE_FULL if full else Command.PROMOTE,
                       SKIP_GATES if skip_gates else "")  # fmt: skip
 
 
@@ -551,6 +713,7 @@ def approve(
         ),
     ],
     state: StateOption = DEFAULT_STATE,
+    model: ModelOption = None,
 ) -> None:
     """Release a manual gate the rollout waits at now; the history records which gate and who
     approved it (user@host, the user from the caller's uid). Like pause and resume, it reaches
@@ -559,12 +722,13 @@ def approve(
     if gate not in WAITING_GATES:
         raise _fail(f"{gate.value} is not a gate a rollout waits at; approve one of: "
                     + ", ".join(WAITING_GATES), EXIT_USAGE)  # fmt: skip
-    _operator_command(state, Command.APPROVE, gate.value)
+    _operator_command(state, model, Command.APPROVE, gate.value)
 
 
 @app.command()
 def abort(
     state: StateOption = DEFAULT_STATE,
+    model: ModelOption = None,
     now: Annotated[
         bool,
         typer.Option(
@@ -574,10 +738,10 @@ def abort(
 ) -> None:
     """Roll back now: share 0 on every gateway."""
     if not now:
-        _operator_command(state, Command.ABORT)
+        _operator_command(state, model, Command.ABORT)
         return
     store = _open(state, read_only=False)
-    rollout = _load(store, None)
+    rollout = _load(store, None, _rollout_model(store, model))
     if rollout.phase.terminal:
         raise _fail(f"nothing to abort: rollout {rollout.rollout_id} is {rollout.phase.value}")
     try:
@@ -585,8 +749,7 @@ def abort(
     except NoLiveController:
         token = os.environ.get("DISTILL_GATEWAY_ADMIN_TOKEN")
         with httpx.Client(timeout=5.0) as client:
-            model = str(rollout.policy.get("model", "digits"))
-            fleet = _fleet(rollout.gateways, rollout.state_url, model, token, client)
+            fleet = _fleet(rollout.gateways, rollout.state_url, rollout.model, token, client)
             try:
                 done = abort_now(store, rollout, fleet, time.time)
             except StateError as exc:
@@ -609,29 +772,50 @@ def _fleet(
     client: httpx.Client,
 ) -> Fleet:  # fmt: skip
     if state_url is None:
-        return GatewayFleet(gateways, token, client)
+        return GatewayFleet(gateways, token, client, model)
     url, _, prefix = state_url.partition("#")
     password = os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD")
     username = os.environ.get("DISTILL_GATEWAY_STATE__USERNAME")
     return StoreFleet(url, model, prefix or "distill-gateway", password, username=username)
 
 
-def _create(path: Path) -> StateStore:
+def _create(path: Path) -> RolloutStore:
     try:
-        return StateStore.create(path)
+        return RolloutStore.create(path)
     except StateError as exc:
         raise _fail(str(exc)) from None
 
 
-def _open(path: Path, read_only: bool = True) -> StateStore:
+def _open(path: Path, read_only: bool = True) -> RolloutStore:
     try:
-        return StateStore.open_existing(path, read_only)
+        return RolloutStore.open_existing(path, read_only)
     except StateError as exc:
         raise _fail(str(exc)) from None
 
 
-def _load(store: StateStore, rollout_id: int | None) -> RolloutState:
-    rollout = store.load(rollout_id)
+def _served_models(gateways: list[str], state_url: str | None) -> list[str]:
+    """What the gateways serve: each --gateway's ``GET /v2/models``, or the models the state
+    store's live replicas registered under."""
+    if state_url is None:
+        with httpx.Client(timeout=5.0) as client:
+            return gateway_models(gateways, client)
+    url, _, prefix = state_url.partition("#")
+    try:
+        return fleet_models(url, prefix, os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD"),
+                            os.environ.get("DISTILL_GATEWAY_STATE__USERNAME"))  # fmt: skip
+    except FleetNotConfirmed as exc:
+        raise ModelChoiceError(f"{exc}: pass --model") from None
+
+
+def _rollout_model(store: RolloutStore, model: str | None) -> str:
+    try:
+        return choose_rollout_model(store, model)
+    except ModelChoiceError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
+def _load(store: RolloutStore, rollout_id: int | None, model: str | None = None) -> RolloutState:
+    rollout = store.load(rollout_id, model)
     if rollout is None:
         known = store.rollout_ids()
         if rollout_id is None or not known:

@@ -28,11 +28,16 @@ class Term:
     server_errors_only: bool = False  # only codes 5xx: a client's 4xx is not the backend's fault
 
 
-ROUTED = (Term(names.REQUESTS, "backend"), Term(names.FALLBACKS, "from_backend"))
-"""Calls routed to a backend: those it answered, and those that fell back away from it."""
+ROUTED = (Term(names.REQUESTS, "backend"), Term(names.FALLBACKS, "from_backend"),
+          Term(names.CASCADE_ESCALATION_CALLS, "backend"))  # fmt: skip
+"""Calls routed to a backend: those it answered, those that fell back away from it, and a
+cascade's escalations to the teacher (the request is the cascade lane's; its teacher call is the
+teacher's)."""
 FAILED = (Term(names.REQUESTS, "backend", server_errors_only=True),
-          Term(names.FALLBACKS, "from_backend"))  # fmt: skip
-"""Of those, the ones that failed: answered with a 5xx, or fallen back away from it."""
+          Term(names.FALLBACKS, "from_backend"),
+          Term(names.CASCADE_ESCALATION_CALLS, "backend", server_errors_only=True))  # fmt: skip
+"""Of those, the ones that failed: answered with a 5xx, fallen back away from it, or an
+escalation the teacher failed (its 503/504)."""
 
 
 def count(terms: tuple[Term, ...], increase: Snapshot, model: str, backend: str) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from controller.state import Record, RolloutState
+from controller.rollout_store import Record, RolloutState
 
 
 class EventType(StrEnum):
@@ -128,7 +128,7 @@ def rollout_fields(state: RolloutState) -> dict[str, Any]:
     return {
         "name": state.name,
         "rollout_id": state.rollout_id,
-        "model": str(state.policy.get("model", "")),
+        "model": state.model,
         "student_id": student.get("id"),
         "student": student.get("name"),
         "phase": state.phase.value,

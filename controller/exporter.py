@@ -9,8 +9,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller import gate_metrics as gm
+from controller import metric_names as mn
 from controller.analysis import GateResult, Verdict
-from controller.state import Phase, RolloutState
+from controller.rollout_store import Phase, RolloutState
 from gateway.metrics import add_standard_collectors
 
 ROLLBACK_CAUSES = ("abort", "inconclusive_timeout", "sigterm", "share_unconfirmed",
@@ -29,24 +30,20 @@ class ControllerMetrics:
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, ["model", *labels], registry=registry)
 
-        self.student_share = gauge("canary_student_share", "Student share the controller set.")
-        self.step_index = gauge("canary_step_index", "Index of the current step in the policy.")
-        self.phase = gauge("canary_phase", "1 for the rollout's current phase.", ("phase",))
+        self.student_share = gauge(mn.STUDENT_SHARE, "Student share the controller set.")
+        self.step_index = gauge(mn.STEP_INDEX, "Index of the current step in the policy.")
+        self.phase = gauge(mn.PHASE, "1 for the rollout's current phase.", ("phase",))
         self.rollout_info = gauge(
-            "canary_rollout_info",
+            mn.ROLLOUT_INFO,
             "1 for the rollout in hand; student_id and student are the registry id and name of "
             "the student it rolls out (its name says its recipe: mlp32-t4-a0.8 is T=4, alpha "
             "0.8), '' when the rollout named none.",
             ("rollout", "student_id", "student"),
         )
-        self.last_tick = gauge(
-            "canary_last_tick_timestamp_seconds", "When the controller last renewed its lease."
-        )
-        self.bake_elapsed = gauge(
-            "canary_step_bake_elapsed_seconds", "Time since this step's share was confirmed."
-        )
+        self.last_tick = gauge(mn.LAST_TICK, "When the controller last renewed its lease.")
+        self.bake_elapsed = gauge(mn.BAKE_ELAPSED, "Time since this step's share was confirmed.")
         self.consecutive_failures = gauge(
-            "canary_consecutive_failures", "Failed analyses in a row at this step."
+            mn.CONSECUTIVE_FAILURES, "Failed analyses in a row at this step."
         )
         self.gate_value = gauge(
             gm.GATE_VALUE,
@@ -62,23 +59,23 @@ class ControllerMetrics:
             gm.GATE_DRY_RUN, "1 for a dry-run gate: measured, never decides.", ("gate",)
         )
         self.analysis = Counter(
-            "canary_analysis_total", "Gate verdicts.", ["model", "gate", "result"],
+            mn.ANALYSIS, "Gate verdicts.", ["model", "gate", "result"],
             registry=registry,
         )  # fmt: skip
         self.rollbacks = Counter(
-            "canary_rollbacks_total", "Rollbacks, by cause.", ["model", "reason"], registry=registry
+            mn.ROLLBACKS, "Rollbacks, by cause.", ["model", "reason"], registry=registry
         )
         self.promotions = Counter(
-            "canary_promotions_total", "Rollouts that ended promoted.", ["model"], registry=registry
+            mn.PROMOTIONS, "Rollouts that ended promoted.", ["model"], registry=registry
         ).labels(model)
         self.share_drift = Counter(
-            "canary_share_drift_total",
+            mn.SHARE_DRIFT,
             "Times a gateway reported a share or generation the controller had not set.",
             ["model"],
             registry=registry,
         ).labels(model)
         self.notifications = Counter(
-            "canary_notifications_total",
+            mn.NOTIFICATIONS,
             "Rollout events per receiver, by outcome: delivered, retried (each retry), failed "
             "(every attempt spent), rejected (a 4xx), dropped (its queue was full).",
             ["model", "receiver", "outcome"],
@@ -88,12 +85,48 @@ class ControllerMetrics:
         # not a new series that increase() cannot see.
         for cause in (*ROLLBACK_CAUSES, *(gates or [])):
             self.rollbacks.labels(model, cause)
+        # the post-promotion watch's (controller.watch); series made by ``add_watch``
+        self.watch_looks = Counter(
+            mn.WATCH_LOOKS, "The watch's looks, by outcome.", ["model", "outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.watch_verdicts = Counter(
+            mn.WATCH_VERDICTS, "The watch's check verdicts, by check and result.",
+            ["model", "gate", "result"], registry=registry,
+        )  # fmt: skip
+        self.watch_window_started = gauge(
+            mn.WATCH_WINDOW_STARTED, "When the watch's current window started."
+        )
+        self.watch_shadow_rate = gauge(
+            mn.WATCH_SHADOW_SAMPLE_RATE,
+            "The shadow sample rate the watch set on the gateways (-1: not set on every one).",
+        )
 
     def add_receivers(self, names: list[str], outcomes: tuple[str, ...]) -> None:
         """Every receiver's outcomes start at 0, so the first drop is an increase."""
         for name in names:
             for outcome in outcomes:
                 self.notifications.labels(self.model, name, outcome)
+
+    def add_watch(self, outcomes: list[str], checks: list[str]) -> None:
+        """The watch's series at 0 from the start, so its first alert is an increase."""
+        for outcome in outcomes:
+            self.watch_looks.labels(self.model, outcome)
+        for check in checks:
+            for verdict in Verdict:
+                self.watch_verdicts.labels(self.model, check, verdict.value)
+        self.watch_shadow_rate.labels(self.model).set(-1.0)
+
+    def watch_looked(self, outcome: str, results: list[GateResult]) -> None:
+        self.watch_looks.labels(self.model, outcome).inc()
+        for result in results:
+            self.watch_verdicts.labels(self.model, result.gate, result.verdict.value).inc()
+
+    def watch_window(self, started: float) -> None:
+        self.watch_window_started.labels(self.model).set(started)
+
+    def watch_shadow(self, rate: float) -> None:
+        self.watch_shadow_rate.labels(self.model).set(rate)
 
     def notified(self, receiver: str, outcome: str) -> None:
         self.notifications.labels(self.model, receiver, outcome).inc()

@@ -9,20 +9,21 @@ The same interface as ``actuator.GatewayFleet``, keyed by replica id rather than
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import redis
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from controller.actuator import GatewaysDisagree, GatewaysUnreachable
 from controller.sources.base import MetricsUnavailable
 from gateway.protocol import TrafficState
 from gateway.state.keys import StoreKeys, without_password
-from gateway.state.redis_store import SET_SHARE_SCRIPT, SET_STUDENT_SCRIPT
+from gateway.state.registration import ReplicaRegistration
+from gateway.state.scripts import SET_SHARE, SET_STUDENT
+from gateway.validation import describe_errors
 
 log = logging.getLogger(__name__)
 CONFIRM_SECONDS = 3.0
@@ -46,18 +47,18 @@ class StoreFleet:
                                             socket_timeout=timeout_seconds,
                                             socket_connect_timeout=timeout_seconds)  # fmt: skip
         self._keys = StoreKeys(key_prefix, model)
-        self._set_share = self._client.register_script(SET_SHARE_SCRIPT)
-        self._set_student = self._client.register_script(SET_STUDENT_SCRIPT)
+        self._set_share = self._client.register_script(SET_SHARE.source)
+        self._set_student = self._client.register_script(SET_STUDENT.source)
         self._sleep = sleep
         self._clock = clock
         self._known: dict[str, str] = {}  # replica id -> URL, as last read
         self._newest_seen = 0  # the highest generation any replica has reported to us
-        self.replicas: list[dict[str, Any]] = []
+        self.replicas: list[ReplicaRegistration] = []
 
     @property
-    def urls(self) -> list[str]:
+    def replica_ids(self) -> list[str]:
         """The live replicas' ids, as last read (what ``ShareConfirmed`` counts)."""
-        return [record["id"] for record in self.replicas]
+        return [replica.id for replica in self.replicas]
 
     def scrape_targets(self) -> dict[str, str]:
         """The live replicas' URLs -> where each serves /metrics (its registration's
@@ -69,9 +70,14 @@ class StoreFleet:
             self._read_registry()
         except GatewaysUnreachable as exc:
             raise MetricsUnavailable(str(exc)) from exc
-        return {record["url"]: record.get("metrics_url") or f"{record['url']}/metrics"
-                for record in sorted(self.replicas, key=lambda r: str(r.get("url")))
-                if record.get("url")}  # fmt: skip
+        return {
+            replica.url: replica.scrape_url
+            for replica in sorted(self.replicas, key=lambda r: r.url)
+            if replica.url
+        }
+
+    def admin_urls(self) -> list[str]:
+        return list(self.scrape_targets())
 
     def set_share(self, share: float) -> dict[str, TrafficState]:
         """Writes the share once, to the store, then waits (a few seconds at most) for every
@@ -79,7 +85,7 @@ class StoreFleet:
         # Above every generation a replica ever reported: a store that lost its data restarts
         # its count (and its registry), and replicas ignore a generation older than theirs.
         try:
-            generation = int(self._set_share(keys=[self._keys.share, self._keys.share_changed],
+            generation = int(self._set_share(keys=SET_SHARE.keys(self._keys),
                                              args=[repr(share), self._newest_seen]))  # fmt: skip
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
@@ -92,15 +98,14 @@ class StoreFleet:
             self._sleep(0.1)
         if lagging:
             raise GatewaysDisagree("; ".join(lagging))
-        return {replica_id: wanted for replica_id in self.urls}
+        return {replica_id: wanted for replica_id in self.replica_ids}
 
     def set_student(self, model_id: str) -> None:
         """Writes the student once, to the store (refused unless the fleet's share is 0), then
         waits for every live replica to report it loaded; raises naming those that did not, with
         the reason a replica gave."""
         try:
-            answer = self._set_student(keys=[self._keys.share, self._keys.share_changed],
-                                       args=[model_id])  # fmt: skip
+            answer = self._set_student(keys=SET_STUDENT.keys(self._keys), args=[model_id])
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
         if answer[0] != b"ok":
@@ -109,15 +114,14 @@ class StoreFleet:
         deadline = self._clock() + CONFIRM_SECONDS
         while True:
             self._read_registry()
-            behind = [r for r in self.replicas
-                      if not r.get("draining") and r.get("student_id") != model_id]  # fmt: skip
+            behind = [r for r in self.replicas if not r.draining and r.student_id != model_id]
             if not behind or self._clock() > deadline:
                 break
             self._sleep(0.1)
         if behind:
             raise GatewaysDisagree("; ".join(
-                f"{r['id']} ({r.get('url') or 'no URL'}) serves student {r.get('student_id')}"
-                + (f": {r['student_error']}" if r.get("student_error") else "")
+                f"{r.id} ({r.url or 'no URL'}) serves student {r.student_id}"
+                + (f": {r.student_error}" if r.student_error else "")
                 for r in behind))  # fmt: skip
 
     def verify(self, share: float, after: dict[str, TrafficState] | None = None) -> None:
@@ -128,9 +132,9 @@ class StoreFleet:
 
     def read(self) -> dict[str, TrafficState]:
         self._read_registry()
-        return {record["id"]: TrafficState(student_share=record["student_share"],
-                                           generation=record["generation"])
-                for record in self.replicas}  # fmt: skip
+        return {replica.id: TrafficState(student_share=replica.student_share,
+                                         generation=replica.generation)
+                for replica in self.replicas}  # fmt: skip
 
     def read_reachable(self) -> dict[str, TrafficState]:
         return self.read()
@@ -139,9 +143,9 @@ class StoreFleet:
         self._read_registry()
         if not self.replicas:
             return [f"no live replica in the state store {without_password(self.url)}"]
-        serving = [r for r in self.replicas if not r.get("draining")]  # draining: leaving anyway
-        return [f"{r['id']} ({r.get('url') or 'no URL'}) reports share {r['student_share']:.4g} "
-                f"generation {r['generation']}, expected {share:.4g} generation >= {generation}"
+        serving = [r for r in self.replicas if not r.draining]  # draining: leaving anyway
+        return [f"{r.id} ({r.url or 'no URL'}) reports share {r.student_share:.4g} "
+                f"generation {r.generation}, expected {share:.4g} generation >= {generation}"
                 for r in serving if _differs(r, share, generation)]  # fmt: skip
 
     def _read_registry(self) -> None:
@@ -150,9 +154,13 @@ class StoreFleet:
             raw = self._client.mget([self._keys.replica(i) for i in ids]) if ids else []
         except (RedisError, OSError) as exc:
             raise self._unreachable(exc) from exc
-        self.replicas = [json.loads(record) for record in raw if record is not None]
-        self._newest_seen = max([self._newest_seen, *(int(r["generation"]) for r in self.replicas)])
-        current = {record["id"]: record.get("url", "") for record in self.replicas}
+        self.replicas = [
+            self._registration(i, record)
+            for i, record in zip(ids, raw, strict=True)
+            if record is not None
+        ]
+        self._newest_seen = max([self._newest_seen, *(r.generation for r in self.replicas)])
+        current = {replica.id: replica.url for replica in self.replicas}
         for gone in self._known.keys() - current.keys():
             log.warning("replica %s (%s) left the fleet: its heartbeat expired; dropped",
                         gone, self._known[gone] or "no URL")  # fmt: skip
@@ -160,6 +168,18 @@ class StoreFleet:
             if self._known or len(current) == 1:
                 log.info("replica %s (%s) joined the fleet", joined, current[joined] or "no URL")
         self._known = current
+
+    def _registration(self, replica_id: str, record: bytes | str) -> ReplicaRegistration:
+        """A live replica whose registration cannot be read is one that cannot be confirmed: the
+        rollout holds (as for a replica that does not answer) rather than act without it."""
+        try:
+            return ReplicaRegistration.model_validate_json(record)
+        except ValidationError as exc:
+            raise GatewaysUnreachable(
+                f"replica {replica_id}'s registration in the state store "
+                f"{without_password(self.url)} is not one this controller reads: "
+                f"{describe_errors(exc)}"
+            ) from exc
 
     def _unreachable(self, exc: Exception) -> GatewaysUnreachable:
         return GatewaysUnreachable(
@@ -170,5 +190,37 @@ class StoreFleet:
         self._client.close()
 
 
-def _differs(record: dict[str, Any], share: float, generation: int) -> bool:
-    return bool(abs(record["student_share"] - share) > 1e-9 or record["generation"] < generation)
+def _differs(replica: ReplicaRegistration, share: float, generation: int) -> bool:
+    return abs(replica.student_share - share) > 1e-9 or replica.generation < generation
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def fleet_models(
+    url: str, key_prefix: str, password: str | None = None, username: str | None = None
+) -> list[str]:
+    """The models some live replica of the store's fleet registered under, by name (what
+    ``run`` chooses from when neither ``--model`` nor the policy names one)."""
+    client = redis.Redis.from_url(url, username=username, password=password,
+                                  socket_timeout=2.0, socket_connect_timeout=2.0)  # fmt: skip
+    wildcard = StoreKeys(_glob_escaped(key_prefix), "*").replicas
+    head = len(StoreKeys(key_prefix, "").prefix) - 1  # "<prefix>:" before the model's name
+    tail = len(StoreKeys(key_prefix, "").replicas) - head  # ":replicas" after it
+    models = []
+    try:
+        for key in client.scan_iter(match=wildcard, count=500):
+            model = key.decode()[head:-tail]
+            if ":" in model:  # another fleet's, under a longer prefix (names have no ':')
+                continue
+            keys = StoreKeys(key_prefix, model)
+            ids = [i.decode() for i in client.smembers(keys.replicas)]  # type: ignore[union-attr]
+            if ids and any(client.mget([keys.replica(i) for i in ids])):
+                models.append(model)
+    except (RedisError, OSError) as exc:
+        raise GatewaysUnreachable(f"state store {without_password(url)} unreachable: "
+                                  f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+    finally:
+        client.close()
+    return sorted(set(models))

@@ -9,7 +9,7 @@ import httpx
 from controller import approval
 from controller.analysis import GateResult, Verdict
 from controller.events import rollout_fields
-from controller.state import RolloutState
+from controller.rollout_store import RolloutState
 from controller.webhooks import Answer, GateAnswer, GateType, Webhook, call_all
 
 WEBHOOK_GATE_PREFIX = "webhook:"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from controller.approval import entry_gates
 from controller.decisions import Action, Judgement
-from controller.state import Command, Phase, Record, RolloutState
+from controller.rollout_store import Command, Phase, Record, RolloutState
 
 SKIP_GATES = "skip-gates"
 """promote's argument (``--skip-gates``): move past the waiting gates of the move."""

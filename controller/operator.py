@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from controller import machine
 from controller.actuator import Fleet, FleetNotConfirmed
-from controller.state import (
+from controller.rollout_store import (
     Command,
     CommandOutcome,
     DecisionRecord,
@@ -25,8 +25,8 @@ from controller.state import (
     Phase,
     Record,
     RolloutState,
+    RolloutStore,
     StateError,
-    StateStore,
 )
 from controller.webhooks import Webhook, longest_tick
 
@@ -50,17 +50,18 @@ def operator_name() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def live_lease(store: StateStore, now: float) -> Lease | None:
-    lease = store.lease()
+def live_lease(store: RolloutStore, model: str, now: float) -> Lease | None:
+    lease = store.lease(model)
     return lease if lease is not None and lease.alive(now) else None
 
 
-def describe_no_controller(store: StateStore, now: float) -> str:
-    lease = store.lease()
+def describe_no_controller(store: RolloutStore, model: str, now: float) -> str:
+    lease = store.lease(model)
     if lease is None:
-        return "no controller is running this rollout"
-    return (f"no controller is running this rollout (the last one, {lease.holder}, "
-            f"sent its last heartbeat {now - lease.heartbeat_at:.0f} s ago)")  # fmt: skip
+        return f"no controller is running this rollout of model {model}"
+    beat = now - lease.heartbeat_at
+    return (f"no controller is running this rollout of model {model} (the last one, "
+            f"{lease.holder}, sent its last heartbeat {beat:.0f} s ago)")  # fmt: skip
 
 
 def command_seconds(rollout: RolloutState) -> float:
@@ -74,7 +75,7 @@ def command_seconds(rollout: RolloutState) -> float:
 
 
 def send_and_wait(
-    store: StateStore,
+    store: RolloutStore,
     rollout: RolloutState,
     command: Command,
     clock: Callable[[], float] = time.time,
@@ -84,8 +85,8 @@ def send_and_wait(
     """Sends ``command`` (with its ``argument``: approve's gate) to the live controller and waits
     for its acknowledgement."""
     now = clock()
-    if live_lease(store, now) is None:
-        raise NoLiveController(describe_no_controller(store, now))
+    if live_lease(store, rollout.model, now) is None:
+        raise NoLiveController(describe_no_controller(store, rollout.model, now))
     ttl = command_seconds(rollout)
     command_id = store.send(rollout.rollout_id, command, operator_name(), ttl, now, argument)
     deadline = now + ttl
@@ -105,12 +106,12 @@ class AbortOutcome:
 
 
 def abort_now(
-    store: StateStore, rollout: RolloutState, fleet: Fleet, clock: Callable[[], float]
+    store: RolloutStore, rollout: RolloutState, fleet: Fleet, clock: Callable[[], float]
 ) -> AbortOutcome:
     """With no live controller: take the lease, set share 0 on every gateway and verify it, and
     record the rollback in the rollout's history, as the controller would have."""
     holder = f"operator:{operator_name()}:{uuid.uuid4().hex[:8]}"
-    store.acquire(holder, ttl=30.0, now=clock())
+    store.acquire(holder, ttl=30.0, now=clock(), model=rollout.model)
     try:
         sender = f"{operator_name()} with --now, no live controller"
         moved = machine.transition(machine.Position.of(rollout),

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.notify.receiver import Receiver
+from controller.rollout_store import DEFAULT_MODEL
 from controller.watch_policy import WatchPolicy
 from controller.webhooks import WAITING_GATES, GateType, Webhook, longest_tick
 from gateway.validation import StrictModel, describe_errors, read_yaml_mapping
@@ -96,7 +97,7 @@ TICK_ROOM_SECONDS = 5.0
 
 
 class Policy(StrictModel):
-    model: str = "digits"
+    model: str = DEFAULT_MODEL
     """The logical model on the gateways."""
     task: Literal["classification", "multilabel", "regression", "embedding"] = "classification"
     """The model's task, as the gateways' ``task:`` says: which comparison gates fit it."""

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from controller.gate_table import deciding
 from controller.policy import Policy
-from controller.state import DecisionRecord, RolloutState
+from controller.rollout_store import DecisionRecord, RolloutState
 
 REASON_CHARACTERS = 110  # the whole reason is in `status` and the report
 

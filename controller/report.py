@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from controller import gate_table
-from controller.state import DecisionRecord, RolloutState
-from controller.students import summary
+from controller.registry_records import summary
+from controller.rollout_store import DecisionRecord, RolloutState
 
 ENDS_A_PAUSE = ("resume", "advance", "promote", "promote-full", "promoted", "rolled back")
 MARKED_ACTIONS = {"set": "#888888", "promoted": "green", "rolled back": "red"}

@@ -29,19 +29,19 @@ from controller.notify import Notifications
 from controller.notify.delivery import OUTCOMES
 from controller.policy import Policy
 from controller.progress import Reporter
-from controller.sources import Mark, MetricsSource, MetricsUnavailable
-from controller.state import (
+from controller.registry_records import summary
+from controller.rollout_store import (
     DecisionRecord,
     LeaseHeld,
     LeaseLost,
     Phase,
     Record,
     RolloutState,
+    RolloutStore,
     StateError,
-    StateStore,
     new_holder_id,
 )
-from controller.students import summary
+from controller.sources import Mark, MetricsSource, MetricsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class CanaryController:
         policy: Policy,
         fleet: Fleet,
         source: MetricsSource,
-        store: StateStore,
+        store: RolloutStore,
         reporter: Reporter,
         metrics: ControllerMetrics,
         clock: Callable[[], float] = time.time,
@@ -211,7 +211,8 @@ class CanaryController:
         give_up = self.clock() + launch.wait_for_lease
         while True:
             try:
-                previous = self.store.acquire(self.holder, self.policy.lease_seconds, self.clock())
+                previous = self.store.acquire(self.holder, self.policy.lease_seconds, self.clock(),
+                                               self.policy.model)  # fmt: skip
                 break
             except LeaseHeld as exc:
                 if self.clock() >= give_up or self._stop_requested:
@@ -219,7 +220,7 @@ class CanaryController:
                 log.info("waiting for the lease: %s", exc)
                 self.sleep(min(1.0, max(0.0, give_up - self.clock())))
         try:
-            saved = self.store.load()
+            saved = self.store.load(model=self.policy.model)
             self._refuse_if_unsafe(saved, launch)
             if saved is not None and not saved.phase.terminal:
                 return self._resume(saved, previous.holder if previous else None)
@@ -313,7 +314,7 @@ class CanaryController:
     def _heartbeat(self, force: bool = False) -> None:
         now = self.clock()
         if force or now - self._last_heartbeat >= HEARTBEAT_SECONDS:
-            self.store.renew(self.holder, self.policy.lease_seconds, now)
+            self.store.renew(self.holder, self.policy.lease_seconds, now, self.policy.model)
             self._last_heartbeat = now
             self.metrics.heartbeat(now)
 
@@ -373,7 +374,7 @@ class CanaryController:
         if self.state.rollout_mark is None:
             self.state.rollout_mark = mark.to_json()
         self.state.consecutive_failures = 0
-        self._apply(machine.ShareConfirmed(len(self.fleet.urls), share))
+        self._apply(machine.ShareConfirmed(len(self.fleet.replica_ids), share))
         self._show()  # the exported step and share follow the gateways at once
 
     def _drifted(self) -> bool:

@@ -11,22 +11,23 @@ import time
 from typing import Any
 
 import httpx
+from rich.table import Table
 
 from controller.gate_table import interval_history, text_table
-from controller.state import DecisionRecord, Phase, RolloutState, StateStore
-from controller.students import summary
+from controller.gateway_paths import traffic_path
+from controller.registry_records import summary
+from controller.rollout_store import DecisionRecord, Phase, RolloutState, RolloutStore
 
 GATE_HISTORY = 6  # analyses of each gate's interval that status shows
 
 
 def render_status(
-    rollout: RolloutState, store: StateStore, client: httpx.Client, now: float, history: int
+    rollout: RolloutState, store: RolloutStore, client: httpx.Client, now: float, history: int
 ) -> str:
     steps = ", ".join(f"{step:g}%" for step in rollout.steps)
-    model = rollout.policy.get("model", "?")
     lines = [
         f"rollout {rollout.rollout_id} of {len(store.rollout_ids())} in {store.path}, "
-        f"model {model}",
+        f"model {rollout.model}",
         f"phase: {rollout.phase.value}"
         + (f" (paused by {rollout.paused_by})" if rollout.phase is Phase.PAUSED else ""),
         f"step: {rollout.step_index + 1} of [{steps}], intended student share {rollout.share:.0%}",
@@ -55,6 +56,19 @@ def render_status(
         lines += [f"  {short_decision_line(r, len(rollout.steps), width)}"
                   for r in rollout.history[-history:]]  # fmt: skip
     return "\n".join(lines)
+
+
+def render_models(rollouts: list[RolloutState], store: RolloutStore, now: float) -> Table:
+    """One row per model's latest rollout: what each is doing, and who runs it."""
+    table = Table(title=f"rollouts in {store.path}, one row per model", title_justify="left")
+    for column in ("model", "rollout", "phase", "step", "share", "controller"):
+        table.add_column(column)
+    for rollout in rollouts:
+        step = f"{rollout.step_index + 1} of {len(rollout.steps)}"
+        named = f"{rollout.rollout_id}" + (f" ({rollout.name})" if rollout.name else "")
+        table.add_row(rollout.model, named, rollout.phase.value, step, f"{rollout.share:.0%}",
+                      _controller(rollout, store, now))  # fmt: skip
+    return table
 
 
 def waiting_line(rollout: RolloutState, now: float) -> str:
@@ -107,8 +121,8 @@ def _next_event(rollout: RolloutState, now: float) -> str:
             f"back in {max(0.0, limit - elapsed):.0f} s")  # fmt: skip
 
 
-def _controller(rollout: RolloutState, store: StateStore, now: float) -> str:
-    lease = store.lease()
+def _controller(rollout: RolloutState, store: RolloutStore, now: float) -> str:
+    lease = store.lease(rollout.model)
     if lease is None:
         return "none running"
     beat = f"last heartbeat {now - lease.heartbeat_at:.1f} s ago"
@@ -124,7 +138,7 @@ def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
     for url in rollout.gateways:
         intended = f"{rollout.share:.0%} (generation {rollout.generations.get(url, '?')})"
         try:
-            response = client.get(f"{url}/admin/traffic")
+            response = client.get(f"{url}{traffic_path(rollout.model)}")
             response.raise_for_status()
             actual: dict[str, Any] = response.json()
         except httpx.HTTPError as exc:

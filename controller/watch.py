@@ -13,9 +13,16 @@ The window then restarts, as it does after ``window_seconds`` without a breach.
 The watch holds the state file's lease, as a rollout's controller does (a new rollout is refused
 meanwhile), and records every look in the rollout's history.
 
-The reference is the last step's window of the rollout (``Reference.of`` on its counters), or,
-when there is none or it has fewer than ``min_rows`` rows, the first ``reference_seconds`` of
-watching.
+The reference is the last step's window of the rollout (``Reference.of`` on its counters), or
+the registry's profile of the student's training split (``watch.reference: registry``,
+``registry_reference``), or, when there is none or it has fewer than ``min_rows`` rows, the
+first ``reference_seconds`` of watching.
+
+Each window spends the alpha ``WatchPolicy.window_alphas`` gives it (a false-alarm budget per
+day, spread over the day's windows); the window (its mark, looks and reference) is saved in the
+rollout store at every look, so a restarted watch goes on with it. The watch sets its
+``shadow_sample_rate`` on every gateway (``controller.shadow_rate``) and counts its looks and
+verdicts in the controller's exporter.
 """
 
 from __future__ import annotations
@@ -36,11 +43,20 @@ from controller.actuator import Fleet, FleetNotConfirmed
 from controller.analysis import GateResult, Verdict
 from controller.drift import DriftCounts, judge_drift_recent, judge_estimated_accuracy
 from controller.events import EventType, RolloutEvent, rollout_fields, watch_alert
+from controller.exporter import ControllerMetrics
 from controller.policy import Gates, Policy
 from controller.promtext import Snapshot, increase
+from controller.rollout_store import (
+    DecisionRecord,
+    LeaseLost,
+    Phase,
+    Record,
+    RolloutState,
+    RolloutStore,
+)
+from controller.shadow_rate import ShadowRateSetter
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
 from controller.sources.base import window_metrics
-from controller.state import DecisionRecord, LeaseLost, Phase, Record, RolloutState, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +79,34 @@ class Reference:
             accuracy = window.agreements / window.comparisons
         return cls(DriftCounts.of(snapshot, model), accuracy, at)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": self.counts.to_json(), "accuracy": self.accuracy, "at": self.at}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Reference:
+        """Also reads a registry entry's profile (``models.registry.PROFILE_KEY``), a superset."""
+        return cls(DriftCounts.from_json(data["counts"]), data["accuracy"], float(data["at"]))
+
     def save(self, path: Path) -> None:
-        data = {"counts": self.counts.to_json(), "accuracy": self.accuracy, "at": self.at}
-        path.write_text(json.dumps(data))
+        path.write_text(json.dumps(self.to_json()))
 
     @classmethod
     def load(cls, path: Path) -> Reference:
-        data = json.loads(path.read_text())
-        return cls(DriftCounts.from_json(data["counts"]), data["accuracy"], float(data["at"]))
+        return cls.from_json(json.loads(path.read_text()))
 
 
-def judge_window(snapshot: Snapshot, reference: Reference, policy: Policy, look: int,
-                 recent: Snapshot | None = None) -> list[GateResult]:  # fmt: skip
-    """Every configured check on one window's counter increases, at its ``look``-th look; the
-    drift checks also on ``recent``, the increases of the window's last ``recent_seconds``."""
+def judge_window(snapshot: Snapshot, counts: DriftCounts, reference: Reference, policy: Policy,
+                 look: int, recent: Snapshot | None = None) -> list[GateResult]:  # fmt: skip
+    """Every configured check on one window's counter increases (``counts``, their drift
+    summaries), at its ``look``-th look; the drift checks also on ``recent``, the increases of
+    the window's last ``recent_seconds``."""
     watch = policy.watch
     assert watch is not None
-    counts = DriftCounts.of(snapshot, policy.model)
     latest = DriftCounts.of(recent, policy.model) if recent is not None else None
     drift_checks = [c for c in (watch.max_input_psi, watch.max_prediction_psi,
                                 watch.max_estimated_accuracy_drop) if c is not None]  # fmt: skip
-    alpha = (1.0 - policy.confidence) / max(len(drift_checks), 1)
+    drift_alpha, gates_alpha = watch.window_alphas(policy.confidence)
+    alpha = drift_alpha / max(len(drift_checks), 1)
     ref, results = reference.counts, []
     if watch.max_input_psi is not None:
         results.append(judge_drift_recent(
@@ -102,7 +125,7 @@ def judge_window(snapshot: Snapshot, reference: Reference, policy: Policy, look:
                                                 float(watch.min_rows), watch.min_rows))  # fmt: skip
     if watch.gates:
         update = {"gates": Gates.model_validate(watch.gates), "dry_run": [],
-                  "min_requests": watch.min_rows}  # fmt: skip
+                  "min_requests": watch.min_rows, "confidence": 1.0 - gates_alpha}  # fmt: skip
         gated = policy.model_copy(update=update)
         window = window_metrics(snapshot, policy.model)
         results += analysis.assess(window, window, gated, dark_launch=False)
@@ -129,6 +152,7 @@ class Outcome(StrEnum):
 
 
 FINAL = (Outcome.ROLLED_BACK, Outcome.LEASE_LOST)
+DRIFT_CHECKS = ("max_input_psi", "max_prediction_psi", "max_estimated_accuracy_drop")
 RECORD_OF = {Outcome.ROLLED_BACK: Record.ROLLED_BACK,
              Outcome.ROLLBACK_UNCONFIRMED: Record.ROLLBACK_UNCONFIRMED}  # fmt: skip
 """The history's record of a look (``Record.WATCH`` for every other outcome)."""
@@ -140,6 +164,28 @@ class Look:
     outcome: Outcome
     reason: str
     results: list[GateResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WatchWindow:
+    """What the rollout store keeps of a watch (``RolloutStore.save_watch_window``)."""
+
+    mark: Mark
+    look: int
+    reference: Reference | None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        reference = None if self.reference is None else self.reference.to_json()
+        return {"mark": self.mark.to_json(), "look": self.look, "reference": reference,
+                "note": self.note}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WatchWindow:
+        reference = data.get("reference")
+        return cls(Mark.from_json(data["mark"]), int(data["look"]),
+                   None if reference is None else Reference.from_json(reference),
+                   str(data.get("note", "")))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -163,12 +209,19 @@ class Watch:
         reference: Reference | None,
         clock: Callable[[], float] = time.time,
         holder: str = "watch",
-        store: StateStore | None = None,
+        store: RolloutStore | None = None,
+        metrics: ControllerMetrics | None = None,
+        shadow: ShadowRateSetter | None = None,
+        reference_note: str = "",
     ) -> None:
         """``rollout``: the promoted rollout (or one made for the model), whose fields every
         event carries; the watch sets its phase and reason when it rolls back. ``store``: the
         state file whose lease ``holder`` holds (taken by the caller): renewed at every look,
-        which is also saved in the rollout's history; a lost lease stops the watch at once."""
+        which is also saved in the rollout's history, with the window (a watch started again on
+        the rollout keeps it); a lost lease stops the watch at once. ``metrics``: the
+        exporter its looks, verdicts and window are counted in. ``shadow``: sets the watch's
+        ``shadow_sample_rate`` on the gateways at its first look (and on any that missed it, at
+        the next). ``reference_note``: why there is no ``reference`` (said while recording)."""
         if policy.watch is None:
             raise ValueError("the policy has no watch: section")
         self.policy, self.watch = policy, policy.watch
@@ -184,9 +237,14 @@ class Watch:
         self._rollback: _Rollback | None = None  # share 0 sent, not yet confirmed everywhere
         self._told = False  # the rollback_unconfirmed event sent for this rollback
         self._blind = 0  # looks in a row with no drift rows in the window
-        self._note = ""  # why the reference is being recorded
+        self._note = reference_note  # why the reference is being recorded
         if reference is not None and (short := self._too_small(reference.counts)):
             self.reference, self._note = None, f"the given reference {short}"
+        self.metrics, self.shadow = metrics, shadow
+        if metrics is not None:
+            checks = [*DRIFT_CHECKS, *self.watch.gates]
+            metrics.add_watch([each.value for each in Outcome], checks)
+        self._resume()
 
     def tick(self) -> Look:
         """One look (renewing the lease first, saved in the history after); starts the first
@@ -194,15 +252,31 @@ class Watch:
         now = self.clock()
         try:
             if self.store is not None:
-                self.store.renew(self.holder, watch_lease_seconds(self.policy), now)
+                lease_seconds = watch_lease_seconds(self.policy)
+                self.store.renew(self.holder, lease_seconds, now, self.policy.model)
+            if self.shadow is not None and self._rollback is None:
+                self._set_shadow_rate()
             look = self._confirm_share_0(now, []) if self._rollback else self._look_at(now)
             self._save(look)
         except LeaseLost as exc:
             log.error("watch stopped: %s", exc)
-            return Look(now, Outcome.LEASE_LOST, str(exc))
+            look = Look(now, Outcome.LEASE_LOST, str(exc))
+        if self.metrics is not None:
+            self.metrics.watch_looked(look.outcome.value, look.results)
         return look
 
-    def run(self, stopped: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
+    def _set_shadow_rate(self) -> None:
+        assert self.shadow is not None
+        try:
+            problems = self.shadow.apply()
+        except MetricsUnavailable as exc:  # a fleet store that cannot list its replicas
+            problems = [str(exc)]
+        for problem in problems:
+            log.warning("shadow sample rate %g not set: %s", self.shadow.rate, problem)
+        if self.metrics is not None:
+            self.metrics.watch_shadow(self.shadow.rate if self.shadow.everywhere() else -1.0)
+
+    def run(self, stopped: Callable[[], bool], sleep: Callable[[float], object] = time.sleep,
             on_look: Callable[[Look], None] | None = None) -> Look:  # fmt: skip
         """Looks every ``interval_seconds`` until a confirmed rollback, a lost lease or
         ``stopped()``; the last look. Stopped before share 0 was confirmed, it gives up: a last
@@ -233,18 +307,26 @@ class Watch:
         elapsed = now - self._window.at
         if self.reference is None:
             return self._record_reference(now, snapshot, elapsed)
+        counts = DriftCounts.of(snapshot, self.policy.model)
+        if unlike := self._unlike(counts):
+            # binned otherwise (a profile made under other drift: settings, another gateway's
+            # reference file): every feature would "drift"; record one from these gateways
+            self.reference, self._note = None, f"the reference {unlike}"
+            self._restart()
+            log.warning("watch: %s", self._note)
+            return Look(now, Outcome.RECORDING, self._recording(0.0))
         self._look += 1
         full = self._recent_looks and len(self._history) == self._recent_looks
         recent = increase(snapshot, self._history[0]) if full else None
         self._history.append(snapshot)
-        results = judge_window(snapshot, self.reference, self.policy, self._look, recent)
+        results = judge_window(snapshot, counts, self.reference, self.policy, self._look, recent)
         failed = [r for r in results if r.verdict is Verdict.FAIL]
         if failed:
             self._restart()
             return self._breach(now, failed, results)
         if elapsed >= self.watch.window_seconds:
             self._restart()
-        if blind := self._blindness(DriftCounts.of(snapshot, self.policy.model)):
+        if blind := self._blindness(counts):
             self._notify(watch_alert(self.rollout, self.holder, now, blind, {}))
             log.warning("watch alert: %s", blind)
             return Look(now, Outcome.ALERTED, blind, results)
@@ -284,6 +366,25 @@ class Watch:
             return f"has {counts.student_rows:.0f} student rows, under min_rows {least}"
         return ""
 
+    def _unlike(self, counts: DriftCounts) -> str:
+        """Why the reference's features are not the ones the gateways count ('' when they are,
+        or when the window has no rows yet to tell)."""
+        assert self.reference is not None
+        ref, inputs, students = self.reference.counts, *self._drift_checks()
+        pairs = []
+        if inputs and counts.rows > 0:
+            pairs.append((set(ref.inputs), set(counts.inputs)))
+        if students and counts.student_rows > 0:
+            pairs.append((set(ref.predictions), set(counts.predictions)))
+        for known, counted in pairs:
+            if known != counted:
+                only = sorted(" ".join(k) for k in known - counted)[:3]
+                missing = sorted(" ".join(k) for k in counted - known)[:3]
+                return (f"has features the gateways do not count ({', '.join(only) or 'none'}) "
+                        f"and lacks ones they do ({', '.join(missing) or 'none'}): binned "
+                        "under other drift: settings")  # fmt: skip
+        return ""
+
     def _blindness(self, counts: DriftCounts) -> str:
         """An alert when the drift checks have had no rows for ``blind_looks`` looks."""
         inputs, students = self._drift_checks()
@@ -303,6 +404,30 @@ class Watch:
         self._window = self.source.mark()
         self._look = 0
         self._history.clear()
+        if self.metrics is not None:
+            self.metrics.watch_window(self._window.at)
+
+    def _resume(self) -> None:
+        """The window a watch of this rollout saved (its look count, and its reference when
+        this watch was given none or the same): a restarted watch goes on spending that
+        window's alpha instead of starting a new one. The recent part starts again."""
+        if self.store is None:
+            return
+        saved = self.store.watch_window(self.policy.model, self.rollout.rollout_id)
+        if saved is None:
+            return
+        window = WatchWindow.from_json(saved)
+        given = self.reference
+        if given is not None and (window.reference is None or window.reference.at != given.at):
+            return  # judged against another reference: a new window
+        self._window, self._look = window.mark, window.look
+        self.reference = window.reference
+        if self.reference is None:
+            self._note = window.note
+        if self.metrics is not None:
+            self.metrics.watch_window(window.mark.at)
+        log.info("watch: resumed the window of %s (look %d)", time.ctime(window.mark.at),
+                 window.look)  # fmt: skip
 
     def _breach(self, now: float, failed: list[GateResult], results: list[GateResult]) -> Look:
         reason = "drift: " + "; ".join(f"{r.gate} {r.reason}" for r in failed)
@@ -366,6 +491,10 @@ class Watch:
             gates=[r.as_dict() for r in look.results]))  # fmt: skip
         if self.store is not None:
             self.store.save(self.rollout, self.holder)
+            if self._window is not None:
+                window = WatchWindow(self._window, self._look, self.reference, self._note)
+                self.store.save_watch_window(self.policy.model, self.rollout.rollout_id,
+                                             window.to_json(), self.holder)  # fmt: skip
 
 
 def watch_lease_seconds(policy: Policy) -> float:
@@ -393,3 +522,30 @@ def reference_of_last_step(source: MetricsSource, rollout: RolloutState, model: 
     if rollout.step_mark is None:
         return None
     return Reference.of(source.increase_since(Mark.from_json(rollout.step_mark)), model, now)
+
+
+def registry_reference(registry_path: Path, student_id: str | None) -> tuple[Reference | None, str]:
+    """``watch.reference: registry``: the profile of the training split stored in the student's
+    registry entry (``distill-models profile``), or None and why not."""
+    from models import registry
+
+    if not student_id:
+        return None, "watch.reference registry: the gateways name no registry student"
+    try:
+        entry = registry.lookup(registry_path, student_id)
+    except LookupError as exc:
+        return None, f"watch.reference registry: {exc}"
+    profile = registry.profile(entry)
+    if profile is None:
+        return None, (f"watch.reference registry: {student_id} has no profile (`distill-models "
+                      f"profile {student_id}` stores one)")  # fmt: skip
+    try:
+        return Reference.from_json(profile), ""
+    except (KeyError, TypeError, ValueError) as exc:
+        return None, f"watch.reference registry: {student_id}'s profile is unreadable ({exc})"
+
+
+def served_student(fleet: Fleet) -> str | None:
+    """The registry id the gateways that answer serve as the student (the first named)."""
+    ids = [t.student_id for t in fleet.read_reachable().values() if t.student_id]
+    return ids[0] if ids else None

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gateway.validation import StrictModel
+
+DAY_SECONDS = 86_400.0
 
 
 class WatchPolicy(StrictModel):
@@ -15,8 +17,8 @@ class WatchPolicy(StrictModel):
     """How often the watch looks."""
     window_seconds: float = Field(default=3600.0, gt=0)
     """A window with no breach ends after this long and a new one starts (old traffic must not
-    dilute a new shift); a breach ends its window too. Each window spends the policy's alpha
-    once, over all its looks."""
+    dilute a new shift); a breach ends its window too. Each window spends its alpha once, over
+    all its looks (``false_alarms_per_day``)."""
     recent_seconds: float = Field(default=300.0, ge=0)
     """Each look also judges the window's last this many seconds (at half the look's alpha, the
     whole window the other half): a shift late in a long window is found within about this long
@@ -44,6 +46,43 @@ class WatchPolicy(StrictModel):
     """Gates of the policy's ``gates:`` kind, judged on the window as at a step (``min_agreement``
     and ``max_kl`` on the shadow sample, ``max_accuracy_drop`` from labels, ``max_latency_ms``,
     ``max_error_rate``); none by default. Checked like ``gates:`` (the policy validates them)."""
+    false_alarms_per_day: float | None = Field(default=None, gt=0, le=24)
+    """The error budget across windows: the expected false alarms a day when nothing drifts
+    (a bound). Each window spends ``false_alarms_per_day x window_seconds / 86,400`` over its
+    looks, the drift checks half and ``gates`` half (all of it without gates): the windows
+    restart, each a new test, so the expectations add up over a day's windows. None: every
+    window spends the policy's alpha (``1 - confidence``) for the drift checks and as much for
+    the gates, i.e. at most 2 alpha x 86,400 / ``window_seconds`` a day (2.4 at 0.05, hourly).
+    Must leave each window's alpha under 0.5."""
+    shadow_sample_rate: float | None = Field(default=0.01, ge=0, le=1)
+    """The model's shadow sample rate the watch sets on every gateway at its start (``PUT
+    /admin/models/{model}/shadow``): the share of the student's answers also sent to the
+    teacher, for ``gates``' agreement and KL. Each gateway's configured rate is put back when
+    the watch ends (``controller.shadow_rate``). None: left as configured."""
+    reference: Literal["production", "registry"] = "production"
+    """production: the rollout's last step (``run``), or ``distill-canary watch --reference``,
+    or recorded from the first ``reference_seconds``; registry: the profile of the training
+    split ``distill-models profile`` stored in the served student's registry entry (falling
+    back to production, said in each look's reason, when the entry has none)."""
     on_breach: Literal["rollback", "alert"] = "alert"
     """rollback: share 0 on every gateway, reason "drift: ...", and the watch ends; alert: a
     ``watch_alert`` event to the policy's ``notify`` receivers, and a new window."""
+
+    @model_validator(mode="after")
+    def _budget_fits_a_window(self) -> WatchPolicy:
+        if self.false_alarms_per_day is not None:
+            per_window = self.false_alarms_per_day * self.window_seconds / DAY_SECONDS
+            if per_window >= 0.5:
+                raise ValueError(
+                    f"false_alarms_per_day {self.false_alarms_per_day:g} gives each "
+                    f"{self.window_seconds:g} s window an alpha of {per_window:.3g}; under 0.5 "
+                    "needed (a smaller budget, or shorter windows)"
+                )
+        return self
+
+    def window_alphas(self, confidence: float) -> tuple[float, float]:
+        """The alpha each window spends on the drift checks, and on ``gates``."""
+        if self.false_alarms_per_day is None:
+            return 1.0 - confidence, 1.0 - confidence
+        per_window = self.false_alarms_per_day * self.window_seconds / DAY_SECONDS
+        return (per_window / 2, per_window / 2) if self.gates else (per_window, 0.0)

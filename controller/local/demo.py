@@ -1,11 +1,14 @@
 """`make demo`: the whole story on the embedded default, on one machine.
 
-Part 1 replays the saved test split through a real gateway with tritonclient at fixed student
-shares and shows, per backend, what the gateway measured. Part 2 runs two canary rollouts with the
-real `distill-canary` CLI while a traffic generator replays the split and posts labels: the shipped
-student is promoted 5 -> 25 -> 100 %; a deliberately bad one is rolled back at the first step.
-``--pair text`` tells the same story on the text pair (models/text/: two INT64 inputs of any
-length): its gateway config, its test split, its student and its bad student.
+One gateway serves both shipped pairs: ``digits`` (an MLP on 64 features) and ``text`` (a
+BERT-shaped encoder taking two INT64 inputs of any length, models/text/). Part 1 replays each
+pair's saved test split through it with tritonclient at fixed student shares and shows, per
+backend, what the gateway measured. Part 2 runs two canary rollouts at the same time, one per
+model, with the real `distill-canary` CLI while traffic generators replay the splits and post
+labels: the shipped digits student is promoted 5 -> 25 -> 100 % while a deliberately bad text
+student is rolled back at its first step, neither touching the other's share.
+``--pair digits`` or ``--pair text`` tells the older story on one pair alone: its good student
+promoted, then its bad one rolled back.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from models.text import (
 BAD_STUDENT_PATH = MODELS_DIR / "student_bad.onnx"
 DEMO_POLICY = Path(__file__).parents[1] / "policies" / "demo.yaml"
 PairName = Literal["digits", "text"]
+DemoPairs = Literal["both", "digits", "text"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,15 @@ class BackendRow:
     cost_per_1k: float
 
 
-def backend_row(window: promtext.Snapshot, share: float, backend: str) -> BackendRow:
-    requests = promtext.select(window, "gateway_requests_total", backend=backend, code="200")
-    labelled = promtext.select(window, "gateway_feedback_total", backend=backend)
-    correct = promtext.select(window, "gateway_feedback_correct_total", backend=backend)
-    latency = promtext.buckets(window, "gateway_request_duration_seconds", backend=backend)
-    cost = promtext.select(window, "gateway_inference_cost_dollars_total", backend=backend)
+def backend_row(
+    window: promtext.Snapshot, share: float, backend: str, model: str = "digits"
+) -> BackendRow:
+    ours = {"backend": backend, "model": model}
+    requests = promtext.select(window, "gateway_requests_total", code="200", **ours)
+    labelled = promtext.select(window, "gateway_feedback_total", **ours)
+    correct = promtext.select(window, "gateway_feedback_correct_total", **ours)
+    latency = promtext.buckets(window, "gateway_request_duration_seconds", **ours)
+    cost = promtext.select(window, "gateway_inference_cost_dollars_total", **ours)
     return BackendRow(
         share=share,
         backend=backend,
@@ -133,17 +140,18 @@ def replay_at_fixed_shares(
                    "p99 ms", "$ per 1k req"):  # fmt: skip
         table.add_column(column, justify="right")
     generator = traffic_for(gateway, chosen)
+    model = chosen.model
     for share in SHARES:
-        gateway.set_share(share)
+        gateway.set_share(share, model)
         before = promtext.parse(httpx.get(f"{gateway.url}/metrics").text)
         report = generator.run(requests=requests, workers=2)
         after = promtext.parse(httpx.get(f"{gateway.url}/metrics").text)
         window = promtext.increase(after, before)
-        compared = promtext.select(window, "gateway_shadow_comparisons_total")
-        agreed = promtext.select(window, "gateway_shadow_agreements_total")
+        compared = promtext.select(window, "gateway_shadow_comparisons_total", model=model)
+        agreed = promtext.select(window, "gateway_shadow_agreements_total", model=model)
         agreement = f"{agreed / compared:.3f} of {compared:.0f}" if compared else "-"
         for backend in ("teacher", "student"):
-            row = backend_row(window, share, backend)
+            row = backend_row(window, share, backend, model)
             if not row.requests:
                 continue
             table.add_row(
@@ -164,6 +172,24 @@ class RolloutOutcome:
     seconds: float
     final_share: float
     last_line: str
+    started_at: float = 0.0  # time.monotonic() when its controller started
+
+
+def run_controller(command: list[str], token: str, prefix: str = "") -> tuple[int, str]:
+    """``distill-canary`` with the gateways' token, its lines printed as they come (after
+    ``prefix``, the model, when two run at once); its exit code and last line."""
+    console.print(f"{prefix}$ distill-canary " + " ".join(command[1:]), highlight=False,
+                  soft_wrap=True, markup=False)  # fmt: skip
+    last_line = ""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "DISTILL_GATEWAY_ADMIN_TOKEN": token},
+    ) as controller:  # fmt: skip
+        assert controller.stdout is not None
+        for line in controller.stdout:
+            console.print(prefix + line.rstrip(), highlight=False, soft_wrap=True, markup=False)
+            last_line = line.strip() or last_line
+    return controller.returncode, last_line
 
 
 def gateway_config(student: Path, chosen: Pair | None = None) -> dict[str, object]:
@@ -193,25 +219,16 @@ def canary_scenario(
         str(BIN / "distill-canary"), "run", "--gateway", gateway.url,
         "--policy", str(policy), "--state", str(work_dir / f"{student.stem}.db"),
     ]  # fmt: skip
-    console.print("$ distill-canary " + " ".join(command[1:]), highlight=False)
     started = time.monotonic()
-    last_line = ""
     try:
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "DISTILL_GATEWAY_ADMIN_TOKEN": token},
-        ) as controller:  # fmt: skip
-            assert controller.stdout is not None
-            for line in controller.stdout:
-                console.print(line.rstrip(), highlight=False, soft_wrap=True)
-                last_line = line.strip() or last_line
-        final_share = float(httpx.get(f"{gateway.url}/admin/traffic").json()["student_share"])
+        exit_code, last_line = run_controller(command, token)
+        final_share = gateway.share(chosen.model if chosen else "digits")
     finally:
         stop.set()
         traffic.join()
         gateway.stop()
     return RolloutOutcome(
-        name, student.name, controller.returncode, time.monotonic() - started, final_share,
+        name, student.name, exit_code, time.monotonic() - started, final_share,
         last_line,
     )  # fmt: skip
 
@@ -228,14 +245,78 @@ def summary(outcomes: list[RolloutOutcome]) -> None:
     console.print(table)
 
 
+def model_entry(chosen: Pair, student: Path | None = None) -> dict[str, Any]:
+    """The pair as an entry of a gateway's ``models:`` list (its student replaced if given)."""
+    config = {key: value for key, value in chosen.config.items() if key != "model"}
+    if student is not None:
+        config["student"] = {**config["student"], "path": str(student)}
+    return {"name": chosen.model, **config}
+
+
+def both_pairs_config(digits_student: Path, text_student: Path) -> dict[str, Any]:
+    return {"shadow": {"sample_rate": 0.25},
+            "models": [model_entry(pair("digits"), digits_student),
+                       model_entry(pair("text"), text_student)]}  # fmt: skip
+
+
+def rollouts_at_once(
+    work_dir: Path, token: str, policy: Path, protocol: str
+) -> list[RolloutOutcome]:
+    """Part 2 on one gateway of both pairs: the good digits student and the bad text student,
+    each rolled out by its own controller (``--model``), at the same time."""
+    console.rule("[bold]Part 2: two rollouts at once on one gateway: a good digits student and "
+                 "a bad text student")  # fmt: skip
+    digits, text = pair("digits"), pair("text")
+    plan = [(digits, digits.student, "a good student is promoted"),
+            (text, text.bad_student, "a bad student is rolled back")]  # fmt: skip
+    gateway = GatewayProcess(work_dir, both_pairs_config(digits.student, text.bad_student),
+                             admin_token=token, grpc=protocol == "grpc").start()  # fmt: skip
+    stop = threading.Event()
+    traffic = [threading.Thread(target=lambda c=chosen: traffic_for(gateway, c).run(
+        stop=stop, workers=2), daemon=True) for chosen, _, _ in plan]  # fmt: skip
+    for thread in traffic:
+        thread.start()
+    outcomes: list[RolloutOutcome | None] = [None, None]
+
+    def roll_out(index: int, chosen: Pair, student: Path, scenario: str) -> None:
+        command = [
+            str(BIN / "distill-canary"), "run", "--gateway", gateway.url, "--model", chosen.model,
+            "--policy", str(policy_for(chosen, policy, work_dir)),
+            "--state", str(work_dir / "rollouts.db"),
+        ]  # fmt: skip
+        started = time.monotonic()
+        exit_code, last_line = run_controller(command, token, f"[{chosen.model}] ")
+        outcomes[index] = RolloutOutcome(
+            f"{chosen.model}: {scenario}", student.name, exit_code,
+            time.monotonic() - started, gateway.share(chosen.model), last_line,
+            started)  # fmt: skip
+
+    try:
+        controllers = [threading.Thread(target=roll_out, args=(index, *each))
+                       for index, each in enumerate(plan)]  # fmt: skip
+        for thread in controllers:
+            thread.start()
+        for thread in controllers:
+            thread.join()
+    finally:
+        stop.set()
+        for thread in traffic:
+            thread.join()
+        gateway.stop()
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
 def run_demo(
     policy: Path = DEMO_POLICY,
     protocol: str = "http",
     requests_per_share: int = REQUESTS_PER_SHARE,
-    pair_name: PairName = "digits",
+    pair_name: DemoPairs = "both",
 ) -> list[RolloutOutcome]:
     """Part 1, then the two rollouts of part 2, then the summary table; the traffic goes over
-    ``protocol`` (http or grpc), on the ``pair_name`` pair."""
+    ``protocol`` (http or grpc), on both pairs at once (``both``) or on the ``pair_name`` pair
+    alone."""
+    if pair_name == "both":
+        return run_both(policy, protocol, requests_per_share)
     token = secrets.token_urlsafe(16)
     chosen = pair(pair_name)
     with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
@@ -260,16 +341,42 @@ def run_demo(
     return outcomes
 
 
+def run_both(policy: Path, protocol: str, requests_per_share: int) -> list[RolloutOutcome]:
+    token = secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory(prefix="distill-demo-") as tmp:
+        work_dir = Path(tmp)
+        digits, text = pair("digits"), pair("text")
+        gateway = GatewayProcess(work_dir, both_pairs_config(digits.student, text.student),
+                                 admin_token=token, grpc=protocol == "grpc")  # fmt: skip
+        console.print("starting one gateway on both shipped pairs (digits, text) ...")
+        gateway.start()
+        try:
+            served = httpx.get(f"{gateway.url}/v2/models").json()["models"]
+            console.print(f"gateway ready at {gateway.url}, serving "
+                          + ", ".join(model["name"] for model in served))  # fmt: skip
+            for chosen in (digits, text):
+                replay_at_fixed_shares(gateway, requests_per_share, chosen)
+        finally:
+            gateway.stop()
+        outcomes = rollouts_at_once(work_dir, token, policy, protocol)
+    summary(outcomes)
+    return outcomes
+
+
 def demo(
     protocol: Annotated[
         Protocol, typer.Option(help="How the traffic reaches the gateway: http or grpc.")
     ] = "http",
     pair_name: Annotated[
-        PairName,
-        typer.Option("--pair", help="The shipped pair: digits (an MLP) or text (a transformer)."),
-    ] = "digits",
+        DemoPairs,
+        typer.Option(
+            "--pair",
+            help="both: the two shipped pairs on one gateway, rolled out at "
+            "once; or one: digits (an MLP) or text (a transformer).",
+        ),
+    ] = "both",
 ) -> None:
-    """The end-to-end demo: the split at fixed shares, then a good student promoted and a bad
+    """The end-to-end demo: the splits at fixed shares, then a good student promoted and a bad
     one rolled back by the real controller."""
     outcomes = run_demo(protocol=protocol, pair_name=pair_name)
     expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]

@@ -20,6 +20,8 @@ from typing import Any, Self
 import httpx
 import yaml
 
+from controller.gateway_paths import traffic_path
+
 BIN = Path(sys.executable).parent
 
 
@@ -175,15 +177,24 @@ class GatewayProcess(ManagedProcess):
     def is_ready(self) -> bool:
         return httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200
 
-    def set_share(self, share: float) -> dict[str, Any]:
+    def set_share(self, share: float, model: str | None = None) -> dict[str, Any]:
+        """The student share of ``model`` (None: of the one model this gateway serves)."""
         response = httpx.put(
-            f"{self.url}/admin/traffic",
+            self._traffic_url(model),
             json={"student_share": share},
             headers={"Authorization": f"Bearer {self.admin_token}"},
         )
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+    def share(self, model: str | None = None) -> float:
+        response = httpx.get(self._traffic_url(model))
+        response.raise_for_status()
+        return float(response.json()["student_share"])
+
+    def _traffic_url(self, model: str | None) -> str:
+        return self.url + (traffic_path(model) if model else "/admin/traffic")
 
     def metrics_text(self) -> str:
         return httpx.get(f"{self.url}/metrics").text

@@ -5,6 +5,7 @@
 - ``threshold``: Flagger's way: each interval, the point value of every gate over that interval
   alone is compared with its threshold; no data is a failed check (Flagger's "no values found");
   the second failed check in a step rolls back; the step passes once baked with a passing check.
+  At a dark launch it checks the gates shadow traffic can answer, as the controller does.
 - ``mann_whitney``: Kayenta's way: the student's and the teacher's latency series (one value per
   interval: the policy's latency quantile of that interval's histogram) compared with a one-sided
   Mann-Whitney U test at the policy's confidence; a significant "student higher" fails the
@@ -23,10 +24,10 @@ from scipy.stats import mannwhitneyu
 
 from controller import analysis, machine
 from controller.decisions import judge
-from controller.policy import Policy
+from controller.policy import LIVE_ONLY_GATES, Policy
 from controller.promtext import histogram_quantile
+from controller.rollout_store import Phase
 from controller.simulation.traffic import RunTraffic
-from controller.state import Phase
 
 Outcome = Literal["promoted", "rolled_back", "inconclusive"]
 FLAGGER_FAILED_CHECKS = 2  # "fail on two breaches"
@@ -60,12 +61,13 @@ class ControllerJudge:
     def analyse(self, traffic: RunTraffic, intervals: int) -> Decision | None:
         step = traffic.window(0, intervals)
         elapsed = intervals * traffic.interval_seconds
-        if self.enough_at is None and step.student.requests >= self.policy.min_requests:
+        volume = traffic.volume(intervals)
+        if self.enough_at is None and volume >= self.policy.min_requests:
             self.enough_at = elapsed
         # The rollout's window is the step's (the simulated step is the rollout's first), with the
         # teacher's earlier latency at the last step.
         rollout = traffic.rollout_window(intervals)
-        results = analysis.assess(step, rollout, self.policy, dark_launch=False)
+        results = analysis.assess(step, rollout, self.policy, dark_launch=traffic.dark_launch)
         judgement = judge(results, elapsed, self.failures, self.policy, is_last_step=False,
                           paused=False)  # fmt: skip
         self.failures = judgement.consecutive_failures
@@ -74,8 +76,8 @@ class ControllerJudge:
             if isinstance(effect, machine.RollBack):
                 outcome: Outcome = ("inconclusive" if effect.cause == "inconclusive_timeout"
                                     else "rolled_back")  # fmt: skip
-                return Decision(outcome, elapsed, step.student.requests, self.enough_at)
-            return Decision("promoted", elapsed, step.student.requests, self.enough_at)
+                return Decision(outcome, elapsed, volume, self.enough_at)
+            return Decision("promoted", elapsed, volume, self.enough_at)
         return None
 
 
@@ -89,9 +91,12 @@ class ThresholdJudge:
     def analyse(self, traffic: RunTraffic, intervals: int) -> Decision | None:
         elapsed = intervals * traffic.interval_seconds
         last = traffic.window(intervals - 1, intervals)
-        samples = traffic.window(0, intervals).student.requests
+        samples = traffic.volume(intervals)
+        # At a dark launch, the gates shadow traffic can answer (as the controller does).
+        gates = {gate: threshold for gate, threshold in self.policy.gates.configured().items()
+                 if not (traffic.dark_launch and gate in LIVE_ONLY_GATES)}  # fmt: skip
         if not all(_point_check(gate, threshold, last, self.policy)
-                   for gate, threshold in self.policy.gates.configured().items()):  # fmt: skip
+                   for gate, threshold in gates.items()):  # fmt: skip
             self.failed_checks += 1
             if self.failed_checks >= FLAGGER_FAILED_CHECKS:
                 return Decision("rolled_back", elapsed, samples, None)
@@ -145,7 +150,7 @@ class MannWhitneyJudge:
             value = histogram_quantile(q, window.latency)
             if not math.isnan(value):
                 series.append(value)
-        samples = traffic.window(0, intervals).student.requests
+        samples = traffic.volume(intervals)
         if len(self.student_series) >= 3 and len(self.teacher_series) >= 3:
             test = mannwhitneyu(self.student_series, self.teacher_series, alternative="greater")
             if test.pvalue < 1.0 - self.policy.confidence:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.simulation.runner import Summary
+from controller.simulation.scenarios import dark_launch_scenarios
 
 
 def _percent(value: float | None) -> str:
@@ -46,8 +47,9 @@ README_SCENARIOS = ("good", "good, 1 point worse", "3 points worse", "10 points 
                     "p99 2x, noisy teacher", "p99 7x, noisy teacher", "1 % errors",
                     "good, 10 % labelled", "3 points worse, 10 % labelled", "good, traffic gap",
                     "good, slow traffic (6 req/s)", "good, last step (100 %)",
-                    "p99 2x, last step (100 %)")  # fmt: skip
-"""The rows README.md shows, at each share; the JSON has every scenario."""
+                    "p99 2x, last step (100 %)",
+                    *(s.name for s in dark_launch_scenarios()))  # fmt: skip
+"""The rows docs/simulation.md shows, at each share; the JSON has every scenario."""
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

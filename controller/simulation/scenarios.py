@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from controller.policy import LIVE_ONLY_GATES
+
 Expected = Literal["promote", "rollback"]
 STALL_SHAPE = 1.5
 """A stall's Pareto shape: a finite mean, an infinite variance."""
@@ -27,7 +29,7 @@ class Scenario:
     name: str
     expected: Expected
     share: float = 0.05
-    """The student's share of live traffic at the simulated step."""
+    """The student's share of live traffic at the simulated step; 0 is a dark launch."""
     requests_per_second: float = REALISTIC_RPS
     """Requests over the whole fleet."""
     teacher_accuracy: float = 0.97
@@ -138,6 +140,28 @@ def last_step_scenarios() -> list[Scenario]:
                           p99_ratio=2.0)]  # fmt: skip
 
 
+DARK_LAUNCH = " (dark launch)"
+
+
+def dark_launch_scenarios() -> list[Scenario]:
+    """A leading step at share 0: the student serves no one and answers the shadow calls the
+    gateways mirror to it (``shadow_rate`` of the teacher's traffic), so only the gates shadow
+    traffic can answer decide (agreement, KL, latency); error rate, accuracy and cost are
+    skipped. A student 3 points worse agrees with its teacher 97 % of the time, exactly
+    production's ``min_agreement``: the dark launch sees its accuracy only through agreement."""
+    base = [
+        _good("good"),
+        _bad("3 points worse", accuracy_drop=0.03, agreement=0.97),
+        _bad("10 points worse", accuracy_drop=0.10, agreement=0.90),
+        _bad("agreement 0.90", agreement=0.90),
+        _bad("p99 2x", p99_ratio=2.0),
+        _bad("p99 7x", p99_ratio=7.0),
+        replace(_good("good, noisy teacher"), **NOISY_TEACHER),  # type: ignore[arg-type]
+        _bad("p99 2x, noisy teacher", p99_ratio=2.0, **NOISY_TEACHER),
+    ]
+    return [replace(s, name=s.name + DARK_LAUNCH, share=0.0) for s in base]
+
+
 def at_threshold_scenarios(
     gates: dict[str, float], shares: tuple[float, ...] = (0.05, 0.25)
 ) -> list[Scenario]:
@@ -169,6 +193,8 @@ def simulated_scenarios(
     gates: dict[str, float], shares: tuple[float, ...] = (0.05, 0.25)
 ) -> list[Scenario]:
     """What ``distill-canary simulate`` runs: the standard set, a student at each gate's
-    threshold, and the last step."""
+    threshold, the last step, and a dark launch (when every gate it sets can be judged there
+    or skipped: at least one must decide)."""
+    dark = dark_launch_scenarios() if gates.keys() - LIVE_ONLY_GATES else []
     return [*standard_scenarios(shares), *at_threshold_scenarios(gates, shares),
-            *last_step_scenarios()]  # fmt: skip
+            *last_step_scenarios(), *dark]  # fmt: skip

@@ -15,7 +15,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-from controller.analysis import BackendWindow, PairedLabels, WindowMetrics
+from controller.analysis import BackendWindow, WindowMetrics
+from controller.labels import PairedLabels
 from controller.simulation.scenarios import STALL_SHAPE, Scenario
 from gateway.metrics import KL_BUCKETS, LATENCY_BUCKETS
 
@@ -76,6 +77,13 @@ class RunTraffic:
     paired: np.ndarray  # [intervals, 4]: labelled examples both answered, by PairedLabels field
     earlier_teacher_latency: np.ndarray | None = None  # [buckets]: the earlier steps' (last step)
     earlier_teacher_labels: tuple[float, float] = (0.0, 0.0)  # their labels: total, correct
+    dark_launch: bool = False  # share 0: the student answers shadow calls only
+
+    def volume(self, end: int) -> float:
+        """What ``min_requests`` counts in the first ``end`` intervals: student requests, or
+        shadow comparisons at a dark launch."""
+        step = self.window(0, end)
+        return step.comparisons if self.dark_launch else step.student.requests
 
     @property
     def intervals(self) -> int:
@@ -144,7 +152,9 @@ def _cumulative(bounds: tuple[float, ...], counts: np.ndarray) -> list[tuple[flo
 
 def draw(scenario: Scenario, intervals: int, interval_seconds: float,
          rng: np.random.Generator) -> RunTraffic:  # fmt: skip
-    """One run's traffic for ``intervals`` analysis intervals at the scenario's share."""
+    """One run's traffic for ``intervals`` analysis intervals at the scenario's share. At share 0
+    (a dark launch) every request is the teacher's and the gateways mirror ``shadow_rate`` of
+    them to the student: its only calls, timed, compared and (when labelled) paired."""
     s = scenario
     expected = np.full(intervals, s.requests_per_second * interval_seconds)
     expected[1 : 1 + s.gap_intervals] = 0.0
@@ -208,6 +218,7 @@ def draw(scenario: Scenario, intervals: int, interval_seconds: float,
         ),
         comparisons=comparisons, agreements=agreements, kl_sum=kl_sum, kl_buckets=kl_buckets,
         paired=paired, earlier_teacher_latency=earlier, earlier_teacher_labels=earlier_labels,
+        dark_launch=s.share == 0,
     )  # fmt: skip
 
 

@@ -8,14 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller import error_rate
-from controller.analysis import (
-    BackendWindow,
-    Labels,
-    Mean,
-    PairedLabels,
-    TaskWindow,
-    WindowMetrics,
-)
+from controller.analysis import BackendWindow, Mean, TaskWindow, WindowMetrics
+from controller.cascade_window import cascade_window
+from controller.labels import Labels, PairedLabels
 from controller.promtext import Snapshot, buckets, select
 from gateway import metric_names as names
 
@@ -107,7 +102,7 @@ def window_metrics(increase: Snapshot, model: str) -> WindowMetrics:
         kl_count=select(increase, f"{names.SHADOW_KL}_count", model=model),
         kl_buckets=buckets(increase, names.SHADOW_KL, model=model),
         task=task_window(increase, model),
-        cascade_requests=select(increase, names.CASCADE_REQUESTS, model=model),
+        cascade=cascade_window(increase, model),
     )
 
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from controller.state import Phase, RolloutState
+from controller.rollout_store import Phase, RolloutState
 from models import registry
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
 """Every rollout's persisted state, the controller's lease and the operators' commands, in one
 SQLite file.
 
-SQLite gives atomic writes, so two processes can share the file safely: the controller that holds
-the lease is the only one that acts on the rollout, and ``pause``/``resume``/``promote``/``abort``
+SQLite gives atomic writes, so two processes can share the file safely: each model has a lease of
+its own (``leases``), so controllers of two models' rollouts run at once on one file while a second
+controller of the same model is refused; the one that holds a model's lease is the only one that
+acts on that model's rollout, and ``pause``/``resume``/``promote``/``abort``
 from another process reach it as rows in ``commands``, which it acknowledges with what it did.
 Every rollout is kept (``rollouts``, one row each), so a new rollout never erases an old one.
 """
@@ -26,6 +28,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STATE_FILE_MODE = 0o600  # access to the state file is what authorises operators' commands
+DEFAULT_MODEL = "digits"
+"""The model of a rollout whose policy names none (``Policy.model``'s default)."""
 HISTORY_IN_MEMORY = 500
 """Decisions a running controller keeps in ``RolloutState.history`` after a save; the file keeps
 them all (``decisions``: appended, never rewritten), and ``load`` reads them all back."""
@@ -140,6 +144,11 @@ class RolloutState:
     waiting: dict[str, Any] | None = None
     approved: list[str] = field(default_factory=list)  # manual gates released for that wait
 
+    @property
+    def model(self) -> str:
+        """The logical model this rollout moves the share of (its policy's ``model``)."""
+        return str(self.policy.get("model", DEFAULT_MODEL))
+
     def to_json(self) -> str:
         """Everything but the decisions, which the file keeps a row each (``decisions``): a tick
         rewrites this small record, never the history it has added to."""
@@ -220,8 +229,8 @@ def _gone_from_this_host(holder: str) -> bool:
 
 _SCHEMA = (
     "create table if not exists rollouts (id integer primary key autoincrement,"
-    " state text not null, updated_at real not null)",
-    "create table if not exists lease (id integer primary key check (id = 1),"
+    " state text not null, updated_at real not null, model text)",
+    "create table if not exists leases (model text primary key,"
     " holder text not null, expires_at real not null, heartbeat_at real not null)",
     "create table if not exists commands (id integer primary key autoincrement,"
     " rollout_id integer not null, command text not null, sender text not null,"
@@ -229,6 +238,9 @@ _SCHEMA = (
     " taken_at real, acted integer, outcome text)",
     "create table if not exists decisions (rollout_id integer not null, seq integer not null,"
     " record text not null, primary key (rollout_id, seq))",
+    # the post-promotion watch's window, per model: a restarted watch keeps it
+    "create table if not exists watch_windows (model text primary key, rollout_id integer,"
+    " state text not null, saved_at real not null)",
 )
 
 
@@ -238,6 +250,70 @@ def _migrate_single_rollout_table(db: sqlite3.Connection) -> None:
     if "rollout" in tables:
         db.execute("insert into rollouts (state, updated_at) select state, updated_at from rollout")
         db.execute("drop table rollout")
+
+
+_LEGACY_LEASE = "lease"
+"""Earlier versions' table: one lease (id = 1) for the whole file, whatever the model."""
+
+
+def _model_of(record: str) -> str:
+    """A rollout record's model (json.loads, not SQLite's JSON: a record may hold a NaN)."""
+    return str(json.loads(record).get("policy", {}).get("model", DEFAULT_MODEL))
+
+
+def _has_model_column(db: sqlite3.Connection) -> bool:
+    return any(row[1] == "model" for row in db.execute("pragma table_info(rollouts)"))
+
+
+def _migrate_rollout_models(db: sqlite3.Connection) -> None:
+    """Earlier versions' rollouts have no ``model`` column: it is filled from each record."""
+    if not _has_model_column(db):
+        db.execute("alter table rollouts add column model text")
+    rows = db.execute("select id, state from rollouts where model is null").fetchall()
+    db.executemany("update rollouts set model = ? where id = ?",
+                   [(_model_of(state), rollout_id) for rollout_id, state in rows])  # fmt: skip
+
+
+def _rollout_models(db: sqlite3.Connection) -> list[tuple[int, str]]:
+    """Every rollout's id and model, oldest first; in a file an earlier version made (read
+    only, not migrated) each model is read from its record."""
+    if _has_model_column(db):  # a row an earlier version added since has none: its record's
+        rows = db.execute("select id, model, state from rollouts order by id").fetchall()
+        return [(i, str(m) if m is not None else _model_of(state)) for i, m, state in rows]
+    rows = db.execute("select id, state from rollouts order by id").fetchall()
+    return [(rollout_id, _model_of(state)) for rollout_id, state in rows]
+
+
+def _latest_model(db: sqlite3.Connection) -> str:
+    models = _rollout_models(db)
+    return models[-1][1] if models else DEFAULT_MODEL
+
+
+LEGACY_HOLDER = "a controller of a newer version (leases per model): upgrade this one"
+"""Who the earlier versions' one lease names once the file migrated: a holder that never lets it
+go, so a controller of an earlier version refuses to start (LeaseHeld) or, already running,
+finds its lease lost at its next heartbeat, and never acts beside one of this version."""
+
+
+def _migrate_single_lease(db: sqlite3.Connection) -> None:
+    """An earlier version's one lease becomes the lease of its latest rollout's model (the only
+    model it could have been running), so a live controller of that version keeps its rollout
+    until the lease lapses; the old table then holds ``LEGACY_HOLDER`` for good (in a new file
+    too)."""
+    # a file this version made has the old table too, held: an earlier version opening it
+    # would otherwise make its own and take it beside this version's leases
+    db.execute(f"create table if not exists {_LEGACY_LEASE} (id integer primary key check "
+               "(id = 1), holder text not null, expires_at real not null, heartbeat_at real "
+               "not null)")  # fmt: skip
+    row = db.execute(f"select holder, expires_at, heartbeat_at from {_LEGACY_LEASE}").fetchone()
+    if row is not None and row[0] == LEGACY_HOLDER:
+        return  # migrated already
+    if row is not None:
+        db.execute("insert or ignore into leases (model, holder, expires_at, heartbeat_at) "
+                   "values (?, ?, ?, ?)", (_latest_model(db), *row))  # fmt: skip
+    db.execute(f"delete from {_LEGACY_LEASE}")
+    db.execute(f"insert into {_LEGACY_LEASE} (id, holder, expires_at, heartbeat_at) "
+               "values (1, ?, 1e18, 0)", (LEGACY_HOLDER,))  # fmt: skip
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -256,7 +332,20 @@ def _append_decisions(db: sqlite3.Connection, state: RolloutState) -> None:
                     for i, record in enumerate(new)])  # fmt: skip
 
 
-class StateStore:
+def _lease_row(db: sqlite3.Connection, model: str) -> Lease | None:
+    """``model``'s lease; in a file an earlier version made (read only, not yet migrated), its one
+    lease stands for its latest rollout's model."""
+    if _has_table(db, "leases"):
+        row = db.execute("select holder, expires_at, heartbeat_at from leases where model = ?",
+                         (model,)).fetchone()  # fmt: skip
+    elif _has_table(db, _LEGACY_LEASE) and _latest_model(db) == model:
+        row = db.execute(f"select holder, expires_at, heartbeat_at from {_LEGACY_LEASE}").fetchone()
+    else:
+        row = None
+    return Lease(*row) if row else None
+
+
+class RolloutStore:
     """Open with ``create`` (the controller) or ``open_existing`` (every other command)."""
 
     def __init__(self, path: Path, read_only: bool) -> None:
@@ -264,7 +353,7 @@ class StateStore:
         self._read_only = read_only
 
     @classmethod
-    def create(cls, path: Path) -> StateStore:
+    def create(cls, path: Path) -> RolloutStore:
         """Opens the state file for a controller, creating it (mode 0600) when missing."""
         if path.is_dir():
             raise StateError(f"state file {path} is a directory")
@@ -277,10 +366,12 @@ class StateStore:
             for statement in _SCHEMA:
                 db.execute(statement)
             _migrate_single_rollout_table(db)
+            _migrate_rollout_models(db)
+            _migrate_single_lease(db)
         return store
 
     @classmethod
-    def open_existing(cls, path: Path, read_only: bool = True) -> StateStore:
+    def open_existing(cls, path: Path, read_only: bool = True) -> RolloutStore:
         """Opens a state file a controller made; never creates or changes its tables."""
         if not path.exists():
             raise StateError(f"no state file at {path}")
@@ -325,10 +416,14 @@ class StateStore:
 
     # -- rollouts ------------------------------------------------------------------------------
 
-    def load(self, rollout_id: int | None = None) -> RolloutState | None:
-        """A rollout by id; the latest when ``rollout_id`` is None."""
+    def load(self, rollout_id: int | None = None, model: str | None = None) -> RolloutState | None:
+        """A rollout by id; else the latest of ``model``; else the latest of any model."""
         with self._connect() as db:
-            if rollout_id is None:
+            if rollout_id is None and model is not None:
+                ids = [i for i, each in _rollout_models(db) if each == model]
+                row = db.execute("select id, state from rollouts where id = ?",
+                                 (ids[-1] if ids else None,)).fetchone()  # fmt: skip
+            elif rollout_id is None:
                 row = db.execute("select id, state from rollouts order by id desc").fetchone()
             else:
                 row = db.execute(
@@ -349,13 +444,18 @@ class StateStore:
         with self._connect() as db:
             return [row[0] for row in db.execute("select id from rollouts order by id")]
 
+    def models(self) -> list[str]:
+        """The models with a rollout in this file, by name."""
+        with self._connect() as db:
+            return sorted({model for _, model in _rollout_models(db)})
+
     def add(self, state: RolloutState, holder: str) -> RolloutState:
         """Records a new rollout (the lease holder only); its id is set on ``state``."""
         with self._connect(immediate=True) as db:
-            self._check_holder(db, holder)
+            self._check_holder(db, holder, state.model)
             cursor = db.execute(
-                "insert into rollouts (state, updated_at) values (?, ?)",
-                (state.to_json(), time.time()),
+                "insert into rollouts (state, updated_at, model) values (?, ?, ?)",
+                (state.to_json(), time.time(), state.model),
             )
             assert cursor.lastrowid is not None
             state.rollout_id = cursor.lastrowid
@@ -370,7 +470,7 @@ class StateStore:
         small record, and the decisions added since the last save (appended). Then ``state``
         keeps only the latest ``HISTORY_IN_MEMORY`` decisions in memory."""
         with self._connect(immediate=True) as db:
-            self._check_holder(db, holder)
+            self._check_holder(db, holder, state.model)
             db.execute(
                 "update rollouts set state = ?, updated_at = ? where id = ?",
                 (state.to_json(), time.time(), state.rollout_id),
@@ -381,52 +481,85 @@ class StateStore:
             del state.history[:dropped]
             state.history_offset += dropped
 
-    # -- the lease -----------------------------------------------------------------------------
+    # -- the post-promotion watch's window (controller.watch) -----------------------------
 
-    def lease(self) -> Lease | None:
-        with self._connect() as db:
-            row = db.execute("select holder, expires_at, heartbeat_at from lease").fetchone()
-        return Lease(*row) if row else None
-
-    def acquire(self, holder: str, ttl: float, now: float) -> Lease | None:
-        """Takes the lease; returns the previous holder's lease when it had lapsed (a takeover),
-        None when there was none; raises ``LeaseHeld`` while another live holder has it."""
+    def save_watch_window(self, model: str, rollout_id: int, window: dict[str, Any],
+                          holder: str) -> None:  # fmt: skip
+        """The watch's window of ``model`` (its JSON: ``controller.watch.WatchWindow``), only
+        while ``holder`` holds the model's lease (else ``LeaseLost``)."""
         with self._connect(immediate=True) as db:
-            row = db.execute("select holder, expires_at, heartbeat_at from lease").fetchone()
-            previous = Lease(*row) if row else None
+            self._check_holder(db, holder, model)
+            db.execute(
+                "insert into watch_windows (model, rollout_id, state, saved_at) "
+                "values (?, ?, ?, ?) on conflict (model) do update set "
+                "rollout_id = excluded.rollout_id, state = excluded.state, "
+                "saved_at = excluded.saved_at",
+                (model, rollout_id, json.dumps(window), time.time()),
+            )
+
+    def watch_window(self, model: str, rollout_id: int) -> dict[str, Any] | None:
+        """The window a watch of ``model`` last saved for rollout ``rollout_id``; None when
+        there is none (or it was another rollout's)."""
+        with self._connect() as db:
+            if not _has_table(db, "watch_windows"):
+                return None
+            row = db.execute("select rollout_id, state from watch_windows where model = ?",
+                             (model,)).fetchone()  # fmt: skip
+        if row is None or row[0] != rollout_id:
+            return None
+        window: dict[str, Any] = json.loads(row[1])
+        return window
+
+    # -- the leases, one per model ----------------------------------------------------------
+
+    def lease(self, model: str) -> Lease | None:
+        with self._connect() as db:
+            return _lease_row(db, model)
+
+    def acquire(self, holder: str, ttl: float, now: float, model: str) -> Lease | None:
+        """Takes ``model``'s lease; returns the previous holder's lease when it had lapsed (a
+        takeover), None when there was none; raises ``LeaseHeld`` while another live holder has
+        it. Other models' leases are not touched: their controllers run beside this one."""
+        with self._connect(immediate=True) as db:
+            db.execute(_SCHEMA[1])  # a file an earlier version made: its lease table moves here
+            _migrate_single_lease(db)
+            previous = _lease_row(db, model)
             if previous is not None and previous.holder != holder and previous.alive(now):
                 raise LeaseHeld(
-                    f"controller {previous.holder} holds this rollout (last heartbeat "
-                    f"{now - previous.heartbeat_at:.0f} s ago; its lease expires in "
+                    f"controller {previous.holder} holds this rollout of model {model} (last "
+                    f"heartbeat {now - previous.heartbeat_at:.0f} s ago; its lease expires in "
                     f"{previous.expires_at - now:.0f} s)"
                 )
             db.execute(
-                "insert into lease (id, holder, expires_at, heartbeat_at) values (1, ?, ?, ?) "
-                "on conflict (id) do update set holder = excluded.holder, "
+                "insert into leases (model, holder, expires_at, heartbeat_at) values (?, ?, ?, ?) "
+                "on conflict (model) do update set holder = excluded.holder, "
                 "expires_at = excluded.expires_at, heartbeat_at = excluded.heartbeat_at",
-                (holder, now + ttl, now),
+                (model, holder, now + ttl, now),
             )
         return previous
 
-    def renew(self, holder: str, ttl: float, now: float) -> None:
-        """The heartbeat; raises ``LeaseLost`` when another controller took the lease."""
+    def renew(self, holder: str, ttl: float, now: float, model: str) -> None:
+        """The heartbeat; raises ``LeaseLost`` when another controller took ``model``'s lease."""
         with self._connect(immediate=True) as db:
-            self._check_holder(db, holder)
+            self._check_holder(db, holder, model)
             db.execute(
-                "update lease set expires_at = ?, heartbeat_at = ? where holder = ?",
-                (now + ttl, now, holder),
+                "update leases set expires_at = ?, heartbeat_at = ? where model = ? and holder = ?",
+                (now + ttl, now, model, holder),
             )
 
     def release(self, holder: str) -> None:
+        """Gives back every lease ``holder`` has (a controller holds one model's)."""
         with self._connect(immediate=True) as db:
-            db.execute("delete from lease where holder = ?", (holder,))
+            if _has_table(db, "leases"):
+                db.execute("delete from leases where holder = ?", (holder,))
 
     @staticmethod
-    def _check_holder(db: sqlite3.Connection, holder: str) -> None:
-        row = db.execute("select holder from lease").fetchone()
-        if row is None or row[0] != holder:
-            taker = row[0] if row else "nobody"
-            raise LeaseLost(f"the lease is held by {taker}, not by this controller ({holder})")
+    def _check_holder(db: sqlite3.Connection, holder: str, model: str) -> None:
+        lease = _lease_row(db, model)
+        if lease is None or lease.holder != holder:
+            taker = lease.holder if lease else "nobody"
+            raise LeaseLost(f"model {model}'s lease is held by {taker}, not by this controller "
+                            f"({holder})")  # fmt: skip
 
     # -- operators' commands -------------------------------------------------------------------
 

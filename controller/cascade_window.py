@@ -1,0 +1,109 @@
+"""What the cascade's gates read of a window (``traffic.mode: cascade``): the cascade's labels by
+lane, its paired labels, its end-to-end latency and the teacher-only latency, from the gateways'
+counter increases. Apart from ``controller.analysis`` (which holds it in ``WindowMetrics``) so
+that module can import it without a cycle."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.labels import Labels, PairedLabels
+from controller.promtext import Snapshot, buckets, select
+from gateway import metric_names as names
+from gateway.metric_names import CASCADE_ESCALATION_CALLS, CASCADE_FEEDBACK_PAIRED
+
+
+@dataclass(frozen=True)
+class CascadeWindow:
+    requests: float = 0.0  # answered through the cascade, every lane
+    labels: dict[str, Labels] = field(default_factory=dict)  # escalated flag -> labels
+    # labelled rows the student answered sure of itself (lane "false") whose teacher answer is
+    # known, by PAIRED_OUTCOMES; the "failed" lane's shadow calls go to the teacher that failed
+    # it, so its rows are rarely paired, and pooling them would weight the sure ones' answers
+    paired: PairedLabels = field(default_factory=PairedLabels)
+    latency: list[tuple[float, float]] = field(default_factory=list)  # end to end, every lane
+    teacher_latency: list[tuple[float, float]] = field(default_factory=list)  # teacher-only lane
+    escalation_failures: float = 0.0  # escalations the teacher did not answer (its failures)
+
+    def labelled(self, *lanes: str) -> Labels:
+        """The labels of ``lanes`` (every lane when none is named) together."""
+        chosen = [self.labels.get(lane, Labels()) for lane in lanes or list(self.labels)]
+        return Labels(sum(x.total for x in chosen), sum(x.correct for x in chosen))
+
+
+def cascade_window(increase: Snapshot, model: str) -> CascadeWindow:
+    """A window's cascade series (empty outside cascade mode)."""
+
+    def count(name: str, **labels: str) -> float:
+        return select(increase, name, model=model, **labels)
+
+    labels = {lane: Labels(count(names.CASCADE_FEEDBACK, escalated=lane),
+                               count(names.CASCADE_FEEDBACK_CORRECT, escalated=lane))
+              for lane in names.CASCADE_ESCALATED}  # fmt: skip
+    paired = PairedLabels(*(count(CASCADE_FEEDBACK_PAIRED, escalated="false", outcome=outcome)
+                            for outcome in names.PAIRED_OUTCOMES))  # fmt: skip
+    teacher = names.TEACHER
+    calls = count(CASCADE_ESCALATION_CALLS, backend=teacher)
+    answered = count(CASCADE_ESCALATION_CALLS, backend=teacher, code="200")
+    return CascadeWindow(
+        requests=count(names.CASCADE_REQUESTS),
+        labels=labels,
+        paired=paired,
+        latency=buckets(increase, names.CASCADE_DURATION, model=model),
+        # a teacher-only request's time in the gateway: the lane the cascade's share leaves
+        teacher_latency=buckets(increase, names.REQUEST_DURATION, model=model, backend=teacher),
+        escalation_failures=calls - answered,
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaThreshold:
+    """One gateway's cascade threshold: each replica chooses its own from its own shadowed
+    traffic (``gateway.thresholds``), with its own bound (NaN before its first choice)."""
+
+    threshold: float
+    source: str  # fixed, chosen, no_evidence
+    bound: float
+
+
+@dataclass(frozen=True)
+class FleetThresholds:
+    """Every replica's threshold, and what holds for the fleet: its disagreement with the teacher
+    is the traffic-weighted mix of the replicas', so it is within ``max_disagreement`` whenever
+    every replica's bound holds; each fails with chance at most 1 - confidence_level, so all
+    hold at confidence at least 1 - R (1 - confidence_level) (a union bound over R replicas).
+    ``highest_bound`` is the largest bound any replica's last choice showed."""
+
+    replicas: dict[str, ReplicaThreshold]
+
+    @property
+    def highest_threshold(self) -> float:
+        return max((r.threshold for r in self.replicas.values()), default=math.nan)
+
+    @property
+    def highest_bound(self) -> float:
+        bounds = [r.bound for r in self.replicas.values() if not math.isnan(r.bound)]
+        return max(bounds, default=math.nan)
+
+    def fleet_confidence(self, confidence_level: float) -> float:
+        """The confidence at which the fleet's disagreement bound holds (never below 0)."""
+        return max(0.0, 1.0 - len(self.replicas) * (1.0 - confidence_level))
+
+
+def fleet_thresholds(pages: Mapping[str, Snapshot], model: str) -> FleetThresholds:
+    """From each gateway's scraped page (url -> snapshot), the gateways in cascade mode."""
+    replicas = {}
+    for url, page in pages.items():
+        if not any(name == names.CASCADE_THRESHOLD and ("model", model) in labels
+                   for name, labels in page):  # fmt: skip
+            continue
+        source = next((kind for kind in names.CASCADE_SOURCES
+                       if select(page, names.CASCADE_THRESHOLD_SOURCE, model=model,
+                                 source=kind) == 1), "unknown")  # fmt: skip
+        chosen = select(page, names.CASCADE_CALIBRATION_SAMPLES, model=model) > 0
+        bound = select(page, names.CASCADE_DISAGREEMENT_BOUND, model=model)
+        replicas[url] = ReplicaThreshold(select(page, names.CASCADE_THRESHOLD, model=model),
+                                         source, bound if chosen else math.nan)  # fmt: skip
+    return FleetThresholds(replicas)
