@@ -180,6 +180,32 @@ def select(
     print(chosen["id"])
 
 
+@app.command()
+def profile(
+    model_id: Annotated[
+        str, typer.Argument(help="The registry id of a model of the digits or the text pair.")
+    ],
+    registry: RegistryOption = REGISTRY_PATH,
+) -> None:
+    """Store in the model's registry entry a profile of its pair's training split: its inputs
+    and the model's predictions in the gateway's drift bins (default ``drift:`` settings), and
+    the model's accuracy on the split; the post-promotion watch's reference with
+    ``watch.reference: registry``."""
+    from gateway.errors import GatewayError
+    from models.drift_profile import training_profile
+
+    try:
+        entry = reg.lookup(registry, model_id)
+        made = training_profile(registry, model_id)
+        reg.set_profile(registry, model_id, made)
+    except (reg.UnreadableRegistry, reg.UnknownModel, ValueError, GatewayError) as exc:
+        print(f"distill-models profile: {exc}", file=sys.stderr)
+        raise typer.Exit(code=1) from None
+    counts = made["counts"]
+    print(f"{entry.get('name', model_id)} ({model_id}): profile of {counts['rows']:.0f} training "
+          f"rows, accuracy {made['accuracy']:.4f}, stored in {registry}")  # fmt: skip
+
+
 def _with_candidates(path: Path) -> dict[str, object]:
     data = reg.load(path)
     if not reg.candidates(data):

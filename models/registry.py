@@ -180,3 +180,28 @@ def select(registry: dict[str, Any], max_accuracy_drop: float, by: str) -> Selec
 
 def _latency(entry: Entry) -> float:
     return float(entry["latency_ms"]["batch_1"])
+
+
+# -- drift profile ----------------------------------------------------------------------------
+
+PROFILE_KEY = "drift_profile"
+"""An entry's profile of its training split, for the post-promotion watch's reference
+(``watch.reference: registry``): the watch's reference JSON (``controller.watch.Reference``:
+``counts`` in the gateway's drift bins, ``accuracy`` on that split, ``at``) plus ``split`` and
+``drift_config`` (the ``drift:`` settings whose bins it uses: a gateway binning otherwise cannot
+be compared with it)."""
+
+
+def set_profile(path: Path, model_id: str, profile: dict[str, Any]) -> None:
+    """Stores ``profile`` in the entry of ``model_id`` (``UnknownModel`` when there is none)."""
+    registry = load(path)
+    entry = find(registry, model_id)
+    if entry is None:
+        raise UnknownModel(f"no model with id '{model_id}' in the registry {path}")
+    entry[PROFILE_KEY] = profile
+    save(path, registry)
+
+
+def profile(entry: Entry) -> dict[str, Any] | None:
+    stored: dict[str, Any] | None = entry.get(PROFILE_KEY)
+    return stored
