@@ -14,7 +14,7 @@ from controller.local.processes import RedisProcess
 from models import STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
 from models.data import Split, load_test_split
 from tests.image_build import start_in_background
-from tests.servers import TestGateway
+from tests.servers import RedisFleet, TestGateway
 
 StartGateway = Callable[..., TestGateway]
 
@@ -87,6 +87,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_fleet(
+    redis_server: RedisProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[RedisFleet]:
+    """Replicas sharing ``redis_server`` under a key prefix of this test's own, stopped after it."""
+    prefix = f"test-{request.node.name}"[:60].replace("[", "-").replace("]", "")
+    fleet = RedisFleet(redis_server.url, tmp_path, prefix)
+    yield fleet
+    fleet.stop()
 
 
 @pytest.fixture(scope="module")

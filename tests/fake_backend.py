@@ -8,12 +8,13 @@ milliseconds; the real ONNX Runtime and Triton backends have their own tests aga
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, ParamSpec
 
 import httpx
 import numpy as np
@@ -26,6 +27,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import BackendUnavailable, BadRequest
 from gateway.grpc_server import attach, create_grpc_server
 from gateway.metrics import GatewayMetrics
+from gateway.runtime import Runtime
 from gateway.service import GatewayService
 from gateway.signature import Signature, TensorSpec
 from tests.servers import free_port
@@ -102,6 +104,7 @@ class InProcessGateway:
     student: ScriptedBackend
     service: GatewayService
     registry: CollectorRegistry
+    runtime: Runtime
 
     async def infer(self, headers: dict[str, str] | None = None, rows: int = 1) -> httpx.Response:
         body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [rows, 64],
@@ -132,11 +135,12 @@ async def in_process_gateway(
     metrics = GatewayMetrics(registry, config.model, costs)
     backends = {"teacher": teacher, "student": serving_student or student}
     service = GatewayService(config, backends, metrics, clock)
-    app = create_app(service, registry, SecretStr(TOKEN))
+    runtime = Runtime(config, {config.model: service})
+    app = create_app(runtime, registry, SecretStr(TOKEN))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield InProcessGateway(client, teacher, student, service, registry)
+            yield InProcessGateway(client, teacher, student, service, registry, runtime)
 
 
 @asynccontextmanager
@@ -144,9 +148,27 @@ async def grpc_endpoint(gateway: InProcessGateway) -> AsyncIterator[str]:
     """The real gRPC server over the in-process gateway's service, on a free loopback port."""
     port = free_port()
     server = create_grpc_server("127.0.0.1", port, gateway.service.settings.max_request_bytes)
-    attach(server, gateway.service)
+    attach(server, gateway.runtime)
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(grace=None)
+
+
+P = ParamSpec("P")
+
+
+def run(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """An async test run to its end on its own event loop."""
+
+    @functools.wraps(test)
+    def sync(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return sync
+
+
+# A scripted answer's top probability is e / (e + 9), about 0.23: a cascade threshold of 0 never
+# escalates it, one of 0.5 always does.
+NEVER, ALWAYS = 0.0, 0.5

@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from controller.local.traffic import TrafficGenerator
-from controller.state import StateStore
+from controller.rollout_store import RolloutStore
 from models import STUDENT_PATH, TEACHER_PATH
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, wait_until
 
@@ -47,13 +47,14 @@ def gateway_config(student: Path = STUDENT_PATH) -> dict[str, Any]:
 
 
 @contextmanager
-def traffic(*gateways: TestGateway) -> Iterator[None]:
-    """Replays the test split with feedback against each gateway until the block ends."""
+def traffic(*gateways: TestGateway, model: str = "digits") -> Iterator[None]:
+    """Replays the test split with feedback to ``model`` of each gateway until the block ends."""
     stop = threading.Event()
     threads = [
-        threading.Thread(target=TrafficGenerator(g.url).run, kwargs={"stop": stop, "workers": 2})
+        threading.Thread(target=TrafficGenerator(g.url, model).run,
+                         kwargs={"stop": stop, "workers": 2})
         for g in gateways
-    ]
+    ]  # fmt: skip
     for thread in threads:
         thread.start()
     try:
@@ -101,7 +102,7 @@ def share_of(gateway: TestGateway) -> float:
 
 
 def saved(state: Path) -> Any:
-    return StateStore.open_existing(state).load()
+    return RolloutStore.open_existing(state).load()
 
 
 @contextmanager

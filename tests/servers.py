@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +24,8 @@ from controller.local.processes import (
 )
 
 __all__ = [
-    "ADMIN_TOKEN", "BIN", "PrometheusProcess", "TestGateway", "TritonProcess", "busy_port",
-    "free_port", "read_metric", "wait_until",
+    "ADMIN_TOKEN", "BIN", "PrometheusProcess", "RedisFleet", "TestGateway", "TritonProcess",
+    "busy_port", "free_port", "read_metric", "run_benchmark", "wait_until",
 ]  # fmt: skip
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -39,8 +42,9 @@ class TestGateway(GatewayProcess):
         config: dict[str, Any] | None = None,
         admin_token: str | None = ADMIN_TOKEN,
         environment: dict[str, str] | None = None,
+        grpc: bool = False,
     ) -> None:
-        super().__init__(tmp_dir, config, admin_token, environment=environment)
+        super().__init__(tmp_dir, config, admin_token, environment=environment, grpc=grpc)
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample's value from ``/metrics``; 0 when the series does not exist yet."""
@@ -49,6 +53,41 @@ class TestGateway(GatewayProcess):
     def total(self, name: str, **labels: str) -> float:
         """The sum over every series of ``name`` with these labels (and any others)."""
         return read_total(self.metrics_text(), name, **labels)
+
+
+class RedisFleet:
+    """Gateway replicas sharing one Redis under ``prefix``, each heartbeating every half second
+    (a replica gone leaves the fleet within 2 s); ``stop`` stops every one started."""
+
+    def __init__(self, redis_url: str, tmp_dir: Path, prefix: str) -> None:
+        self.redis_url, self.prefix, self._tmp_dir = redis_url, prefix, tmp_dir
+        self._started: list[TestGateway] = []
+
+    def start(self, config: dict[str, Any]) -> TestGateway:
+        """A replica of ``config`` (whose own ``state``, if any, replaces the fleet's)."""
+        state = {"url": self.redis_url, "key_prefix": self.prefix, "heartbeat_seconds": 0.5,
+                 "replica_ttl_seconds": 2.0}  # fmt: skip
+        replica = TestGateway(self._tmp_dir, {"state": state, **config}).start()
+        self._started.append(replica)
+        return replica
+
+    def stop(self) -> None:
+        for replica in self._started:
+            replica.stop()
+
+
+def run_benchmark(
+    module: str, tmp_path: Path, *args: str, ok: tuple[int, ...] = (0,)
+) -> tuple[int, dict[str, Any]]:
+    """``python -m tests.benchmarks.<module> *args --out <tmp_path>/<module>.json``: its exit
+    status (one of ``ok``, else the test fails with its output) and the JSON it wrote."""
+    out = tmp_path / f"{module}.json"
+    done = subprocess.run(
+        [sys.executable, "-m", f"tests.benchmarks.{module}", *args, "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode in ok, done.stdout + done.stderr
+    return done.returncode, json.loads(out.read_text())
 
 
 @contextmanager
@@ -82,7 +121,7 @@ def read_total(text: str, name: str, **labels: str) -> float:
 
 
 TRITON_PYTHON = Path(__file__).resolve().parents[1] / ".venv-triton" / "bin" / "python"
-TRITON_MODELS = ("teacher", "student", "student_slow", "student_five")
+TRITON_MODELS = ("teacher", "student", "student_slow", "student_five", "student_hung")
 
 
 class TritonProcess(ManagedProcess):

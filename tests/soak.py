@@ -6,7 +6,7 @@ rows, JSON and binary bodies alternating, a label posted for half of them; shado
 half the requests; the student's share changed every window (0 -> 0.25 -> 0.5 -> 1 -> 0 ...). The
 gateway's stores are small enough (feedback TTL 20 s) to be full, and so steady, after the
 warm-up. Memory must then plateau: its slope after the warm-up is reported, and bounded in the
-suite's short run (tests/test_soak.py).
+suite's one-minute run (tests/test_soak.py, with a 5 s TTL so that 45 s of it are steady).
 
     python -m tests.soak --minutes 30        # make soak; results/soak.json
 """
@@ -37,11 +37,14 @@ from tests.servers import ADMIN_TOKEN
 RESULTS = Path(__file__).parent / "benchmarks" / "results" / "soak.json"
 SHARES = (0.0, 0.25, 0.5, 1.0)
 FEEDBACK_TTL_S = 20
-CONFIG = {
-    "shadow": {"sample_rate": 0.5},
-    "feedback": {"ttl_seconds": FEEDBACK_TTL_S},
-    "traffic": {"seed": 7},
-}
+
+
+def config(feedback_ttl_s: float = FEEDBACK_TTL_S) -> dict[str, Any]:
+    return {
+        "shadow": {"sample_rate": 0.5},
+        "feedback": {"ttl_seconds": feedback_ttl_s},
+        "traffic": {"seed": 7},
+    }
 
 
 @dataclass
@@ -148,8 +151,14 @@ def _p99_of_buckets(before: dict[float, float], after: dict[float, float]) -> fl
     return 0.0
 
 
-def soak(seconds: float, window_seconds: float, work_dir: Path, clients: int = 4) -> list[Window]:
-    gateway = GatewayProcess(work_dir, CONFIG, admin_token=ADMIN_TOKEN).start()
+def soak(
+    seconds: float,
+    window_seconds: float,
+    work_dir: Path,
+    clients: int = 4,
+    feedback_ttl_s: float = FEEDBACK_TTL_S,
+) -> list[Window]:
+    gateway = GatewayProcess(work_dir, config(feedback_ttl_s), admin_token=ADMIN_TOKEN).start()
     assert gateway.pid is not None
     traffic = _Traffic(gateway.url, clients)
     windows: list[Window] = []

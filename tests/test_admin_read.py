@@ -10,7 +10,7 @@ from gateway.protocol import FleetTraffic, TrafficState
 from tests.fake_backend import in_process_gateway
 
 OPEN_FIELDS = {
-    "student_share", "generation", "student_id",  # what this replica serves
+    "model", "student_share", "generation", "student_id",  # what this replica serves
     "fleet", "replica_id", "replicas", "student_error",  # in a fleet: the store and this replica
     "metrics_url",  # where its /metrics is, when it has a port of its own
     "mode", "cascade",  # in cascade mode: its threshold and the evidence behind it

@@ -3,26 +3,18 @@ benchmark's output, never in a test)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.benchmarks.bench_padded import PLAN
+from tests.servers import run_benchmark
 
 pytestmark = pytest.mark.e2e
 
 
 def test_bench_padded_measures_every_server_and_the_padding_waste(tmp_path: Path) -> None:
-    out = tmp_path / "bench_padded.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.bench_padded", "--seconds", "1",
-         "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(out.read_text())
+    _, result = run_benchmark("bench_padded", tmp_path, "--seconds", "1", "--rounds", "1")
     for name, levels in PLAN:
         for level in levels:
             measured = result["rows"][name][level]

@@ -3,29 +3,23 @@ targets live in the benchmark's output, never in a test)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.benchmarks.bench_serving import PLAN
+from tests.servers import run_benchmark
 
 pytestmark = pytest.mark.e2e
 
 
 def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Path) -> None:
-    out = tmp_path / "bench_serving.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.bench_serving", "--seconds", "1",
-         "--rounds", "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
     # exit 1 says a gateway row shed more than 1 %: a number for the benchmark's reader (a busy
     # test machine can make it), not this test's verdict
-    assert done.returncode in (0, 1), done.stdout + done.stderr
-    result = json.loads(out.read_text())
-    assert bool(result["shedding_failures"]) == (done.returncode == 1)
+    returncode, result = run_benchmark(
+        "bench_serving", tmp_path, "--seconds", "1", "--rounds", "1", ok=(0, 1)
+    )
+    assert bool(result["shedding_failures"]) == (returncode == 1)
     for name, _, levels in PLAN:
         for level in levels:
             measured = result["rows"]["batch 64" if level == "batch 64" else name]
@@ -41,13 +35,8 @@ def test_bench_serving_measures_every_server_and_writes_its_ratios(tmp_path: Pat
 
 
 def test_bench_fleet_measures_both_stores_with_every_label_joined(tmp_path: Path) -> None:
-    out = tmp_path / "bench_fleet.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.bench_fleet", "--seconds", "1", "--rounds", "1",
-         "--out", str(out)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr  # it fails on any 404 or 5xx
-    result = json.loads(out.read_text())
+    # it fails on any 404 or 5xx
+    _, result = run_benchmark("bench_fleet", tmp_path, "--seconds", "1", "--rounds", "1")
     for store in ("memory", "redis"):
         row = result["rows"][store]
         assert row["inferences_per_s"] > 0 and row["cpu_ms_per_inference"] > 0
@@ -57,15 +46,24 @@ def test_bench_fleet_measures_both_stores_with_every_label_joined(tmp_path: Path
     assert "redis_throughput_cost (target < 0.10)" in result
 
 
+def test_bench_isolation_serves_digits_beside_a_hung_model_and_writes_its_ratios(
+    tmp_path: Path,
+) -> None:
+    _, result = run_benchmark("bench_isolation", tmp_path, "--seconds", "1", "--rounds", "1")
+    (measured,) = result["rounds"]
+    for load in ("alone", "beside_hung", "beside_healthy"):
+        assert measured[load]["rps"] > 0 and measured[load]["p99_ms"] > 0
+    # the hung model's clients got no answer but errors (its teacher never answers again), and
+    # they were really sent
+    assert measured["hung"]["requests_per_s"] > 0 and measured["hung"]["non_2xx_share"] == 1.0
+    assert measured["healthy"]["non_2xx_share"] < 0.01  # the same paced load, answered
+    assert len(result["ratios"]) == 5 and all(value > 0 for value in result["ratios"].values())
+
+
 def test_gpu_padding_times_every_plan_and_padded_answers_equal_unpadded(tmp_path: Path) -> None:
     """Runs on the CPU here (the committed results are from a lent H200)."""
-    out = tmp_path / "gpu_padding.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.gpu_padding", "--requests", "24", "--rounds",
-         "1", "--out", str(out)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(out.read_text())["rows"]
+    _, result = run_benchmark("gpu_padding", tmp_path, "--requests", "24", "--rounds", "1")
+    rows = result["rows"]
     assert set(rows) == {"unbatched", "padded to the longest", "length buckets 16/32/64/128"}
     for row in rows.values():
         assert row["requests_per_s"] > 0 and row["max_abs_difference"] < 1e-4

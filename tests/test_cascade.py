@@ -178,8 +178,13 @@ def test_a_threshold_chosen_from_data_is_the_one_the_evidence_gives(
                                 "data": row.tolist()}]}  # fmt: skip
             answer = client.post("/v2/models/digits/infer", json=body)
             assert answer.headers["x-escalated"] == "true", n  # threshold 1.0 until the look
+        # the look at 100 waits for the last shadow call, which answers after its request did
+        wait_until(
+            lambda: client.get("/admin/traffic").json()["cascade"]["source"] == "chosen",
+            timeout=10,
+            what="the threshold chosen from 100 shadowed requests",
+        )
         state = client.get("/admin/traffic").json()["cascade"]
-        assert state["source"] == "chosen"
         assert state["threshold"] == expected.choice.threshold
         evidence = state["evidence"]
         assert evidence["samples"] == 100

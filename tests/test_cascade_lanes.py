@@ -7,10 +7,7 @@ controller's accuracy gates refuse to judge a cascade."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, ParamSpec
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -24,22 +21,14 @@ from controller.sources.base import window_metrics
 from gateway import metric_names as names
 from gateway.backends.base import Lane
 from gateway.errors import BackendUnavailable
-from tests.fake_backend import Behaviour, ScriptedBackend, in_process_gateway
-
-P = ParamSpec("P")
-
-
-def run(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    @functools.wraps(test)
-    def sync(*args: P.args, **kwargs: P.kwargs) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return sync
-
-
-# A scripted answer's top probability is e / (e + 9), about 0.23: a threshold of 0 never
-# escalates it, one of 0.5 always does.
-NEVER, ALWAYS = 0.0, 0.5
+from tests.fake_backend import (
+    ALWAYS,
+    NEVER,
+    Behaviour,
+    ScriptedBackend,
+    in_process_gateway,
+    run,
+)
 
 
 @pytest.mark.parametrize("mode", ["split", "cascade"])
@@ -137,10 +126,11 @@ async def test_drift_summaries_see_the_students_answer_of_an_escalated_request()
 
 
 @run
-async def test_the_controllers_accuracy_gates_refuse_to_judge_a_cascade() -> None:
+async def test_the_controllers_class_accuracy_gate_refuses_to_judge_a_cascade() -> None:
     """Per-backend labels score only a cascade's sure answers (an escalated request's label
-    scores the teacher): max_accuracy_drop would judge the wrong answers, so it says to use
-    min_agreement and never passes; the same page from split mode is judged."""
+    scores the teacher): max_class_accuracy_drop would judge the wrong answers, so it says to use
+    min_agreement and never passes; the same page from split mode is judged. (max_accuracy_drop
+    judges the cascade's own labels: ``controller.cascade_gates``, tests/test_cascade_gates.py.)"""
     pages = {}
     for mode in ("split", "cascade"):
         traffic: dict[str, object] = {"student_share": 1.0}
@@ -151,11 +141,11 @@ async def test_the_controllers_accuracy_gates_refuse_to_judge_a_cascade() -> Non
                 assert (await gw.infer()).status_code == 200
             pages[mode] = parse(generate_latest(gw.registry).decode())
     policy = Policy(model="digits", steps=[5, 100], min_requests=10,
-                    gates={"max_accuracy_drop": 0.02, "max_error_rate": 0.5})  # type: ignore[arg-type]  # fmt: skip
+                    gates={"max_class_accuracy_drop": 0.02, "max_error_rate": 0.5})  # type: ignore[arg-type]  # fmt: skip
     for mode, page in pages.items():
         window = window_metrics(page, "digits")
         results = {r.gate: r for r in assess(window, window, policy, dark_launch=False)}
-        refused = results["max_accuracy_drop"].reason == CASCADE_REFUSAL
+        refused = results["max_class_accuracy_drop"].reason == CASCADE_REFUSAL
         assert refused == (mode == "cascade")
         assert results["max_error_rate"].verdict is Verdict.PASS  # the others judge as before
     assert "min_agreement" in CASCADE_REFUSAL

@@ -4,15 +4,14 @@ is given in the student's place, and what counts as evidence."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.cascade import Cascade, CascadeRefused
+from gateway.cascade import Cascade, CascadeRefused, LaneRules, carried, lane_of
 from gateway.cascade_config import CascadeConfig
+from gateway.errors import NotFound
+from gateway.feedback import ClassLabels, PredictionStore
 from gateway.metrics import GatewayMetrics
 from gateway.signature import Signature, TensorSpec
 from gateway.task_config import ClassificationTask, RegressionTask
@@ -82,38 +81,58 @@ def test_a_task_without_a_confidence_is_refused() -> None:
         Cascade(CascadeConfig(min_confidence=0.5), task, metrics)
 
 
-def _scored(rows: int, right: int) -> Any:
-    return SimpleNamespace(repeat=False, by_class={0: (rows, right)})
+def _store(cascade_rules: bool = True, max_bytes: int | None = None) -> PredictionStore:
+    rules = ClassLabels(num_classes=3)
+    return PredictionStore(60.0, 1000, LaneRules(rules) if cascade_rules else rules,
+                           max_bytes=max_bytes)  # fmt: skip
 
 
-def test_a_reused_request_id_replaces_the_earlier_lane_and_is_counted() -> None:
-    cascade, registry = _cascade(min_confidence=0.5)
-    cascade.remember("a", "true")
-    cascade.remember("a", "false")  # the label now scores the later request, sure
-    cascade.labelled("a", _scored(1, 1))
-    assert registry.get_sample_value("gateway_cascade_feedback_total",
-                                     {"model": "m", "escalated": "false"}) == 1  # fmt: skip
-    assert registry.get_sample_value("gateway_cascade_feedback_total",
-                                     {"model": "m", "escalated": "true"}) == 0  # fmt: skip
-    cascade.remember("b", "true")
-    cascade.forget("b")  # a later request with its id went to the teacher outside the cascade
-    cascade.labelled("b", _scored(1, 0))
-    assert registry.get_sample_value("gateway_cascade_feedback_total",
-                                     {"model": "m", "escalated": "true"}) == 0  # fmt: skip
-    assert registry.get_sample_value("gateway_cascade_reused_ids_total", {"model": "m"}) == 2
-    assert cascade.lane_bytes == 0
+def test_a_lane_travels_in_the_prediction_and_scores_as_its_plain_backend() -> None:
+    """The lane is in the one field a fleet's store keeps besides the classes: the label finds
+    it wherever it lands, and the paired table is the plain backend's (whose answer it was)."""
+    store, cascade, registry = _store(), *_cascade(min_confidence=0.5)
+    store.remember("esc", carried("teacher", "true"), np.array([1]))
+    store.pair("esc", np.array([2]))  # the student's answer, not returned
+    scored = store.score("esc", [1])
+    assert lane_of(scored.backend) == ("teacher", "true")
+    assert scored.paired is not None and scored.paired[1].teacher_only == 1
+    store.remember("sure", carried("student", "false"), np.array([0]))
+    store.pair("sure", np.array([1]))  # the teacher's, from its shadow call
+    sure = store.score("sure", [1])
+    assert lane_of(sure.backend) == ("student", "false")
+    assert sure.paired is not None and sure.paired[1].teacher_only == 1
+    cascade.labelled("false", sure)
+    sample = registry.get_sample_value
+    assert sample("gateway_cascade_feedback_total", {"model": "m", "escalated": "false"}) == 1
+    assert sample("gateway_cascade_feedback_correct_total",
+                  {"model": "m", "escalated": "false"}) == 0  # fmt: skip
+    assert sample("gateway_cascade_feedback_paired_total",
+                  {"model": "m", "escalated": "false", "outcome": "teacher_only"}) == 1  # fmt: skip
+    assert lane_of("teacher") == ("teacher", None) and lane_of("student@x") == ("student@x", None)
 
 
-def test_lanes_are_bounded_by_bytes_as_well_as_entries() -> None:
-    registry = CollectorRegistry()
-    metrics = GatewayMetrics(registry, "m", {})
-    task = build_task(ClassificationTask(), SIGNATURE, metrics)
-    cascade = Cascade(CascadeConfig(min_confidence=0.5), task, metrics, remembered=1000,
-                      max_bytes=10_000)  # fmt: skip
-    for n in range(1000):
-        cascade.remember(f"{n:0256d}", "false")  # 256-character ids: about 400 bytes a lane
-    assert 0 < cascade.lane_bytes <= 10_000
-    cascade.labelled(f"{999:0256d}", _scored(1, 1))  # the newest is kept
-    cascade.labelled(f"{0:0256d}", _scored(1, 1))  # the oldest is forgotten
-    assert registry.get_sample_value("gateway_cascade_feedback_total",
-                                     {"model": "m", "escalated": "false"}) == 1  # fmt: skip
+def test_a_reused_request_id_replaces_the_earlier_lane_with_its_prediction() -> None:
+    store = _store()
+    store.remember("a", carried("teacher", "true"), np.array([1]))
+    store.remember("a", carried("student", "false"), np.array([1]))  # the later, sure
+    assert lane_of(store.score("a", [1]).backend) == ("student", "false")
+    store.remember("b", carried("teacher", "true"), np.array([1]))
+    store.remember("b", "teacher", np.array([1]))  # a later request outside the cascade
+    assert lane_of(store.score("b", [1]).backend) == ("teacher", None)
+
+
+def test_a_lane_costs_no_bytes_of_its_own_and_goes_with_its_prediction() -> None:
+    """No map of lanes beside the predictions: nothing to budget apart from feedback.max_bytes,
+    and nothing remembered once the prediction is gone."""
+    plain, laned = _store(cascade_rules=False), _store()
+    for n in range(100):
+        plain.remember(f"r{n}", "student", np.array([1]))
+        laned.remember(f"r{n}", carried("student", "false"), np.array([1]))
+    assert laned.bytes == plain.bytes
+    small = _store(max_bytes=2_000)
+    for n in range(100):
+        small.remember(f"{n:064d}", carried("student", "false"), np.array([1]))
+    assert small.bytes <= 2_000
+    with pytest.raises(NotFound):
+        small.score(f"{0:064d}", [1])  # the oldest: its lane went with it
+    assert lane_of(small.score(f"{99:064d}", [1]).backend) == ("student", "false")

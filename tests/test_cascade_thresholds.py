@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from controller.state import RolloutState
+from controller.rollout_store import RolloutState
 from controller.status import _gateways
 from gateway.cascade_config import CascadeConfig
 from gateway.thresholds import (

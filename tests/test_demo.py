@@ -1,5 +1,6 @@
-"""`make demo`'s own code path, with a faster policy: part 1's table, then the good student
-promoted and the bad one rolled back, as the summary table says."""
+"""`make demo`'s own code path, with a faster policy: one gateway serving both shipped pairs,
+part 1's table for each, then at the same time the good digits student promoted and the bad text
+student rolled back, each by its own controller, as the summary table says."""
 
 from __future__ import annotations
 
@@ -17,17 +18,23 @@ pytestmark = pytest.mark.e2e  # runs the demo: a gateway and two rollouts
 def test_the_demo_promotes_the_good_student_and_rolls_back_the_bad_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outcomes = run_demo(write_policy(tmp_path), requests_per_share=360)  # the split, once
+    outcomes = run_demo(write_policy(tmp_path), requests_per_share=100)
     printed = capsys.readouterr().out
-    assert [(o.student, o.exit_code) for o in outcomes] == [
-        ("student.onnx", EXIT_PROMOTED), ("student_bad.onnx", EXIT_ROLLED_BACK)]  # fmt: skip
-    assert [o.final_share for o in outcomes] == [1.0, 0.0]
+    assert [(o.scenario.split(":")[0], o.student, o.exit_code, o.final_share)
+            for o in outcomes] == [("digits", "student.onnx", EXIT_PROMOTED, 1.0),
+                                   ("text", "student_bad.onnx", EXIT_ROLLED_BACK, 0.0)]  # fmt: skip
     assert outcomes[0].last_line.startswith("rollout Promoted")
     assert (
         outcomes[1].last_line.startswith("rollout RolledBack")
         and "min_agreement" in outcomes[1].last_line
     )
-    assert "Part 1: the split, at fixed student shares" in printed
+    # at the same time: each controller started before the other ended
+    ends = [o.started_at + o.seconds for o in outcomes]
+    assert max(o.started_at for o in outcomes) < min(ends)
+    assert "serving digits, text" in printed
+    for model in ("digits", "text"):
+        assert f"replaying the {model} test split" in printed
+    assert printed.count("100 requests, 0 errors") == 8  # 4 shares of each pair
     assert "the two rollouts" in printed  # the summary table
 
 

@@ -7,6 +7,7 @@ import re
 import runpy
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from controller import error_rate
+from gateway import metric_names as names
 from gateway.config import GatewaySettings
 from tests.manifests import KUBERNETES, ROOT, by_kind, manifests, named, pod_templates
 
@@ -209,3 +211,64 @@ def test_the_dashboard_is_importable_anywhere() -> None:
         (ROOT / "grafana" / "provisioning" / "dashboards" / "distill-gateway.yaml").read_text()
     )
     assert provider["providers"][0]["type"] == "file"
+
+
+def test_every_dashboard_row_repeats_per_chosen_model() -> None:
+    """A gateway serves several models: pick any of them (or All) and every row shows up once per
+    model, each of its panels reading that model alone, so one model's trouble never hides
+    behind another's traffic."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    model = {v["name"]: v for v in dashboard["templating"]["list"]}["model"]
+    assert model["multi"] and model["includeAll"]
+    assert model["current"]["value"] == ["$__all"]
+    panels = dashboard["panels"]
+    assert panels[0]["type"] == "row", "a panel before the first row would not repeat"
+    rows = [p for p in panels if p["type"] == "row"]
+    assert len(rows) >= 5
+    for row in rows:
+        assert row["repeat"] == "model" and not row["collapsed"], row["title"]
+        assert row["title"].startswith("$model: "), row["title"]
+    for panel in panels:
+        for target in panel["targets"]:
+            assert 'model="$model"' in target["expr"], f"{panel['title']}: {target['expr']}"
+    # The annotations belong to no row: they mark every chosen model's rollouts, each by name.
+    for annotation in dashboard["annotations"]["list"]:
+        assert 'model=~"$model"' in annotation["expr"]
+        assert "sum by (model" in annotation["expr"]
+        assert annotation["titleFormat"].startswith("{{model}} ")
+
+
+def _metric_names() -> set[str]:
+    return {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        DASHBOARD,
+        *sorted((PROMETHEUS / "rules").glob("*.yml")),
+        PROMETHEUS / "tests" / "alerts_test.yml",
+    ],
+    ids=lambda p: p.name,
+)
+def test_the_rules_and_dashboard_read_only_the_gateways_named_metrics(path: Path) -> None:
+    """Every gateway_* series they read is one gateway/metric_names.py names (a histogram's
+    _bucket, _sum or _count of one): a renamed metric cannot leave a panel or an alert reading
+    nothing. Recorded series (level:metric:operations) are the rules' own."""
+    text = path.read_text()
+    read = set(re.findall(r"(?<![\w:])gateway_[a-z_]+", text))
+    assert read, path
+    known = _metric_names()
+    unknown = {n for n in read if re.sub(r"_(bucket|sum|count)$", "", n) not in known
+               and n not in known}  # fmt: skip
+    assert not unknown, f"{path.name} reads metrics gateway/metric_names.py does not name"
+
+
+def test_every_alert_names_its_model() -> None:
+    """Each alert keeps the model label (summed by model, never across models) and says which
+    model in its summary, so Alertmanager can route it to the model's owners."""
+    groups = yaml.safe_load((PROMETHEUS / "rules" / "alerts.yml").read_text())["groups"]
+    alerts = [rule for group in groups for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for alert in alerts:
+        assert "$labels.model" in alert["annotations"]["summary"], alert["alert"]

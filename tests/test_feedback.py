@@ -12,7 +12,7 @@ import pytest
 
 from controller.local.traffic import TrafficGenerator
 from gateway.errors import Conflict, NotFound, Unprocessable
-from gateway.feedback import ClassLabels, FeedbackStore
+from gateway.feedback import ClassLabels, PredictionStore
 from models.data import Split
 from tests.clock import ManualClock
 from tests.fake_backend import ticket_of
@@ -85,7 +85,7 @@ def test_a_label_scores_both_backends_when_the_other_answered_on_shadow_traffic(
 
 
 def test_a_shadow_answer_pairs_only_a_waiting_prediction_of_the_same_shape() -> None:
-    store = FeedbackStore(ttl_seconds=60, max_entries=10, labels=ClassLabels(10))
+    store = PredictionStore(ttl_seconds=60, max_entries=10, labels=ClassLabels(10))
     store.remember("served-by-student", "student", np.array([3, 5]))
     before = store.bytes
     assert store.pair("served-by-student", np.array([3, 6]))
@@ -168,7 +168,7 @@ def test_feedback_for_a_batch_takes_one_label_per_row(gateway: TestGateway) -> N
 
 def test_predictions_expire_after_the_ttl() -> None:
     clock = ManualClock()
-    store = FeedbackStore(ttl_seconds=10, max_entries=100, labels=ClassLabels(10), clock=clock)
+    store = PredictionStore(ttl_seconds=10, max_entries=100, labels=ClassLabels(10), clock=clock)
     store.remember("a", "teacher", np.array([3]))
     clock.now = 9.9
     assert store.score("a", 3).correct == 1
@@ -180,7 +180,7 @@ def test_predictions_expire_after_the_ttl() -> None:
 
 
 def test_the_oldest_predictions_are_forgotten_first() -> None:
-    store = FeedbackStore(
+    store = PredictionStore(
         ttl_seconds=60, max_entries=2, labels=ClassLabels(10), clock=ManualClock()
     )
     for request_id in ("a", "b", "c"):
@@ -191,7 +191,7 @@ def test_the_oldest_predictions_are_forgotten_first() -> None:
 
 
 def test_label_checks() -> None:
-    store = FeedbackStore(
+    store = PredictionStore(
         ttl_seconds=60, max_entries=10, labels=ClassLabels(10), clock=ManualClock()
     )
     store.remember("a", "teacher", np.array([1, 2]))
@@ -207,7 +207,7 @@ def test_label_checks() -> None:
 def test_the_store_is_bounded_in_bytes_too() -> None:
     """Long ids and big batches: entries would stay under max_entries, memory would not."""
     budget = 200_000
-    store = FeedbackStore(60, 10**9, ClassLabels(10), clock=ManualClock(), max_bytes=budget)
+    store = PredictionStore(60, 10**9, ClassLabels(10), clock=ManualClock(), max_bytes=budget)
     for n in range(2_000):
         store.remember(f"{n:0256d}", "teacher", np.zeros(64, dtype=np.int64))
     assert 0 < store.bytes <= budget
@@ -220,7 +220,7 @@ def test_the_store_is_bounded_in_bytes_too() -> None:
 @pytest.mark.parametrize(("id_length", "batch"), [(32, 1), (256, 1), (32, 64)])
 def test_what_the_store_charges_is_what_it_holds(id_length: int, batch: int) -> None:
     """The byte bound is only as good as the accounting: measured against the allocator."""
-    store = FeedbackStore(60, 10**9, ClassLabels(10), clock=ManualClock())
+    store = PredictionStore(60, 10**9, ClassLabels(10), clock=ManualClock())
     count = 5_000
     gc.collect()
     tracemalloc.start()

@@ -29,6 +29,7 @@ from tests.servers import (
     ADMIN_TOKEN,
     BIN,
     LABELLER,
+    RedisFleet,
     TestGateway,
     free_port,
     read_total,
@@ -54,28 +55,14 @@ def redis(redis_server: RedisProcess) -> RedisProcess:
 
 
 @pytest.fixture
-def fleet(
-    redis: RedisProcess, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., TestGateway]]:
+def fleet(redis_fleet: RedisFleet) -> StartReplica:
     """Starts replicas sharing ``redis`` under a key prefix of this test's own."""
-    started: list[TestGateway] = []
-    prefix = f"test-{request.node.name}"[:60].replace("[", "-").replace("]", "")
 
     def start(share: float = 0.0, **config: Any) -> TestGateway:
-        settings = {
-            "state": {"url": redis.url, "key_prefix": prefix, "heartbeat_seconds": 0.5,
-                      "replica_ttl_seconds": 2.0},
-            "traffic": {"student_share": share},
-            "shadow": {"sample_rate": 0.0},
-            **config,
-        }  # fmt: skip
-        replica = TestGateway(tmp_path, settings).start()
-        started.append(replica)
-        return replica
+        return redis_fleet.start({"traffic": {"student_share": share},
+                                  "shadow": {"sample_rate": 0.0}, **config})  # fmt: skip
 
-    yield start
-    for replica in started:
-        replica.stop()
+    return start
 
 
 def traffic(replica: TestGateway) -> dict[str, Any]:
@@ -443,7 +430,7 @@ def test_a_student_put_on_one_replica_is_served_by_every_replica_and_only_at_sha
     prefix = f"test-{request.node.name}"[:60].replace("[", "-").replace("]", "")
     store = StoreFleet(redis.url, "digits", key_prefix=prefix)
     store.set_student(chosen)
-    assert {r["student_id"] for r in store.replicas} == {chosen}
+    assert {r.student_id for r in store.replicas} == {chosen}
 
     # at a share above 0, neither a replica nor the controller may change it
     second.set_share(0.1)

@@ -18,6 +18,7 @@ from gateway.config import FeedbackConfig
 from gateway.feedback import ClassLabels
 from gateway.metrics import GatewayMetrics
 from gateway.state.health import StoreHealth
+from gateway.state.keys import StoreKeys
 from gateway.state.predictions import FleetPredictions
 from gateway.state.redis_store import Limits, Pending, RedisStore
 
@@ -79,6 +80,6 @@ def test_max_bytes_charges_what_a_prediction_costs_redis(
     before = int(client.info("memory")["used_memory"])
     asyncio.run(main())
     grown = (int(client.info("memory")["used_memory"]) - before) / count
-    charged = int(client.get(f"{prefix}:digits:p-bytes") or 0) / count
+    charged = int(client.get(StoreKeys(prefix, "digits").prediction_bytes) or 0) / count
     client.close()
     assert charged == pytest.approx(grown, rel=0.15), (charged, grown)

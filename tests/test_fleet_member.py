@@ -6,15 +6,17 @@ race for it."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import StateConfig
 from gateway.metrics import GatewayMetrics
+from gateway.state import fleet as fleet_module
 from gateway.state.fleet import FleetMember, StudentHooks
 from gateway.state.health import StoreHealth
 from gateway.state.redis_store import FleetShare
+from gateway.state.registration import ReplicaRegistration
 
 METRICS = GatewayMetrics(CollectorRegistry(), "digits", {"teacher": 1.0, "student": 0.1})
 
@@ -22,10 +24,14 @@ METRICS = GatewayMetrics(CollectorRegistry(), "digits", {"teacher": 1.0, "studen
 class FakeStore:
     """The share hash in memory; ``read_share`` answers what the test holds out when asked."""
 
+    async def deregister(self, replica_id: str) -> None:
+        self.deregistered.append(replica_id)
+
     def __init__(self, share: FleetShare | None) -> None:
         self.share = share
         self.held_reads: list[asyncio.Future[FleetShare | None]] = []
         self.hold = False
+        self.deregistered: list[str] = []
         self.seeded: list[tuple[float, int]] = []
 
     async def read_share(self) -> FleetShare | None:
@@ -49,10 +55,10 @@ class FakeStore:
         self.share = FleetShare(share, generation, self.share.student if self.share else None)
         return self.share
 
-    async def register(self, replica_id: str, record: dict[str, Any], ttl: float) -> None:
+    async def register(self, registration: ReplicaRegistration, ttl: float) -> None:
         pass
 
-    async def replicas(self) -> list[dict[str, Any]]:
+    async def replicas(self) -> list[ReplicaRegistration]:
         return []
 
 
@@ -118,5 +124,35 @@ def test_the_fleets_student_is_loaded_once_however_many_reconciles_race() -> Non
         fleet = member(store, replica, StudentHooks(lambda: served[0], load))
         await asyncio.gather(fleet._reconcile(), fleet._reconcile(), fleet._reconcile())
         assert loads == ["51e7d5a045e3778c"] and served == ["51e7d5a045e3778c"]
+
+    asyncio.run(main())
+
+
+def test_leaving_waits_for_a_task_that_will_not_end_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener cancelled while redis-py reads its subscription can wait on that connection
+    in its close: leaving (on shutdown) goes on without it after LEAVE_SECONDS (here 0.2 s)."""
+    monkeypatch.setattr(fleet_module, "LEAVE_SECONDS", 0.2)
+
+    async def main() -> None:
+        store = FakeStore(FleetShare(0.0, 1))
+        fleet = member(store, Replica())
+        ended = asyncio.Event()
+
+        async def stubborn() -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await ended.wait()  # never set: a close that does not come back
+
+        fleet._tasks = [asyncio.create_task(stubborn(), name="fleet-share-listener")]
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await fleet.leave()
+        assert loop.time() - started < 0.2 + 1.0
+        assert store.deregistered == [fleet.replica_id]  # it still left the registry
+        ended.set()
 
     asyncio.run(main())

@@ -22,7 +22,7 @@ import yaml
 
 from controller.local.traffic import TrafficGenerator, TrafficReport
 from controller.promtext import Snapshot, increase, parse, select
-from controller.state import StateStore
+from controller.rollout_store import RolloutStore
 from gateway.metrics import LATENCY_BUCKETS
 from tests.rollouts import (
     FAST_POLICY,
@@ -155,8 +155,9 @@ def _panel_queries(tasks: bool = False, cascade: bool = False) -> list[tuple[str
     ]
 
 
-def _concrete(expr: str, window: str = RATE_WINDOW) -> str:
-    return expr.replace("$model", "digits").replace("$__rate_interval", window)
+def _concrete(expr: str, window: str = RATE_WINDOW, model: str = "digits") -> str:
+    """The query of a panel in ``model``'s repeat of its row, as Grafana sends it."""
+    return expr.replace("$model", model).replace("$__rate_interval", window)
 
 
 def _has_data(observed: Observed, expr: str) -> bool:
@@ -424,6 +425,6 @@ def _chromium(action: str, url: str, tmp_path: Path) -> str:
 
 
 def test_the_aborted_rollout_is_recorded(observed: Observed) -> None:
-    aborted = StateStore.open_existing(observed.state.with_name("aborted.db")).load()
+    aborted = RolloutStore.open_existing(observed.state.with_name("aborted.db")).load()
     assert aborted is not None and aborted.rollback_reason is not None
     assert aborted.rollback_reason.startswith("aborted by an operator")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from controller.state import Phase, RolloutState
-from controller.students import describe, record_outcome
+from controller.registry_records import describe, record_outcome
+from controller.rollout_store import Phase, RolloutState
 from models import REGISTRY_PATH, TEST_SPLIT_PATH
 from models import registry as reg
 from models.data import load_test_split

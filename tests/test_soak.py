@@ -1,5 +1,8 @@
-"""Two minutes of the soak (tests/soak.py; `make soak` runs 30): mixed traffic with unique ids,
-feedback, shadow comparisons and share changes, and nothing grows once the stores are full."""
+"""A minute of the soak (tests/soak.py; `make soak` runs 30): mixed traffic with unique ids,
+feedback, shadow comparisons and share changes, and nothing grows once the stores are full.
+
+The suite's run keeps labels 5 s (`make soak`: 20 s), so the feedback store is full, and steady,
+after 10 s, and 45 of the 60 s are steady windows."""
 
 from __future__ import annotations
 
@@ -7,22 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.soak import FEEDBACK_TTL_S, soak
+from tests.soak import soak
 
 pytestmark = pytest.mark.e2e
 
-WARM_UP_S = 45.0  # the feedback TTL (20 s) twice over, and the allocator's first growth
+FEEDBACK_TTL_S = 5.0
+WINDOW_S = 5.0
+WARM_UP_S = 12.0  # the feedback TTL twice over, and the allocator's first growth (the first 10 s)
 
 
-def test_two_minutes_of_mixed_traffic_leave_memory_flat(tmp_path: Path) -> None:
-    windows = soak(120.0, 15.0, tmp_path)
-    assert sum(w.requests for w in windows) > 5_000
+def test_a_minute_of_mixed_traffic_leaves_memory_flat(tmp_path: Path) -> None:
+    windows = soak(60.0, WINDOW_S, tmp_path, feedback_ttl_s=FEEDBACK_TTL_S)
+    assert sum(w.requests for w in windows) > 2_500
     assert sum(w.errors for w in windows) == 0
     steady = [w for w in windows if w.ended_at_s > WARM_UP_S]
-    assert len(steady) >= 4
-    # Unique ids leaking from the feedback store would add about 16 MiB a minute at this rate.
+    assert len(steady) >= 8
+    # Unique ids leaking from the feedback store add about 18 MiB in these 45 s at 550 requests
+    # a second (measured with labels kept an hour); with the TTL, 2 MiB.
     growth = steady[-1].rss_mib - steady[0].rss_mib
-    assert growth < 8.0, [w.rss_mib for w in windows]
+    assert growth < 6.0, [w.rss_mib for w in windows]
     assert max(w.open_fds for w in windows) - min(w.open_fds for w in windows) <= 2
-    rate = max(w.requests for w in windows) / 15.0
+    rate = max(w.requests for w in windows) / WINDOW_S
     assert max(w.feedback_pending for w in steady) <= 1.5 * rate * FEEDBACK_TTL_S  # the TTL holds

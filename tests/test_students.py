@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import students
+from gateway import student_files
 from models import REGISTRY_PATH
 from models import registry as reg
 
@@ -36,7 +36,7 @@ def test_the_file_is_hashed_while_the_loop_keeps_serving(monkeypatch: pytest.Mon
                 ticks += 1
 
         server = asyncio.create_task(serve())
-        path = await students.resolve_off_the_loop(REGISTRY_PATH, chosen)
+        path = await student_files.resolve_off_the_loop(REGISTRY_PATH, chosen)
         server.cancel()
         return path, ticks
 

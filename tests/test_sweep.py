@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.state import Phase
+from controller.rollout_store import Phase
 from models import REGISTRY_PATH, TEACHER_PATH
 from models import registry as reg
 from tests.rollouts import canary_command, run_canary, saved, traffic, write_policy

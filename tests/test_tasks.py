@@ -20,10 +20,10 @@ from gateway.config import GatewaySettings
 from gateway.errors import BadRequest, Unprocessable
 from gateway.feedback import (
     ClassLabels,
-    FeedbackStore,
     MultiLabels,
     NoLabels,
     NumberLabels,
+    PredictionStore,
     as_words,
 )
 from gateway.metrics import GatewayMetrics
@@ -154,7 +154,7 @@ def test_a_label_of_the_wrong_type_is_a_400_naming_the_task(
 
 
 def test_a_regression_label_scores_the_answer_it_joins_exactly() -> None:
-    store = FeedbackStore(60, 100, labels=NumberLabels(1e-6, per_row=2, cap=1e4))
+    store = PredictionStore(60, 100, labels=NumberLabels(1e-6, per_row=2, cap=1e4))
     answer = np.array([[1.0, -3.0]], dtype=np.float32)
     store.remember("r", "student", as_words(answer))
     scored = store.score("r", [2.0, -1.0])
@@ -167,7 +167,7 @@ def test_a_regression_label_scores_the_answer_it_joins_exactly() -> None:
 
 
 def test_a_multilabel_label_scores_each_label_and_both_backends() -> None:
-    store = FeedbackStore(60, 100, labels=MultiLabels(3))
+    store = PredictionStore(60, 100, labels=MultiLabels(3))
     store.remember("m", "teacher", np.array([[1, 0, 1], [0, 0, 0]]))
     assert store.pair("m", np.array([[1, 1, 1], [0, 0, 1]]))  # the student, on shadow traffic
     scored = store.score("m", [[1, 0, 0], [0, 0, 1]])

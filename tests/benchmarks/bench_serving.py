@@ -139,30 +139,46 @@ def binary_body(x: np.ndarray) -> tuple[bytes, int]:
     return header + x.tobytes(), len(header)
 
 
-def wrk_script(tmp: Path, body: bytes, headers: dict[str, str]) -> Path:
-    """A POST of ``body`` (any bytes, escaped for Lua), and a JSON summary at the end."""
-    script = tmp / f"post-{len(body)}-{len(headers)}.lua"
+def wrk_script(tmp: Path, body: bytes, headers: dict[str, str], extra: str = "") -> Path:
+    """A POST of ``body`` (any bytes, escaped for Lua), ``extra`` Lua (say a ``delay()``), and a
+    JSON summary at the end."""
+    script = tmp / f"post-{len(body)}-{len(headers)}-{len(extra)}.lua"
     escaped = "".join(f"\\{byte}" for byte in body)
     lines = ['wrk.method = "POST"', *(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()),
-             f'wrk.body = "{escaped}"']  # fmt: skip
+             f'wrk.body = "{escaped}"', extra]  # fmt: skip
     script.write_text("\n".join(lines) + "\n" + REPORT)
     return script
 
 
-def wrk(port: int, path: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
-    """One wrk run (whole seconds: wrk takes no fractions) and its summary."""
+def wrk_command(port: int, path: str, connections: int, seconds: float, script: Path) -> list[str]:
+    """One wrk thread (on CPU 1 when pinned) for whole seconds (wrk takes no fractions)."""
     pin = ["taskset", "-c", "1"] if PINNED else []
-    done = subprocess.run(
-        [*pin, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
-         f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return [*pin, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            "-s", str(script), f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+
+
+def wrk_summary(stdout: str) -> dict[str, Any]:
+    """The JSON line REPORT writes last."""
+    summary: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return summary
+
+
+def non_2xx_share(summary: dict[str, Any]) -> float:
+    """The share of attempts (answers and connection errors) not answered 2xx."""
     failed = summary["errors"] + summary["non_2xx"]
+    return float(failed / max(1, summary["requests"] + summary["errors"]))
+
+
+def wrk(port: int, path: str, connections: int, seconds: float, script: Path) -> dict[str, float]:
+    """One wrk run and its summary."""
+    done = subprocess.run(wrk_command(port, path, connections, seconds, script),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    summary = wrk_summary(done.stdout)
     return {
         "rps": (summary["requests"] - summary["non_2xx"]) / summary["seconds"],  # served only
         "p50_ms": summary["p50_us"] / 1000.0,
         "p99_ms": summary["p99_us"] / 1000.0,
-        "non_2xx_share": failed / max(1, summary["requests"] + summary["errors"]),
+        "non_2xx_share": non_2xx_share(summary),
     }
 
 

@@ -1,7 +1,9 @@
-"""The students at each gate's threshold, on their own, at 500 rollouts each (the controller
-judge only): the error ``confidence`` bounds, measured to about one point of Monte Carlo error.
-``python -m tests.benchmarks.simulate_at_threshold`` writes
-``tests/benchmarks/results/simulation.at_threshold.json`` (README's second at-threshold table)."""
+"""The students at each gate's threshold, on their own, at 500 rollouts each by default (the
+controller judge only): the error ``confidence`` bounds, measured to about one point of Monte
+Carlo error (0.7 point at ``--runs 1000``, the committed run's). ``python -m
+tests.benchmarks.simulate_at_threshold`` writes
+``tests/benchmarks/results/simulation.at_threshold.json`` (docs/simulation.md's second
+at-threshold table)."""
 
 from __future__ import annotations
 

@@ -18,14 +18,14 @@ from controller.exporter import ControllerMetrics
 from controller.policy import Policy
 from controller.promtext import Snapshot
 from controller.rollout import CanaryController
+from controller.rollout_store import DecisionRecord, RolloutState, RolloutStore
 from controller.sources import Mark, MetricsSource
-from controller.state import DecisionRecord, RolloutState, StateStore
 from gateway.protocol import TrafficState
 
 
 class FakeFleet(GatewayFleet):
-    def __init__(self, urls: list[str]) -> None:
-        super().__init__(urls, "token", httpx.Client())
+    def __init__(self, urls: list[str], model: str = "digits") -> None:
+        super().__init__(urls, "token", httpx.Client(), model)
         self.traffic = {url: TrafficState(student_share=0.0, generation=0) for url in urls}
         self.down: set[str] = set()
         self.puts: list[tuple[str, float]] = []  # by the controller, in order
@@ -35,7 +35,8 @@ class FakeFleet(GatewayFleet):
         return self.operator_put(url, share)
 
     def operator_put(self, url: str, share: float) -> TrafficState:
-        """A PUT /admin/traffic, as anyone with the token could send behind the controller."""
+        """A PUT of the model's traffic, as anyone with the token could send behind the
+        controller."""
         if url in self.down:
             raise httpx.ConnectError("connection refused")
         before = self.traffic[url]
@@ -109,7 +110,7 @@ class Clock:
 
 
 def make_controller(
-    store: StateStore,
+    store: RolloutStore,
     fleet: FakeFleet,
     clock: Clock,
     holder: str,

@@ -8,14 +8,8 @@ from dataclasses import replace
 import pytest
 
 from controller import stats
-from controller.analysis import (
-    BackendWindow,
-    Labels,
-    PairedLabels,
-    Verdict,
-    WindowMetrics,
-    assess,
-)
+from controller.analysis import BackendWindow, Verdict, WindowMetrics, assess
+from controller.labels import Labels, PairedLabels
 from controller.policy import Gates, Policy
 
 ALL_GATES = Gates(
@@ -242,11 +236,35 @@ def test_dry_run_gates_spend_none_of_the_steps_error() -> None:
     from controller.analysis import Levels
 
     policy = Policy(gates=ALL_GATES, confidence=0.95)
-    # Six gates with intervals (cost is measured): the fail side splits 0.05 six ways.
-    assert Levels.of(policy).fail_alpha == pytest.approx(0.05 / 6)
-    assert Levels.of(policy).pass_alpha == pytest.approx(0.05)
+    # Six gates with intervals (cost is measured): the accuracy drop, on labels, fails at half of
+    # 0.05; the five others split the other half.
+    assert Levels.of(policy, "max_accuracy_drop").fail_alpha == pytest.approx(0.05 / 2)
+    assert Levels.of(policy, "max_kl").fail_alpha == pytest.approx(0.05 / 2 / 5)
+    assert Levels.of(policy, "max_kl").pass_alpha == pytest.approx(0.05)
     dry = Policy(gates=ALL_GATES, confidence=0.95, dry_run=["max_kl", "min_agreement"])
-    assert Levels.of(dry).fail_alpha == pytest.approx(0.05 / 4)
+    assert Levels.of(dry, "max_error_rate").fail_alpha == pytest.approx(0.05 / 2 / 3)
+    # a dry-run gate is judged at the share it would have if it decided, and spends none of it
+    assert Levels.of(dry, "max_kl").fail_alpha == pytest.approx(0.05 / 2 / 4)
+    only_drop = Policy(gates=Gates(max_accuracy_drop=0.01, max_kl=0.1), dry_run=["max_kl"])
+    assert Levels.of(only_drop, "max_kl").fail_alpha == pytest.approx(0.05 / 2)
+    assert Levels.of(only_drop, "max_accuracy_drop").fail_alpha == pytest.approx(0.05)
+
+
+def test_the_gates_on_labels_share_half_the_fail_side_the_others_the_other_half() -> None:
+    """Weighted Bonferroni: every gate's fail share sums to the step's alpha, whatever mix of
+    gates the policy has; without gates of both kinds the split is even."""
+    from controller.analysis import Levels
+
+    both = Policy(gates=Gates(max_accuracy_drop=0.01, max_class_accuracy_drop=0.05,
+                              max_error_rate=0.01), confidence=0.9)  # fmt: skip
+    shares = {g: Levels.of(both, g).fail_alpha for g in both.gates.configured()}
+    assert shares == pytest.approx({"max_accuracy_drop": 0.025, "max_class_accuracy_drop": 0.025,
+                                    "max_error_rate": 0.05})  # fmt: skip
+    assert sum(shares.values()) == pytest.approx(0.1)
+    only_labels = Policy(gates=Gates(max_accuracy_drop=0.01), confidence=0.9)
+    assert Levels.of(only_labels, "max_accuracy_drop").fail_alpha == pytest.approx(0.1)
+    no_labels = Policy(gates=Gates(max_error_rate=0.01, max_kl=0.1), confidence=0.9)
+    assert Levels.of(no_labels, "max_kl").fail_alpha == pytest.approx(0.05)
 
 
 def test_a_slower_student_fails_the_ratio_gate_on_its_median_when_the_teachers_tail_is_noise() -> (
@@ -263,3 +281,31 @@ def test_a_slower_student_fails_the_ratio_gate_on_its_median_when_the_teachers_t
     (result,) = assess(step, step, policy, dark_launch=False)
     assert result.verdict is Verdict.FAIL
     assert "at p50" in result.reason and result.low > 2
+
+
+def test_a_dark_launch_splits_the_fail_side_over_the_gates_that_can_fail_there() -> None:
+    """Error rate, accuracy drop and cost are skipped at share 0: they cannot fail there, so
+    the fail side's 5 % is split over the four gates shadow traffic answers, not six."""
+    from controller.analysis import Levels
+
+    policy = Policy(gates=ALL_GATES, confidence=0.95)
+    assert Levels.of(policy, "max_kl", dark_launch=True).fail_alpha == pytest.approx(0.05 / 4)
+    assert Levels.of(policy, "max_kl", dark_launch=True).pass_alpha == pytest.approx(0.05)
+
+
+def test_a_drop_whose_pairs_all_lean_one_way_fails_at_the_first_look_that_can_tell() -> None:
+    """A student 3 points worse with a tenth of the labels, at a 25 % step's first look with
+    enough requests: 16 of 540 pairs the teacher's alone, none the student's, under six gates
+    with intervals. The drop's fail end is the betting sequence at half the step's 5 % (the
+    gates on labels share half): 0.0112, above a 0.01 threshold. Tango's interval at this
+    policy's ``min_requests`` (100) could not tell at a sixth of it (0.0046), nor at half of it
+    (0.0091)."""
+    gates = ALL_GATES.model_copy(update={"max_accuracy_drop": 0.01})
+    policy = Policy(min_requests=100, gates=gates)
+    pairs = PairedLabels(both_correct=508, teacher_only=16, student_only=0, both_wrong=16)
+    step = replace(window(requests=3000, correct=2900), paired=pairs)
+    step = replace(step, student=replace(step.student, feedback_total=270, feedback_correct=262))
+    results = {r.gate: r for r in assess(step, step, policy, dark_launch=False)}
+    result = results["max_accuracy_drop"]
+    assert result.verdict is Verdict.FAIL and "paired" in result.reason
+    assert result.low > 0.01

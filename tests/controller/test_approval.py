@@ -17,7 +17,7 @@ from controller.cli import app
 from controller.machine import SKIP_GATES, OperatorCommand, Position, transition
 from controller.operator import operator_name, send_and_wait
 from controller.rollout import Launch
-from controller.state import Command, Phase, Record, StateStore
+from controller.rollout_store import Command, Phase, Record, RolloutStore
 from controller.webhooks import Answer, GateAnswer, GateType, Webhook
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 from tests.controller.receivers import http_receiver
@@ -69,7 +69,7 @@ def test_a_move_opens_only_when_every_gate_and_approval_lets_it() -> None:
 
 
 def test_approve_releases_a_manual_gate_and_the_history_says_who(tmp_path: Path) -> None:
-    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    store, fleet, clock = RolloutStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
     with http_receiver() as receiver:
         controller, _, _ = make_controller(
             store, fleet, clock, HOLDER, manual_approval=["confirm-promotion"],
@@ -115,7 +115,7 @@ def test_approve_releases_a_manual_gate_and_the_history_says_who(tmp_path: Path)
 
 
 def test_approve_needs_a_gate_a_rollout_waits_at_and_a_live_controller(tmp_path: Path) -> None:
-    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    store, fleet, clock = RolloutStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
     controller, _, _ = make_controller(store, fleet, clock, HOLDER)
     controller.start(Launch(GATEWAYS))
     store.release(HOLDER)  # the controller is gone
@@ -134,7 +134,7 @@ def test_promote_never_passes_a_waiting_gate_unless_told_to_and_then_says_so(
     """A change board (confirm-traffic-increase, answering 403) and a manual confirm-promotion:
     promote and promote --full are refused while a gate guards the move; --skip-gates moves,
     names the gates it passed in the history and the event, and leaves no stale wait."""
-    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    store, fleet, clock = RolloutStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
     with http_receiver() as receiver:
         board = {"name": "change-board", "type": "confirm-traffic-increase",
                  "url": f"{receiver.url}/board", "timeout_seconds": 2.0}  # fmt: skip
@@ -198,7 +198,7 @@ def test_promote_never_passes_a_waiting_gate_unless_told_to_and_then_says_so(
 def test_a_command_this_controller_does_not_know_is_closed_not_a_crash(tmp_path: Path) -> None:
     """A newer CLI's command during an upgrade: the controller closes it as ignored (its sender
     hears at once) and goes on taking the commands after it."""
-    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    store, fleet, clock = RolloutStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
     controller, _, _ = make_controller(store, fleet, clock, HOLDER)
     controller.start(Launch(GATEWAYS))
     with sqlite3.connect(tmp_path / "r.db") as db:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from controller.cli import app
-from controller.state import DecisionRecord, Phase, Record, RolloutState, StateStore
+from controller.rollout_store import DecisionRecord, Phase, Record, RolloutState, RolloutStore
 from tests.controller.fakes import bad_state_files
 
 runner = CliRunner()
@@ -38,16 +38,16 @@ def test_run_refuses_a_state_file_that_is_not_one(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("gates: {max_kl: 1}\n")
     path = bad_state_files(tmp_path)["not sqlite"]
-    result = runner.invoke(app, ["run", "--gateway", "http://127.0.0.1:9", "--policy",
-                                 str(policy), "--state", str(path)])  # fmt: skip
+    result = runner.invoke(app, ["run", "--gateway", "http://127.0.0.1:9", "--model", "digits",
+                                 "--policy", str(policy), "--state", str(path)])  # fmt: skip
     assert result.exit_code == 1
     assert "is not a distill-canary state file" in result.stderr
 
 
 def finished_rollout(tmp_path: Path) -> Path:
     path = tmp_path / "rollout.db"
-    store = StateStore.create(path)
-    store.acquire("elsewhere:1:x", ttl=1, now=0.0)
+    store = RolloutStore.create(path)
+    store.acquire("elsewhere:1:x", ttl=1, now=0.0, model="digits")
     history = [DecisionRecord(1000.0 + i, 0, 0.05, Record.HOLD, f"decision {i}") for i in range(5)]
     store.add(RolloutState(phase=Phase.ROLLED_BACK, steps=[5, 100], share=0.0,
                            started_at=1000.0, step_started_at=1000.0, ended_at=1042.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from controller.operator import command_seconds
 from controller.policy import Policy
-from controller.state import RolloutState
+from controller.rollout_store import RolloutState
 
 
 def _rollout(**policy: object) -> RolloutState:

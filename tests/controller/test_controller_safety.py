@@ -20,7 +20,7 @@ from controller.rollout import (
     Start,
     StartRefused,
 )
-from controller.state import Command, LeaseHeld, LeaseLost, Phase, StateStore
+from controller.rollout_store import Command, LeaseHeld, LeaseLost, Phase, RolloutStore
 from gateway.protocol import TrafficState
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 
@@ -29,8 +29,8 @@ FIRST, SECOND = "test-host-a:1:aaaa", "test-host-b:2:bbbb"  # other hosts: expir
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    return StateStore.create(tmp_path / "rollout.db")
+def store(tmp_path: Path) -> RolloutStore:
+    return RolloutStore.create(tmp_path / "rollout.db")
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def clock() -> Clock:
 
 
 def started(
-    store: StateStore, fleet: FakeFleet, clock: Clock, holder: str = FIRST, **policy: object
+    store: RolloutStore, fleet: FakeFleet, clock: Clock, holder: str = FIRST, **policy: object
 ) -> CanaryController:
     controller, _, _ = make_controller(store, fleet, clock, holder, **policy)
     controller.start(Launch(GATEWAYS))
@@ -61,7 +61,7 @@ def metric(registry: CollectorRegistry, name: str) -> float:
 
 
 def test_a_second_controller_is_refused_naming_the_holder(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     started(store, fleet, clock)
     second, _, _ = make_controller(store, fleet, clock, SECOND)
@@ -72,7 +72,7 @@ def test_a_second_controller_is_refused_naming_the_holder(
 
 
 def test_an_expired_lease_hands_over_and_the_old_controller_stops_at_once(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     first = started(store, fleet, clock)
     clock.now += 60  # the first controller hung past its lease (15 s)
@@ -89,7 +89,7 @@ def test_an_expired_lease_hands_over_and_the_old_controller_stops_at_once(
 
 
 def test_a_controller_that_loses_its_lease_mid_run_exits_without_acting(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller, _, _ = make_controller(store, fleet, clock, FIRST, bake_seconds=1000,
                                        max_step_seconds=1000)  # fmt: skip
@@ -99,7 +99,9 @@ def test_a_controller_that_loses_its_lease_mid_run_exits_without_acting(
         nonlocal taken_over
         clock.sleep(seconds)
         if not taken_over and clock.now > 1005:
-            store.acquire(SECOND, ttl=1000, now=clock.now + 100)  # as if FIRST had lapsed
+            store.acquire(
+                SECOND, ttl=1000, now=clock.now + 100, model="digits"
+            )  # as if FIRST had lapsed
             taken_over = True
 
     controller.sleep = sleep
@@ -113,7 +115,7 @@ def test_a_controller_that_loses_its_lease_mid_run_exits_without_acting(
 @pytest.mark.parametrize(("on_drift", "changed_share"),
                          [("reassert", 0.6), ("reassert", 0.05), ("pause", 0.0)])  # fmt: skip
 def test_a_share_changed_behind_the_controllers_back_is_caught(
-    store: StateStore, fleet: FakeFleet, clock: Clock, on_drift: str, changed_share: float
+    store: RolloutStore, fleet: FakeFleet, clock: Clock, on_drift: str, changed_share: float
 ) -> None:
     controller, _, registry = make_controller(store, fleet, clock, FIRST, on_drift=on_drift)
     controller.start(Launch(GATEWAYS))
@@ -142,7 +144,7 @@ def test_a_share_changed_behind_the_controllers_back_is_caught(
 
 
 def test_a_restarted_gateway_is_set_again_on_resume(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     started(store, fleet, clock)
     clock.now += 60
@@ -160,7 +162,7 @@ def test_a_restarted_gateway_is_set_again_on_resume(
 
 
 def test_a_command_without_a_live_controller_is_refused(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller = started(store, fleet, clock)
     clock.now += 60  # the controller died: no heartbeat for longer than its lease
@@ -170,7 +172,7 @@ def test_a_command_without_a_live_controller_is_refused(
 
 
 def test_a_command_the_controller_never_takes_expires_and_never_fires(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller = started(store, fleet, clock)  # alive (lease fresh) but stuck: never ticks
     outcome = send_and_wait(store, controller.state, Command.ABORT, clock, clock.sleep)
@@ -181,7 +183,7 @@ def test_a_command_the_controller_never_takes_expires_and_never_fires(
 
 
 def test_a_taken_command_is_answered_with_what_was_done(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller = started(store, fleet, clock)
 
@@ -200,7 +202,7 @@ def test_a_taken_command_is_answered_with_what_was_done(
 
 
 def test_promote_before_the_step_is_confirmed_says_why_it_cannot(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller, _, _ = make_controller(store, fleet, clock, FIRST)
     controller.start(Launch(GATEWAYS))
@@ -214,7 +216,7 @@ def test_promote_before_the_step_is_confirmed_says_why_it_cannot(
 
 
 def test_abort_now_rolls_back_directly_when_no_controller_is_alive(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller = started(store, fleet, clock)
     clock.now += 60
@@ -225,14 +227,14 @@ def test_abort_now_rolls_back_directly_when_no_controller_is_alive(
     saved = store.load(controller.state.rollout_id)
     assert saved is not None and saved.phase is Phase.ROLLED_BACK
     assert saved.history[-1].action == "rolled back" and "--now" in saved.history[-1].reason
-    assert store.lease() is None  # released: a controller could start again
+    assert store.lease("digits") is None  # released: a controller could start again
 
 
 # -- new rollouts ------------------------------------------------------------------------------
 
 
 def test_a_finished_rollout_is_kept_and_not_restarted_without_new(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     first = started(store, fleet, clock)
     store.send(first.state.rollout_id, Command.ABORT, "a test", 10, clock())
@@ -251,7 +253,7 @@ def test_a_finished_rollout_is_kept_and_not_restarted_without_new(
 @pytest.mark.parametrize(("start", "expected"), [
     (Start.FRESH, "refused"), (Start.FROM_CURRENT, 2), (Start.RESET, 0)])  # fmt: skip
 def test_a_new_rollout_never_silently_drops_a_promoted_fleet(
-    store: StateStore, fleet: FakeFleet, clock: Clock, start: Start, expected: object
+    store: RolloutStore, fleet: FakeFleet, clock: Clock, start: Start, expected: object
 ) -> None:
     for url in GATEWAYS:
         fleet.operator_put(url, 1.0)  # an earlier rollout promoted the student
@@ -259,7 +261,7 @@ def test_a_new_rollout_never_silently_drops_a_promoted_fleet(
     if expected == "refused":
         with pytest.raises(StartRefused, match=r"already serve the student .* --from-current"):
             controller.start(Launch(GATEWAYS, start=start))
-        assert fleet.puts == [] and store.lease() is None
+        assert fleet.puts == [] and store.lease("digits") is None
         return
     state = controller.start(Launch(GATEWAYS, start=start))
     assert state.step_index == expected
@@ -268,7 +270,7 @@ def test_a_new_rollout_never_silently_drops_a_promoted_fleet(
 
 
 def test_metrics_say_who_is_alive_and_what_each_gate_decided(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller, _, registry = make_controller(store, fleet, clock, FIRST)
     controller.start(Launch(GATEWAYS))
@@ -297,7 +299,7 @@ def test_metrics_say_who_is_alive_and_what_each_gate_decided(
 
 
 def test_a_named_rollout_is_resumed_while_unfinished_and_never_started_twice(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     job = Launch(GATEWAYS, name="student-v7")
     first, _, _ = make_controller(store, fleet, clock, FIRST)
@@ -318,7 +320,7 @@ def test_a_named_rollout_is_resumed_while_unfinished_and_never_started_twice(
 
 @pytest.mark.parametrize("on_sigterm", list(OnSigterm))
 def test_sigterm_persists_or_rolls_back_as_asked(
-    store: StateStore, fleet: FakeFleet, clock: Clock, on_sigterm: OnSigterm
+    store: RolloutStore, fleet: FakeFleet, clock: Clock, on_sigterm: OnSigterm
 ) -> None:
     controller, _, _ = make_controller(store, fleet, clock, FIRST, bake_seconds=1000,
                                        max_step_seconds=1000)  # fmt: skip
@@ -331,7 +333,7 @@ def test_sigterm_persists_or_rolls_back_as_asked(
     controller.sleep = sleep
     code = controller.run(Launch(GATEWAYS, on_sigterm=on_sigterm))
     saved = store.load()
-    assert saved is not None and store.lease() is None  # the lease is released either way
+    assert saved is not None and store.lease("digits") is None  # the lease is released either way
     if on_sigterm is OnSigterm.PERSIST:
         assert code == EXIT_STOPPED and saved.phase is Phase.PROGRESSING
         assert saved.history[-1].action == "stopped"
@@ -345,7 +347,7 @@ def test_sigterm_persists_or_rolls_back_as_asked(
 
 
 def test_a_replacement_controller_waits_for_the_lease_when_asked(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     started(store, fleet, clock)  # FIRST holds the lease until 1015, then goes silent
     waiting, _, _ = make_controller(store, fleet, clock, SECOND)
@@ -356,7 +358,7 @@ def test_a_replacement_controller_waits_for_the_lease_when_asked(
 
 
 def test_a_command_is_saved_before_it_is_acknowledged(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     """An operator told "paused" must find it paused even if the controller is killed right
     after the acknowledgement (seen once in an end-to-end drill: the pause was lost)."""
@@ -384,7 +386,7 @@ def phase(controller: CanaryController) -> Phase:
 
 
 def test_a_step_never_confirmed_rolls_back_after_max_step_seconds_naming_the_gateway(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller, _, registry = make_controller(store, fleet, clock, FIRST, max_step_seconds=60)
     controller.start(Launch(GATEWAYS))
@@ -405,7 +407,7 @@ def test_a_step_never_confirmed_rolls_back_after_max_step_seconds_naming_the_gat
 
 
 def test_a_fleet_that_cannot_be_read_mid_step_holds_then_rolls_back_at_the_deadline(
-    store: StateStore, fleet: FakeFleet, clock: Clock
+    store: RolloutStore, fleet: FakeFleet, clock: Clock
 ) -> None:
     controller = started(store, fleet, clock, max_step_seconds=60)
     fleet.down.add("http://gw-1")  # a store outage reads the same: the fleet cannot be read

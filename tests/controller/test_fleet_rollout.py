@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from controller.local.processes import RedisProcess
-from controller.state import Phase, StateError
+from controller.rollout_store import Phase, StateError
 from models import MODELS_DIR
 from tests.rollouts import canary_env, gateway_config, saved, share_of, traffic, write_policy
 from tests.servers import BIN, TestGateway, wait_until

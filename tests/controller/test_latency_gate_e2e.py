@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.state import Phase
+from controller.rollout_store import Phase
 from tests.rollouts import (
     canary_command,
     gateway_config,

@@ -21,7 +21,7 @@ from controller.machine import (
     StopRequested,
     transition,
 )
-from controller.state import Command, Phase, Record
+from controller.rollout_store import Command, Phase, Record
 
 P, Z, DONE, BACK = Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED, Phase.ROLLED_BACK
 MID, LAST = 0, 2  # step indexes of a 3-step rollout

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from controller.local.processes import RedisProcess
-from controller.state import Phase
+from controller.rollout_store import Phase
 from gateway.state.keys import StoreKeys
 from tests.rollouts import gateway_config, run_canary, saved, traffic, write_policy
 from tests.servers import BIN, TestGateway, free_port

@@ -28,7 +28,7 @@ from controller.rollout import (
     CanaryController,
     Launch,
 )
-from controller.state import Command, RolloutState, StateStore
+from controller.rollout_store import Command, RolloutState, RolloutStore
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 from tests.controller.receivers import (
     closed_port,
@@ -56,7 +56,7 @@ def failing_window() -> WindowMetrics:
 def controller_for(
     tmp_path: Path, receivers: list[dict[str, Any]], **policy: object
 ) -> tuple[CanaryController, Any, CollectorRegistry]:
-    store = StateStore.create(tmp_path / "rollout.db")
+    store = RolloutStore.create(tmp_path / "rollout.db")
     settings = {"bake_seconds": 3, **policy}  # 3 s bakes at 1 s intervals: a few ticks a step
     return make_controller(store, FakeFleet(GATEWAYS), Clock(), HOLDER, notify=receivers,
                            **settings)  # fmt: skip
@@ -272,7 +272,7 @@ def test_pause_resume_drift_and_the_lease_changing_hands_are_each_one_event(
 ) -> None:
     """Operators' commands, a share changed behind the controller's back, a takeover and the
     old controller finding its lease gone."""
-    store, fleet, clock = StateStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
+    store, fleet, clock = RolloutStore.create(tmp_path / "r.db"), FakeFleet(GATEWAYS), Clock()
     second_holder = "test-host-b:2:bbbb"
     with http_receiver() as receiver:
         quiet = {"url": f"{receiver.url}/ops", "events": [
@@ -293,14 +293,16 @@ def test_pause_resume_drift_and_the_lease_changing_hands_are_each_one_event(
         first.notifications.close(2.0)
         second.notifications.close(2.0)
         # a third, on a state file of its own, loses its lease mid-run to a fourth
-        other = StateStore.create(tmp_path / "other.db")
+        other = RolloutStore.create(tmp_path / "other.db")
         third, _, _ = make_controller(other, FakeFleet(GATEWAYS), clock, HOLDER,
                                       bake_seconds=1000, max_step_seconds=1000,
                                       notify=[quiet])  # fmt: skip
 
         def taken_over(seconds: float) -> None:
             clock.sleep(seconds)
-            other.acquire(second_holder, ttl=1000, now=clock.now + 100)  # as if it lapsed
+            other.acquire(
+                second_holder, ttl=1000, now=clock.now + 100, model="digits"
+            )  # as if it lapsed
 
         third.sleep = taken_over
         assert third.run(Launch(GATEWAYS)) == EXIT_REFUSED
@@ -333,6 +335,8 @@ def test_run_refuses_a_receiver_whose_secret_is_unset(
         str(policy),
         "--gateway",
         "http://127.0.0.1:9",
+        "--model",
+        "digits",
         "--state",
         state,
     ]

@@ -4,7 +4,7 @@ gates that decided it (the full per-gate table is in `status` and the report).""
 from __future__ import annotations
 
 from controller.progress import decision_line
-from controller.state import DecisionRecord, Record
+from controller.rollout_store import DecisionRecord, Record
 
 
 def _gate(name: str, verdict: str, value: float, threshold: float) -> dict[str, object]:

@@ -14,7 +14,7 @@ from controller.report import (
     render,
     write_report,
 )
-from controller.state import DecisionRecord, Phase, Record, RolloutState
+from controller.rollout_store import DecisionRecord, Phase, Record, RolloutState
 
 POLICY = {"steps": [5, 25, 100], "min_requests": 100, "gates": {"min_agreement": 0.9}}
 

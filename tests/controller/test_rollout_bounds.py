@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from controller import students
+from controller import registry_records
 from controller.rollout import CanaryController, Launch
-from controller.state import (
+from controller.rollout_store import (
     HISTORY_IN_MEMORY,
     DecisionRecord,
     Phase,
     Record,
     RolloutState,
-    StateStore,
+    RolloutStore,
 )
 from models import REGISTRY_PATH
 from tests.controller.fakes import Clock, FakeFleet, make_controller
@@ -34,12 +34,12 @@ def phase(controller: CanaryController) -> Phase:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    return StateStore.create(tmp_path / "rollout.db")
+def store(tmp_path: Path) -> RolloutStore:
+    return RolloutStore.create(tmp_path / "rollout.db")
 
 
 def test_a_gateway_that_keeps_drifting_rolls_the_step_back_at_max_step_seconds(
-    store: StateStore,
+    store: RolloutStore,
 ) -> None:
     """A crash-looping gateway comes back at its config's share every few seconds: each re-set
     restarts the step's analysis (never baked), but not its deadline."""
@@ -69,7 +69,7 @@ def test_a_gateway_that_keeps_drifting_rolls_the_step_back_at_max_step_seconds(
 
 
 def test_a_drift_well_inside_the_deadline_is_set_again_and_the_next_step_starts_afresh(
-    store: StateStore,
+    store: RolloutStore,
 ) -> None:
     fleet, clock = FakeFleet(GATEWAYS), Clock()
     controller, _, _ = make_controller(store, fleet, clock, HOLDER, bake_seconds=10,
@@ -90,7 +90,7 @@ def test_a_drift_well_inside_the_deadline_is_set_again_and_the_next_step_starts_
 
 
 def test_decisions_are_appended_never_rewritten_and_kept_in_memory_only_lately(
-    store: StateStore,
+    store: RolloutStore,
 ) -> None:
     fleet, clock = FakeFleet(GATEWAYS), Clock()
     controller, _, _ = make_controller(store, fleet, clock, HOLDER)
@@ -111,7 +111,7 @@ def test_decisions_are_appended_never_rewritten_and_kept_in_memory_only_lately(
     assert loaded.history[-HISTORY_IN_MEMORY:] == controller.state.history
 
 
-def test_a_state_file_of_an_earlier_version_keeps_its_decisions(store: StateStore) -> None:
+def test_a_state_file_of_an_earlier_version_keeps_its_decisions(store: RolloutStore) -> None:
     """Its rollout's record held the decisions: read from it, then appended at the next save."""
     old = RolloutState(history=[DecisionRecord(1.0 + i, 0, 0.05, Record.HOLD, f"decision {i}")
                                 for i in range(3)])  # fmt: skip
@@ -121,7 +121,7 @@ def test_a_state_file_of_an_earlier_version_keeps_its_decisions(store: StateStor
             {**r.__dict__, "action": r.action.value} for r in old.history
         ]  # as earlier versions wrote it
         db.execute("insert into rollouts (state, updated_at) values (?, 0)", (json.dumps(data),))
-    store.acquire(HOLDER, ttl=15, now=100.0)
+    store.acquire(HOLDER, ttl=15, now=100.0, model="digits")
     loaded = store.load()
     assert loaded is not None and [r.reason for r in loaded.history] == [
         "decision 0", "decision 1", "decision 2"]  # fmt: skip
@@ -134,7 +134,7 @@ def test_a_state_file_of_an_earlier_version_keeps_its_decisions(store: StateStor
 
 
 def test_retry_moves_the_same_student_and_records_its_outcome(
-    store: StateStore, tmp_path: Path
+    store: RolloutStore, tmp_path: Path
 ) -> None:
     registry_path = tmp_path / "registry.json"
     shutil.copy(REGISTRY_PATH, registry_path)
@@ -143,14 +143,14 @@ def test_retry_moves_the_same_student_and_records_its_outcome(
     fleet, clock = FakeFleet(GATEWAYS), Clock()
     rolled_back = RolloutState(phase=Phase.ROLLED_BACK, gateways=GATEWAYS, student=student,
                                rollback_reason="aborted by an operator")  # fmt: skip
-    store.acquire(HOLDER, ttl=15, now=clock.now)
+    store.acquire(HOLDER, ttl=15, now=clock.now, model="digits")
     store.add(rolled_back, HOLDER)
     store.release(HOLDER)
     controller, _, _ = make_controller(store, fleet, clock, HOLDER, steps=[100], bake_seconds=0)
     assert controller.run(Launch.again(rolled_back)) == 0
     assert controller.state.student == student and controller.state.rollout_id == 2
     assert {t.student_id for t in fleet.traffic.values()} == {model_id}  # loaded again
-    students.record_outcome(controller.state)
+    registry_records.record_outcome(controller.state)
     history = json.loads(registry_path.read_text())["history"]
     assert [(h["model_id"], h["event"], h["rollout"]) for h in history][-1:] == [
         (model_id, "promoted", 2)]  # fmt: skip

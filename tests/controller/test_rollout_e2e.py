@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.state import Phase, StateStore
+from controller.rollout_store import Phase, RolloutStore
 from models import MODELS_DIR
 from tests.rollouts import (
     FAST_POLICY,
@@ -281,7 +281,7 @@ def test_abort_now_rolls_back_with_no_controller(
         assert operator("abort", state).returncode == 0
         output, _ = retried.communicate(timeout=60)
     assert retried.returncode == 3, output
-    first = StateStore.open_existing(state).load(1)
+    first = RolloutStore.open_existing(state).load(1)
     assert first is not None and "--now" in (first.rollback_reason or "")  # kept
 
 
@@ -302,7 +302,7 @@ def test_sigterm_saves_releases_and_a_restart_resumes(
     assert read_metric(scraped, "canary_step_index", model="digits") == 0
     controller.send_signal(signal.SIGTERM)
     assert controller.wait(timeout=20) == 143
-    assert StateStore.open_existing(state).lease() is None
+    assert RolloutStore.open_existing(state).lease("digits") is None
     assert saved(state).history[-1].action == "stopped" and share_of(gateway) == 0.05
     before = len(saved(state).history)
     resumed = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
@@ -323,7 +323,7 @@ def test_metrics_bound_to_loopback_are_not_reachable_from_another_address(
     port = free_port()
     policy = write_policy(tmp_path)
     command = [str(BIN / "distill-canary"), "run", "--gateway", "http://127.0.0.1:9",
-               "--policy", str(policy), "--state", str(tmp_path / "s.db"),
+               "--model", "digits", "--policy", str(policy), "--state", str(tmp_path / "s.db"),
                "--metrics-port", str(port)]  # fmt: skip
     controller = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=canary_env())
     try:
@@ -376,8 +376,9 @@ def test_a_gateway_restarted_mid_step_is_set_again(
     gateway = start_gateway(gateway_config())
     with controller_at_first_step(gateway, tmp_path) as (_, state):
         gateway.stop()
-        gateway.start()  # same port, share 0 from its config
+        # From here: the controller may set the share again before start() has seen it ready.
         restarted = time.time()
+        gateway.start()  # same port, share 0 from its config
         # The gateway takes the share inside the tick; the tick's record is saved at its end.
         wait_until(lambda: any(r.action == "set" and r.at > restarted for r in
                                saved(state).history), 30, "the share set again")  # fmt: skip

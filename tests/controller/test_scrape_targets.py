@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from controller.actuator import GatewayFleet
+from controller.gateway_paths import traffic_path
 from controller.sources import MetricsUnavailable
 from controller.sources.scrape import ScrapeSource
 
@@ -19,7 +20,7 @@ EXPOSITION = 'gateway_requests_total{model="digits",backend="student",code="200"
 
 def transport(advertised: str | None) -> httpx.MockTransport:
     def answer(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/admin/traffic":
+        if request.url.path == traffic_path("digits"):
             body = {"student_share": 0.05, "generation": 2}
             return httpx.Response(200, json={**body, "metrics_url": advertised} if advertised
                                   else body)  # fmt: skip
@@ -33,7 +34,7 @@ def transport(advertised: str | None) -> httpx.MockTransport:
 @pytest.mark.parametrize("advertised", [METRICS, None])
 def test_the_scrape_source_reads_the_metrics_where_the_gateway_says(advertised: str | None) -> None:
     with httpx.Client(transport=transport(advertised)) as client:
-        fleet = GatewayFleet([ADMIN], "token", client)
+        fleet = GatewayFleet([ADMIN], "token", client, "digits")
         assert fleet.scrape_targets() == {ADMIN: advertised or f"{ADMIN}/metrics"}
         mark = ScrapeSource(fleet.scrape_targets, client).mark()
     assert list(mark.counters) == [ADMIN]  # marks stay keyed by the gateway, as persisted

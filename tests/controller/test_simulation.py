@@ -93,7 +93,7 @@ def test_simulate_refuses_a_share_outside_0_to_1(tmp_path: Path) -> None:
 def test_the_readme_shows_the_committed_simulation() -> None:
     root = Path(__file__).resolve().parents[2]
     rows = json.loads((root / "tests/benchmarks/results/simulation.json").read_text())
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "simulation.md").read_text()
     assert markdown_table(rows) in readme
     before = json.loads((root / "tests/benchmarks/results/simulation.before.json").read_text())
     assert before_after_table(before, rows) in readme
@@ -122,3 +122,34 @@ def test_the_other_judges_behave_as_their_models_do() -> None:
     assert rows[("inaccurate", "mann_whitney")].promoted_rate >= 0.7
     assert rows[("inaccurate", "controller")].rolled_back_rate == 1.0
     assert rows[("slow", "mann_whitney")].rolled_back_rate == 1.0
+
+
+def test_a_dark_launch_sends_the_student_shadow_calls_only_and_judges_what_they_answer() -> None:
+    """Share 0: no live student request; the student's calls are the mirrored shadow ones (all
+    timed and compared); the controller judges agreement, KL and latency and skips the rest, so
+    a good student passes on comparisons alone and a disagreeing or slow one is rolled back."""
+    dark = Scenario("dark", "promote", share=0.0, requests_per_second=20.0)
+    traffic = draw(dark, 30, 10.0, np.random.default_rng(2))
+    window = traffic.window(0, 30)
+    assert traffic.dark_launch and window.student.requests == 0
+    assert window.student.latency[-1][1] == window.comparisons > 0
+    assert traffic.volume(30) == window.comparisons
+    policy = Policy(bake_seconds=60, interval_seconds=10, min_requests=100, max_step_seconds=300,
+                    gates=Gates(max_error_rate=0.01, min_agreement=0.9, max_accuracy_drop=0.02,
+                                max_latency_ratio=1.5))  # fmt: skip
+    scenarios = [dark, replace(dark, name="disagrees", expected="rollback", agreement=0.8),
+                 replace(dark, name="slow", expected="rollback", p99_ratio=3.0)]  # fmt: skip
+    rows = {(s.scenario, s.judge): s for s in run_scenarios(scenarios, policy, runs=10, seed=6)}
+    assert rows[("dark", "controller")].promoted_rate == 1.0
+    # The threshold judge skips what shadow traffic cannot answer too: judged on the live-only
+    # gates' missing data it would fail every check and promote none.
+    assert rows[("dark", "threshold")].promoted_rate >= 0.8
+    assert rows[("disagrees", "controller")].rolled_back_rate == 1.0
+    assert rows[("slow", "controller")].rolled_back_rate == 1.0
+
+
+def test_simulate_runs_dark_launches_only_for_a_policy_that_can_judge_one() -> None:
+    shadow = {"min_agreement": 0.97, "max_error_rate": 0.001}
+    names = [s.name for s in simulated_scenarios(shadow) if s.share == 0]
+    assert names and all(name.endswith("(dark launch)") for name in names)
+    assert not [s for s in simulated_scenarios({"max_error_rate": 0.001}) if s.share == 0]

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.sources import Mark
-from controller.state import (
+from controller.rollout_store import (
     Command,
     DecisionRecord,
     LeaseHeld,
@@ -20,9 +19,10 @@ from controller.state import (
     Phase,
     Record,
     RolloutState,
+    RolloutStore,
     StateError,
-    StateStore,
 )
+from controller.sources import Mark
 from tests.controller.fakes import bad_state_files
 
 ME = "me-host:1:aaaa"  # another host's holder ids: only the lease's expiry tells if they live
@@ -30,13 +30,13 @@ OTHER = "other-host:2:bbbb"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    store = StateStore.create(tmp_path / "rollout.db")
-    store.acquire(ME, ttl=15, now=100.0)
+def store(tmp_path: Path) -> RolloutStore:
+    store = RolloutStore.create(tmp_path / "rollout.db")
+    store.acquire(ME, ttl=15, now=100.0, model="digits")
     return store
 
 
-def test_state_round_trips(store: StateStore) -> None:
+def test_state_round_trips(store: RolloutStore) -> None:
     assert store.load() is None
     mark = Mark(at=12.5, counters={"http://g": {("gateway_x_total", (("model", "m"),)): 3.0}})
     state = RolloutState(
@@ -46,12 +46,12 @@ def test_state_round_trips(store: StateStore) -> None:
                                 [{"gate": "g"}])],
     )  # fmt: skip
     store.add(state, ME)
-    loaded = StateStore.open_existing(store.path).load()
+    loaded = RolloutStore.open_existing(store.path).load()
     assert loaded == state and loaded is not None and loaded.rollout_id == 1
     assert loaded.step_mark is not None and Mark.from_json(loaded.step_mark) == mark
 
 
-def test_every_rollout_is_kept(store: StateStore) -> None:
+def test_every_rollout_is_kept(store: RolloutStore) -> None:
     first = store.add(RolloutState(phase=Phase.ROLLED_BACK, rollback_reason="min_agreement"), ME)
     second = store.add(RolloutState(), ME)
     assert (first.rollout_id, second.rollout_id) == (1, 2)
@@ -64,7 +64,7 @@ def test_every_rollout_is_kept(store: StateStore) -> None:
 
 def test_the_file_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
-    StateStore.create(path)
+    RolloutStore.create(path)
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -87,24 +87,24 @@ def test_one_controller_holds_the_lease(
     now: float,
     expected: str,
 ) -> None:
-    store = StateStore.create(tmp_path / "rollout.db")
+    store = RolloutStore.create(tmp_path / "rollout.db")
     if held is not None:
         holder, expires = held
-        store.acquire(holder, ttl=expires - 100.0, now=100.0)
+        store.acquire(holder, ttl=expires - 100.0, now=100.0, model="digits")
     if expected == "refused":
         with pytest.raises(LeaseHeld, match=rf"{held[0]} holds this rollout .* expires in 5 s"):  # type: ignore[index]
-            store.acquire(asker, ttl=15, now=now)
+            store.acquire(asker, ttl=15, now=now, model="digits")
         return
-    store.acquire(asker, ttl=15, now=now)
-    lease = store.lease()
+    store.acquire(asker, ttl=15, now=now, model="digits")
+    lease = store.lease("digits")
     assert lease is not None and lease.holder == asker and lease.expires_at == now + 15
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
     dead_pid = _a_pid_that_is_gone()
-    store = StateStore.create(tmp_path / "rollout.db")
-    store.acquire(f"{socket.gethostname()}:{dead_pid}:cccc", ttl=1000, now=100.0)
-    previous = store.acquire(ME, ttl=15, now=101.0)  # long before its expiry
+    store = RolloutStore.create(tmp_path / "rollout.db")
+    store.acquire(f"{socket.gethostname()}:{dead_pid}:cccc", ttl=1000, now=100.0, model="digits")
+    previous = store.acquire(ME, ttl=15, now=101.0, model="digits")  # long before its expiry
     assert previous is not None and previous.holder.endswith(f":{dead_pid}:cccc")
 
 
@@ -114,17 +114,17 @@ def _a_pid_that_is_gone() -> int:
     return child.pid
 
 
-def test_a_controller_that_lost_its_lease_cannot_save_or_renew(store: StateStore) -> None:
+def test_a_controller_that_lost_its_lease_cannot_save_or_renew(store: RolloutStore) -> None:
     state = store.add(RolloutState(), ME)
-    store.acquire(OTHER, ttl=15, now=200.0)  # ME's lease expired at 115
+    store.acquire(OTHER, ttl=15, now=200.0, model="digits")  # ME's lease expired at 115
     with pytest.raises(LeaseLost, match=OTHER):
         store.save(state, ME)
     with pytest.raises(LeaseLost):
-        store.renew(ME, ttl=15, now=201.0)
+        store.renew(ME, ttl=15, now=201.0, model="digits")
 
 
-def test_commands_are_taken_once_in_order_and_acknowledged(store: StateStore) -> None:
-    operator = StateStore.open_existing(store.path, read_only=False)
+def test_commands_are_taken_once_in_order_and_acknowledged(store: RolloutStore) -> None:
+    operator = RolloutStore.open_existing(store.path, read_only=False)
     pause = operator.send(1, Command.PAUSE, "sre@a", ttl=10, now=100.0)
     operator.send(1, Command.ABORT, "sre@b", ttl=10, now=100.5)
     assert store.has_commands(1)
@@ -139,7 +139,7 @@ def test_commands_are_taken_once_in_order_and_acknowledged(store: StateStore) ->
     assert not store.has_commands(1)
 
 
-def test_a_command_nobody_took_in_time_expires_and_never_fires(store: StateStore) -> None:
+def test_a_command_nobody_took_in_time_expires_and_never_fires(store: RolloutStore) -> None:
     late = store.send(1, Command.ABORT, "sre@a", ttl=10, now=100.0)
     assert store.take_commands(1, now=111.0) == []  # a controller that comes back later
     outcome = store.outcome(late)
@@ -152,7 +152,7 @@ def test_state_from_an_earlier_version_is_kept_as_the_first_rollout(tmp_path: Pa
         db.execute("create table rollout (id integer primary key, state text, updated_at real)")
         db.execute("insert into rollout values (1, ?, 5.0)",
                    (RolloutState(phase=Phase.PROMOTED).to_json(),))  # fmt: skip
-    loaded = StateStore.create(path).load()
+    loaded = RolloutStore.create(path).load()
     assert loaded is not None and loaded.phase is Phase.PROMOTED and loaded.rollout_id == 1
 
 
@@ -160,26 +160,26 @@ def test_bad_state_files_are_refused_in_one_line_and_left_unchanged(tmp_path: Pa
     files = bad_state_files(tmp_path)
     not_sqlite, directory, empty = files["not sqlite"], files["a directory"], files["empty"]
     with pytest.raises(StateError, match="is not a distill-canary state file"):
-        StateStore.open_existing(not_sqlite)
+        RolloutStore.open_existing(not_sqlite)
     with pytest.raises(StateError, match="is not a distill-canary state file"):
-        StateStore.create(not_sqlite)
+        RolloutStore.create(not_sqlite)
     with pytest.raises(StateError, match="is a directory"):
-        StateStore.open_existing(directory)
+        RolloutStore.open_existing(directory)
     with pytest.raises(StateError, match="is a directory"):
-        StateStore.create(directory)
+        RolloutStore.create(directory)
     with pytest.raises(StateError, match="holds no rollout state"):
-        StateStore.open_existing(empty, read_only=False)
+        RolloutStore.open_existing(empty, read_only=False)
     with pytest.raises(StateError, match="no state file at"):
-        StateStore.open_existing(tmp_path / "missing.db")
+        RolloutStore.open_existing(tmp_path / "missing.db")
     assert empty.stat().st_size == 0 and empty.stat().st_mode & 0o777 == 0o644
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_read_only_opening_never_writes(store: StateStore) -> None:
+def test_read_only_opening_never_writes(store: RolloutStore) -> None:
     store.add(RolloutState(), ME)
     before = os.stat(store.path).st_mtime_ns, store.path.read_bytes()
-    reader = StateStore.open_existing(store.path)
-    assert reader.load() is not None and reader.lease() is not None
+    reader = RolloutStore.open_existing(store.path)
+    assert reader.load() is not None and reader.lease("digits") is not None
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader.send(1, Command.PAUSE, "x", ttl=1, now=1.0)
     assert (os.stat(store.path).st_mtime_ns, store.path.read_bytes()) == before

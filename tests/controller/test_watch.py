@@ -22,9 +22,9 @@ from controller.cli import _watched, app
 from controller.events import EventType, RolloutEvent
 from controller.policy import Policy
 from controller.promtext import Snapshot, increase
+from controller.rollout_store import LeaseHeld, Phase, Record, RolloutStore
 from controller.sources import Mark, MetricsSource
 from controller.sources.prometheus import COUNTERS, GROUP_BY
-from controller.state import LeaseHeld, Phase, Record, StateStore
 from controller.status import render_status
 from controller.watch import Outcome, Reference, Watch, promoted_rollout, reference_of_last_step
 from gateway import metric_names as names
@@ -256,14 +256,14 @@ def test_a_promoted_rollout_leaves_its_last_step_as_the_reference(digits: Digits
 
 
 def _shifted_watch(digits: Digits, tmp_path: Path) -> tuple[
-        Watch, Traffic, FakeFleet, list[RolloutEvent], list[float], StateStore, str]:  # fmt: skip
+        Watch, Traffic, FakeFleet, list[RolloutEvent], list[float], RolloutStore, str]:  # fmt: skip
     """A watch of digits under the lease of a state file, over 2,000 reference rows."""
     x, _, run = digits
     clock, rng = [time.time()], np.random.default_rng(7)  # the lease's expiry is in real time
     traffic = Traffic("digits", DIGITS, run, clock)
     traffic.send(_digit_rows(x, rng, 2000))
-    store, holder = StateStore.create(tmp_path / "state.db"), "host:1:watch"
-    store.acquire(holder, 30.0, clock[0])
+    store, holder = RolloutStore.create(tmp_path / "state.db"), "host:1:watch"
+    store.acquire(holder, 30.0, clock[0], model="digits")
     rollout = store.add(promoted_rollout("digits"), holder)
     watch, fleet, events = _watch(_policy("digits"), traffic, clock)
     watch.rollout, watch.store, watch.holder = rollout, store, holder
@@ -329,15 +329,15 @@ def test_the_watch_holds_the_lease_records_its_looks_and_refuses_a_new_rollout(
         (Record.WATCH, "watching: no breach")]  # fmt: skip
     assert saved.history[-1].gates  # the numbers of each look
     with pytest.raises(LeaseHeld):  # a new rollout's controller
-        store.acquire("host:2:rollout", 30.0, clock[0])
-    assert "post-promotion watch (host:1:watch) holds model digits" in _watched(store)
+        store.acquire("host:2:rollout", 30.0, clock[0], model="digits")
+    assert "post-promotion watch (host:1:watch) holds model digits" in _watched(store, "digits")
     with httpx.Client() as client:  # no gateways in this rollout: nothing is asked
         shown = render_status(store.load(), store, client, clock[0], history=3)  # type: ignore[arg-type]
     assert "controller: post-promotion watch host:1:watch" in shown
     assert "watch: watching: no breach" in shown
     # the lease taken over (the watch's lapsed): the watch stops before touching the fleet
     store.release(holder)
-    store.acquire("host:2:rollout", 30.0, clock[0])
+    store.acquire("host:2:rollout", 30.0, clock[0], model="digits")
     puts = len(fleet.puts)
     traffic.send(_inverted(digits)(0))
     clock[0] += INTERVAL
@@ -410,8 +410,8 @@ def test_the_prometheus_source_reads_every_drift_counter_by_its_labels() -> None
 def test_run_and_a_second_watch_are_refused_while_a_watch_holds_the_model(tmp_path: Path) -> None:
     path, policy = tmp_path / "state.db", tmp_path / "policy.yaml"
     policy.write_text("model: digits\ngates: {max_kl: 1}\nwatch: {on_breach: rollback}\n")
-    store = StateStore.create(path)
-    store.acquire("elsewhere:1:watch", 300.0, time.time())  # a live watch's lease
+    store = RolloutStore.create(path)
+    store.acquire("elsewhere:1:watch", 300.0, time.time(), model="digits")  # a live watch's lease
     store.add(promoted_rollout("digits"), "elsewhere:1:watch")
     gateway = ["--gateway", "http://127.0.0.1:9", "--policy", str(policy), "--state", str(path)]
     result = CliRunner().invoke(app, ["run", "--new", *gateway])
@@ -419,7 +419,7 @@ def test_run_and_a_second_watch_are_refused_while_a_watch_holds_the_model(tmp_pa
     assert "a post-promotion watch (elsewhere:1:watch) holds model digits" in result.stderr
     result = CliRunner().invoke(app, ["watch", "--model", "digits", *gateway])
     assert result.exit_code == 5 and "elsewhere:1:watch holds" in result.stderr
-    assert store.lease() is not None and store.lease().holder == "elsewhere:1:watch"  # type: ignore[union-attr]
+    assert store.lease("digits") is not None and store.lease("digits").holder == "elsewhere:1:watch"  # type: ignore[union-attr]
 
 
 def test_the_watch_s_lease_outlasts_the_time_between_its_looks(digits: Digits,
@@ -430,5 +430,5 @@ def test_the_watch_s_lease_outlasts_the_time_between_its_looks(digits: Digits,
     watch.policy = watch.policy.model_copy(update={"interval_seconds": 5.0})
     assert watch.policy.lease_seconds == 15.0
     watch.tick()
-    lease = store.lease()
+    lease = store.lease("digits")
     assert lease is not None and lease.expires_at - clock[0] == 3 * INTERVAL

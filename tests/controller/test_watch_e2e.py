@@ -22,7 +22,15 @@ from controller.sources.scrape import ScrapeSource
 from models import TEST_SPLIT_PATH
 from models.data import load_test_split
 from tests.rollouts import canary_env, saved
-from tests.servers import BIN, PrometheusProcess, TestGateway, read_metric, wait_until
+from tests.servers import (
+    ADMIN_TOKEN,
+    BIN,
+    PrometheusProcess,
+    TestGateway,
+    free_port,
+    read_metric,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -176,3 +184,80 @@ def test_the_prometheus_source_reads_the_same_drift_counts_as_a_scrape(
     for key, bins in exact.predictions.items():  # per class, as the prediction PSI reads them
         for label, count in bins.items():
             assert seen.predictions[key].get(label, 0.0) == pytest.approx(count, rel=0.2, abs=5)
+
+
+def test_a_watch_sets_the_shadow_rate_counts_its_looks_stops_at_sigterm_and_resumes_its_window(
+    start_gateway: Callable[..., TestGateway], tmp_path: Path
+) -> None:
+    """`distill-canary watch` with a look a minute: the gateway samples shadow at the watch's
+    1 % from its first look (its configured 30 % back after), the watch's /metrics counts its
+    looks by model, SIGTERM ends it within seconds, not at the next look, and a watch started
+    again on the state file goes on with the window and reference it saved."""
+    gateway = start_gateway({"traffic": {"student_share": 1.0}, "shadow": {"sample_rate": 0.3},
+                             "drift": {"sample_rate": 1.0}})  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"model": "digits", "gates": {"min_agreement": 0.9}, "watch": {
+        "interval_seconds": 60.0, "reference_seconds": 1.0, "min_rows": 1,
+        "shadow_sample_rate": 0.01}}))  # fmt: skip
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def shadow_rate() -> float:
+        answer = httpx.get(f"{gateway.url}/admin/models/digits/shadow", headers=admin)
+        return float(answer.json()["sample_rate"])
+
+    def watch(port: int) -> tuple[subprocess.Popen[str], list[str]]:
+        command = [str(BIN / "distill-canary"), "watch", "--model", "digits", "--policy",
+                   str(policy), "--gateway", gateway.url, "--state", str(tmp_path / "watch.db"),
+                   "--metrics-port", str(port)]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, env=canary_env())  # fmt: skip
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")),  # type: ignore[union-attr]
+                         daemon=True).start()  # fmt: skip
+        return process, lines
+
+    def stop(process: subprocess.Popen[str]) -> float:
+        """SIGTERM; how long the watch took to exit (0 expected)."""
+        sent = time.monotonic()
+        process.terminate()
+        assert process.wait(timeout=15) == 0
+        return time.monotonic() - sent
+
+    def ended(process: subprocess.Popen[str], lines: list[str]) -> None:
+        """Killed if still running; its output read to the end and the pipe closed."""
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=15)
+        assert process.stdout is not None
+        lines.extend(process.stdout.readlines())
+        process.stdout.close()
+
+    traffic = Traffic(gateway.url)
+    traffic.start()
+    port = free_port()
+    first, lines = watch(port)
+    try:
+        wait_until(lambda: any("watch recording" in line for line in lines), 60, "the first look")
+        assert shadow_rate() == 0.01
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert read_metric(scraped, "canary_watch_looks_total", model="digits",
+                           outcome="recording") == 1.0  # fmt: skip
+        assert read_metric(scraped, "canary_watch_shadow_sample_rate", model="digits") == 0.01
+        took = stop(first)
+    finally:
+        ended(first, lines)
+    assert took < 5, f"SIGTERM took {took:.1f} s to stop a watch between looks a minute apart"
+    assert shadow_rate() == 0.3  # the gateway's own rate, put back
+    # again, on the same state file: the reference's recording it began goes on (its first
+    # look, a minute early, records a reference; a new window would start recording again)
+    second, lines = watch(free_port())
+    try:
+        wait_until(lambda: any(line.startswith("watch ") for line in lines), 60,
+                   "the second watch's first look")  # fmt: skip
+        looks = [line for line in lines if line.startswith("watch ")]
+        assert looks[0].startswith("watch watching: reference recorded: "), "".join(lines)
+        assert any("resumed the window" in line for line in lines), "".join(lines)
+        stop(second)
+    finally:
+        traffic.stopped.set()
+        ended(second, lines)

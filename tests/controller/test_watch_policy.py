@@ -29,6 +29,9 @@ def test_defaults_judge_input_and_prediction_drift_and_alert() -> None:
     ({"max_estimated_accuracy_drop": 0.05}, "regression", "classification only"),
     ({"max_input_psi": None, "max_prediction_psi": None}, "classification", "at least one check"),
     ({"on_breach": "pause"}, "classification", "on_breach"),
+    ({"shadow_sample_rate": 1.5}, "classification", "shadow_sample_rate"),
+    ({"reference": "file"}, "classification", "reference"),
+    ({"false_alarms_per_day": 12}, "classification", "false_alarms_per_day 12 gives each 3600 s"),
 ])  # fmt: skip
 def test_a_bad_watch_section_names_its_key(watch: dict[str, Any], task: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from controller.policy import Policy
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK, CanaryController, Launch
-from controller.state import Phase, Record, StateStore
+from controller.rollout_store import Phase, Record, RolloutStore
 from controller.status import render_status
 from tests.controller.fakes import Clock, FakeFleet, make_controller
 from tests.controller.receivers import (
@@ -41,8 +41,8 @@ def hook(
 
 def controller_with(
     tmp_path: Path, hooks: list[dict[str, Any]], **policy: object
-) -> tuple[CanaryController, StateStore, FakeFleet]:
-    store, fleet = StateStore.create(tmp_path / "rollout.db"), FakeFleet(GATEWAYS)
+) -> tuple[CanaryController, RolloutStore, FakeFleet]:
+    store, fleet = RolloutStore.create(tmp_path / "rollout.db"), FakeFleet(GATEWAYS)
     controller, _, _ = make_controller(store, fleet, Clock(), HOLDER, webhooks=hooks, **policy)
     return controller, store, fleet
 
@@ -56,7 +56,7 @@ def tick_for(controller: CanaryController, seconds: float) -> None:
         controller.clock.sleep(1)  # type: ignore[attr-defined]
 
 
-def status_of(controller: CanaryController, store: StateStore) -> str:
+def status_of(controller: CanaryController, store: RolloutStore) -> str:
     with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(503))) as client:
         return render_status(controller.state, store, client, controller.clock(), history=0)
 

@@ -7,6 +7,8 @@ Runtime, since the bundled server has no ONNX Runtime backend:
 - teacher, student: the shipped models
 - student_slow: the student after a sleep of --slow-ms (to exceed a gateway's timeout)
 - student_five: a model whose signature differs (5 classes), for the signature check
+- student_hung: the student, which answers its first call (a gateway's warm-up) and then never
+  answers again (a hung backend, for the isolation benchmark of several models per gateway)
 - any ``--extra NAME=PATH``: that ONNX file with its own signature (any inputs and outputs,
   strings as BYTES), for the tests of other signatures. A BF16 model is declared (its
   metadata reads BF16) but cannot answer: Triton's Python backend, which PyTriton's proxy
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -32,13 +35,23 @@ from pytriton.triton import Triton, TritonConfig
 MAX_BATCH = 1024
 
 
-def onnx_callable(path: Path, delay_s: float = 0.0, keep: int | None = None):  # type: ignore[no-untyped-def]
+def onnx_callable(
+    path: Path,
+    delay_s: float = 0.0,
+    keep: int | None = None,
+    answers: int | None = None,
+):
+    """``answers``: how many calls are answered before every later one hangs (None: all)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    calls = [0]
 
     @batch
     def infer(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        calls[0] += 1
+        if answers is not None and calls[0] > answers:
+            threading.Event().wait()  # hung: holds the model's instance, burns no CPU
         if delay_s:
             time.sleep(delay_s)
         logits = session.run(["logits"], {"pixels": pixels.astype(np.float32)})[0]
@@ -99,17 +112,20 @@ def main() -> None:
         grpc_address="127.0.0.1", grpc_port=args.grpc_port,
         metrics_port=args.metrics_port, log_verbose=0,
     )  # fmt: skip
+    teacher, student = args.models_dir / "teacher.onnx", args.models_dir / "student.onnx"
+    # name: (path, delay_s, keep, answers, classes): onnx_callable's arguments, and its outputs
     models = {
-        "teacher": (args.models_dir / "teacher.onnx", 0.0, None, 10),
-        "student": (args.models_dir / "student.onnx", 0.0, None, 10),
-        "student_slow": (args.models_dir / "student.onnx", args.slow_ms / 1000.0, None, 10),
-        "student_five": (args.models_dir / "student.onnx", 0.0, 5, 5),
+        "teacher": (teacher, 0.0, None, None, 10),
+        "student": (student, 0.0, None, None, 10),
+        "student_slow": (student, args.slow_ms / 1000.0, None, None, 10),
+        "student_five": (student, 0.0, 5, None, 5),
+        "student_hung": (student, 0.0, None, 1, 10),
     }
     with Triton(config=config) as triton:
-        for name, (path, delay, keep, classes) in models.items():
+        for name, (path, delay, keep, answers, classes) in models.items():
             triton.bind(
                 model_name=name,
-                infer_func=onnx_callable(path, delay, keep),
+                infer_func=onnx_callable(path, delay, keep, answers),
                 inputs=[Tensor(name="pixels", dtype=np.float32, shape=(64,))],
                 outputs=[Tensor(name="logits", dtype=np.float32, shape=(classes,))],
                 config=ModelConfig(max_batch_size=MAX_BATCH),
