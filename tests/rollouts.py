@@ -10,13 +10,14 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
-from controller.local.traffic import TrafficGenerator
+from controller.local.traffic import TrafficGenerator, TrafficReport
 from controller.rollout_store import RolloutStore
 from models import STUDENT_PATH, TEACHER_PATH
 from tests.servers import ADMIN_TOKEN, BIN, TestGateway, wait_until
@@ -46,19 +47,36 @@ def gateway_config(student: Path = STUDENT_PATH) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Replayed:
+    """What ``traffic`` sent, filled in when its block ends."""
+
+    reports: list[TrafficReport] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return sum(len(report.samples) for report in self.reports)
+
+    @property
+    def errors(self) -> list[str]:
+        """Every request (or its label) a client saw fail, as what it was told."""
+        return [str(s.error) for report in self.reports for s in report.errors]
+
+
 @contextmanager
-def traffic(*gateways: TestGateway, model: str = "digits") -> Iterator[None]:
+def traffic(*gateways: TestGateway, model: str = "digits") -> Iterator[Replayed]:
     """Replays the test split with feedback to ``model`` of each gateway until the block ends."""
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=TrafficGenerator(g.url, model).run,
-                         kwargs={"stop": stop, "workers": 2})
-        for g in gateways
-    ]  # fmt: skip
+    replayed = Replayed()
+
+    def replay(url: str) -> None:
+        replayed.reports.append(TrafficGenerator(url, model).run(stop=stop, workers=2))
+
+    threads = [threading.Thread(target=replay, args=(g.url,)) for g in gateways]
     for thread in threads:
         thread.start()
     try:
-        yield
+        yield replayed
     finally:
         stop.set()
         for thread in threads:

@@ -98,11 +98,12 @@ def two_rollouts_at_once(
 ) -> None:
     """Runs both controllers at once under traffic to both models (a on the first gateway, b on
     the last): a ends promoted (exit 0) and b rolled back (3); a second ``run`` of a while a's
-    runs is refused by a's lease; ``status`` names both; neither wrote the other's share."""
+    runs is refused by a's lease; ``status`` names both; neither wrote the other's share; no
+    client of either model saw an error."""
     with (
         ShareLog(gateways, ("a", "b")) as shares,
-        traffic(gateways[0], model="a"),
-        traffic(gateways[-1], model="b"),
+        traffic(gateways[0], model="a") as sent_a,
+        traffic(gateways[-1], model="b") as sent_b,
         (logs / "a.log").open("w") as log_a,
         (logs / "b.log").open("w") as log_b,
         subprocess.Popen(run_a, stdout=subprocess.DEVNULL, stderr=log_a, env=canary_env()) as a,
@@ -114,6 +115,8 @@ def two_rollouts_at_once(
         listed = operator("status", state, "--history", "0")
         a.wait(timeout=240)
         b.wait(timeout=240)
+    for sent in (sent_a, sent_b):  # neither model's clients saw an error, labels included
+        assert sent.requests > 0 and sent.errors == []
     assert a.returncode == 0, (logs / "a.log").read_text()
     assert b.returncode == 3, (logs / "b.log").read_text()
     assert listed.returncode == 0 and "model a" in listed.stdout and "model b" in listed.stdout

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,7 +32,7 @@ from rich.table import Table
 
 from controller import promtext
 from controller.local.processes import BIN, GatewayProcess
-from controller.local.traffic import TrafficGenerator
+from controller.local.traffic import TrafficGenerator, TrafficReport
 from controller.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK
 from gateway.roles import Protocol
 from models import MODELS_DIR, STUDENT_PATH, TEACHER_PATH, TEST_SPLIT_PATH
@@ -173,6 +173,8 @@ class RolloutOutcome:
     final_share: float
     last_line: str
     started_at: float = 0.0  # time.monotonic() when its controller started
+    requests: int = 0  # the model's requests while it rolled out beside the other (part 2)
+    client_errors: int = 0  # of those (or their labels), the ones a client saw fail
 
 
 def run_controller(command: list[str], token: str, prefix: str = "") -> tuple[int, str]:
@@ -272,8 +274,13 @@ def rollouts_at_once(
     gateway = GatewayProcess(work_dir, both_pairs_config(digits.student, text.bad_student),
                              admin_token=token, grpc=protocol == "grpc").start()  # fmt: skip
     stop = threading.Event()
-    traffic = [threading.Thread(target=lambda c=chosen: traffic_for(gateway, c).run(
-        stop=stop, workers=2), daemon=True) for chosen, _, _ in plan]  # fmt: skip
+    sent: dict[str, TrafficReport] = {}
+
+    def replay(chosen: Pair) -> None:
+        sent[chosen.model] = traffic_for(gateway, chosen).run(stop=stop, workers=2)
+
+    traffic = [threading.Thread(target=replay, args=(chosen,), daemon=True)
+               for chosen, _, _ in plan]  # fmt: skip
     for thread in traffic:
         thread.start()
     outcomes: list[RolloutOutcome | None] = [None, None]
@@ -303,7 +310,17 @@ def rollouts_at_once(
         for thread in traffic:
             thread.join()
         gateway.stop()
-    return [outcome for outcome in outcomes if outcome is not None]
+    ended = []
+    for outcome in outcomes:
+        if outcome is None:
+            continue
+        model = outcome.scenario.split(":")[0]
+        report = sent.get(model, TrafficReport())
+        console.print(f"[{model}] while both rolled out: {len(report.samples)} requests, "
+                      f"{len(report.errors)} errors", highlight=False, markup=False)  # fmt: skip
+        ended.append(replace(outcome, requests=len(report.samples),
+                             client_errors=len(report.errors)))  # fmt: skip
+    return ended
 
 
 def run_demo(
@@ -380,7 +397,9 @@ def demo(
     one rolled back by the real controller."""
     outcomes = run_demo(protocol=protocol, pair_name=pair_name)
     expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]
-    if [outcome.exit_code for outcome in outcomes] != expected:
+    if [outcome.exit_code for outcome in outcomes] != expected or any(
+        outcome.client_errors for outcome in outcomes
+    ):
         console.print("[red]the demo did not end as expected")
         raise SystemExit(1)
 

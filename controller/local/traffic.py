@@ -160,12 +160,15 @@ class TrafficGenerator:
         request_id = str(response.id if self._grpc_address else response["id"])
         if not self._send_feedback:
             return Sample(row, request_id, True, latency)
-        answer = http.post(
-            f"/v2/models/{self._model}/feedback",
-            json={"id": request_id, "label": int(self._y[row])},
-            headers={"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"},
-        )
-        answer.raise_for_status()
+        try:  # a label the gateway does not take is the client's error too
+            answer = http.post(
+                f"/v2/models/{self._model}/feedback",
+                json={"id": request_id, "label": int(self._y[row])},
+                headers={"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"},
+            )
+            answer.raise_for_status()
+        except httpx.HTTPError as exc:
+            return Sample(row, request_id, False, latency, error=f"feedback: {exc!r}")
         scored = answer.json()
         return Sample(row, request_id, True, latency, scored["backend"], scored["correct"] == 1)
 
