@@ -18,7 +18,8 @@ import tritonclient.http as triton_http
 import yaml
 
 from controller.fleet_store import StoreFleet
-from models import STUDENT_PATH, TEACHER_PATH
+from models import REGISTRY_PATH, STUDENT_PATH, TEACHER_PATH
+from models import registry as reg
 from models.text import (
     TEXT_GATEWAY_CONFIG_PATH,
     TEXT_STUDENT_PATH,
@@ -127,6 +128,53 @@ def test_one_models_share_moves_and_the_others_does_not(two_model_gateway: TestG
                                         backend="student") == 0.0  # fmt: skip
     finally:
         two_model_gateway.set_share(0.0, model="text")
+
+
+def test_one_models_student_is_changed_and_the_others_is_not(
+    two_model_gateway: TestGateway,
+) -> None:
+    """``PUT /admin/models/digits/student`` loads a registry candidate for digits alone: digits
+    answers as the candidate's ONNX file, text keeps its student; the unnamed route is a 409
+    naming the models; a digits candidate offered to text is refused, saying why."""
+    url, gateway = two_model_gateway.url, two_model_gateway
+    registry = reg.load(REGISTRY_PATH)
+    selection = reg.select(registry, 0.02, "latency")
+    assert selection is not None, "the committed registry has a candidate within 2 points"
+    chosen = selection.chosen
+    text_student = reg.content_hash(TEXT_STUDENT_PATH)
+    try:
+        changed = httpx.put(f"{url}/admin/models/digits/student", json={"model_id": chosen["id"]},
+                            headers=ADMIN, timeout=30)  # fmt: skip
+        assert changed.status_code == 200, changed.text
+        assert httpx.get(f"{url}/admin/models/digits/traffic").json()["student_id"] == chosen["id"]
+        assert httpx.get(f"{url}/v2/models/digits").json()["student_id"] == chosen["id"]
+        assert httpx.get(f"{url}/admin/models/text/traffic").json()["student_id"] == text_student
+        assert httpx.get(f"{url}/v2/models/text").json()["student_id"] == text_student
+        assert gateway.metric("gateway_student_info", model="digits", student_id=chosen["id"]) == 1
+        assert gateway.metric("gateway_student_info", model="text", student_id=text_student) == 1
+        pixels = np.random.default_rng(3).uniform(0, 16, (4, 64)).astype(np.float32)
+        body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [4, 64],
+                            "data": pixels.ravel().tolist()}]}  # fmt: skip
+        answer = httpx.post(f"{url}/v2/models/digits/infer", json=body,
+                            headers={"x-canary": "student"})  # fmt: skip
+        assert answer.headers["x-served-by"] == "student"
+        logits = np.array(answer.json()["outputs"][0]["data"], np.float32).reshape(4, -1)
+        expected = onnx_answer(REGISTRY_PATH.parent / chosen["file"], {"pixels": pixels})
+        np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+        unnamed = httpx.put(f"{url}/admin/student", json={"model_id": chosen["id"]},
+                            headers=ADMIN)  # fmt: skip
+        assert unnamed.status_code == 409 and "'digits', 'text'" in unnamed.json()["error"]
+        wrong = httpx.put(f"{url}/admin/models/text/student", json={"model_id": chosen["id"]},
+                          headers=ADMIN, timeout=30)  # fmt: skip
+        # text's inputs config names inputs the digits candidate lacks: refused, saying so
+        assert wrong.status_code == 409, wrong.text
+        assert "the model has no input 'attention_mask'" in wrong.json()["error"]
+        assert httpx.get(f"{url}/admin/models/text/traffic").json()["student_id"] == text_student
+    finally:
+        shipped = reg.content_hash(STUDENT_PATH)
+        httpx.put(f"{url}/admin/models/digits/student", json={"model_id": shipped},
+                  headers=ADMIN, timeout=30).raise_for_status()  # fmt: skip
 
 
 def test_a_fleet_shares_each_models_share_among_the_replicas_that_serve_it(
