@@ -5,8 +5,6 @@ that module can import it without a cycle."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.labels import Labels, PairedLabels
@@ -56,54 +54,3 @@ def cascade_window(increase: Snapshot, model: str) -> CascadeWindow:
         teacher_latency=buckets(increase, names.REQUEST_DURATION, model=model, backend=teacher),
         escalation_failures=calls - answered,
     )
-
-
-@dataclass(frozen=True)
-class ReplicaThreshold:
-    """One gateway's cascade threshold: each replica chooses its own from its own shadowed
-    traffic (``gateway.thresholds``), with its own bound (NaN before its first choice)."""
-
-    threshold: float
-    source: str  # fixed, chosen, no_evidence
-    bound: float
-
-
-@dataclass(frozen=True)
-class FleetThresholds:
-    """Every replica's threshold, and what holds for the fleet: its disagreement with the teacher
-    is the traffic-weighted mix of the replicas', so it is within ``max_disagreement`` whenever
-    every replica's bound holds; each fails with chance at most 1 - confidence_level, so all
-    hold at confidence at least 1 - R (1 - confidence_level) (a union bound over R replicas).
-    ``highest_bound`` is the largest bound any replica's last choice showed."""
-
-    replicas: dict[str, ReplicaThreshold]
-
-    @property
-    def highest_threshold(self) -> float:
-        return max((r.threshold for r in self.replicas.values()), default=math.nan)
-
-    @property
-    def highest_bound(self) -> float:
-        bounds = [r.bound for r in self.replicas.values() if not math.isnan(r.bound)]
-        return max(bounds, default=math.nan)
-
-    def fleet_confidence(self, confidence_level: float) -> float:
-        """The confidence at which the fleet's disagreement bound holds (never below 0)."""
-        return max(0.0, 1.0 - len(self.replicas) * (1.0 - confidence_level))
-
-
-def fleet_thresholds(pages: Mapping[str, Snapshot], model: str) -> FleetThresholds:
-    """From each gateway's scraped page (url -> snapshot), the gateways in cascade mode."""
-    replicas = {}
-    for url, page in pages.items():
-        if not any(name == names.CASCADE_THRESHOLD and ("model", model) in labels
-                   for name, labels in page):  # fmt: skip
-            continue
-        source = next((kind for kind in names.CASCADE_SOURCES
-                       if select(page, names.CASCADE_THRESHOLD_SOURCE, model=model,
-                                 source=kind) == 1), "unknown")  # fmt: skip
-        chosen = select(page, names.CASCADE_CALIBRATION_SAMPLES, model=model) > 0
-        bound = select(page, names.CASCADE_DISAGREEMENT_BOUND, model=model)
-        replicas[url] = ReplicaThreshold(select(page, names.CASCADE_THRESHOLD, model=model),
-                                         source, bound if chosen else math.nan)  # fmt: skip
-    return FleetThresholds(replicas)

@@ -134,7 +134,7 @@ def _controller(rollout: RolloutState, store: RolloutStore, now: float) -> str:
 
 
 def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
-    lines = []
+    lines, cascades = [], []
     for url in rollout.gateways:
         intended = f"{rollout.share:.0%} (generation {rollout.generations.get(url, '?')})"
         try:
@@ -147,9 +147,43 @@ def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
         share, generation = float(actual["student_share"]), actual["generation"]
         agrees = abs(share - rollout.share) < 1e-9 and generation == rollout.generations.get(url)
         mark = "ok" if agrees else "DIFFERS"
-        cascade = actual.get("cascade")  # traffic.mode cascade: the share goes through it
-        through = (f"; cascade escalates below {cascade['threshold']:.2f} ({cascade['source']})"
-                   if cascade else "")  # fmt: skip
+        cascade = actual.get("cascade")
         lines.append(f"{url}: intended {intended}, actual {share:.0%} "
-                     f"(generation {generation}) {mark}{through}")  # fmt: skip
-    return lines or ["(none recorded)"]
+                     f"(generation {generation}) {mark}")  # fmt: skip
+        if cascade:  # traffic.mode cascade: the share goes through it
+            lines.append(f"  {cascade_note(cascade)}")
+            cascades.append(cascade)
+    fleet = fleet_cascade_line(cascades)
+    return (lines or ["(none recorded)"]) + ([fleet] if fleet else [])
+
+
+def cascade_note(cascade: dict[str, Any]) -> str:
+    """A gateway's cascade as its admin API shows it: the threshold, where it comes from, and
+    the evidence behind a threshold chosen from data."""
+    note = f"cascade escalates below {cascade['threshold']:.2f} ({cascade['source']}"
+    evidence = cascade.get("evidence")
+    if evidence:
+        note += (f": disagreement <= {evidence['upper_bound']:.4f} on {evidence['samples']:,} "
+                 f"shadowed requests at {cascade['confidence_level']:.0%}")  # fmt: skip
+    return note + ")"
+
+
+def fleet_cascade_line(cascades: list[dict[str, Any]]) -> str | None:
+    """What holds for several gateways in cascade mode. Each chooses its threshold from its own
+    shadowed traffic, so the fleet's disagreement with the teacher (the traffic-weighted mix of
+    theirs) is within ``max_disagreement`` whenever every gateway's bound holds; each fails with
+    chance at most 1 - its confidence_level, so all hold at once at confidence at least one less
+    the sum of those chances (a union bound). A fixed threshold has no bound to hold."""
+    if len(cascades) < 2:
+        return None
+    line = (f"cascade on {len(cascades)} gateways: highest threshold "
+            f"{max(c['threshold'] for c in cascades):.2f}")  # fmt: skip
+    bounds = [c["evidence"]["upper_bound"] for c in cascades if c.get("evidence")]
+    if bounds:
+        line += f", highest disagreement bound {max(bounds):.4f}"
+    chosen = [c for c in cascades if c.get("max_disagreement") is not None]
+    if chosen:
+        confidence = max(0.0, 1.0 - sum(1.0 - c["confidence_level"] for c in chosen))
+        line += (f"; thresholds from data on {len(chosen)}, whose bounds all hold at once at "
+                 f"confidence >= {confidence:.1%}")  # fmt: skip
+    return line

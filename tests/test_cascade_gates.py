@@ -5,26 +5,20 @@ pages (scripted backends whose answers are known) and on windows whose numbers a
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any
 
-import pytest
 from prometheus_client import generate_latest
 
 from controller import error_rate
 from controller.analysis import BackendWindow, Levels, Verdict, WindowMetrics
 from controller.cascade_gates import GATES, accuracy_drop, judge, latency_ratio
-from controller.cascade_window import (
-    CascadeWindow,
-    ReplicaThreshold,
-    cascade_window,
-    fleet_thresholds,
-)
+from controller.cascade_window import CascadeWindow, cascade_window
 from controller.labels import Labels, PairedLabels
 from controller.policy import Gates, Policy
 from controller.promtext import Snapshot, parse
 from controller.sources.base import window_metrics
+from controller.status import cascade_note, fleet_cascade_line
 from gateway.metric_names import CASCADE_ESCALATION_CALLS
 from tests.fake_backend import ALWAYS, NEVER, Behaviour, in_process_gateway, run, ticket_of
 
@@ -165,27 +159,26 @@ async def test_a_teacher_failing_an_escalation_is_the_teachers_failure_counted_o
 
 
 @run
-async def test_the_fleet_reads_every_replicas_threshold_and_reports_the_highest() -> None:
-    """Each replica chooses from its own evidence; the controller reads them all (a replica in
-    split mode has none) and says at what confidence the fleet's bound holds."""
+async def test_status_reports_every_gateways_threshold_and_what_holds_for_the_fleet() -> None:
+    """Each gateway chooses from its own evidence; ``status`` shows each one's threshold and
+    source as its admin API answers them, and for the fleet the highest threshold and the
+    confidence at which the bounds chosen from data hold at once (a union bound)."""
     configs: dict[str, dict[str, object]] = {
         "a": {"mode": "cascade", "cascade": {"min_confidence": 0.3}},
         "b": {"mode": "cascade", "cascade": {"min_confidence": 0.6}},
-        "c": {"mode": "cascade", "cascade": {"max_disagreement": 0.01}},
-        "split": {},
+        "c": {"mode": "cascade", "cascade": {"max_disagreement": 0.01, "confidence_level": 0.99}},
+        "d": {"mode": "cascade", "cascade": {"max_disagreement": 0.01, "confidence_level": 0.98}},
     }
-    pages = {}
+    answers = {}
     for name, traffic in configs.items():
         async with in_process_gateway(traffic={"student_share": 1.0, **traffic}) as gw:
-            pages[name] = parse(generate_latest(gw.registry).decode())
-    fleet = fleet_thresholds(pages, "digits")
-    assert set(fleet.replicas) == {"a", "b", "c"}
-    a = fleet.replicas["a"]
-    assert (a.threshold, a.source) == (0.3, "fixed") and math.isnan(a.bound)
-    assert isinstance(a, ReplicaThreshold)
-    assert fleet.replicas["c"].source == "no_evidence" and fleet.replicas["c"].threshold == 1.0
-    assert fleet.highest_threshold == 1.0 and math.isnan(fleet.highest_bound)
-    assert fleet.fleet_confidence(0.99) == pytest.approx(0.97)
+            answers[name] = (await gw.client.get("/admin/traffic")).json()["cascade"]
+    assert cascade_note(answers["a"]) == "cascade escalates below 0.30 (fixed)"
+    assert cascade_note(answers["c"]) == "cascade escalates below 1.00 (no_evidence)"
+    line = fleet_cascade_line(list(answers.values()))
+    assert line is not None and line.startswith("cascade on 4 gateways: highest threshold 1.00")
+    assert "thresholds from data on 2, whose bounds all hold at once at confidence >= 97.0%" in line
+    assert fleet_cascade_line([answers["a"]]) is None  # one gateway: its own line says it all
 
 
 def test_a_paired_and_an_unpaired_interval_that_disagree_decide_nothing() -> None:
