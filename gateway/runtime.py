@@ -1,7 +1,9 @@
 """The models one gateway process serves, built from its config: the one place that knows there
 are several. Each model is a ``GatewayService`` of its own (its backends, share, admission queue,
 breakers, thread pools, batchers, fleet membership and metrics), so one model's trouble stays in
-its service; the edges (HTTP, gRPC) find a request's service here by the model it names.
+its service; the edges (HTTP, gRPC) find a request's service here by the model it names. The
+runtime wires each: its metrics, its backends (loaded here), its fleet state
+(``gateway.state.wiring``, joined here).
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
+from gateway.backends import Backend, create_backend
 from gateway.config import GatewaySettings
-from gateway.errors import Conflict, NotFound
+from gateway.errors import BackendUnavailable, Conflict, NotFound
 from gateway.metrics import (
     MULTIPROCESS,
     GatewayMetrics,
     add_standard_collectors,
     exposition_registry,
 )
+from gateway.roles import ROLES
 from gateway.service import GatewayService
+from gateway.signature import signature_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ class Runtime:
                 costs = {"teacher": served.teacher.cost_per_hour,
                          "student": served.student.cost_per_hour}  # fmt: skip
                 metrics = GatewayMetrics(registry, served.model, costs)
-                services[served.model] = await GatewayService.start(served, metrics)
+                services[served.model] = await start_model(served, metrics)
         except BaseException:
             await asyncio.gather(*(service.close() for service in services.values()))
             raise
@@ -124,3 +129,46 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.gather(*(service.close() for service in self.services.values()))
+
+
+async def start_model(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayService:
+    """One model's service: its backends loaded, warmed and checked to agree, its fleet joined.
+    A student on Triton that cannot be read yet (Triton still starting, or down) does not stop
+    the gateway: it serves the teacher and loads the student in the background."""
+    backends = await load_backends(settings)
+    try:
+        service = GatewayService(settings, backends, metrics)
+    except BaseException:  # a config the loaded model refuses (batching.pad's checks)
+        await asyncio.gather(*(backend.close() for backend in backends.values()))
+        raise
+    if service.fleet is not None:
+        await service.join_fleet()
+    if settings.student.kind == "triton":
+        await service.student.try_loading()
+    else:
+        log.info("loaded %s", backends["student"].description)
+    return service
+
+
+async def load_backends(settings: GatewaySettings) -> dict[str, Backend]:
+    """Both backends, loaded (a student on Triton is loaded later, ``start_model``); closed
+    again when one fails or their signatures differ."""
+    backends: dict[str, Backend] = {
+        role: create_backend(role, getattr(settings, role), settings.shadow.workers,
+                             settings.inputs, settings.warmup)
+        for role in ROLES
+    }  # fmt: skip
+    try:
+        await backends["teacher"].load()
+        if settings.student.kind != "triton":
+            await backends["student"].load()
+            problems = signature_mismatches(backends["teacher"].signature,
+                                            backends["student"].signature)  # fmt: skip
+            if problems:
+                raise BackendUnavailable("teacher and student signatures differ: "
+                                         + "; ".join(problems))  # fmt: skip
+    except BaseException:
+        await asyncio.gather(*(backend.close() for backend in backends.values()))
+        raise
+    log.info("loaded %s", backends["teacher"].description)
+    return backends

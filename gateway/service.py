@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from gateway.backends import Backend, create_backend
+from gateway.backends import Backend
 from gateway.batching import Batcher
 from gateway.cascade import Cascade, LaneRules, carried, lane_of
 from gateway.codec import DecodedRequest
@@ -53,11 +53,11 @@ from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.roles import NO_BACKEND, ROLES, Protocol, Role
 from gateway.routing import TrafficSplit
 from gateway.shadow import ShadowComparer
-from gateway.signature import Signature, TensorSpec, signature_mismatches
+from gateway.signature import Signature, TensorSpec
 from gateway.state.fleet import FleetMember, StudentHooks
-from gateway.state.health import StoreHealth
 from gateway.state.predictions import FleetPredictions, LocalPredictions, Predictions
 from gateway.state.redis_store import RedisStore
+from gateway.state.wiring import fleet_state
 from gateway.student_files import served_id
 from gateway.student_swap import StudentSlot
 from gateway.tasks import Task, build_task
@@ -216,7 +216,14 @@ class GatewayService:
         self.fleet: FleetMember | None = None
         self._store: RedisStore | None = None
         if settings.state.shared:
-            self._store, self.predictions, self.fleet = self._fleet_state()
+            split = self.split
+            shared = fleet_state(settings, metrics, self._label_rules,
+                                 lambda: (split.student_share, split.generation),
+                                 self._apply_fleet_share,
+                                 StudentHooks(lambda: self.student.id,
+                                              self.student.follow_fleet))  # fmt: skip
+            self._store, self.fleet = shared.store, shared.member
+            self.predictions = shared.predictions
         metrics.watch(metrics.feedback_pending.labels(self.model),
                       lambda: self.predictions.pending()[0])  # fmt: skip
         metrics.watch(metrics.feedback_pending_bytes.labels(self.model),
@@ -234,67 +241,6 @@ class GatewayService:
         self.predictions.pair(request_id, other_classes)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    @classmethod
-    async def start(cls, settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayService:
-        """Loads and warms both backends and checks that their signatures agree. A student on
-        Triton that cannot be read yet (Triton still starting, or down) does not stop the
-        gateway: it serves the teacher and loads the student in the background."""
-        shadow_threads = settings.shadow.workers
-        backends: dict[str, Backend] = {
-            role: create_backend(role, getattr(settings, role), shadow_threads, settings.inputs,
-                                 settings.warmup)
-            for role in ROLES
-        }  # fmt: skip
-        lazy_student = settings.student.kind == "triton"
-        try:
-            await backends["teacher"].load()
-            if not lazy_student:
-                await backends["student"].load()
-                problems = signature_mismatches(
-                    backends["teacher"].signature, backends["student"].signature
-                )
-                if problems:
-                    raise BackendUnavailable(
-                        "teacher and student signatures differ: " + "; ".join(problems)
-                    )
-        except BaseException:
-            await asyncio.gather(*(backend.close() for backend in backends.values()))
-            raise
-        log.info("loaded %s", backends["teacher"].description)
-        try:
-            service = cls(settings, backends, metrics)
-        except BaseException:  # a config the loaded model refuses (batching.pad's checks)
-            await asyncio.gather(*(backend.close() for backend in backends.values()))
-            raise
-        if service.fleet is not None:
-            await service.join_fleet()
-        if lazy_student:
-            await service.student.try_loading()
-        else:
-            log.info("loaded %s", backends["student"].description)
-        return service
-
-    def _fleet_state(self) -> tuple[RedisStore, FleetPredictions, FleetMember]:
-        """The store, the fleet's predictions and this replica's membership (joined at start)."""
-        state, metrics = self.settings.state, self._metrics
-        password = state.password.get_secret_value() if state.password else None
-        store = RedisStore(state.url, self.model, state.key_prefix, state.timeout_ms / 1000.0,
-                           password)  # fmt: skip
-        health = StoreHealth(metrics.state_store_up, metrics.state_store_errors, self.model)
-        predictions = FleetPredictions(store, self.settings.feedback, self._label_rules, health,
-                                       metrics.state_store_fallbacks, self.model)  # fmt: skip
-        split = self.split
-
-        async def after_heartbeat() -> None:
-            metrics.fleet_replicas.labels(self.model).set(len(fleet.replicas))
-            await predictions.refresh_pending()
-
-        fleet = FleetMember(store, state, health, lambda: (split.student_share, split.generation),
-                            self._apply_fleet_share, after_heartbeat,
-                            StudentHooks(lambda: self.student.id,
-                                         self.student.follow_fleet))  # fmt: skip
-        return store, predictions, fleet
 
     async def join_fleet(self) -> None:
         """Shares the share and the predictions with the other replicas through the store."""

@@ -118,7 +118,8 @@ def test_dropped_shadow_calls_leave_the_guarantee_when_they_drop_every_path_alik
 
 def test_distill_canary_status_says_a_gateway_is_in_cascade_mode() -> None:
     """What `distill-canary status` prints of a gateway's traffic JSON (the HTTP seam faked)."""
-    cascade = {"threshold": 0.87, "source": "chosen", "evidence": {"samples": 1600}}
+    cascade = {"threshold": 0.87, "source": "chosen", "confidence_level": 0.95,
+               "max_disagreement": 0.01, "evidence": {"samples": 1600, "upper_bound": 0.0093}}
     answers = {"http://a": {"student_share": 0.25, "generation": 3, "mode": "cascade",
                             "cascade": cascade},
                "http://b": {"student_share": 0.25, "generation": 3}}  # fmt: skip
@@ -131,7 +132,8 @@ def test_distill_canary_status_says_a_gateway_is_in_cascade_mode() -> None:
     with httpx.Client(transport=httpx.MockTransport(answer)) as client:
         lines = _gateways(rollout, client)
     assert lines == [
-        "http://a: intended 25% (generation 3), actual 25% (generation 3) ok; cascade escalates "
-        "below 0.87 (chosen)",
+        "http://a: intended 25% (generation 3), actual 25% (generation 3) ok",
+        "  cascade escalates below 0.87 (chosen: disagreement <= 0.0093 on 1,600 shadowed "
+        "requests at 95%)",
         "http://b: intended 25% (generation 3), actual 25% (generation 3) ok",
-    ]
+    ]  # one gateway in cascade mode: no fleet line

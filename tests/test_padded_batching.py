@@ -240,12 +240,13 @@ def test_without_axis_names_as_from_triton_outputs_are_cut_only_as_configured(
 
 
 def test_the_gateway_does_not_start_with_padding_it_cannot_bound_or_cut(tmp_path: Path) -> None:
-    """GatewayService.start on real ONNX models: each refusal names the key that fixes it."""
+    """A model's start on real ONNX models: each refusal names the key that fixes it."""
     from prometheus_client import CollectorRegistry
 
     from gateway.config import GatewaySettings
     from gateway.errors import BackendUnavailable
     from gateway.metrics import GatewayMetrics
+    from gateway.runtime import start_model
     from gateway.service import GatewayService
 
     path = model_shapes.write_text_classifier(tmp_path / "labels.onnx", token_output=True,
@@ -257,7 +258,7 @@ def test_the_gateway_does_not_start_with_padding_it_cannot_bound_or_cut(tmp_path
         config = GatewaySettings(**{"teacher": backend, "student": backend,  # type: ignore[arg-type]
                                     "task": {"kind": "regression"}, **settings})  # fmt: skip
         metrics = GatewayMetrics(CollectorRegistry(), config.model, {})
-        return asyncio.run(GatewayService.start(config, metrics))
+        return asyncio.run(start_model(config, metrics))
 
     with pytest.raises(BackendUnavailable, match=r"teacher: batching\.pad needs a maximum for "
                                                  r"input 'input_ids' axis 1"):  # fmt: skip
