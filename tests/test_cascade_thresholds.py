@@ -118,8 +118,9 @@ def test_dropped_shadow_calls_leave_the_guarantee_when_they_drop_every_path_alik
 
 def test_distill_canary_status_says_a_gateway_is_in_cascade_mode() -> None:
     """What `distill-canary status` prints of a gateway's traffic JSON (the HTTP seam faked)."""
+    evidence = {"samples": 1600, "upper_bound": 0.0093}
     cascade = {"threshold": 0.87, "source": "chosen", "confidence_level": 0.95,
-               "max_disagreement": 0.01, "evidence": {"samples": 1600, "upper_bound": 0.0093}}
+               "max_disagreement": 0.01, "evidence": evidence}  # fmt: skip
     answers = {"http://a": {"student_share": 0.25, "generation": 3, "mode": "cascade",
                             "cascade": cascade},
                "http://b": {"student_share": 0.25, "generation": 3}}  # fmt: skip

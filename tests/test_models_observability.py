@@ -68,12 +68,13 @@ def scraped(
                     stdout=subprocess.DEVNULL, env=canary_env(),
                 ) for model in MODELS
             }  # fmt: skip
+            # ready once it has scraped every target, the gateway included
             prometheus = PrometheusProcess(
                 tmp,
                 {"distill-gateway": [gateway.address],
                  "distill-canary": [f"127.0.0.1:{port}" for port in ports.values()]},
                 rule_files=_fast_rules(tmp),
-            ).start()  # ready once it has scraped every target, the gateway included
+            ).start()  # fmt: skip
             # b's traffic starts only now: b's student serves just the seconds before its
             # rollback, and counters that moved only before Prometheus's first scrape show no
             # increase (CI once saw b's drift panels all NaN, 0/0, when b finished first).
