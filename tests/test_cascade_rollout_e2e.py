@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from controller.rollout_store import Phase
@@ -27,7 +28,7 @@ from tests.rollouts import (
     traffic,
     write_policy,
 )
-from tests.servers import TestGateway
+from tests.servers import TestGateway, wait_until
 
 pytestmark = pytest.mark.e2e
 StartGateway = Callable[..., TestGateway]
@@ -46,12 +47,19 @@ def test_a_cascade_is_rolled_out_in_steps_and_status_shows_its_thresholds(
     gateways = [start_gateway(config), start_gateway(config)]
     state = tmp_path / "rollout.db"
     with traffic(*gateways) as sent:
-        result = run_canary(canary_command(gateways, write_policy(tmp_path), state))
+        # from 25 %: at 5 % the p99 of the cascade's own requests (the latency gate's, beside no
+        # shadow calls) needs some 16,000 requests, a quarter minute here
+        policy = write_policy(tmp_path, steps=[25, 50, 100])
+        result = run_canary(canary_command(gateways, policy, state))
+        # each gateway chooses once 200 of its requests are shadowed (a quick rollout may end
+        # before): then status has evidence to show
+        wait_until(lambda: all(_cascade(g)["source"] == "chosen" for g in gateways), 60,
+                   "both gateways to choose a threshold from their evidence")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert sent.requests > 0 and sent.errors == []
     rollout = saved(state)
     assert rollout.phase is Phase.PROMOTED
-    assert [r.share for r in rollout.history if r.action == "set"] == [0.05, 0.25, 1.0]
+    assert [r.share for r in rollout.history if r.action == "set"] == [0.25, 0.5, 1.0]
     for gateway in gateways:
         assert share_of(gateway) == 1.0
         # the lane ran the cascade: most requests the student's alone, some escalated
@@ -66,6 +74,11 @@ def test_a_cascade_is_rolled_out_in_steps_and_status_shows_its_thresholds(
     assert len(re.findall(chosen + r"shadowed requests at 95%\)", shown)) == 2, status.stdout
     assert "cascade on 2 gateways: highest threshold " in shown
     assert "whose bounds all hold at once at confidence >= 90.0%" in shown
+
+
+def _cascade(gateway: TestGateway) -> dict[str, Any]:
+    cascade: dict[str, Any] = httpx.get(f"{gateway.url}/admin/traffic").json()["cascade"]
+    return cascade
 
 
 def test_a_cascade_that_lets_a_bad_student_answer_is_rolled_back_to_the_teacher(
