@@ -20,7 +20,7 @@ THRESHOLD = 0.05
 TEACHER_ACCURACY = 0.95
 LOOKS = 80
 PER_LOOK = 40  # labels a class gains each look, per backend (or pairs, when paired)
-RUNS = 150
+RUNS = 100
 POLICY = Policy(steps=[5, 100], min_requests=1, confidence=0.95,
                 gates=Gates(max_class_accuracy_drop=THRESHOLD))  # fmt: skip
 ALPHA = 1 - POLICY.confidence

@@ -137,10 +137,10 @@ def text_gateway(start_gateway: Callable[..., TestGateway]) -> TestGateway:
 
 @contextmanager
 def watching(
-    gateway: TestGateway, tmp_path: Path, on_breach: str
+    gateway: TestGateway, tmp_path: Path, on_breach: str, clean_looks: int = CLEAN_LOOKS
 ) -> Iterator[tuple[subprocess.Popen[str], WatchOutput, Traffic]]:
     """Unshifted traffic, and `distill-canary watch --model text` recording its reference from
-    it; yields once the reference is recorded and ``CLEAN_LOOKS`` looks judged it no breach."""
+    it; yields once the reference is recorded and ``clean_looks`` looks judged it no breach."""
     gateway.set_share(1.0)  # an earlier test of the module may have rolled it back
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump({"model": "text", "gates": {"min_agreement": 0.9}, "watch": {
@@ -160,8 +160,8 @@ def watching(
         try:
             wait_until(lambda: any("reference recorded" in line for *_, line in output.looks()),
                        60, "the reference")  # fmt: skip
-            wait_until(lambda: len(output.judged()) >= CLEAN_LOOKS, 60,
-                       f"{CLEAN_LOOKS} judged looks of unshifted traffic")  # fmt: skip
+            wait_until(lambda: len(output.judged()) >= clean_looks, 60,
+                       f"{clean_looks} judged looks of unshifted traffic")  # fmt: skip
             assert not output.looks("rolled_back") and not output.looks("alerted"), output.tail()
             yield watch, output, traffic
         finally:
@@ -208,7 +208,8 @@ def test_watch_keeps_quiet_on_the_split_and_rolls_back_longer_sequences(
 def test_watch_alerts_on_a_shifted_token_mix_and_the_student_keeps_serving(
     text_gateway: TestGateway, tmp_path: Path
 ) -> None:
-    with watching(text_gateway, tmp_path, "alert") as (watch, output, traffic):
+    # the quiet looks are the first test's to show; here a few, then the shift
+    with watching(text_gateway, tmp_path, "alert", clean_looks=3) as (watch, output, traffic):
         found = shift_until(output, traffic, narrow_mix, "alerted")
         assert watch.poll() is None  # an alert starts a new window; the watch goes on
         watch.terminate()
