@@ -3,8 +3,10 @@ exactly on the boundary) and by brute-force Monte Carlo of their coverage at eve
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +143,21 @@ def test_a_p99_has_a_finite_upper_bound_after_about_400_samples() -> None:
     assert sequences.quantile_upper(buckets(380), 0.99, 0.05) == math.inf
     assert sequences.quantile_upper(buckets(400), 0.99, 0.05) == 0.004
     assert sequences.quantile_upper(buckets(20_000), 0.99, 0.05) == 0.002
+
+
+CONFSEQ = json.loads((Path(__file__).parent / "data" / "confseq_normal_mixture.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "row", CONFSEQ["rows"], ids=lambda r: f"n{r['n']}-a{r['alpha']}-at{r['n_star']}"
+)
+def test_the_mixture_boundaries_are_confseqs(row: dict[str, float]) -> None:
+    """The one- and two-sided normal-mixture boundaries of confseq, the paper's reference
+    implementation (its C++ ``normal_mixture_bound``, tabled by make_confseq_reference.py), from
+    10 to a million samples, alpha 0.05 to 0.001, tuned at 60 and 2,000 samples."""
+    n, alpha, n_star = row["n"], row["alpha"], row["n_star"]
+    assert sequences.one_sided_z(n, alpha, n_star) == pytest.approx(row["one_sided_z"], rel=1e-9)
+    assert sequences.mixture_z(n, alpha, n_star) == pytest.approx(row["two_sided_z"], rel=1e-9)
 
 
 @pytest.mark.parametrize("n", [10, 540, 2000, 40_000])
