@@ -134,7 +134,7 @@ def _controller(rollout: RolloutState, store: RolloutStore, now: float) -> str:
 
 
 def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
-    lines, cascades = [], []
+    lines, cascades, unanswered = [], [], 0
     for url in rollout.gateways:
         intended = f"{rollout.share:.0%} (generation {rollout.generations.get(url, '?')})"
         try:
@@ -143,6 +143,7 @@ def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
             actual: dict[str, Any] = response.json()
         except httpx.HTTPError as exc:
             lines.append(f"{url}: intended {intended}, actual unknown ({exc.__class__.__name__})")
+            unanswered += 1
             continue
         share, generation = float(actual["student_share"]), actual["generation"]
         agrees = abs(share - rollout.share) < 1e-9 and generation == rollout.generations.get(url)
@@ -153,37 +154,53 @@ def _gateways(rollout: RolloutState, client: httpx.Client) -> list[str]:
         if cascade:  # traffic.mode cascade: the share goes through it
             lines.append(f"  {cascade_note(cascade)}")
             cascades.append(cascade)
-    fleet = fleet_cascade_line(cascades)
+    fleet = fleet_cascade_line(cascades, unanswered)
     return (lines or ["(none recorded)"]) + ([fleet] if fleet else [])
 
 
+def _percent(level: float) -> str:
+    return f"{level * 100:g}%"  # 95%, 99.5%
+
+
 def cascade_note(cascade: dict[str, Any]) -> str:
-    """A gateway's cascade as its admin API shows it: the threshold, where it comes from, and
-    the evidence behind a threshold chosen from data."""
-    note = f"cascade escalates below {cascade['threshold']:.2f} ({cascade['source']}"
+    """A gateway's cascade as its admin API shows it: the threshold and where it comes from. A
+    threshold chosen from data holds ``max_disagreement`` at ``confidence_level`` over every look
+    (``gateway.thresholds``); the evidence's own bound at this look is shown beside it. Until
+    one is shown safe the cascade runs on its fallback (``min_confidence``, or 1.0: every request
+    escalated), which no bound covers."""
+    threshold, source = cascade["threshold"], cascade["source"]
+    note = f"cascade escalates below {threshold:.2f} ({source}"
     evidence = cascade.get("evidence")
-    if evidence:
-        note += (f": disagreement <= {evidence['upper_bound']:.4f} on {evidence['samples']:,} "
-                 f"shadowed requests at {cascade['confidence_level']:.0%}")  # fmt: skip
+    if source == "chosen" and evidence:
+        note += (f" from {evidence['samples']:,} shadowed requests: disagreement <= "
+                 f"{cascade['max_disagreement']:g} at {_percent(cascade['confidence_level'])}; "
+                 f"this look's bound {evidence['upper_bound']:.4f}")  # fmt: skip
+    elif source == "no_evidence":
+        seen = cascade.get("samples_seen")
+        counted = f" from {seen:,} shadowed requests" if seen else ""
+        note += f": no threshold shown safe yet{counted}, a fallback"
     return note + ")"
 
 
-def fleet_cascade_line(cascades: list[dict[str, Any]]) -> str | None:
+def fleet_cascade_line(cascades: list[dict[str, Any]], unanswered: int = 0) -> str | None:
     """What holds for several gateways in cascade mode. Each chooses its threshold from its own
     shadowed traffic, so the fleet's disagreement with the teacher (the traffic-weighted mix of
-    theirs) is within ``max_disagreement`` whenever every gateway's bound holds; each fails with
-    chance at most 1 - its confidence_level, so all hold at once at confidence at least one less
-    the sum of those chances (a union bound). A fixed threshold has no bound to hold."""
+    theirs) is within the largest ``max_disagreement`` when every gateway's threshold is chosen
+    and each one's guarantee holds; each fails with chance at most 1 - its confidence_level, so
+    all hold at once at confidence at least one less the sum of those chances (a union bound).
+    A fixed or fallback threshold has no bound, and is named apart."""
     if len(cascades) < 2:
         return None
-    line = (f"cascade on {len(cascades)} gateways: highest threshold "
-            f"{max(c['threshold'] for c in cascades):.2f}")  # fmt: skip
-    bounds = [c["evidence"]["upper_bound"] for c in cascades if c.get("evidence")]
-    if bounds:
-        line += f", highest disagreement bound {max(bounds):.4f}"
-    chosen = [c for c in cascades if c.get("max_disagreement") is not None]
+    line = f"cascade on {len(cascades)} gateways"
+    if unanswered:
+        line += f" (and {unanswered} that did not answer)"
+    line += f": highest threshold {max(c['threshold'] for c in cascades):.2f}"
+    chosen = [c for c in cascades if c["source"] == "chosen"]
     if chosen:
         confidence = max(0.0, 1.0 - sum(1.0 - c["confidence_level"] for c in chosen))
-        line += (f"; thresholds from data on {len(chosen)}, whose bounds all hold at once at "
-                 f"confidence >= {confidence:.1%}")  # fmt: skip
+        line += (f"; chosen from data on {len(chosen)}, each within its max_disagreement, all at "
+                 f"once at confidence >= {_percent(round(confidence, 6))}")  # fmt: skip
+    unbounded = len(cascades) - len(chosen)
+    if unbounded:
+        line += f"; {unbounded} on a fixed or fallback threshold, with no bound"
     return line

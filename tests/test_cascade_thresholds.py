@@ -134,7 +134,7 @@ def test_distill_canary_status_says_a_gateway_is_in_cascade_mode() -> None:
         lines = _gateways(rollout, client)
     assert lines == [
         "http://a: intended 25% (generation 3), actual 25% (generation 3) ok",
-        "  cascade escalates below 0.87 (chosen: disagreement <= 0.0093 on 1,600 shadowed "
-        "requests at 95%)",
+        "  cascade escalates below 0.87 (chosen from 1,600 shadowed requests: disagreement <= "
+        "0.01 at 95%; this look's bound 0.0093)",
         "http://b: intended 25% (generation 3), actual 25% (generation 3) ok",
     ]  # one gateway in cascade mode: no fleet line
