@@ -49,28 +49,36 @@ def gateway_config(student: Path = STUDENT_PATH) -> dict[str, Any]:
 
 @dataclass
 class Replayed:
-    """What ``traffic`` sent, filled in when its block ends."""
+    """What ``traffic`` sent, filled in when its block ends: a report per gateway."""
 
+    gateways: int
     reports: list[TrafficReport] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)  # a replay that raised, as what it raised
 
     @property
-    def requests(self) -> int:
-        return sum(len(report.samples) for report in self.reports)
+    def answered_everywhere(self) -> bool:
+        """Every gateway's replay ran to the end and got answers."""
+        return (len(self.reports) == self.gateways and not self.crashed
+                and all(report.samples for report in self.reports))  # fmt: skip
 
     @property
     def errors(self) -> list[str]:
         """Every request (or its label) a client saw fail, as what it was told."""
-        return [str(s.error) for report in self.reports for s in report.errors]
+        failed = [str(s.error) for report in self.reports for s in report.errors]
+        return failed + self.crashed
 
 
 @contextmanager
 def traffic(*gateways: TestGateway, model: str = "digits") -> Iterator[Replayed]:
     """Replays the test split with feedback to ``model`` of each gateway until the block ends."""
     stop = threading.Event()
-    replayed = Replayed()
+    replayed = Replayed(len(gateways))
 
     def replay(url: str) -> None:
-        replayed.reports.append(TrafficGenerator(url, model).run(stop=stop, workers=2))
+        try:
+            replayed.reports.append(TrafficGenerator(url, model).run(stop=stop, workers=2))
+        except Exception as exc:  # counted, not lost with its thread
+            replayed.crashed.append(f"{url}: {exc!r}")
 
     threads = [threading.Thread(target=replay, args=(g.url,)) for g in gateways]
     for thread in threads:

@@ -36,7 +36,7 @@ def test_the_demo_promotes_the_good_student_and_rolls_back_the_bad_one(
         assert f"replaying the {model} test split" in printed
     assert printed.count("100 requests, 0 errors") == 8  # 4 shares of each pair
     # while both rolled out, no client of either model saw an error (labels included)
-    assert all(o.requests > 0 and o.client_errors == 0 for o in outcomes), outcomes
+    assert all((o.requests or 0) > 0 and o.client_errors == 0 for o in outcomes), outcomes
     assert printed.count("while both rolled out: ") == 2
     assert "the two rollouts" in printed  # the summary table
 

@@ -173,8 +173,10 @@ class RolloutOutcome:
     final_share: float
     last_line: str
     started_at: float = 0.0  # time.monotonic() when its controller started
-    requests: int = 0  # the model's requests while it rolled out beside the other (part 2)
-    client_errors: int = 0  # of those (or their labels), the ones a client saw fail
+    # part 2: the model's requests while it rolled out beside the other (None: not counted),
+    # and of those (or their labels) the ones a client saw fail
+    requests: int | None = None
+    client_errors: int = 0
 
 
 def run_controller(command: list[str], token: str, prefix: str = "") -> tuple[int, str]:
@@ -398,7 +400,7 @@ def demo(
     outcomes = run_demo(protocol=protocol, pair_name=pair_name)
     expected = [EXIT_PROMOTED, EXIT_ROLLED_BACK]
     if [outcome.exit_code for outcome in outcomes] != expected or any(
-        outcome.client_errors for outcome in outcomes
+        outcome.client_errors or outcome.requests == 0 for outcome in outcomes
     ):
         console.print("[red]the demo did not end as expected")
         raise SystemExit(1)

@@ -155,6 +155,8 @@ class TrafficGenerator:
             result = client.infer(self._model, inputs, headers=self._headers(number))
         except InferenceServerException as exc:
             return Sample(row, "", False, time.perf_counter() - start, error=str(exc))
+        except Exception as exc:  # a reset socket: tritonclient's HTTP client does not wrap it
+            return Sample(row, "", False, time.perf_counter() - start, error=repr(exc))
         latency = time.perf_counter() - start
         response = result.get_response()
         request_id = str(response.id if self._grpc_address else response["id"])
@@ -167,9 +169,9 @@ class TrafficGenerator:
                 headers={"Authorization": f"Bearer {LOCAL_FEEDBACK_TOKEN}"},
             )
             answer.raise_for_status()
-        except httpx.HTTPError as exc:
+            scored = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:  # ValueError: an answer that is not JSON
             return Sample(row, request_id, False, latency, error=f"feedback: {exc!r}")
-        scored = answer.json()
         return Sample(row, request_id, True, latency, scored["backend"], scored["correct"] == 1)
 
 
