@@ -9,6 +9,7 @@ runtime wires each: its metrics, its backends (loaded here), its fleet state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -141,11 +142,16 @@ async def start_model(settings: GatewaySettings, metrics: GatewayMetrics) -> Gat
     except BaseException:  # a config the loaded model refuses (batching.pad's checks)
         await asyncio.gather(*(backend.close() for backend in backends.values()))
         raise
-    if service.fleet is not None:
-        await service.join_fleet()
-    if settings.student.kind == "triton":
-        await service.student.try_loading()
-    else:
+    try:
+        if service.fleet is not None:
+            await service.join_fleet()
+        if settings.student.kind == "triton":
+            await service.student.try_loading()
+    except BaseException:  # SIGTERM while starting, a store that refuses: nothing left open
+        with contextlib.suppress(Exception):
+            await service.close()
+        raise
+    if settings.student.kind != "triton":
         log.info("loaded %s", backends["student"].description)
     return service
 

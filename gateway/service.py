@@ -202,6 +202,11 @@ class GatewayService:
                         "that reaches another replica is refused (403); give every replica "
                         "DISTILL_GATEWAY_FEEDBACK__TICKET_KEY or the same admin token")  # fmt: skip
         self.feedback_auth = FeedbackAuth(self.model, key, feedback.token, feedback.open)
+        # built before any fleet state, so a task that refuses the mode leaves no store open
+        traffic = settings.traffic
+        self.cascade: Cascade | None = None
+        if traffic.mode == "cascade" and traffic.cascade is not None:
+            self.cascade = Cascade(traffic.cascade, self.task, metrics)
         # a cascade request's lane travels in its prediction's backend (``gateway.cascade``)
         cascading = settings.traffic.mode == "cascade"
         self._label_rules = LaneRules(self.task.labels) if cascading else self.task.labels
@@ -228,10 +233,6 @@ class GatewayService:
                       lambda: self.predictions.pending()[0])  # fmt: skip
         metrics.watch(metrics.feedback_pending_bytes.labels(self.model),
                       lambda: self.predictions.pending()[1])  # fmt: skip
-        traffic = settings.traffic
-        self.cascade: Cascade | None = None
-        if traffic.mode == "cascade" and traffic.cascade is not None:
-            self.cascade = Cascade(traffic.cascade, self.task, metrics)
         # A shadow answer joins the remembered prediction: its label then scores both backends.
         self.shadow = ShadowComparer(backends, self._breakers, metrics, self.task,
                                      settings.shadow, on_answer=self._pair,
@@ -284,15 +285,19 @@ class GatewayService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        with contextlib.suppress(TimeoutError):  # the comparisons owed, within a bound
-            await asyncio.wait_for(self.shadow.drain(), SHADOW_FLUSH_SECONDS)
-        await self.shadow.stop()
-        if self.fleet is not None and self._store is not None:
-            await self.fleet.leave()
-            if isinstance(self.predictions, FleetPredictions):
-                await self.predictions.flush()
-            await self._store.close()
-        await asyncio.gather(*(backend.close() for backend in self._backends.values()))
+        try:
+            with contextlib.suppress(TimeoutError):  # the comparisons owed, within a bound
+                await asyncio.wait_for(self.shadow.drain(), SHADOW_FLUSH_SECONDS)
+            await self.shadow.stop()
+            if self.fleet is not None and self._store is not None:
+                try:
+                    await self.fleet.leave()
+                    if isinstance(self.predictions, FleetPredictions):
+                        await self.predictions.flush()
+                finally:
+                    await self._store.close()
+        finally:  # the backends' threads and sessions, whatever failed before
+            await asyncio.gather(*(backend.close() for backend in self._backends.values()))
 
     def is_ready(self) -> bool:
         """Both backends must load to start; after that a failing student is ridden out with
