@@ -171,10 +171,10 @@ def test_one_models_student_is_changed_and_the_others_is_not(
         assert wrong.status_code == 409, wrong.text
         assert "the model has no input 'attention_mask'" in wrong.json()["error"]
         assert httpx.get(f"{url}/admin/models/text/traffic").json()["student_id"] == text_student
-    finally:
+    finally:  # the module's gateway back as it was (a failure here must not hide the test's)
         shipped = reg.content_hash(STUDENT_PATH)
         httpx.put(f"{url}/admin/models/digits/student", json={"model_id": shipped},
-                  headers=ADMIN, timeout=30).raise_for_status()  # fmt: skip
+                  headers=ADMIN, timeout=30)  # fmt: skip
 
 
 def test_a_fleet_shares_each_models_share_among_the_replicas_that_serve_it(

@@ -2,7 +2,7 @@
 feedback, shadow comparisons and share changes, and nothing grows once the stores are full.
 
 The suite's run keeps labels 5 s (`make soak`: 20 s), so the feedback store is full, and steady,
-after 10 s, and 33 of the 45 s are steady windows."""
+after 10 s, and the windows ending at 15 to 45 s are steady (growth is read over those 30 s)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def test_mixed_traffic_leaves_memory_flat(tmp_path: Path) -> None:
     steady = [w for w in windows if w.ended_at_s > WARM_UP_S]
     assert len(steady) >= 6
     # Unique ids leaking from the feedback store add about 18 MiB in 45 steady seconds at 550
-    # requests a second (measured with labels kept an hour), some 13 MiB in these 33; with the
-    # TTL, 2 MiB.
+    # requests a second (measured with labels kept an hour), some 12 MiB in these 30; with the
+    # TTL, 2 MiB. The pending count below catches such a leak at any rate.
     growth = steady[-1].rss_mib - steady[0].rss_mib
     assert growth < 6.0, [w.rss_mib for w in windows]
     assert max(w.open_fds for w in windows) - min(w.open_fds for w in windows) <= 2

@@ -7,6 +7,8 @@ own ``assess``, the same judge the simulator and the real controller run."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -20,11 +22,10 @@ THRESHOLD = 0.05
 TEACHER_ACCURACY = 0.95
 LOOKS = 80
 PER_LOOK = 40  # labels a class gains each look, per backend (or pairs, when paired)
-RUNS = 100
+RUNS = int(os.environ.get("CLASS_GATE_RUNS", "100"))  # docs/simulation.md's numbers: 1,000
 POLICY = Policy(steps=[5, 100], min_requests=1, confidence=0.95,
                 gates=Gates(max_class_accuracy_drop=THRESHOLD))  # fmt: skip
 ALPHA = 1 - POLICY.confidence
-MONTE_CARLO = 2 * (ALPHA * (1 - ALPHA) / RUNS) ** 0.5  # two standard errors of a rate at alpha
 
 
 def _pair_probabilities(drop: float) -> list[float]:
@@ -77,8 +78,12 @@ def test_one_class_at_the_threshold_passes_in_at_most_alpha_of_runs_at_any_look(
     paired: bool,
 ) -> None:
     at_threshold = _rates([THRESHOLD] + [0.0] * (CLASSES - 1), paired, seed=1)
-    assert at_threshold[Verdict.PASS] <= ALPHA + MONTE_CARLO, at_threshold
     twice = _rates([2 * THRESHOLD] + [0.0] * (CLASSES - 1), paired, seed=2)
-    assert twice[Verdict.FAIL] >= 0.95, twice
     good = _rates([0.0] * CLASSES, paired, seed=3)
+    for name, rates in (("at the threshold", at_threshold), ("twice", twice), ("good", good)):
+        shown = ", ".join(f"{v.value} {rate:.1%}" for v, rate in rates.items() if rate)
+        print(f"{'paired' if paired else 'unpaired'}, {name}, {RUNS} runs: {shown}")  # pytest -s
+    # seeded; measured 0.2 % (paired) and 0 % (unpaired) of 1,000 runs, against alpha's 5 %
+    assert at_threshold[Verdict.PASS] <= ALPHA, at_threshold
+    assert twice[Verdict.FAIL] >= 0.95, twice
     assert good[Verdict.PASS] >= 0.95, good
