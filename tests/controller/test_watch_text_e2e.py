@@ -40,7 +40,7 @@ RATE = 20.0  # requests a second, every one summarised (drift.sample_rate 1.0)
 LOOK_SECONDS = 1.0  # the watch's interval_seconds
 REFERENCE_SECONDS = 10.0  # about 200 rows at RATE
 RECENT_SECONDS = 10.0  # the recent part: 10 looks, as the default 300 s is at 30 s a look
-CLEAN_LOOKS = 10  # judged looks of unshifted traffic before the shift
+CLEAN_LOOKS = 6  # judged looks of unshifted traffic before the shift (test_watch.py: an hour)
 Row = dict[str, np.ndarray]
 Shift = Callable[[Row, np.random.Generator], Row]
 
