@@ -773,10 +773,16 @@ def _fleet(
 ) -> Fleet:  # fmt: skip
     if state_url is None:
         return GatewayFleet(gateways, token, client, model)
+    url, prefix, password, username = _store_address(state_url)
+    return StoreFleet(url, model, prefix, password, username=username)
+
+
+def _store_address(state_url: str) -> tuple[str, str, str | None, str | None]:
+    """The store's URL and key prefix (``url#prefix``), and its credentials from the variables
+    the gateways read theirs from."""
     url, _, prefix = state_url.partition("#")
-    password = os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD")
-    username = os.environ.get("DISTILL_GATEWAY_STATE__USERNAME")
-    return StoreFleet(url, model, prefix or "distill-gateway", password, username=username)
+    return (url, prefix or "distill-gateway", os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD"),
+            os.environ.get("DISTILL_GATEWAY_STATE__USERNAME"))  # fmt: skip
 
 
 def _create(path: Path) -> RolloutStore:
@@ -799,10 +805,8 @@ def _served_models(gateways: list[str], state_url: str | None) -> list[str]:
     if state_url is None:
         with httpx.Client(timeout=5.0) as client:
             return gateway_models(gateways, client)
-    url, _, prefix = state_url.partition("#")
     try:
-        return fleet_models(url, prefix, os.environ.get("DISTILL_GATEWAY_STATE__PASSWORD"),
-                            os.environ.get("DISTILL_GATEWAY_STATE__USERNAME"))  # fmt: skip
+        return fleet_models(*_store_address(state_url))
     except FleetNotConfirmed as exc:
         raise ModelChoiceError(f"{exc}: pass --model") from None
 

@@ -43,9 +43,7 @@ class StoreFleet:
         username: str | None = None,
     ) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(url, username=username, password=password,
-                                            socket_timeout=timeout_seconds,
-                                            socket_connect_timeout=timeout_seconds)  # fmt: skip
+        self._client = _redis_client(url, password, username, timeout_seconds)
         self._keys = StoreKeys(key_prefix, model)
         self._set_share = self._client.register_script(SET_SHARE.source)
         self._set_student = self._client.register_script(SET_STUDENT.source)
@@ -194,6 +192,14 @@ def _differs(replica: ReplicaRegistration, share: float, generation: int) -> boo
     return abs(replica.student_share - share) > 1e-9 or replica.generation < generation
 
 
+def _redis_client(
+    url: str, password: str | None, username: str | None, timeout_seconds: float
+) -> redis.Redis:
+    return redis.Redis.from_url(url, username=username, password=password,
+                                socket_timeout=timeout_seconds,
+                                socket_connect_timeout=timeout_seconds)  # fmt: skip
+
+
 def _glob_escaped(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
@@ -203,8 +209,7 @@ def fleet_models(
 ) -> list[str]:
     """The models some live replica of the store's fleet registered under, by name (what
     ``run`` chooses from when neither ``--model`` nor the policy names one)."""
-    client = redis.Redis.from_url(url, username=username, password=password,
-                                  socket_timeout=2.0, socket_connect_timeout=2.0)  # fmt: skip
+    client = _redis_client(url, password, username, 2.0)
     wildcard = StoreKeys(_glob_escaped(key_prefix), "*").replicas
     head = len(StoreKeys(key_prefix, "").prefix) - 1  # "<prefix>:" before the model's name
     tail = len(StoreKeys(key_prefix, "").replicas) - head  # ":replicas" after it

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from controller.gate_metrics import GATE_DRY_RUN, GATE_THRESHOLD, GATE_VALUE, GATE_VERDICT
 
-MODEL_LABEL = "model"
-
 STUDENT_SHARE = "canary_student_share"
 STEP_INDEX = "canary_step_index"
 PHASE = "canary_phase"
@@ -43,7 +41,6 @@ __all__ = [
     "GATE_VALUE",
     "GATE_VERDICT",
     "LAST_TICK",
-    "MODEL_LABEL",
     "NOTIFICATIONS",
     "PHASE",
     "PROMOTIONS",

@@ -278,8 +278,10 @@ def _rollout_models(db: sqlite3.Connection) -> list[tuple[int, str]]:
     """Every rollout's id and model, oldest first; in a file an earlier version made (read
     only, not migrated) each model is read from its record."""
     if _has_model_column(db):  # a row an earlier version added since has none: its record's
-        rows = db.execute("select id, model, state from rollouts order by id").fetchall()
-        return [(i, str(m) if m is not None else _model_of(state)) for i, m, state in rows]
+        rows = db.execute("select id, model from rollouts order by id").fetchall()
+        unnamed = dict(db.execute("select id, state from rollouts where model is null")
+                       if any(m is None for _, m in rows) else [])  # fmt: skip
+        return [(i, str(m) if m is not None else _model_of(unnamed[i])) for i, m in rows]
     rows = db.execute("select id, state from rollouts order by id").fetchall()
     return [(rollout_id, _model_of(state)) for rollout_id, state in rows]
 

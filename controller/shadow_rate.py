@@ -56,7 +56,7 @@ class ShadowRateSetter:
                 self.before.setdefault(url, configured)
                 if url in self.confirmed and current == self.rate:
                     continue  # still ours (a gateway that restarted is back at its config's)
-                self._call("PUT", url, self.rate)
+                self._answer("PUT", url, self.rate)
                 self.confirmed.add(url)
             except ShadowRateError as exc:
                 problems.append(f"{url}: {exc}")
@@ -72,7 +72,7 @@ class ShadowRateSetter:
         problems = []
         for url in sorted(self.confirmed):
             try:
-                self._call("PUT", url, self.before[url])
+                self._answer("PUT", url, self.before[url])
                 self.confirmed.discard(url)
             except ShadowRateError as exc:
                 problems.append(f"{url}: {exc}")
@@ -84,9 +84,6 @@ class ShadowRateSetter:
         answer = self._answer("GET", url)
         configured = answer.configured if answer.configured is not None else answer.sample_rate
         return answer.sample_rate, configured
-
-    def _call(self, method: str, url: str, rate: float | None = None) -> float:
-        return self._answer(method, url, rate).sample_rate
 
     def _answer(self, method: str, url: str, rate: float | None = None) -> ShadowRate:
         """The rate the gateway answers (for a PUT, the one asked for, or ShadowRateError)."""

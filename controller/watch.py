@@ -57,6 +57,7 @@ from controller.rollout_store import (
 from controller.shadow_rate import ShadowRateSetter
 from controller.sources import Mark, MetricsSource, MetricsUnavailable
 from controller.sources.base import window_metrics
+from controller.watch_policy import DRIFT_CHECKS
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,8 @@ def judge_window(snapshot: Snapshot, counts: DriftCounts, reference: Reference, 
     watch = policy.watch
     assert watch is not None
     latest = DriftCounts.of(recent, policy.model) if recent is not None else None
-    drift_checks = [c for c in (watch.max_input_psi, watch.max_prediction_psi,
-                                watch.max_estimated_accuracy_drop) if c is not None]  # fmt: skip
     drift_alpha, gates_alpha = watch.window_alphas(policy.confidence)
-    alpha = drift_alpha / max(len(drift_checks), 1)
+    alpha = drift_alpha / max(len(watch.drift_checks), 1)
     ref, results = reference.counts, []
     if watch.max_input_psi is not None:
         results.append(judge_drift_recent(
@@ -152,7 +151,6 @@ class Outcome(StrEnum):
 
 
 FINAL = (Outcome.ROLLED_BACK, Outcome.LEASE_LOST)
-DRIFT_CHECKS = ("max_input_psi", "max_prediction_psi", "max_estimated_accuracy_drop")
 RECORD_OF = {Outcome.ROLLED_BACK: Record.ROLLED_BACK,
              Outcome.ROLLBACK_UNCONFIRMED: Record.ROLLBACK_UNCONFIRMED}  # fmt: skip
 """The history's record of a look (``Record.WATCH`` for every other outcome)."""
@@ -352,9 +350,9 @@ class Watch:
 
     def _drift_checks(self) -> tuple[bool, bool]:
         """Whether the drift checks read the inputs' rows, and the student's."""
-        watch = self.watch
-        students = (watch.max_prediction_psi, watch.max_estimated_accuracy_drop)
-        return watch.max_input_psi is not None, any(c is not None for c in students)
+        checks = self.watch.drift_checks
+        students = {"max_prediction_psi", "max_estimated_accuracy_drop"}
+        return "max_input_psi" in checks, not students.isdisjoint(checks)
 
     def _too_small(self, counts: DriftCounts) -> str:
         """Why a reference cannot serve the drift checks ('' when it can)."""

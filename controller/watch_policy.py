@@ -10,6 +10,8 @@ from pydantic import Field, model_validator
 from gateway.validation import StrictModel
 
 DAY_SECONDS = 86_400.0
+DRIFT_CHECKS = ("max_input_psi", "max_prediction_psi", "max_estimated_accuracy_drop")
+"""The watch's drift checks, each a ``WatchPolicy`` key of that name."""
 
 
 class WatchPolicy(StrictModel):
@@ -70,19 +72,31 @@ class WatchPolicy(StrictModel):
 
     @model_validator(mode="after")
     def _budget_fits_a_window(self) -> WatchPolicy:
-        if self.false_alarms_per_day is not None:
-            per_window = self.false_alarms_per_day * self.window_seconds / DAY_SECONDS
-            if per_window >= 0.5:
-                raise ValueError(
-                    f"false_alarms_per_day {self.false_alarms_per_day:g} gives each "
-                    f"{self.window_seconds:g} s window an alpha of {per_window:.3g}; under 0.5 "
-                    "needed (a smaller budget, or shorter windows)"
-                )
+        per_window = self.per_window_alpha
+        if per_window is not None and per_window >= 0.5:
+            raise ValueError(
+                f"false_alarms_per_day {self.false_alarms_per_day:g} gives each "
+                f"{self.window_seconds:g} s window an alpha of {per_window:.3g}; under 0.5 "
+                "needed (a smaller budget, or shorter windows)"
+            )
         return self
+
+    @property
+    def per_window_alpha(self) -> float | None:
+        """What ``false_alarms_per_day`` leaves each window (None: no budget set)."""
+        if self.false_alarms_per_day is None:
+            return None
+        return self.false_alarms_per_day * self.window_seconds / DAY_SECONDS
+
+    @property
+    def drift_checks(self) -> dict[str, float]:
+        """The configured drift checks (``DRIFT_CHECKS`` that are set), by name."""
+        return {name: getattr(self, name) for name in DRIFT_CHECKS
+                if getattr(self, name) is not None}  # fmt: skip
 
     def window_alphas(self, confidence: float) -> tuple[float, float]:
         """The alpha each window spends on the drift checks, and on ``gates``."""
-        if self.false_alarms_per_day is None:
+        per_window = self.per_window_alpha
+        if per_window is None:
             return 1.0 - confidence, 1.0 - confidence
-        per_window = self.false_alarms_per_day * self.window_seconds / DAY_SECONDS
         return (per_window / 2, per_window / 2) if self.gates else (per_window, 0.0)

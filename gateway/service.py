@@ -208,7 +208,7 @@ class GatewayService:
         if traffic.mode == "cascade" and traffic.cascade is not None:
             self.cascade = Cascade(traffic.cascade, self.task, metrics)
         # a cascade request's lane travels in its prediction's backend (``gateway.cascade``)
-        cascading = settings.traffic.mode == "cascade"
+        cascading = self.cascade is not None
         self._label_rules = LaneRules(self.task.labels) if cascading else self.task.labels
         self.feedback = PredictionStore(
             settings.feedback.ttl_seconds,

@@ -18,15 +18,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.drift import DriftCounts
 from controller.promtext import parse
+from gateway.backends.onnx import signature_of
 from gateway.drift import DriftCollector, DriftSummary, OutputKind
 from gateway.drift_config import DriftConfig
-from gateway.signature import Signature, TensorSpec
+from gateway.errors import BackendUnavailable
 from gateway.student_files import resolve
 
 PROFILED = "profiled"
 """The model label the profile's summaries carry (never a served model's)."""
-_DATATYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-              "tensor(int64)": "INT64", "tensor(int32)": "INT32"}  # fmt: skip
 
 
 def training_profile(registry: Path, model_id: str, batch: int = 256) -> dict[str, Any]:
@@ -38,8 +37,10 @@ def training_profile(registry: Path, model_id: str, batch: int = 256) -> dict[st
 
     session = ort.InferenceSession(str(resolve(registry, model_id)),
                                    providers=["CPUExecutionProvider"])  # fmt: skip
-    signature = Signature(tuple(_spec(each) for each in session.get_inputs()),
-                          tuple(_spec(each) for each in session.get_outputs()))  # fmt: skip
+    try:
+        signature = signature_of(session)  # as the gateway serving the model reads it
+    except BackendUnavailable as exc:
+        raise ValueError(f"{model_id} is not profiled: {exc}") from None
     inputs = [spec.name for spec in signature.inputs]
     output = signature.outputs[0].name
     config = DriftConfig(sample_rate=1.0)
@@ -75,10 +76,3 @@ def training_profile(registry: Path, model_id: str, batch: int = 256) -> dict[st
     drift_config = config.model_dump(exclude={"sample_rate"})
     return {"counts": counts.to_json(), "accuracy": correct / seen, "at": time.time(),
             "split": "train", "drift_config": drift_config}  # fmt: skip
-
-
-def _spec(node: Any) -> TensorSpec:
-    if node.type not in _DATATYPES:
-        raise ValueError(f"{node.name}: {node.type} is not profiled")
-    shape = tuple(d if isinstance(d, int) else -1 for d in node.shape)
-    return TensorSpec(node.name, _DATATYPES[node.type], shape)

@@ -116,6 +116,12 @@ def run_canary(command: list[str], timeout: float = 240) -> subprocess.Completed
     )
 
 
+def roll_out(gateway: TestGateway, policy: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    """``distill-canary run`` of ``policy`` on ``gateway`` under labelled test-split traffic."""
+    with traffic(gateway):
+        return run_canary(canary_command([gateway], policy, state))
+
+
 def operator(verb: str, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "distill-canary"), verb, "--state", str(state), *extra],

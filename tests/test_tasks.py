@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from gateway.backends.onnx import _signature_of
+from gateway.backends.onnx import signature_of
 from gateway.config import GatewaySettings
 from gateway.errors import BadRequest, Unprocessable
 from gateway.feedback import (
@@ -181,7 +181,7 @@ def test_a_multilabel_label_scores_each_label_and_both_backends() -> None:
 
 def read_signature(path: Path) -> Signature:
     """The signature the gateway's ONNX backend reads from the file."""
-    return _signature_of(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+    return signature_of(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
 
 
 def test_the_task_follows_the_config_and_refuses_outputs_it_cannot_compare(

@@ -117,7 +117,7 @@ class OnnxBackend(Backend):
         loop = asyncio.get_running_loop()
         before = _resident_bytes()
         self._session = await loop.run_in_executor(self._executor, self._open_session)
-        self._signature = self.limited(_signature_of(self._session))
+        self._signature = self.limited(signature_of(self._session))
         self._inline_candidate = self._small_on_cpu(self._config)
         await self._warm_up()
         self.cpu_seconds["live"] = 0.0  # traffic's, not the warm-up's
@@ -131,7 +131,7 @@ class OnnxBackend(Backend):
         config = self._config.model_copy(update={"path": path})
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._executor, self._open_session, config)
-        return LoadedModel(config, session, self.limited(_signature_of(session)))
+        return LoadedModel(config, session, self.limited(signature_of(session)))
 
     async def adopt(self, loaded: LoadedModel) -> None:
         """Serves ``loaded`` from now on; calls already running finish on the old session."""
@@ -421,7 +421,7 @@ def _try_cuda_session(path: str, options: ort.SessionOptions) -> ort.InferenceSe
         return None
 
 
-def _signature_of(session: Session) -> Signature:
+def signature_of(session: Session) -> Signature:
     def spec(node: ort.NodeArg) -> TensorSpec:
         if node.type not in _ORT_TYPES:
             raise BackendUnavailable(f"tensor '{node.name}' has unsupported type {node.type}")

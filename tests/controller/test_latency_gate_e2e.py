@@ -15,12 +15,10 @@ import pytest
 
 from controller.rollout_store import Phase
 from tests.rollouts import (
-    canary_command,
     gateway_config,
-    run_canary,
+    roll_out,
     saved,
     share_of,
-    traffic,
     write_policy,
 )
 from tests.servers import TestGateway
@@ -37,9 +35,7 @@ def test_a_student_faster_than_its_teacher_passes_the_latency_gate_at_every_step
 ) -> None:
     gateway = start_gateway(gateway_config())
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path, **LATENCY_ONLY),
-                                           state))  # fmt: skip
+    result = roll_out(gateway, write_policy(tmp_path, **LATENCY_ONLY), state)
     assert result.returncode == 0, result.stdout + result.stderr
     assert share_of(gateway) == 1.0
     assert [r.share for r in saved(state).history if r.action == "set"] == [0.05, 0.25, 1.0]
@@ -50,9 +46,7 @@ def test_a_student_many_times_slower_is_rolled_back_on_latency_at_the_first_step
 ) -> None:
     gateway = start_gateway(gateway_config(write_slow_model(tmp_path / "slow_student.onnx")))
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path, **LATENCY_ONLY),
-                                           state))  # fmt: skip
+    result = roll_out(gateway, write_policy(tmp_path, **LATENCY_ONLY), state)
     assert result.returncode == 3, result.stdout + result.stderr
     assert share_of(gateway) == 0.0
     rollout = saved(state)

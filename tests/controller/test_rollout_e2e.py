@@ -25,6 +25,7 @@ from tests.rollouts import (
     controller_at_first_step,
     gateway_config,
     operator,
+    roll_out,
     run_canary,
     saved,
     share_of,
@@ -41,8 +42,7 @@ StartGateway = Callable[..., TestGateway]
 def test_a_good_student_is_promoted(start_gateway: StartGateway, tmp_path: Path) -> None:
     gateway = start_gateway(gateway_config())
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path), state))
+    result = roll_out(gateway, write_policy(tmp_path), state)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rollout Promoted" in result.stdout
     assert share_of(gateway) == 1.0
@@ -59,8 +59,7 @@ def test_a_bad_student_is_rolled_back_at_the_first_step(
 ) -> None:
     gateway = start_gateway(gateway_config(MODELS_DIR / "student_bad.onnx"))
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path), state))
+    result = roll_out(gateway, write_policy(tmp_path), state)
     assert result.returncode == 3, result.stdout + result.stderr
     assert share_of(gateway) == 0.0
     rollout = saved(state)
@@ -394,9 +393,7 @@ def test_a_dark_launch_step_judges_shadow_traffic_only(
     traffic can answer decide, and the others are skipped rather than starved."""
     gateway = start_gateway(gateway_config())
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path, steps=[0, 25, 100]),
-                                           state))  # fmt: skip
+    result = roll_out(gateway, write_policy(tmp_path, steps=[0, 25, 100]), state)
     assert result.returncode == 0, result.stdout + result.stderr
     rollout = saved(state)
     assert [r.share for r in rollout.history if r.action == "set"] == [0.0, 0.25, 1.0]
@@ -412,8 +409,7 @@ def test_a_step_that_stays_inconclusive_is_rolled_back(
     gateway = start_gateway(gateway_config())
     state = tmp_path / "rollout.db"
     policy = write_policy(tmp_path, min_requests=1_000_000, bake_seconds=1, max_step_seconds=3)
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], policy, state))
+    result = roll_out(gateway, policy, state)
     assert result.returncode == 3, result.stdout + result.stderr
     assert share_of(gateway) == 0.0
     reason = saved(state).rollback_reason or ""
@@ -430,8 +426,7 @@ def test_the_cost_gate_judges_measured_cpu_when_the_config_says_so(
     gateway = start_gateway(config)
     policy = write_policy(tmp_path, gates={**FAST_POLICY["gates"], "max_cost_per_1k": 0.001})
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], policy, state))
+    result = roll_out(gateway, policy, state)
     assert result.returncode == 3, result.stdout + result.stderr
     rollout = saved(state)
     assert "max_cost_per_1k" in rollout.rollback_reason

@@ -25,12 +25,10 @@ from models import STUDENT_PATH
 from models.data import Split
 from tests.rollouts import (
     FAST_POLICY,
-    canary_command,
     gateway_config,
-    run_canary,
+    roll_out,
     saved,
     share_of,
-    traffic,
     write_policy,
 )
 from tests.servers import TestGateway
@@ -124,9 +122,7 @@ def test_the_subtle_student_is_rolled_back_on_a_quality_gate_at_the_first_step(
     # When the real controller runs production-like gates against it under labelled traffic,
     gateway = start_gateway({**gateway_config(subtle_student), **SHADOW_ALL})
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path, **PRODUCTION_LIKE),
-                                           state))  # fmt: skip
+    result = roll_out(gateway, write_policy(tmp_path, **PRODUCTION_LIKE), state)
 
     # then it is rolled back at 5 %, on agreement or accuracy, not by the step's timeout.
     assert result.returncode == 3, result.stdout + result.stderr
@@ -153,9 +149,7 @@ def test_the_same_gates_promote_the_shipped_student(
 
     gateway = start_gateway({**gateway_config(), **SHADOW_ALL})
     state = tmp_path / "rollout.db"
-    with traffic(gateway):
-        result = run_canary(canary_command([gateway], write_policy(tmp_path, **PRODUCTION_LIKE),
-                                           state))  # fmt: skip
+    result = roll_out(gateway, write_policy(tmp_path, **PRODUCTION_LIKE), state)
     assert result.returncode == 0, result.stdout + result.stderr
     assert share_of(gateway) == 1.0
     rollout = saved(state)

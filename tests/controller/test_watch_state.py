@@ -23,14 +23,13 @@ from controller.rollout_store import RolloutStore
 from controller.shadow_rate import ShadowRateSetter
 from controller.sources import Mark
 from controller.watch import (
-    DRIFT_CHECKS,
     Outcome,
     Reference,
     Watch,
     promoted_rollout,
     registry_reference,
 )
-from controller.watch_policy import WatchPolicy
+from controller.watch_policy import DRIFT_CHECKS, WatchPolicy
 from models import REGISTRY_PATH, STUDENT_PATH
 from models import registry as reg
 from models.drift_profile import training_profile
