@@ -132,7 +132,7 @@ def replay_at_fixed_shares(
     gateway: GatewayProcess, requests: int = REQUESTS_PER_SHARE, chosen: Pair | None = None
 ) -> None:
     chosen = chosen or pair("digits")
-    console.rule("[bold]Part 1: the split, at fixed student shares")
+    console.rule(f"[bold]Part 1: the {chosen.model} pair's split, at fixed student shares")
     protocol = "gRPC" if gateway.grpc_address else "HTTP"
     table = Table(title=f"replaying the {chosen.model} test split with tritonclient over "
                   f"{protocol}, labels as feedback")  # fmt: skip
